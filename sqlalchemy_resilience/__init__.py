@@ -1,0 +1,84 @@
+"""sqlalchemy-resilience: make an existing SQLAlchemy 2.x application resilient and observable.
+
+Example::
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy_resilience import UniqueViolation, instrument
+
+    engine = create_async_engine("postgresql+asyncpg://app@db/app")
+    instrument(engine)  # driver errors now arrive as typed, user-safe exceptions
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import AuthenticationFailed as AuthenticationFailed
+from .errors import CheckViolation as CheckViolation
+from .errors import CircuitOpenError as CircuitOpenError
+from .errors import CommitOutcomeUnknown as CommitOutcomeUnknown
+from .errors import ConnectionLost as ConnectionLost
+from .errors import ConstraintViolation as ConstraintViolation
+from .errors import DatabaseFailure as DatabaseFailure
+from .errors import DatabaseUnavailable as DatabaseUnavailable
+from .errors import DeadlockDetected as DeadlockDetected
+from .errors import ExclusionViolation as ExclusionViolation
+from .errors import ForeignKeyViolation as ForeignKeyViolation
+from .errors import InsufficientResources as InsufficientResources
+from .errors import InvalidData as InvalidData
+from .errors import InvalidStatement as InvalidStatement
+from .errors import LockNotAvailable as LockNotAvailable
+from .errors import NotNullViolation as NotNullViolation
+from .errors import PermissionDenied as PermissionDenied
+from .errors import PoolExhausted as PoolExhausted
+from .errors import QueryTimeout as QueryTimeout
+from .errors import ResilienceError as ResilienceError
+from .errors import RetryExhausted as RetryExhausted
+from .errors import SerializationFailure as SerializationFailure
+from .errors import TooManyConnections as TooManyConnections
+from .errors import TransactionConflict as TransactionConflict
+from .errors import UniqueViolation as UniqueViolation
+from .instrument import Instrumentation as Instrumentation
+from .instrument import instrument as instrument
+from .instrument import instrumentation_of as instrumentation_of
+from .instrument import translate_error as translate_error
+from .messages import register_messages as register_messages
+
+try:
+    __version__ = version("sqlalchemy-resilience")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    from ._version import __version__
+
+__all__ = [
+    "AuthenticationFailed",
+    "CheckViolation",
+    "CircuitOpenError",
+    "CommitOutcomeUnknown",
+    "ConnectionLost",
+    "ConstraintViolation",
+    "DatabaseFailure",
+    "DatabaseUnavailable",
+    "DeadlockDetected",
+    "ExclusionViolation",
+    "ForeignKeyViolation",
+    "InsufficientResources",
+    "Instrumentation",
+    "InvalidData",
+    "InvalidStatement",
+    "LockNotAvailable",
+    "NotNullViolation",
+    "PermissionDenied",
+    "PoolExhausted",
+    "QueryTimeout",
+    "ResilienceError",
+    "RetryExhausted",
+    "SerializationFailure",
+    "TooManyConnections",
+    "TransactionConflict",
+    "UniqueViolation",
+    "__version__",
+    "instrument",
+    "instrumentation_of",
+    "register_messages",
+    "translate_error",
+]

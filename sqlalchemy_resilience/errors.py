@@ -1,0 +1,509 @@
+"""The typed error hierarchy.
+
+Every error is a :class:`ResilienceError`, itself a
+:class:`sqlalchemy.exc.SQLAlchemyError`. Errors translated from the database
+driver also subclass the SQLAlchemy class the application already catches, so
+``except sqlalchemy.exc.IntegrityError:`` keeps catching a
+:class:`UniqueViolation`. Where a driver raised a SQLAlchemy class other than
+the one listed below (psycopg reports ``25P03`` as ``InternalError``, SQLite
+reports "no such table" as ``OperationalError``), the translated error
+subclasses both, so no existing ``except`` clause stops matching::
+
+    sqlalchemy.exc.SQLAlchemyError
+    └── ResilienceError                   .retryable .sqlstate .user_message() .error_id
+        ├── CircuitOpenError                  breaker open; .retry_after
+        ├── RetryExhausted                    every attempt failed; .attempts
+        ├── PoolExhausted                     (sqlalchemy.exc.TimeoutError) pool checkout timed out
+        └── DatabaseFailure                   (sqlalchemy.exc.DBAPIError) any translated driver error
+            ├── DatabaseUnavailable           (OperationalError) 08001 08004 57P03 refused/timeout at connect
+            │   ├── TooManyConnections        53300
+            │   └── AuthenticationFailed      28000 28P01
+            ├── ConnectionLost                (OperationalError) 08000 08003 08006 57P01 57P02 57P05 25P03
+            ├── CommitOutcomeUnknown          (OperationalError) disconnect while COMMIT was in flight, 08007
+            ├── QueryTimeout                  (OperationalError) 57014 25P04, SQLITE_INTERRUPT
+            ├── LockNotAvailable              (OperationalError) 55P03, SQLITE_BUSY, SQLITE_LOCKED
+            ├── TransactionConflict           (OperationalError) class 40
+            │   ├── SerializationFailure      40001, SQLITE_BUSY_SNAPSHOT
+            │   └── DeadlockDetected          40P01
+            ├── ConstraintViolation           (IntegrityError) class 23, 40002
+            │   ├── UniqueViolation           23505
+            │   ├── ForeignKeyViolation       23503
+            │   ├── NotNullViolation          23502
+            │   ├── CheckViolation            23514
+            │   └── ExclusionViolation        23P01
+            ├── InvalidData                   (DataError) class 22
+            ├── InvalidStatement              (ProgrammingError) class 42
+            │   └── PermissionDenied          42501
+            └── InsufficientResources         (OperationalError) class 53 but 53300
+
+``str()`` is for developers: the class, SQLSTATE, the server's primary message
+(values redacted), constraint/table/column and the statement. It never holds
+bound parameter values unless the instrumentation was created with
+``log_parameters=True``, and never the connection password.
+:meth:`ResilienceError.user_message` is for end users: a category and what to
+do, in the requested locale, with no schema, SQL or values.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from sqlalchemy import exc as sa_exc
+
+from .messages import user_message as _catalogue_message
+
+__all__ = [
+    "AuthenticationFailed",
+    "CheckViolation",
+    "CircuitOpenError",
+    "CommitOutcomeUnknown",
+    "ConnectionLost",
+    "ConstraintViolation",
+    "DatabaseFailure",
+    "DatabaseUnavailable",
+    "DeadlockDetected",
+    "ExclusionViolation",
+    "ForeignKeyViolation",
+    "InsufficientResources",
+    "InvalidData",
+    "InvalidStatement",
+    "LockNotAvailable",
+    "NotNullViolation",
+    "PermissionDenied",
+    "PoolExhausted",
+    "QueryTimeout",
+    "ResilienceError",
+    "RetryExhausted",
+    "SerializationFailure",
+    "TooManyConnections",
+    "TransactionConflict",
+    "UniqueViolation",
+]
+
+
+def _new_error_id() -> str:
+    return secrets.token_hex(4)
+
+
+class ResilienceError(sa_exc.SQLAlchemyError):
+    """Base of every error this package raises.
+
+    Attributes:
+        retryable: whether re-running the whole unit of work is safe and may succeed.
+        sqlstate: the PostgreSQL SQLSTATE when the server reported one, else None.
+        error_id: a short random id, also in ``str()``; show it to the user and
+            grep the logs for it.
+
+    Example::
+
+        try:
+            await session.commit()
+        except ResilienceError as exc:
+            return JSONResponse({"error": exc.user_message("ja"), "id": exc.error_id}, 503)
+    """
+
+    message_key: ClassVar[str] = "database_error"
+    default_retryable: ClassVar[bool] = False
+
+    retryable: bool
+    sqlstate: str | None
+    error_id: str
+
+    def __init__(self, message: str = "", *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.retryable = self.default_retryable if retryable is None else retryable
+        self.sqlstate = None
+        self.error_id = _new_error_id()
+
+    def user_message(self, locale: str = "en") -> str:
+        """A message safe to show an end user, in ``locale`` (English fallback).
+
+        Example::
+
+            >>> UniqueViolation("dup").user_message("en")
+            'This item already exists.'
+        """
+        return _catalogue_message(self.message_key, locale)
+
+    def __str__(self) -> str:
+        text = str(self.args[0]) if self.args else ""
+        return f"{text} (error id {self.error_id})" if text else f"(error id {self.error_id})"
+
+
+class CircuitOpenError(ResilienceError):
+    """The circuit breaker is open: the call was refused before touching the pool.
+
+    Args:
+        retry_after: seconds until the breaker lets a probe through.
+        breaker: the breaker's name, for logs.
+    """
+
+    message_key = "circuit_open"
+
+    def __init__(self, retry_after: float, *, breaker: str = "default") -> None:
+        if retry_after < 0:
+            raise ValueError(f"retry_after must be >= 0 seconds, got {retry_after!r}")
+        super().__init__(
+            f"circuit breaker {breaker!r} is open; next probe in {retry_after:.3f}s",
+            retryable=False,
+        )
+        self.retry_after = float(retry_after)
+        self.breaker = breaker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            functools.partial(type(self), breaker=self.breaker),
+            (self.retry_after,),
+            {"error_id": self.error_id},
+        )
+
+
+class RetryExhausted(ResilienceError):
+    """Every attempt of a unit of work failed with a retryable error.
+
+    Args:
+        errors: the error of each attempt, first to last; the last is also ``__cause__``.
+    """
+
+    message_key = "retry_exhausted"
+
+    def __init__(self, errors: Sequence[BaseException]) -> None:
+        if not errors:
+            raise ValueError("errors must hold the error of at least one attempt")
+        last = errors[-1]
+        super().__init__(
+            f"gave up after {len(errors)} attempt(s); last error: {type(last).__name__}",
+            retryable=False,
+        )
+        self.errors: tuple[BaseException, ...] = tuple(errors)
+        self.attempts = len(self.errors)
+        self.sqlstate = getattr(last, "sqlstate", None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.errors,), {"error_id": self.error_id})
+
+
+class PoolExhausted(ResilienceError, sa_exc.TimeoutError):
+    """No pooled connection became free within the pool timeout.
+
+    Subclasses :class:`sqlalchemy.exc.TimeoutError`, which SQLAlchemy raises
+    for the same condition. The message carries the pool's numbers.
+    """
+
+    message_key = "pool_exhausted"
+    default_retryable = True
+
+    def __init__(self, message: str, *, pool_status: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.pool_status: dict[str, Any] = dict(pool_status or {})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.args[0],),
+            {"pool_status": self.pool_status, "error_id": self.error_id},
+        )
+
+
+class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
+    """A database or driver error, translated. Also the class of errors no rule matched.
+
+    Args:
+        summary: the developer-facing description (already free of values).
+        sqlstate: SQLSTATE from the server or the driver.
+        driver_code: the driver's own code when there is no SQLSTATE (``SQLITE_BUSY``).
+        constraint_name, table_name, column_name, schema_name: as the server reported them.
+        retryable: overrides the class default.
+        statement, params, orig, hide_parameters, connection_invalidated: as for
+            :class:`sqlalchemy.exc.DBAPIError`; ``orig`` is the driver's exception.
+
+    Example::
+
+        >>> err = UniqueViolation("duplicate key", sqlstate="23505", constraint_name="users_email_key")
+        >>> isinstance(err, sqlalchemy.exc.IntegrityError), err.retryable
+        (True, False)
+    """
+
+    sqlalchemy_base: ClassVar[type[sa_exc.DBAPIError]] = sa_exc.DBAPIError
+
+    def __init__(
+        self,
+        summary: str = "",
+        *,
+        sqlstate: str | None = None,
+        driver_code: str | None = None,
+        constraint_name: str | None = None,
+        table_name: str | None = None,
+        column_name: str | None = None,
+        schema_name: str | None = None,
+        retryable: bool | None = None,
+        statement: str | None = None,
+        params: Any = None,
+        orig: BaseException | None = None,
+        hide_parameters: bool = True,
+        connection_invalidated: bool = False,
+        ismulti: bool | None = None,
+    ) -> None:
+        # DBAPIError.__init__ formats str(orig) into args; args are rebuilt
+        # below so a driver message with values never lingers there.
+        sa_exc.DBAPIError.__init__(
+            self,
+            statement,
+            params,
+            orig if orig is not None else Exception(summary),
+            hide_parameters=hide_parameters,
+            connection_invalidated=connection_invalidated,
+            ismulti=ismulti,
+        )
+        if orig is None:
+            self.orig = None  # type: ignore[assignment]
+        self.retryable = self.default_retryable if retryable is None else retryable
+        self.error_id = _new_error_id()
+        self.summary = summary
+        self.sqlstate = sqlstate
+        self.driver_code = driver_code
+        self.constraint_name = constraint_name
+        self.table_name = table_name
+        self.column_name = column_name
+        self.schema_name = schema_name
+        self.args = (self._developer_text(),)
+
+    @property
+    def code_label(self) -> str | None:
+        """The SQLSTATE, else the driver's code (``SQLITE_BUSY``), else None."""
+        return self.sqlstate or self.driver_code
+
+    def _facts(self) -> str:
+        parts = [
+            f"{name}={value}"
+            for name, value in (
+                ("constraint", self.constraint_name),
+                ("schema", self.schema_name),
+                ("table", self.table_name),
+                ("column", self.column_name),
+            )
+            if value
+        ]
+        return f" ({', '.join(parts)})" if parts else ""
+
+    def _developer_text(self) -> str:
+        code = f"[{self.code_label}] " if self.code_label else ""
+        lines = [f"{type(self).__name__}: {code}{self.summary}{self._facts()}".rstrip()]
+        if self.statement:
+            lines.append(f"[SQL: {self.statement}]")
+            if self.params and not self.hide_parameters:
+                from sqlalchemy.sql import util as sql_util
+
+                lines.append(
+                    "[parameters: %r]" % (sql_util._repr_params(self.params, 10, ismulti=self.ismulti),)
+                )
+        if self.orig is not None and not self.hide_parameters:
+            # Opted in: the driver's full text, DETAIL lines and all.
+            lines.append(f"[driver: {type(self.orig).__name__}: {self.orig}]")
+        lines.append(f"[error id {self.error_id}]")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __repr__(self) -> str:
+        code = f" {self.code_label}" if self.code_label else ""
+        return f"<{type(self).__name__}{code} error_id={self.error_id}{self._facts()}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        static = type(self)
+        extra: type[sa_exc.DBAPIError] | None = None
+        if getattr(static, "_combined_with", None) is not None:
+            extra = static._combined_with  # type: ignore[attr-defined]
+            static = static.__bases__[0]
+        state = dict(self.__dict__)
+        return (_rebuild, (static, extra, state))
+
+
+def _rebuild(
+    static: type[DatabaseFailure], extra: type[sa_exc.DBAPIError] | None, state: dict[str, Any]
+) -> DatabaseFailure:
+    cls = combined_class(static, extra) if extra is not None else static
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    return obj
+
+
+_combined_cache: dict[tuple[type[DatabaseFailure], type[sa_exc.DBAPIError]], type[DatabaseFailure]] = {}
+
+
+def combined_class(
+    static: type[DatabaseFailure], sqlalchemy_class: type[sa_exc.DBAPIError] | None
+) -> type[DatabaseFailure]:
+    """``static`` itself when it already subclasses ``sqlalchemy_class``, else a
+    subclass of both (cached), so an ``except`` written for the class SQLAlchemy
+    raised still matches the translated error."""
+    if sqlalchemy_class is None or issubclass(static, sqlalchemy_class):
+        return static
+    key = (static, sqlalchemy_class)
+    cls = _combined_cache.get(key)
+    if cls is None:
+        cls = type(
+            static.__name__,
+            (static, sqlalchemy_class),
+            {
+                "__module__": static.__module__,
+                "__qualname__": static.__qualname__,
+                "__doc__": static.__doc__,
+                "_combined_with": sqlalchemy_class,
+            },
+        )
+        _combined_cache[key] = cls
+    return cls
+
+
+class DatabaseUnavailable(DatabaseFailure, sa_exc.OperationalError):
+    """The database could not be reached: refused, timed out, starting up or shutting down.
+
+    Nothing was sent, so a retry is safe (``retryable=True`` unless the server
+    said the database itself is gone).
+    """
+
+    message_key = "database_unavailable"
+    default_retryable = True
+    sqlalchemy_base = sa_exc.OperationalError
+
+
+class TooManyConnections(DatabaseUnavailable):
+    """53300: the server or the role's connection limit is reached."""
+
+    message_key = "too_many_connections"
+
+
+class AuthenticationFailed(DatabaseUnavailable):
+    """28000/28P01: the server rejected the credentials. Not retryable."""
+
+    message_key = "authentication_failed"
+    default_retryable = False
+
+
+class ConnectionLost(DatabaseFailure, sa_exc.OperationalError):
+    """The connection died before COMMIT was sent; the server rolled the transaction back.
+
+    Re-running the whole unit of work on a new connection is safe.
+    """
+
+    message_key = "connection_lost"
+    default_retryable = True
+    sqlalchemy_base = sa_exc.OperationalError
+
+
+class CommitOutcomeUnknown(DatabaseFailure, sa_exc.OperationalError):
+    """The connection died while COMMIT was in flight: the work may or may not be committed.
+
+    Never retried blindly; re-run only with an idempotency key or after
+    resolving the outcome (``pg_xact_status``).
+    """
+
+    message_key = "commit_outcome_unknown"
+    sqlalchemy_base = sa_exc.OperationalError
+
+
+class QueryTimeout(DatabaseFailure, sa_exc.OperationalError):
+    """57014: the statement was cancelled (statement_timeout, pg_cancel_backend).
+
+    Not retried by default: a deterministic timeout would fail again.
+    """
+
+    message_key = "query_timeout"
+    sqlalchemy_base = sa_exc.OperationalError
+
+
+class LockNotAvailable(DatabaseFailure, sa_exc.OperationalError):
+    """55P03 (NOWAIT, lock_timeout) or SQLite's "database is locked".
+
+    On PostgreSQL not retried by default (a retry policy may opt in); on SQLite
+    retryable, since the busy timeout already waited for the writer.
+    """
+
+    message_key = "lock_not_available"
+    sqlalchemy_base = sa_exc.OperationalError
+
+
+class TransactionConflict(DatabaseFailure, sa_exc.OperationalError):
+    """Class 40: the server rolled the transaction back because of a concurrent one.
+
+    Re-running the whole transaction is safe and expected.
+    """
+
+    message_key = "transaction_conflict"
+    default_retryable = True
+    sqlalchemy_base = sa_exc.OperationalError
+
+
+class SerializationFailure(TransactionConflict):
+    """40001 (also raised by COMMIT, which is still a definite failure) or SQLITE_BUSY_SNAPSHOT."""
+
+
+class DeadlockDetected(TransactionConflict):
+    """40P01: this transaction was chosen as the deadlock victim."""
+
+
+class ConstraintViolation(DatabaseFailure, sa_exc.IntegrityError):
+    """Class 23 (and 40002): the change breaks a constraint. Never retried."""
+
+    message_key = "constraint_violation"
+    sqlalchemy_base = sa_exc.IntegrityError
+
+
+class UniqueViolation(ConstraintViolation):
+    """23505: a unique or primary key constraint."""
+
+    message_key = "unique_violation"
+
+
+class ForeignKeyViolation(ConstraintViolation):
+    """23503: a foreign key refers to a missing row, or a referenced row is still used."""
+
+    message_key = "foreign_key_violation"
+
+
+class NotNullViolation(ConstraintViolation):
+    """23502: a NOT NULL column got NULL."""
+
+    message_key = "not_null_violation"
+
+
+class CheckViolation(ConstraintViolation):
+    """23514: a CHECK constraint failed."""
+
+    message_key = "check_violation"
+
+
+class ExclusionViolation(ConstraintViolation):
+    """23P01: an exclusion constraint failed."""
+
+
+class InvalidData(DatabaseFailure, sa_exc.DataError):
+    """Class 22: a value has the wrong format, is out of range or cannot be stored."""
+
+    message_key = "invalid_data"
+    sqlalchemy_base = sa_exc.DataError
+
+
+class InvalidStatement(DatabaseFailure, sa_exc.ProgrammingError):
+    """Class 42: syntax error, unknown table or column -- a bug, not a transient failure."""
+
+    message_key = "invalid_statement"
+    sqlalchemy_base = sa_exc.ProgrammingError
+
+
+class PermissionDenied(InvalidStatement):
+    """42501: the role lacks a privilege."""
+
+    message_key = "permission_denied"
+
+
+class InsufficientResources(DatabaseFailure, sa_exc.OperationalError):
+    """Class 53 (disk full, out of memory, configuration limit): not retried."""
+
+    message_key = "insufficient_resources"
+    sqlalchemy_base = sa_exc.OperationalError

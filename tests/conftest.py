@@ -1,0 +1,81 @@
+"""Fixtures: a throwaway PostgreSQL for the session, a database per module, engines per test.
+
+Tests that use a PostgreSQL fixture are marked ``postgresql`` automatically,
+so ``-m "not postgresql"`` runs the SQLite-only part without any server.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .pgharness import PgServer
+
+_PG_FIXTURES = {"pg_server", "pg_database", "pg_engine", "fault_server"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & _PG_FIXTURES:
+            item.add_marker(pytest.mark.postgresql)
+        if "fault_server" in names:
+            item.add_marker(pytest.mark.fault)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The suite's PostgreSQL server (started here unless SQLALCHEMY_RESILIENCE_TEST_URL is set)."""
+    server = PgServer.from_environment()
+    try:
+        server.setup_roles()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def pg_database(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database owned by the ``app`` role, for one test module."""
+    stem = re.sub(r"[^a-z0-9_]", "_", request.module.__name__.rsplit(".", 1)[-1].lower())
+    name = f"t_{stem}_{secrets.token_hex(3)}"[:63]
+    pg_server.create_database(name)
+    try:
+        yield name
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture(params=["asyncpg", "psycopg"])
+def pg_driver(request: pytest.FixtureRequest) -> str:
+    """Each PostgreSQL test runs once per async driver."""
+    driver: str = request.param
+    return driver
+
+
+@pytest.fixture
+async def pg_engine(
+    pg_server: PgServer, pg_database: str, pg_driver: str
+) -> AsyncIterator[AsyncEngine]:
+    """An AsyncEngine as the ``app`` role on the module's database (not instrumented)."""
+    engine = create_async_engine(pg_server.app_url(pg_database, driver=pg_driver))
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def fault_server() -> Iterator[PgServer]:
+    """A server of the module's own, which its tests may stop, crash or pause."""
+    server = PgServer.start_embedded()
+    try:
+        server.setup_roles()
+        server.create_database("faults")
+        yield server
+    finally:
+        server.close()

@@ -1,0 +1,188 @@
+"""Real-PostgreSQL test harness: the server, roles, databases and fault helpers.
+
+The suite's server is an :class:`~sqlalchemy_resilience.embedded.EmbeddedPostgres`
+(root-safe) unless ``SQLALCHEMY_RESILIENCE_TEST_URL`` names an existing server,
+given as a superuser URL. Tests connect as a non-superuser ``app`` role (role
+connection limits and most privileges only bite non-superusers) and use a
+superuser admin connection to inject faults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+
+from sqlalchemy_resilience.embedded import EmbeddedPostgres
+
+APP_ROLE = "app"
+
+
+class PgServer:
+    """One PostgreSQL server the tests use, owned (restartable) or external."""
+
+    def __init__(self, admin_url: URL, embedded: EmbeddedPostgres | None) -> None:
+        self.embedded = embedded
+        self._admin_url = admin_url.set(drivername="postgresql+psycopg")
+        self.app_password = "app-" + secrets.token_hex(8)
+
+    @classmethod
+    def start_embedded(cls, **settings: str) -> PgServer:
+        pg = EmbeddedPostgres(settings=settings or None)
+        pg.start()
+        return cls(pg.url(driver="psycopg"), pg)
+
+    @classmethod
+    def from_environment(cls) -> PgServer:
+        url = os.environ.get("SQLALCHEMY_RESILIENCE_TEST_URL")
+        if url:
+            return cls(make_url(url), None)
+        return cls.start_embedded()
+
+    @property
+    def owned(self) -> bool:
+        """Whether the suite started this server (and may restart or crash it)."""
+        return self.embedded is not None
+
+    def close(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop(cleanup=True)
+
+    # -- addresses -------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self._admin_url.host or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self._admin_url.port or 5432
+
+    def admin_url(self, *, driver: str = "psycopg", database: str | None = None) -> URL:
+        url = self._admin_url.set(drivername=f"postgresql+{driver}")
+        if database is not None:
+            url = url.set(database=database)
+        if driver == "asyncpg":
+            url = url.update_query_dict({"ssl": "disable"})
+        return url
+
+    def app_url(
+        self,
+        database: str,
+        *,
+        driver: str = "asyncpg",
+        username: str = APP_ROLE,
+        password: str | None = None,
+    ) -> URL:
+        url = self._admin_url.set(
+            drivername=f"postgresql+{driver}",
+            username=username,
+            password=password if password is not None else self.app_password,
+            database=database,
+        )
+        if driver == "asyncpg":
+            url = url.update_query_dict({"ssl": "disable"})
+        return url
+
+    # -- admin SQL (sync psycopg, autocommit) ----------------------------
+
+    @contextlib.contextmanager
+    def admin(self, database: str | None = None) -> Iterator[Any]:
+        import psycopg
+
+        url = self.admin_url(database=database)
+        conn = psycopg.connect(
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            dbname=url.database or "postgres",
+            autocommit=True,
+            connect_timeout=10,
+        )
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def execute(self, sql: str, params: Any = None, *, database: str | None = None) -> list[Any]:
+        with self.admin(database) as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def setup_roles(self) -> None:
+        from psycopg import sql
+
+        with self.admin() as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                sql.SQL(verb + " ROLE {} LOGIN PASSWORD {} CREATEDB").format(
+                    sql.Identifier(APP_ROLE), sql.Literal(self.app_password)
+                )
+            )
+            # Deadlock tests should not wait the default second for detection.
+            conn.execute(
+                sql.SQL("ALTER ROLE {} SET deadlock_timeout = '100ms'").format(
+                    sql.Identifier(APP_ROLE)
+                )
+            )
+
+    def create_database(self, name: str) -> None:
+        from psycopg import sql
+
+        with self.admin() as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
+                    sql.Identifier(name), sql.Identifier(APP_ROLE)
+                )
+            )
+
+    def drop_database(self, name: str) -> None:
+        from psycopg import sql
+
+        with self.admin() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    # -- faults (FAULTS.md H1/H2) ----------------------------------------
+
+    def backend_pids(self, *, database: str | None = None, usename: str = APP_ROLE) -> list[int]:
+        rows = self.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s"
+            " AND (%s::text IS NULL OR datname = %s) AND pid <> pg_backend_pid()",
+            (usename, database, database),
+        )
+        return [row[0] for row in rows]
+
+    def terminate_backends(self, *, database: str | None = None, usename: str = APP_ROLE) -> int:
+        rows = self.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s"
+            " AND (%s::text IS NULL OR datname = %s) AND pid <> pg_backend_pid()",
+            (usename, database, database),
+        )
+        return sum(1 for row in rows if row[0])
+
+    def wait_for(
+        self, predicate: Callable[[], bool], *, timeout: float = 10.0, interval: float = 0.01
+    ) -> None:
+        """Poll ``predicate`` until true (event-driven waits instead of sleeps)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(interval)
+        raise TimeoutError(f"condition not met within {timeout}s")
+
+    def require_owned(self) -> EmbeddedPostgres:
+        import pytest
+
+        if self.embedded is None:
+            pytest.skip("needs a server the suite owns (SQLALCHEMY_RESILIENCE_TEST_URL is set)")
+        return self.embedded

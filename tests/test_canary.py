@@ -1,0 +1,112 @@
+"""Canary leak test (FAULTS.md section 5.1): a planted password and parameter value never escape.
+
+Everything is captured -- every log record at DEBUG (SQLAlchemy's engine and
+pool loggers included, with echo on), warnings, and str()/repr() of every
+exception and its cause chain -- and searched for the canaries.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+import warnings
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import sqlalchemy_resilience as sr
+from sqlalchemy_resilience import instrument
+
+from .pgharness import PgServer
+
+
+def _chain_texts(err: BaseException) -> list[str]:
+    out: list[str] = ["".join(traceback.format_exception(err))]
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        out += [str(item), repr(item)]
+        if isinstance(item, sr.ResilienceError):
+            out += [item.user_message("en"), item.user_message("ja")]
+        stack += [item.__cause__, item.__context__, getattr(item, "orig", None)]
+    return out
+
+
+async def test_no_canary_leaks(
+    pg_server: PgServer, pg_database: str, pg_driver: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Failing runs with a planted password and parameter leave 0 canaries in logs, errors or messages."""
+    pw_canary = f"CANARY-pw-{uuid.uuid4().hex}"
+    param_canary = f"CANARY-param-{uuid.uuid4().hex}"
+    role = "canary_" + uuid.uuid4().hex[:8]
+    pg_server.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{pw_canary}'")
+    pg_server.execute(f"GRANT ALL ON DATABASE {pg_database} TO {role}")
+    pg_server.execute(f"GRANT ALL ON SCHEMA public TO {role}", database=pg_database)
+    url = pg_server.app_url(pg_database, driver=pg_driver, username=role, password=pw_canary)
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    engine = create_async_engine(url, echo="debug")
+    bad_pw = create_async_engine(url.set(password=pw_canary + "-wrong"), echo="debug")
+    instrument(engine)
+    instrument(bad_pw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("DROP TABLE IF EXISTS canary"))
+                await conn.execute(
+                    text("CREATE TABLE canary (k text PRIMARY KEY, n int CHECK (n > 0))")
+                )
+                await conn.execute(text("INSERT INTO canary VALUES (:k, 1)"), {"k": param_canary})
+            attempts = [
+                ("INSERT INTO canary VALUES (:k, 2)", {"k": param_canary}),  # 23505
+                ("INSERT INTO canary VALUES (:k, -1)", {"k": param_canary + "x"}),  # 23514
+                ("SELECT CAST(:k AS integer)", {"k": param_canary}),  # 22P02
+                ("SELECT CAST(:k AS date)", {"k": param_canary}),  # 22007
+                ("SELECT :k::text FROM no_table", {"k": param_canary}),  # 42P01
+            ]
+            failures = 0
+            for sql, params in attempts:
+                try:
+                    async with engine.begin() as conn:
+                        await conn.execute(text(sql), params)
+                except sr.ResilienceError as err:
+                    failures += 1
+                    texts += _chain_texts(err)
+                    logging.getLogger("app").exception("request failed: %s", err)
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(text("SET LOCAL statement_timeout = '20ms'"))
+                    await conn.execute(text("SELECT pg_sleep(1), :k"), {"k": param_canary})
+            except sr.QueryTimeout as err:
+                failures += 1
+                texts += _chain_texts(err)
+            try:
+                async with bad_pw.connect():
+                    pass
+            except sr.AuthenticationFailed as err:
+                failures += 1
+                texts += _chain_texts(err)
+                logging.getLogger("app").exception("connect failed")
+            assert failures == len(attempts) + 2
+        finally:
+            await engine.dispose()
+            await bad_pw.dispose()
+            pg_server.execute(f"DROP TABLE IF EXISTS canary", database=pg_database)
+            pg_server.execute(f"REVOKE ALL ON SCHEMA public FROM {role}", database=pg_database)
+            pg_server.execute(f"REVOKE ALL ON DATABASE {pg_database} FROM {role}")
+            pg_server.execute(f"DROP ROLE {role}")
+    texts += [str(w.message) for w in caught]
+    for record in caplog.records:
+        texts.append(record.getMessage())
+        if record.exc_info:
+            texts.append("".join(traceback.format_exception(*record.exc_info)))
+    assert len(caplog.records) > 20  # echo was really on
+    leaks = [t for t in texts if pw_canary in t or param_canary in t]
+    assert leaks == []
