@@ -11,6 +11,7 @@ then its two-character class.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -226,8 +227,10 @@ def extract_facts(exc: BaseException) -> ErrorFacts:
                 # connection as ConnectionDoesNotExistError caused by the
                 # server's error; the server's word is the one that counts.
                 cause = item.__cause__ or item.__context__
-                if cause is not None and type(cause).__module__.startswith("asyncpg") and getattr(
-                    cause, "severity", None
+                if (
+                    cause is not None
+                    and type(cause).__module__.startswith("asyncpg")
+                    and getattr(cause, "severity", None)
                 ):
                     item = cause
                     severity = getattr(item, "severity", None)
@@ -387,10 +390,8 @@ def _redact_in_place(exc: BaseException, sqlstate: str | None, secrets: tuple[st
         if isinstance(detail, str) and type(item).__module__.startswith(("asyncpg", "sqlalchemy")):
             redacted = redact_text(detail, sqlstate=sqlstate, secrets=secrets)
             if redacted != detail:
-                try:
+                with contextlib.suppress(AttributeError):
                     item.detail = redacted  # type: ignore[attr-defined]
-                except AttributeError:  # pragma: no cover - read-only on some driver versions
-                    pass
 
 
 def build_error(
@@ -423,6 +424,7 @@ def build_error(
     cls, retryable = classify(
         facts, phase=phase, is_disconnect=is_disconnect, client_exception=client_exc
     )
+    orig: BaseException | None
     if isinstance(exc, sa_exc.DBAPIError):
         sa_class: type[sa_exc.DBAPIError] | None = type(exc)
         if isinstance(exc, e.DatabaseFailure):

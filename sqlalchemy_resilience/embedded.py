@@ -125,10 +125,7 @@ def _unprivileged_account() -> pwd.struct_passwd:
 
 
 def _world_traversable(path: Path) -> bool:
-    for part in [path, *path.parents]:
-        if not os.stat(part).st_mode & 0o001:
-            return False
-    return True
+    return all(os.stat(part).st_mode & 0o001 for part in [path, *path.parents])
 
 
 class EmbeddedPostgres:
@@ -240,7 +237,8 @@ class EmbeddedPostgres:
         pwfile = self.base_dir / "pwfile"
         pwfile.write_text(self.password + "\n")
         if self._account is not None:
-            os.chmod(self.base_dir, 0o755)
+            # The server account must traverse into its data directory.
+            os.chmod(self.base_dir, 0o755)  # noqa: S103
             for path in (self.base_dir, self.socket_dir, pwfile):
                 os.chown(path, self._account.pw_uid, self._account.pw_gid)
         try:

@@ -259,7 +259,7 @@ class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
             ismulti=ismulti,
         )
         if orig is None:
-            self.orig = None  # type: ignore[assignment]
+            self.orig = None
         self.retryable = self.default_retryable if retryable is None else retryable
         self.error_id = _new_error_id()
         self.summary = summary
@@ -297,9 +297,8 @@ class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
             if self.params and not self.hide_parameters:
                 from sqlalchemy.sql import util as sql_util
 
-                lines.append(
-                    "[parameters: %r]" % (sql_util._repr_params(self.params, 10, ismulti=self.ismulti),)
-                )
+                shown = sql_util._repr_params(self.params, 10, ismulti=self.ismulti)
+                lines.append(f"[parameters: {shown!r}]")
         if self.orig is not None and not self.hide_parameters:
             # Opted in: the driver's full text, DETAIL lines and all.
             lines.append(f"[driver: {type(self.orig).__name__}: {self.orig}]")
@@ -332,7 +331,9 @@ def _rebuild(
     return obj
 
 
-_combined_cache: dict[tuple[type[DatabaseFailure], type[sa_exc.DBAPIError]], type[DatabaseFailure]] = {}
+_combined_cache: dict[
+    tuple[type[DatabaseFailure], type[sa_exc.DBAPIError]], type[DatabaseFailure]
+] = {}
 
 
 def combined_class(

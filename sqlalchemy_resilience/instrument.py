@@ -259,7 +259,7 @@ class Instrumentation:
         if context.statement is None and conn in self._committing:
             return "commit"
         ctx = context.execution_context
-        if ctx is not None and (ctx.isinsert or ctx.isupdate or ctx.isdelete):
+        if ctx is not None and (ctx.isinsert or ctx.isupdate or getattr(ctx, "isdelete", False)):
             options = conn.get_execution_options()
             if options.get("isolation_level") == "AUTOCOMMIT":
                 # The driver commits a DML statement on its own: losing the
@@ -347,4 +347,3 @@ def instrumentation_of(engine: Engine | AsyncEngine) -> Instrumentation | None:
     """The attached :class:`Instrumentation` of ``engine``, or None."""
     found = _registry.get(_sync_engine(engine))
     return found if found is not None and found.attached else None
-

@@ -27,8 +27,7 @@ _EN: dict[str, str] = {
     "too_many_connections": "The service is very busy right now. Please try again in a moment.",
     "connection_lost": "The connection was interrupted before your request finished. Please try again.",
     "commit_outcome_unknown": (
-        "We could not confirm whether your change was saved. "
-        "Please check before trying again."
+        "We could not confirm whether your change was saved. Please check before trying again."
     ),
     "pool_exhausted": "The service is very busy right now. Please try again in a moment.",
     "query_timeout": "Your request took too long and was stopped. Please try again later.",
@@ -108,15 +107,15 @@ def register_messages(locale: str, messages: Mapping[str, str]) -> None:
 
         register_messages("de", {"unique_violation": "Dieser Eintrag existiert bereits."})
     """
-    if not isinstance(locale, str) or not locale.strip():
+    given: object = locale  # callers may be untyped; check at run time
+    if not isinstance(given, str) or not given.strip():
         raise ValueError(f"locale must be a non-empty string, got {locale!r}")
     unknown = sorted(set(messages) - MESSAGE_KEYS)
     if unknown:
-        raise ValueError(
-            f"unknown message keys {unknown}; allowed keys are {sorted(MESSAGE_KEYS)}"
-        )
+        raise ValueError(f"unknown message keys {unknown}; allowed keys are {sorted(MESSAGE_KEYS)}")
     for key, text in messages.items():
-        if not isinstance(text, str) or not text:
+        value: object = text
+        if not isinstance(value, str) or not value:
             raise ValueError(f"message for {key!r} must be a non-empty string, got {text!r}")
     with _lock:
         _catalogues.setdefault(_normalise(locale), {}).update(messages)

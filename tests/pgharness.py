@@ -119,7 +119,9 @@ class PgServer:
         from psycopg import sql
 
         with self.admin() as conn:
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone()
+            exists = conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)
+            ).fetchone()
             verb = "ALTER" if exists else "CREATE"
             conn.execute(
                 sql.SQL(verb + " ROLE {} LOGIN PASSWORD {} CREATEDB").format(

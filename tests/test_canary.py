@@ -98,7 +98,7 @@ async def test_no_canary_leaks(
         finally:
             await engine.dispose()
             await bad_pw.dispose()
-            pg_server.execute(f"DROP TABLE IF EXISTS canary", database=pg_database)
+            pg_server.execute("DROP TABLE IF EXISTS canary", database=pg_database)
             pg_server.execute(f"REVOKE ALL ON SCHEMA public FROM {role}", database=pg_database)
             pg_server.execute(f"REVOKE ALL ON DATABASE {pg_database} FROM {role}")
             pg_server.execute(f"DROP ROLE {role}")

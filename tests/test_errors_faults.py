@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
@@ -21,7 +21,7 @@ from .pgharness import PgServer
 
 
 @pytest.fixture
-def fault_db(fault_server: PgServer) -> Iterator[PgServer]:
+def fault_db(fault_server: PgServer) -> PgServer:
     """The fault server with the transfers table and the commit-delay trigger of recipe e7."""
     fault_server.execute("DROP TABLE IF EXISTS transfers", database="faults")
     fault_server.execute(
@@ -38,7 +38,7 @@ def fault_db(fault_server: PgServer) -> Iterator[PgServer]:
         """,
         database="faults",
     )
-    yield fault_server
+    return fault_server
 
 
 @pytest.fixture
@@ -81,9 +81,7 @@ async def _commit_and_kill_when(
         commit = asyncio.ensure_future(conn.commit())
 
         def committing() -> bool:
-            rows = server.execute(
-                "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)
-            )
+            rows = server.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (pid,))
             return bool(rows) and rows[0][0] == wait_event
 
         await asyncio.to_thread(server.wait_for, committing, timeout=20)

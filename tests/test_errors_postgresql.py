@@ -107,7 +107,11 @@ async def test_not_null_violation(engine: AsyncEngine) -> None:
     with pytest.raises(sr.NotNullViolation) as info:
         async with engine.begin() as conn:
             await conn.execute(text("INSERT INTO t (id, v) VALUES (:i, NULL)"), {"i": 99})
-    assert (info.value.sqlstate, info.value.column_name, info.value.table_name) == ("23502", "v", "t")
+    assert (info.value.sqlstate, info.value.column_name, info.value.table_name) == (
+        "23502",
+        "v",
+        "t",
+    )
 
 
 async def test_check_violation(engine: AsyncEngine) -> None:
@@ -146,7 +150,9 @@ async def test_syntax_error_and_undefined_table(engine: AsyncEngine) -> None:
         assert (info.value.sqlstate, info.value.retryable) == ("42P01", False)
 
 
-async def test_permission_denied(engine: AsyncEngine, pg_server: PgServer, pg_database: str) -> None:
+async def test_permission_denied(
+    engine: AsyncEngine, pg_server: PgServer, pg_database: str
+) -> None:
     """42501 becomes PermissionDenied."""
     pg_server.execute("DROP TABLE IF EXISTS admin_only", database=pg_database)
     pg_server.execute("CREATE TABLE admin_only (id int)", database=pg_database)
@@ -285,9 +291,7 @@ async def test_terminated_backend_is_connection_lost(
     assert info.value.connection_invalidated is True
 
 
-async def test_too_many_connections(
-    pg_server: PgServer, pg_database: str, pg_driver: str
-) -> None:
+async def test_too_many_connections(pg_server: PgServer, pg_database: str, pg_driver: str) -> None:
     """53300 from a role CONNECTION LIMIT becomes TooManyConnections, retryable."""
     pg_server.execute("DROP ROLE IF EXISTS limited")
     pg_server.execute("CREATE ROLE limited LOGIN PASSWORD 'limited-pw' CONNECTION LIMIT 1")

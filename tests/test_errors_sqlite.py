@@ -100,7 +100,9 @@ def test_busy_snapshot_is_serialization_failure(tmp_path: Path) -> None:
     setup.execute("INSERT INTO t VALUES (1, 0)")
     setup.commit()
     setup.close()
-    eng = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.05, "isolation_level": None})
+    eng = create_engine(
+        f"sqlite:///{path}", connect_args={"timeout": 0.05, "isolation_level": None}
+    )
     instrument(eng)
     other = sqlite3.connect(path, isolation_level=None)
     try:

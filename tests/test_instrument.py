@@ -146,7 +146,10 @@ def test_translated_errors_pickle(db: str) -> None:
     assert isinstance(combined, sa_exc.OperationalError)
     assert isinstance(combined, sr.InvalidStatement)
     for cls_err in (sr.CircuitOpenError(1.5, breaker="db"), sr.RetryExhausted([ValueError("a")])):
-        assert str(pickle.loads(pickle.dumps(cls_err))).split(" (error id")[0] == str(cls_err).split(" (error id")[0]
+        assert (
+            str(pickle.loads(pickle.dumps(cls_err))).split(" (error id")[0]
+            == str(cls_err).split(" (error id")[0]
+        )
 
 
 def test_error_classes_validate_input() -> None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience.messages import MESSAGE_KEYS, available_locales, register_messages, user_message
+from sqlalchemy_resilience.messages import (
+    MESSAGE_KEYS,
+    available_locales,
+    register_messages,
+    user_message,
+)
 
 
 def test_every_key_has_english_and_japanese() -> None:

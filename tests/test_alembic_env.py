@@ -1,0 +1,57 @@
+"""The top-level Alembic environment runs against DATABASE_URL with sync and async drivers."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("alembic")
+
+
+def _alembic(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "sqlite+aiosqlite"])
+def test_upgrade_head_records_version_table(tmp_path: Path, driver: str) -> None:
+    """`alembic upgrade head` connects through DATABASE_URL and creates the package's version table."""
+    if driver.endswith("aiosqlite"):
+        pytest.importorskip("aiosqlite")
+    db = tmp_path / "mig.sqlite"
+    proc = _alembic("upgrade", "head", database_url=f"{driver}:///{db}")
+    assert proc.returncode == 0, proc.stderr
+    with sqlite3.connect(db) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "sqlalchemy_resilience_alembic_version" in tables
+
+
+def test_missing_database_url_is_a_clear_error(tmp_path: Path) -> None:
+    """Without DATABASE_URL the environment says what to set."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "set DATABASE_URL" in proc.stderr + proc.stdout
