@@ -112,6 +112,9 @@ _SQLITE_MESSAGE_CODES: tuple[tuple[str, str], ...] = (
     ("interrupted", "SQLITE_INTERRUPT"),
     ("attempt to write a readonly database", "SQLITE_READONLY"),
     ("unable to open database file", "SQLITE_CANTOPEN"),
+    ("no such table", "SQLITE_ERROR"),
+    ("no such column", "SQLITE_ERROR"),
+    ("syntax error", "SQLITE_ERROR"),
 )
 
 # libpq reports a failed connection attempt as text only (no SQLSTATE), so

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -36,7 +37,7 @@ def test_upgrade_head_records_version_table(tmp_path: Path, driver: str) -> None
     db = tmp_path / "mig.sqlite"
     proc = _alembic("upgrade", "head", database_url=f"{driver}:///{db}")
     assert proc.returncode == 0, proc.stderr
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert "sqlalchemy_resilience_alembic_version" in tables
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy.exc as sa_exc
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import sqlalchemy_resilience as sr
@@ -20,20 +21,36 @@ def _dup(engine: object) -> BaseException:
     return info.value
 
 
+_engines: list[Engine] = []
+
+
+def make(url: str) -> Engine:
+    """A sync engine that the autouse fixture disposes (no unclosed sqlite3 connections)."""
+    engine = create_engine(url)
+    _engines.append(engine)
+    return engine
+
+
+@pytest.fixture(autouse=True)
+def _dispose_engines() -> Iterator[None]:
+    yield
+    while _engines:
+        _engines.pop().dispose()
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'i.sqlite'}"
-    eng = create_engine(url)
+    eng = make(url)
     with eng.begin() as conn:
         conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
         conn.execute(text("INSERT INTO t VALUES (1)"))
-    eng.dispose()
     return url
 
 
 def test_instrumenting_twice_is_an_error(db: str) -> None:
     """A second instrument() on the same engine raises instead of double counting."""
-    engine = create_engine(db)
+    engine = make(db)
     instr = instrument(engine)
     with pytest.raises(RuntimeError, match="already instrumented"):
         instrument(engine)
@@ -45,7 +62,7 @@ def test_instrumenting_twice_is_an_error(db: str) -> None:
 
 def test_detach_removes_only_its_own_listeners(db: str) -> None:
     """Detaching one engine leaves another engine's instrumentation and the app's listeners in place."""
-    a, b = create_engine(db), create_engine(db)
+    a, b = make(db), make(db)
     calls: list[str] = []
     event.listen(a, "before_cursor_execute", lambda *args: calls.append("app"))
     ia, ib = instrument(a), instrument(b)
@@ -62,7 +79,7 @@ def test_detach_removes_only_its_own_listeners(db: str) -> None:
 
 def test_detach_restores_engine_state(db: str) -> None:
     """hide_parameters and raw_connection are back to what they were after detach."""
-    engine = create_engine(db)
+    engine = make(db)
     assert engine.hide_parameters is False
     instr = instrument(engine)
     assert engine.hide_parameters is True
@@ -74,7 +91,7 @@ def test_detach_restores_engine_state(db: str) -> None:
 
 def test_log_parameters_opt_in_shows_values(db: str) -> None:
     """With log_parameters=True the developer message carries the bound values."""
-    engine = create_engine(db)
+    engine = make(db)
     instrument(engine, log_parameters=True)
     with pytest.raises(sr.UniqueViolation) as info, engine.begin() as conn:
         conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": 1})
@@ -108,14 +125,14 @@ def test_bad_input_is_rejected(
 ) -> None:
     """Bad arguments fail with an error that names the option and what is allowed."""
     if not args:
-        args = (create_engine(db),)
+        args = (make(db),)
     with pytest.raises(error, match=match):
         instrument(*args, **kwargs)  # type: ignore[arg-type]
 
 
 def test_translate_error_by_hand(db: str) -> None:
     """translate_error() gives the same class as the hook and leaves other exceptions alone."""
-    engine = create_engine(db)
+    engine = make(db)
     raw = _dup(engine)
     assert type(raw) is sa_exc.IntegrityError
     translated = translate_error(raw)
@@ -130,7 +147,7 @@ def test_translate_error_by_hand(db: str) -> None:
 
 def test_translated_errors_pickle(db: str) -> None:
     """Translated errors survive pickling (multiprocessing, task queues), combined classes included."""
-    engine = create_engine(db)
+    engine = make(db)
     instrument(engine)
     err = _dup(engine)
     clone = pickle.loads(pickle.dumps(err))
