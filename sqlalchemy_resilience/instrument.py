@@ -10,8 +10,8 @@ through different paths:
 
 * ``handle_error`` (on the dialect, so it also sees connect-time DBAPI errors)
   translates every DBAPI error;
-* ``commit``/``begin``/``rollback`` listeners record when COMMIT is in flight,
-  so a connection lost during COMMIT becomes :class:`CommitOutcomeUnknown`;
+* the dialect's ``do_commit`` tags what it raises, so a connection lost while
+  COMMIT was in flight becomes :class:`CommitOutcomeUnknown`;
 * a wrapper around ``Engine.raw_connection`` catches what never reaches
   ``handle_error``: a refused or timed-out TCP connect (a plain ``OSError``
   from asyncpg), a raw asyncpg server error on SQLAlchemy 2.0, and the pool's
@@ -20,6 +20,7 @@ through different paths:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import weakref
@@ -28,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine, ExceptionContext
+from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -149,10 +150,10 @@ class Instrumentation:
         self.log_parameters = log_parameters
         self.translate_errors = translate_errors
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
-        self._committing: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._secrets = _secrets_of(engine)
         self._saved_hide_parameters = engine.hide_parameters
         self._raw_connection_patched = False
+        self._do_commit_patched = False
         self._attached = False
 
     # -- wiring ----------------------------------------------------------
@@ -169,10 +170,8 @@ class Instrumentation:
             engine.hide_parameters = True
         if self.translate_errors:
             self._listen(engine, "handle_error", self._on_handle_error, retval=True)
-            self._listen(engine, "commit", self._on_commit)
-            self._listen(engine, "begin", self._on_transaction_end)
-            self._listen(engine, "rollback", self._on_transaction_end)
             self._patch_raw_connection()
+            self._patch_do_commit()
         self._attached = True
 
     def _patch_raw_connection(self) -> None:
@@ -196,6 +195,26 @@ class Instrumentation:
         # pool) and is removed on detach, restoring the class method.
         engine.raw_connection = raw_connection  # type: ignore[method-assign]
         self._raw_connection_patched = True
+
+    def _patch_do_commit(self) -> None:
+        # Knowing that COMMIT was in flight needs no per-statement work: the
+        # dialect (one instance per engine) tags an exception raised by its
+        # do_commit, and handle_error reads the tag. ConnectionEvents
+        # listeners for commit/begin/rollback would instead take every
+        # statement of the engine off SQLAlchemy's listener-free fast path.
+        dialect = self.engine.dialect
+        original = dialect.do_commit
+
+        def do_commit(dbapi_connection: Any) -> None:
+            try:
+                original(dbapi_connection)
+            except BaseException as exc:
+                with contextlib.suppress(AttributeError):
+                    exc._sqlalchemy_resilience_commit = True  # type: ignore[attr-defined]
+                raise
+
+        dialect.do_commit = do_commit  # type: ignore[method-assign]
+        self._do_commit_patched = True
 
     def _translate_connect_failure(self, exc: BaseException) -> BaseException | None:
         if isinstance(exc, ResilienceError):
@@ -229,6 +248,9 @@ class Instrumentation:
         if self._raw_connection_patched:
             self.engine.__dict__.pop("raw_connection", None)
             self._raw_connection_patched = False
+        if self._do_commit_patched:
+            self.engine.dialect.__dict__.pop("do_commit", None)
+            self._do_commit_patched = False
         self.engine.hide_parameters = self._saved_hide_parameters
         self._attached = False
         with _registry_lock:
@@ -246,17 +268,13 @@ class Instrumentation:
 
     # -- listeners -------------------------------------------------------
 
-    def _on_commit(self, conn: Connection) -> None:
-        self._committing.add(conn)
-
-    def _on_transaction_end(self, conn: Connection) -> None:
-        self._committing.discard(conn)
-
     def _phase(self, context: ExceptionContext) -> Phase:
         conn = context.connection
         if conn is None:
             return "connect"
-        if context.statement is None and conn in self._committing:
+        if context.statement is None and getattr(
+            context.original_exception, "_sqlalchemy_resilience_commit", False
+        ):
             return "commit"
         ctx = context.execution_context
         if ctx is not None and (ctx.isinsert or ctx.isupdate or getattr(ctx, "isdelete", False)):
@@ -287,9 +305,6 @@ class Instrumentation:
         except Exception:
             _log.exception("sqlalchemy_resilience: error translation failed; raising the original")
             return None
-        finally:
-            if context.connection is not None:
-                self._committing.discard(context.connection)
         return translated
 
 

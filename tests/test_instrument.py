@@ -78,15 +78,27 @@ def test_detach_removes_only_its_own_listeners(db: str) -> None:
 
 
 def test_detach_restores_engine_state(db: str) -> None:
-    """hide_parameters and raw_connection are back to what they were after detach."""
+    """hide_parameters, raw_connection and do_commit are back to what they were after detach."""
     engine = make(db)
     assert engine.hide_parameters is False
     instr = instrument(engine)
     assert engine.hide_parameters is True
     assert "raw_connection" in engine.__dict__
+    assert "do_commit" in engine.dialect.__dict__
     instr.detach()
     assert engine.hide_parameters is False
     assert "raw_connection" not in engine.__dict__
+    assert "do_commit" not in engine.dialect.__dict__
+
+
+def test_statements_stay_on_the_listener_free_path(db: str) -> None:
+    """Error translation adds no Connection-level listeners, so SQLAlchemy keeps its fast path."""
+    engine = make(db)
+    instrument(engine)
+    assert engine._has_events is False
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        assert conn._has_events is False
 
 
 def test_log_parameters_opt_in_shows_values(db: str) -> None:
