@@ -11,6 +11,7 @@ then its two-character class.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import sqlite3
@@ -289,7 +290,8 @@ def _with(facts: ErrorFacts, **changes: Any) -> ErrorFacts:
     return replace(facts, **changes)
 
 
-_CONNECT_FAILURES: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+# asyncio.TimeoutError is a distinct class before Python 3.11.
+CONNECT_FAILURES: tuple[type[BaseException], ...] = (OSError, TimeoutError, asyncio.TimeoutError)
 
 
 def classify(
@@ -309,7 +311,7 @@ def classify(
         client_exception: a non-DBAPI exception (``OSError``, ``TimeoutError``)
             when that is what failed.
     """
-    lost = is_disconnect or facts.invalidated or isinstance(client_exception, _CONNECT_FAILURES)
+    lost = is_disconnect or facts.invalidated or isinstance(client_exception, CONNECT_FAILURES)
     client_side_state = (facts.sqlstate or "").startswith("08") and not facts.server_reported
     if phase == "connect" and (lost or client_side_state):
         if facts.sqlstate in _SQLSTATE_RULES and facts.server_reported:
@@ -422,7 +424,7 @@ def build_error(
     """
     facts = extract_facts(exc)
     client_exc = None if isinstance(exc, sa_exc.DBAPIError) else exc
-    if client_exc is not None and not isinstance(client_exc, _CONNECT_FAILURES) and facts.sqlstate:
+    if client_exc is not None and not isinstance(client_exc, CONNECT_FAILURES) and facts.sqlstate:
         client_exc = None
     cls, retryable = classify(
         facts, phase=phase, is_disconnect=is_disconnect, client_exception=client_exc
@@ -438,7 +440,7 @@ def build_error(
     else:
         sa_class = None
         statement, params, orig = None, None, exc
-        invalidated = is_disconnect or isinstance(exc, _CONNECT_FAILURES)
+        invalidated = is_disconnect or isinstance(exc, CONNECT_FAILURES)
         ismulti = None
     summary = facts.primary_message or (
         f"{type(orig).__name__}: {_first_line(str(orig))}" if orig is not None else ""

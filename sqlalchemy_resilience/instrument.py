@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 
-from .classify import Phase, build_error
+from .classify import CONNECT_FAILURES, Phase, build_error
 from .errors import PoolExhausted, ResilienceError
 
 __all__ = ["Instrumentation", "instrument", "translate_error"]
@@ -118,7 +118,7 @@ def translate_error(exc: BaseException, *, log_parameters: bool = False) -> Base
             is_disconnect=bool(getattr(exc, "connection_invalidated", False)),
             show_parameters=log_parameters,
         )
-    elif isinstance(exc, (ConnectionError, TimeoutError)):
+    elif isinstance(exc, CONNECT_FAILURES):
         new = build_error(exc, phase="connect", is_disconnect=True, show_parameters=log_parameters)
     else:
         return exc
@@ -224,11 +224,11 @@ class Instrumentation:
         dbapi = self.engine.dialect.loaded_dbapi
         if isinstance(exc, dbapi.Error):
             return None  # Connection.__init__ routes it through handle_error.
-        if isinstance(exc, (OSError, TimeoutError)) or _is_driver_exception(exc):
+        if isinstance(exc, CONNECT_FAILURES) or _is_driver_exception(exc):
             return build_error(
                 exc,
                 phase="connect",
-                is_disconnect=isinstance(exc, (OSError, TimeoutError)),
+                is_disconnect=isinstance(exc, CONNECT_FAILURES),
                 show_parameters=self.log_parameters,
                 secrets=self._secrets,
             )

@@ -16,14 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 pytest.importorskip("alembic")
 
 
-def _alembic(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": database_url}
+def _alembic(
+    *args: str, database_url: str | None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     return subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), *args],
         capture_output=True,
         text=True,
         env=env,
-        cwd=ROOT,
+        cwd=cwd,
         timeout=60,
         check=False,
     )
@@ -44,15 +48,6 @@ def test_upgrade_head_records_version_table(tmp_path: Path, driver: str) -> None
 
 def test_missing_database_url_is_a_clear_error(tmp_path: Path) -> None:
     """Without DATABASE_URL the environment says what to set."""
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "alembic", "-c", str(ROOT / "alembic.ini"), "upgrade", "head"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    proc = _alembic("upgrade", "head", database_url=None, cwd=tmp_path)
     assert proc.returncode != 0
     assert "set DATABASE_URL" in proc.stderr + proc.stdout
