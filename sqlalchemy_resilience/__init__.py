@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .breaker import BreakerState as BreakerState
+from .breaker import BreakerTransition as BreakerTransition
+from .breaker import CircuitBreaker as CircuitBreaker
+from .breaker import is_infrastructure_failure as is_infrastructure_failure
 from .errors import AuthenticationFailed as AuthenticationFailed
 from .errors import CheckViolation as CheckViolation
 from .errors import CircuitOpenError as CircuitOpenError
@@ -43,6 +47,10 @@ from .instrument import instrument as instrument
 from .instrument import instrumentation_of as instrumentation_of
 from .instrument import translate_error as translate_error
 from .messages import register_messages as register_messages
+from .retry import RetryBudget as RetryBudget
+from .retry import RetryPolicy as RetryPolicy
+from .session import run_transaction as run_transaction
+from .session import run_transaction_sync as run_transaction_sync
 
 try:
     __version__ = version("sqlalchemy-resilience")
@@ -51,7 +59,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "AuthenticationFailed",
+    "BreakerState",
+    "BreakerTransition",
     "CheckViolation",
+    "CircuitBreaker",
     "CircuitOpenError",
     "CommitOutcomeUnknown",
     "ConnectionLost",
@@ -71,7 +82,9 @@ __all__ = [
     "PoolExhausted",
     "QueryTimeout",
     "ResilienceError",
+    "RetryBudget",
     "RetryExhausted",
+    "RetryPolicy",
     "SerializationFailure",
     "TooManyConnections",
     "TransactionConflict",
@@ -79,6 +92,9 @@ __all__ = [
     "__version__",
     "instrument",
     "instrumentation_of",
+    "is_infrastructure_failure",
     "register_messages",
+    "run_transaction",
+    "run_transaction_sync",
     "translate_error",
 ]

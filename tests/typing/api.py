@@ -63,3 +63,38 @@ def helpers() -> None:
     err = sr.RetryExhausted([sr.ConnectionLost("x")])
     attempts: int = err.attempts
     del attempts
+
+
+async def retry_usage() -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    engine = create_async_engine("sqlite+aiosqlite://")
+    factory = async_sessionmaker(engine)
+
+    async def work(session: AsyncSession) -> int:
+        return 1
+
+    policy = sr.RetryPolicy(attempts=3, initial_backoff=0.01, budget=sr.RetryBudget(capacity=5))
+    breaker = sr.CircuitBreaker(failure_threshold=3, recovery_timeout=5.0)
+    value: int = await sr.run_transaction(
+        factory, work, retry=policy, breaker=breaker, isolation_level="SERIALIZABLE"
+    )
+    state: sr.BreakerState = breaker.state
+    async with breaker.guard():
+        pass
+    retrying = policy.as_tenacity()
+    del value, state, retrying
+
+
+def sync_retry_usage() -> None:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    factory = sessionmaker(create_engine("sqlite://"))
+
+    def work(session: Session) -> str:
+        return "x"
+
+    text_value: str = sr.run_transaction_sync(factory, work, read_only=True)
+    with sr.CircuitBreaker().guard():
+        pass
+    del text_value

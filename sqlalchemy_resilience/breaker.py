@@ -1,0 +1,590 @@
+"""A circuit breaker for database work: closed, open, half-open.
+
+The breaker counts only **infrastructure** failures -- the database is
+unreachable, connections die, the server shuts down or runs out of
+connections, operations time out -- and never a constraint violation, a data
+error or a transaction conflict, which say nothing about the database's
+health. It trips on consecutive failures, or on a failure rate (or slow-call
+rate) over a count- or time-based sliding window (Resilience4j semantics).
+While open it refuses calls with :class:`CircuitOpenError` before any pool
+checkout or network attempt; after ``recovery_timeout`` it lets a limited
+number of probes through (half-open) and closes when they succeed.
+
+The breaker is safe to share between asyncio tasks and threads: its state
+lives under a lock that is never held across an ``await``.
+
+Example::
+
+    breaker = CircuitBreaker(failure_threshold=5, recovery_timeout=10)
+
+    async with breaker.guard():               # raises CircuitOpenError when open
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+
+from ._time import Seconds, to_seconds
+from .classify import CONNECT_FAILURES
+from .errors import (
+    CircuitOpenError,
+    CommitOutcomeUnknown,
+    ConnectionLost,
+    DatabaseUnavailable,
+    InsufficientResources,
+    PoolExhausted,
+    QueryTimeout,
+    ResilienceError,
+)
+
+__all__ = [
+    "BreakerGuard",
+    "BreakerState",
+    "BreakerTransition",
+    "CircuitBreaker",
+    "is_infrastructure_failure",
+]
+
+_log = logging.getLogger("sqlalchemy_resilience.breaker")
+
+_INFRASTRUCTURE = (
+    DatabaseUnavailable,
+    ConnectionLost,
+    CommitOutcomeUnknown,
+    QueryTimeout,
+    InsufficientResources,
+    PoolExhausted,
+)
+
+
+def is_infrastructure_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database (or the way to it) is unhealthy.
+
+    True for connect failures, lost connections, shutdowns, too many
+    connections, timeouts and resource exhaustion (translated or raw socket
+    errors); False for constraint, data, syntax and contention errors and for
+    cancellation.
+
+    Example::
+
+        >>> is_infrastructure_failure(ConnectionRefusedError())
+        True
+    """
+    if isinstance(exc, _INFRASTRUCTURE):
+        return True
+    if isinstance(exc, ResilienceError):
+        return False
+    if isinstance(exc, sa_exc.TimeoutError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        from .instrument import translate_error
+
+        translated = translate_error(exc)
+        return isinstance(translated, _INFRASTRUCTURE)
+    return isinstance(exc, CONNECT_FAILURES)
+
+
+class BreakerState(enum.Enum):
+    """The breaker's state; the value is what the state gauge reports."""
+
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerTransition:
+    """A state change, as handed to listeners.
+
+    Attributes:
+        breaker: the breaker's name.
+        previous, current: the states.
+        reason: why (``"5 consecutive failures"``, ``"probe succeeded"``...).
+        at: the breaker clock's reading at the change.
+    """
+
+    breaker: str
+    previous: BreakerState
+    current: BreakerState
+    reason: str
+    at: float
+
+
+@dataclass(slots=True)
+class _Outcome:
+    at: float
+    failed: bool
+    slow: bool
+
+
+class _Permit:
+    """One admitted call; a half-open probe holds a probe slot until it reports."""
+
+    __slots__ = ("done", "probe", "started")
+
+    def __init__(self, started: float, probe: bool) -> None:
+        self.started = started
+        self.probe = probe
+        self.done = False
+
+
+class CircuitBreaker:
+    """Closed / open / half-open circuit breaker for infrastructure failures.
+
+    Args:
+        name: for logs, metrics and :class:`CircuitOpenError`.
+        failure_threshold: consecutive failures that open the breaker (None: rule off).
+        failure_rate_threshold: fraction of failed calls in the window (0 < x <= 1)
+            that opens the breaker (None: rule off).
+        slow_call_duration: a call taking at least this long counts as slow.
+        slow_call_rate_threshold: fraction of slow calls in the window that
+            opens the breaker (needs ``slow_call_duration``).
+        window_size: the count-based window's number of calls.
+        window_duration: use a time-based window of this many seconds instead.
+        minimum_calls: rate rules apply only once the window holds this many calls.
+        recovery_timeout: seconds open before probes are allowed.
+        half_open_max_calls: probes admitted at once in half-open; all must
+            succeed to close.
+        is_failure: which exceptions count (default :func:`is_infrastructure_failure`).
+        shadow: compute state, log and report transitions, but never refuse a call.
+        clock: a monotonic clock (tests inject a fake one).
+        listeners: callables receiving each :class:`BreakerTransition`.
+
+    Raises:
+        ValueError, TypeError: for an option out of range, naming it.
+
+    Example::
+
+        breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=timedelta(seconds=5))
+        with breaker.guard():       # sync code
+            engine.connect().close()
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "default",
+        failure_threshold: int | None = 5,
+        failure_rate_threshold: float | None = None,
+        slow_call_duration: Seconds | None = None,
+        slow_call_rate_threshold: float | None = None,
+        window_size: int = 20,
+        window_duration: Seconds | None = None,
+        minimum_calls: int = 10,
+        recovery_timeout: Seconds = 10.0,
+        half_open_max_calls: int = 1,
+        is_failure: Callable[[BaseException], bool] = is_infrastructure_failure,
+        shadow: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        listeners: Iterable[Callable[[BreakerTransition], None]] = (),
+    ) -> None:
+        given_name: object = name  # untyped callers: check at run time
+        if not isinstance(given_name, str) or not given_name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        self.name = name
+        self.failure_threshold = _optional_positive_int("failure_threshold", failure_threshold)
+        self.failure_rate_threshold = _optional_fraction(
+            "failure_rate_threshold", failure_rate_threshold
+        )
+        self.slow_call_rate_threshold = _optional_fraction(
+            "slow_call_rate_threshold", slow_call_rate_threshold
+        )
+        self.slow_call_duration = (
+            None
+            if slow_call_duration is None
+            else to_seconds("slow_call_duration", slow_call_duration, allow_zero=False)
+        )
+        if (self.slow_call_rate_threshold is None) != (self.slow_call_duration is None):
+            raise ValueError(
+                "slow_call_rate_threshold and slow_call_duration go together: give both or neither"
+            )
+        if (
+            self.failure_threshold is None
+            and self.failure_rate_threshold is None
+            and self.slow_call_rate_threshold is None
+        ):
+            raise ValueError(
+                "at least one trip rule is needed: failure_threshold, "
+                "failure_rate_threshold or slow_call_rate_threshold"
+            )
+        self.window_size = _positive_int("window_size", window_size)
+        self.window_duration = (
+            None
+            if window_duration is None
+            else to_seconds("window_duration", window_duration, allow_zero=False)
+        )
+        self.minimum_calls = _positive_int("minimum_calls", minimum_calls)
+        self.recovery_timeout = to_seconds("recovery_timeout", recovery_timeout, allow_zero=False)
+        self.half_open_max_calls = _positive_int("half_open_max_calls", half_open_max_calls)
+        if not callable(is_failure):
+            raise TypeError(f"is_failure must be callable, got {is_failure!r}")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
+        self.is_failure = is_failure
+        self.shadow = bool(shadow)
+        self._clock = clock
+        self._listeners: list[Callable[[BreakerTransition], None]] = list(listeners)
+        self._lock = threading.Lock()
+        self._state = BreakerState.CLOSED
+        self._opened_at = 0.0
+        self._consecutive = 0
+        self._window: deque[_Outcome] = deque(
+            maxlen=None if self.window_duration is not None else self.window_size
+        )
+        self._probes_in_flight = 0
+        self._probe_successes = 0
+        self.transitions = 0
+        self.rejected = 0
+        _all_breakers.add(self)
+        _meters()
+
+    # -- state -----------------------------------------------------------
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state (an OPEN breaker past its recovery timeout reads HALF_OPEN)."""
+        with self._lock:
+            self._maybe_half_open_locked(self._clock())
+            return self._state
+
+    def retry_after(self) -> float:
+        """Seconds until a probe is allowed (0 when not open)."""
+        with self._lock:
+            if self._state is not BreakerState.OPEN:
+                return 0.0
+            return max(0.0, self._opened_at + self.recovery_timeout - self._clock())
+
+    def add_listener(self, listener: Callable[[BreakerTransition], None]) -> None:
+        """Call ``listener`` with every :class:`BreakerTransition` from now on."""
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, got {listener!r}")
+        self._listeners.append(listener)
+
+    def reset(self) -> None:
+        """Close the breaker and forget the window (an operator's override)."""
+        with self._lock:
+            transition = self._move_locked(BreakerState.CLOSED, "reset", self._clock())
+            self._window.clear()
+            self._consecutive = 0
+        self._notify(transition)
+
+    def force_open(self) -> None:
+        """Open the breaker now (maintenance); probes start after ``recovery_timeout``."""
+        with self._lock:
+            now = self._clock()
+            transition = self._move_locked(BreakerState.OPEN, "forced open", now)
+            self._opened_at = now
+        self._notify(transition)
+
+    # -- the call protocol ------------------------------------------------
+
+    def acquire(self) -> _Permit:
+        """Admit one call or raise :class:`CircuitOpenError`.
+
+        Every admitted call must end in exactly one of :meth:`record_success`,
+        :meth:`record_failure` or :meth:`release`; the context-manager forms do this.
+        """
+        transition = None
+        with self._lock:
+            now = self._clock()
+            transition = self._maybe_half_open_locked(now)
+            if self._state is BreakerState.OPEN:
+                if not self.shadow:
+                    self.rejected += 1
+                    retry_after = max(0.0, self._opened_at + self.recovery_timeout - now)
+                    error: CircuitOpenError | None = CircuitOpenError(
+                        retry_after, breaker=self.name
+                    )
+                else:
+                    error = None
+                permit = _Permit(now, probe=False)
+            elif self._state is BreakerState.HALF_OPEN:
+                if self._probes_in_flight >= self.half_open_max_calls and not self.shadow:
+                    self.rejected += 1
+                    error = CircuitOpenError(0.0, breaker=self.name)
+                    permit = _Permit(now, probe=False)
+                else:
+                    self._probes_in_flight += 1
+                    error = None
+                    permit = _Permit(now, probe=True)
+            else:
+                error = None
+                permit = _Permit(now, probe=False)
+        self._notify(transition)
+        if error is not None:
+            raise error
+        return permit
+
+    def record_success(self, permit: _Permit) -> None:
+        """The admitted call succeeded."""
+        self._finish(permit, failed=False)
+
+    def record_failure(self, permit: _Permit, exc: BaseException) -> None:
+        """The admitted call failed with ``exc``; counted only when :attr:`is_failure` says so."""
+        try:
+            counts = bool(self.is_failure(exc))
+        except Exception:  # a broken classifier must not break the caller
+            _log.exception("circuit breaker %r: is_failure raised; not counting", self.name)
+            counts = False
+        if counts:
+            self._finish(permit, failed=True)
+        else:
+            self._finish(permit, failed=False, neutral=True)
+
+    def release(self, permit: _Permit) -> None:
+        """The admitted call ended without an outcome (cancelled): free its probe slot."""
+        if permit.done:
+            return
+        with self._lock:
+            permit.done = True
+            if permit.probe and self._probes_in_flight > 0:
+                self._probes_in_flight -= 1
+
+    def _finish(self, permit: _Permit, *, failed: bool, neutral: bool = False) -> None:
+        if permit.done:
+            return
+        transition = None
+        with self._lock:
+            permit.done = True
+            now = self._clock()
+            slow = (
+                self.slow_call_duration is not None
+                and now - permit.started >= self.slow_call_duration
+            )
+            if permit.probe:
+                self._probes_in_flight = max(0, self._probes_in_flight - 1)
+                if self._state is BreakerState.HALF_OPEN:
+                    if failed or slow:
+                        transition = self._open_locked(
+                            now, "probe failed" if failed else "probe slow"
+                        )
+                    else:
+                        # A neutral outcome (a constraint violation, say) still
+                        # means the database answered: the probe succeeded.
+                        self._probe_successes += 1
+                        if self._probe_successes >= self.half_open_max_calls:
+                            transition = self._move_locked(
+                                BreakerState.CLOSED, "probes succeeded", now
+                            )
+                            self._window.clear()
+                            self._consecutive = 0
+            elif self._state is BreakerState.CLOSED:
+                if neutral:
+                    # Not a health signal either way: it does not break a
+                    # run of failures, and the window does not see it.
+                    pass
+                else:
+                    self._window.append(_Outcome(now, failed, slow))
+                    self._consecutive = self._consecutive + 1 if failed else 0
+                    transition = self._check_trip_locked(now)
+        self._notify(transition)
+
+    # -- rules -----------------------------------------------------------
+
+    def _check_trip_locked(self, now: float) -> BreakerTransition | None:
+        if self.failure_threshold is not None and self._consecutive >= self.failure_threshold:
+            return self._open_locked(now, f"{self._consecutive} consecutive failures")
+        if self.window_duration is not None:
+            horizon = now - self.window_duration
+            while self._window and self._window[0].at < horizon:
+                self._window.popleft()
+        calls = len(self._window)
+        if calls < self.minimum_calls:
+            return None
+        if self.failure_rate_threshold is not None:
+            failures = sum(1 for o in self._window if o.failed)
+            if failures / calls >= self.failure_rate_threshold:
+                return self._open_locked(now, f"failure rate {failures}/{calls}")
+        if self.slow_call_rate_threshold is not None:
+            slow = sum(1 for o in self._window if o.slow)
+            if slow / calls >= self.slow_call_rate_threshold:
+                return self._open_locked(now, f"slow-call rate {slow}/{calls}")
+        return None
+
+    def _open_locked(self, now: float, reason: str) -> BreakerTransition | None:
+        self._opened_at = now
+        self._probe_successes = 0
+        return self._move_locked(BreakerState.OPEN, reason, now)
+
+    def _maybe_half_open_locked(self, now: float) -> BreakerTransition | None:
+        if self._state is BreakerState.OPEN and now - self._opened_at >= self.recovery_timeout:
+            self._probes_in_flight = 0
+            self._probe_successes = 0
+            return self._move_locked(BreakerState.HALF_OPEN, "recovery timeout elapsed", now)
+        return None
+
+    def _move_locked(self, new: BreakerState, reason: str, now: float) -> BreakerTransition | None:
+        if new is self._state:
+            return None
+        old, self._state = self._state, new
+        self.transitions += 1
+        return BreakerTransition(self.name, old, new, reason, now)
+
+    def _notify(self, transition: BreakerTransition | None) -> None:
+        if transition is None:
+            return
+        level = logging.WARNING if transition.current is BreakerState.OPEN else logging.INFO
+        _log.log(
+            level,
+            "circuit breaker %r: %s -> %s (%s)%s",
+            transition.breaker,
+            transition.previous.name,
+            transition.current.name,
+            transition.reason,
+            " [shadow]" if self.shadow else "",
+            extra={
+                "sqlalchemy_resilience.breaker": transition.breaker,
+                "sqlalchemy_resilience.breaker_state": transition.current.name,
+            },
+        )
+        _record_transition(transition)
+        for listener in list(self._listeners):
+            try:
+                listener(transition)
+            except Exception:
+                _log.exception("circuit breaker %r: a transition listener failed", self.name)
+
+    # -- context manager ----------------------------------------------------
+
+    def guard(self) -> BreakerGuard:
+        """A context manager (``with`` or ``async with``) admitting one call.
+
+        Entering raises :class:`CircuitOpenError` when open; leaving records
+        success, a failure (counted when :attr:`is_failure` says so) or, for
+        cancellation, releases the permit.
+
+        Example::
+
+            async with breaker.guard():
+                await session.execute(select(User))
+        """
+        return BreakerGuard(self)
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name!r} {self.state.name}>"
+
+
+class BreakerGuard:
+    """One call through a :class:`CircuitBreaker`; see :meth:`CircuitBreaker.guard`."""
+
+    __slots__ = ("_breaker", "_permit")
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+        self._permit: _Permit | None = None
+
+    def __enter__(self) -> BreakerGuard:
+        if self._permit is not None:
+            raise RuntimeError("a BreakerGuard admits one call; use breaker.guard() per call")
+        self._permit = self._breaker.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        permit, self._permit = self._permit, None
+        assert permit is not None
+        if exc is None:
+            self._breaker.record_success(permit)
+        elif isinstance(exc, Exception):
+            self._breaker.record_failure(permit, exc)
+        else:
+            # CancelledError, KeyboardInterrupt...: no verdict on the database.
+            self._breaker.release(permit)
+
+    async def __aenter__(self) -> BreakerGuard:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return value
+
+
+def _optional_positive_int(name: str, value: object) -> int | None:
+    return None if value is None else _positive_int(name, value)
+
+
+def _optional_fraction(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number between 0 and 1, got {value!r}")
+    if not 0 < float(value) <= 1:
+        raise ValueError(f"{name} must be > 0 and <= 1, got {value!r}")
+    return float(value)
+
+
+# -- OpenTelemetry (API only; a no-op without an SDK) --------------------------
+
+_all_breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+_transition_counter: Any = None
+
+
+def _record_transition(transition: BreakerTransition) -> None:
+    counter = _meters()
+    if counter is not None:
+        counter.add(
+            1,
+            {
+                "db.client.circuit_breaker.name": transition.breaker,
+                "db.client.circuit_breaker.state": transition.current.name.lower(),
+            },
+        )
+
+
+def _meters() -> Any:
+    global _transition_counter
+    if _transition_counter is None:
+        try:
+            from opentelemetry import metrics
+            from opentelemetry.metrics import CallbackOptions, Observation
+        except ImportError:  # pragma: no cover - opentelemetry-api is a dependency
+            return None
+        meter = metrics.get_meter("sqlalchemy_resilience")
+
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(b.state.value, {"db.client.circuit_breaker.name": b.name})
+                for b in list(_all_breakers)
+            ]
+
+        meter.create_observable_gauge(
+            "db.client.circuit_breaker.state",
+            callbacks=[observe],
+            unit="1",
+            description="Circuit breaker state: 0 closed, 1 half-open, 2 open",
+        )
+        _transition_counter = meter.create_counter(
+            "db.client.circuit_breaker.transitions",
+            unit="{transition}",
+            description="Circuit breaker state transitions",
+        )
+    return _transition_counter

@@ -1,0 +1,371 @@
+"""When and how to retry a unit of work: :class:`RetryPolicy` and :class:`RetryBudget`.
+
+The policy is configuration only; :func:`~sqlalchemy_resilience.run_transaction`
+applies it. Retries are composed from tenacity (``stop_any`` of an attempt
+count and a deadline, full-jitter exponential backoff, a classifier predicate);
+:meth:`RetryPolicy.as_tenacity` hands the same composition to power users.
+
+The default classifier follows the retry-safety table: serialization
+failures, deadlocks, connection failures before COMMIT and a database that is
+(re)starting are retried; constraint, data and syntax errors never are; a
+connection lost while COMMIT was in flight (:class:`CommitOutcomeUnknown`) is
+retried only for work declared idempotent; lock and statement timeouts only
+when the policy opts in.
+
+Example::
+
+    policy = RetryPolicy(attempts=5, initial_backoff=0.05, max_backoff=1.0, deadline=10)
+    await run_transaction(Session, transfer, retry=policy)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import tenacity
+
+from ._time import Seconds, to_seconds
+from .errors import (
+    CircuitOpenError,
+    CommitOutcomeUnknown,
+    LockNotAvailable,
+    QueryTimeout,
+    ResilienceError,
+    RetryExhausted,
+)
+
+__all__ = ["RetryBudget", "RetryPolicy", "default_retry_on"]
+
+_log = logging.getLogger("sqlalchemy_resilience.retry")
+
+
+def _translated(exc: BaseException) -> BaseException:
+    from .instrument import translate_error
+
+    return translate_error(exc)
+
+
+def default_retry_on(exc: BaseException) -> bool:
+    """The default classifier: the error's own ``retryable`` verdict after translation.
+
+    Cancellation, :class:`CircuitOpenError` and :class:`CommitOutcomeUnknown`
+    are never retried here (the policy's options and ``idempotent=True``
+    widen this).
+
+    Example::
+
+        >>> default_retry_on(ConnectionRefusedError())
+        True
+    """
+    if not isinstance(exc, Exception):
+        return False
+    err = _translated(exc)
+    if isinstance(err, (CircuitOpenError, CommitOutcomeUnknown, RetryExhausted)):
+        return False
+    return isinstance(err, ResilienceError) and err.retryable
+
+
+class RetryBudget:
+    """A token bucket shared by every caller of one engine, so retries cannot multiply load.
+
+    Each retry takes a token. Tokens come back at ``refill_per_second`` and
+    with every first attempt that succeeds (``ratio`` of a token each), up to
+    ``capacity``. When the database is down, first attempts fail, tokens run
+    out, and callers get the error at once instead of retrying in a storm.
+
+    Args:
+        capacity: tokens when full (also the start).
+        refill_per_second: tokens regained per second regardless of traffic.
+        ratio: tokens regained per successful first attempt.
+        clock: monotonic clock (tests inject one).
+
+    Example::
+
+        budget = RetryBudget(capacity=20, refill_per_second=2, ratio=0.1)
+        policy = RetryPolicy(budget=budget)
+    """
+
+    def __init__(
+        self,
+        *,
+        capacity: float = 20.0,
+        refill_per_second: float = 2.0,
+        ratio: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        for name, value in (
+            ("capacity", capacity),
+            ("refill_per_second", refill_per_second),
+            ("ratio", ratio),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity!r}")
+        if refill_per_second < 0:
+            raise ValueError(f"refill_per_second must be >= 0, got {refill_per_second!r}")
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"ratio must be between 0 and 1, got {ratio!r}")
+        self.capacity = float(capacity)
+        self.refill_per_second = float(refill_per_second)
+        self.ratio = float(ratio)
+        self._clock = clock
+        self._tokens = self.capacity
+        self._last = clock()
+        self._lock = threading.Lock()
+        self.denied = 0
+
+    def _refill_locked(self) -> None:
+        now = self._clock()
+        self._tokens = min(
+            self.capacity, self._tokens + (now - self._last) * self.refill_per_second
+        )
+        self._last = now
+
+    @property
+    def tokens(self) -> float:
+        """Tokens available now."""
+        with self._lock:
+            self._refill_locked()
+            return self._tokens
+
+    def try_acquire(self) -> bool:
+        """Take a token for one retry; False (and count a denial) when none is left."""
+        with self._lock:
+            self._refill_locked()
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return True
+            self.denied += 1
+            return False
+
+    def record_success(self) -> None:
+        """A first attempt succeeded: earn back ``ratio`` of a token."""
+        if self.ratio:
+            with self._lock:
+                self._refill_locked()
+                self._tokens = min(self.capacity, self._tokens + self.ratio)
+
+    @classmethod
+    def for_engine(cls, engine: Any) -> RetryBudget:
+        """The budget shared by every caller of ``engine`` (created on first use).
+
+        ``None`` (no engine known) gives one process-wide budget.
+        """
+        global _process_budget
+        with _budgets_lock:
+            if engine is None:
+                if _process_budget is None:
+                    _process_budget = cls()
+                return _process_budget
+            key = getattr(engine, "sync_engine", engine)
+            budget = _engine_budgets.get(key)
+            if budget is None:
+                budget = _engine_budgets[key] = cls()
+            return budget
+
+
+_engine_budgets: weakref.WeakKeyDictionary[Any, RetryBudget] = weakref.WeakKeyDictionary()
+_budgets_lock = threading.Lock()
+_process_budget: RetryBudget | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a unit of work is retried. Frozen; every field is validated.
+
+    Args:
+        attempts: every try counts, the first included (>= 1; 1 means no retry).
+        initial_backoff: the first wait's upper bound, seconds or ``timedelta``.
+        max_backoff: no wait is longer than this.
+        jitter: full jitter (each wait uniform in [0, bound]); off gives the bound itself.
+        deadline: no attempt starts after this long since the first (None: no deadline).
+        retry_on: classifier ``exc -> bool`` replacing :func:`default_retry_on`.
+        retry_lock_timeouts: also retry :class:`LockNotAvailable` (55P03).
+        retry_query_timeouts: also retry :class:`QueryTimeout` (57014).
+        budget: the :class:`RetryBudget` to draw from; the engine's shared one when None.
+
+    The defaults ride out a server restart of a few seconds: 10 attempts,
+    backoff from 50 ms doubling to at most 2 s (about 5 s of waiting in the
+    worst case before jitter), within 30 s.
+
+    Example::
+
+        RetryPolicy(attempts=3, initial_backoff=timedelta(milliseconds=20), deadline=5)
+    """
+
+    attempts: int = 10
+    initial_backoff: Seconds = 0.05
+    max_backoff: Seconds = 2.0
+    jitter: bool = True
+    deadline: Seconds | None = 30.0
+    retry_on: Callable[[BaseException], bool] | None = None
+    retry_lock_timeouts: bool = False
+    retry_query_timeouts: bool = False
+    budget: RetryBudget | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise TypeError(f"attempts must be an int, got {self.attempts!r}")
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1 (the first try counts), got {self.attempts!r}")
+        initial = to_seconds("initial_backoff", self.initial_backoff)
+        maximum = to_seconds("max_backoff", self.max_backoff)
+        if maximum < initial:
+            raise ValueError(
+                f"max_backoff ({self.max_backoff!r}) must be >= initial_backoff ({self.initial_backoff!r})"
+            )
+        if self.deadline is not None:
+            to_seconds("deadline", self.deadline, allow_zero=False)
+        for name in ("jitter", "retry_lock_timeouts", "retry_query_timeouts"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.retry_on is not None and not callable(self.retry_on):
+            raise TypeError(f"retry_on must be callable, got {self.retry_on!r}")
+        if self.budget is not None and not isinstance(self.budget, RetryBudget):
+            raise TypeError(f"budget must be a RetryBudget, got {self.budget!r}")
+
+    @property
+    def initial_backoff_seconds(self) -> float:
+        """``initial_backoff`` in seconds."""
+        return to_seconds("initial_backoff", self.initial_backoff)
+
+    @property
+    def max_backoff_seconds(self) -> float:
+        """``max_backoff`` in seconds."""
+        return to_seconds("max_backoff", self.max_backoff)
+
+    @property
+    def deadline_seconds(self) -> float | None:
+        """``deadline`` in seconds, or None."""
+        return None if self.deadline is None else to_seconds("deadline", self.deadline)
+
+    def is_retryable(self, exc: BaseException, *, idempotent: bool = False) -> bool:
+        """Whether ``exc`` may be retried under this policy.
+
+        Args:
+            exc: the failure (translated or not).
+            idempotent: the unit of work may safely run twice, so an unknown
+                COMMIT outcome may be retried too.
+        """
+        if not isinstance(exc, Exception):
+            return False  # cancellation and exits always propagate
+        err = _translated(exc)
+        if isinstance(err, (CircuitOpenError, RetryExhausted)):
+            return False
+        if isinstance(err, CommitOutcomeUnknown):
+            return idempotent
+        if self.retry_on is not None:
+            return bool(self.retry_on(err))
+        if isinstance(err, LockNotAvailable) and self.retry_lock_timeouts:
+            return True
+        if isinstance(err, QueryTimeout) and self.retry_query_timeouts:
+            return True
+        return default_retry_on(err)
+
+    def wait_strategy(self) -> tenacity.wait.wait_base:
+        """The tenacity wait: full-jitter (or plain) exponential backoff."""
+        if self.jitter:
+            return tenacity.wait_random_exponential(
+                multiplier=self.initial_backoff_seconds, max=self.max_backoff_seconds
+            )
+        return tenacity.wait_exponential(
+            multiplier=self.initial_backoff_seconds,
+            min=self.initial_backoff_seconds,
+            max=self.max_backoff_seconds,
+        )
+
+    def stop_strategy(self, *, elapsed: float = 0.0) -> tenacity.stop.stop_base:
+        """The tenacity stop: the attempt count, or the deadline, whichever comes first."""
+        stops: list[tenacity.stop.stop_base] = [tenacity.stop_after_attempt(self.attempts)]
+        deadline = self.deadline_seconds
+        if deadline is not None:
+            stops.append(tenacity.stop_before_delay(max(deadline - elapsed, 0.0)))
+        return tenacity.stop_any(*stops)
+
+    def as_tenacity(
+        self, *, idempotent: bool = False, sleep: Callable[[float], Any] | None = None
+    ) -> tenacity.AsyncRetrying:
+        """This policy as a ``tenacity.AsyncRetrying`` (the escape hatch), re-raising the last error.
+
+        Example::
+
+            async for attempt in RetryPolicy(attempts=3).as_tenacity():
+                with attempt:
+                    await do_work()
+        """
+        kwargs: dict[str, Any] = {}
+        if sleep is not None:
+            kwargs["sleep"] = sleep
+        return tenacity.AsyncRetrying(
+            stop=self.stop_strategy(),
+            wait=self.wait_strategy(),
+            retry=tenacity.retry_if_exception(
+                lambda e: self.is_retryable(e, idempotent=idempotent)
+            ),
+            before_sleep=log_retry,
+            reraise=True,
+            **kwargs,
+        )
+
+    def as_tenacity_sync(self, *, idempotent: bool = False) -> tenacity.Retrying:
+        """This policy as a synchronous ``tenacity.Retrying``."""
+        return tenacity.Retrying(
+            stop=self.stop_strategy(),
+            wait=self.wait_strategy(),
+            retry=tenacity.retry_if_exception(
+                lambda e: self.is_retryable(e, idempotent=idempotent)
+            ),
+            before_sleep=log_retry,
+            reraise=True,
+        )
+
+
+_retry_counter: Any = None
+
+
+def _counter() -> Any:
+    global _retry_counter
+    if _retry_counter is None:
+        from opentelemetry import metrics
+
+        _retry_counter = metrics.get_meter("sqlalchemy_resilience").create_counter(
+            "db.client.retries",
+            unit="{retry}",
+            description="Units of work re-run after a retryable database error",
+        )
+    return _retry_counter
+
+
+def log_retry(state: tenacity.RetryCallState) -> None:
+    """tenacity ``before_sleep`` hook: a WARNING record and the ``db.client.retries`` counter."""
+    outcome = state.outcome
+    exc = outcome.exception() if outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    name = type(exc).__name__ if exc is not None else "unknown"
+    code = getattr(exc, "sqlstate", None) or getattr(exc, "driver_code", None)
+    _log.warning(
+        "retrying after %s%s (attempt %d failed; waiting %.3fs)",
+        name,
+        f" [{code}]" if code else "",
+        state.attempt_number,
+        wait,
+        extra={
+            "sqlalchemy_resilience.attempt": state.attempt_number,
+            "sqlalchemy_resilience.wait": wait,
+            "sqlalchemy_resilience.error_type": name,
+        },
+    )
+    try:
+        attributes = {"error.type": name}
+        if code:
+            attributes["db.response.status_code"] = str(code)
+        _counter().add(1, attributes)
+    except Exception:  # metrics must never break the retry
+        _log.debug("db.client.retries counter failed", exc_info=True)

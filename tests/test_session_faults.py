@@ -1,0 +1,115 @@
+"""run_transaction when the connection dies while COMMIT is in flight (recipe e6, own server).
+
+The transaction has committed locally when the backend is killed in its
+synchronous-replication wait; the client only sees the connection drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+import sqlalchemy_resilience as sr
+from sqlalchemy_resilience import RetryPolicy, instrument, run_transaction
+
+from .pgharness import PgServer
+
+FAST = RetryPolicy(attempts=4, initial_backoff=0.001, max_backoff=0.01, deadline=30)
+
+
+@pytest.fixture
+def syncrep(fault_server: PgServer) -> Iterator[PgServer]:
+    """A ghost synchronous standby: a transaction that asks for sync commit waits forever."""
+    fault_server.execute("DROP TABLE IF EXISTS ledger", database="faults")
+    fault_server.execute("CREATE TABLE ledger (k uuid PRIMARY KEY)", database="faults")
+    fault_server.execute("GRANT ALL ON ledger TO app", database="faults")
+    fault_server.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost_standby'")
+    fault_server.execute("ALTER SYSTEM SET synchronous_commit = 'local'")
+    fault_server.execute("SELECT pg_reload_conf()")
+    try:
+        yield fault_server
+    finally:
+        fault_server.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        fault_server.execute("ALTER SYSTEM RESET synchronous_commit")
+        fault_server.execute("SELECT pg_reload_conf()")
+
+
+def _kill_first_syncrep_waiter(server: PgServer) -> int:
+    def waiting() -> list[int]:
+        rows = server.execute(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND usename = 'app'"
+        )
+        return [r[0] for r in rows]
+
+    server.wait_for(lambda: bool(waiting()), timeout=20)
+    pid = waiting()[0]
+    server.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    return pid
+
+
+def _rows(server: PgServer, key: uuid.UUID) -> int:
+    return int(
+        server.execute("SELECT count(*) FROM ledger WHERE k = %s", (key,), database="faults")[0][0]
+    )
+
+
+@pytest.mark.parametrize("instrumented", [True, False])
+async def test_unknown_commit_is_never_retried_blindly(
+    syncrep: PgServer, pg_driver: str, instrumented: bool
+) -> None:
+    """A lost COMMIT raises CommitOutcomeUnknown after one attempt, instrumented or not; the row did commit."""
+    engine = create_async_engine(syncrep.app_url("faults", driver=pg_driver))
+    if instrumented:
+        instrument(engine)
+    key = uuid.uuid4()
+    attempts = 0
+
+    async def work(session: AsyncSession) -> None:
+        nonlocal attempts
+        attempts += 1
+        await session.execute(text("SET LOCAL synchronous_commit = 'on'"))
+        await session.execute(text("INSERT INTO ledger VALUES (:k)"), {"k": key})
+
+    try:
+        killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
+        with pytest.raises(sr.CommitOutcomeUnknown) as info:
+            await run_transaction(async_sessionmaker(engine), work, retry=FAST)
+        await killer
+    finally:
+        await engine.dispose()
+    assert attempts == 1
+    assert info.value.retryable is False
+    assert _rows(syncrep, key) == 1
+
+
+async def test_idempotent_work_is_retried_after_unknown_commit(
+    syncrep: PgServer, pg_driver: str
+) -> None:
+    """Declared idempotent (ON CONFLICT DO NOTHING on its key), the work is re-run and lands exactly once."""
+    engine = create_async_engine(syncrep.app_url("faults", driver=pg_driver))
+    instrument(engine)
+    key = uuid.uuid4()
+    attempts = 0
+
+    async def work(session: AsyncSession) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            await session.execute(text("SET LOCAL synchronous_commit = 'on'"))
+        await session.execute(
+            text("INSERT INTO ledger VALUES (:k) ON CONFLICT (k) DO NOTHING"), {"k": key}
+        )
+
+    try:
+        killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
+        await run_transaction(async_sessionmaker(engine), work, retry=FAST, idempotent=True)
+        await killer
+    finally:
+        await engine.dispose()
+    assert attempts == 2
+    assert _rows(syncrep, key) == 1
