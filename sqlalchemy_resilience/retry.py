@@ -42,6 +42,8 @@ from .errors import (
 
 __all__ = ["RetryBudget", "RetryPolicy", "default_retry_on"]
 
+_DENIAL_LOG_INTERVAL = 5.0
+
 _log = logging.getLogger("sqlalchemy_resilience.retry")
 
 
@@ -120,6 +122,8 @@ class RetryBudget:
         self._last = clock()
         self._lock = threading.Lock()
         self.denied = 0
+        self._denied_reported = 0
+        self._last_report = float("-inf")
 
     def _refill_locked(self) -> None:
         now = self._clock()
@@ -136,14 +140,31 @@ class RetryBudget:
             return self._tokens
 
     def try_acquire(self) -> bool:
-        """Take a token for one retry; False (and count a denial) when none is left."""
+        """Take a token for one retry; False (and count a denial) when none is left.
+
+        A denial is logged at WARNING at most every 5 s, with the count since
+        the last record: a database that is down must not flood the log.
+        """
         with self._lock:
             self._refill_locked()
             if self._tokens >= 1:
                 self._tokens -= 1
                 return True
             self.denied += 1
-            return False
+            now = self._clock()
+            report = now - self._last_report >= _DENIAL_LOG_INTERVAL
+            if report:
+                self._last_report = now
+                newly = self.denied - self._denied_reported
+                self._denied_reported = self.denied
+        if report:
+            _log.warning(
+                "retry budget exhausted: %d retr%s refused since the last report",
+                newly,
+                "y" if newly == 1 else "ies",
+                extra={"sqlalchemy_resilience.retries_denied": newly},
+            )
+        return False
 
     def record_success(self) -> None:
         """A first attempt succeeded: earn back ``ratio`` of a token."""

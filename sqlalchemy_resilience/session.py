@@ -227,14 +227,7 @@ def _retrying_kwargs(
             errors.append(exc)
         if not policy.is_retryable(exc, idempotent=idempotent):
             return False
-        if not budget.try_acquire():
-            _log.warning(
-                "retry budget exhausted; not retrying %s",
-                type(exc).__name__,
-                extra={"sqlalchemy_resilience.error_type": type(exc).__name__},
-            )
-            return False
-        return True
+        return budget.try_acquire()
 
     def exhausted(state: tenacity.RetryCallState) -> Any:
         raise RetryExhausted(errors) from errors[-1]

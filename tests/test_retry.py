@@ -1,0 +1,154 @@
+"""RetryPolicy's classifier and tenacity composition, and RetryBudget's token bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import create_engine
+
+import sqlalchemy_resilience as sr
+from sqlalchemy_resilience import RetryBudget, RetryPolicy
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_default_classifier_follows_the_safety_table() -> None:
+    """Retry conflicts, disconnects before COMMIT and unavailability; never permanent errors or unknown commits."""
+    policy = RetryPolicy()
+    for retryable in (
+        sr.SerializationFailure("40001"),
+        sr.DeadlockDetected("40P01"),
+        sr.ConnectionLost("57P01"),
+        sr.DatabaseUnavailable("refused"),
+        sr.TooManyConnections("53300"),
+        ConnectionRefusedError(),
+    ):
+        assert policy.is_retryable(retryable), retryable
+    for permanent in (
+        sr.UniqueViolation("23505"),
+        sr.InvalidData("22P02"),
+        sr.InvalidStatement("42601"),
+        sr.AuthenticationFailed("28P01"),
+        sr.CommitOutcomeUnknown("lost during COMMIT"),
+        sr.CircuitOpenError(1.0),
+        sr.LockNotAvailable("55P03"),
+        sr.QueryTimeout("57014"),
+        asyncio.CancelledError(),
+        ValueError("app bug"),
+    ):
+        assert not policy.is_retryable(permanent), permanent
+
+
+def test_opt_ins_widen_the_classifier() -> None:
+    """Lock and statement timeouts, unknown commits and custom rules are opt-in."""
+    assert RetryPolicy(retry_lock_timeouts=True).is_retryable(sr.LockNotAvailable("55P03"))
+    assert RetryPolicy(retry_query_timeouts=True).is_retryable(sr.QueryTimeout("57014"))
+    assert RetryPolicy().is_retryable(sr.CommitOutcomeUnknown("x"), idempotent=True)
+    custom = RetryPolicy(retry_on=lambda e: isinstance(e, sr.UniqueViolation))
+    assert custom.is_retryable(sr.UniqueViolation("23505"))
+    assert not custom.is_retryable(sr.SerializationFailure("40001"))
+    assert not custom.is_retryable(sr.CircuitOpenError(1.0))
+
+
+def test_times_accept_timedelta_and_policy_is_frozen() -> None:
+    """timedelta and float seconds are equivalent; the policy cannot be changed after construction."""
+    policy = RetryPolicy(
+        initial_backoff=timedelta(milliseconds=20), max_backoff=1, deadline=timedelta(seconds=3)
+    )
+    assert policy.initial_backoff_seconds == pytest.approx(0.02)
+    assert policy.deadline_seconds == pytest.approx(3.0)
+    with pytest.raises(AttributeError):
+        policy.attempts = 3  # type: ignore[misc]
+
+
+async def test_as_tenacity_retries_then_reraises() -> None:
+    """The tenacity escape hatch stops after `attempts` and re-raises the last error."""
+    calls = 0
+    policy = RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.001)
+
+    async def always_lost() -> None:
+        nonlocal calls
+        async for attempt in policy.as_tenacity():
+            with attempt:
+                calls += 1
+                raise sr.ConnectionLost("gone")
+
+    with pytest.raises(sr.ConnectionLost):
+        await always_lost()
+    assert calls == 3
+    calls = 0
+    for attempt in policy.as_tenacity_sync():
+        with attempt:
+            calls += 1
+            if calls < 2:
+                raise sr.SerializationFailure("40001")
+    assert calls == 2
+
+
+def test_budget_refills_and_earns_tokens() -> None:
+    """Tokens are spent per retry, refill over time and are earned back by successes."""
+    clock = FakeClock()
+    budget = RetryBudget(capacity=2, refill_per_second=1, ratio=0.5, clock=clock)
+    assert budget.try_acquire() and budget.try_acquire()
+    assert not budget.try_acquire()
+    assert budget.denied == 1
+    clock.now += 1.0
+    assert budget.try_acquire()
+    budget.record_success()
+    budget.record_success()
+    assert budget.tokens == pytest.approx(1.0)
+    clock.now += 100
+    assert budget.tokens == pytest.approx(2.0)  # capped
+
+
+def test_budget_denials_are_logged_at_most_every_five_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database that is down produces one budget warning per 5 s, not one per request."""
+    clock = FakeClock()
+    budget = RetryBudget(capacity=1, refill_per_second=0, ratio=0, clock=clock)
+    budget.try_acquire()
+    with caplog.at_level(logging.WARNING, logger="sqlalchemy_resilience.retry"):
+        for _ in range(100):
+            budget.try_acquire()
+        clock.now += 5
+        budget.try_acquire()
+    records = [r for r in caplog.records if "retry budget exhausted" in r.getMessage()]
+    assert len(records) == 2
+    assert "1 retry refused" in records[0].getMessage()
+    assert "100 retries refused" in records[1].getMessage()
+
+
+def test_budget_is_shared_per_engine() -> None:
+    """All callers of one engine share one budget; another engine has its own."""
+    a, b = create_engine("sqlite://"), create_engine("sqlite://")
+    try:
+        assert RetryBudget.for_engine(a) is RetryBudget.for_engine(a)
+        assert RetryBudget.for_engine(a) is not RetryBudget.for_engine(b)
+        assert RetryBudget.for_engine(None) is RetryBudget.for_engine(None)
+    finally:
+        a.dispose()
+        b.dispose()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"capacity": 0}, "capacity must be >= 1"),
+        ({"refill_per_second": -1}, "refill_per_second must be >= 0"),
+        ({"ratio": 2}, "ratio must be between 0 and 1"),
+    ],
+)
+def test_budget_validation(kwargs: dict[str, float], match: str) -> None:
+    """Bad budget settings are refused."""
+    with pytest.raises(ValueError, match=match):
+        RetryBudget(**kwargs)
