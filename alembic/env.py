@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 import os
 
-from sqlalchemy import Connection, MetaData, create_engine, pool
+from alembic import context
+from sqlalchemy import Connection, create_engine, pool
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from alembic import context
+from sqlalchemy_resilience.schema import metadata
 
 config = context.config
-# The package's tables are declared by the capabilities that own them (the
-# saga log arrives with the Saga helper); until then the metadata is empty.
-target_metadata = MetaData()
+target_metadata = metadata
 VERSION_TABLE = config.get_main_option("version_table") or "sqlalchemy_resilience_alembic_version"
 
 

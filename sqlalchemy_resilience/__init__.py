@@ -17,6 +17,7 @@ from .breaker import BreakerState as BreakerState
 from .breaker import BreakerTransition as BreakerTransition
 from .breaker import CircuitBreaker as CircuitBreaker
 from .breaker import is_infrastructure_failure as is_infrastructure_failure
+from .errors import AlreadyApplied as AlreadyApplied
 from .errors import AuthenticationFailed as AuthenticationFailed
 from .errors import CheckViolation as CheckViolation
 from .errors import CircuitOpenError as CircuitOpenError
@@ -58,6 +59,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     from ._version import __version__
 
 __all__ = [
+    "AlreadyApplied",
     "AuthenticationFailed",
     "BreakerState",
     "BreakerTransition",

@@ -11,6 +11,7 @@ subclasses both, so no existing ``except`` clause stops matching::
 
     sqlalchemy.exc.SQLAlchemyError
     └── ResilienceError                   .retryable .sqlstate .user_message() .error_id
+        ├── AlreadyApplied                    idempotency key committed before; .idempotency_key
         ├── CircuitOpenError                  breaker open; .retry_after
         ├── RetryExhausted                    every attempt failed; .attempts
         ├── PoolExhausted                     (sqlalchemy.exc.TimeoutError) pool checkout timed out
@@ -56,6 +57,7 @@ from sqlalchemy import exc as sa_exc
 from .messages import user_message as _catalogue_message
 
 __all__ = [
+    "AlreadyApplied",
     "AuthenticationFailed",
     "CheckViolation",
     "CircuitOpenError",
@@ -184,6 +186,26 @@ class RetryExhausted(ResilienceError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.errors,), {"error_id": self.error_id})
+
+
+class AlreadyApplied(ResilienceError):
+    """The unit of work's ``idempotency_key`` was committed before: nothing was done again.
+
+    Attributes:
+        idempotency_key: the key.
+    """
+
+    message_key = "already_applied"
+
+    def __init__(self, idempotency_key: str) -> None:
+        super().__init__(
+            f"a unit of work with idempotency key {idempotency_key!r} was already committed",
+            retryable=False,
+        )
+        self.idempotency_key = idempotency_key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.idempotency_key,), {"error_id": self.error_id})
 
 
 class PoolExhausted(ResilienceError, sa_exc.TimeoutError):

@@ -49,6 +49,7 @@ _EN: dict[str, str] = {
     "insufficient_resources": "The service is temporarily unable to process requests. Please try again later.",
     "circuit_open": "The service is temporarily unavailable. Please try again in a moment.",
     "retry_exhausted": "The service could not complete your request. Please try again later.",
+    "already_applied": "This request was already processed.",
 }
 
 _JA: dict[str, str] = {
@@ -73,6 +74,7 @@ _JA: dict[str, str] = {
     "insufficient_resources": "サービスは一時的に処理できない状態です。しばらくしてから再度お試しください。",
     "circuit_open": "サービスは一時的に利用できません。しばらくしてから再度お試しください。",
     "retry_exhausted": "リクエストを完了できませんでした。しばらくしてから再度お試しください。",
+    "already_applied": "このリクエストは既に処理されています。",
 }
 
 #: Every message key a translated error can carry.

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import tenacity
 from sqlalchemy import exc as sa_exc
@@ -34,8 +34,9 @@ from sqlalchemy.orm import Session
 
 from .breaker import CircuitBreaker
 from .classify import build_error
-from .errors import CommitOutcomeUnknown, ResilienceError, RetryExhausted
+from .errors import AlreadyApplied, CommitOutcomeUnknown, ResilienceError, RetryExhausted
 from .retry import RetryBudget, RetryPolicy, log_retry
+from .schema import IDEMPOTENCY_KEY_MAX_LENGTH, idempotency_keys
 
 __all__ = ["run_transaction", "run_transaction_sync"]
 
@@ -50,7 +51,9 @@ ISOLATION_LEVELS = frozenset(
 _DEFAULT_POLICY = RetryPolicy()
 
 
-def _validate(isolation_level: str | None, read_only: bool, idempotent: bool) -> None:
+def _validate(
+    isolation_level: str | None, read_only: bool, idempotent: bool, idempotency_key: str | None
+) -> None:
     if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
         raise ValueError(
             f"isolation_level must be one of {sorted(ISOLATION_LEVELS)}, got {isolation_level!r}"
@@ -58,6 +61,13 @@ def _validate(isolation_level: str | None, read_only: bool, idempotent: bool) ->
     for name, value in (("read_only", read_only), ("idempotent", idempotent)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
+    if idempotency_key is not None:
+        given: object = idempotency_key
+        if not isinstance(given, str) or not 0 < len(given) <= IDEMPOTENCY_KEY_MAX_LENGTH:
+            raise ValueError(
+                f"idempotency_key must be a string of 1 to {IDEMPOTENCY_KEY_MAX_LENGTH}"
+                f" characters, got {idempotency_key!r}"
+            )
 
 
 def _bind_of(factory: Any) -> Any:
@@ -98,28 +108,98 @@ def _read_only_sql(dialect_name: str) -> tuple[str, str | None]:
     raise ValueError(f"read_only=True is supported on postgresql and sqlite, not {dialect_name!r}")
 
 
+class _Unit:
+    """One run_transaction call: its options and what earlier attempts left behind."""
+
+    __slots__ = (
+        "breaker",
+        "idempotency_key",
+        "isolation_level",
+        "pending",
+        "read_only",
+        "unknown_commit",
+    )
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker | None,
+        isolation_level: str | None,
+        read_only: bool,
+        idempotency_key: str | None,
+    ) -> None:
+        self.breaker = breaker
+        self.isolation_level = isolation_level
+        self.read_only = read_only
+        self.idempotency_key = idempotency_key
+        # The result of an attempt whose COMMIT outcome was unknown: if a
+        # later attempt finds the key taken, that attempt did commit.
+        self.pending: Any = None
+        self.unknown_commit = False
+
+    def claim_statement(self, dialect_name: str) -> Any:
+        if dialect_name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect_name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        else:
+            raise ValueError(
+                f"idempotency_key is supported on postgresql and sqlite, not {dialect_name!r}"
+            )
+        return (
+            insert(idempotency_keys)
+            .values(key=self.idempotency_key)
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(idempotency_keys.c.key)
+        )
+
+    def key_taken(self) -> Any:
+        """What an attempt returns when it finds its key already committed."""
+        if self.unknown_commit:
+            _log.info(
+                "commit outcome resolved: an earlier attempt committed (idempotency key found)"
+            )
+            return self.pending
+        assert self.idempotency_key is not None
+        raise AlreadyApplied(self.idempotency_key)
+
+    def commit_failed(self, exc: BaseException, result: Any) -> BaseException:
+        failure = _commit_failure(exc)
+        if isinstance(failure, CommitOutcomeUnknown):
+            self.unknown_commit = True
+            self.pending = result
+        return failure
+
+
 async def _attempt_async(
     factory: Callable[[], AsyncSession],
     fn: Callable[[AsyncSession], Awaitable[T]],
-    breaker: CircuitBreaker | None,
-    isolation_level: str | None,
-    read_only: bool,
+    unit: _Unit,
 ) -> T:
-    guard: AbstractAsyncContextManager[Any] = breaker.guard() if breaker else nullcontext()
+    guard: AbstractAsyncContextManager[Any] = (
+        unit.breaker.guard() if unit.breaker else nullcontext()
+    )
     async with guard, factory() as session:
         reset_sql: str | None = None
         try:
-            if isolation_level is not None:
-                await session.connection(execution_options={"isolation_level": isolation_level})
-            if read_only:
+            if unit.isolation_level is not None:
+                await session.connection(
+                    execution_options={"isolation_level": unit.isolation_level}
+                )
+            if unit.read_only:
                 conn = await session.connection()
                 set_sql, reset_sql = _read_only_sql(conn.dialect.name)
                 await conn.exec_driver_sql(set_sql)
+            if unit.idempotency_key is not None:
+                conn = await session.connection()
+                claimed = await conn.execute(unit.claim_statement(conn.dialect.name))
+                if claimed.first() is None:
+                    await session.rollback()
+                    return cast(T, unit.key_taken())
             result = await fn(session)
             try:
                 await session.commit()
             except Exception as exc:
-                failure = _commit_failure(exc)
+                failure = unit.commit_failed(exc, result)
                 if failure is exc:
                     raise
                 raise failure from exc
@@ -154,6 +234,7 @@ async def run_transaction(
     isolation_level: str | None = None,
     read_only: bool = False,
     idempotent: bool = False,
+    idempotency_key: str | None = None,
 ) -> T:
     """Run ``fn(session)`` in one transaction; re-run it whole on a retryable failure.
 
@@ -170,13 +251,23 @@ async def run_transaction(
             READ ONLY``; SQLite ``PRAGMA query_only``).
         idempotent: the work may be applied twice safely, so an unknown COMMIT
             outcome is retried too.
+        idempotency_key: a unique key for this unit of work (a request id).
+            It is inserted into ``sqlalchemy_resilience_idempotency`` in the
+            same transaction, so the work commits at most once per key: after
+            an unknown COMMIT outcome the retry finds the key (the earlier
+            attempt committed: its result is returned) or not (it did not: the
+            work runs again); a later call with the same key raises
+            :class:`AlreadyApplied`. Needs the package's table
+            (:mod:`sqlalchemy_resilience.schema`); PostgreSQL and SQLite.
 
     Returns:
         What ``fn`` returned on the attempt that committed.
 
     Raises:
+        AlreadyApplied: ``idempotency_key`` was committed by an earlier call.
         CircuitOpenError: the breaker refused the call (never wrapped).
-        CommitOutcomeUnknown: the connection died during COMMIT (not idempotent).
+        CommitOutcomeUnknown: the connection died during COMMIT (and the work
+            is neither idempotent nor keyed).
         RetryExhausted: every attempt failed retryably; ``.errors`` holds each.
         ResilienceError: the first non-retryable failure, translated.
 
@@ -186,14 +277,17 @@ async def run_transaction(
             await session.execute(update(Account).where(Account.id == 1).values(balance=Account.balance - 10))
             await session.execute(update(Account).where(Account.id == 2).values(balance=Account.balance + 10))
 
-        await run_transaction(Session, transfer, isolation_level="SERIALIZABLE")
+        await run_transaction(Session, transfer, isolation_level="SERIALIZABLE",
+                              idempotency_key=request.headers["Idempotency-Key"])
     """
-    _validate(isolation_level, read_only, idempotent)
+    _validate(isolation_level, read_only, idempotent, idempotency_key)
     policy = retry or _DEFAULT_POLICY
     budget = policy.budget or RetryBudget.for_engine(_bind_of(sessionmaker))
+    unit = _Unit(breaker, isolation_level, read_only, idempotency_key)
+    idempotent = idempotent or idempotency_key is not None
     started = time.monotonic()
     try:
-        result = await _attempt_async(sessionmaker, fn, breaker, isolation_level, read_only)
+        result = await _attempt_async(sessionmaker, fn, unit)
     except Exception as first:
         if policy.attempts == 1 or not policy.is_retryable(first, idempotent=idempotent):
             _raise_translated(first)
@@ -201,18 +295,24 @@ async def run_transaction(
     else:
         budget.record_success()
         return result
-    return await _retry_async(
-        sessionmaker,
-        fn,
-        policy=policy,
-        budget=budget,
-        errors=errors,
-        started=started,
-        breaker=breaker,
-        isolation_level=isolation_level,
-        read_only=read_only,
-        idempotent=idempotent,
+    replayed = False
+    retrying = tenacity.AsyncRetrying(
+        **_retrying_kwargs(policy, budget, errors, started, idempotent)
     )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                if not replayed:
+                    # Attempt 1 already ran outside tenacity (the fast path);
+                    # hand its failure to tenacity so it counts and backs off.
+                    replayed = True
+                    raise errors[0]
+                return await _attempt_async(sessionmaker, fn, unit)
+    except RetryExhausted:
+        raise
+    except Exception as exc:
+        _raise_translated(exc)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _retrying_kwargs(
@@ -241,80 +341,50 @@ def _retrying_kwargs(
     }
 
 
-async def _retry_async(
-    factory: Callable[[], AsyncSession],
-    fn: Callable[[AsyncSession], Awaitable[T]],
-    *,
-    policy: RetryPolicy,
-    budget: RetryBudget,
-    errors: list[BaseException],
-    started: float,
-    breaker: CircuitBreaker | None,
-    isolation_level: str | None,
-    read_only: bool,
-    idempotent: bool,
-) -> T:
-    replayed = False
-    retrying = tenacity.AsyncRetrying(
-        **_retrying_kwargs(policy, budget, errors, started, idempotent)
-    )
-    try:
-        async for attempt in retrying:
-            with attempt:
-                if not replayed:
-                    # Attempt 1 already ran outside tenacity (the fast path);
-                    # hand its failure to tenacity so it counts and backs off.
-                    replayed = True
-                    raise errors[0]
-                return await _attempt_async(factory, fn, breaker, isolation_level, read_only)
-    except RetryExhausted:
-        raise
-    except Exception as exc:
-        _raise_translated(exc)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 # -- sync twin -------------------------------------------------------------------
 
 
-def _attempt_sync(
-    factory: Callable[[], Session],
-    fn: Callable[[Session], T],
-    breaker: CircuitBreaker | None,
-    isolation_level: str | None,
-    read_only: bool,
-) -> T:
-    guard: AbstractContextManager[Any] = breaker.guard() if breaker else nullcontext()
+def _attempt_sync(factory: Callable[[], Session], fn: Callable[[Session], T], unit: _Unit) -> T:
+    guard: AbstractContextManager[Any] = unit.breaker.guard() if unit.breaker else nullcontext()
     with guard, factory() as session:
         reset_sql: str | None = None
         try:
-            if isolation_level is not None:
-                session.connection(execution_options={"isolation_level": isolation_level})
-            if read_only:
+            if unit.isolation_level is not None:
+                session.connection(execution_options={"isolation_level": unit.isolation_level})
+            if unit.read_only:
                 conn = session.connection()
                 set_sql, reset_sql = _read_only_sql(conn.dialect.name)
                 conn.exec_driver_sql(set_sql)
+            if unit.idempotency_key is not None:
+                conn = session.connection()
+                if conn.execute(unit.claim_statement(conn.dialect.name)).first() is None:
+                    session.rollback()
+                    return cast(T, unit.key_taken())
             result = fn(session)
             try:
                 session.commit()
             except Exception as exc:
-                failure = _commit_failure(exc)
+                failure = unit.commit_failed(exc, result)
                 if failure is exc:
                     raise
                 raise failure from exc
             return result
         finally:
             if reset_sql is not None:
-                try:
-                    session.rollback()
-                    session.connection().exec_driver_sql(reset_sql)
-                    session.commit()
-                except Exception:
-                    _log.warning("could not reset %r; invalidating", reset_sql, exc_info=True)
-                    try:
-                        session.connection().invalidate()
-                    except Exception:
-                        _log.debug("invalidate after failed reset failed", exc_info=True)
+                _reset_sync(session, reset_sql)
+
+
+def _reset_sync(session: Session, sql: str) -> None:
+    try:
+        session.rollback()
+        session.connection().exec_driver_sql(sql)
+        session.commit()
+    except Exception:
+        _log.warning("could not reset %r; invalidating the connection", sql, exc_info=True)
+        try:
+            session.connection().invalidate()
+        except Exception:
+            _log.debug("invalidate after failed reset failed", exc_info=True)
 
 
 def run_transaction_sync(
@@ -326,6 +396,7 @@ def run_transaction_sync(
     isolation_level: str | None = None,
     read_only: bool = False,
     idempotent: bool = False,
+    idempotency_key: str | None = None,
 ) -> T:
     """The synchronous twin of :func:`run_transaction`, for ``sessionmaker`` and ``Session``.
 
@@ -334,12 +405,14 @@ def run_transaction_sync(
         total = run_transaction_sync(Session, lambda s: s.scalar(select(func.count(User.id))),
                                      read_only=True)
     """
-    _validate(isolation_level, read_only, idempotent)
+    _validate(isolation_level, read_only, idempotent, idempotency_key)
     policy = retry or _DEFAULT_POLICY
     budget = policy.budget or RetryBudget.for_engine(_bind_of(sessionmaker))
+    unit = _Unit(breaker, isolation_level, read_only, idempotency_key)
+    idempotent = idempotent or idempotency_key is not None
     started = time.monotonic()
     try:
-        result = _attempt_sync(sessionmaker, fn, breaker, isolation_level, read_only)
+        result = _attempt_sync(sessionmaker, fn, unit)
     except Exception as first:
         if policy.attempts == 1 or not policy.is_retryable(first, idempotent=idempotent):
             _raise_translated(first)
@@ -355,7 +428,7 @@ def run_transaction_sync(
                 if not replayed:
                     replayed = True
                     raise errors[0]
-                return _attempt_sync(sessionmaker, fn, breaker, isolation_level, read_only)
+                return _attempt_sync(sessionmaker, fn, unit)
     except RetryExhausted:
         raise
     except Exception as exc:

@@ -35,7 +35,7 @@ def _alembic(
 
 @pytest.mark.parametrize("driver", ["sqlite", "sqlite+aiosqlite"])
 def test_upgrade_head_records_version_table(tmp_path: Path, driver: str) -> None:
-    """`alembic upgrade head` connects through DATABASE_URL and creates the package's version table."""
+    """`alembic upgrade head` creates the package's tables through DATABASE_URL; `downgrade base` removes them."""
     if driver.endswith("aiosqlite"):
         pytest.importorskip("aiosqlite")
     db = tmp_path / "mig.sqlite"
@@ -44,6 +44,12 @@ def test_upgrade_head_records_version_table(tmp_path: Path, driver: str) -> None
     with contextlib.closing(sqlite3.connect(db)) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert "sqlalchemy_resilience_alembic_version" in tables
+    assert "sqlalchemy_resilience_idempotency" in tables
+    down = _alembic("downgrade", "base", database_url=f"{driver}:///{db}")
+    assert down.returncode == 0, down.stderr
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "sqlalchemy_resilience_idempotency" not in tables
 
 
 def test_missing_database_url_is_a_clear_error(tmp_path: Path) -> None:

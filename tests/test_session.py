@@ -398,3 +398,43 @@ def test_run_transaction_validation(tmp_path: Path) -> None:
             run_transaction_sync(sessionmaker(engine), lambda s: None, read_only=1)  # type: ignore[arg-type]
     finally:
         engine.dispose()
+
+
+def test_idempotency_key_applies_once_on_sqlite(tmp_path: Path) -> None:
+    """A second call with the same key raises AlreadyApplied without running the work."""
+    from sqlalchemy_resilience.schema import metadata
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'idem.sqlite'}")
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (n INTEGER)"))
+    Session = sessionmaker(engine)
+    runs = 0
+
+    def work(session: Session) -> int:
+        nonlocal runs
+        runs += 1
+        session.execute(text("INSERT INTO t VALUES (1)"))
+        return runs
+
+    try:
+        assert run_transaction_sync(Session, work, idempotency_key="order-42") == 1
+        with pytest.raises(sr.AlreadyApplied):
+            run_transaction_sync(Session, work, idempotency_key="order-42")
+        assert run_transaction_sync(Session, work, idempotency_key="order-43") == 2
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 2
+    finally:
+        engine.dispose()
+    assert runs == 2
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, 42])
+def test_idempotency_key_validation(tmp_path: Path, key: object) -> None:
+    """Keys must be non-empty strings of at most 255 characters."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'k.sqlite'}")
+    try:
+        with pytest.raises(ValueError, match="idempotency_key must be a string of 1 to 255"):
+            run_transaction_sync(sessionmaker(engine), lambda s: None, idempotency_key=key)  # type: ignore[arg-type]
+    finally:
+        engine.dispose()

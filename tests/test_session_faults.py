@@ -113,3 +113,40 @@ async def test_idempotent_work_is_retried_after_unknown_commit(
         await engine.dispose()
     assert attempts == 2
     assert _rows(syncrep, key) == 1
+
+
+async def test_idempotency_key_resolves_unknown_commit(syncrep: PgServer, pg_driver: str) -> None:
+    """With an idempotency key, the retry after a lost COMMIT finds the key: the first attempt's result is returned, the work ran once."""
+    from sqlalchemy_resilience.schema import metadata
+
+    engine = create_async_engine(syncrep.app_url("faults", driver=pg_driver))
+    instrument(engine)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    key = uuid.uuid4()
+    attempts = 0
+
+    async def work(session: AsyncSession) -> str:
+        nonlocal attempts
+        attempts += 1
+        await session.execute(text("SET LOCAL synchronous_commit = 'on'"))
+        await session.execute(text("INSERT INTO ledger VALUES (:k)"), {"k": key})
+        return f"applied by attempt {attempts}"
+
+    try:
+        killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
+        result = await run_transaction(
+            async_sessionmaker(engine), work, retry=FAST, idempotency_key=f"req-{key}"
+        )
+        await killer
+        with pytest.raises(sr.AlreadyApplied) as again:
+            await run_transaction(
+                async_sessionmaker(engine), work, retry=FAST, idempotency_key=f"req-{key}"
+            )
+    finally:
+        await engine.dispose()
+    assert result == "applied by attempt 1"
+    assert attempts == 1
+    assert _rows(syncrep, key) == 1
+    assert again.value.idempotency_key == f"req-{key}"
+    assert again.value.user_message("ja") == "このリクエストは既に処理されています。"
