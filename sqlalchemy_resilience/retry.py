@@ -30,6 +30,7 @@ from typing import Any
 
 import tenacity
 
+from ._config import TEST_MODE
 from ._time import Seconds, to_seconds
 from .errors import (
     CircuitOpenError,
@@ -291,7 +292,9 @@ class RetryPolicy:
         return default_retry_on(err)
 
     def wait_strategy(self) -> tenacity.wait.wait_base:
-        """The tenacity wait: full-jitter (or plain) exponential backoff."""
+        """The tenacity wait: full-jitter (or plain) exponential backoff; none in test mode."""
+        if TEST_MODE.enabled:
+            return tenacity.wait_none()
         if self.jitter:
             return tenacity.wait_random_exponential(
                 multiplier=self.initial_backoff_seconds, max=self.max_backoff_seconds
@@ -304,7 +307,8 @@ class RetryPolicy:
 
     def stop_strategy(self, *, elapsed: float = 0.0) -> tenacity.stop.stop_base:
         """The tenacity stop: the attempt count, or the deadline, whichever comes first."""
-        stops: list[tenacity.stop.stop_base] = [tenacity.stop_after_attempt(self.attempts)]
+        attempts = min(self.attempts, TEST_MODE.attempts) if TEST_MODE.enabled else self.attempts
+        stops: list[tenacity.stop.stop_base] = [tenacity.stop_after_attempt(attempts)]
         deadline = self.deadline_seconds
         if deadline is not None:
             stops.append(tenacity.stop_before_delay(max(deadline - elapsed, 0.0)))

@@ -98,3 +98,14 @@ def sync_retry_usage() -> None:
     with sr.CircuitBreaker().guard():
         pass
     del text_value
+
+
+def testing_usage() -> None:
+    from sqlalchemy_resilience.testing import FaultInjector, in_test_mode, inject_fault
+
+    engine = create_engine("sqlite://")
+    with in_test_mode(attempts=2):
+        injector: FaultInjector = inject_fault(engine, "busy", nth=1, times=2, match="insert")
+        fired: int = injector.fired
+        injector.detach()
+        del fired

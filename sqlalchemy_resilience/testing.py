@@ -1,0 +1,277 @@
+"""Helpers for your own tests: a test mode, and fault injection on any engine.
+
+**Test mode** makes retries instant (no backoff), caps attempts and turns
+circuit breakers off (they admit every call and record nothing), so a test of
+code that uses :func:`~sqlalchemy_resilience.run_transaction` neither sleeps
+nor trips a breaker left over from another test::
+
+    from sqlalchemy_resilience.testing import set_testing
+
+    @pytest.fixture(autouse=True)
+    def _resilience_test_mode():
+        set_testing(True, attempts=2)
+        yield
+        set_testing(False)
+
+**Fault injection** makes the Nth matching statement of an engine fail the way
+a real database would, through the driver, so SQLAlchemy's own handling
+(disconnect detection, invalidation, ``handle_error``) and this package's
+translation see a genuine failure::
+
+    with inject_fault(engine, "serialization_failure", nth=1):
+        await run_transaction(Session, work)   # attempt 1 fails with 40001, attempt 2 runs
+
+Faults: ``disconnect`` (the driver connection is really closed before the
+statement is sent), ``serialization_failure`` (40001), ``deadlock`` (40P01),
+``query_canceled`` (57014), ``lock_not_available`` (55P03), and for SQLite
+``busy`` (SQLITE_BUSY) and ``busy_snapshot`` (SQLITE_BUSY_SNAPSHOT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, Literal
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._config import TEST_MODE
+
+__all__ = [
+    "FaultInjector",
+    "FaultKind",
+    "in_test_mode",
+    "inject_fault",
+    "is_testing",
+    "set_testing",
+]
+
+FaultKind = Literal[
+    "disconnect",
+    "serialization_failure",
+    "deadlock",
+    "query_canceled",
+    "lock_not_available",
+    "busy",
+    "busy_snapshot",
+]
+
+_PG_FAULTS: dict[str, tuple[str, str, str]] = {
+    # kind: (SQLSTATE, asyncpg class, message)
+    "serialization_failure": (
+        "40001",
+        "SerializationError",
+        "could not serialize access due to concurrent update (injected)",
+    ),
+    "deadlock": ("40P01", "DeadlockDetectedError", "deadlock detected (injected)"),
+    "query_canceled": (
+        "57014",
+        "QueryCanceledError",
+        "canceling statement due to statement timeout (injected)",
+    ),
+    "lock_not_available": (
+        "55P03",
+        "LockNotAvailableError",
+        "canceling statement due to lock timeout (injected)",
+    ),
+}
+
+_SQLITE_FAULTS: dict[str, tuple[int, str, str]] = {
+    "busy": (5, "SQLITE_BUSY", "database is locked"),
+    "busy_snapshot": (517, "SQLITE_BUSY_SNAPSHOT", "database is locked"),
+    "serialization_failure": (517, "SQLITE_BUSY_SNAPSHOT", "database is locked"),
+}
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def set_testing(enabled: bool, *, attempts: int = 3) -> None:
+    """Turn test mode on or off for the whole process.
+
+    Args:
+        enabled: on or off.
+        attempts: the most attempts any retry makes while on (>= 1).
+    """
+    flag: object = enabled  # untyped callers: check at run time
+    if not isinstance(flag, bool):
+        raise TypeError(f"enabled must be True or False, got {enabled!r}")
+    if not _positive_int(attempts):
+        raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
+    TEST_MODE.enabled = enabled
+    TEST_MODE.attempts = attempts
+
+
+def is_testing() -> bool:
+    """Whether test mode is on."""
+    return TEST_MODE.enabled
+
+
+@contextlib.contextmanager
+def in_test_mode(*, attempts: int = 3) -> Iterator[None]:
+    """Test mode for the block, restoring the previous setting afterwards."""
+    previous = (TEST_MODE.enabled, TEST_MODE.attempts)
+    set_testing(True, attempts=attempts)
+    try:
+        yield
+    finally:
+        TEST_MODE.enabled, TEST_MODE.attempts = previous
+
+
+def _pg_error(dialect: Any, kind: str) -> BaseException:
+    sqlstate, asyncpg_name, message = _PG_FAULTS[kind]
+    if dialect.driver == "asyncpg":
+        import asyncpg
+
+        native = getattr(asyncpg.exceptions, asyncpg_name)(message)
+        native.severity = "ERROR"
+        err: BaseException = dialect.loaded_dbapi.Error(message, native)
+        err.__cause__ = native
+        return err
+    import psycopg
+
+    cls = psycopg.errors.lookup(sqlstate)
+    return cls(message)
+
+
+def _sqlite_error(dialect: Any, kind: str) -> BaseException:
+    code, name, message = _SQLITE_FAULTS[kind]
+    err = dialect.loaded_dbapi.OperationalError(message)
+    err.sqlite_errorcode = code
+    err.sqlite_errorname = name
+    return err  # type: ignore[no-any-return]
+
+
+def _close_driver_connection(pooled: Any) -> None:
+    driver = pooled.driver_connection
+    terminate = getattr(driver, "terminate", None)  # asyncpg: drop the socket now
+    if callable(terminate):
+        terminate()
+        return
+    pgconn = getattr(driver, "pgconn", None)  # psycopg, sync or async
+    if pgconn is not None:
+        pgconn.finish()
+        return
+    # sqlite3, or aiosqlite through SQLAlchemy's adapter (which awaits for us).
+    pooled.dbapi_connection.close()
+
+
+class FaultInjector:
+    """Makes matching statements of one engine fail; see :func:`inject_fault`.
+
+    Attributes:
+        seen: matching statements so far.
+        fired: faults injected so far.
+    """
+
+    def __init__(
+        self,
+        engine: Engine | AsyncEngine,
+        fault: FaultKind,
+        *,
+        nth: int = 1,
+        times: int = 1,
+        match: str | None = None,
+    ) -> None:
+        sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+        given: object = sync
+        if not isinstance(given, Engine):
+            raise TypeError(f"engine must be an Engine or AsyncEngine, got {type(engine).__name__}")
+        name = sync.dialect.name
+        allowed = ["disconnect", *(_PG_FAULTS if name == "postgresql" else _SQLITE_FAULTS)]
+        if name not in ("postgresql", "sqlite") or fault not in allowed:
+            raise ValueError(
+                f"fault {fault!r} is not available on {name}; choose one of {sorted(allowed)}"
+            )
+        for label, value in (("nth", nth), ("times", times)):
+            if not _positive_int(value):
+                raise ValueError(f"{label} must be an int >= 1, got {value!r}")
+        if match is not None and not isinstance(match, str):
+            raise TypeError(f"match must be a string or None, got {match!r}")
+        self.engine = sync
+        self.fault = fault
+        self.nth = nth
+        self.times = times
+        self.match = match
+        self.seen = 0
+        self.fired = 0
+        self._lock = threading.Lock()
+        event.listen(sync, "before_cursor_execute", self._before)
+
+    def _due(self, statement: str) -> bool:
+        if self.match is not None and self.match.lower() not in statement.lower():
+            return False
+        with self._lock:
+            self.seen += 1
+            if self.nth <= self.seen < self.nth + self.times:
+                self.fired += 1
+                return True
+        return False
+
+    def _before(
+        self,
+        conn: Any,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        if not self._due(statement):
+            return
+        dialect = conn.dialect
+        if self.fault == "disconnect":
+            _close_driver_connection(conn.connection)
+            return  # the statement now fails in the driver, as on a real disconnect
+        if dialect.name == "postgresql":
+            raise _pg_error(dialect, self.fault)
+        raise _sqlite_error(dialect, self.fault)
+
+    def detach(self) -> None:
+        """Stop injecting (idempotent)."""
+        if event.contains(self.engine, "before_cursor_execute", self._before):
+            event.remove(self.engine, "before_cursor_execute", self._before)
+
+    def __enter__(self) -> FaultInjector:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.detach()
+
+
+def inject_fault(
+    engine: Engine | AsyncEngine,
+    fault: FaultKind,
+    *,
+    nth: int = 1,
+    times: int = 1,
+    match: str | None = None,
+) -> FaultInjector:
+    """Make the ``nth`` matching statement of ``engine`` (and the ``times - 1`` after it) fail.
+
+    Args:
+        engine: any ``Engine`` or ``AsyncEngine`` on PostgreSQL (asyncpg, psycopg) or SQLite.
+        fault: see the module docstring.
+        nth: the first matching statement to fail (1 = the next one).
+        times: how many consecutive matching statements fail.
+        match: only statements containing this text (case-insensitive) count.
+
+    Returns:
+        A :class:`FaultInjector`; use it as a context manager or call ``detach()``.
+
+    Example::
+
+        with inject_fault(engine, "disconnect", match="UPDATE accounts"):
+            await run_transaction(Session, transfer)
+    """
+    return FaultInjector(engine, fault, nth=nth, times=times, match=match)
