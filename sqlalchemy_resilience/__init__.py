@@ -50,6 +50,8 @@ from .instrument import translate_error as translate_error
 from .messages import register_messages as register_messages
 from .retry import RetryBudget as RetryBudget
 from .retry import RetryPolicy as RetryPolicy
+from .session import ResilientAsyncSession as ResilientAsyncSession
+from .session import resilient_sessionmaker as resilient_sessionmaker
 from .session import run_transaction as run_transaction
 from .session import run_transaction_sync as run_transaction_sync
 
@@ -84,6 +86,7 @@ __all__ = [
     "PoolExhausted",
     "QueryTimeout",
     "ResilienceError",
+    "ResilientAsyncSession",
     "RetryBudget",
     "RetryExhausted",
     "RetryPolicy",
@@ -96,6 +99,7 @@ __all__ = [
     "instrumentation_of",
     "is_infrastructure_failure",
     "register_messages",
+    "resilient_sessionmaker",
     "run_transaction",
     "run_transaction_sync",
     "translate_error",

@@ -201,7 +201,16 @@ class FaultInjector:
         self.seen = 0
         self.fired = 0
         self._lock = threading.Lock()
-        event.listen(sync, "before_cursor_execute", self._before)
+        # The dialect's do_execute hooks run inside SQLAlchemy's error handling
+        # on every version (before_cursor_execute does not on 2.0), so a fault
+        # raised there is wrapped, checked for disconnect and translated.
+        self._hooks = (
+            ("do_execute", self._on_execute),
+            ("do_executemany", self._on_execute),
+            ("do_execute_no_params", self._on_execute_no_params),
+        )
+        for name, fn in self._hooks:
+            event.listen(sync, name, fn)
 
     def _due(self, statement: str) -> bool:
         if self.match is not None and self.match.lower() not in statement.lower():
@@ -213,20 +222,18 @@ class FaultInjector:
                 return True
         return False
 
-    def _before(
-        self,
-        conn: Any,
-        cursor: Any,
-        statement: str,
-        parameters: Any,
-        context: Any,
-        executemany: bool,
-    ) -> None:
+    def _on_execute(self, cursor: Any, statement: str, parameters: Any, context: Any) -> None:
+        self._maybe_fail(statement, context)
+
+    def _on_execute_no_params(self, cursor: Any, statement: str, context: Any) -> None:
+        self._maybe_fail(statement, context)
+
+    def _maybe_fail(self, statement: str, context: Any) -> None:
         if not self._due(statement):
             return
-        dialect = conn.dialect
+        dialect = context.dialect
         if self.fault == "disconnect":
-            _close_driver_connection(conn.connection)
+            _close_driver_connection(context.root_connection.connection)
             return  # the statement now fails in the driver, as on a real disconnect
         if dialect.name == "postgresql":
             raise _pg_error(dialect, self.fault)
@@ -234,8 +241,9 @@ class FaultInjector:
 
     def detach(self) -> None:
         """Stop injecting (idempotent)."""
-        if event.contains(self.engine, "before_cursor_execute", self._before):
-            event.remove(self.engine, "before_cursor_execute", self._before)
+        for name, fn in self._hooks:
+            if event.contains(self.engine, name, fn):
+                event.remove(self.engine, name, fn)
 
     def __enter__(self) -> FaultInjector:
         return self

@@ -109,3 +109,12 @@ def testing_usage() -> None:
         fired: int = injector.fired
         injector.detach()
         del fired
+
+
+async def resilient_session_usage() -> None:
+    engine = create_async_engine("sqlite+aiosqlite://")
+    factory = sr.resilient_sessionmaker(engine, breaker=sr.CircuitBreaker(), expire_on_commit=False)
+    async with factory() as session:
+        typed: sr.ResilientAsyncSession = session
+        await session.commit()
+        del typed
