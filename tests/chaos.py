@@ -1,0 +1,310 @@
+"""H4 (bank workload + checker) and H5 ("nothing leaked") for the chaos tier (FAULTS.md section 3).
+
+The bank: 50 accounts of 1000, transfers recorded in ``transfers`` whose
+primary key is the request id (the idempotency key). Each transfer is one
+``run_transaction``: insert the transfer ``ON CONFLICT DO NOTHING RETURNING``
+(nothing returned: it was already applied), then move the money, accounts
+locked in id order (or in random order, to provoke deadlocks). The client keeps
+a history of (request id, outcome); the checker compares it with the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+import sqlalchemy_resilience as sr
+
+from .pgharness import PgServer
+
+ACCOUNTS = 50
+INITIAL = 1000
+TOTAL = ACCOUNTS * INITIAL
+
+
+def setup_bank(server: PgServer, database: str) -> None:
+    """(Re)create the bank tables as the admin, owned by the app role."""
+    server.execute("DROP TABLE IF EXISTS transfers, accounts, ledger_entries", database=database)
+    server.execute(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL CHECK (balance >= 0))",
+        database=database,
+    )
+    server.execute(
+        "INSERT INTO accounts SELECT g, %s FROM generate_series(1, %s) g",
+        (INITIAL, ACCOUNTS),
+        database=database,
+    )
+    server.execute(
+        "CREATE TABLE transfers (request_id uuid PRIMARY KEY, src int NOT NULL, dst int NOT NULL,"
+        " amount int NOT NULL, xid xid8 NOT NULL DEFAULT pg_current_xact_id())",
+        database=database,
+    )
+    # The negative control: no unique key, so a blind retry shows up as a duplicate.
+    server.execute(
+        "CREATE TABLE ledger_entries (request_id uuid NOT NULL, amount int NOT NULL)",
+        database=database,
+    )
+    server.execute("GRANT ALL ON accounts, transfers, ledger_entries TO app", database=database)
+
+
+@dataclass
+class History:
+    """What the clients saw, per request id."""
+
+    ok: set[uuid.UUID] = field(default_factory=set)
+    fail: set[uuid.UUID] = field(default_factory=set)
+    unknown: set[uuid.UUID] = field(default_factory=set)
+    already: set[uuid.UUID] = field(default_factory=set)
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    successes_at: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(
+        self, request_id: uuid.UUID, outcome: str, error: BaseException | None, started: float
+    ) -> None:
+        now = time.monotonic()
+        with self.lock:
+            getattr(self, outcome).add(request_id)
+            if error is not None:
+                name = type(error).__name__
+                self.errors[name] = self.errors.get(name, 0) + 1
+            else:
+                self.latencies.append(now - started)
+                self.successes_at.append(now)
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, sr.CommitOutcomeUnknown):
+        return "unknown"
+    if isinstance(exc, sr.RetryExhausted) and any(
+        isinstance(e, sr.CommitOutcomeUnknown) for e in exc.errors
+    ):
+        return "unknown"
+    return "fail"
+
+
+async def transfer(
+    Session: Callable[[], AsyncSession],
+    history: History,
+    *,
+    retry: sr.RetryPolicy,
+    breaker: sr.CircuitBreaker | None = None,
+    random_order: bool = False,
+    rng: random.Random,
+) -> None:
+    """One bank transfer as one run_transaction, recorded in ``history``."""
+    request_id = uuid.uuid4()
+    src, dst = rng.sample(range(1, ACCOUNTS + 1), 2)
+    amount = rng.randint(1, 20)
+
+    async def work(session: AsyncSession) -> bool:
+        inserted = await session.execute(
+            text(
+                "INSERT INTO transfers (request_id, src, dst, amount) VALUES (:r, :s, :d, :a)"
+                " ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+            ),
+            {"r": request_id, "s": src, "d": dst, "a": amount},
+        )
+        if inserted.first() is None:
+            return False  # an earlier attempt committed it
+        order = [(src, -amount), (dst, amount)]
+        if not random_order:
+            order.sort()
+        for account, delta in order:
+            await session.execute(
+                text("UPDATE accounts SET balance = balance + :d WHERE id = :i"),
+                {"d": delta, "i": account},
+            )
+        return True
+
+    started = time.monotonic()
+    try:
+        applied_now = await run_with(Session, work, retry=retry, breaker=breaker)
+    except sr.CheckViolation as exc:
+        history.record(request_id, "fail", exc, started)  # insufficient funds: a legal refusal
+    except sr.ResilienceError as exc:
+        history.record(request_id, _outcome(exc), exc, started)
+    else:
+        history.record(request_id, "ok" if applied_now else "already", None, started)
+        if not applied_now:
+            history.ok.add(request_id)
+
+
+async def run_with(
+    Session: Callable[[], AsyncSession],
+    work: Callable[[AsyncSession], Awaitable[bool]],
+    *,
+    retry: sr.RetryPolicy,
+    breaker: sr.CircuitBreaker | None,
+) -> bool:
+    return await sr.run_transaction(Session, work, retry=retry, breaker=breaker, idempotent=True)
+
+
+async def run_bank(
+    engine: AsyncEngine,
+    *,
+    seconds: float,
+    workers: int = 8,
+    retry: sr.RetryPolicy | None = None,
+    breaker: sr.CircuitBreaker | None = None,
+    random_order: bool = False,
+    chaos: Callable[[], Awaitable[None]] | None = None,
+    audit: Callable[[], int | None] | None = None,
+    seed: int = 7,
+) -> tuple[History, list[int | None]]:
+    """Run ``workers`` transfer loops for ``seconds`` (and ``chaos`` alongside); 1 Hz audits."""
+    Session = async_sessionmaker(engine, expire_on_commit=False)
+    history = History()
+    policy = retry or sr.RetryPolicy(
+        attempts=30, initial_backoff=0.01, max_backoff=0.5, deadline=30
+    )
+    stop_at = time.monotonic() + seconds
+    audits: list[int | None] = []
+
+    async def worker(n: int) -> None:
+        rng = random.Random(seed * 1000 + n)
+        while time.monotonic() < stop_at:
+            await transfer(
+                Session, history, retry=policy, breaker=breaker, random_order=random_order, rng=rng
+            )
+
+    async def auditor() -> None:
+        while time.monotonic() < stop_at:
+            await asyncio.sleep(1.0)
+            if audit is not None:
+                audits.append(await asyncio.to_thread(audit))
+
+    tasks = [worker(i) for i in range(workers)] + [auditor()]
+    if chaos is not None:
+        tasks.append(chaos())
+    await asyncio.gather(*tasks)
+    return history, audits
+
+
+def audit_sum(server: PgServer, database: str) -> Callable[[], int | None]:
+    """A 1 Hz audit: SUM(balance), or None when the server cannot be reached."""
+
+    def run() -> int | None:
+        try:
+            return int(server.execute("SELECT sum(balance) FROM accounts", database=database)[0][0])
+        except Exception:
+            return None
+
+    return run
+
+
+@dataclass
+class Verdict:
+    """The checker's figures for one run."""
+
+    ok: int
+    failed: int
+    unknown: int
+    lost: int
+    phantom: int
+    unknown_resolved: int
+    total_balance: int
+    ledger_consistent: bool
+    audits_ok: int
+    audits_total: int
+    p50_ms: float
+    p99_ms: float
+
+    def line(self) -> str:
+        return (
+            f"{self.ok} ok, {self.failed} failed, {self.unknown} unknown "
+            f"({self.unknown_resolved} resolved): lost {self.lost}, phantom {self.phantom}; "
+            f"sum {self.total_balance}, ledger {'ok' if self.ledger_consistent else 'BROKEN'}, "
+            f"audits {self.audits_ok}/{self.audits_total}; p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms"
+        )
+
+
+def check(server: PgServer, database: str, history: History, audits: list[int | None]) -> Verdict:
+    """Compare the history with the database (lost, phantom, unknown, invariant, ledger)."""
+    present = {
+        row[0] for row in server.execute("SELECT request_id FROM transfers", database=database)
+    }
+    balances = dict(server.execute("SELECT id, balance FROM accounts", database=database))
+    expected = dict.fromkeys(range(1, ACCOUNTS + 1), INITIAL)
+    for src, dst, amount in server.execute(
+        "SELECT src, dst, amount FROM transfers", database=database
+    ):
+        expected[src] -= amount
+        expected[dst] += amount
+    lat = sorted(history.latencies) or [0.0]
+    audited = [a for a in audits if a is not None]
+    return Verdict(
+        ok=len(history.ok),
+        failed=len(history.fail),
+        unknown=len(history.unknown),
+        lost=len(history.ok - present),
+        phantom=len(history.fail & present),
+        unknown_resolved=len(history.unknown),  # presence in the table decides each one
+        total_balance=sum(balances.values()),
+        ledger_consistent=balances == expected,
+        audits_ok=sum(1 for a in audited if a == TOTAL),
+        audits_total=len(audits),
+        p50_ms=statistics.median(lat) * 1000,
+        p99_ms=lat[max(0, int(len(lat) * 0.99) - 1)] * 1000,
+    )
+
+
+class GcWarnings(logging.Handler):
+    """Collects the pool's "garbage collector is trying to clean up" records (H5)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "garbage collector is trying to clean up" in message:
+            self.hits.append(message)
+
+
+async def assert_nothing_leaked(
+    engine: AsyncEngine,
+    server: PgServer,
+    database: str,
+    *,
+    gc: GcWarnings | None = None,
+    followups: int = 200,
+) -> None:
+    """H5: no checked-out connection, no idle-in-transaction, no orphan query, healthy reuse."""
+    pool: Any = engine.sync_engine.pool
+    assert pool.checkedout() == 0, f"{pool.checkedout()} connections still checked out"
+    limit = pool.size() + max(pool._max_overflow, 0)
+
+    def settled() -> bool:
+        rows = server.execute(
+            "SELECT count(*) FILTER (WHERE true),"
+            " count(*) FILTER (WHERE state = 'idle in transaction'),"
+            " count(*) FILTER (WHERE state = 'active')"
+            " FROM pg_stat_activity WHERE usename = 'app' AND datname = %s",
+            (database,),
+        )
+        total, idle_tx, active = rows[0]
+        return bool(total <= limit and idle_tx == 0 and active == 0)
+
+    await asyncio.to_thread(server.wait_for, settled, timeout=3.0)
+    Session = async_sessionmaker(engine)
+
+    async def ping(session: AsyncSession) -> int:
+        return int((await session.execute(text("SELECT 1"))).scalar_one())
+
+    for _ in range(followups):
+        assert await sr.run_transaction(Session, ping, retry=sr.RetryPolicy(attempts=1)) == 1
+    if gc is not None:
+        assert gc.hits == [], gc.hits

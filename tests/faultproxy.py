@@ -1,0 +1,264 @@
+"""H3: an in-process TCP proxy with network toxics, in front of the test PostgreSQL.
+
+It runs on its own thread with its own event loop (the asyncpg TCPFuzzingProxy
+pattern), so a client loop that blocks cannot stall it. Toxics are switched
+on and off from the test thread; each applies to connections open now and later.
+
+Toxics: ``latency`` (+ jitter, per chunk, order kept), ``bandwidth`` (token
+bucket), ``blackhole`` (stop forwarding, keep sockets open), ``reset_peer``
+(RST every connection), ``limit_data`` (close a connection after N bytes from
+the server), ``down`` / ``up`` (listener closed: connects are refused),
+``deaf`` (a listener that never accepts: connects hang) and the
+PostgreSQL-aware ``swallow_commit_reply`` (forward ``COMMIT`` to the server,
+then reset the client instead of passing the server's reply on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+class FaultProxy:
+    """Forward 127.0.0.1:<port> to ``target``, with toxics."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.latency = 0.0
+        self.jitter = 0.0
+        self.bandwidth: float | None = None  # bytes per second, server -> client
+        self.blackhole = False
+        self.limit_data: int | None = None
+        self.swallow_commit_reply = False
+        self.swallow_commits = 0  # with swallow_commit_reply: how many more (0 = every one)
+        self.accepted = 0
+        self.commits_swallowed = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="fault-proxy"
+        )
+        self._server: asyncio.base_events.Server | None = None
+        self._deaf: socket.socket | None = None
+        self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self._thread.start()
+        self._call(self._listen)
+
+    # -- control (test thread) ------------------------------------------------
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            result = fn()
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=10)
+
+    def down(self) -> None:
+        """Close the listener and every connection: new connects are refused."""
+        self._call(self._down)
+
+    def up(self) -> None:
+        """Listen again (also ends ``deaf``)."""
+        self._call(self._up)
+
+    def deaf(self) -> None:
+        """Listen but never accept: new connects hang (existing ones are closed)."""
+        self._call(self._make_deaf)
+
+    def reset_peer(self) -> None:
+        """Reset (RST) every open connection."""
+        self._call(self._reset_all)
+
+    def close(self) -> None:
+        """Stop everything and the thread."""
+        with contextlib.suppress(Exception):
+            self._call(self._down)
+        with contextlib.suppress(Exception):
+            self._call(self._cancel_tasks)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def clear(self) -> None:
+        """Remove every toxic (connections stay)."""
+        self.latency = self.jitter = 0.0
+        self.bandwidth = None
+        self.blackhole = False
+        self.limit_data = None
+        self.swallow_commit_reply = False
+
+    # -- loop side -------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_address=True
+        )
+
+    async def _down(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._deaf is not None:
+            self._deaf.close()
+            self._deaf = None
+        await self._reset_all()
+
+    async def _up(self) -> None:
+        await self._down()
+        await self._listen()
+
+    async def _make_deaf(self) -> None:
+        await self._down()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(0)
+        self._deaf = sock
+
+    async def _cancel_tasks(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _reset_all(self) -> None:
+        for client, upstream in list(self._conns):
+            for writer in (client, upstream):
+                _rst(writer)
+        self._conns.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            _rst(writer)
+            return
+        pair = (writer, up_writer)
+        self._conns.add(pair)
+        muted: dict[str, bool] = {"server": False}  # per connection: drop the server's replies
+        to_server = asyncio.ensure_future(self._client_to_server(reader, up_writer, writer, muted))
+        to_client = asyncio.ensure_future(self._server_to_client(up_reader, writer, muted))
+        try:
+            await asyncio.wait({to_server, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (to_server, to_client):
+                task.cancel()
+            self._conns.discard(pair)
+            for w in (writer, up_writer):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+    async def _client_to_server(
+        self,
+        reader: asyncio.StreamReader,
+        up: asyncio.StreamWriter,
+        client: asyncio.StreamWriter,
+        muted: dict[str, bool],
+    ) -> None:
+        # The startup packet has no type byte; every later frontend message is
+        # type (1 byte) + int32 length (including itself) + payload.
+        while True:
+            startup = await _read_startup(reader)
+            if startup is None:
+                return
+            up.write(startup)
+            await up.drain()
+            (code,) = struct.unpack("!i", startup[4:8])
+            if code not in _NEGOTIATION_CODES:
+                break
+        while True:
+            header = await reader.readexactly(5)
+            (length,) = struct.unpack("!i", header[1:])
+            body = await reader.readexactly(length - 4)
+            while self.blackhole:  # noqa: ASYNC110 - a toxic flipped from another thread
+                await asyncio.sleep(0.01)
+            swallow = (
+                self.swallow_commit_reply
+                and header[:1] == b"Q"
+                and body.lstrip().upper().startswith(b"COMMIT")
+            )
+            if swallow:
+                muted["server"] = True  # before the server can answer
+            up.write(header + body)
+            await up.drain()
+            if swallow:
+                # COMMIT reached the server; the client never hears back.
+                self.commits_swallowed += 1
+                if self.swallow_commits:
+                    self.swallow_commits -= 1
+                    if self.swallow_commits == 0:
+                        self.swallow_commit_reply = False
+                await asyncio.sleep(0.2)  # let the server process it
+                _rst(client)
+                return
+
+    async def _server_to_client(
+        self, up: asyncio.StreamReader, client: asyncio.StreamWriter, muted: dict[str, bool]
+    ) -> None:
+        sent = 0
+        while True:
+            chunk = await up.read(65536)
+            if not chunk:
+                return
+            if muted["server"]:
+                continue
+            while self.blackhole:  # noqa: ASYNC110 - a toxic flipped from another thread
+                await asyncio.sleep(0.01)
+            if self.latency or self.jitter:
+                await asyncio.sleep(
+                    max(0.0, self.latency + random.uniform(-self.jitter, self.jitter))
+                )
+            if self.bandwidth:
+                await asyncio.sleep(len(chunk) / self.bandwidth)
+            if self.limit_data is not None and sent + len(chunk) > self.limit_data:
+                client.write(chunk[: max(0, self.limit_data - sent)])
+                _rst(client)
+                return
+            sent += len(chunk)
+            client.write(chunk)
+            await client.drain()
+
+
+# SSLRequest and GSSENCRequest come before the real startup packet.
+_NEGOTIATION_CODES = (80877103, 80877104)
+
+
+async def _read_startup(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        head = await reader.readexactly(4)
+    except asyncio.IncompleteReadError:
+        return None
+    (length,) = struct.unpack("!i", head)
+    return head + await reader.readexactly(length - 4)
+
+
+def _rst(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(Exception):
+        writer.transport.abort()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll every 5 ms (FAULTS.md H2) until ``predicate`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise TimeoutError(f"condition not met within {timeout}s")
