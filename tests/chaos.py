@@ -103,13 +103,25 @@ async def transfer(
     breaker: sr.CircuitBreaker | None = None,
     random_order: bool = False,
     rng: random.Random,
+    hot: int = ACCOUNTS,
+    isolation_level: str | None = None,
+    lock_timeout_ms: int | None = None,
 ) -> None:
-    """One bank transfer as one run_transaction, recorded in ``history``."""
+    """One bank transfer as one run_transaction, recorded in ``history``.
+
+    ``hot`` limits transfers to the first accounts (contention), ``random_order``
+    locks them in random order (deadlocks), ``isolation_level`` and
+    ``lock_timeout_ms`` apply to the transaction.
+    """
     request_id = uuid.uuid4()
-    src, dst = rng.sample(range(1, ACCOUNTS + 1), 2)
+    src, dst = rng.sample(range(1, hot + 1), 2)
     amount = rng.randint(1, 20)
 
     async def work(session: AsyncSession) -> bool:
+        if lock_timeout_ms is not None:
+            await session.execute(
+                text("SELECT set_config('lock_timeout', :v, true)"), {"v": f"{lock_timeout_ms}ms"}
+            )
         inserted = await session.execute(
             text(
                 "INSERT INTO transfers (request_id, src, dst, amount) VALUES (:r, :s, :d, :a)"
@@ -131,7 +143,14 @@ async def transfer(
 
     started = time.monotonic()
     try:
-        applied_now = await run_with(Session, work, retry=retry, breaker=breaker)
+        applied_now = await sr.run_transaction(
+            Session,
+            work,
+            retry=retry,
+            breaker=breaker,
+            idempotent=True,
+            isolation_level=isolation_level,
+        )
     except sr.CheckViolation as exc:
         history.record(request_id, "fail", exc, started)  # insufficient funds: a legal refusal
     except sr.ResilienceError as exc:
@@ -140,16 +159,6 @@ async def transfer(
         history.record(request_id, "ok" if applied_now else "already", None, started)
         if not applied_now:
             history.ok.add(request_id)
-
-
-async def run_with(
-    Session: Callable[[], AsyncSession],
-    work: Callable[[AsyncSession], Awaitable[bool]],
-    *,
-    retry: sr.RetryPolicy,
-    breaker: sr.CircuitBreaker | None,
-) -> bool:
-    return await sr.run_transaction(Session, work, retry=retry, breaker=breaker, idempotent=True)
 
 
 async def run_bank(
@@ -163,6 +172,9 @@ async def run_bank(
     chaos: Callable[[], Awaitable[None]] | None = None,
     audit: Callable[[], int | None] | None = None,
     seed: int = 7,
+    hot: int = ACCOUNTS,
+    isolation_level: str | None = None,
+    lock_timeout_ms: int | None = None,
 ) -> tuple[History, list[int | None]]:
     """Run ``workers`` transfer loops for ``seconds`` (and ``chaos`` alongside); 1 Hz audits."""
     Session = async_sessionmaker(engine, expire_on_commit=False)
@@ -177,7 +189,15 @@ async def run_bank(
         rng = random.Random(seed * 1000 + n)
         while time.monotonic() < stop_at:
             await transfer(
-                Session, history, retry=policy, breaker=breaker, random_order=random_order, rng=rng
+                Session,
+                history,
+                retry=policy,
+                breaker=breaker,
+                random_order=random_order,
+                rng=rng,
+                hot=hot,
+                isolation_level=isolation_level,
+                lock_timeout_ms=lock_timeout_ms,
             )
 
     async def auditor() -> None:

@@ -416,3 +416,273 @@ async def test_s18_breaker_while_database_unreachable(fault_server: PgServer) ->
     finally:
         await engine.dispose()
         proxy.close()
+
+
+def _crash_chaos(server: PgServer, kind: str, times: int, up_times: list[float]):  # type: ignore[no-untyped-def]
+    pg = server.require_owned()
+
+    async def chaos() -> None:
+        for _ in range(times):
+            await asyncio.sleep(2.0)
+            if kind == "crash":
+                await asyncio.to_thread(pg.crash_restart)
+            else:  # SIGKILL one app backend: the postmaster resets every backend
+                pids = server.backend_pids(database=DB)
+                if pids:
+                    os.kill(pids[0], 9)
+                await asyncio.to_thread(server.wait_for, _accepting(server), timeout=30)
+            up_times.append(time.monotonic())
+
+    return chaos
+
+
+def _accepting(server: PgServer):  # type: ignore[no-untyped-def]
+    def probe() -> bool:
+        try:
+            server.execute("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    return probe
+
+
+@pytest.mark.parametrize("kind", ["crash", "sigkill"])
+async def test_s3_s4_crash_recovery(
+    bank: AsyncEngine, fault_server: PgServer, gc_warnings: GcWarnings, kind: str
+) -> None:
+    """S3 (immediate stop + crash recovery) and S4 (backend SIGKILL -> postmaster crash cycle), 3 times.
+
+    Every acknowledged transfer survives; unknown outcomes are resolved by the
+    transfer's key; the invariant holds.
+    """
+    up_times: list[float] = []
+    history, audits = await run_bank(
+        bank,
+        seconds=9.0,
+        retry=_policy(),
+        chaos=_crash_chaos(fault_server, kind, 3, up_times),
+        audit=audit_sum(fault_server, DB),
+    )
+    verdict = check(fault_server, DB, history, audits)
+    recovery = [
+        min((t for t in history.successes_at if t >= up), default=float("inf")) - up
+        for up in up_times
+    ]
+    _figure(
+        "S3" if kind == "crash" else "S4",
+        f"3 {'crashes' if kind == 'crash' else 'backend SIGKILLs'}: {verdict.line()}; errors {history.errors}; recovery p50 "
+        f"{statistics.median(recovery) * 1000:.0f} ms, max {max(recovery) * 1000:.0f} ms",
+    )
+    assert verdict.lost == 0 and verdict.phantom == 0
+    assert verdict.total_balance == TOTAL and verdict.ledger_consistent
+    assert all(a == TOTAL for a in audits if a is not None)
+    assert max(recovery) < 5.0
+    await assert_nothing_leaked(bank, fault_server, DB, gc=gc_warnings)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "options"),
+    [
+        ("S9b deadlocks", {"random_order": True, "hot": 4, "workers": 16}),
+        ("S10 serialization", {"isolation_level": "SERIALIZABLE", "hot": 4, "workers": 8}),
+        ("S11 lock timeouts", {"hot": 2, "workers": 16, "lock_timeout_ms": 50}),
+    ],
+)
+async def test_s9_s10_s11_contention(
+    bank: AsyncEngine,
+    fault_server: PgServer,
+    gc_warnings: GcWarnings,
+    caplog: pytest.LogCaptureFixture,
+    scenario: str,
+    options: dict[str, object],
+) -> None:
+    """Contention (deadlocks, serialization failures, lock timeouts) is retried; the breaker never trips."""
+    caplog.set_level(logging.WARNING, logger="sqlalchemy_resilience.retry")
+    breaker = CircuitBreaker(failure_threshold=5)
+    transitions: list[object] = []
+    breaker.add_listener(transitions.append)
+    policy = RetryPolicy(
+        attempts=50,
+        initial_backoff=0.005,
+        max_backoff=0.1,
+        deadline=30,
+        retry_lock_timeouts=True,
+        budget=RetryBudget(capacity=10_000, refill_per_second=1000),
+    )
+    history, audits = await run_bank(
+        bank,
+        seconds=6.0,
+        retry=policy,
+        breaker=breaker,
+        audit=audit_sum(fault_server, DB),
+        **options,  # type: ignore[arg-type]
+    )
+    verdict = check(fault_server, DB, history, audits)
+    retried: dict[str, int] = {}
+    for record in caplog.records:
+        message = record.getMessage()
+        if message.startswith("retrying after "):
+            name = message.split()[2]
+            retried[name] = retried.get(name, 0) + 1
+    _figure(
+        scenario,
+        f"{verdict.line()}; retried {retried}; final errors {history.errors}; breaker transitions {len(transitions)}",
+    )
+    assert verdict.lost == 0 and verdict.phantom == 0 and verdict.unknown == 0
+    assert verdict.total_balance == TOTAL and verdict.ledger_consistent
+    assert set(history.errors) <= {"CheckViolation"}
+    assert transitions == []
+    assert sum(retried.values()) > 0  # the contention really happened
+    await assert_nothing_leaked(bank, fault_server, DB, gc=gc_warnings)
+
+
+async def test_s8_commit_aborted_by_fatal(
+    bank: AsyncEngine, fault_server: PgServer, gc_warnings: GcWarnings
+) -> None:
+    """S8 (recipe e7): COMMIT answered with FATAL 57P01 is a definite failure: retried, applied exactly once."""
+    fault_server.execute(
+        """
+        DROP TABLE IF EXISTS commit_probe;
+        CREATE TABLE commit_probe (id int PRIMARY KEY, note text NOT NULL);
+        GRANT ALL ON commit_probe TO app;
+        CREATE OR REPLACE FUNCTION chaos_commit_delay() RETURNS trigger LANGUAGE plpgsql
+          AS $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER chaos_commit_delay AFTER INSERT ON commit_probe
+          DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+          WHEN (NEW.note = 'chaos-delay-commit') EXECUTE FUNCTION chaos_commit_delay();
+        """,
+        database=DB,
+    )
+    Session = async_sessionmaker(bank)
+    injected = 20
+    attempts_total = 0
+
+    def kill_commit_in_sleep() -> None:
+        def sleeping() -> list[int]:
+            rows = fault_server.execute(
+                "SELECT pid FROM pg_stat_activity WHERE usename = 'app'"
+                " AND wait_event = 'PgSleep' AND query ILIKE 'commit%%'"
+            )
+            return [r[0] for r in rows]
+
+        fault_server.wait_for(lambda: bool(sleeping()), timeout=20)
+        fault_server.execute("SELECT pg_terminate_backend(%s)", (sleeping()[0],))
+
+    for n in range(injected):
+        attempts = 0
+
+        async def work(session: AsyncSession, n: int = n) -> None:
+            nonlocal attempts
+            attempts += 1
+            note = "chaos-delay-commit" if attempts == 1 else "ok"
+            await session.execute(
+                text("INSERT INTO commit_probe VALUES (:i, :note)"), {"i": n, "note": note}
+            )
+
+        killer = asyncio.create_task(asyncio.to_thread(kill_commit_in_sleep))
+        await run_transaction(Session, work, retry=_policy())
+        await killer
+        attempts_total += attempts
+    rows = fault_server.execute(
+        "SELECT count(*), count(*) FILTER (WHERE note = 'ok') FROM commit_probe", database=DB
+    )[0]
+    _figure(
+        "S8",
+        f"{injected} COMMITs killed by FATAL: {attempts_total - injected} retried, "
+        f"{rows[1]}/{injected} applied exactly once by the retry",
+    )
+    assert attempts_total == 2 * injected
+    assert rows == (injected, injected)
+    await assert_nothing_leaked(bank, fault_server, DB, gc=gc_warnings)
+
+
+async def test_s13_cancellation_storm(
+    bank: AsyncEngine, fault_server: PgServer, gc_warnings: GcWarnings
+) -> None:
+    """S13: transactions cut by random client timeouts and task.cancel(): nothing leaks, nothing is retried."""
+    import random
+
+    rng = random.Random(13)
+    Session = async_sessionmaker(bank)
+    total = 1000 if SOAK else 300
+    started_attempts = 0
+    cancelled = timed_out = completed = 0
+    gate = asyncio.Semaphore(8)
+
+    async def work(session: AsyncSession) -> None:
+        nonlocal started_attempts
+        started_attempts += 1
+        await session.execute(text("SELECT pg_sleep(:s)"), {"s": rng.uniform(0.01, 0.3)})
+        await session.execute(
+            text("UPDATE accounts SET balance = balance WHERE id = :i"), {"i": rng.randint(1, 50)}
+        )
+
+    async def one(i: int) -> None:
+        nonlocal cancelled, timed_out, completed
+        async with gate:
+            if i % 3 == 0:
+                task = asyncio.ensure_future(run_transaction(Session, work, retry=_policy()))
+                await asyncio.sleep(rng.uniform(0.0, 0.2))
+                task.cancel()
+                try:
+                    await task
+                    completed += 1
+                except asyncio.CancelledError:
+                    cancelled += 1
+            else:
+                try:
+                    await asyncio.wait_for(
+                        run_transaction(Session, work, retry=_policy()),
+                        timeout=rng.uniform(0.005, 0.2),
+                    )
+                    completed += 1
+                except (TimeoutError, asyncio.TimeoutError):
+                    timed_out += 1
+
+    await asyncio.gather(*(one(i) for i in range(total)))
+    _figure(
+        "S13",
+        f"{total} transactions: {cancelled} cancelled, {timed_out} timed out, {completed} completed; "
+        f"{started_attempts - total} retries; after: checked out {bank.sync_engine.pool.checkedout()}, "  # type: ignore[attr-defined]
+        f"GC warnings {len(gc_warnings.hits)}",
+    )
+    assert cancelled + timed_out + completed == total
+    assert started_attempts <= total  # cancellation is never retried
+    assert cancelled + timed_out > total // 2
+    await assert_nothing_leaked(bank, fault_server, DB, gc=gc_warnings, followups=500)
+
+
+async def test_s14_idle_in_transaction_timeout(
+    bank: AsyncEngine, fault_server: PgServer, gc_warnings: GcWarnings
+) -> None:
+    """S14: 10% of transactions idle past idle_in_transaction_session_timeout: retried, no corrupted reuse."""
+    Session = async_sessionmaker(bank)
+    total, slow_every = 100, 10
+    retries = 0
+    errors: list[BaseException] = []
+    for n in range(total):
+        attempts = 0
+
+        async def work(session: AsyncSession, n: int = n) -> None:
+            nonlocal attempts
+            attempts += 1
+            await session.execute(text("SET LOCAL idle_in_transaction_session_timeout = '200ms'"))
+            await session.execute(text("UPDATE accounts SET balance = balance WHERE id = 1"))
+            if attempts == 1 and n % slow_every == 0:
+                await asyncio.sleep(0.3)
+            await session.execute(text("SELECT 1"))
+
+        try:
+            await run_transaction(Session, work, retry=_policy())
+        except sr.ResilienceError as exc:
+            errors.append(exc)
+        retries += attempts - 1
+    _figure(
+        "S14",
+        f"{total} transactions, {total // slow_every} idle past the timeout: {retries} retried, "
+        f"{len(errors)} failed ({sorted({type(e).__name__ for e in errors})})",
+    )
+    assert errors == []
+    assert retries == total // slow_every
+    await assert_nothing_leaked(bank, fault_server, DB, gc=gc_warnings, followups=500)
