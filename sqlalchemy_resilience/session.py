@@ -32,9 +32,16 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from ._time import Seconds, to_seconds
 from .breaker import CircuitBreaker
 from .classify import build_error
-from .errors import AlreadyApplied, CommitOutcomeUnknown, ResilienceError, RetryExhausted
+from .errors import (
+    AlreadyApplied,
+    CommitOutcomeUnknown,
+    QueryTimeout,
+    ResilienceError,
+    RetryExhausted,
+)
 from .retry import RetryBudget, RetryPolicy, log_retry
 from .schema import IDEMPOTENCY_KEY_MAX_LENGTH, idempotency_keys
 
@@ -118,6 +125,7 @@ class _Unit:
 
     __slots__ = (
         "breaker",
+        "committing",
         "idempotency_key",
         "isolation_level",
         "pending",
@@ -140,6 +148,7 @@ class _Unit:
         # later attempt finds the key taken, that attempt did commit.
         self.pending: Any = None
         self.unknown_commit = False
+        self.committing = False  # COMMIT sent and not answered (for attempt_timeout)
 
     def claim_statement(self, dialect_name: str) -> Any:
         if dialect_name == "postgresql":
@@ -183,6 +192,7 @@ async def _attempt_async(
     guard: AbstractAsyncContextManager[Any] = (
         unit.breaker.guard() if unit.breaker else nullcontext()
     )
+    unit.committing = False
     async with guard, factory() as session:
         reset_sql: str | None = None
         try:
@@ -201,17 +211,75 @@ async def _attempt_async(
                     await session.rollback()
                     return cast(T, unit.key_taken())
             result = await fn(session)
+            unit.committing = True
+            unit.pending = result
             try:
                 await session.commit()
             except Exception as exc:
+                unit.committing = False
                 failure = unit.commit_failed(exc, result)
                 if failure is exc:
                     raise
                 raise failure from exc
+            # Cancellation leaves `committing` set on purpose: the deadline
+            # wrapper reads it to tell an unknown COMMIT from a stuck statement.
+            unit.committing = False
             return result
         finally:
             if reset_sql is not None:
                 await _reset_async(session, reset_sql)
+
+
+# How long a timed-out attempt may spend cleaning up before the caller moves
+# on. SQLAlchemy's asyncpg close waits up to 2 s for a graceful close (then
+# terminates); against a hung server the caller should not wait for that.
+_CLEANUP_GRACE = 0.5
+
+# Timed-out attempts still cleaning up in the background, kept referenced.
+_cleanups: set[asyncio.Future[Any]] = set()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _cleanups.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        _log.debug("a timed-out attempt ended with %r during cleanup", task.exception())
+
+
+async def _timed_attempt(
+    factory: Callable[[], AsyncSession],
+    fn: Callable[[AsyncSession], Awaitable[T]],
+    unit: _Unit,
+    timeout: float | None,
+) -> T:
+    if timeout is None:
+        return await _attempt_async(factory, fn, unit)
+    task = asyncio.ensure_future(_attempt_async(factory, fn, unit))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if done:
+        return task.result()
+    committing = unit.committing
+    task.cancel()
+    _cleanups.add(task)
+    task.add_done_callback(_forget)
+    # Give the cancelled attempt a moment to hand its connection back; a hung
+    # server makes that slow, and then it finishes in the background.
+    await asyncio.wait({task}, timeout=_CLEANUP_GRACE)
+    if committing:
+        # Cancelled while COMMIT was in flight: it may have committed.
+        unit.unknown_commit = True
+        raise CommitOutcomeUnknown(
+            f"attempt_timeout of {timeout:g}s expired while COMMIT was in flight",
+            connection_invalidated=True,
+        )
+    raise QueryTimeout(
+        f"attempt_timeout of {timeout:g}s expired; the connection was discarded",
+        retryable=True,
+        connection_invalidated=True,
+    )
 
 
 async def _reset_async(session: AsyncSession, sql: str) -> None:
@@ -240,6 +308,7 @@ async def run_transaction(
     read_only: bool = False,
     idempotent: bool = False,
     idempotency_key: str | None = None,
+    attempt_timeout: Seconds | None = None,
 ) -> T:
     """Run ``fn(session)`` in one transaction; re-run it whole on a retryable failure.
 
@@ -264,6 +333,12 @@ async def run_transaction(
             work runs again); a later call with the same key raises
             :class:`AlreadyApplied`. Needs the package's table
             (:mod:`sqlalchemy_resilience.schema`); PostgreSQL and SQLite.
+        attempt_timeout: a deadline per attempt (seconds or ``timedelta``). An
+            attempt that takes longer is cancelled -- SQLAlchemy discards its
+            connection -- and counts as a retryable :class:`QueryTimeout`, or
+            as :class:`CommitOutcomeUnknown` when COMMIT was in flight. Bounds a
+            call against a hung server or network; ``RetryPolicy.deadline``
+            bounds the whole call.
 
     Returns:
         What ``fn`` returned on the attempt that committed.
@@ -286,13 +361,18 @@ async def run_transaction(
                               idempotency_key=request.headers["Idempotency-Key"])
     """
     _validate(isolation_level, read_only, idempotent, idempotency_key)
+    timeout = (
+        None
+        if attempt_timeout is None
+        else to_seconds("attempt_timeout", attempt_timeout, allow_zero=False)
+    )
     policy = retry or _DEFAULT_POLICY
     budget = policy.budget or RetryBudget.for_engine(_bind_of(sessionmaker))
     unit = _Unit(breaker, isolation_level, read_only, idempotency_key)
     idempotent = idempotent or idempotency_key is not None
     started = time.monotonic()
     try:
-        result = await _attempt_async(sessionmaker, fn, unit)
+        result = await _timed_attempt(sessionmaker, fn, unit, timeout)
     except Exception as first:
         if policy.attempts == 1 or not policy.is_retryable(first, idempotent=idempotent):
             _raise_translated(first)
@@ -312,7 +392,7 @@ async def run_transaction(
                     # hand its failure to tenacity so it counts and backs off.
                     replayed = True
                     raise errors[0]
-                return await _attempt_async(sessionmaker, fn, unit)
+                return await _timed_attempt(sessionmaker, fn, unit, timeout)
     except RetryExhausted:
         raise
     except Exception as exc:

@@ -686,3 +686,148 @@ async def test_s14_idle_in_transaction_timeout(
     assert errors == []
     assert retries == total // slow_every
     await assert_nothing_leaked(bank, fault_server, DB, gc=gc_warnings, followups=500)
+
+
+async def test_s15_server_hang(fault_server: PgServer, gc_warnings: GcWarnings) -> None:
+    """S15: (a) a SIGSTOPped backend: attempt_timeout fires at T and the retry succeeds elsewhere;
+    (b) a SIGSTOPped postmaster: connects time out, the breaker opens and later calls fail fast;
+    after SIGCONT a probe closes it.
+    """
+    import signal
+
+    pg = fault_server.require_owned()
+    setup_bank(fault_server, DB)
+    engine = create_async_engine(
+        fault_server.app_url(DB, driver="asyncpg"), connect_args={"timeout": 1.0}
+    )
+    instrument(engine)
+    Session = async_sessionmaker(engine)
+    try:
+        # (a) the backend of a checked-out connection stops for 3 s.
+        attempts = 0
+
+        async def work(session: AsyncSession) -> int:
+            nonlocal attempts
+            attempts += 1
+            pid = int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+            if attempts == 1:
+                os.kill(pid, signal.SIGSTOP)
+                asyncio.get_running_loop().call_later(3.0, os.kill, pid, signal.SIGCONT)
+            await session.execute(text("UPDATE accounts SET balance = balance WHERE id = 1"))
+            return pid
+
+        t0 = time.monotonic()
+        await run_transaction(Session, work, retry=_policy(), attempt_timeout=1.0)
+        call_a = time.monotonic() - t0
+        await asyncio.sleep(3.2)  # let the stopped backend resume and exit
+
+        # (b) the postmaster stops: new connects hang.
+        await engine.dispose()
+        breaker = CircuitBreaker(failure_threshold=2, recovery_timeout=1.0)
+        transitions: list[str] = []
+        breaker.add_listener(lambda t: transitions.append(t.current.name))
+        once = RetryPolicy(attempts=1)
+
+        async def ping(session: AsyncSession) -> int:
+            return int((await session.execute(text("SELECT 1"))).scalar_one())
+
+        durations: list[float] = []
+        with pg.paused():
+            for _ in range(2):
+                t1 = time.monotonic()
+                with pytest.raises(sr.DatabaseUnavailable):
+                    await run_transaction(Session, ping, retry=once, breaker=breaker)
+                durations.append(time.monotonic() - t1)
+            t2 = time.monotonic()
+            for _ in range(20):
+                with pytest.raises(sr.CircuitOpenError):
+                    await run_transaction(Session, ping, retry=once, breaker=breaker)
+            fail_fast = (time.monotonic() - t2) / 20
+        await asyncio.sleep(1.05)
+        assert await run_transaction(Session, ping, retry=once, breaker=breaker) == 1
+        _figure(
+            "S15",
+            f"(a) stopped backend: call done in {call_a:.2f} s with attempt_timeout 1.0 s "
+            f"({attempts} attempts); (b) stopped postmaster: connects cut at "
+            f"{', '.join(f'{d:.2f}' for d in durations)} s, then {fail_fast * 1e6:.0f} µs per refused call; "
+            f"breaker {' -> '.join(['CLOSED', *transitions])}",
+        )
+        assert attempts == 2
+        assert 0.9 <= call_a <= 1.0 + 0.5 + 0.2  # deadline + cleanup grace (+ scheduling slack)
+        assert all(0.9 <= d <= 1.6 for d in durations)
+        assert transitions == ["OPEN", "HALF_OPEN", "CLOSED"]
+        await assert_nothing_leaked(engine, fault_server, DB, gc=gc_warnings)
+    finally:
+        await engine.dispose()
+
+
+async def test_s16_network_toxics(fault_server: PgServer, gc_warnings: GcWarnings) -> None:
+    """S16: (a) a blackhole mid-query is cut by attempt_timeout for every worker, bounded;
+    (b) a reset while streaming 100k rows is a disconnect and the read-only transaction is re-run.
+    """
+    setup_bank(fault_server, DB)
+    proxy = FaultProxy("127.0.0.1", fault_server.port)
+    engine = create_async_engine(
+        fault_server.app_url(DB, driver="asyncpg").set(port=proxy.port),
+        pool_size=5,
+        max_overflow=0,
+        pool_timeout=5,
+        connect_args={"timeout": 1.0},
+    )
+    instrument(engine)
+    Session = async_sessionmaker(engine)
+    try:
+        # (a) blackhole while 8 workers are mid-query.
+        async def slow(session: AsyncSession) -> None:
+            await session.execute(text("SELECT pg_sleep(0.5)"))
+
+        async def worker() -> str:
+            try:
+                await run_transaction(
+                    Session, slow, retry=RetryPolicy(attempts=1), attempt_timeout=1.0
+                )
+            except sr.QueryTimeout:
+                return "timeout"
+            except sr.ResilienceError as exc:
+                return type(exc).__name__
+            return "ok"
+
+        t0 = time.monotonic()
+        tasks = [asyncio.ensure_future(worker()) for _ in range(8)]
+        await asyncio.sleep(0.1)
+        proxy.blackhole = True
+        outcomes = await asyncio.gather(*tasks)
+        blackhole_wall = time.monotonic() - t0
+        proxy.blackhole = False
+        proxy.reset_peer()
+        await engine.dispose()
+        bound = (5 + 1.0 + 2.0) * 2 * 1.2  # (pool_timeout + attempt + terminate) * ceil(8/5) * 1.2
+
+        # (b) reset while streaming a 100k-row result.
+        attempts = 0
+
+        async def read_all(session: AsyncSession) -> int:
+            nonlocal attempts
+            attempts += 1
+            result = await session.stream(text("SELECT g FROM generate_series(1, 100000) g"))
+            count = 0
+            async for _ in result:
+                count += 1
+                if attempts == 1 and count == 20_000:
+                    proxy.reset_peer()
+            return count
+
+        rows = await run_transaction(Session, read_all, retry=_policy(), read_only=True)
+        _figure(
+            "S16",
+            f"(a) blackhole with 8 workers on pool 5: all done in {blackhole_wall:.2f} s "
+            f"(bound {bound:.1f} s), outcomes {sorted(set(outcomes))}; "
+            f"(b) reset at row 20000 of 100000: re-run, {rows} rows on attempt {attempts}",
+        )
+        assert blackhole_wall <= bound
+        assert "ok" not in outcomes
+        assert rows == 100_000 and attempts == 2
+        await assert_nothing_leaked(engine, fault_server, DB, gc=gc_warnings)
+    finally:
+        await engine.dispose()
+        proxy.close()

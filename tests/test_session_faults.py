@@ -150,3 +150,58 @@ async def test_idempotency_key_resolves_unknown_commit(syncrep: PgServer, pg_dri
     assert _rows(syncrep, key) == 1
     assert again.value.idempotency_key == f"req-{key}"
     assert again.value.user_message("ja") == "このリクエストは既に処理されています。"
+
+
+async def test_attempt_timeout_during_commit_is_unknown(syncrep: PgServer, pg_driver: str) -> None:
+    """attempt_timeout expiring while COMMIT waits (SyncRep) gives CommitOutcomeUnknown, never a blind retry."""
+    engine = create_async_engine(syncrep.app_url("faults", driver=pg_driver))
+    instrument(engine)
+    key = uuid.uuid4()
+    attempts = 0
+
+    async def work(session: AsyncSession) -> None:
+        nonlocal attempts
+        attempts += 1
+        await session.execute(text("SET LOCAL synchronous_commit = 'on'"))
+        await session.execute(text("INSERT INTO ledger VALUES (:k)"), {"k": key})
+
+    started = asyncio.get_running_loop().time()
+    try:
+        with pytest.raises(sr.CommitOutcomeUnknown) as info:
+            await run_transaction(async_sessionmaker(engine), work, retry=FAST, attempt_timeout=0.5)
+        elapsed = asyncio.get_running_loop().time() - started
+    finally:
+        await engine.dispose()
+    assert attempts == 1
+    assert "attempt_timeout" in str(info.value)
+    assert 0.45 <= elapsed < 4.0
+    # The client gave up waiting; the server had committed locally.
+    syncrep.wait_for(lambda: _rows(syncrep, key) == 1, timeout=5)
+
+
+async def test_attempt_timeout_retries_a_stuck_statement(
+    fault_server: PgServer, pg_driver: str
+) -> None:
+    """An attempt stuck past attempt_timeout is cancelled (connection discarded) and re-run."""
+    engine = create_async_engine(fault_server.app_url("faults", driver=pg_driver))
+    instrument(engine)
+    attempts = 0
+
+    async def work(session: AsyncSession) -> int:
+        nonlocal attempts
+        attempts += 1
+        seconds = 5 if attempts == 1 else 0
+        await session.execute(text("SELECT pg_sleep(:s)"), {"s": seconds})
+        return attempts
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        result = await run_transaction(
+            async_sessionmaker(engine), work, retry=FAST, attempt_timeout=0.3
+        )
+    finally:
+        await engine.dispose()
+    elapsed = loop.time() - started
+    assert result == 2
+    assert 0.27 <= elapsed < 3.0
