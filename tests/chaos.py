@@ -106,8 +106,12 @@ async def transfer(
     hot: int = ACCOUNTS,
     isolation_level: str | None = None,
     lock_timeout_ms: int | None = None,
+    bare: bool = False,
 ) -> None:
     """One bank transfer as one run_transaction, recorded in ``history``.
+
+    ``bare`` runs the same work in a plain ``async with Session() as s, s.begin()``
+    (no retry, no translation needed) -- the baseline for the overhead figure.
 
     ``hot`` limits transfers to the first accounts (contention), ``random_order``
     locks them in random order (deadlocks), ``isolation_level`` and
@@ -142,6 +146,15 @@ async def transfer(
         return True
 
     started = time.monotonic()
+    if bare:
+        try:
+            async with Session() as session, session.begin():
+                applied_now = await work(session)
+        except Exception as exc:
+            history.record(request_id, "fail", exc, started)
+        else:
+            history.record(request_id, "ok", None, started)
+        return
     try:
         applied_now = await sr.run_transaction(
             Session,
@@ -175,6 +188,7 @@ async def run_bank(
     hot: int = ACCOUNTS,
     isolation_level: str | None = None,
     lock_timeout_ms: int | None = None,
+    bare: bool = False,
 ) -> tuple[History, list[int | None]]:
     """Run ``workers`` transfer loops for ``seconds`` (and ``chaos`` alongside); 1 Hz audits."""
     Session = async_sessionmaker(engine, expire_on_commit=False)
@@ -198,6 +212,7 @@ async def run_bank(
                 hot=hot,
                 isolation_level=isolation_level,
                 lock_timeout_ms=lock_timeout_ms,
+                bare=bare,
             )
 
     async def auditor() -> None:
