@@ -52,7 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         try:
             with EmbeddedPostgres() as pg:
                 print(f"started an embedded PostgreSQL from {pg.bin_dir}")
-                return run_demo(pg.url(driver=driver))
+                return run_demo(pg.url(driver=driver), server=pg)
         except EmbeddedPostgresError as exc:
             raise SystemExit(f"could not start an embedded PostgreSQL: {exc}") from None
     workdir = tempfile.mkdtemp(prefix="sr-demo-")

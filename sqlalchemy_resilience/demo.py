@@ -41,6 +41,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from .embedded import EmbeddedPostgres
 from .errors import DatabaseFailure, ResilienceError
 from .instrument import instrument
 
@@ -217,12 +218,16 @@ def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def run_demo(url: str | URL, *, out: TextIO | None = None) -> int:
+def run_demo(
+    url: str | URL, *, out: TextIO | None = None, server: EmbeddedPostgres | None = None
+) -> int:
     """Run the tour against ``url`` and print it; returns 0 when every step behaved.
 
     Args:
         url: any SQLAlchemy URL, sync (``sqlite:///x.db``) or async (``postgresql+asyncpg://...``).
         out: where to print (stdout by default).
+        server: the embedded PostgreSQL behind ``url``, when the demo owns it:
+            the retry part then restarts it under load.
 
     Example::
 
@@ -265,7 +270,18 @@ def run_demo(url: str | URL, *, out: TextIO | None = None) -> int:
     _report(steps, out)
     good = sum(step.ok for step in steps)
     print(f"\n{good}/{len(steps)} failures arrived as the expected typed error.", file=out)
-    return 0 if good == len(steps) else 1
+    retry_ok = True
+    if is_sqlite and parsed.database:
+        from .demo_retry import sqlite_busy_tour
+
+        retry_ok = sqlite_busy_tour(parsed, out)
+    elif server is not None and parsed.get_dialect().is_async:
+        import asyncio
+
+        from .demo_retry import restart_tour
+
+        retry_ok = asyncio.run(restart_tour(server, parsed, out))
+    return 0 if good == len(steps) and retry_ok else 1
 
 
 def default_sqlite_url(directory: str | Path | None = None) -> URL:

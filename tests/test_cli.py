@@ -23,6 +23,7 @@ def test_demo_on_embedded_default(capsys: pytest.CaptureFixture[str]) -> None:
         assert expected in out
     assert "このデータは既に登録されています。" in out
     assert "This item already exists." in out
+    assert "LockNotAvailable retried); balance 100 -> 101" in out
 
 
 def test_demo_on_sync_sqlite_url(tmp_path: object) -> None:
@@ -54,6 +55,8 @@ def test_demo_embedded_postgres(pg_server: PgServer) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "3/3 failures" in proc.stdout
+    assert "the server restarts midway" in proc.stdout
+    assert "lost 0, duplicated 0, total balance 10000" in proc.stdout
 
 
 def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
