@@ -29,6 +29,7 @@ from typing import Any, TypeVar, cast
 
 import tenacity
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -38,6 +39,7 @@ from .classify import build_error
 from .errors import (
     AlreadyApplied,
     CommitOutcomeUnknown,
+    ConnectionLost,
     QueryTimeout,
     ResilienceError,
     RetryExhausted,
@@ -130,7 +132,9 @@ class _Unit:
         "isolation_level",
         "pending",
         "read_only",
+        "resolve",
         "unknown_commit",
+        "xid",
     )
 
     def __init__(
@@ -149,6 +153,8 @@ class _Unit:
         self.pending: Any = None
         self.unknown_commit = False
         self.committing = False  # COMMIT sent and not answered (for attempt_timeout)
+        self.resolve = False  # record the xid before COMMIT to resolve an unknown outcome
+        self.xid: str | None = None
 
     def claim_statement(self, dialect_name: str) -> Any:
         if dialect_name == "postgresql":
@@ -211,6 +217,9 @@ async def _attempt_async(
                     await session.rollback()
                     return cast(T, unit.key_taken())
             result = await fn(session)
+            unit.xid = None
+            if unit.resolve:
+                unit.xid = await _current_xid(session)
             unit.committing = True
             unit.pending = result
             try:
@@ -228,6 +237,74 @@ async def _attempt_async(
         finally:
             if reset_sql is not None:
                 await _reset_async(session, reset_sql)
+
+
+async def _current_xid(session: AsyncSession) -> str | None:
+    conn = await session.connection()
+    if conn.dialect.name != "postgresql":
+        raise ValueError(
+            f"resolve_commit_outcome needs PostgreSQL (pg_xact_status), not {conn.dialect.name!r}"
+        )
+    # NULL when the transaction wrote nothing: then there is nothing to resolve.
+    value = (await session.execute(text("SELECT pg_current_xact_id_if_assigned()::text"))).scalar()
+    return None if value is None else str(value)
+
+
+async def _xact_status(
+    factory: Callable[[], AsyncSession], xid: str, *, timeout: float
+) -> str | None:
+    """Ask the server what became of ``xid``: committed, aborted, or None (still unknown)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            async with factory() as session:
+                status = (
+                    await session.execute(
+                        text("SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8))"),
+                        {"xid": xid},
+                    )
+                ).scalar()
+        except Exception:
+            status = None  # the server may still be coming back
+            _log.debug("pg_xact_status(%s) failed; retrying", xid, exc_info=True)
+        if status in ("committed", "aborted"):
+            return str(status)
+        if time.monotonic() + delay > deadline:
+            return None
+        # "in progress": the backend has not finished dying yet.
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+async def _resolving_attempt(
+    factory: Callable[[], AsyncSession],
+    fn: Callable[[AsyncSession], Awaitable[T]],
+    unit: _Unit,
+    timeout: float | None,
+) -> T:
+    try:
+        return await _timed_attempt(factory, fn, unit, timeout)
+    except CommitOutcomeUnknown as exc:
+        if not unit.resolve or unit.xid is None:
+            raise
+        xid = unit.xid
+        status = await _xact_status(factory, xid, timeout=_RESOLUTION_TIMEOUT)
+        if status == "committed":
+            _log.info("commit outcome resolved: transaction %s committed", xid)
+            return cast(T, unit.pending)
+        if status == "aborted":
+            _log.info("commit outcome resolved: transaction %s aborted; re-running", xid)
+            raise ConnectionLost(
+                f"COMMIT was lost and transaction {xid} did not commit (pg_xact_status)",
+                retryable=True,
+                connection_invalidated=True,
+            ) from exc
+        raise
+
+
+# How long the resolver asks pg_xact_status before it gives up (server restarting...).
+_RESOLUTION_TIMEOUT = 15.0
 
 
 # How long a timed-out attempt may spend cleaning up before the caller moves
@@ -309,6 +386,7 @@ async def run_transaction(
     idempotent: bool = False,
     idempotency_key: str | None = None,
     attempt_timeout: Seconds | None = None,
+    resolve_commit_outcome: bool = False,
 ) -> T:
     """Run ``fn(session)`` in one transaction; re-run it whole on a retryable failure.
 
@@ -339,6 +417,12 @@ async def run_transaction(
             as :class:`CommitOutcomeUnknown` when COMMIT was in flight. Bounds a
             call against a hung server or network; ``RetryPolicy.deadline``
             bounds the whole call.
+        resolve_commit_outcome: PostgreSQL: record the transaction id just
+            before COMMIT (one extra round trip per attempt) and, when the
+            connection is lost during COMMIT, ask the server
+            (``pg_xact_status``) what happened: committed -- ``fn``'s result is
+            returned; aborted -- the work is re-run; still unknown after 15 s --
+            :class:`CommitOutcomeUnknown` is raised.
 
     Returns:
         What ``fn`` returned on the attempt that committed.
@@ -368,11 +452,16 @@ async def run_transaction(
     )
     policy = retry or _DEFAULT_POLICY
     budget = policy.budget or RetryBudget.for_engine(_bind_of(sessionmaker))
+    if not isinstance(resolve_commit_outcome, bool):
+        raise TypeError(
+            f"resolve_commit_outcome must be True or False, got {resolve_commit_outcome!r}"
+        )
     unit = _Unit(breaker, isolation_level, read_only, idempotency_key)
+    unit.resolve = resolve_commit_outcome
     idempotent = idempotent or idempotency_key is not None
     started = time.monotonic()
     try:
-        result = await _timed_attempt(sessionmaker, fn, unit, timeout)
+        result = await _resolving_attempt(sessionmaker, fn, unit, timeout)
     except Exception as first:
         if policy.attempts == 1 or not policy.is_retryable(first, idempotent=idempotent):
             _raise_translated(first)
@@ -392,7 +481,7 @@ async def run_transaction(
                     # hand its failure to tenacity so it counts and backs off.
                     replayed = True
                     raise errors[0]
-                return await _timed_attempt(sessionmaker, fn, unit, timeout)
+                return await _resolving_attempt(sessionmaker, fn, unit, timeout)
     except RetryExhausted:
         raise
     except Exception as exc:

@@ -7,6 +7,7 @@ synchronous-replication wait; the client only sees the connection drop.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -205,3 +206,107 @@ async def test_attempt_timeout_retries_a_stuck_statement(
     elapsed = loop.time() - started
     assert result == 2
     assert 0.27 <= elapsed < 3.0
+
+
+async def test_resolver_reports_a_lost_commit_that_committed(
+    syncrep: PgServer, pg_driver: str
+) -> None:
+    """resolve_commit_outcome: COMMIT lost in the SyncRep wait; pg_xact_status says committed; fn ran once."""
+    engine = create_async_engine(syncrep.app_url("faults", driver=pg_driver))
+    instrument(engine)
+    key = uuid.uuid4()
+    attempts = 0
+
+    async def work(session: AsyncSession) -> str:
+        nonlocal attempts
+        attempts += 1
+        await session.execute(text("SET LOCAL synchronous_commit = 'on'"))
+        await session.execute(text("INSERT INTO ledger VALUES (:k)"), {"k": key})
+        return "booked"
+
+    try:
+        killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
+        result = await run_transaction(
+            async_sessionmaker(engine), work, retry=FAST, resolve_commit_outcome=True
+        )
+        await killer
+    finally:
+        await engine.dispose()
+    assert result == "booked"
+    assert attempts == 1
+    assert _rows(syncrep, key) == 1
+
+
+async def test_resolver_reruns_a_lost_commit_that_aborted(fault_server: PgServer) -> None:
+    """resolve_commit_outcome: the client loses COMMIT's reply while the server is still committing;
+    the server then aborts it; the resolver sees 'aborted' and re-runs the work, applied once."""
+    from .faultproxy import FaultProxy
+
+    fault_server.execute(
+        """
+        DROP TABLE IF EXISTS resolved;
+        CREATE TABLE resolved (id int PRIMARY KEY, note text NOT NULL);
+        GRANT ALL ON resolved TO app;
+        CREATE OR REPLACE FUNCTION chaos_commit_delay() RETURNS trigger LANGUAGE plpgsql
+          AS $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER chaos_commit_delay AFTER INSERT ON resolved
+          DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+          WHEN (NEW.note = 'chaos-delay-commit') EXECUTE FUNCTION chaos_commit_delay();
+        """,
+        database="faults",
+    )
+    proxy = FaultProxy("127.0.0.1", fault_server.port)
+    engine = create_async_engine(
+        fault_server.app_url("faults", driver="asyncpg").set(port=proxy.port)
+    )
+    instrument(engine)
+    attempts = 0
+
+    async def work(session: AsyncSession) -> int:
+        nonlocal attempts
+        attempts += 1
+        note = "chaos-delay-commit" if attempts == 1 else "ok"
+        await session.execute(text("INSERT INTO resolved VALUES (1, :n)"), {"n": note})
+        return attempts
+
+    def kill_sleeping_commit() -> None:
+        def sleeping() -> list[int]:
+            rows = fault_server.execute(
+                "SELECT pid FROM pg_stat_activity WHERE usename = 'app'"
+                " AND wait_event = 'PgSleep' AND query ILIKE 'commit%%'"
+            )
+            return [r[0] for r in rows]
+
+        fault_server.wait_for(lambda: proxy.commits_swallowed == 1 and bool(sleeping()), timeout=20)
+        time.sleep(0.5)  # the resolver sees "in progress" first
+        fault_server.execute("SELECT pg_terminate_backend(%s)", (sleeping()[0],))
+
+    proxy.swallow_commit_reply, proxy.swallow_commits = True, 1
+    try:
+        killer = asyncio.create_task(asyncio.to_thread(kill_sleeping_commit))
+        result = await run_transaction(
+            async_sessionmaker(engine), work, retry=FAST, resolve_commit_outcome=True
+        )
+        await killer
+    finally:
+        await engine.dispose()
+        proxy.close()
+    rows = fault_server.execute("SELECT note FROM resolved", database="faults")
+    assert result == 2
+    assert attempts == 2
+    assert rows == [("ok",)]
+
+
+async def test_resolve_commit_outcome_needs_postgresql(tmp_path: object) -> None:
+    """On SQLite the option is refused with a clear error."""
+    pytest.importorskip("aiosqlite")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/r.sqlite")
+
+    async def work(session: AsyncSession) -> None:
+        await session.execute(text("SELECT 1"))
+
+    try:
+        with pytest.raises(ValueError, match="resolve_commit_outcome needs PostgreSQL"):
+            await run_transaction(async_sessionmaker(engine), work, resolve_commit_outcome=True)
+    finally:
+        await engine.dispose()
