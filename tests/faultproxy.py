@@ -4,8 +4,8 @@ It runs on its own thread with its own event loop (the asyncpg TCPFuzzingProxy
 pattern), so a client loop that blocks cannot stall it. Toxics are switched
 on and off from the test thread; each applies to connections open now and later.
 
-Toxics: ``latency`` (+ jitter, per chunk, order kept), ``bandwidth`` (token
-bucket), ``blackhole`` (stop forwarding, keep sockets open), ``reset_peer``
+Toxics: ``latency`` (+ jitter, per chunk, order kept), ``bandwidth`` (a
+per-chunk delay of size/rate), ``slice_bytes``/``slice_delay`` (the slicer), ``blackhole`` (stop forwarding, keep sockets open), ``reset_peer``
 (RST every connection), ``limit_data`` (close a connection after N bytes from
 the server), ``down`` / ``up`` (listener closed: connects are refused),
 ``deaf`` (a listener that never accepts: connects hang) and the
@@ -34,6 +34,8 @@ class FaultProxy:
         self.latency = 0.0
         self.jitter = 0.0
         self.bandwidth: float | None = None  # bytes per second, server -> client
+        self.slice_bytes: int | None = None  # split server -> client chunks into pieces...
+        self.slice_delay = 0.0  # ...with this pause between them
         self.blackhole = False
         self.limit_data: int | None = None
         self.swallow_commit_reply = False
@@ -94,6 +96,8 @@ class FaultProxy:
         """Remove every toxic (connections stay)."""
         self.latency = self.jitter = 0.0
         self.bandwidth = None
+        self.slice_bytes = None
+        self.slice_delay = 0.0
         self.blackhole = False
         self.limit_data = None
         self.swallow_commit_reply = False
@@ -228,6 +232,13 @@ class FaultProxy:
                 _rst(client)
                 return
             sent += len(chunk)
+            if self.slice_bytes:
+                for start in range(0, len(chunk), self.slice_bytes):
+                    client.write(chunk[start : start + self.slice_bytes])
+                    await client.drain()
+                    if self.slice_delay:
+                        await asyncio.sleep(self.slice_delay)
+                continue
             client.write(chunk)
             await client.drain()
 

@@ -1167,3 +1167,54 @@ async def test_s9a_s10_deterministic_conflicts(
     assert balances == {1: 1000 + deadlocks * 2, 2: 1000 - deadlocks * 2}
     assert at_commit == conflicts
     await assert_nothing_leaked(bank, fault_server, DB, gc=gc_warnings)
+
+
+async def test_s17_degraded_network_is_not_failure(
+    fault_server: PgServer, gc_warnings: GcWarnings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S17 (the retry and breaker leg): latency 100+-50 ms, 256 KB/s and a slicer make the bank slow,
+    not failing: 0 retries, 0 breaker transitions; throughput comes back when the toxics go."""
+    caplog.set_level(logging.WARNING, logger="sqlalchemy_resilience")
+    setup_bank(fault_server, DB)
+    proxy = FaultProxy("127.0.0.1", fault_server.port)
+    engine = create_async_engine(
+        fault_server.app_url(DB, driver="asyncpg").set(port=proxy.port), pool_size=5, max_overflow=0
+    )
+    instrument(engine)
+    breaker = CircuitBreaker(failure_threshold=5)
+    transitions: list[object] = []
+    breaker.add_listener(transitions.append)
+    try:
+        fast, _ = await run_bank(engine, seconds=2.0, retry=_policy(), breaker=breaker, workers=4)
+        proxy.latency, proxy.jitter = 0.1, 0.05
+        proxy.bandwidth = 256 * 1024
+        proxy.slice_bytes, proxy.slice_delay = 64, 0.001
+        slow, audits = await run_bank(
+            engine,
+            seconds=5.0,
+            retry=_policy(),
+            breaker=breaker,
+            workers=4,
+            audit=audit_sum(fault_server, DB),
+        )
+        proxy.clear()
+        after, _ = await run_bank(engine, seconds=2.0, retry=_policy(), breaker=breaker, workers=4)
+        verdict = check(fault_server, DB, slow, audits)
+        retries = [r for r in caplog.records if r.getMessage().startswith("retrying after")]
+        _figure(
+            "S17",
+            f"{len(fast.ok) / 2:.0f} transfers/s before, {len(slow.ok) / 5:.1f}/s degraded "
+            f"(p50 {verdict.p50_ms:.0f} ms), {len(after.ok) / 2:.0f}/s after; "
+            f"{len(retries)} retries, {len(transitions)} breaker transitions, "
+            f"{sum(slow.errors.values())} errors",
+        )
+        assert retries == []
+        assert transitions == []
+        assert set(slow.errors) <= {"CheckViolation"}
+        assert verdict.lost == 0 and verdict.phantom == 0
+        assert verdict.p50_ms > 100  # the toxics really slowed it down
+        assert len(after.ok) / 2 > 2 * len(slow.ok) / 5
+        await assert_nothing_leaked(engine, fault_server, DB, gc=gc_warnings)
+    finally:
+        await engine.dispose()
+        proxy.close()
