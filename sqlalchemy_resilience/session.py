@@ -105,10 +105,12 @@ def _commit_failure(exc: BaseException) -> BaseException:
     return exc
 
 
-def _raise_translated(exc: BaseException) -> None:
+def _raise_translated(exc: BaseException, *, rerun_note: bool = False) -> None:
     from .instrument import translate_error
 
     translated = translate_error(exc)
+    if rerun_note and hasattr(translated, "add_note"):  # Python >= 3.11
+        translated.add_note(_RERUN_NOTE)
     if translated is not exc:
         raise translated from exc
     raise exc
@@ -469,19 +471,46 @@ async def run_transaction(
     else:
         budget.record_success()
         return result
-    replayed = False
-    retrying = tenacity.AsyncRetrying(
-        **_retrying_kwargs(policy, budget, errors, started, idempotent)
+    return await _retry_async(
+        _retrying_kwargs(policy, budget, errors, started, idempotent),
+        errors[0],
+        lambda: _resolving_attempt(sessionmaker, fn, unit, timeout),
     )
+
+
+async def _retry_async(
+    retrying_kwargs: dict[str, Any],
+    first: BaseException,
+    again: Callable[[], Awaitable[T]],
+) -> T:
+    """The slow path after a failed first attempt: tenacity decides, ``again`` re-runs."""
+    replayed = False
     try:
-        async for attempt in retrying:
+        async for attempt in tenacity.AsyncRetrying(**retrying_kwargs):
             with attempt:
                 if not replayed:
                     # Attempt 1 already ran outside tenacity (the fast path);
                     # hand its failure to tenacity so it counts and backs off.
                     replayed = True
-                    raise errors[0]
-                return await _resolving_attempt(sessionmaker, fn, unit, timeout)
+                    raise first
+                return await again()
+    except RetryExhausted:
+        raise
+    except Exception as exc:
+        _raise_translated(exc)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _retry_sync(retrying_kwargs: dict[str, Any], first: BaseException, again: Callable[[], T]) -> T:
+    """The synchronous twin of :func:`_retry_async`."""
+    replayed = False
+    try:
+        for attempt in tenacity.Retrying(**retrying_kwargs):
+            with attempt:
+                if not replayed:
+                    replayed = True
+                    raise first
+                return again()
     except RetryExhausted:
         raise
     except Exception as exc:
@@ -594,20 +623,11 @@ def run_transaction_sync(
     else:
         budget.record_success()
         return result
-    replayed = False
-    retrying = tenacity.Retrying(**_retrying_kwargs(policy, budget, errors, started, idempotent))
-    try:
-        for attempt in retrying:
-            with attempt:
-                if not replayed:
-                    replayed = True
-                    raise errors[0]
-                return _attempt_sync(sessionmaker, fn, unit)
-    except RetryExhausted:
-        raise
-    except Exception as exc:
-        _raise_translated(exc)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return _retry_sync(
+        _retrying_kwargs(policy, budget, errors, started, idempotent),
+        errors[0],
+        lambda: _attempt_sync(sessionmaker, fn, unit),
+    )
 
 
 # -- resilient_sessionmaker ---------------------------------------------------------
@@ -656,27 +676,18 @@ class ResilientAsyncSession(AsyncSession):
         except Exception as first:
             retryable = policy.is_retryable(first)
             if not (starts_transaction and retryable and policy.attempts > 1):
-                _raise_with_note(first, rerun=retryable and not starts_transaction)
+                _raise_translated(first, rerun_note=retryable and not starts_transaction)
             errors: list[BaseException] = [first]
         budget = policy.budget or RetryBudget.for_engine(self.bind)
-        replayed = False
-        retrying = tenacity.AsyncRetrying(
-            **_retrying_kwargs(policy, budget, errors, time.monotonic(), False)
+
+        async def again() -> Any:
+            # Discard the broken transaction and its connection first.
+            await self.rollback()
+            return await once()
+
+        return await _retry_async(
+            _retrying_kwargs(policy, budget, errors, time.monotonic(), False), errors[0], again
         )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    if not replayed:
-                        replayed = True
-                        raise errors[0]
-                    # Discard the broken transaction and its connection first.
-                    await self.rollback()
-                    return await once()
-        except RetryExhausted:
-            raise
-        except Exception as exc:
-            _raise_with_note(exc, rerun=False)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def execute(self, *args: Any, **kw: Any) -> Any:
         """``AsyncSession.execute``, retried when it starts the transaction."""
@@ -719,17 +730,6 @@ async def _commit_classified(session: AsyncSession) -> None:
         if failure is exc:
             raise
         raise failure from exc
-
-
-def _raise_with_note(exc: BaseException, *, rerun: bool) -> None:
-    from .instrument import translate_error
-
-    translated = translate_error(exc)
-    if rerun and hasattr(translated, "add_note"):
-        translated.add_note(_RERUN_NOTE)
-    if translated is not exc:
-        raise translated from exc
-    raise exc
 
 
 def resilient_sessionmaker(
