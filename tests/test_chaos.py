@@ -51,6 +51,11 @@ from .pgharness import PgServer
 pytestmark = pytest.mark.chaos
 
 SOAK = os.environ.get("SQLALCHEMY_RESILIENCE_SOAK") == "1"
+
+
+def _n(ci: int, soak: int) -> int:
+    """The CI tier's count, or the plan's full count under SQLALCHEMY_RESILIENCE_SOAK=1."""
+    return soak if SOAK else ci
 DB = "faults"
 
 
@@ -243,7 +248,7 @@ async def test_s6_inflight_kill_before_commit(
 ) -> None:
     """S6: the backend killed mid-transaction, before COMMIT, 30 times: each retried and applied exactly once."""
     Session = async_sessionmaker(bank)
-    kills = 30
+    kills = _n(30, 200)
     attempts_total = 0
     for n in range(kills):
         attempts = 0
@@ -295,7 +300,7 @@ async def test_s7_swallowed_commit_reply(
     )
     instrument(engine)
     Session = async_sessionmaker(engine)
-    injected = 10
+    injected = _n(10, 100)
     try:
         caplog.set_level(logging.WARNING, logger="sqlalchemy_resilience.retry")
         for _ in range(injected):
@@ -377,7 +382,7 @@ async def test_s12_statement_timeout(
         await session.execute(text("SELECT pg_sleep(1)"))
 
     timeouts = 0
-    for _ in range(50):
+    for _ in range(_n(50, 100)):
         with pytest.raises(sr.QueryTimeout):
             await run_transaction(Session, slow, retry=_policy())
         timeouts += 1
@@ -386,7 +391,7 @@ async def test_s12_statement_timeout(
         f"{timeouts} timeouts: {attempts - timeouts} retries, {len(invalidations)} invalidations, "
         f"{len(pids)} backend(s) used",
     )
-    assert attempts == timeouts == 50
+    assert attempts == timeouts == _n(50, 100)
     assert invalidations == []
     assert len(pids) == 1
     await assert_nothing_leaked(bank, fault_server, DB, gc=gc_warnings)
@@ -585,7 +590,7 @@ async def test_s8_commit_aborted_by_fatal(
         database=DB,
     )
     Session = async_sessionmaker(bank)
-    injected = 20
+    injected = _n(20, 100)
     attempts_total = 0
 
     def kill_commit_in_sleep() -> None:
@@ -1133,7 +1138,7 @@ async def test_s9a_s10_deterministic_conflicts(
         " GRANT ALL ON ws TO app",
         database=DB,
     )
-    conflicts = 20
+    conflicts = _n(20, 100)
     at_commit = 0
     for _ in range(conflicts):
         fault_server.execute(
