@@ -56,6 +56,8 @@ SOAK = os.environ.get("SQLALCHEMY_RESILIENCE_SOAK") == "1"
 def _n(ci: int, soak: int) -> int:
     """The CI tier's count, or the plan's full count under SQLALCHEMY_RESILIENCE_SOAK=1."""
     return soak if SOAK else ci
+
+
 DB = "faults"
 
 
@@ -635,29 +637,44 @@ async def test_s8_commit_aborted_by_fatal(
 async def test_s13_cancellation_storm(
     bank: AsyncEngine, fault_server: PgServer, gc_warnings: GcWarnings
 ) -> None:
-    """S13: transactions cut by random client timeouts and task.cancel(): nothing leaks, nothing is retried."""
+    """S13: transactions cut by random client timeouts and task.cancel() -- some of them while COMMIT
+    is in flight: nothing leaks, nothing is retried, and re-submitting each interrupted request with
+    its idempotency key resolves it (already applied, or applied now): every request lands exactly once.
+    """
     import random
 
+    from sqlalchemy_resilience.schema import metadata
+
+    async with bank.begin() as conn:
+        await conn.run_sync(metadata.create_all)
     rng = random.Random(13)
     Session = async_sessionmaker(bank)
-    total = 1000 if SOAK else 300
+    total = _n(300, 1000)
+    keys = [uuid.uuid4() for _ in range(total)]
     started_attempts = 0
     cancelled = timed_out = completed = 0
+    interrupted: list[uuid.UUID] = []
     gate = asyncio.Semaphore(8)
 
-    async def work(session: AsyncSession) -> None:
-        nonlocal started_attempts
-        started_attempts += 1
-        await session.execute(text("SELECT pg_sleep(:s)"), {"s": rng.uniform(0.01, 0.3)})
-        await session.execute(
-            text("UPDATE accounts SET balance = balance WHERE id = :i"), {"i": rng.randint(1, 50)}
-        )
+    def work_for(key: uuid.UUID, *, sleep: bool):  # type: ignore[no-untyped-def]
+        async def work(session: AsyncSession) -> None:
+            nonlocal started_attempts
+            started_attempts += 1
+            if sleep:
+                await session.execute(text("SELECT pg_sleep(:s)"), {"s": rng.uniform(0.01, 0.3)})
+            await session.execute(text("INSERT INTO ledger_entries VALUES (:k, 1)"), {"k": key})
+
+        return work
 
     async def one(i: int) -> None:
         nonlocal cancelled, timed_out, completed
+        key = keys[i]
+        call = run_transaction(
+            Session, work_for(key, sleep=True), retry=_policy(), idempotency_key=str(key)
+        )
         async with gate:
             if i % 3 == 0:
-                task = asyncio.ensure_future(run_transaction(Session, work, retry=_policy()))
+                task = asyncio.ensure_future(call)
                 await asyncio.sleep(rng.uniform(0.0, 0.2))
                 task.cancel()
                 try:
@@ -665,27 +682,42 @@ async def test_s13_cancellation_storm(
                     completed += 1
                 except asyncio.CancelledError:
                     cancelled += 1
+                    interrupted.append(key)
             else:
                 try:
-                    await asyncio.wait_for(
-                        run_transaction(Session, work, retry=_policy()),
-                        timeout=rng.uniform(0.005, 0.2),
-                    )
+                    await asyncio.wait_for(call, timeout=rng.uniform(0.005, 0.2))
                     completed += 1
                 except (TimeoutError, asyncio.TimeoutError):
                     timed_out += 1
+                    interrupted.append(key)
 
     await asyncio.gather(*(one(i) for i in range(total)))
+    storm_attempts = started_attempts
+    checked_out = bank.sync_engine.pool.checkedout()  # type: ignore[attr-defined]
+    await assert_nothing_leaked(bank, fault_server, DB, gc=gc_warnings, followups=500)
+    already = applied_now = 0
+    for key in interrupted:
+        try:
+            await run_transaction(
+                Session, work_for(key, sleep=False), retry=_policy(), idempotency_key=str(key)
+            )
+            applied_now += 1
+        except sr.AlreadyApplied:
+            already += 1
+    per_key = fault_server.execute(
+        "SELECT count(*), count(DISTINCT request_id) FROM ledger_entries", database=DB
+    )[0]
     _figure(
         "S13",
         f"{total} transactions: {cancelled} cancelled, {timed_out} timed out, {completed} completed; "
-        f"{started_attempts - total} retries; after: checked out {bank.sync_engine.pool.checkedout()}, "  # type: ignore[attr-defined]
-        f"GC warnings {len(gc_warnings.hits)}",
+        f"{storm_attempts} attempts started (none retried); after: {checked_out} checked out, "
+        f"GC warnings {len(gc_warnings.hits)}; {len(interrupted)} re-submitted by key: "
+        f"{already} already applied, {applied_now} applied now; rows {per_key[0]} for {total} requests",
     )
     assert cancelled + timed_out + completed == total
-    assert started_attempts <= total  # cancellation is never retried
+    assert storm_attempts <= total  # cancellation is never retried
     assert cancelled + timed_out > total // 2
-    await assert_nothing_leaked(bank, fault_server, DB, gc=gc_warnings, followups=500)
+    assert per_key == (total, total)  # every request exactly once
 
 
 async def test_s14_idle_in_transaction_timeout(
