@@ -106,6 +106,7 @@ async def transfer(
     hot: int = ACCOUNTS,
     isolation_level: str | None = None,
     lock_timeout_ms: int | None = None,
+    nowait: bool = False,
     bare: bool = False,
 ) -> None:
     """One bank transfer as one run_transaction, recorded in ``history``.
@@ -135,6 +136,13 @@ async def transfer(
         )
         if inserted.first() is None:
             return False  # an earlier attempt committed it
+        if nowait:
+            # Lock both rows up front, failing at once (55P03) when another
+            # transfer holds one: contention without any timer race.
+            await session.execute(
+                text("SELECT id FROM accounts WHERE id IN (:a, :b) ORDER BY id FOR UPDATE NOWAIT"),
+                {"a": src, "b": dst},
+            )
         order = [(src, -amount), (dst, amount)]
         if not random_order:
             order.sort()
@@ -188,6 +196,7 @@ async def run_bank(
     hot: int = ACCOUNTS,
     isolation_level: str | None = None,
     lock_timeout_ms: int | None = None,
+    nowait: bool = False,
     bare: bool = False,
 ) -> tuple[History, list[int | None]]:
     """Run ``workers`` transfer loops for ``seconds`` (and ``chaos`` alongside); 1 Hz audits."""
@@ -212,6 +221,7 @@ async def run_bank(
                 hot=hot,
                 isolation_level=isolation_level,
                 lock_timeout_ms=lock_timeout_ms,
+                nowait=nowait,
                 bare=bare,
             )
 
