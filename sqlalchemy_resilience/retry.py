@@ -325,31 +325,25 @@ class RetryPolicy:
                 with attempt:
                     await do_work()
         """
-        kwargs: dict[str, Any] = {}
+        kwargs = self._tenacity_kwargs(idempotent)
         if sleep is not None:
             kwargs["sleep"] = sleep
-        return tenacity.AsyncRetrying(
-            stop=self.stop_strategy(),
-            wait=self.wait_strategy(),
-            retry=tenacity.retry_if_exception(
-                lambda e: self.is_retryable(e, idempotent=idempotent)
-            ),
-            before_sleep=log_retry,
-            reraise=True,
-            **kwargs,
-        )
+        return tenacity.AsyncRetrying(**kwargs)
 
     def as_tenacity_sync(self, *, idempotent: bool = False) -> tenacity.Retrying:
         """This policy as a synchronous ``tenacity.Retrying``."""
-        return tenacity.Retrying(
-            stop=self.stop_strategy(),
-            wait=self.wait_strategy(),
-            retry=tenacity.retry_if_exception(
+        return tenacity.Retrying(**self._tenacity_kwargs(idempotent))
+
+    def _tenacity_kwargs(self, idempotent: bool) -> dict[str, Any]:
+        return {
+            "stop": self.stop_strategy(),
+            "wait": self.wait_strategy(),
+            "retry": tenacity.retry_if_exception(
                 lambda e: self.is_retryable(e, idempotent=idempotent)
             ),
-            before_sleep=log_retry,
-            reraise=True,
-        )
+            "before_sleep": log_retry,
+            "reraise": True,
+        }
 
 
 _retry_counter: Any = None
