@@ -79,6 +79,18 @@ async def retry_usage() -> None:
     value: int = await sr.run_transaction(
         factory, work, retry=policy, breaker=breaker, isolation_level="SERIALIZABLE"
     )
+    try:
+        keyed: int = await sr.run_transaction(
+            factory,
+            work,
+            idempotency_key="order-1",
+            attempt_timeout=2.5,
+            resolve_commit_outcome=True,
+        )
+        del keyed
+    except sr.AlreadyApplied as exc:
+        key: str = exc.idempotency_key
+        del key
     state: sr.BreakerState = breaker.state
     async with breaker.guard():
         pass
