@@ -16,7 +16,7 @@ import contextlib
 import re
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from sqlalchemy import exc as sa_exc
@@ -223,7 +223,7 @@ def extract_facts(exc: BaseException) -> ErrorFacts:
         module = type(item).__module__
         if isinstance(item, sqlite3.Error):
             facts = _sqlite_facts(item)
-            return _with(facts, invalidated=invalidated)
+            return replace(facts, invalidated=invalidated)
         if module.startswith("asyncpg"):
             severity = getattr(item, "severity", None)
             if not severity:
@@ -282,12 +282,6 @@ def extract_facts(exc: BaseException) -> ErrorFacts:
         driver_class=type(exc).__name__,
         invalidated=invalidated,
     )
-
-
-def _with(facts: ErrorFacts, **changes: Any) -> ErrorFacts:
-    from dataclasses import replace
-
-    return replace(facts, **changes)
 
 
 # asyncio.TimeoutError is a distinct class before Python 3.11.
@@ -453,7 +447,7 @@ def build_error(
         summary = redact_text(summary, secrets=secrets)
     if statement and secrets:
         statement = redact_text(statement, secrets=secrets)
-    final_cls = combined_class_for(cls, sa_class)
+    final_cls = e.combined_class(cls, sa_class)
     return final_cls(
         summary,
         sqlstate=facts.sqlstate,
@@ -470,10 +464,3 @@ def build_error(
         connection_invalidated=invalidated,
         ismulti=ismulti,
     )
-
-
-def combined_class_for(
-    cls: type[e.DatabaseFailure], sa_class: type[sa_exc.DBAPIError] | None
-) -> type[e.DatabaseFailure]:
-    """The translated class, made to also subclass ``sa_class`` when it does not already."""
-    return e.combined_class(cls, sa_class)

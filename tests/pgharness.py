@@ -171,6 +171,33 @@ class PgServer:
         )
         return sum(1 for row in rows if row[0])
 
+    def install_commit_delay(self, table: str, *, database: str) -> None:
+        """Recipe e7: rows of ``table`` with note 'chaos-delay-commit' make COMMIT sleep 30 s
+        (a deferred constraint trigger), so a test can act while COMMIT is in flight."""
+        from psycopg import sql
+
+        with self.admin(database) as conn:
+            conn.execute(
+                "CREATE OR REPLACE FUNCTION chaos_commit_delay() RETURNS trigger"
+                " LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$"
+            )
+            conn.execute(
+                sql.SQL(
+                    "CREATE CONSTRAINT TRIGGER chaos_commit_delay AFTER INSERT ON {}"
+                    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
+                    " WHEN (NEW.note = 'chaos-delay-commit') EXECUTE FUNCTION chaos_commit_delay()"
+                ).format(sql.Identifier(table))
+            )
+
+    def pids_sleeping_in_commit(self) -> list[int]:
+        """Backends of the app role whose COMMIT sleeps in the recipe-e7 trigger."""
+        rows = self.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s"
+            " AND wait_event = 'PgSleep' AND query ILIKE 'commit%%'",
+            (APP_ROLE,),
+        )
+        return [row[0] for row in rows]
+
     def wait_for(
         self, predicate: Callable[[], bool], *, timeout: float = 10.0, interval: float = 0.01
     ) -> None:

@@ -39,6 +39,7 @@ from sqlalchemy_resilience import (
 from .chaos import (
     TOTAL,
     GcWarnings,
+    History,
     assert_nothing_leaked,
     audit_sum,
     check,
@@ -102,6 +103,14 @@ def _policy() -> RetryPolicy:
 # S7 injects a lost COMMIT into every request on purpose; the engine's default
 # retry budget (built to stop retry storms) would rightly refuse some retries.
 _BIG_BUDGET = RetryBudget(capacity=10_000, refill_per_second=1_000)
+
+
+def _recovery_times(history: History, up_times: list[float]) -> list[float]:
+    """For each moment the server was back: seconds until the next successful transfer."""
+    return [
+        min((t for t in history.successes_at if t >= up), default=float("inf")) - up
+        for up in up_times
+    ]
 
 
 def _figure(name: str, line: str) -> None:
@@ -180,10 +189,7 @@ async def test_s2_fast_restarts(
         audit=audit_sum(fault_server, DB),
     )
     verdict = check(fault_server, DB, history, audits)
-    recovery = [
-        min((t for t in history.successes_at if t >= up), default=float("inf")) - up
-        for up in up_times
-    ]
+    recovery = _recovery_times(history, up_times)
     _figure(
         "S2",
         f"{restarts} restarts: {verdict.line()}; errors {history.errors}; "
@@ -510,10 +516,7 @@ async def test_s3_s4_crash_recovery(
         audit=audit_sum(fault_server, DB),
     )
     verdict = check(fault_server, DB, history, audits)
-    recovery = [
-        min((t for t in history.successes_at if t >= up), default=float("inf")) - up
-        for up in up_times
-    ]
+    recovery = _recovery_times(history, up_times)
     _figure(
         "S3" if kind == "crash" else "S4",
         f"3 {'crashes' if kind == 'crash' else 'backend SIGKILLs'}: {verdict.line()}; errors {history.errors}; recovery p50 "
@@ -590,32 +593,20 @@ async def test_s8_commit_aborted_by_fatal(
 ) -> None:
     """S8 (recipe e7): COMMIT answered with FATAL 57P01 is a definite failure: retried, applied exactly once."""
     fault_server.execute(
-        """
-        DROP TABLE IF EXISTS commit_probe;
-        CREATE TABLE commit_probe (id int PRIMARY KEY, note text NOT NULL);
-        GRANT ALL ON commit_probe TO app;
-        CREATE OR REPLACE FUNCTION chaos_commit_delay() RETURNS trigger LANGUAGE plpgsql
-          AS $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$;
-        CREATE CONSTRAINT TRIGGER chaos_commit_delay AFTER INSERT ON commit_probe
-          DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-          WHEN (NEW.note = 'chaos-delay-commit') EXECUTE FUNCTION chaos_commit_delay();
-        """,
+        "DROP TABLE IF EXISTS commit_probe;"
+        " CREATE TABLE commit_probe (id int PRIMARY KEY, note text NOT NULL);"
+        " GRANT ALL ON commit_probe TO app",
         database=DB,
     )
+    fault_server.install_commit_delay("commit_probe", database=DB)
     Session = async_sessionmaker(bank)
     injected = _n(20, 100)
     attempts_total = 0
 
     def kill_commit_in_sleep() -> None:
-        def sleeping() -> list[int]:
-            rows = fault_server.execute(
-                "SELECT pid FROM pg_stat_activity WHERE usename = 'app'"
-                " AND wait_event = 'PgSleep' AND query ILIKE 'commit%%'"
-            )
-            return [r[0] for r in rows]
-
-        fault_server.wait_for(lambda: bool(sleeping()), timeout=20)
-        fault_server.execute("SELECT pg_terminate_backend(%s)", (sleeping()[0],))
+        fault_server.wait_for(lambda: bool(fault_server.pids_sleeping_in_commit()), timeout=20)
+        pid = fault_server.pids_sleeping_in_commit()[0]
+        fault_server.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
     for n in range(injected):
         attempts = 0

@@ -28,16 +28,7 @@ def fault_db(fault_server: PgServer) -> PgServer:
         "CREATE TABLE transfers (request_id uuid PRIMARY KEY, note text)", database="faults"
     )
     fault_server.execute("GRANT ALL ON transfers TO app", database="faults")
-    fault_server.execute(
-        """
-        CREATE OR REPLACE FUNCTION chaos_commit_delay() RETURNS trigger LANGUAGE plpgsql
-        AS $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$;
-        CREATE CONSTRAINT TRIGGER chaos_commit_delay AFTER INSERT ON transfers
-          DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-          WHEN (NEW.note = 'chaos-delay-commit') EXECUTE FUNCTION chaos_commit_delay();
-        """,
-        database="faults",
-    )
+    fault_server.install_commit_delay("transfers", database="faults")
     return fault_server
 
 

@@ -243,18 +243,12 @@ async def test_resolver_reruns_a_lost_commit_that_aborted(fault_server: PgServer
     from .faultproxy import FaultProxy
 
     fault_server.execute(
-        """
-        DROP TABLE IF EXISTS resolved;
-        CREATE TABLE resolved (id int PRIMARY KEY, note text NOT NULL);
-        GRANT ALL ON resolved TO app;
-        CREATE OR REPLACE FUNCTION chaos_commit_delay() RETURNS trigger LANGUAGE plpgsql
-          AS $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$;
-        CREATE CONSTRAINT TRIGGER chaos_commit_delay AFTER INSERT ON resolved
-          DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-          WHEN (NEW.note = 'chaos-delay-commit') EXECUTE FUNCTION chaos_commit_delay();
-        """,
+        "DROP TABLE IF EXISTS resolved;"
+        " CREATE TABLE resolved (id int PRIMARY KEY, note text NOT NULL);"
+        " GRANT ALL ON resolved TO app",
         database="faults",
     )
+    fault_server.install_commit_delay("resolved", database="faults")
     proxy = FaultProxy("127.0.0.1", fault_server.port)
     engine = create_async_engine(
         fault_server.app_url("faults", driver="asyncpg").set(port=proxy.port)
@@ -270,16 +264,13 @@ async def test_resolver_reruns_a_lost_commit_that_aborted(fault_server: PgServer
         return attempts
 
     def kill_sleeping_commit() -> None:
-        def sleeping() -> list[int]:
-            rows = fault_server.execute(
-                "SELECT pid FROM pg_stat_activity WHERE usename = 'app'"
-                " AND wait_event = 'PgSleep' AND query ILIKE 'commit%%'"
-            )
-            return [r[0] for r in rows]
-
-        fault_server.wait_for(lambda: proxy.commits_swallowed == 1 and bool(sleeping()), timeout=20)
+        fault_server.wait_for(
+            lambda: proxy.commits_swallowed == 1 and bool(fault_server.pids_sleeping_in_commit()),
+            timeout=20,
+        )
         time.sleep(0.5)  # the resolver sees "in progress" first
-        fault_server.execute("SELECT pg_terminate_backend(%s)", (sleeping()[0],))
+        pid = fault_server.pids_sleeping_in_commit()[0]
+        fault_server.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
     proxy.swallow_commit_reply, proxy.swallow_commits = True, 1
     try:
