@@ -1,10 +1,25 @@
-"""Per-query cost of ``instrument()`` against plain SQLAlchemy and the raw driver, in one run.
+"""Per-query cost of ``instrument()`` against plain SQLAlchemy, the raw driver and the
+OpenTelemetry SQLAlchemy instrumentation, all measured in one run.
 
-Point queries (``SELECT v FROM t WHERE id = :id``), a pool checkout per query,
-interleaved rounds so drift hits every variant alike; the table reports the
-median microseconds per query and the ratio to plain SQLAlchemy.
+Workloads: point queries (``SELECT v FROM t WHERE id = :id``) with a pool
+checkout per query, and 50 concurrent tasks sharing a pool of 10. Variants:
 
-    python -m benchmarks.overhead                       # SQLite (sqlite3)
+* raw driver (asyncpg / sqlite3 / aiosqlite);
+* plain SQLAlchemy;
+* ``instrument()`` with defaults and no OpenTelemetry SDK (the API's no-op meter);
+* ``instrument()`` with defaults and an SDK ``MeterProvider``;
+* ``instrument()`` with everything on (statistics with sampled call sites,
+  in-flight watchdog, slow-query log, SDK metrics);
+* the straightforward design: ``before/after_cursor_execute`` and pool
+  ``checkout``/``checkin`` listeners feeding the same statistics and SDK histograms;
+* ``opentelemetry-instrumentation-sqlalchemy`` with SDK tracer and meter
+  providers (when installed).
+
+Rounds are short and interleaved in a shuffled order; each variant's ratio is
+the median over rounds of its time divided by plain SQLAlchemy's time in the
+same round, so drift of a shared machine cancels out.
+
+    python -m benchmarks.overhead                       # SQLite
     python -m benchmarks.overhead --embedded-postgres   # + PostgreSQL via asyncpg
     python -m benchmarks.overhead --postgres-url postgresql+asyncpg://u:p@host/db
 """
@@ -13,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import os
 import platform
 import random
 import sqlite3
@@ -21,61 +38,323 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sqlalchemy_resilience import instrument
+from sqlalchemy_resilience.stats import QueryStats, normalize_statement
 
-QUERY = "SELECT v FROM t WHERE id = :id"
 ROWS = 1000
+TASKS = 50
+POOL = 10
+
+Sync = Callable[[int], None]
+Async = Callable[[int], Awaitable[None]]
 
 
-def _sqlite_variants(path: Path) -> dict[str, Callable[[int], None]]:
-    setup = sqlite3.connect(path)
-    setup.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v INTEGER)")
-    setup.executemany("INSERT OR REPLACE INTO t VALUES (?, ?)", [(i, i) for i in range(ROWS)])
-    setup.commit()
-    setup.close()
+# -- OpenTelemetry SDK set-ups ---------------------------------------------------
 
-    raw = sqlite3.connect(path, check_same_thread=False)
-    plain = create_engine(f"sqlite:///{path}")
-    instrumented = create_engine(f"sqlite:///{path}")
-    instrument(instrumented)
-    stmt = text(QUERY)
 
-    def run_raw(n: int) -> None:
+def _sdk_meter_provider() -> Any:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    return MeterProvider(metric_readers=[InMemoryMetricReader()])
+
+
+def _otel_instrumentation(engine: Engine) -> bool:
+    """Attach opentelemetry-instrumentation-sqlalchemy to one engine; False if not installed.
+
+    ``SQLAlchemyInstrumentor().instrument(engine=...)`` also wraps
+    ``Engine.connect`` for every engine in the process, which would slow the
+    other variants of this benchmark too; the same two pieces it installs
+    (the per-engine ``EngineTracer`` and the connect-span wrapper) are
+    applied to this engine only.
+    """
+    try:
+        from opentelemetry.instrumentation.sqlalchemy.engine import (
+            EngineTracer,
+            _wrap_connect,
+        )
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+    except ImportError:
+        return False
+
+    class _Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(_Discard()))
+    tracer = tracer_provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
+    meter = _sdk_meter_provider().get_meter("opentelemetry.instrumentation.sqlalchemy")
+    usage = meter.create_up_down_counter(
+        name="db.client.connections.usage",
+        unit="connections",
+        description="The number of connections that are currently in state described by the state attribute.",
+    )
+    EngineTracer(tracer, engine, usage, False, {}, False)
+    wrapper = _wrap_connect(tracer)
+    original = engine.connect
+    engine.connect = lambda: wrapper(original, engine, (), {})  # type: ignore[method-assign]
+    return True
+
+
+def _straightforward(engine: Engine, meter_provider: Any) -> None:
+    """The obvious design: Connection and pool listeners, stats and SDK histograms."""
+    stats = QueryStats()
+    meter = meter_provider.get_meter("benchmark.straightforward")
+    duration = meter.create_histogram("bench.db.client.operation.duration", unit="s")
+    wait = meter.create_histogram("bench.db.client.connection.wait_time", unit="s")
+    use = meter.create_histogram("bench.db.client.connection.use_time", unit="s")
+    attrs = {"db.system.name": engine.dialect.name}
+    normalized: dict[str, str] = {}
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def before(
+        conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
+        context._bench_start = time.perf_counter()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def after(
+        conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
+        elapsed = time.perf_counter() - context._bench_start
+        key = normalized.get(statement)
+        if key is None:
+            key = normalized[statement] = normalize_statement(statement)
+        stats.record(key, "SELECT", None, elapsed, cursor.rowcount)
+        duration.record(elapsed, attrs)
+
+    @event.listens_for(engine, "checkout")
+    def checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        record.info["bench_out"] = time.perf_counter()
+        wait.record(0.0, attrs)
+
+    @event.listens_for(engine, "checkin")
+    def checkin(dbapi_conn: Any, record: Any) -> None:
+        out = record.info.pop("bench_out", None)
+        if out is not None:
+            use.record(time.perf_counter() - out, attrs)
+
+
+def _variants_of(make: Callable[[], Any]) -> dict[str, Any]:
+    """Build every SQLAlchemy variant from an engine factory (Engine or AsyncEngine)."""
+    sdk = _sdk_meter_provider()
+    variants: dict[str, Any] = {"plain SQLAlchemy": make()}
+    variants["instrument() defaults, no SDK"] = make()
+    instrument(variants["instrument() defaults, no SDK"])
+    variants["instrument() defaults, SDK"] = make()
+    instrument(variants["instrument() defaults, SDK"], meter_provider=sdk)
+    variants["instrument() everything on, SDK"] = make()
+    instrument(
+        variants["instrument() everything on, SDK"],
+        meter_provider=sdk,
+        long_running_threshold=5.0,
+        stats_call_sites=True,
+        slow_query_threshold=1.0,
+    )
+    straightforward = make()
+    _straightforward(_sync(straightforward), sdk)
+    variants["straightforward listeners, SDK"] = straightforward
+    otel = make()
+    if _otel_instrumentation(_sync(otel)):
+        variants["opentelemetry-instrumentation-sqlalchemy"] = otel
+    return variants
+
+
+def _sync(engine: Any) -> Engine:
+    return engine.sync_engine if isinstance(engine, AsyncEngine) else engine  # type: ignore[no-any-return]
+
+
+# -- measuring -----------------------------------------------------------------------
+
+
+def _table(title: str, seconds: dict[str, list[float]], base: str = "plain SQLAlchemy") -> str:
+    lines = [
+        f"\n{title}",
+        "| variant | median µs/query | vs plain SQLAlchemy |",
+        "|---|---:|---:|",
+    ]
+    base_runs = seconds[base]
+    for name, runs in seconds.items():
+        ratios = [run / ref for run, ref in zip(runs, base_runs, strict=True)]
+        lines.append(
+            f"| {name} | {statistics.median(runs) * 1e6:.1f} | {statistics.median(ratios):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _settle() -> None:
+    # Everything built so far (engines, SDK objects) is long-lived: keep the
+    # cyclic GC from re-scanning it during the timed rounds.
+    gc.collect()
+    gc.freeze()
+
+
+def measure_sync(variants: dict[str, Sync], rounds: int, ops: int) -> dict[str, list[float]]:
+    for fn in variants.values():
+        fn(max(50, ops // 2))
+    _settle()
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        order = list(variants.items())
+        random.shuffle(order)
+        for name, fn in order:
+            start = time.perf_counter()
+            fn(ops)
+            results[name].append((time.perf_counter() - start) / ops)
+    return results
+
+
+async def measure_async(
+    variants: dict[str, Async], rounds: int, ops: int
+) -> dict[str, list[float]]:
+    for fn in variants.values():
+        await fn(max(50, ops // 2))
+    _settle()
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        order = list(variants.items())
+        random.shuffle(order)
+        for name, fn in order:
+            start = time.perf_counter()
+            await fn(ops)
+            results[name].append((time.perf_counter() - start) / ops)
+    return results
+
+
+def _point_async(engine: AsyncEngine, stmt: Any) -> Async:
+    async def run(n: int) -> None:
         for i in range(n):
-            raw.execute("SELECT v FROM t WHERE id = ?", (i % ROWS,)).fetchone()
+            async with engine.connect() as conn:
+                (await conn.execute(stmt, {"id": i % ROWS})).scalar_one()
 
-    def make_sa(engine: object) -> Callable[[int], None]:
-        def run(n: int) -> None:
+    return run
+
+
+def _concurrent_async(engine: AsyncEngine, stmt: Any) -> Async:
+    async def one(task: int, per_task: int) -> None:
+        for i in range(per_task):
+            async with engine.connect() as conn:
+                (await conn.execute(stmt, {"id": (task * per_task + i) % ROWS})).scalar_one()
+
+    async def run(n: int) -> None:
+        per_task = max(1, n // TASKS)
+        await asyncio.gather(*(one(t, per_task) for t in range(TASKS)))
+
+    return run
+
+
+# -- SQLite --------------------------------------------------------------------------
+
+
+def bench_sqlite(rounds: int, ops: int) -> str:
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.sqlite"
+        setup = sqlite3.connect(path)
+        setup.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+        setup.executemany("INSERT INTO t VALUES (?, ?)", [(i, i) for i in range(ROWS)])
+        setup.commit()
+        setup.close()
+        stmt = text("SELECT v FROM t WHERE id = :id")
+
+        raw = sqlite3.connect(path, check_same_thread=False)
+
+        def run_raw(n: int) -> None:
             for i in range(n):
-                with engine.connect() as conn:  # type: ignore[attr-defined]
-                    conn.execute(stmt, {"id": i % ROWS}).scalar_one()
+                raw.execute("SELECT v FROM t WHERE id = ?", (i % ROWS,)).fetchone()
 
-        return run
+        engines = _variants_of(lambda: create_engine(f"sqlite:///{path}"))
 
-    return {
-        "raw sqlite3": run_raw,
-        "plain SQLAlchemy": make_sa(plain),
-        "instrument()": make_sa(instrumented),
-    }
+        def point(engine: Engine) -> Sync:
+            def run(n: int) -> None:
+                for i in range(n):
+                    with engine.connect() as conn:
+                        conn.execute(stmt, {"id": i % ROWS}).scalar_one()
+
+            return run
+
+        variants: dict[str, Sync] = {"raw sqlite3": run_raw}
+        variants.update({name: point(engine) for name, engine in engines.items()})
+        out.append(
+            _table(
+                f"SQLite (sqlite3, file), point queries, {rounds} rounds x {ops}",
+                measure_sync(variants, rounds, ops),
+            )
+        )
+        raw.close()
+        for engine in engines.values():
+            engine.dispose()
+        out.append(asyncio.run(_sqlite_concurrent(path, rounds, ops)))
+    return "\n".join(out)
 
 
-async def _postgres_variants(url: URL) -> dict[str, Callable[[int], Awaitable[None]]]:
+async def _sqlite_concurrent(path: Path, rounds: int, ops: int) -> str:
+    import aiosqlite
+
+    stmt = text("SELECT v FROM t WHERE id = :id")
+    engines = _variants_of(
+        lambda: create_async_engine(f"sqlite+aiosqlite:///{path}", pool_size=POOL, max_overflow=0)
+    )
+    pool: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+    for _ in range(POOL):
+        pool.put_nowait(await aiosqlite.connect(path))
+
+    async def raw_one(task: int, per_task: int) -> None:
+        for i in range(per_task):
+            conn = await pool.get()
+            try:
+                async with conn.execute(
+                    "SELECT v FROM t WHERE id = ?", ((task * per_task + i) % ROWS,)
+                ) as cursor:
+                    await cursor.fetchone()
+            finally:
+                pool.put_nowait(conn)
+
+    async def run_raw(n: int) -> None:
+        per_task = max(1, n // TASKS)
+        await asyncio.gather(*(raw_one(t, per_task) for t in range(TASKS)))
+
+    variants: dict[str, Async] = {"raw aiosqlite": run_raw}
+    variants.update({name: _concurrent_async(e, stmt) for name, e in engines.items()})
+    rounds = max(3, rounds // 3)
+    result = _table(
+        f"SQLite (aiosqlite), {TASKS} tasks over a pool of {POOL}, {rounds} rounds x {ops}",
+        await measure_async(variants, rounds, ops),
+    )
+    while not pool.empty():
+        await pool.get_nowait().close()
+    for engine in engines.values():
+        await engine.dispose()
+    return result
+
+
+# -- PostgreSQL ----------------------------------------------------------------------
+
+
+async def bench_postgres(url: URL, rounds: int, ops: int) -> str:
     import asyncpg
 
-    plain = create_async_engine(url, pool_size=5)
-    instrumented = create_async_engine(url, pool_size=5)
-    instrument(instrumented)
-    async with plain.begin() as conn:
+    setup = create_async_engine(url)
+    async with setup.begin() as conn:
         await conn.execute(text("DROP TABLE IF EXISTS sr_bench_t"))
         await conn.execute(text("CREATE TABLE sr_bench_t (id int PRIMARY KEY, v int)"))
         await conn.execute(
             text("INSERT INTO sr_bench_t SELECT g, g FROM generate_series(0, :n) g"), {"n": ROWS}
         )
+    await setup.dispose()
+    stmt = text("SELECT v FROM sr_bench_t WHERE id = :id")
     raw_pool = await asyncpg.create_pool(
         host=url.host,
         port=url.port,
@@ -83,94 +362,74 @@ async def _postgres_variants(url: URL) -> dict[str, Callable[[int], Awaitable[No
         password=url.password,
         database=url.database,
         ssl=False,
-        min_size=5,
-        max_size=5,
+        min_size=POOL,
+        max_size=POOL,
     )
-    stmt = text(QUERY.replace(" t ", " sr_bench_t "))
 
-    async def run_raw(n: int) -> None:
+    async def raw_point(n: int) -> None:
         for i in range(n):
             async with raw_pool.acquire() as conn:
                 await conn.fetchval("SELECT v FROM sr_bench_t WHERE id = $1", i % ROWS)
 
-    def make_sa(engine: object) -> Callable[[int], Awaitable[None]]:
-        async def run(n: int) -> None:
-            for i in range(n):
-                async with engine.connect() as conn:  # type: ignore[attr-defined]
-                    (await conn.execute(stmt, {"id": i % ROWS})).scalar_one()
+    async def raw_one(task: int, per_task: int) -> None:
+        for i in range(per_task):
+            async with raw_pool.acquire() as conn:
+                await conn.fetchval(
+                    "SELECT v FROM sr_bench_t WHERE id = $1", (task * per_task + i) % ROWS
+                )
 
-        return run
+    async def raw_concurrent(n: int) -> None:
+        per_task = max(1, n // TASKS)
+        await asyncio.gather(*(raw_one(t, per_task) for t in range(TASKS)))
 
-    return {
-        "raw asyncpg": run_raw,
-        "plain SQLAlchemy": make_sa(plain),
-        "instrument()": make_sa(instrumented),
-    }
-
-
-def _table(title: str, per_query: dict[str, list[float]]) -> str:
-    base = statistics.median(per_query["plain SQLAlchemy"])
-    lines = [f"\n{title}", "| variant | median µs/query | vs plain SQLAlchemy |", "|---|---:|---:|"]
-    for name, samples in per_query.items():
-        med = statistics.median(samples)
-        lines.append(f"| {name} | {med * 1e6:.1f} | {med / base:.3f} |")
-    return "\n".join(lines)
-
-
-def bench_sqlite(rounds: int, queries: int) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        variants = _sqlite_variants(Path(tmp) / "bench.sqlite")
-        for fn in variants.values():
-            fn(200)  # warm caches and the pool
-        results: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(rounds):
-            order = list(variants.items())
-            random.shuffle(order)
-            for name, fn in order:
-                start = time.perf_counter()
-                fn(queries)
-                results[name].append((time.perf_counter() - start) / queries)
-    return _table(f"SQLite (sqlite3, file), {rounds} rounds x {queries} queries", results)
-
-
-async def bench_postgres(url: URL, rounds: int, queries: int) -> str:
-    variants = await _postgres_variants(url)
-    for fn in variants.values():
-        await fn(200)
-    results: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        order = list(variants.items())
-        random.shuffle(order)
-        for name, fn in order:
-            start = time.perf_counter()
-            await fn(queries)
-            results[name].append((time.perf_counter() - start) / queries)
-    return _table(f"PostgreSQL (asyncpg, 127.0.0.1), {rounds} rounds x {queries} queries", results)
+    engines = _variants_of(lambda: create_async_engine(url, pool_size=POOL, max_overflow=0))
+    point: dict[str, Async] = {"raw asyncpg": raw_point}
+    point.update({name: _point_async(e, stmt) for name, e in engines.items()})
+    concurrent: dict[str, Async] = {"raw asyncpg": raw_concurrent}
+    concurrent.update({name: _concurrent_async(e, stmt) for name, e in engines.items()})
+    out = [
+        _table(
+            f"PostgreSQL (asyncpg, loopback), point queries, {rounds} rounds x {ops // 4}",
+            await measure_async(point, rounds, ops // 4),
+        ),
+        _table(
+            f"PostgreSQL (asyncpg), {TASKS} tasks over a pool of {POOL}, {rounds} rounds x {ops}",
+            await measure_async(concurrent, rounds, ops),
+        ),
+    ]
+    await raw_pool.close()
+    for engine in engines.values():
+        await engine.dispose()
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=60, help="interleaved rounds (default 60)")
+    parser.add_argument("--queries", type=int, default=200, help="queries per round (default 200)")
+    parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite tables")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--postgres-url", help="postgresql+asyncpg:// URL to benchmark against")
     group.add_argument("--embedded-postgres", action="store_true")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.queries < 1:
-        parser.error("--rounds and --queries must be at least 1")
+    if args.rounds < 1 or args.queries < 4:
+        parser.error("--rounds must be at least 1 and --queries at least 4")
     import sqlalchemy
 
     print(
-        f"machine: {platform.machine()}, {platform.python_implementation()} "
-        f"{platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}"
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"SQLAlchemy {sqlalchemy.__version__}"
     )
-    print(bench_sqlite(args.rounds, args.queries))
+    if not args.no_sqlite:
+        print(bench_sqlite(args.rounds, args.queries))
     if args.postgres_url:
         print(asyncio.run(bench_postgres(make_url(args.postgres_url), args.rounds, args.queries)))
     elif args.embedded_postgres:
         from sqlalchemy_resilience.embedded import EmbeddedPostgres
 
-        with EmbeddedPostgres() as pg:
+        # Seven engines with a pool of 10 each, plus the raw pool.
+        with EmbeddedPostgres(settings={"max_connections": "200"}) as pg:
             print(asyncio.run(bench_postgres(pg.url(driver="asyncpg"), args.rounds, args.queries)))
 
 

@@ -48,12 +48,16 @@ from .instrument import instrument as instrument
 from .instrument import instrumentation_of as instrumentation_of
 from .instrument import translate_error as translate_error
 from .messages import register_messages as register_messages
+from .pool import pool_stats as pool_stats
 from .retry import RetryBudget as RetryBudget
 from .retry import RetryPolicy as RetryPolicy
 from .session import ResilientAsyncSession as ResilientAsyncSession
 from .session import resilient_sessionmaker as resilient_sessionmaker
 from .session import run_transaction as run_transaction
 from .session import run_transaction_sync as run_transaction_sync
+from .stats import QueryStats as QueryStats
+from .stats import StatementStats as StatementStats
+from .stats import normalize_statement as normalize_statement
 
 try:
     __version__ = version("sqlalchemy-resilience")
@@ -84,6 +88,7 @@ __all__ = [
     "NotNullViolation",
     "PermissionDenied",
     "PoolExhausted",
+    "QueryStats",
     "QueryTimeout",
     "ResilienceError",
     "ResilientAsyncSession",
@@ -91,6 +96,7 @@ __all__ = [
     "RetryExhausted",
     "RetryPolicy",
     "SerializationFailure",
+    "StatementStats",
     "TooManyConnections",
     "TransactionConflict",
     "UniqueViolation",
@@ -98,6 +104,8 @@ __all__ = [
     "instrument",
     "instrumentation_of",
     "is_infrastructure_failure",
+    "normalize_statement",
+    "pool_stats",
     "register_messages",
     "resilient_sessionmaker",
     "run_transaction",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,12 +84,70 @@ def test_detach_restores_engine_state(db: str) -> None:
     assert engine.hide_parameters is False
     instr = instrument(engine)
     assert engine.hide_parameters is True
+    patched = ("do_commit", "do_execute", "do_executemany", "do_execute_no_params")
     assert "raw_connection" in engine.__dict__
-    assert "do_commit" in engine.dialect.__dict__
+    assert all(name in engine.dialect.__dict__ for name in patched)
+    pool_listeners = len(engine.pool.dispatch.connect) + len(engine.pool.dispatch.close)
     instr.detach()
     assert engine.hide_parameters is False
     assert "raw_connection" not in engine.__dict__
-    assert "do_commit" not in engine.dialect.__dict__
+    assert not any(name in engine.dialect.__dict__ for name in patched)
+    assert len(engine.pool.dispatch.connect) + len(engine.pool.dispatch.close) == pool_listeners - 2
+
+
+def test_detach_keeps_a_later_wrapper_of_someone_else(db: str) -> None:
+    """A do_execute wrapper installed after instrument() survives detach (only ours is removed)."""
+    engine = make(db)
+    instr = instrument(engine)
+    ours = engine.dialect.do_execute
+    seen: list[str] = []
+
+    def theirs(cursor: object, statement: str, parameters: object, context: object = None) -> None:
+        seen.append(statement)
+        ours(cursor, statement, parameters, context)
+
+    engine.dialect.do_execute = theirs  # type: ignore[method-assign]
+    instr.detach()
+    assert engine.dialect.do_execute is theirs
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1 WHERE 1 = :x"), {"x": 1})
+    assert seen == ["SELECT 1 WHERE 1 = ?"]
+
+
+def test_reinstrument_after_detach_counts_afresh(db: str) -> None:
+    """After detach, a new instrument() has its own statistics; the old handle counts nothing more."""
+    engine = make(db)
+    first = instrument(engine)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    first.detach()
+    second = instrument(engine)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        conn.execute(text("SELECT 1"))
+    assert first.stats is not None and second.stats is not None
+    assert first.stats.get("SELECT ?").calls == 1  # type: ignore[union-attr]
+    assert second.stats.get("SELECT ?").calls == 2  # type: ignore[union-attr]
+
+
+def test_observation_failures_never_reach_the_app(
+    db: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing observation hook is logged once and the statement's result is unaffected."""
+    module = importlib.import_module("sqlalchemy_resilience.instrument")
+
+    def broken(statement: str) -> str:
+        raise RuntimeError("normalizer bug")
+
+    engine = make(db)
+    instrument(engine)
+    monkeypatch.setattr(module, "normalize_statement", broken)
+    with engine.connect() as conn:
+        for i in range(3):
+            assert conn.execute(text(f"SELECT {i} + 1")).scalar_one() == i + 1
+    failures = [r for r in caplog.records if "statement observation failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
 
 
 def test_statements_stay_on_the_listener_free_path(db: str) -> None:
@@ -130,6 +189,16 @@ async def test_async_engine_is_accepted(db: str) -> None:
         ((None,), {}, TypeError, "got NoneType"),
         ((), {"log_parameters": "yes"}, TypeError, "log_parameters must be True or False"),
         ((), {"translate_errors": 1}, TypeError, "translate_errors must be True or False"),
+        ((), {"slow_query_threshold": -0.5}, ValueError, "slow_query_threshold must be >= 0"),
+        ((), {"slow_query_threshold": "1"}, TypeError, "slow_query_threshold must be seconds"),
+        ((), {"long_running_threshold": 0}, ValueError, "long_running_threshold must be > 0"),
+        ((), {"max_statements": 0}, ValueError, "max_statements must be >= 1, got 0"),
+        ((), {"max_statements": 2.5}, TypeError, "max_statements must be an int"),
+        ((), {"query_stats": None}, TypeError, "query_stats must be True or False"),
+        ((), {"meter_provider": object()}, TypeError, "meter_provider must be an opentelemetry"),
+        ((), {"pool_name": ""}, TypeError, "pool_name must be a non-empty str"),
+        ((), {"call_site_skip": "myapp.db"}, TypeError, "call_site_skip must be a tuple"),
+        ((), {"explain_interval": -1}, ValueError, "explain_interval must be >= 0"),
     ],
 )
 def test_bad_input_is_rejected(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import timedelta
+
 from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -16,6 +19,29 @@ def sync_usage() -> None:
     instr: sr.Instrumentation = sr.instrument(engine, log_parameters=False)
     assert sr.instrumentation_of(engine) is instr
     instr.detach()
+    instr = sr.instrument(
+        engine,
+        slow_query_threshold=timedelta(milliseconds=250),
+        long_running_threshold=5.0,
+        query_stats=True,
+        max_statements=1000,
+        stats_call_sites=True,
+        meter_provider=None,
+        pool_name="main",
+        call_site_skip=("myapp.db",),
+    )
+    instr.slow_query_threshold = 0.5
+    threshold: float | None = instr.slow_query_threshold
+    stats: sr.QueryStats | None = instr.stats
+    if stats is not None:
+        top: list[sr.StatementStats] = stats.top(5, by="p95")
+        p99: float = top[0].p99
+        errors: dict[str, int] = top[0].errors
+        snapshot: dict[str, object] = stats.snapshot()
+        stats.reset()
+    pool: Mapping[str, object] = sr.pool_stats(engine, pop=True)
+    in_use: object = instr.pool_stats()["connections_in_use"]
+    normalized: str = sr.normalize_statement("SELECT 1")
     translated: BaseException = sr.translate_error(ValueError("x"))
     if isinstance(translated, sr.DatabaseFailure):
         state: str | None = translated.sqlstate

@@ -1,0 +1,173 @@
+"""OpenTelemetry metrics per the database client semantic conventions (API only).
+
+Instruments, created once per MeterProvider and shared by every engine
+instrumented against it (an SDK keeps the first registration of a name, so a
+second engine must not create its own)::
+
+    db.client.operation.duration          histogram, s
+    db.client.connection.count            observable up-down counter, {connection},
+                                          db.client.connection.state = idle | used
+    db.client.connection.idle.max         observable up-down counter, {connection}
+    db.client.connection.idle.min         observable up-down counter, {connection}
+    db.client.connection.max              observable up-down counter, {connection}
+    db.client.connection.pending_requests observable up-down counter, {request}
+    db.client.connection.timeouts         counter, {timeout}
+    db.client.connection.create_time      histogram, s
+    db.client.connection.wait_time        histogram, s
+    db.client.connection.use_time         histogram, s
+
+Every pool metric carries ``db.client.connection.pool.name``. The gauges are
+observed (read from the pool when the SDK collects), so they cost nothing per
+query. Without an SDK the API's instruments are no-ops.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from .instrument import Instrumentation
+
+__all__ = ["MeterSet", "meter_set_for"]
+
+# The semantic conventions' advisory buckets for db.client.operation.duration.
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+POOL_TIME_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+
+POOL_NAME = "db.client.connection.pool.name"
+
+
+class MeterSet:
+    """The instruments of one MeterProvider and the instrumentations observed through it."""
+
+    def __init__(self, provider: MeterProvider | None) -> None:
+        meter = (
+            provider.get_meter("sqlalchemy_resilience", __version__)
+            if provider is not None
+            else metrics.get_meter("sqlalchemy_resilience", __version__)
+        )
+        self.sources: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
+        self.operation_duration = meter.create_histogram(
+            "db.client.operation.duration",
+            unit="s",
+            description="Duration of database client operations.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.create_time = meter.create_histogram(
+            "db.client.connection.create_time",
+            unit="s",
+            description="The time it took to create a new connection.",
+            explicit_bucket_boundaries_advisory=POOL_TIME_BUCKETS,
+        )
+        self.wait_time = meter.create_histogram(
+            "db.client.connection.wait_time",
+            unit="s",
+            description="The time it took to obtain an open connection from the pool.",
+            explicit_bucket_boundaries_advisory=POOL_TIME_BUCKETS,
+        )
+        self.use_time = meter.create_histogram(
+            "db.client.connection.use_time",
+            unit="s",
+            description="The time between borrowing a connection and returning it to the pool.",
+            explicit_bucket_boundaries_advisory=POOL_TIME_BUCKETS,
+        )
+        self.timeouts = meter.create_counter(
+            "db.client.connection.timeouts",
+            unit="{timeout}",
+            description="The number of connection timeouts that have occurred trying to obtain a connection from the pool.",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.count",
+            callbacks=[self._observe_count],
+            unit="{connection}",
+            description="The number of connections that are currently in state described by the state attribute.",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.idle.max",
+            callbacks=[self._gauge("idle_max")],
+            unit="{connection}",
+            description="The maximum number of idle open connections allowed.",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.idle.min",
+            callbacks=[self._gauge("idle_min")],
+            unit="{connection}",
+            description="The minimum number of idle open connections allowed.",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.max",
+            callbacks=[self._gauge("max")],
+            unit="{connection}",
+            description="The maximum number of open connections allowed.",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.pending_requests",
+            callbacks=[self._gauge("pending")],
+            unit="{request}",
+            description="The number of current pending requests for an open connection.",
+        )
+
+    def _live(self) -> list[Instrumentation]:
+        return [instr for instr in list(self.sources) if instr.attached]
+
+    def _observe_count(self, options: CallbackOptions) -> Iterable[Observation]:
+        observations: list[Observation] = []
+        for instr in self._live():
+            try:
+                gauges = instr.pool.gauges()
+            except Exception:  # observability never raises into the SDK's collection
+                instr._log_own_failure("pool gauges")
+                continue
+            name = instr.pool.name
+            observations.append(
+                Observation(
+                    gauges["connections_idle"],
+                    {POOL_NAME: name, "db.client.connection.state": "idle"},
+                )
+            )
+            observations.append(
+                Observation(
+                    gauges["connections_in_use"],
+                    {POOL_NAME: name, "db.client.connection.state": "used"},
+                )
+            )
+        return observations
+
+    def _gauge(self, which: str) -> Any:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            observations: list[Observation] = []
+            for instr in self._live():
+                try:
+                    value = instr.pool_limit(which)
+                except Exception:
+                    instr._log_own_failure(f"pool {which}")
+                    continue
+                if value is not None:
+                    observations.append(Observation(value, {POOL_NAME: instr.pool.name}))
+            return observations
+
+        return callback
+
+
+_sets: dict[int, tuple[object, MeterSet]] = {}
+_sets_lock = threading.Lock()
+
+
+def meter_set_for(provider: MeterProvider | None) -> MeterSet:
+    """The shared :class:`MeterSet` of ``provider`` (None: the global provider)."""
+    key = id(provider)
+    with _sets_lock:
+        found = _sets.get(key)
+        if found is not None and found[0] is provider:
+            return found[1]
+        meter_set = MeterSet(provider)
+        _sets[key] = (provider, meter_set)
+        return meter_set

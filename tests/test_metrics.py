@@ -1,0 +1,267 @@
+"""OpenTelemetry metrics per the database semantic conventions, read with the SDK's in-memory reader."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy.exc as sa_exc
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from sqlalchemy_resilience import PoolExhausted, instrument, pool_stats
+
+from .pgharness import PgServer
+
+metadata = MetaData()
+things = Table("things", metadata, Column("id", Integer, primary_key=True))
+
+
+@pytest.fixture
+def reader() -> InMemoryMetricReader:
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def provider(reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
+    provider = MeterProvider(metric_readers=[reader])
+    yield provider
+    provider.shutdown()
+
+
+def points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    found: list[Any] = []
+    if data is None:
+        return found
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    found.extend(metric.data.data_points)
+    return found
+
+
+def metric_unit(reader: InMemoryMetricReader, name: str) -> str:
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    return str(metric.unit)
+    raise AssertionError(f"no metric {name}")
+
+
+def by_attrs(found: list[Any], **attrs: Any) -> list[Any]:
+    return [p for p in found if all(p.attributes.get(k) == v for k, v in attrs.items())]
+
+
+def gauge(reader: InMemoryMetricReader, name: str, **attrs: Any) -> int:
+    (point,) = by_attrs(points(reader, name), **attrs)
+    return int(point.value)
+
+
+async def test_operation_duration_counts_every_statement(
+    pg_engine: AsyncEngine, reader: InMemoryMetricReader, provider: MeterProvider
+) -> None:
+    """db.client.operation.duration: one data point per statement, attributes per the conventions."""
+    instr = instrument(pg_engine, meter_provider=provider)
+    async with pg_engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.run_sync(metadata.create_all)
+    reader.get_metrics_data()  # start counting from here (delta of the cumulative sums below)
+    before = _select_count(reader)
+    for i in range(7):
+        async with pg_engine.connect() as conn:
+            await conn.execute(select(things.c.id).where(things.c.id == i))
+    assert _select_count(reader) - before == 7
+    url = pg_engine.url
+    (point,) = by_attrs(
+        points(reader, "db.client.operation.duration"),
+        **{"db.operation.name": "SELECT", "db.collection.name": "things"},
+    )
+    assert point.attributes == {
+        "db.system.name": "postgresql",
+        "db.namespace": url.database,
+        "server.address": url.host,
+        "server.port": url.port,
+        "db.operation.name": "SELECT",
+        "db.collection.name": "things",
+    }
+    assert 0 < point.sum < 7 * 5
+    assert metric_unit(reader, "db.client.operation.duration") == "s"
+    # The same statements reached the in-process statistics.
+    assert instr.stats is not None
+    (entry,) = [
+        s for s in instr.stats.all() if s.collection == "things" and s.operation == "SELECT"
+    ]
+    assert entry.calls == 7
+
+
+def _select_count(reader: InMemoryMetricReader) -> int:
+    return sum(
+        p.count
+        for p in by_attrs(
+            points(reader, "db.client.operation.duration"), **{"db.collection.name": "things"}
+        )
+        if p.attributes.get("db.operation.name") == "SELECT"
+    )
+
+
+async def test_failed_statement_carries_error_type_and_sqlstate(
+    pg_engine: AsyncEngine, reader: InMemoryMetricReader, provider: MeterProvider
+) -> None:
+    """A unique violation is recorded with error.type and db.response.status_code = 23505."""
+    instrument(pg_engine, meter_provider=provider)
+    async with pg_engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS uniq"))
+        await conn.execute(text("CREATE TABLE uniq (id int PRIMARY KEY)"))
+        await conn.execute(text("INSERT INTO uniq VALUES (1)"))
+    with pytest.raises(sa_exc.IntegrityError):
+        async with pg_engine.begin() as conn:
+            await conn.execute(text("INSERT INTO uniq VALUES (1)"))
+    (point,) = by_attrs(points(reader, "db.client.operation.duration"), **{"error.type": "23505"})
+    assert point.count == 1
+    assert point.attributes["db.response.status_code"] == "23505"
+    assert point.attributes["db.operation.name"] == "INSERT"
+
+
+async def test_pool_gauges_follow_checkouts_and_checkins(
+    pg_server: PgServer, pg_database: str, reader: InMemoryMetricReader, provider: MeterProvider
+) -> None:
+    """count{used,idle}, max, idle.max, pending_requests and the three pool timings move with the pool."""
+    engine = create_async_engine(
+        pg_server.app_url(pg_database), pool_size=2, max_overflow=1, pool_timeout=5
+    )
+    try:
+        instr = instrument(engine, meter_provider=provider, pool_name="orders-db")
+        name = {"db.client.connection.pool.name": "orders-db"}
+        held = [await engine.connect() for _ in range(3)]
+        for conn in held:
+            await conn.execute(text("SELECT 1"))
+        used = {**name, "db.client.connection.state": "used"}
+        idle = {**name, "db.client.connection.state": "idle"}
+        assert gauge(reader, "db.client.connection.count", **used) == 3
+        assert gauge(reader, "db.client.connection.count", **idle) == 0
+        assert gauge(reader, "db.client.connection.max", **name) == 3
+        assert gauge(reader, "db.client.connection.idle.max", **name) == 2
+        assert gauge(reader, "db.client.connection.idle.min", **name) == 0
+
+        waiter = asyncio.create_task(engine.connect().start())
+        for _ in range(200):
+            if gauge(reader, "db.client.connection.pending_requests", **name) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert gauge(reader, "db.client.connection.pending_requests", **name) == 1
+        assert pool_stats(engine)["requests_waiting"] == 1
+        await held.pop().close()
+        held.append(await waiter)
+        assert gauge(reader, "db.client.connection.pending_requests", **name) == 0
+        for conn in held:
+            await conn.close()
+        # The overflow connection is closed at checkin; the two pooled ones stay idle.
+        assert gauge(reader, "db.client.connection.count", **used) == 0
+        assert gauge(reader, "db.client.connection.count", **idle) == 2
+
+        (created,) = points(reader, "db.client.connection.create_time")
+        (waited,) = points(reader, "db.client.connection.wait_time")
+        (used_time,) = points(reader, "db.client.connection.use_time")
+        assert created.count == 3
+        assert waited.count == 4
+        assert used_time.count == 4
+        assert metric_unit(reader, "db.client.connection.count") == "{connection}"
+        assert metric_unit(reader, "db.client.connection.pending_requests") == "{request}"
+        stats = instr.pool_stats()
+        assert stats["checkouts"] == 4
+        assert stats["connections_created"] == 3
+        assert stats["connections_closed"] == 1
+        assert stats["wait_time_max"] >= stats["wait_time_p50"] > 0
+    finally:
+        await engine.dispose()
+
+
+async def test_pool_timeout_increments_timeouts(
+    pg_server: PgServer, pg_database: str, reader: InMemoryMetricReader, provider: MeterProvider
+) -> None:
+    """A checkout that times out raises PoolExhausted and counts one db.client.connection.timeouts."""
+    engine = create_async_engine(
+        pg_server.app_url(pg_database), pool_size=1, max_overflow=0, pool_timeout=0.2
+    )
+    try:
+        instrument(engine, meter_provider=provider, pool_name="tiny")
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+            with pytest.raises(PoolExhausted) as info:
+                async with engine.connect():
+                    pass
+        assert "size=1" in str(info.value)
+        (point,) = points(reader, "db.client.connection.timeouts")
+        assert point.value == 1
+        assert point.attributes == {"db.client.connection.pool.name": "tiny"}
+        assert metric_unit(reader, "db.client.connection.timeouts") == "{timeout}"
+        stats = pool_stats(engine, pop=True)
+        assert stats["timeouts"] == 1
+        assert pool_stats(engine)["timeouts"] == 0  # popped
+    finally:
+        await engine.dispose()
+
+
+_engines: list[Engine] = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose() -> Iterator[None]:
+    yield
+    while _engines:
+        _engines.pop().dispose()
+
+
+def test_sqlite_counts_and_two_engines_on_one_provider(
+    tmp_path: Path, reader: InMemoryMetricReader, provider: MeterProvider
+) -> None:
+    """Two SQLite engines share the provider's instruments; each is reported under its own pool name."""
+    a = create_engine(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    b = create_engine(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    _engines.extend([a, b])
+    ia = instrument(a, meter_provider=provider)
+    instrument(b, meter_provider=provider)
+    for engine, n in ((a, 5), (b, 3)):
+        for _ in range(n):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+    found = points(reader, "db.client.operation.duration")
+    assert {p.attributes["db.namespace"]: p.count for p in found} == {
+        str(tmp_path / "a.sqlite"): 5,
+        str(tmp_path / "b.sqlite"): 3,
+    }
+    assert all(p.attributes["db.system.name"] == "sqlite" for p in found)
+    assert all("server.address" not in p.attributes for p in found)
+    names = {
+        p.attributes["db.client.connection.pool.name"]
+        for p in points(reader, "db.client.connection.count")
+    }
+    assert names == {f"sqlite:{tmp_path / 'a.sqlite'}", f"sqlite:{tmp_path / 'b.sqlite'}"}
+    ia.detach()
+    names = {
+        p.attributes["db.client.connection.pool.name"]
+        for p in points(reader, "db.client.connection.count")
+    }
+    assert names == {f"sqlite:{tmp_path / 'b.sqlite'}"}
+
+
+def test_no_sdk_is_a_no_op(tmp_path: Path) -> None:
+    """Without a MeterProvider (the API's no-op) statements run and the statistics still count."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'n.sqlite'}")
+    _engines.append(engine)
+    instr = instrument(engine)
+    with engine.connect() as conn:
+        for _ in range(3):
+            conn.execute(text("SELECT 2"))
+    assert instr.stats is not None
+    assert instr.stats.get("SELECT ?") is not None

@@ -1,0 +1,262 @@
+"""Slow-query log, in-flight watchdog and EXPLAIN of slow SELECTs, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from sqlalchemy_resilience import QueryTimeout, instrument
+
+from .pgharness import PgServer
+
+LOGGER = "sqlalchemy_resilience.slow_query"
+SECRET = "canary-parameter-8731"
+
+
+def _records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == LOGGER]
+
+
+def _extra(record: logging.LogRecord, key: str) -> object:
+    return record.__dict__[f"sqlalchemy_resilience.{key}"]
+
+
+def _everything(record: logging.LogRecord) -> str:
+    return record.getMessage() + repr(record.__dict__)
+
+
+async def _sleepy_select(engine: AsyncEngine, seconds: float) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT pg_sleep(:s), :tag AS tag"), {"s": seconds, "tag": SECRET})
+
+
+async def test_slow_statement_is_logged_once_with_its_facts(
+    pg_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A statement over the threshold gives one record: normalized text, duration, rows, db, call site."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    instrument(pg_engine, slow_query_threshold=0.1)
+    async with pg_engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    await _sleepy_select(pg_engine, 0.15)
+    (record,) = _records(caplog)
+    assert record.levelno == logging.WARNING
+    duration = _extra(record, "duration")
+    assert isinstance(duration, float)
+    assert 0.15 <= duration < 5
+    statement = _extra(record, "statement")
+    assert isinstance(statement, str)
+    assert statement.startswith("SELECT pg_sleep(") and "AS tag" in statement
+    assert _extra(record, "rowcount") == 1
+    url = pg_engine.url
+    assert _extra(record, "database") == url.database
+    assert _extra(record, "host") == f"{url.host}:{url.port}"
+    call_site = _extra(record, "call_site")
+    assert isinstance(call_site, str)
+    assert call_site.startswith("tests/test_slow_query.py:")
+    assert call_site.endswith(" in _sleepy_select")
+    message = record.getMessage()
+    assert call_site in message and statement in message and f"{duration:.3f} s" in message
+    # Never a parameter value or a password unless asked.
+    assert SECRET not in _everything(record)
+    assert str(url.password) not in _everything(record)
+
+
+async def test_parameters_only_with_log_parameters(
+    pg_server: PgServer, pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """log_parameters=True shows SQLAlchemy's parameter repr, but never on a hide_parameters engine."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    shown = create_async_engine(pg_server.app_url(pg_database))
+    hidden = create_async_engine(pg_server.app_url(pg_database), hide_parameters=True)
+    try:
+        instrument(shown, slow_query_threshold=0.05, log_parameters=True)
+        instrument(hidden, slow_query_threshold=0.05, log_parameters=True)
+        await _sleepy_select(shown, 0.06)
+        await _sleepy_select(hidden, 0.06)
+    finally:
+        await shown.dispose()
+        await hidden.dispose()
+    first, second = _records(caplog)
+    assert SECRET in str(_extra(first, "parameters"))
+    assert SECRET in first.getMessage()
+    assert SECRET not in _everything(second)
+
+
+async def test_threshold_changes_at_runtime(
+    pg_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """slow_query_threshold is settable (seconds or timedelta, None = off) and validated."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    instr = instrument(pg_engine, slow_query_threshold=10)
+    await _sleepy_select(pg_engine, 0.05)
+    assert _records(caplog) == []
+    instr.slow_query_threshold = timedelta(milliseconds=20)
+    assert instr.slow_query_threshold == pytest.approx(0.02)
+    await _sleepy_select(pg_engine, 0.05)
+    assert len(_records(caplog)) == 1
+    instr.slow_query_threshold = None
+    await _sleepy_select(pg_engine, 0.05)
+    assert len(_records(caplog)) == 1
+    with pytest.raises(ValueError, match="slow_query_threshold must be >= 0"):
+        instr.slow_query_threshold = -1
+    with pytest.raises(TypeError, match="slow_query_threshold must be seconds"):
+        instr.slow_query_threshold = "1s"  # type: ignore[assignment]
+
+
+async def test_failed_slow_statement_names_its_error(
+    pg_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A statement cancelled by statement_timeout after the threshold is logged with its error class."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    instrument(pg_engine, slow_query_threshold=0.05)
+    async with pg_engine.begin() as conn:
+        await conn.execute(text("SET LOCAL statement_timeout = 150"))
+        with pytest.raises(QueryTimeout):
+            await conn.execute(text("SELECT pg_sleep(2)"))
+        await conn.rollback()
+    (record,) = _records(caplog)
+    assert _extra(record, "error") == "QueryTimeout"
+    assert "failed with QueryTimeout" in record.getMessage()
+
+
+async def test_watchdog_reports_a_running_statement_once(
+    pg_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A statement past long_running_threshold is reported while in flight, once, with its call site."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    instrument(pg_engine, long_running_threshold=0.2, slow_query_threshold=None)
+    started = time.monotonic()
+    await _sleepy_select(pg_engine, 1.0)
+    finished = time.monotonic()
+    (record,) = _records(caplog)
+    assert _extra(record, "in_flight") is True
+    assert record.created < time.time() - (time.monotonic() - finished) - 0.3
+    assert 0.2 <= float(_extra(record, "duration")) < finished - started  # type: ignore[arg-type]
+    assert str(_extra(record, "call_site")).endswith(" in _sleepy_select")
+    assert "still running" in record.getMessage()
+    assert SECRET not in _everything(record)
+
+
+def test_watchdog_on_a_sync_engine_names_the_thread_call_site(
+    pg_server: PgServer, pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """For a sync Engine the in-flight report finds the call site on the blocked thread's stack."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    engine = create_engine(pg_server.app_url(pg_database, driver="psycopg"))
+    try:
+        instr = instrument(engine, slow_query_threshold=None)
+        instr.long_running_threshold = 0.2  # switched on at runtime
+
+        def blocked_worker() -> None:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_sleep(0.8)"))
+
+        worker = threading.Thread(target=blocked_worker)
+        worker.start()
+        worker.join()
+        instr.long_running_threshold = None
+    finally:
+        engine.dispose()
+    (record,) = _records(caplog)
+    assert str(_extra(record, "call_site")).endswith(" in blocked_worker")
+
+
+async def test_explain_attaches_the_plan_of_a_slow_select(
+    pg_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """explain_slow_queries: the slow SELECT's record carries its JSON plan; rate-limited per statement."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    async with pg_engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS explained"))
+        await conn.execute(text("CREATE TABLE explained (id int PRIMARY KEY, v text)"))
+        await conn.execute(
+            text("INSERT INTO explained SELECT g, 'x' FROM generate_series(1, 100) g")
+        )
+    instr = instrument(pg_engine, slow_query_threshold=0.05, explain_slow_queries=True)
+    query = text("SELECT v, pg_sleep(0.06) FROM explained WHERE id = :id")
+    async with pg_engine.connect() as conn:
+        pool_before = instr.pool_stats()["connections_created"]
+        await conn.execute(query, {"id": 7})
+        await conn.execute(query, {"id": 8})  # same statement inside the interval: no plan
+
+    deadline = time.monotonic() + 10
+    while len(_records(caplog)) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - a record logged by a task
+        await asyncio.sleep(0.02)
+    records = _records(caplog)
+    assert len(records) == 2
+    with_plan = [r for r in records if "sqlalchemy_resilience.plan" in r.__dict__]
+    assert len(with_plan) == 1
+    plan = _extra(with_plan[0], "plan")
+    assert isinstance(plan, list)
+    assert plan[0]["Plan"]["Relation Name"] == "explained" or "Plans" in plan[0]["Plan"]
+    assert "Index Scan" in json.dumps(plan) or "Seq Scan" in json.dumps(plan)
+    # The EXPLAIN connection is not one of the pool's.
+    assert instr.pool_stats()["connections_created"] == pool_before
+
+
+def test_explain_on_a_sync_engine_and_only_for_select(
+    pg_server: PgServer, pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sync engine explains in its worker thread; a slow UPDATE is logged without a plan."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    engine = create_engine(pg_server.app_url(pg_database, driver="psycopg"))
+    try:
+        instrument(engine, slow_query_threshold=0.05, explain_slow_queries=True)
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TEMP TABLE tmp_e (id int)"))
+            conn.execute(text("INSERT INTO tmp_e VALUES (0)"))
+            conn.execute(text("UPDATE tmp_e SET id = 1 WHERE pg_sleep(0.06) IS NOT NULL"))
+            conn.execute(text("SELECT pg_sleep(0.06)"))
+        deadline = time.monotonic() + 10
+        while len(_records(caplog)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        engine.dispose()
+    select, update = sorted(_records(caplog), key=lambda r: str(_extra(r, "statement")))
+    assert str(_extra(update, "statement")).startswith("UPDATE")
+    assert "sqlalchemy_resilience.plan" not in update.__dict__
+    assert isinstance(_extra(select, "plan"), list)
+
+
+_engines: list[Engine] = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose() -> Iterator[None]:
+    yield
+    while _engines:
+        _engines.pop().dispose()
+
+
+def test_explain_needs_postgresql(tmp_path: Path) -> None:
+    """explain_slow_queries on SQLite is refused with the dialect's name."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    _engines.append(engine)
+    with pytest.raises(ValueError, match=r"explain_slow_queries needs PostgreSQL.*'sqlite'"):
+        instrument(engine, explain_slow_queries=True)
+
+
+def test_sqlite_slow_statement(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite: a statement over the threshold is logged with database and call site."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    engine = create_engine(f"sqlite:///{tmp_path / 'slow.sqlite'}")
+    _engines.append(engine)
+    instrument(engine, slow_query_threshold=0.0)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT :v"), {"v": SECRET})
+    (record,) = [r for r in _records(caplog) if _extra(r, "statement") == "SELECT ?"]
+    assert _extra(record, "host") is None
+    assert str(_extra(record, "database")).endswith("slow.sqlite")
+    assert str(_extra(record, "call_site")).endswith(" in test_sqlite_slow_statement")
+    assert SECRET not in _everything(record)
