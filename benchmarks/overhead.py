@@ -9,7 +9,7 @@ checkout per query, and 50 concurrent tasks sharing a pool of 10. Variants:
 * ``instrument()`` with defaults and no OpenTelemetry SDK (the API's no-op meter);
 * ``instrument()`` with defaults and an SDK ``MeterProvider``;
 * ``instrument()`` with everything on (statistics with sampled call sites,
-  in-flight watchdog, slow-query log, SDK metrics);
+  in-flight watchdog, slow-query log, metrics), without and with an SDK;
 * the straightforward design: ``before/after_cursor_execute`` and pool
   ``checkout``/``checkin`` listeners feeding the same statistics and SDK histograms;
 * ``opentelemetry-instrumentation-sqlalchemy`` with SDK tracer and meter
@@ -155,14 +155,15 @@ def _variants_of(make: Callable[[], Any]) -> dict[str, Any]:
     instrument(variants["instrument() defaults, no SDK"])
     variants["instrument() defaults, SDK"] = make()
     instrument(variants["instrument() defaults, SDK"], meter_provider=sdk)
-    variants["instrument() everything on, SDK"] = make()
-    instrument(
-        variants["instrument() everything on, SDK"],
-        meter_provider=sdk,
-        long_running_threshold=5.0,
-        stats_call_sites=True,
-        slow_query_threshold=1.0,
-    )
+    for label, provider in (("no SDK", None), ("SDK", sdk)):
+        engine = variants[f"instrument() everything on, {label}"] = make()
+        instrument(
+            engine,
+            meter_provider=provider,
+            long_running_threshold=5.0,
+            stats_call_sites=True,
+            slow_query_threshold=1.0,
+        )
     straightforward = make()
     _straightforward(_sync(straightforward), sdk)
     variants["straightforward listeners, SDK"] = straightforward
@@ -389,8 +390,8 @@ async def bench_postgres(url: URL, rounds: int, ops: int) -> str:
     concurrent.update({name: _concurrent_async(e, stmt) for name, e in engines.items()})
     out = [
         _table(
-            f"PostgreSQL (asyncpg, loopback), point queries, {rounds} rounds x {ops // 4}",
-            await measure_async(point, rounds, ops // 4),
+            f"PostgreSQL (asyncpg, loopback), point queries, {rounds} rounds x {ops // 2}",
+            await measure_async(point, rounds, ops // 2),
         ),
         _table(
             f"PostgreSQL (asyncpg), {TASKS} tasks over a pool of {POOL}, {rounds} rounds x {ops}",
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.embedded_postgres:
         from sqlalchemy_resilience.embedded import EmbeddedPostgres
 
-        # Seven engines with a pool of 10 each, plus the raw pool.
+        # Eight engines with a pool of 10 each, plus the raw pool.
         with EmbeddedPostgres(settings={"max_connections": "200"}) as pg:
             print(asyncio.run(bench_postgres(pg.url(driver="asyncpg"), args.rounds, args.queries)))
 

@@ -51,6 +51,7 @@ from ._time import Seconds, to_seconds
 from .classify import CONNECT_FAILURES, Phase, build_error, classify, extract_facts
 from .errors import PoolExhausted, ResilienceError
 from .explain import PlanExplainer
+from .leaks import LeakDetector
 from .metrics import POOL_NAME, MeterSet, meter_set_for
 from .pool import PoolMonitor, pool_name_of
 from .slow_query import CallSites, InFlight, Watchdog, emit_slow_query
@@ -224,10 +225,12 @@ def _nothing() -> None:
 class _Hot:
     """Mutable state the statement wrappers read on every call (one attribute load)."""
 
-    __slots__ = ("watchdog",)
+    __slots__ = ("leaks", "max_waiting", "watchdog")
 
     def __init__(self) -> None:
         self.watchdog: Watchdog | None = None
+        self.leaks: LeakDetector | None = None
+        self.max_waiting: int | None = None
 
 
 class Instrumentation:
@@ -266,6 +269,8 @@ class Instrumentation:
         meter_provider: MeterProvider | None,
         pool_name: str | None,
         call_site_skip: tuple[str, ...],
+        leak_threshold: float | None = None,
+        max_waiting: int | None = None,
     ) -> None:
         self.engine = engine
         self.log_parameters = log_parameters
@@ -292,6 +297,9 @@ class Instrumentation:
         self._stats_call_sites = stats_call_sites and query_stats
         self._call_site_counter = 0
         self._hot = _Hot()
+        self._hot.max_waiting = max_waiting
+        self._leak_threshold = leak_threshold
+        self.min_size = 0
         self._long_running = long_running_threshold
         self._explainer: PlanExplainer | None = (
             PlanExplainer(self, interval=explain_interval) if explain_slow_queries else None
@@ -355,7 +363,7 @@ class Instrumentation:
             size = gauges["pool_size"]
             return size if size is not None else None
         if which == "idle_min":
-            return 0
+            return self.min_size
         return gauges["pool_max"]  # type: ignore[no-any-return]
 
     # -- wiring ----------------------------------------------------------
@@ -389,6 +397,13 @@ class Instrumentation:
         self._attached = True
         if self._long_running is not None:
             self._start_watchdog(self._long_running)
+        if self._leak_threshold is not None:
+            leaks = LeakDetector(
+                self._leak_threshold, pool_name=self.pool.name, call_sites=self._call_sites
+            )
+            self._listen(engine, "checkin", self._on_checkin_leaks)
+            leaks.start()
+            self._hot.leaks = leaks
 
     def _start_watchdog(self, threshold: float) -> None:
         watchdog = Watchdog(threshold, self._report_in_flight)
@@ -416,7 +431,13 @@ class Instrumentation:
         wait_hist = meters.wait_time if meters is not None else None
         use_hist = meters.use_time if meters is not None else None
 
+        hot = self._hot
+
         def raw_connection() -> PoolProxiedConnection:
+            if hot.max_waiting is not None:
+                instr = instr_ref()
+                if instr is not None:
+                    instr._shed_load()
             next(requested)
             start = perf()
             try:
@@ -457,6 +478,9 @@ class Instrumentation:
             record = fairy._connection_record
             if record is not None:
                 record.finalize_callback.append(checked_in)
+                leaks = hot.leaks
+                if leaks is not None:
+                    leaks.checked_out(record)
             return fairy
 
         # Instance attribute: survives engine.dispose() (which replaces the
@@ -715,6 +739,57 @@ class Instrumentation:
 
     # -- pool listeners ------------------------------------------------------
 
+    def _on_checkin_leaks(self, dbapi_connection: Any, record: Any) -> None:
+        leaks = self._hot.leaks
+        if leaks is not None and record is not None:
+            try:
+                leaks.checked_in(record)
+            except Exception:
+                self._log_own_failure("leak detection")
+
+    @property
+    def leak_threshold(self) -> float | None:
+        """Seconds a connection may be held before it is reported (None: off)."""
+        return self._leak_threshold
+
+    @property
+    def suspected_leaks(self) -> int:
+        """Connections reported as leaked and still held."""
+        leaks = self._hot.leaks
+        return leaks.suspected if leaks is not None else 0
+
+    @property
+    def max_waiting(self) -> int | None:
+        """Requests allowed to wait for a connection before more are refused (None: no limit)."""
+        return self._hot.max_waiting
+
+    @max_waiting.setter
+    def max_waiting(self, value: int | None) -> None:
+        self._hot.max_waiting = _check_max_waiting(value)
+
+    def _shed_load(self) -> None:
+        limit = self._hot.max_waiting
+        if limit is None:
+            return
+        waiting = self.pool.waiting
+        if waiting < limit:
+            return
+        gauges = self.pool.gauges()
+        pool_max = gauges["pool_max"]
+        can_grow = pool_max is None or (
+            gauges["connections_in_use"] + gauges["connections_idle"] < pool_max
+        )
+        if gauges["connections_idle"] > 0 or can_grow:
+            return
+        self.pool.shed_one()
+        status = _pool_status(self.engine)
+        numbers = ", ".join(f"{k}={v}" for k, v in status.items() if k != "pool_class")
+        raise PoolExhausted(
+            f"{waiting} requests already waiting for a connection (max_waiting={limit}); "
+            f"refused at once instead of queueing ({status['pool_class']}: {numbers})",
+            pool_status={**status, "waiting": waiting, "max_waiting": limit},
+        )
+
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
         try:
             started = getattr(record, "starttime", 0) or 0
@@ -759,6 +834,9 @@ class Instrumentation:
         if not self._attached:
             return
         self._stop_watchdog()
+        leaks, self._hot.leaks = self._hot.leaks, None
+        if leaks is not None:
+            leaks.stop()
         if self._explainer is not None:
             self._explainer.close()
         for target, name, fn in reversed(self._listeners):
@@ -840,6 +918,8 @@ def instrument(
     meter_provider: MeterProvider | None = None,
     pool_name: str | None = None,
     call_site_skip: tuple[str, ...] = (),
+    leak_threshold: Seconds | None = None,
+    max_waiting: int | None = None,
     log_parameters: bool = False,
     translate_errors: bool = True,
 ) -> Instrumentation:
@@ -870,6 +950,12 @@ def instrument(
         pool_name: ``db.client.connection.pool.name`` (default ``host:port/database``).
         call_site_skip: module prefixes (your own data layer) the call site
             lookup skips like SQLAlchemy's.
+        leak_threshold: report a connection held longer than this, while it
+            is held, with its holder and checkout stack (logger
+            ``sqlalchemy_resilience.pool``); None (default) is off.
+        max_waiting: at most this many requests may wait for a pooled
+            connection; one more fails at once with :class:`PoolExhausted`
+            instead of queueing (None: no limit; settable at runtime).
         log_parameters: show bound parameter values in error messages,
             slow-query records and SQLAlchemy's own logs (never when the engine
             was created with ``hide_parameters=True``). Off by default:
@@ -914,6 +1000,12 @@ def instrument(
         else to_seconds("long_running_threshold", long_running_threshold, allow_zero=False)
     )
     interval = to_seconds("explain_interval", explain_interval)
+    leak_seconds = (
+        None
+        if leak_threshold is None
+        else to_seconds("leak_threshold", leak_threshold, allow_zero=False)
+    )
+    _check_max_waiting(max_waiting)
     if isinstance(max_statements, bool) or not isinstance(max_statements, int):
         raise TypeError(f"max_statements must be an int, got {max_statements!r}")
     if max_statements < 1:
@@ -957,10 +1049,22 @@ def instrument(
             meter_provider=meter_provider,
             pool_name=pool_name,
             call_site_skip=call_site_skip,
+            leak_threshold=leak_seconds,
+            max_waiting=max_waiting,
         )
         instr._attach()
         _registry[sync] = instr
     return instr
+
+
+def _check_max_waiting(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_waiting must be an int or None, got {value!r}")
+    if value < 0:
+        raise ValueError(f"max_waiting must be >= 0, got {value!r}")
+    return value
 
 
 def instrumentation_of(engine: Engine | AsyncEngine) -> Instrumentation | None:

@@ -92,6 +92,7 @@ class PoolMonitor:
         self.since = time.time()
         self._base_checkouts = 0
         self.timeouts = 0
+        self.shed = 0
         self.created = 0
         self.closed = 0
         self.invalidated = 0
@@ -108,6 +109,10 @@ class PoolMonitor:
         return max(0, _value(self.answered) - failed)
 
     # -- rare events (called by the instrumentation) --------------------------
+
+    def shed_one(self) -> None:
+        with self._lock:
+            self.shed += 1
 
     def timed_out(self) -> None:
         with self._lock:
@@ -163,6 +168,7 @@ class PoolMonitor:
                     "since": self.since,
                     "checkouts": checkouts - self._base_checkouts,
                     "timeouts": self.timeouts,
+                    "requests_shed": self.shed,
                     "connections_created": self.created,
                     "connections_closed": self.closed,
                     "connections_invalidated": self.invalidated,
@@ -174,7 +180,7 @@ class PoolMonitor:
             if pop:
                 self.since = time.time()
                 self._base_checkouts = checkouts
-                self.timeouts = self.created = self.closed = self.invalidated = 0
+                self.timeouts = self.shed = self.created = self.closed = self.invalidated = 0
                 self.waits.clear()
                 self.uses.clear()
                 self.creates.clear()
@@ -201,7 +207,8 @@ def pool_stats(engine: Engine | AsyncEngine, *, pop: bool = False) -> Mapping[st
     ``requests_waiting``.
 
     Counted since the engine was instrumented or the last ``pop=True``:
-    ``since`` (epoch seconds), ``checkouts``, ``timeouts``,
+    ``since`` (epoch seconds), ``checkouts``, ``timeouts``, ``requests_shed``
+    (refused by ``max_waiting``),
     ``connections_created``, ``connections_closed``,
     ``connections_invalidated``, and in seconds ``wait_time_p50/_p95/_p99/_max``,
     ``use_time_p50/_p95/_p99/_max``, ``create_time_p50/_p95/_p99/_max`` (over

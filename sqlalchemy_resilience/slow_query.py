@@ -31,10 +31,11 @@ import os
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from ._ticker import Ticker
 
 if TYPE_CHECKING:
     from .instrument import Instrumentation
@@ -120,6 +121,37 @@ class CallSites:
                 found = self._first_app_frame(parent.gr_frame)
                 parent = parent.parent
         return self.format(found) if found is not None else None
+
+    def stack(self, limit: int = 16) -> list[tuple[str, int, str]]:
+        """The application frames of the code running now, innermost first, as raw tuples.
+
+        Library frames are left out; for an ``AsyncEngine`` the walk crosses
+        SQLAlchemy's greenlet into the application's coroutines. Formatting
+        is left to :meth:`format_stack`, so capturing costs one walk.
+        """
+        found: list[tuple[str, int, str]] = []
+        frame: FrameType | None = sys._getframe(1)
+        parent = getattr(_getcurrent(), "parent", None) if _getcurrent is not None else None
+        while len(found) < limit:
+            if frame is None:
+                if parent is None:
+                    break
+                frame, parent = parent.gr_frame, parent.parent
+                continue
+            if not self._library(frame):
+                code = frame.f_code
+                found.append((code.co_filename, frame.f_lineno, code.co_name))
+            frame = frame.f_back
+        return found
+
+    def format_stack(self, stack: list[tuple[str, int, str]]) -> list[str]:
+        """``"path:LINE in function"`` lines (paths relative to the working directory)."""
+        lines = []
+        for path, line, name in stack:
+            if path.startswith(self._cwd):
+                path = path[len(self._cwd) :]
+            lines.append(f"{path}:{line} in {name}")
+        return lines
 
     def of_thread(self, ident: int) -> str | None:
         """The call site of a thread that is blocked in a statement."""
@@ -235,7 +267,7 @@ def plan_summary(plan: Any) -> str:
         return "attached"
 
 
-class Watchdog:
+class Watchdog(Ticker):
     """A daemon thread that reports statements still running past a threshold, once each.
 
     The instrumentation registers each statement in :attr:`running` for its
@@ -251,12 +283,11 @@ class Watchdog:
         *,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        super().__init__()
         self.threshold = threshold
         self.running: dict[int, InFlight] = {}
         self._report = report
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def enter(self, statement: str, is_async: bool) -> int:
         """Register a starting statement; returns the key to pop from :attr:`running`."""
@@ -269,38 +300,12 @@ class Watchdog:
         self.running[key] = item
         return key
 
+    thread_name = "sqlalchemy-resilience-watchdog"
+
     @property
     def interval(self) -> float:
         """Seconds between scans."""
         return min(1.0, max(0.01, self.threshold / 4))
-
-    def start(self) -> None:
-        """Start the scanning thread (idempotent)."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        ref = weakref.ref(self)
-        stop = self._stop
-
-        def loop() -> None:
-            while True:
-                me = ref()
-                if me is None:
-                    return
-                interval = me.interval
-                del me
-                if stop.wait(interval):
-                    return
-                me = ref()
-                if me is None:
-                    return
-                me.scan()
-                del me
-
-        self._thread = threading.Thread(
-            target=loop, name="sqlalchemy-resilience-watchdog", daemon=True
-        )
-        self._thread.start()
 
     def scan(self) -> None:
         """Report every unreported statement older than the threshold (called by the thread)."""
@@ -318,8 +323,5 @@ class Watchdog:
 
     def stop(self) -> None:
         """Stop the thread and forget what is running."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        super().stop()
         self.running.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import statistics
 import time
 import uuid
@@ -1256,4 +1257,77 @@ async def test_s17_degraded_network_is_not_failure(
         await assert_nothing_leaked(engine, fault_server, DB, gc=gc_warnings)
     finally:
         await engine.dispose()
+        proxy.close()
+
+
+async def test_s17_slow_query_log_and_metrics_match_ground_truth(fault_server: PgServer) -> None:
+    """S17 (the observability leg): 15 of 60 statements are slowed by the proxy; the slow-query log
+    names exactly those (precision = recall = 1.0), and the histogram and the statistics agree."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    proxy = FaultProxy("127.0.0.1", fault_server.port)
+    engine = create_async_engine(fault_server.app_url(DB, driver="asyncpg").set(port=proxy.port))
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect(logging.WARNING)
+    slow_logger = logging.getLogger("sqlalchemy_resilience.slow_query")
+    slow_logger.addHandler(handler)
+    try:
+        instr = instrument(engine, slow_query_threshold=0.1, meter_provider=provider)
+        slowed = set(random.Random(17).sample(range(60), 15))
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))  # connect and warm up outside the experiment
+            for i in range(60):
+                # A distinct statement per step (its alias), so each is its own log line.
+                stmt = text(f"SELECT CAST(:v AS integer) AS s17_{i}")
+                if i in slowed:
+                    proxy.latency = 0.12
+                try:
+                    await conn.execute(stmt, {"v": i})
+                finally:
+                    proxy.latency = 0.0
+        statements = [str(r.__dict__["sqlalchemy_resilience.statement"]) for r in records]
+        logged = {int(s.rsplit("s17_", 1)[1]) for s in statements if "s17_" in s}
+        hits = len(logged & slowed)
+        precision = hits / len(logged) if logged else 0.0
+        recall = hits / len(slowed)
+        data = reader.get_metrics_data()
+        assert data is not None
+        observed = over = 0
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name != "db.client.operation.duration":
+                        continue
+                    for point in metric.data.data_points:
+                        observed += point.count
+                        bounds = list(point.explicit_bounds)
+                        # Buckets above the 0.1 s boundary hold the slowed statements.
+                        over += sum(point.bucket_counts[bounds.index(0.1) + 1 :])
+        assert instr.stats is not None
+        ours = [s for s in instr.stats.all() if "s17_" in s.statement]
+        _figure(
+            "S17 observability",
+            f"slow log precision {precision:.2f} recall {recall:.2f} ({len(logged)} logged, "
+            f"{len(slowed)} slowed of 60); histogram {over} over 0.1 s of {observed} statements; "
+            f"statistics {sum(s.calls for s in ours)} calls",
+        )
+        assert precision == 1.0
+        assert recall == 1.0
+        assert over == 15
+        assert observed >= 61  # the 60, the warm-up and SQLAlchemy's first-connect queries
+        assert len(ours) == 60
+        assert all(s.calls == 1 for s in ours)
+        assert sum(1 for s in ours if s.max >= 0.1) == 15
+    finally:
+        slow_logger.removeHandler(handler)
+        await engine.dispose()
+        provider.shutdown()
         proxy.close()
