@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .autosize import AutosizeDecision as AutosizeDecision
+from .autosize import PoolAutosizer as PoolAutosizer
 from .breaker import BreakerState as BreakerState
 from .breaker import BreakerTransition as BreakerTransition
 from .breaker import CircuitBreaker as CircuitBreaker
@@ -43,12 +45,19 @@ from .errors import SerializationFailure as SerializationFailure
 from .errors import TooManyConnections as TooManyConnections
 from .errors import TransactionConflict as TransactionConflict
 from .errors import UniqueViolation as UniqueViolation
+from .health import HealthReport as HealthReport
+from .health import health_check as health_check
 from .instrument import Instrumentation as Instrumentation
 from .instrument import instrument as instrument
 from .instrument import instrumentation_of as instrumentation_of
 from .instrument import translate_error as translate_error
 from .messages import register_messages as register_messages
 from .pool import pool_stats as pool_stats
+from .pool_control import MaintenanceReport as MaintenanceReport
+from .pool_control import PoolMaintainer as PoolMaintainer
+from .pool_control import ResizeResult as ResizeResult
+from .pool_control import resize_pool as resize_pool
+from .pool_control import warm_up as warm_up
 from .retry import RetryBudget as RetryBudget
 from .retry import RetryPolicy as RetryPolicy
 from .session import ResilientAsyncSession as ResilientAsyncSession
@@ -67,6 +76,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "AlreadyApplied",
     "AuthenticationFailed",
+    "AutosizeDecision",
     "BreakerState",
     "BreakerTransition",
     "CheckViolation",
@@ -80,18 +90,23 @@ __all__ = [
     "DeadlockDetected",
     "ExclusionViolation",
     "ForeignKeyViolation",
+    "HealthReport",
     "Instrumentation",
     "InsufficientResources",
     "InvalidData",
     "InvalidStatement",
     "LockNotAvailable",
+    "MaintenanceReport",
     "NotNullViolation",
     "PermissionDenied",
+    "PoolAutosizer",
     "PoolExhausted",
+    "PoolMaintainer",
     "QueryStats",
     "QueryTimeout",
     "ResilienceError",
     "ResilientAsyncSession",
+    "ResizeResult",
     "RetryBudget",
     "RetryExhausted",
     "RetryPolicy",
@@ -101,6 +116,7 @@ __all__ = [
     "TransactionConflict",
     "UniqueViolation",
     "__version__",
+    "health_check",
     "instrument",
     "instrumentation_of",
     "is_infrastructure_failure",
@@ -108,7 +124,9 @@ __all__ = [
     "pool_stats",
     "register_messages",
     "resilient_sessionmaker",
+    "resize_pool",
     "run_transaction",
     "run_transaction_sync",
     "translate_error",
+    "warm_up",
 ]

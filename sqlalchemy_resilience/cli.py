@@ -5,6 +5,7 @@ Example::
     $ sqlalchemy-resilience demo                      # SQLite, no server
     $ sqlalchemy-resilience demo --embedded-postgres  # a throwaway PostgreSQL
     $ sqlalchemy-resilience demo --url postgresql+asyncpg://app:pw@db/app
+    $ sqlalchemy-resilience health postgresql+asyncpg://app:pw@db/app --json
 """
 
 from __future__ import annotations
@@ -62,6 +63,54 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _cmd_health(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from .health import HealthReport, health_check
+    from .instrument import instrument
+
+    try:
+        url = make_url(args.url)
+    except Exception as exc:
+        raise SystemExit(f"URL is not a SQLAlchemy URL: {type(exc).__name__}") from None
+    if args.timeout <= 0:
+        raise SystemExit(f"--timeout must be > 0 seconds, got {args.timeout}")
+    report: HealthReport
+    if url.get_dialect().is_async:
+
+        async def check() -> HealthReport:
+            engine = create_async_engine(url)
+            instrument(engine)
+            try:
+                return await health_check(engine, timeout=args.timeout)
+            finally:
+                # Never wait on a server that does not answer.
+                await asyncio.wait({asyncio.ensure_future(engine.dispose())}, timeout=1)
+
+        report = asyncio.run(check())
+    else:
+        engine = create_engine(url)
+        instrument(engine)
+        try:
+            report = health_check(engine, timeout=args.timeout)
+        finally:
+            engine.dispose()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        latency = f"{report.latency * 1000:.1f} ms" if report.latency is not None else "-"
+        print(f"{report.status}: {url.render_as_string(hide_password=True)} (round trip {latency})")
+        if report.error:
+            print(f"  error: {report.error}: {report.detail}")
+        for warning in report.warnings:
+            print(f"  warning: {warning}")
+    return {"healthy": 0, "degraded": 1, "unhealthy": 2}[report.status]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     from . import __version__
@@ -89,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a throwaway PostgreSQL (system binaries or the pgserver wheel)",
     )
     demo.set_defaults(func=_cmd_demo)
+    health = sub.add_parser(
+        "health",
+        help="check a database: healthy / degraded / unhealthy (exit 0 / 1 / 2)",
+        description="Probe a database with SELECT 1 within a timeout and print the health report.",
+    )
+    health.add_argument("url", help="a SQLAlchemy URL (the password is never printed)")
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
+    health.add_argument("--json", action="store_true", help="print the report as JSON")
+    health.set_defaults(func=_cmd_health)
     return parser
 
 

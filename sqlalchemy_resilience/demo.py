@@ -281,7 +281,12 @@ def run_demo(
         from .demo_retry import restart_tour
 
         retry_ok = asyncio.run(restart_tour(server, parsed, out))
-    return 0 if good == len(steps) and retry_ok else 1
+    import asyncio
+
+    from .demo_observe import observability_tour
+
+    observe_ok = asyncio.run(observability_tour(parsed, out))
+    return 0 if good == len(steps) and retry_ok and observe_ok else 1
 
 
 def default_sqlite_url(directory: str | Path | None = None) -> URL:

@@ -35,7 +35,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
@@ -300,6 +300,7 @@ class Instrumentation:
         self._hot.max_waiting = max_waiting
         self._leak_threshold = leak_threshold
         self.min_size = 0
+        self._last_health = (0, 0)
         self._long_running = long_running_threshold
         self._explainer: PlanExplainer | None = (
             PlanExplainer(self, interval=explain_interval) if explain_slow_queries else None
@@ -766,6 +767,17 @@ class Instrumentation:
     @max_waiting.setter
     def max_waiting(self, value: int | None) -> None:
         self._hot.max_waiting = _check_max_waiting(value)
+
+    def _health_deltas(self, stats: Mapping[str, Any]) -> tuple[int, int]:
+        """Pool timeouts and refused requests since the previous health check."""
+        timeouts, shed = int(stats.get("timeouts", 0)), int(stats.get("requests_shed", 0))
+        last_timeouts, last_shed = self._last_health
+        self._last_health = (timeouts, shed)
+        # A pop_stats() in between restarts the counters: then all are new.
+        return (
+            timeouts - last_timeouts if timeouts >= last_timeouts else timeouts,
+            shed - last_shed if shed >= last_shed else shed,
+        )
 
     def _shed_load(self) -> None:
         limit = self._hot.max_waiting

@@ -85,7 +85,10 @@ class CallSites:
         known = self._skip_by_code.get(code)
         if known is None:
             name = str(frame.f_globals.get("__name__", ""))
-            known = any(name == p or name.startswith(p + ".") for p in self._skip)
+            # The package's own demo plays the application.
+            known = not name.startswith("sqlalchemy_resilience.demo") and any(
+                name == p or name.startswith(p + ".") for p in self._skip
+            )
             if len(self._skip_by_code) > 50_000:
                 self._skip_by_code.clear()
             self._skip_by_code[code] = known

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import socket
 import subprocess
 import sys
 
@@ -71,3 +73,47 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--version"])
     assert __version__ in capsys.readouterr().out
+
+
+def test_demo_shows_observability_and_pool(capsys: pytest.CaptureFixture[str]) -> None:
+    """The default demo logs a slow query, folds statistics, reports a leak, sheds load and checks health."""
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    for expected in (
+        "warm_up(engine, 3): 3 verified idle connections",
+        "slow query logged:",
+        "SELECT ? + ?",
+        "leak detector: held",
+        "refused in",
+        "resize_pool(size=5): 3 -> 5",
+        "health: healthy",
+    ):
+        assert expected in out, expected
+
+
+def test_health_command_exit_codes(
+    pg_server: PgServer, pg_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`health URL`: 0 and a text line when healthy; 2 and JSON without the password when unreachable."""
+    url = pg_server.app_url(pg_database)
+    assert main(["health", url.render_as_string(hide_password=False)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("healthy: ")
+    assert pg_server.app_password not in out
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]
+    down = url.set(port=free).render_as_string(hide_password=False)
+    assert main(["health", down, "--timeout", "1", "--json"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "unhealthy"
+    assert report["error"] == "DatabaseUnavailable"
+    assert pg_server.app_password not in json.dumps(report)
+
+
+def test_health_command_rejects_bad_input() -> None:
+    """A malformed URL or a non-positive timeout is a clear usage error."""
+    with pytest.raises(SystemExit, match="not a SQLAlchemy URL"):
+        main(["health", "::::"])
+    with pytest.raises(SystemExit, match="--timeout must be > 0"):
+        main(["health", "sqlite://", "--timeout", "0"])

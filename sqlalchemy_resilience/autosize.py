@@ -1,0 +1,327 @@
+"""``PoolAutosizer``: grow and shrink a pool between bounds from measured demand.
+
+Every ``interval`` the autosizer looks at what the pool went through since
+the last decision — the peak number of connections in use and of requests
+waiting (sampled ten times per interval), and the p95 of checkout waits — and
+decides:
+
+* **grow** at once when requests queued (a request waiting while every
+  connection was in use, or a p95 wait above ``target_wait`` in an interval
+  that opened no connection): to ``max(size * grow_factor, peak in use + peak waiting)``,
+  capped by ``max_size``;
+* **shrink** only after ``shrink_after`` consecutive calm intervals in which
+  the peak in use stayed at or below ``low_utilization`` of the size: to the
+  size at which that peak would be ``high_utilization`` of the pool (never
+  below ``min_size``). The gap between the two utilizations and the waiting
+  period are the hysteresis: a steady load never makes it go back and forth.
+
+``max_size`` is also capped by a connection budget: the ``budget`` you give,
+and on PostgreSQL the server's ``max_connections`` minus
+``superuser_reserved_connections`` minus ``reserve``, read when the autosizer
+starts. Resizing goes through :func:`~sqlalchemy_resilience.resize_pool`, so
+connections in use are never closed. The engine must be instrumented (the
+autosizer reads its pool figures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
+
+from ._time import Seconds, to_seconds
+from .instrument import _sync_engine, instrumentation_of
+from .pool import _value
+from .pool_control import _int, _queue_pool, _resize
+
+__all__ = ["AutosizeDecision", "PoolAutosizer"]
+
+_log = logging.getLogger("sqlalchemy_resilience.pool")
+
+
+@dataclass(frozen=True, slots=True)
+class AutosizeDecision:
+    """One resize the autosizer made.
+
+    Attributes:
+        at: ``time.monotonic()`` of the decision.
+        previous, size: pool size before and after.
+        reason: what was measured, in words.
+    """
+
+    at: float
+    previous: int
+    size: int
+    reason: str
+
+
+def _fraction(name: str, value: object, *, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+        raise ValueError(f"{name} must be a number in ({low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+class PoolAutosizer:
+    """Sizes one engine's pool between ``min_size`` and ``max_size`` from observed demand.
+
+    Args:
+        engine: an instrumented ``Engine`` or ``AsyncEngine`` with a queue pool.
+        min_size, max_size: the bounds of ``pool_size`` (1 <= min <= max).
+        budget: the most connections this pool may hold, overflow included (None: no extra cap).
+        reserve: connections left free on the server (PostgreSQL) for others.
+        interval: seconds between decisions.
+        target_wait: a p95 checkout wait above this (seconds) is pressure.
+        low_utilization: shrink when the peak in use stays at or below this share of the size.
+        high_utilization: after a shrink, the peak in use is at most this share of the new size.
+        shrink_after: calm intervals in a row before a shrink.
+        grow_factor: multiplicative growth on pressure (> 1).
+
+    Example::
+
+        instrument(engine)
+        sizer = PoolAutosizer(engine, min_size=2, max_size=40, reserve=10)
+        await sizer.astart()   # AsyncEngine; sizer.start() for an Engine
+        ...
+        await sizer.aclose()
+    """
+
+    def __init__(
+        self,
+        engine: Engine | AsyncEngine,
+        *,
+        min_size: int,
+        max_size: int,
+        budget: int | None = None,
+        reserve: int = 5,
+        interval: Seconds = 1.0,
+        target_wait: Seconds = 0.005,
+        low_utilization: float = 0.5,
+        high_utilization: float = 0.75,
+        shrink_after: int = 5,
+        grow_factor: float = 1.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self._sync = _sync_engine(engine)
+        self._pool = _queue_pool(self._sync, "PoolAutosizer")
+        instr = instrumentation_of(self._sync)
+        if instr is None:
+            raise ValueError(
+                "PoolAutosizer needs an instrumented engine: call instrument(engine) first"
+            )
+        self._monitor = instr.pool
+        self.min_size = _int("min_size", min_size, 1)
+        self.max_size = _int("max_size", max_size, 1)
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({min_size}) must be <= max_size ({max_size})")
+        self.budget = None if budget is None else _int("budget", budget, 1)
+        self.reserve = _int("reserve", reserve, 0)
+        self.interval = to_seconds("interval", interval, allow_zero=False)
+        self.target_wait = to_seconds("target_wait", target_wait)
+        self.low_utilization = _fraction("low_utilization", low_utilization, low=0, high=1)
+        self.high_utilization = _fraction("high_utilization", high_utilization, low=0, high=1)
+        if self.low_utilization >= self.high_utilization:
+            raise ValueError(
+                f"low_utilization ({low_utilization}) must be below high_utilization "
+                f"({high_utilization}): the gap is the hysteresis"
+            )
+        self.shrink_after = _int("shrink_after", shrink_after, 1)
+        factor: object = grow_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
+            raise ValueError(f"grow_factor must be a number > 1, got {grow_factor!r}")
+        self.grow_factor = float(factor)
+        self._clock = clock
+        self.server_cap: int | None = None
+        self.decisions: list[AutosizeDecision] = []
+        self._calm = 0
+        self._calm_peak = 0
+        self._peak_in_use = 0
+        self._peak_waiting = 0
+        self._answered = _value(self._monitor.answered)
+        self._created = self._monitor.created
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- limits ------------------------------------------------------------------------
+
+    @property
+    def effective_max(self) -> int:
+        """``max_size`` after the budget and the server's limit."""
+        cap = self.max_size
+        overflow = max(self._pool._max_overflow, 0)
+        if self.budget is not None:
+            cap = min(cap, self.budget - overflow)
+        if self.server_cap is not None:
+            cap = min(cap, self.server_cap - overflow)
+        return max(self.min_size, cap)
+
+    def read_server_limits(self) -> int | None:
+        """Read the server's connection limit (PostgreSQL); returns the cap for this pool."""
+        if self._sync.dialect.name != "postgresql":
+            return None
+        with self._sync.connect() as conn:
+            max_connections = int(conn.execute(text("SHOW max_connections")).scalar_one())
+            reserved = int(conn.execute(text("SHOW superuser_reserved_connections")).scalar_one())
+        self.server_cap = max_connections - reserved - self.reserve
+        if self.server_cap < self.min_size:
+            raise ValueError(
+                f"the server allows {max_connections} connections ({reserved} reserved for "
+                f"superusers, {self.reserve} kept in reserve): fewer than min_size={self.min_size}"
+            )
+        return self.server_cap
+
+    # -- measuring and deciding --------------------------------------------------------
+
+    def sample(self) -> None:
+        """Note the pool's current in-use and waiting numbers (called between decisions)."""
+        pool = self._pool
+        in_use = pool.checkedout()
+        if in_use > self._peak_in_use:
+            self._peak_in_use = in_use
+        # A request counts as queued only while the pool is full; before
+        # that it is opening a connection, which more size would not speed up.
+        if in_use >= pool.size() + max(pool._max_overflow, 0):
+            waiting = self._monitor.waiting
+            if waiting > self._peak_waiting:
+                self._peak_waiting = waiting
+
+    def _recent_wait_p95(self) -> float:
+        answered = _value(self._monitor.answered)
+        new = answered - self._answered
+        self._answered = answered
+        created = self._monitor.created
+        if created != self._created:
+            # Waits that include opening a connection say nothing about queueing.
+            self._created = created
+            return 0.0
+        waits = list(self._monitor.waits)[-new:] if new > 0 else []
+        if not waits:
+            return 0.0
+        waits.sort()
+        return waits[min(len(waits) - 1, math.ceil(0.95 * len(waits)) - 1)]
+
+    def decide(self) -> int | None:
+        """The new size from what was sampled since the last decision, or None to keep it."""
+        self.sample()
+        size = self._pool.size()
+        peak_in_use, peak_waiting = self._peak_in_use, self._peak_waiting
+        self._peak_in_use = self._peak_waiting = 0
+        p95 = self._recent_wait_p95()
+        top = self.effective_max
+        if peak_waiting > 0 or p95 > self.target_wait:
+            self._calm = 0
+            self._calm_peak = 0
+            wanted = max(math.ceil(size * self.grow_factor), peak_in_use + peak_waiting)
+            new = min(top, wanted)
+            return new if new > size else None
+        if peak_in_use <= self.low_utilization * size:
+            self._calm += 1
+            self._calm_peak = max(self._calm_peak, peak_in_use)
+            if self._calm >= self.shrink_after and size > self.min_size:
+                new = max(self.min_size, math.ceil(self._calm_peak / self.high_utilization))
+                self._calm = 0
+                self._calm_peak = 0
+                return new if new < size else None
+            return None
+        self._calm = 0
+        self._calm_peak = 0
+        return None
+
+    def tick(self) -> AutosizeDecision | None:
+        """Decide and, if the size changes, resize (sync; an AsyncEngine uses :meth:`atick`)."""
+        previous = self._pool.size()
+        measured = (self._peak_in_use, self._peak_waiting)
+        new = self.decide()
+        if new is None:
+            return None
+        _resize(self._sync, self._pool, new, self._pool._max_overflow)
+        reason = (
+            f"peak {measured[0]} in use, {measured[1]} waiting"
+            if new > previous
+            else f"peak in use at most {self.low_utilization:.0%} of {previous} "
+            f"for {self.shrink_after} intervals"
+        )
+        decision = AutosizeDecision(self._clock(), previous, new, reason)
+        self.decisions.append(decision)
+        _log.info("pool autosizer: size %d -> %d (%s)", previous, new, reason)
+        return decision
+
+    async def atick(self) -> AutosizeDecision | None:
+        """:meth:`tick` for an ``AsyncEngine``."""
+        return await greenlet_spawn(self.tick)
+
+    # -- running -----------------------------------------------------------------------
+
+    async def astart(self) -> None:
+        """Read the server's limits and start deciding in a task on the running loop."""
+        if self._task is not None:
+            return
+        await greenlet_spawn(self.read_server_limits)
+        self._task = asyncio.get_running_loop().create_task(self._run_async())
+
+    async def _run_async(self) -> None:
+        step = self.interval / 10
+        while True:
+            for _ in range(10):
+                await asyncio.sleep(step)
+                self.sample()
+            try:
+                await self.atick()
+            except Exception:
+                _log.exception("sqlalchemy_resilience: pool autosizer decision failed")
+
+    def start(self) -> None:
+        """Read the server's limits and start deciding in a daemon thread (sync ``Engine``)."""
+        if self._thread is not None:
+            return
+        self.read_server_limits()
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run_sync, name="sqlalchemy-resilience-autosizer", daemon=True
+        )
+        self._thread.start()
+
+    def _run_sync(self) -> None:
+        step = self.interval / 10
+        while True:
+            for _ in range(10):
+                if self._stop.wait(step):
+                    return
+                self.sample()
+            try:
+                self.tick()
+            except Exception:
+                _log.exception("sqlalchemy_resilience: pool autosizer decision failed")
+
+    def close(self) -> None:
+        """Stop a sync autosizer."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=30)
+
+    async def aclose(self) -> None:
+        """Stop an async autosizer and wait for its task to end."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<PoolAutosizer size={self._pool.size()} bounds={self.min_size}..{self.effective_max}"
+            f" decisions={len(self.decisions)}>"
+        )

@@ -1,0 +1,349 @@
+"""``health_check(engine, timeout=)``: a bounded probe plus the pool's and breaker's state.
+
+The report is ``healthy``, ``degraded`` or ``unhealthy``:
+
+* **unhealthy** — the probe (a pooled connection running ``SELECT 1``)
+  failed or did not finish within ``timeout``, or the circuit breaker is open;
+* **degraded** — the probe worked but something needs attention: round trip
+  slower than ``slow_latency``, the pool nearly saturated, requests waiting,
+  pool timeouts or refused requests since the last check, suspected leaks,
+  slow checkouts, or a half-open breaker;
+* **healthy** — none of those.
+
+The call never takes longer than ``timeout`` (plus scheduling noise), even
+against a server that accepts TCP connections and never answers: for an
+``AsyncEngine`` the probe runs as its own task and is abandoned (cancelled,
+finishing in the background) at the deadline; for an ``Engine`` it runs in a
+daemon thread that is not waited for past the deadline. A probe that finds a
+dead idle connection tries once more on a fresh one within the same deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, overload
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ._time import Seconds, to_seconds
+from .breaker import BreakerState, CircuitBreaker
+from .errors import ConnectionLost
+from .instrument import _sync_engine, instrumentation_of, translate_error
+from .pool import pool_stats
+
+__all__ = ["HealthCheckTimeout", "HealthReport", "HealthStatus", "health_check"]
+
+HealthStatus = Literal["healthy", "degraded", "unhealthy"]
+
+_PROBE = text("SELECT 1")
+# Abandoned async probes are kept referenced until they finish.
+_abandoned: set[asyncio.Task[Any]] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """The outcome of :func:`health_check`.
+
+    Attributes:
+        status: ``healthy``, ``degraded`` or ``unhealthy``.
+        latency: seconds for checkout + ``SELECT 1`` + checkin; None when the probe failed.
+        checked_at: epoch seconds.
+        pool: :func:`~sqlalchemy_resilience.pool_stats` at the time of the check.
+        breaker: the breaker's state (``closed``/``open``/``half_open``), when one was given.
+        warnings: why the status is not ``healthy``, one sentence each.
+        error: the (translated) error class name when the probe failed.
+        detail: the error's first line, free of parameters and password.
+
+    Example::
+
+        report = await health_check(engine, timeout=1.0)
+        return JSONResponse(report.to_dict(), status_code=200 if report.ok else 503)
+    """
+
+    status: HealthStatus
+    latency: float | None
+    checked_at: float
+    pool: Mapping[str, Any] = field(default_factory=dict)
+    breaker: str | None = None
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True unless unhealthy (a degraded database still serves requests)."""
+        return self.status != "unhealthy"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (no password, no parameter values)."""
+        return {
+            "status": self.status,
+            "latency": self.latency,
+            "checked_at": self.checked_at,
+            "pool": dict(self.pool),
+            "breaker": self.breaker,
+            "warnings": list(self.warnings),
+            "error": self.error,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    timeout: float
+    slow_latency: float
+    saturation: float
+    slow_checkout: float
+    breaker: CircuitBreaker | None
+
+
+@overload
+def health_check(
+    engine: AsyncEngine,
+    *,
+    timeout: Seconds = ...,
+    breaker: CircuitBreaker | None = ...,
+    slow_latency: Seconds | None = ...,
+    saturation: float = ...,
+    slow_checkout: Seconds = ...,
+) -> Coroutine[Any, Any, HealthReport]: ...
+
+
+@overload
+def health_check(
+    engine: Engine,
+    *,
+    timeout: Seconds = ...,
+    breaker: CircuitBreaker | None = ...,
+    slow_latency: Seconds | None = ...,
+    saturation: float = ...,
+    slow_checkout: Seconds = ...,
+) -> HealthReport: ...
+
+
+def health_check(
+    engine: Engine | AsyncEngine,
+    *,
+    timeout: Seconds = 2.0,
+    breaker: CircuitBreaker | None = None,
+    slow_latency: Seconds | None = None,
+    saturation: float = 0.9,
+    slow_checkout: Seconds = 0.1,
+) -> HealthReport | Coroutine[Any, Any, HealthReport]:
+    """Probe the database and report ``healthy | degraded | unhealthy`` within ``timeout``.
+
+    Awaited for an ``AsyncEngine``; called directly for an ``Engine``.
+
+    Args:
+        engine: the engine to check (instrumented engines report their full
+            pool figures and suspected leaks).
+        timeout: the most the check may take, seconds or ``timedelta`` (> 0).
+        breaker: a :class:`~sqlalchemy_resilience.CircuitBreaker` whose state
+            is part of the verdict (open: unhealthy; half-open: degraded).
+        slow_latency: a probe slower than this is degraded (default: half the timeout).
+        saturation: in-use / maximum connections at or above this is degraded (0 < x <= 1).
+        slow_checkout: a p99 checkout wait above this many seconds is degraded.
+
+    Raises:
+        TypeError, ValueError: an option is of the wrong type or out of range.
+
+    Example::
+
+        @app.get("/healthz")
+        async def healthz():
+            report = await health_check(engine, timeout=1.0, breaker=breaker)
+            return JSONResponse(report.to_dict(), status_code=200 if report.ok else 503)
+    """
+    seconds = to_seconds("timeout", timeout, allow_zero=False)
+    slow = seconds / 2 if slow_latency is None else to_seconds("slow_latency", slow_latency)
+    ratio: object = saturation
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise ValueError(f"saturation must be a number in (0, 1], got {saturation!r}")
+    if breaker is not None and not isinstance(breaker, CircuitBreaker):
+        raise TypeError(f"breaker must be a CircuitBreaker or None, got {breaker!r}")
+    options = _Options(
+        timeout=seconds,
+        slow_latency=slow,
+        saturation=float(ratio),
+        slow_checkout=to_seconds("slow_checkout", slow_checkout),
+        breaker=breaker,
+    )
+    if isinstance(engine, AsyncEngine):
+        return _check_async(engine, options)
+    if isinstance(engine, Engine):
+        return _check_sync(engine, options)
+    raise TypeError(
+        f"engine must be a sqlalchemy Engine or AsyncEngine, got {type(engine).__name__}"
+    )
+
+
+async def _probe_async(engine: AsyncEngine) -> float:
+    start = time.perf_counter()
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(_PROBE)
+    except Exception as exc:
+        if not isinstance(translate_error(exc), ConnectionLost):
+            raise
+        # A dead idle connection was invalidated; one fresh try.
+        start = time.perf_counter()
+        async with engine.connect() as conn:
+            await conn.execute(_PROBE)
+    return time.perf_counter() - start
+
+
+def _probe_sync(engine: Engine) -> float:
+    start = time.perf_counter()
+    try:
+        with engine.connect() as conn:
+            conn.execute(_PROBE)
+    except Exception as exc:
+        if not isinstance(translate_error(exc), ConnectionLost):
+            raise
+        start = time.perf_counter()
+        with engine.connect() as conn:
+            conn.execute(_PROBE)
+    return time.perf_counter() - start
+
+
+async def _check_async(engine: AsyncEngine, options: _Options) -> HealthReport:
+    if _breaker_open(options):
+        return _report(engine, options, latency=None, error=None)
+    task = asyncio.ensure_future(_probe_async(engine))
+    done, _ = await asyncio.wait({task}, timeout=options.timeout)
+    if not done:
+        # Never wait for the probe's own cleanup: against a hung server
+        # that could take as long as the hang.
+        task.cancel()
+        _abandoned.add(task)
+        task.add_done_callback(_forget)
+        return _report(engine, options, latency=None, error=_timed_out(options))
+    try:
+        latency = task.result()
+    except Exception as exc:
+        return _report(engine, options, latency=None, error=exc)
+    return _report(engine, options, latency=latency, error=None)
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" warning
+
+
+def _check_sync(engine: Engine, options: _Options) -> HealthReport:
+    if _breaker_open(options):
+        return _report(engine, options, latency=None, error=None)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["latency"] = _probe_sync(engine)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="sqlalchemy-resilience-health", daemon=True)
+    worker.start()
+    worker.join(options.timeout)
+    if worker.is_alive():
+        return _report(engine, options, latency=None, error=_timed_out(options))
+    if "error" in outcome:
+        return _report(engine, options, latency=None, error=outcome["error"])
+    return _report(engine, options, latency=outcome["latency"], error=None)
+
+
+class HealthCheckTimeout(TimeoutError):
+    """The probe did not finish within the health check's timeout."""
+
+
+def _timed_out(options: _Options) -> BaseException:
+    return HealthCheckTimeout(f"no answer to SELECT 1 within {options.timeout:g} s")
+
+
+def _breaker_open(options: _Options) -> bool:
+    return options.breaker is not None and options.breaker.state is BreakerState.OPEN
+
+
+def _report(
+    engine: Engine | AsyncEngine,
+    options: _Options,
+    *,
+    latency: float | None,
+    error: BaseException | None,
+) -> HealthReport:
+    sync = _sync_engine(engine)
+    stats = dict(pool_stats(sync))
+    warnings: list[str] = []
+    status: HealthStatus = "healthy"
+    error_name = detail = None
+    breaker_state = None
+    if options.breaker is not None:
+        state = options.breaker.state
+        breaker_state = state.name.lower()
+        if state is BreakerState.OPEN:
+            status = "unhealthy"
+            warnings.append("circuit breaker is open: calls fail fast without a probe")
+        elif state is BreakerState.HALF_OPEN:
+            warnings.append("circuit breaker is half-open: probing recovery")
+    if error is not None:
+        status = "unhealthy"
+        translated = error if isinstance(error, HealthCheckTimeout) else translate_error(error)
+        error_name = type(translated).__name__
+        detail = _scrub(str(translated).splitlines()[0] if str(translated) else "", sync)
+        warnings.append(f"probe failed: {error_name}")
+    elif latency is not None and latency > options.slow_latency:
+        warnings.append(
+            f"round trip {latency * 1000:.0f} ms is over {options.slow_latency * 1000:.0f} ms"
+        )
+    pool_max = stats.get("pool_max")
+    in_use = stats.get("connections_in_use") or 0
+    if pool_max and in_use / pool_max >= options.saturation:
+        warnings.append(
+            f"pool saturated: {in_use} of {pool_max} connections in use "
+            f"(threshold {options.saturation:.0%})"
+        )
+    if stats.get("requests_waiting"):
+        warnings.append(f"{stats['requests_waiting']} requests waiting for a connection")
+    instr = instrumentation_of(sync)
+    if instr is not None:
+        timeouts, shed = instr._health_deltas(stats)
+        if timeouts:
+            warnings.append(f"{timeouts} pool timeouts since the last health check")
+        if shed:
+            warnings.append(f"{shed} requests refused by max_waiting since the last health check")
+        leaks = instr.suspected_leaks
+        if leaks:
+            warnings.append(f"{leaks} connections held past leak_threshold")
+        p99 = stats.get("wait_time_p99") or 0.0
+        if p99 > options.slow_checkout:
+            warnings.append(
+                f"slow checkouts: p99 wait {p99 * 1000:.0f} ms "
+                f"(over {options.slow_checkout * 1000:.0f} ms)"
+            )
+    if status == "healthy" and warnings:
+        status = "degraded"
+    return HealthReport(
+        status=status,
+        latency=latency,
+        checked_at=time.time(),
+        pool=stats,
+        breaker=breaker_state,
+        warnings=tuple(warnings),
+        error=error_name,
+        detail=detail,
+    )
+
+
+def _scrub(text_: str, engine: Engine) -> str:
+    password = engine.url.password
+    if password:
+        with contextlib.suppress(Exception):
+            text_ = text_.replace(str(password), "***")
+    return text_
