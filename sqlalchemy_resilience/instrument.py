@@ -402,7 +402,6 @@ class Instrumentation:
             leaks = LeakDetector(
                 self._leak_threshold, pool_name=self.pool.name, call_sites=self._call_sites
             )
-            self._listen(engine, "checkin", self._on_checkin_leaks)
             leaks.start()
             self._hot.leaks = leaks
 
@@ -469,6 +468,9 @@ class Instrumentation:
             def checked_in(dbapi_connection: Any) -> None:
                 use = perf() - now
                 next(returned)
+                leaks = hot.leaks
+                if leaks is not None:
+                    leaks.returned(key)
                 uses.append(use)
                 if (
                     use_hist is not None
@@ -477,6 +479,7 @@ class Instrumentation:
                     use_hist.record(use, pool_attrs)
 
             record = fairy._connection_record
+            key = id(record)
             if record is not None:
                 record.finalize_callback.append(checked_in)
                 leaks = hot.leaks
@@ -740,14 +743,6 @@ class Instrumentation:
 
     # -- pool listeners ------------------------------------------------------
 
-    def _on_checkin_leaks(self, dbapi_connection: Any, record: Any) -> None:
-        leaks = self._hot.leaks
-        if leaks is not None and record is not None:
-            try:
-                leaks.checked_in(record)
-            except Exception:
-                self._log_own_failure("leak detection")
-
     @property
     def leak_threshold(self) -> float | None:
         """Seconds a connection may be held before it is reported (None: off)."""
@@ -783,6 +778,9 @@ class Instrumentation:
         limit = self._hot.max_waiting
         if limit is None:
             return
+        checked_in = getattr(self.engine.pool, "checkedin", None)
+        if checked_in is not None and checked_in() > 0:
+            return  # an idle connection is there: nobody will queue
         waiting = self.pool.waiting
         if waiting < limit:
             return
@@ -814,9 +812,18 @@ class Instrumentation:
 
     def _on_close(self, dbapi_connection: Any, record: Any) -> None:
         self.pool.connection_closed()
+        self._forget_hold(record)
 
     def _on_invalidate(self, dbapi_connection: Any, record: Any, exception: Any) -> None:
         self.pool.connection_invalidated()
+        self._forget_hold(record)
+
+    def _forget_hold(self, record: Any) -> None:
+        # An invalidated or closed connection drops its finalize callbacks:
+        # end its hold here so it is not reported as leaked later.
+        leaks = self._hot.leaks
+        if leaks is not None and record is not None:
+            leaks.returned(id(record))
 
     # -- error translation -----------------------------------------------------
 

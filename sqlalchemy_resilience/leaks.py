@@ -37,21 +37,31 @@ _log = logging.getLogger("sqlalchemy_resilience")
 
 
 class _Hold:
-    __slots__ = ("holder", "reported", "stack", "start")
+    __slots__ = ("_stack", "holder_object", "reported", "start")
 
-    def __init__(self, start: float, holder: str, stack: list[tuple[str, int, str]]) -> None:
+    def __init__(
+        self, start: float, holder: object, stack: list[tuple[Any, int, dict[str, Any]]]
+    ) -> None:
         self.start = start
-        self.holder = holder
-        self.stack = stack
+        self.holder_object = holder
+        self._stack = stack
         self.reported = False
 
+    @property
+    def holder(self) -> str:
+        holder = self.holder_object
+        if isinstance(holder, asyncio.Task):
+            return f"task {holder.get_name()!r}"
+        if isinstance(holder, threading.Thread):
+            return f"thread {holder.name!r}"
+        return "unknown"
 
-def _holder() -> str:
+
+def _holder() -> object:
+    # Names are looked up only when a report is written.
     loop = asyncio_events._get_running_loop()
     task = asyncio.current_task(loop) if loop is not None else None
-    if task is not None:
-        return f"task {task.get_name()!r}"
-    return f"thread {threading.current_thread().name!r}"
+    return task if task is not None else threading.current_thread()
 
 
 class LeakDetector(Ticker):
@@ -98,7 +108,11 @@ class LeakDetector(Ticker):
 
     def checked_in(self, record: Any) -> None:
         """Note a checkin; report the return of a connection reported as leaked."""
-        hold = self.held.pop(id(record), None)
+        self.returned(id(record))
+
+    def returned(self, key: int) -> None:
+        """Note the checkin of the record with ``id()`` ``key`` (the hot path's form)."""
+        hold = self.held.pop(key, None)
         if hold is None or not hold.reported:
             return
         held_for = self._clock() - hold.start
@@ -121,7 +135,7 @@ class LeakDetector(Ticker):
             hold.reported = True
             self.reported += 1
             try:
-                stack = self._call_sites.format_stack(hold.stack)
+                stack = self._call_sites.format_stack(hold._stack)
                 pool_logger.warning(
                     "connection held for %.3f s (leak_threshold %.3g s) by %s, checked out at\n%s",
                     held_for,
@@ -137,7 +151,7 @@ class LeakDetector(Ticker):
         return {
             "sqlalchemy_resilience.held_for": held_for,
             "sqlalchemy_resilience.holder": hold.holder,
-            "sqlalchemy_resilience.checkout_stack": self._call_sites.format_stack(hold.stack),
+            "sqlalchemy_resilience.checkout_stack": self._call_sites.format_stack(hold._stack),
             "sqlalchemy_resilience.pool_name": self.pool_name,
             "sqlalchemy_resilience.returned": returned,
         }

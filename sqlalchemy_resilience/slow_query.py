@@ -81,10 +81,12 @@ class CallSites:
         self._cwd = os.getcwd() + os.sep
 
     def _library(self, frame: FrameType) -> bool:
-        code = frame.f_code
+        return self._library_code(frame.f_code, frame.f_globals)
+
+    def _library_code(self, code: Any, module_globals: dict[str, Any]) -> bool:
         known = self._skip_by_code.get(code)
         if known is None:
-            name = str(frame.f_globals.get("__name__", ""))
+            name = str(module_globals.get("__name__", ""))
             # The package's own demo plays the application.
             known = not name.startswith("sqlalchemy_resilience.demo") and any(
                 name == p or name.startswith(p + ".") for p in self._skip
@@ -125,14 +127,16 @@ class CallSites:
                 parent = parent.parent
         return self.format(found) if found is not None else None
 
-    def stack(self, limit: int = 16) -> list[tuple[str, int, str]]:
-        """The application frames of the code running now, innermost first, as raw tuples.
+    def stack(self, limit: int = 32) -> list[tuple[Any, int, dict[str, Any]]]:
+        """The frames of the code running now as raw ``(code, line, module globals)``, innermost first.
 
-        Library frames are left out; for an ``AsyncEngine`` the walk crosses
-        SQLAlchemy's greenlet into the application's coroutines. Formatting
-        is left to :meth:`format_stack`, so capturing costs one walk.
+        Cheap enough for every checkout: no filtering and no formatting here
+        (:meth:`format_stack` does both when a report is written). For an
+        ``AsyncEngine`` the walk crosses SQLAlchemy's greenlet into the
+        application's coroutines. Frame objects themselves are not kept, so
+        nothing the frames reference (a connection, say) is kept alive.
         """
-        found: list[tuple[str, int, str]] = []
+        found: list[tuple[Any, int, dict[str, Any]]] = []
         frame: FrameType | None = sys._getframe(1)
         parent = getattr(_getcurrent(), "parent", None) if _getcurrent is not None else None
         while len(found) < limit:
@@ -141,19 +145,24 @@ class CallSites:
                     break
                 frame, parent = parent.gr_frame, parent.parent
                 continue
-            if not self._library(frame):
-                code = frame.f_code
-                found.append((code.co_filename, frame.f_lineno, code.co_name))
+            found.append((frame.f_code, frame.f_lineno, frame.f_globals))
             frame = frame.f_back
         return found
 
-    def format_stack(self, stack: list[tuple[str, int, str]]) -> list[str]:
-        """``"path:LINE in function"`` lines (paths relative to the working directory)."""
+    def format_stack(
+        self, stack: list[tuple[Any, int, dict[str, Any]]], limit: int = 16
+    ) -> list[str]:
+        """The application frames of a :meth:`stack` as ``"path:LINE in function"`` lines."""
         lines = []
-        for path, line, name in stack:
+        for code, line, module_globals in stack:
+            if self._library_code(code, module_globals):
+                continue
+            path = code.co_filename
             if path.startswith(self._cwd):
                 path = path[len(self._cwd) :]
-            lines.append(f"{path}:{line} in {name}")
+            lines.append(f"{path}:{line} in {code.co_name}")
+            if len(lines) >= limit:
+                break
         return lines
 
     def of_thread(self, ident: int) -> str | None:

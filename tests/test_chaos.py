@@ -9,6 +9,7 @@ load runs to the 60 s of the plan.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import random
@@ -1330,4 +1331,108 @@ async def test_s17_slow_query_log_and_metrics_match_ground_truth(fault_server: P
         slow_logger.removeHandler(handler)
         await engine.dispose()
         provider.shutdown()
+        proxy.close()
+
+
+class _Records(logging.Handler):
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger(name)
+
+    def __enter__(self) -> list[logging.LogRecord]:
+        self.logger.addHandler(self)
+        return self.records
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_s19c_one_leak_report_under_load(
+    fault_server: PgServer, gc_warnings: GcWarnings
+) -> None:
+    """S19 (c): a connection held past leak_threshold while the bank runs gives exactly one report
+    (holder and checkout stack) and one return record; the bank's own short holds give none."""
+    setup_bank(fault_server, DB)
+    engine = create_async_engine(
+        fault_server.app_url(DB, driver="asyncpg"), pool_size=6, max_overflow=0
+    )
+    try:
+        instr = instrument(engine, leak_threshold=0.5)
+
+        async def leaky() -> None:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+                await asyncio.sleep(1.5)
+
+        with _Records("sqlalchemy_resilience.pool") as records:
+            leak = asyncio.create_task(leaky(), name="s19c-leaky")
+            result, _ = await run_bank(engine, seconds=3.0, retry=_policy(), workers=4)
+            await leak
+        held = [r for r in records if not r.__dict__["sqlalchemy_resilience.returned"]]
+        returned = [r for r in records if r.__dict__["sqlalchemy_resilience.returned"]]
+        _figure(
+            "S19c",
+            f"{len(result.ok)} transfers by 4 workers alongside one connection held 1.5 s "
+            f"(leak_threshold 0.5 s): {len(held)} leak report(s), {len(returned)} return record(s), "
+            f"checkout stack {held[0].__dict__['sqlalchemy_resilience.checkout_stack'][:1] if held else '-'}",
+        )
+        assert len(held) == 1
+        assert held[0].__dict__["sqlalchemy_resilience.holder"] == "task 's19c-leaky'"
+        assert held[0].__dict__["sqlalchemy_resilience.checkout_stack"][0].endswith(" in leaky")
+        assert len(returned) == 1
+        assert instr.suspected_leaks == 0
+        verdict = check(fault_server, DB, result, [])
+        assert verdict.lost == 0 and verdict.phantom == 0
+        await assert_nothing_leaked(engine, fault_server, DB, gc=gc_warnings)
+    finally:
+        await engine.dispose()
+
+
+async def test_s17_adaptive_pool_follows_a_degraded_network(fault_server: PgServer) -> None:
+    """S17 (the adaptive-pool leg): 100 ms of latency makes 8 workers need more connections; the
+    autosizer grows the pool (never past max), then shrinks it back to min once the load drops."""
+    setup_bank(fault_server, DB)
+    proxy = FaultProxy("127.0.0.1", fault_server.port)
+    engine = create_async_engine(
+        fault_server.app_url(DB, driver="asyncpg").set(port=proxy.port),
+        pool_size=2,
+        max_overflow=0,
+        pool_timeout=30,
+    )
+    try:
+        instrument(engine)
+        sizer = sr.PoolAutosizer(engine, min_size=2, max_size=10, interval=0.25, shrink_after=4)
+        await sizer.astart()
+        try:
+            proxy.latency = 0.1
+            slow, _ = await run_bank(engine, seconds=4.0, retry=_policy(), workers=8)
+            peak = engine.sync_engine.pool.size()
+            proxy.clear()
+            calm_from = time.monotonic()
+            light, _ = await run_bank(engine, seconds=3.0, retry=_policy(), workers=1)
+        finally:
+            await sizer.aclose()
+        back_at = next(
+            (d.at - calm_from for d in sizer.decisions if d.at > calm_from and d.size == 2), None
+        )
+        sizes = [2] + [d.size for d in sizer.decisions]
+        directions = [b > a for a, b in itertools.pairwise(sizes)]
+        changes = sum(1 for a, b in itertools.pairwise(directions) if a != b)
+        _figure(
+            "S17 adaptive pool",
+            f"latency 100 ms, 8 workers: pool 2 -> {peak} ({len(slow.ok)} transfers, "
+            f"{sum(slow.errors.values())} errors); load down to 1 worker: back to 2 after "
+            f"{back_at if back_at is None else round(back_at, 2)} s; sizes {sizes}",
+        )
+        assert 6 <= peak <= 10
+        assert max(sizes) <= 10
+        assert changes == 1, sizes
+        assert sizes[-1] == 2 and back_at is not None and back_at < 3.0
+        assert set(slow.errors) <= {"CheckViolation"} and set(light.errors) <= {"CheckViolation"}
+    finally:
+        await engine.dispose()
         proxy.close()

@@ -156,3 +156,36 @@ async def resilient_session_usage() -> None:
         typed: sr.ResilientAsyncSession = session
         await session.commit()
         del typed
+
+
+async def pool_usage() -> None:
+    engine = create_async_engine("postgresql+asyncpg://app@db/app", pool_size=5)
+    instr = sr.instrument(engine, leak_threshold=30.0, max_waiting=10)
+    leaks: int = instr.suspected_leaks
+    instr.max_waiting = None
+    await sr.warm_up(engine, 3, timeout=5)
+    report: sr.HealthReport = await sr.health_check(
+        engine, timeout=1.0, breaker=sr.CircuitBreaker()
+    )
+    status: str = report.status
+    payload: dict[str, object] = report.to_dict()
+    resized: sr.ResizeResult = await sr.resize_pool(engine, size=10, max_overflow=2)
+    maintainer = sr.PoolMaintainer(engine, keepalive=30, recycle=1800, jitter=0.2, min_size=2)
+    maintainer.start()
+    pass_report: sr.MaintenanceReport = await maintainer.arun_once()
+    await maintainer.aclose()
+    sizer = sr.PoolAutosizer(engine, min_size=2, max_size=20, reserve=5)
+    await sizer.astart()
+    decisions: list[sr.AutosizeDecision] = sizer.decisions
+    await sizer.aclose()
+
+
+def sync_pool_usage() -> None:
+    engine = create_engine("sqlite:///x.db", pool_size=5)
+    sr.instrument(engine)
+    sr.warm_up(engine, 2)
+    report: sr.HealthReport = sr.health_check(engine, timeout=1.0)
+    resized: sr.ResizeResult = sr.resize_pool(engine, size=3)
+    sizer = sr.PoolAutosizer(engine, min_size=1, max_size=5)
+    sizer.start()
+    sizer.close()

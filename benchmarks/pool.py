@@ -1,0 +1,234 @@
+"""Pool management, measured in one run.
+
+1. Checkout + checkin cost (``async with engine.connect(): SELECT 1`` on
+   PostgreSQL, a bare checkout on SQLite) of plain SQLAlchemy against
+   ``instrument()`` with every pool feature on: leak detection, ``max_waiting``,
+   a running :class:`PoolMaintainer` (keepalive, jittered recycle, min size)
+   and a running :class:`PoolAutosizer`. Interleaved rounds, paired ratios.
+2. The autosizer against fixed small and large pools under a bursty load
+   (PostgreSQL): bursts of 24 concurrent requests, each holding a connection
+   for 20 ms, 2 s apart; p99 checkout wait and the connections the server
+   had to keep open (peak and time-weighted mean).
+
+    python -m benchmarks.pool                      # SQLite part only
+    python -m benchmarks.pool --embedded-postgres  # both parts on PostgreSQL too
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from sqlalchemy_resilience import PoolAutosizer, PoolMaintainer, instrument, pool_stats
+
+POOL = 10
+
+
+def _ratio_table(title: str, seconds: dict[str, list[float]]) -> str:
+    base = seconds["plain SQLAlchemy"]
+    lines = [f"\n{title}", "| variant | median µs | vs plain SQLAlchemy |", "|---|---:|---:|"]
+    for name, runs in seconds.items():
+        ratio = statistics.median(a / b for a, b in zip(runs, base, strict=True))
+        lines.append(f"| {name} | {statistics.median(runs) * 1e6:.1f} | {ratio:.3f} |")
+    return "\n".join(lines)
+
+
+def bench_sqlite_checkout(rounds: int, ops: int) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'pool.sqlite'}"
+        plain = create_engine(url, pool_size=POOL)
+        features = create_engine(url, pool_size=POOL)
+        instrument(features, leak_threshold=30, max_waiting=100)
+        maintainer = PoolMaintainer(features, keepalive=30, recycle=1800, min_size=2, interval=1)
+        maintainer.start()
+        sizer = PoolAutosizer(features, min_size=2, max_size=POOL, interval=1)
+        sizer.start()
+
+        def checkout(engine: Engine) -> Callable[[int], None]:
+            def run(n: int) -> None:
+                for _ in range(n):
+                    with engine.connect():
+                        pass
+
+            return run
+
+        variants = {"plain SQLAlchemy": checkout(plain), "all pool features on": checkout(features)}
+        for fn in variants.values():
+            fn(ops)
+        gc.collect()
+        gc.freeze()
+        results: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(rounds):
+            order = list(variants.items())
+            random.shuffle(order)
+            for name, fn in order:
+                start = time.perf_counter()
+                fn(ops)
+                results[name].append((time.perf_counter() - start) / ops)
+        maintainer.close()
+        sizer.close()
+        plain.dispose()
+        features.dispose()
+    return _ratio_table(f"SQLite (sqlite3): checkout + checkin, {rounds} rounds x {ops}", results)
+
+
+async def bench_postgres_checkout(url: URL, rounds: int, ops: int) -> str:
+    plain = create_async_engine(url, pool_size=POOL)
+    features = create_async_engine(url, pool_size=POOL)
+    instrument(features, leak_threshold=30, max_waiting=100)
+    maintainer = PoolMaintainer(features, keepalive=30, recycle=1800, min_size=2, interval=1)
+    maintainer.start()
+    sizer = PoolAutosizer(features, min_size=2, max_size=POOL, interval=1)
+    await sizer.astart()
+    probe = text("SELECT 1")
+
+    def checkout(engine: AsyncEngine) -> Callable[[int], Awaitable[None]]:
+        async def run(n: int) -> None:
+            for _ in range(n):
+                async with engine.connect() as conn:
+                    await conn.execute(probe)
+
+        return run
+
+    variants = {"plain SQLAlchemy": checkout(plain), "all pool features on": checkout(features)}
+    for fn in variants.values():
+        await fn(ops)
+    gc.collect()
+    gc.freeze()
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        order = list(variants.items())
+        random.shuffle(order)
+        for name, fn in order:
+            start = time.perf_counter()
+            await fn(ops)
+            results[name].append((time.perf_counter() - start) / ops)
+    await maintainer.aclose()
+    await sizer.aclose()
+    await plain.dispose()
+    await features.dispose()
+    return _ratio_table(
+        f"PostgreSQL (asyncpg): checkout + SELECT 1 + checkin, {rounds} rounds x {ops}", results
+    )
+
+
+GAP = 2.0
+
+
+async def _bursty(engine: AsyncEngine, bursts: int, sampler: Callable[[], int]) -> dict[str, Any]:
+    """Bursts of 24 requests holding a connection 20 ms, GAP s apart; samples open connections."""
+    samples: list[int] = []
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        while not stop.is_set():
+            samples.append(sampler())
+            await asyncio.sleep(0.01)
+
+    async def request() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT pg_sleep(0.02)"))
+
+    # One burst and a quiet period before measuring: connection set-up is not the subject.
+    await asyncio.gather(*(request() for _ in range(24)))
+    await asyncio.sleep(GAP)
+    pool_stats(engine, pop=True)
+    watcher = asyncio.create_task(sample())
+    start = time.monotonic()
+    for _ in range(bursts):
+        await asyncio.gather(*(request() for _ in range(24)))
+        await asyncio.sleep(GAP)
+    elapsed = time.monotonic() - start
+    stop.set()
+    await watcher
+    stats = pool_stats(engine)
+    return {
+        "p99": stats["wait_time_p99"],
+        "peak": max(samples),
+        "mean": statistics.fmean(samples),
+        "elapsed": elapsed,
+    }
+
+
+async def bench_autosizer(url: URL, bursts: int) -> str:
+    rows = []
+    for name, size, auto in (
+        ("fixed pool of 4", 4, False),
+        ("fixed pool of 24", 24, False),
+        ("autosizer 2..24", 2, True),
+    ):
+        engine = create_async_engine(url, pool_size=size, max_overflow=0, pool_timeout=60)
+        instrument(engine)
+        pool = engine.sync_engine.pool
+        sizer = None
+        if auto:
+            sizer = PoolAutosizer(engine, min_size=2, max_size=24, interval=0.2, shrink_after=4)
+            await sizer.astart()
+        result = await _bursty(engine, bursts, lambda p=pool: p.checkedin() + p.checkedout())  # type: ignore[misc]
+        if sizer is not None:
+            await sizer.aclose()
+            result["decisions"] = len(sizer.decisions)
+        await engine.dispose()
+        rows.append((name, result))
+    lines = [
+        f"\nPostgreSQL: {bursts} bursts of 24 requests x 20 ms, {GAP:g} s apart",
+        "| pool | p99 checkout wait | peak connections | mean connections open | resizes |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {r['p99'] * 1000:.1f} ms | {r['peak']} | {r['mean']:.1f} | "
+            f"{r.get('decisions', '-')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--ops", type=int, default=200)
+    parser.add_argument("--bursts", type=int, default=8)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--postgres-url", help="postgresql+asyncpg:// URL")
+    group.add_argument("--embedded-postgres", action="store_true")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.ops < 1 or args.bursts < 1:
+        parser.error("--rounds, --ops and --bursts must be at least 1")
+    import sqlalchemy
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"SQLAlchemy {sqlalchemy.__version__}"
+    )
+    print(bench_sqlite_checkout(args.rounds, args.ops))
+
+    async def postgres(url: URL) -> None:
+        print(await bench_postgres_checkout(url, args.rounds, args.ops // 2))
+        print(await bench_autosizer(url, args.bursts))
+
+    if args.postgres_url:
+        asyncio.run(postgres(make_url(args.postgres_url)))
+    elif args.embedded_postgres:
+        from sqlalchemy_resilience.embedded import EmbeddedPostgres
+
+        with EmbeddedPostgres(settings={"max_connections": "100"}) as pg:
+            asyncio.run(postgres(pg.url(driver="asyncpg")))
+
+
+if __name__ == "__main__":
+    main()
