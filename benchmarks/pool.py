@@ -53,10 +53,15 @@ def bench_sqlite_checkout(rounds: int, ops: int) -> str:
         plain = create_engine(url, pool_size=POOL)
         features = create_engine(url, pool_size=POOL)
         instrument(features, leak_threshold=30, max_waiting=100)
-        maintainer = PoolMaintainer(features, keepalive=30, recycle=1800, min_size=2, interval=1)
-        maintainer.start()
-        sizer = PoolAutosizer(features, min_size=2, max_size=POOL, interval=1)
-        sizer.start()
+        no_leaks = create_engine(url, pool_size=POOL)
+        instrument(no_leaks, max_waiting=100)
+        background = []
+        for engine in (features, no_leaks):
+            maintainer = PoolMaintainer(engine, keepalive=30, recycle=1800, min_size=2, interval=1)
+            maintainer.start()
+            sizer = PoolAutosizer(engine, min_size=2, max_size=POOL, interval=1)
+            sizer.start()
+            background += [maintainer, sizer]
 
         def checkout(engine: Engine) -> Callable[[int], None]:
             def run(n: int) -> None:
@@ -66,7 +71,11 @@ def bench_sqlite_checkout(rounds: int, ops: int) -> str:
 
             return run
 
-        variants = {"plain SQLAlchemy": checkout(plain), "all pool features on": checkout(features)}
+        variants = {
+            "plain SQLAlchemy": checkout(plain),
+            "all pool features on": checkout(features),
+            "all but leak detection": checkout(no_leaks),
+        }
         for fn in variants.values():
             fn(ops)
         gc.collect()
@@ -79,10 +88,10 @@ def bench_sqlite_checkout(rounds: int, ops: int) -> str:
                 start = time.perf_counter()
                 fn(ops)
                 results[name].append((time.perf_counter() - start) / ops)
-        maintainer.close()
-        sizer.close()
-        plain.dispose()
-        features.dispose()
+        for worker in background:
+            worker.close()
+        for engine in (plain, features, no_leaks):
+            engine.dispose()
     return _ratio_table(f"SQLite (sqlite3): checkout + checkin, {rounds} rounds x {ops}", results)
 
 
@@ -90,10 +99,17 @@ async def bench_postgres_checkout(url: URL, rounds: int, ops: int) -> str:
     plain = create_async_engine(url, pool_size=POOL)
     features = create_async_engine(url, pool_size=POOL)
     instrument(features, leak_threshold=30, max_waiting=100)
-    maintainer = PoolMaintainer(features, keepalive=30, recycle=1800, min_size=2, interval=1)
-    maintainer.start()
-    sizer = PoolAutosizer(features, min_size=2, max_size=POOL, interval=1)
-    await sizer.astart()
+    no_leaks = create_async_engine(url, pool_size=POOL)
+    instrument(no_leaks, max_waiting=100)
+    maintainers = []
+    sizers = []
+    for engine in (features, no_leaks):
+        maintainer = PoolMaintainer(engine, keepalive=30, recycle=1800, min_size=2, interval=1)
+        maintainer.start()
+        sizer = PoolAutosizer(engine, min_size=2, max_size=POOL, interval=1)
+        await sizer.astart()
+        maintainers.append(maintainer)
+        sizers.append(sizer)
     probe = text("SELECT 1")
 
     def checkout(engine: AsyncEngine) -> Callable[[int], Awaitable[None]]:
@@ -104,7 +120,18 @@ async def bench_postgres_checkout(url: URL, rounds: int, ops: int) -> str:
 
         return run
 
-    variants = {"plain SQLAlchemy": checkout(plain), "all pool features on": checkout(features)}
+    variants = {
+        "plain SQLAlchemy": checkout(plain),
+        "all pool features on": checkout(features),
+        "all but leak detection": checkout(no_leaks),
+    }
+    # Every pool keeps two connections open (the maintainer's min_size), so
+    # all alternate between two server backends alike.
+    for engine in (plain, features, no_leaks):
+        held = [await engine.connect() for _ in range(2)]
+        for conn in held:
+            await conn.execute(probe)
+            await conn.close()
     for fn in variants.values():
         await fn(ops)
     gc.collect()
@@ -117,10 +144,12 @@ async def bench_postgres_checkout(url: URL, rounds: int, ops: int) -> str:
             start = time.perf_counter()
             await fn(ops)
             results[name].append((time.perf_counter() - start) / ops)
-    await maintainer.aclose()
-    await sizer.aclose()
-    await plain.dispose()
-    await features.dispose()
+    for maintainer in maintainers:
+        await maintainer.aclose()
+    for sizer in sizers:
+        await sizer.aclose()
+    for engine in (plain, features, no_leaks):
+        await engine.dispose()
     return _ratio_table(
         f"PostgreSQL (asyncpg): checkout + SELECT 1 + checkin, {rounds} rounds x {ops}", results
     )

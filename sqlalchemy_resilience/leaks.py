@@ -39,9 +39,7 @@ _log = logging.getLogger("sqlalchemy_resilience")
 class _Hold:
     __slots__ = ("_stack", "holder_object", "reported", "start")
 
-    def __init__(
-        self, start: float, holder: object, stack: list[tuple[Any, int, dict[str, Any]]]
-    ) -> None:
+    def __init__(self, start: float, holder: object, stack: list[tuple[Any, int]]) -> None:
         self.start = start
         self.holder_object = holder
         self._stack = stack

@@ -127,42 +127,45 @@ class CallSites:
                 parent = parent.parent
         return self.format(found) if found is not None else None
 
-    def stack(self, limit: int = 32) -> list[tuple[Any, int, dict[str, Any]]]:
-        """The frames of the code running now as raw ``(code, line, module globals)``, innermost first.
+    def stack(self, limit: int = 16, depth: int = 64) -> list[tuple[Any, int]]:
+        """The application frames of the code running now as ``(code, line)``, innermost first.
 
-        Cheap enough for every checkout: no filtering and no formatting here
-        (:meth:`format_stack` does both when a report is written). For an
+        Cheap enough for every checkout: the library test is cached per code
+        object, only application frames are stored and nothing is formatted
+        (:meth:`format_stack` does that when a report is written). For an
         ``AsyncEngine`` the walk crosses SQLAlchemy's greenlet into the
-        application's coroutines. Frame objects themselves are not kept, so
-        nothing the frames reference (a connection, say) is kept alive.
+        application's coroutines. Frame objects are not kept, so nothing they
+        reference (a connection, say) is kept alive.
         """
-        found: list[tuple[Any, int, dict[str, Any]]] = []
+        found: list[tuple[Any, int]] = []
+        skip = self._skip_by_code
         frame: FrameType | None = sys._getframe(1)
         parent = getattr(_getcurrent(), "parent", None) if _getcurrent is not None else None
-        while len(found) < limit:
+        for _ in range(depth):
             if frame is None:
                 if parent is None:
                     break
                 frame, parent = parent.gr_frame, parent.parent
                 continue
-            found.append((frame.f_code, frame.f_lineno, frame.f_globals))
+            code = frame.f_code
+            library = skip.get(code)
+            if library is None:
+                library = self._library_code(code, frame.f_globals)
+            if not library:
+                found.append((code, frame.f_lineno))
+                if len(found) >= limit:
+                    break
             frame = frame.f_back
         return found
 
-    def format_stack(
-        self, stack: list[tuple[Any, int, dict[str, Any]]], limit: int = 16
-    ) -> list[str]:
-        """The application frames of a :meth:`stack` as ``"path:LINE in function"`` lines."""
+    def format_stack(self, stack: list[tuple[Any, int]]) -> list[str]:
+        """A :meth:`stack` as ``"path:LINE in function"`` lines (paths relative to the working directory)."""
         lines = []
-        for code, line, module_globals in stack:
-            if self._library_code(code, module_globals):
-                continue
+        for code, line in stack:
             path = code.co_filename
             if path.startswith(self._cwd):
                 path = path[len(self._cwd) :]
             lines.append(f"{path}:{line} in {code.co_name}")
-            if len(lines) >= limit:
-                break
         return lines
 
     def of_thread(self, ident: int) -> str | None:
