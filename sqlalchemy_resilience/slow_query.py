@@ -127,8 +127,8 @@ class CallSites:
                 parent = parent.parent
         return self.format(found) if found is not None else None
 
-    def stack(self, limit: int = 16, depth: int = 64) -> list[tuple[Any, int]]:
-        """The application frames of the code running now as ``(code, line)``, innermost first.
+    def stack(self, limit: int = 8, depth: int = 32) -> list[tuple[Any, int]]:
+        """The application frames of the code running now as ``(code, offset)``, innermost first.
 
         Cheap enough for every checkout: the library test is cached per code
         object, only application frames are stored and nothing is formatted
@@ -152,7 +152,9 @@ class CallSites:
             if library is None:
                 library = self._library_code(code, frame.f_globals)
             if not library:
-                found.append((code, frame.f_lineno))
+                # The instruction offset, not f_lineno: turning it into a
+                # line number decodes the line table, which waits for a report.
+                found.append((code, frame.f_lasti))
                 if len(found) >= limit:
                     break
             frame = frame.f_back
@@ -161,7 +163,11 @@ class CallSites:
     def format_stack(self, stack: list[tuple[Any, int]]) -> list[str]:
         """A :meth:`stack` as ``"path:LINE in function"`` lines (paths relative to the working directory)."""
         lines = []
-        for code, line in stack:
+        for code, offset in stack:
+            line = next(
+                (n for start, end, n in code.co_lines() if start <= offset < end and n),
+                code.co_firstlineno,
+            )
             path = code.co_filename
             if path.startswith(self._cwd):
                 path = path[len(self._cwd) :]
