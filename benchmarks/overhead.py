@@ -180,10 +180,13 @@ def _sync(engine: Any) -> Engine:
 # -- measuring -----------------------------------------------------------------------
 
 
-def _table(title: str, seconds: dict[str, list[float]], base: str = "plain SQLAlchemy") -> str:
+def table(
+    title: str, seconds: dict[str, list[float]], base: str = "plain SQLAlchemy", unit: str = "query"
+) -> str:
+    """A Markdown table: median µs per operation and the median paired ratio to ``base``."""
     lines = [
         f"\n{title}",
-        "| variant | median µs/query | vs plain SQLAlchemy |",
+        f"| variant | median µs/{unit} | vs {base} |",
         "|---|---:|---:|",
     ]
     base_runs = seconds[base]
@@ -203,6 +206,7 @@ def _settle() -> None:
 
 
 def measure_sync(variants: dict[str, Sync], rounds: int, ops: int) -> dict[str, list[float]]:
+    """Seconds per operation of each variant, per round (shuffled order each round)."""
     for fn in variants.values():
         fn(max(50, ops // 2))
     _settle()
@@ -220,6 +224,7 @@ def measure_sync(variants: dict[str, Sync], rounds: int, ops: int) -> dict[str, 
 async def measure_async(
     variants: dict[str, Async], rounds: int, ops: int
 ) -> dict[str, list[float]]:
+    """:func:`measure_sync` for coroutine functions."""
     for fn in variants.values():
         await fn(max(50, ops // 2))
     _settle()
@@ -289,7 +294,7 @@ def bench_sqlite(rounds: int, ops: int) -> str:
         variants: dict[str, Sync] = {"raw sqlite3": run_raw}
         variants.update({name: point(engine) for name, engine in engines.items()})
         out.append(
-            _table(
+            table(
                 f"SQLite (sqlite3, file), point queries, {rounds} rounds x {ops}",
                 measure_sync(variants, rounds, ops),
             )
@@ -330,7 +335,7 @@ async def _sqlite_concurrent(path: Path, rounds: int, ops: int) -> str:
     variants: dict[str, Async] = {"raw aiosqlite": run_raw}
     variants.update({name: _concurrent_async(e, stmt) for name, e in engines.items()})
     rounds = max(3, rounds // 3)
-    result = _table(
+    result = table(
         f"SQLite (aiosqlite), {TASKS} tasks over a pool of {POOL}, {rounds} rounds x {ops}",
         await measure_async(variants, rounds, ops),
     )
@@ -389,11 +394,11 @@ async def bench_postgres(url: URL, rounds: int, ops: int) -> str:
     concurrent: dict[str, Async] = {"raw asyncpg": raw_concurrent}
     concurrent.update({name: _concurrent_async(e, stmt) for name, e in engines.items()})
     out = [
-        _table(
+        table(
             f"PostgreSQL (asyncpg, loopback), point queries, {rounds} rounds x {ops // 2}",
             await measure_async(point, rounds, ops // 2),
         ),
-        _table(
+        table(
             f"PostgreSQL (asyncpg), {TASKS} tasks over a pool of {POOL}, {rounds} rounds x {ops}",
             await measure_async(concurrent, rounds, ops),
         ),

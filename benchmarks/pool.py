@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import platform
-import random
 import statistics
 import tempfile
 import time
@@ -35,16 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sqlalchemy_resilience import PoolAutosizer, PoolMaintainer, instrument, pool_stats
 
+from .overhead import measure_async, measure_sync, table
+
 POOL = 10
-
-
-def _ratio_table(title: str, seconds: dict[str, list[float]]) -> str:
-    base = seconds["plain SQLAlchemy"]
-    lines = [f"\n{title}", "| variant | median µs | vs plain SQLAlchemy |", "|---|---:|---:|"]
-    for name, runs in seconds.items():
-        ratio = statistics.median(a / b for a, b in zip(runs, base, strict=True))
-        lines.append(f"| {name} | {statistics.median(runs) * 1e6:.1f} | {ratio:.3f} |")
-    return "\n".join(lines)
 
 
 def bench_sqlite_checkout(rounds: int, ops: int) -> str:
@@ -76,23 +67,14 @@ def bench_sqlite_checkout(rounds: int, ops: int) -> str:
             "all pool features on": checkout(features),
             "all but leak detection": checkout(no_leaks),
         }
-        for fn in variants.values():
-            fn(ops)
-        gc.collect()
-        gc.freeze()
-        results: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(rounds):
-            order = list(variants.items())
-            random.shuffle(order)
-            for name, fn in order:
-                start = time.perf_counter()
-                fn(ops)
-                results[name].append((time.perf_counter() - start) / ops)
+        results = measure_sync(variants, rounds, ops)
         for worker in background:
             worker.close()
         for engine in (plain, features, no_leaks):
             engine.dispose()
-    return _ratio_table(f"SQLite (sqlite3): checkout + checkin, {rounds} rounds x {ops}", results)
+    return table(
+        f"SQLite (sqlite3): checkout + checkin, {rounds} rounds x {ops}", results, unit="checkout"
+    )
 
 
 async def bench_postgres_checkout(url: URL, rounds: int, ops: int) -> str:
@@ -132,26 +114,17 @@ async def bench_postgres_checkout(url: URL, rounds: int, ops: int) -> str:
         for conn in held:
             await conn.execute(probe)
             await conn.close()
-    for fn in variants.values():
-        await fn(ops)
-    gc.collect()
-    gc.freeze()
-    results: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        order = list(variants.items())
-        random.shuffle(order)
-        for name, fn in order:
-            start = time.perf_counter()
-            await fn(ops)
-            results[name].append((time.perf_counter() - start) / ops)
+    results = await measure_async(variants, rounds, ops)
     for maintainer in maintainers:
         await maintainer.aclose()
     for sizer in sizers:
         await sizer.aclose()
     for engine in (plain, features, no_leaks):
         await engine.dispose()
-    return _ratio_table(
-        f"PostgreSQL (asyncpg): checkout + SELECT 1 + checkin, {rounds} rounds x {ops}", results
+    return table(
+        f"PostgreSQL (asyncpg): checkout + SELECT 1 + checkin, {rounds} rounds x {ops}",
+        results,
+        unit="checkout",
     )
 
 

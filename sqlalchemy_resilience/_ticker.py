@@ -1,7 +1,9 @@
-"""A daemon thread that calls ``scan()`` on an object every ``interval`` seconds."""
+"""Background helpers: a scanning daemon thread, and a loop run as a task or a thread."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import weakref
 
@@ -60,3 +62,60 @@ class Ticker:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+class Background:
+    """A loop run either as a task on the running event loop or in a daemon thread.
+
+    Subclasses implement ``_loop_async`` and ``_loop_sync`` (which returns
+    when ``self._stop`` is set); ``close``/``aclose`` stop either.
+    """
+
+    thread_name = "sqlalchemy-resilience-background"
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop was started and not stopped."""
+        return self._task is not None or self._thread is not None
+
+    async def _loop_async(self) -> None:
+        raise NotImplementedError
+
+    def _loop_sync(self) -> None:
+        raise NotImplementedError
+
+    def _start(self, *, in_loop: bool) -> None:
+        if self.running:
+            return
+        self._stop.clear()
+        if in_loop:
+            self._task = asyncio.get_running_loop().create_task(self._loop_async())
+        else:
+            self._thread = threading.Thread(
+                target=self._loop_sync, name=self.thread_name, daemon=True
+            )
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop (for a thread: wait for the running pass, at most 30 s)."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop and, for a task, wait until it has ended."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.close()

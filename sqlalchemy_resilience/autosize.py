@@ -26,10 +26,8 @@ autosizer reads its pool figures).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
+from ._ticker import Background
 from ._time import Seconds, to_seconds
 from .instrument import _sync_engine, instrumentation_of
 from .pool import _value
@@ -71,7 +70,7 @@ def _fraction(name: str, value: object, *, low: float, high: float) -> float:
     return float(value)
 
 
-class PoolAutosizer:
+class PoolAutosizer(Background):
     """Sizes one engine's pool between ``min_size`` and ``max_size`` from observed demand.
 
     Args:
@@ -94,6 +93,8 @@ class PoolAutosizer:
         ...
         await sizer.aclose()
     """
+
+    thread_name = "sqlalchemy-resilience-autosizer"
 
     def __init__(
         self,
@@ -149,9 +150,7 @@ class PoolAutosizer:
         self._peak_waiting = 0
         self._answered = _value(self._monitor.answered)
         self._created = self._monitor.created
-        self._task: asyncio.Task[None] | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        super().__init__()
 
     # -- limits ------------------------------------------------------------------------
 
@@ -265,12 +264,12 @@ class PoolAutosizer:
 
     async def astart(self) -> None:
         """Read the server's limits and start deciding in a task on the running loop."""
-        if self._task is not None:
+        if self.running:
             return
         await greenlet_spawn(self.read_server_limits)
-        self._task = asyncio.get_running_loop().create_task(self._run_async())
+        self._start(in_loop=True)
 
-    async def _run_async(self) -> None:
+    async def _loop_async(self) -> None:
         step = self.interval / 10
         while True:
             for _ in range(10):
@@ -283,16 +282,12 @@ class PoolAutosizer:
 
     def start(self) -> None:
         """Read the server's limits and start deciding in a daemon thread (sync ``Engine``)."""
-        if self._thread is not None:
+        if self.running:
             return
         self.read_server_limits()
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._run_sync, name="sqlalchemy-resilience-autosizer", daemon=True
-        )
-        self._thread.start()
+        self._start(in_loop=False)
 
-    def _run_sync(self) -> None:
+    def _loop_sync(self) -> None:
         step = self.interval / 10
         while True:
             for _ in range(10):
@@ -303,22 +298,6 @@ class PoolAutosizer:
                 self.tick()
             except Exception:
                 _log.exception("sqlalchemy_resilience: pool autosizer decision failed")
-
-    def close(self) -> None:
-        """Stop a sync autosizer."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=30)
-
-    async def aclose(self) -> None:
-        """Stop an async autosizer and wait for its task to end."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.close()
 
     def __repr__(self) -> str:
         return (

@@ -400,7 +400,10 @@ class Instrumentation:
             self._start_watchdog(self._long_running)
         if self._leak_threshold is not None:
             leaks = LeakDetector(
-                self._leak_threshold, pool_name=self.pool.name, call_sites=self._call_sites
+                self._leak_threshold,
+                pool_name=self.pool.name,
+                call_sites=self._call_sites,
+                is_async=bool(engine.dialect.is_async),
             )
             leaks.start()
             self._hot.leaks = leaks

@@ -69,6 +69,7 @@ class LeakDetector(Ticker):
         threshold: seconds a connection may be held before it is reported.
         pool_name: named in every record.
         call_sites: finds the application frames of the checkout site.
+        is_async: the engine is an ``AsyncEngine`` (the checkout runs in SQLAlchemy's greenlet).
         clock: monotonic seconds (injectable for tests of the scanner itself).
     """
 
@@ -80,9 +81,11 @@ class LeakDetector(Ticker):
         *,
         pool_name: str,
         call_sites: CallSites,
+        is_async: bool = False,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         super().__init__()
+        self.is_async = is_async
         self.threshold = threshold
         self.pool_name = pool_name
         self._call_sites = call_sites
@@ -102,7 +105,9 @@ class LeakDetector(Ticker):
 
     def checked_out(self, record: Any) -> None:
         """Note a checkout (called from the checkout path)."""
-        self.held[id(record)] = _Hold(self._clock(), _holder(), self._call_sites.stack())
+        self.held[id(record)] = _Hold(
+            self._clock(), _holder(), self._call_sites.stack(from_parent=self.is_async)
+        )
 
     def checked_in(self, record: Any) -> None:
         """Note a checkin; report the return of a connection reported as leaked."""

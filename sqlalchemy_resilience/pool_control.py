@@ -25,7 +25,6 @@ All three work on a sync ``Engine`` (called directly) and an ``AsyncEngine``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import threading
@@ -40,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
+from ._ticker import Background
 from ._time import Seconds, to_seconds
 from .errors import DatabaseUnavailable
 from .instrument import _sync_engine, instrumentation_of, translate_error
@@ -349,7 +349,7 @@ class MaintenanceReport:
     skipped: bool = False
 
 
-class PoolMaintainer:
+class PoolMaintainer(Background):
     """Background keepalive, jittered recycle and minimum size for one engine's pool.
 
     Args:
@@ -369,6 +369,8 @@ class PoolMaintainer:
         ...
         await maintainer.aclose()   # or maintainer.close() for a sync Engine
     """
+
+    thread_name = "sqlalchemy-resilience-maintainer"
 
     def __init__(
         self,
@@ -397,9 +399,7 @@ class PoolMaintainer:
                 f"min_size must be <= the pool size ({self._pool.size()}), got {min_size!r}"
             )
         self.interval = to_seconds("interval", interval, allow_zero=False)
-        self._task: asyncio.Task[None] | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        super().__init__()
         self.passes = 0
         self.totals = MaintenanceReport()
 
@@ -503,16 +503,7 @@ class PoolMaintainer:
         For an ``AsyncEngine`` call it from the running event loop (a task is
         created on it); for an ``Engine`` a daemon thread runs the passes.
         """
-        if self._task is not None or self._thread is not None:
-            return
-        self._stop.clear()
-        if isinstance(self.engine, AsyncEngine):
-            self._task = asyncio.get_running_loop().create_task(self._loop_async())
-        else:
-            self._thread = threading.Thread(
-                target=self._loop_sync, name="sqlalchemy-resilience-maintainer", daemon=True
-            )
-            self._thread.start()
+        self._start(in_loop=isinstance(self.engine, AsyncEngine))
 
     async def _loop_async(self) -> None:
         while True:
@@ -528,21 +519,3 @@ class PoolMaintainer:
                 self.run_once()
             except Exception:
                 _log.exception("sqlalchemy_resilience: pool maintenance pass failed")
-
-    def close(self) -> None:
-        """Stop a sync maintainer (waits for a running pass)."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=30)
-        if self._task is not None:
-            self._task.cancel()
-
-    async def aclose(self) -> None:
-        """Stop an async maintainer and wait until its task has ended."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.close()

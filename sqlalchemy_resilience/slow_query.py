@@ -127,7 +127,9 @@ class CallSites:
                 parent = parent.parent
         return self.format(found) if found is not None else None
 
-    def stack(self, limit: int = 8, depth: int = 32) -> list[tuple[Any, int]]:
+    def stack(
+        self, limit: int = 6, depth: int = 24, *, from_parent: bool = False
+    ) -> list[tuple[Any, int]]:
         """The application frames of the code running now as ``(code, offset)``, innermost first.
 
         Cheap enough for every checkout: the library test is cached per code
@@ -136,11 +138,19 @@ class CallSites:
         ``AsyncEngine`` the walk crosses SQLAlchemy's greenlet into the
         application's coroutines. Frame objects are not kept, so nothing they
         reference (a connection, say) is kept alive.
+
+        ``from_parent=True`` starts in the greenlet's parent: for an
+        ``AsyncEngine`` the frames inside SQLAlchemy's greenlet are its own,
+        and not materializing them is most of the cost of the walk.
         """
         found: list[tuple[Any, int]] = []
         skip = self._skip_by_code
-        frame: FrameType | None = sys._getframe(1)
         parent = getattr(_getcurrent(), "parent", None) if _getcurrent is not None else None
+        frame: FrameType | None
+        if from_parent and parent is not None:
+            frame, parent = parent.gr_frame, parent.parent
+        else:
+            frame = sys._getframe(1)
         for _ in range(depth):
             if frame is None:
                 if parent is None:

@@ -11,6 +11,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .pgharness import PgServer
@@ -81,3 +82,12 @@ def fault_server() -> Iterator[PgServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def sync_engines() -> Iterator[list[Engine]]:
+    """Sync engines a test creates: all disposed afterwards (no unclosed sqlite3 connections)."""
+    engines: list[Engine] = []
+    yield engines
+    for engine in engines:
+        engine.dispose()

@@ -212,23 +212,16 @@ async def test_pool_timeout_increments_timeouts(
         await engine.dispose()
 
 
-_engines: list[Engine] = []
-
-
-@pytest.fixture(autouse=True)
-def _dispose() -> Iterator[None]:
-    yield
-    while _engines:
-        _engines.pop().dispose()
-
-
 def test_sqlite_counts_and_two_engines_on_one_provider(
-    tmp_path: Path, reader: InMemoryMetricReader, provider: MeterProvider
+    sync_engines: list[Engine],
+    tmp_path: Path,
+    reader: InMemoryMetricReader,
+    provider: MeterProvider,
 ) -> None:
     """Two SQLite engines share the provider's instruments; each is reported under its own pool name."""
     a = create_engine(f"sqlite:///{tmp_path / 'a.sqlite'}")
     b = create_engine(f"sqlite:///{tmp_path / 'b.sqlite'}")
-    _engines.extend([a, b])
+    sync_engines.extend([a, b])
     ia = instrument(a, meter_provider=provider)
     instrument(b, meter_provider=provider)
     for engine, n in ((a, 5), (b, 3)):
@@ -255,10 +248,10 @@ def test_sqlite_counts_and_two_engines_on_one_provider(
     assert names == {f"sqlite:{tmp_path / 'b.sqlite'}"}
 
 
-def test_no_sdk_is_a_no_op(tmp_path: Path) -> None:
+def test_no_sdk_is_a_no_op(sync_engines: list[Engine], tmp_path: Path) -> None:
     """Without a MeterProvider (the API's no-op) statements run and the statistics still count."""
     engine = create_engine(f"sqlite:///{tmp_path / 'n.sqlite'}")
-    _engines.append(engine)
+    sync_engines.append(engine)
     instr = instrument(engine)
     with engine.connect() as conn:
         for _ in range(3):

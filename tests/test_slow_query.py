@@ -7,7 +7,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -229,29 +228,21 @@ def test_explain_on_a_sync_engine_and_only_for_select(
     assert isinstance(_extra(select, "plan"), list)
 
 
-_engines: list[Engine] = []
-
-
-@pytest.fixture(autouse=True)
-def _dispose() -> Iterator[None]:
-    yield
-    while _engines:
-        _engines.pop().dispose()
-
-
-def test_explain_needs_postgresql(tmp_path: Path) -> None:
+def test_explain_needs_postgresql(sync_engines: list[Engine], tmp_path: Path) -> None:
     """explain_slow_queries on SQLite is refused with the dialect's name."""
     engine = create_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
-    _engines.append(engine)
+    sync_engines.append(engine)
     with pytest.raises(ValueError, match=r"explain_slow_queries needs PostgreSQL.*'sqlite'"):
         instrument(engine, explain_slow_queries=True)
 
 
-def test_sqlite_slow_statement(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_sqlite_slow_statement(
+    sync_engines: list[Engine], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """SQLite: a statement over the threshold is logged with database and call site."""
     caplog.set_level(logging.WARNING, logger=LOGGER)
     engine = create_engine(f"sqlite:///{tmp_path / 'slow.sqlite'}")
-    _engines.append(engine)
+    sync_engines.append(engine)
     instrument(engine, slow_query_threshold=0.0)
     with engine.connect() as conn:
         conn.execute(text("SELECT :v"), {"v": SECRET})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,20 +75,10 @@ def test_bad_arguments_name_the_value() -> None:
         stats.top(3, by="median")  # type: ignore[arg-type]
 
 
-_engines: list[Engine] = []
-
-
-@pytest.fixture(autouse=True)
-def _dispose() -> Iterator[None]:
-    yield
-    while _engines:
-        _engines.pop().dispose()
-
-
 @pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Engine:
+def sqlite_engine(sync_engines: list[Engine], tmp_path: Path) -> Engine:
     engine = create_engine(f"sqlite:///{tmp_path / 's.sqlite'}")
-    _engines.append(engine)
+    sync_engines.append(engine)
     metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(items.insert(), [{"id": i, "v": i} for i in range(1, 101)])
@@ -147,10 +136,10 @@ def test_lru_cap_keeps_the_most_recent_statements(sqlite_engine: Engine) -> None
     assert [f"AS c{i} " in s for i, s in zip(range(15, 20), kept, strict=True)] == [True] * 5
 
 
-def test_concurrent_threads_lose_no_count(tmp_path: Path) -> None:
+def test_concurrent_threads_lose_no_count(sync_engines: list[Engine], tmp_path: Path) -> None:
     """8 threads x 300 statements on one engine: exactly 2400 calls are counted."""
     engine = create_engine(f"sqlite:///{tmp_path / 't.sqlite'}", pool_size=8)
-    _engines.append(engine)
+    sync_engines.append(engine)
     metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(items.insert(), [{"id": 1, "v": 1}])
