@@ -56,6 +56,11 @@ class AutosizeDecision:
         at: ``time.monotonic()`` of the decision.
         previous, size: pool size before and after.
         reason: what was measured, in words.
+
+    Example::
+
+        for d in sizer.decisions:
+            print(f"{d.previous} -> {d.size}: {d.reason}")
     """
 
     at: float

@@ -1,18 +1,22 @@
 """Leak detection: connections held longer than ``instrument(..., leak_threshold=SECONDS)``.
 
-At checkout the instrumentation notes the time, the holder (the asyncio task's
-name, else the thread's) and the application frames of the checkout site. A
+At checkout the instrumentation notes the time, the holder (the asyncio task,
+else the thread) and the checkout site (the first application frame). A
 daemon thread scans the connections still out; one held past the threshold is
 reported once, *while it is still held*, on the logger
-``sqlalchemy_resilience.pool``::
+``sqlalchemy_resilience.pool``, with where the holder is now::
 
-    connection held for 5.210 s (leak_threshold 5.0 s) by task 'handler-17', checked out at
+    connection held for 5.210 s (leak_threshold 5 s) by task 'handler-17', checked out at
       app/orders.py:42 in export_all
+    the holder is now at
+      app/orders.py:57 in export_all
       app/web.py:88 in handle
 
 and, if it comes back, a second record says after how long. ``extra`` keys:
 ``sqlalchemy_resilience.held_for`` (seconds), ``sqlalchemy_resilience.holder``,
-``sqlalchemy_resilience.checkout_stack`` (list of ``"path:LINE in function"``),
+``sqlalchemy_resilience.checkout_stack`` (the checkout site, as a list of
+``"path:LINE in function"``), ``sqlalchemy_resilience.holder_stack`` (the
+holder's application frames at report time, innermost first),
 ``sqlalchemy_resilience.pool_name`` and ``sqlalchemy_resilience.returned``.
 A connection returned before the threshold is never reported.
 """
@@ -105,8 +109,11 @@ class LeakDetector(Ticker):
 
     def checked_out(self, record: Any) -> None:
         """Note a checkout (called from the checkout path)."""
+        # Only the checkout site (the first application frame) is captured
+        # here: walking further costs every checkout microseconds. Where the
+        # holder is *now* is looked up when a report is written.
         self.held[id(record)] = _Hold(
-            self._clock(), _holder(), self._call_sites.stack(from_parent=self.is_async)
+            self._clock(), _holder(), self._call_sites.stack(1, from_parent=self.is_async)
         )
 
     def checked_in(self, record: Any) -> None:
@@ -138,19 +145,24 @@ class LeakDetector(Ticker):
             hold.reported = True
             self.reported += 1
             try:
-                stack = self._call_sites.format_stack(hold._stack)
+                extra = self._extra(hold, held_for, returned=False)
+                checkout = self._call_sites.format_stack(hold._stack)
+                current = self._call_sites.now_stack(hold.holder_object)
+                extra["sqlalchemy_resilience.holder_stack"] = current
                 pool_logger.warning(
-                    "connection held for %.3f s (leak_threshold %.3g s) by %s, checked out at\n%s",
+                    "connection held for %.3f s (leak_threshold %.3g s) by %s, checked out at\n%s"
+                    "\nthe holder is now at\n%s",
                     held_for,
                     self.threshold,
                     hold.holder,
-                    "\n".join(f"  {line}" for line in stack) or "  <no application frame>",
-                    extra=self._extra(hold, held_for, returned=False),
+                    "\n".join(f"  {line}" for line in checkout) or "  <no application frame>",
+                    "\n".join(f"  {line}" for line in current) or "  <no application frame>",
+                    extra=extra,
                 )
             except Exception:
                 _log.exception("sqlalchemy_resilience: leak report failed")
 
-    def _extra(self, hold: _Hold, held_for: float, *, returned: bool) -> dict[str, Any]:
+    def _extra(self, hold: _Hold, held_for: float, *, returned: bool) -> dict[str, object]:
         return {
             "sqlalchemy_resilience.held_for": held_for,
             "sqlalchemy_resilience.holder": hold.holder,

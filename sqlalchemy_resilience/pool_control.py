@@ -224,6 +224,11 @@ class ResizeResult:
         previous_size, previous_max_overflow: the settings before.
         closed: surplus idle connections closed by a shrink.
         opened: connections opened at once for requests that were waiting.
+
+    Example::
+
+        result = await resize_pool(engine, size=20)
+        log.info("pool %d -> %d, %d opened for waiters", result.previous_size, result.size, result.opened)
     """
 
     size: int
@@ -340,6 +345,12 @@ class MaintenanceReport:
         dead: pings that failed.
         opened: connections opened to reach ``min_size``.
         skipped: True when the pass did nothing because requests were waiting.
+
+    Example::
+
+        report = await maintainer.arun_once()
+        if report.dead:
+            log.warning("%d idle connections were dead and replaced", report.dead)
     """
 
     pinged: int = 0

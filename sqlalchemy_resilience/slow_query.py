@@ -189,8 +189,9 @@ class CallSites:
         found = self._first_app_frame(sys._current_frames().get(ident))
         return self.format(found) if found is not None else None
 
-    def of_task(self, task: asyncio.Task[Any]) -> str | None:
-        """The call site of a suspended task: the innermost app coroutine in its await chain."""
+    @staticmethod
+    def _task_frames(task: asyncio.Task[Any]) -> list[FrameType]:
+        """The frames of a suspended task's await chain, outermost first."""
         frames: list[FrameType] = []
         awaitable: Any = task.get_coro()
         for _ in range(1000):
@@ -209,16 +210,32 @@ class CallSites:
                 or getattr(awaitable, "gi_yieldfrom", None)
                 or getattr(awaitable, "ag_await", None)
             )
+        return frames
+
+    def of_task(self, task: asyncio.Task[Any]) -> str | None:
+        """The call site of a suspended task: the innermost app coroutine in its await chain."""
         # Outermost first: the app's frame is the last one before the chain
         # enters SQLAlchemy (beyond it lie SQLAlchemy and the driver).
         candidate: FrameType | None = None
-        for frame in frames:
+        for frame in self._task_frames(task):
             name = str(frame.f_globals.get("__name__", ""))
             if name == "sqlalchemy" or name.startswith("sqlalchemy."):
                 break
             if not self._library(frame):
                 candidate = frame
         return self.format(candidate) if candidate is not None else None
+
+    def now_stack(self, holder: object, limit: int = 8) -> list[str]:
+        """Where a task or thread is now: its application frames, innermost first, formatted."""
+        frames: list[FrameType] = []
+        if isinstance(holder, asyncio.Task):
+            frames = list(reversed(self._task_frames(holder)))
+        elif isinstance(holder, threading.Thread) and holder.ident is not None:
+            frame = sys._current_frames().get(holder.ident)
+            while frame is not None and len(frames) < 256:
+                frames.append(frame)
+                frame = frame.f_back
+        return [self.format(f) for f in frames if not self._library(f)][:limit]
 
 
 class InFlight:

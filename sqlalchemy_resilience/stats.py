@@ -133,6 +133,11 @@ class StatementStats:
         rows: rows affected or returned, where the driver reports a count.
         total, mean, min, max, p50, p95, p99: durations of all calls.
         call_sites: sampled call sites and their counts (``stats_call_sites=True`` only).
+
+    Example::
+
+        worst = instr.stats.top(1, by="p99")[0]
+        print(worst.statement, worst.calls, worst.p99, worst.errors)
     """
 
     statement: str

@@ -159,6 +159,8 @@ async def test_leak_is_reported_while_held_and_on_return(
     stack = held.__dict__["sqlalchemy_resilience.checkout_stack"]
     assert stack[0].startswith("tests/test_pool.py:") and stack[0].endswith(" in holds_too_long")
     assert "in holds_too_long" in held.getMessage()
+    # Where the holder is at report time: still inside holds_too_long, sleeping.
+    assert held.__dict__["sqlalchemy_resilience.holder_stack"][0].endswith(" in holds_too_long")
     assert returned.__dict__["sqlalchemy_resilience.returned"] is True
     assert returned.__dict__["sqlalchemy_resilience.held_for"] >= 0.9
     assert instr.suspected_leaks == 0
@@ -186,6 +188,7 @@ def test_leak_on_a_sync_engine_names_the_thread(
     held = next(r for r in caplog.records if r.name == POOL_LOGGER)
     assert held.__dict__["sqlalchemy_resilience.holder"] == "thread 'reports-1'"
     assert held.__dict__["sqlalchemy_resilience.checkout_stack"][0].endswith(" in report_builder")
+    assert held.__dict__["sqlalchemy_resilience.holder_stack"][0].endswith(" in report_builder")
 
 
 # -- warm-up -------------------------------------------------------------------------------
