@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -33,6 +34,8 @@ from sqlalchemy_resilience import (
 )
 
 from .pgharness import PgServer
+
+health_module = importlib.import_module("sqlalchemy_resilience.health")
 
 POOL_LOGGER = "sqlalchemy_resilience.pool"
 
@@ -86,7 +89,7 @@ async def test_pool_timeout_is_pool_exhausted_on_time(
         with pytest.raises(PoolExhausted) as info:
             await engine.connect()
         elapsed = time.monotonic() - start
-        assert 0.45 <= elapsed <= 0.6
+        assert 0.45 <= elapsed <= 0.75  # 0.5 s, with slack for a loaded CI machine
         assert "size=2" in str(info.value) and "checkedout=2" in str(info.value)
         assert info.value.retryable
         for conn in held:
@@ -459,10 +462,10 @@ async def test_health_check_never_hangs_on_a_frozen_server(fault_server: PgServe
             elapsed = time.monotonic() - start
             assert report.status == "unhealthy"
             assert report.error == "HealthCheckTimeout"
-            assert 0.45 <= elapsed < 1.0
+            assert 0.45 <= elapsed < 2.0  # bounded by the timeout (0.5 s), with slack
             start = time.monotonic()
             sync_report = await asyncio.to_thread(health_check, sync_engine, timeout=0.5)
-            assert time.monotonic() - start < 1.0
+            assert time.monotonic() - start < 2.0
             assert sync_report.status == "unhealthy"
         for _ in range(100):
             if (await health_check(async_engine, timeout=2)).status == "healthy":
@@ -470,6 +473,15 @@ async def test_health_check_never_hangs_on_a_frozen_server(fault_server: PgServe
             await asyncio.sleep(0.05)
         assert (await health_check(async_engine, timeout=2)).status == "healthy"
     finally:
+        # The abandoned probes finish once the server runs again; let them
+        # return their connections before the engines are disposed.
+        for thread in threading.enumerate():
+            if thread.name == "sqlalchemy-resilience-health":
+                await asyncio.to_thread(thread.join, 30)
+        for _ in range(600):
+            if not health_module._abandoned:
+                break
+            await asyncio.sleep(0.05)
         await async_engine.dispose()
         sync_engine.dispose()
 
