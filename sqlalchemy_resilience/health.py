@@ -21,7 +21,6 @@ dead idle connection tries once more on a fresh one within the same deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections.abc import Coroutine, Mapping
@@ -343,7 +342,4 @@ def _report(
 
 def _scrub(text_: str, engine: Engine) -> str:
     password = engine.url.password
-    if password:
-        with contextlib.suppress(Exception):
-            text_ = text_.replace(str(password), "***")
-    return text_
+    return text_.replace(str(password), "***") if password else text_

@@ -361,8 +361,7 @@ class Instrumentation:
             return self.pool.waiting
         gauges = self.pool.gauges()
         if which == "idle_max":
-            size = gauges["pool_size"]
-            return size if size is not None else None
+            return gauges["pool_size"]  # type: ignore[no-any-return]
         if which == "idle_min":
             return self.min_size
         return gauges["pool_max"]  # type: ignore[no-any-return]

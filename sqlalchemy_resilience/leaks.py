@@ -116,12 +116,8 @@ class LeakDetector(Ticker):
             self._clock(), _holder(), self._call_sites.stack(1, from_parent=self.is_async)
         )
 
-    def checked_in(self, record: Any) -> None:
-        """Note a checkin; report the return of a connection reported as leaked."""
-        self.returned(id(record))
-
     def returned(self, key: int) -> None:
-        """Note the checkin of the record with ``id()`` ``key`` (the hot path's form)."""
+        """Note the checkin of the record with ``id()`` ``key``; report it if it was reported as leaked."""
         hold = self.held.pop(key, None)
         if hold is None or not hold.reported:
             return

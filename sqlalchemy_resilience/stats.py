@@ -88,13 +88,6 @@ INV_LOG_BASE = 1.0 / math.log(_BASE)
 ZERO_BUCKET = -(2**31)
 
 
-def bucket_of(seconds: float) -> int:
-    """The histogram bucket index of a duration (seconds); non-positive durations share one."""
-    if seconds <= 0.0:
-        return ZERO_BUCKET
-    return math.floor(math.log(seconds) * INV_LOG_BASE)
-
-
 def percentiles_of(
     buckets: dict[int, int], count: int, lo: float, hi: float, quantiles: tuple[float, ...]
 ) -> list[float]:
@@ -219,10 +212,6 @@ class _Entry:
         self.buckets: dict[int, int] = {}
         self.call_sites: dict[str, int] | None = None
 
-    @property
-    def key(self) -> str:
-        return self.statement
-
     def freeze(self) -> StatementStats:
         p50, p95, p99 = percentiles_of(
             self.buckets, self.calls, self.min, self.max, (0.50, 0.95, 0.99)
@@ -274,7 +263,7 @@ class QueryStats:
             raise ValueError(f"max_statements must be >= 1, got {max_statements!r}")
         self.max_statements = max_statements
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._pending: deque[tuple[Any, float, int]] = deque()
+        self._pending: deque[tuple[StatementKey, float, int]] = deque()
         self._lock = threading.Lock()
         self._counters = _Counters()
 
@@ -299,16 +288,16 @@ class QueryStats:
             rows: rows affected or returned (negative: unknown).
             error: the error class name when the execution failed.
         """
+        self._pending.append((StatementKey(statement, operation, collection), duration, rows))
         if error is None:
-            self._pending.append((StatementKey(statement, operation, collection), duration, rows))
             if len(self._pending) >= PENDING_LIMIT:
                 self.flush()
             return
         with self._lock:
             self._flush_locked()
-            entry = self._entry_locked(StatementKey(statement, operation, collection))
-            self._pending.append((entry, duration, rows))
-            self._flush_locked()
+            entry = self._entries.get(statement)
+            if entry is None:  # evicted by executions folded in after this one
+                return
             errors = entry.errors
             if errors is None:
                 errors = entry.errors = {}
@@ -318,12 +307,6 @@ class QueryStats:
         """Fold the buffered executions into the entries (readers call it for you)."""
         with self._lock:
             self._flush_locked()
-
-    def _entry_locked(self, key: StatementKey) -> _Entry:
-        entry = self._entries.get(key.key)
-        if entry is None:
-            entry = self._new_entry(key.key, key.operation, key.collection)
-        return entry
 
     def _flush_locked(self) -> None:
         # Executions are appended to a deque without a lock on the hot path

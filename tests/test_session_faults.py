@@ -9,11 +9,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy, instrument, run_transaction
@@ -38,6 +43,17 @@ def syncrep(fault_server: PgServer) -> Iterator[PgServer]:
         fault_server.execute("ALTER SYSTEM RESET synchronous_standby_names")
         fault_server.execute("ALTER SYSTEM RESET synchronous_commit")
         fault_server.execute("SELECT pg_reload_conf()")
+
+
+@pytest.fixture
+async def ledger(syncrep: PgServer, pg_driver: str) -> AsyncIterator[AsyncEngine]:
+    """An instrumented AsyncEngine on the database whose sync COMMITs stall (disposed afterwards)."""
+    engine = create_async_engine(syncrep.app_url("faults", driver=pg_driver))
+    instrument(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 def _kill_first_syncrep_waiter(server: PgServer) -> int:
@@ -89,11 +105,9 @@ async def test_unknown_commit_is_never_retried_blindly(
 
 
 async def test_idempotent_work_is_retried_after_unknown_commit(
-    syncrep: PgServer, pg_driver: str
+    syncrep: PgServer, ledger: AsyncEngine
 ) -> None:
     """Declared idempotent (ON CONFLICT DO NOTHING on its key), the work is re-run and lands exactly once."""
-    engine = create_async_engine(syncrep.app_url("faults", driver=pg_driver))
-    instrument(engine)
     key = uuid.uuid4()
     attempts = 0
 
@@ -106,23 +120,20 @@ async def test_idempotent_work_is_retried_after_unknown_commit(
             text("INSERT INTO ledger VALUES (:k) ON CONFLICT (k) DO NOTHING"), {"k": key}
         )
 
-    try:
-        killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
-        await run_transaction(async_sessionmaker(engine), work, retry=FAST, idempotent=True)
-        await killer
-    finally:
-        await engine.dispose()
+    killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
+    await run_transaction(async_sessionmaker(ledger), work, retry=FAST, idempotent=True)
+    await killer
     assert attempts == 2
     assert _rows(syncrep, key) == 1
 
 
-async def test_idempotency_key_resolves_unknown_commit(syncrep: PgServer, pg_driver: str) -> None:
+async def test_idempotency_key_resolves_unknown_commit(
+    syncrep: PgServer, ledger: AsyncEngine
+) -> None:
     """With an idempotency key, the retry after a lost COMMIT finds the key: the first attempt's result is returned, the work ran once."""
     from sqlalchemy_resilience.schema import metadata
 
-    engine = create_async_engine(syncrep.app_url("faults", driver=pg_driver))
-    instrument(engine)
-    async with engine.begin() as conn:
+    async with ledger.begin() as conn:
         await conn.run_sync(metadata.create_all)
     key = uuid.uuid4()
     attempts = 0
@@ -134,18 +145,15 @@ async def test_idempotency_key_resolves_unknown_commit(syncrep: PgServer, pg_dri
         await session.execute(text("INSERT INTO ledger VALUES (:k)"), {"k": key})
         return f"applied by attempt {attempts}"
 
-    try:
-        killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
-        result = await run_transaction(
-            async_sessionmaker(engine), work, retry=FAST, idempotency_key=f"req-{key}"
+    killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
+    result = await run_transaction(
+        async_sessionmaker(ledger), work, retry=FAST, idempotency_key=f"req-{key}"
+    )
+    await killer
+    with pytest.raises(sr.AlreadyApplied) as again:
+        await run_transaction(
+            async_sessionmaker(ledger), work, retry=FAST, idempotency_key=f"req-{key}"
         )
-        await killer
-        with pytest.raises(sr.AlreadyApplied) as again:
-            await run_transaction(
-                async_sessionmaker(engine), work, retry=FAST, idempotency_key=f"req-{key}"
-            )
-    finally:
-        await engine.dispose()
     assert result == "applied by attempt 1"
     assert attempts == 1
     assert _rows(syncrep, key) == 1
@@ -153,10 +161,10 @@ async def test_idempotency_key_resolves_unknown_commit(syncrep: PgServer, pg_dri
     assert again.value.user_message("ja") == "このリクエストは既に処理されています。"
 
 
-async def test_attempt_timeout_during_commit_is_unknown(syncrep: PgServer, pg_driver: str) -> None:
+async def test_attempt_timeout_during_commit_is_unknown(
+    syncrep: PgServer, ledger: AsyncEngine
+) -> None:
     """attempt_timeout expiring while COMMIT waits (SyncRep) gives CommitOutcomeUnknown, never a blind retry."""
-    engine = create_async_engine(syncrep.app_url("faults", driver=pg_driver))
-    instrument(engine)
     key = uuid.uuid4()
     attempts = 0
 
@@ -167,12 +175,9 @@ async def test_attempt_timeout_during_commit_is_unknown(syncrep: PgServer, pg_dr
         await session.execute(text("INSERT INTO ledger VALUES (:k)"), {"k": key})
 
     started = asyncio.get_running_loop().time()
-    try:
-        with pytest.raises(sr.CommitOutcomeUnknown) as info:
-            await run_transaction(async_sessionmaker(engine), work, retry=FAST, attempt_timeout=0.5)
-        elapsed = asyncio.get_running_loop().time() - started
-    finally:
-        await engine.dispose()
+    with pytest.raises(sr.CommitOutcomeUnknown) as info:
+        await run_transaction(async_sessionmaker(ledger), work, retry=FAST, attempt_timeout=0.5)
+    elapsed = asyncio.get_running_loop().time() - started
     assert attempts == 1
     assert "attempt_timeout" in str(info.value)
     assert 0.45 <= elapsed < 4.0
@@ -209,11 +214,9 @@ async def test_attempt_timeout_retries_a_stuck_statement(
 
 
 async def test_resolver_reports_a_lost_commit_that_committed(
-    syncrep: PgServer, pg_driver: str
+    syncrep: PgServer, ledger: AsyncEngine
 ) -> None:
     """resolve_commit_outcome: COMMIT lost in the SyncRep wait; pg_xact_status says committed; fn ran once."""
-    engine = create_async_engine(syncrep.app_url("faults", driver=pg_driver))
-    instrument(engine)
     key = uuid.uuid4()
     attempts = 0
 
@@ -224,14 +227,11 @@ async def test_resolver_reports_a_lost_commit_that_committed(
         await session.execute(text("INSERT INTO ledger VALUES (:k)"), {"k": key})
         return "booked"
 
-    try:
-        killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
-        result = await run_transaction(
-            async_sessionmaker(engine), work, retry=FAST, resolve_commit_outcome=True
-        )
-        await killer
-    finally:
-        await engine.dispose()
+    killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
+    result = await run_transaction(
+        async_sessionmaker(ledger), work, retry=FAST, resolve_commit_outcome=True
+    )
+    await killer
     assert result == "booked"
     assert attempts == 1
     assert _rows(syncrep, key) == 1
