@@ -13,12 +13,6 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .autosize import AutosizeDecision as AutosizeDecision
-from .autosize import PoolAutosizer as PoolAutosizer
-from .breaker import BreakerState as BreakerState
-from .breaker import BreakerTransition as BreakerTransition
-from .breaker import CircuitBreaker as CircuitBreaker
-from .breaker import is_infrastructure_failure as is_infrastructure_failure
 from .errors import AlreadyApplied as AlreadyApplied
 from .errors import AuthenticationFailed as AuthenticationFailed
 from .errors import CheckViolation as CheckViolation
@@ -45,28 +39,34 @@ from .errors import SerializationFailure as SerializationFailure
 from .errors import TooManyConnections as TooManyConnections
 from .errors import TransactionConflict as TransactionConflict
 from .errors import UniqueViolation as UniqueViolation
-from .health import HealthReport as HealthReport
-from .health import health_check as health_check
-from .instrument import Instrumentation as Instrumentation
-from .instrument import instrument as instrument
-from .instrument import instrumentation_of as instrumentation_of
-from .instrument import translate_error as translate_error
-from .messages import register_messages as register_messages
+from .errors import register_messages as register_messages
+from .errors import translate_error as translate_error
+from .instrumentation import Instrumentation as Instrumentation
+from .instrumentation import instrument as instrument
+from .instrumentation import instrumentation_of as instrumentation_of
+from .observe import QueryStats as QueryStats
+from .observe import StatementStats as StatementStats
+from .observe import normalize_statement as normalize_statement
+from .pool import AutosizeDecision as AutosizeDecision
+from .pool import HealthReport as HealthReport
+from .pool import MaintenanceReport as MaintenanceReport
+from .pool import PoolAutosizer as PoolAutosizer
+from .pool import PoolMaintainer as PoolMaintainer
+from .pool import ResizeResult as ResizeResult
+from .pool import health_check as health_check
 from .pool import pool_stats as pool_stats
-from .pool_control import MaintenanceReport as MaintenanceReport
-from .pool_control import PoolMaintainer as PoolMaintainer
-from .pool_control import ResizeResult as ResizeResult
-from .pool_control import resize_pool as resize_pool
-from .pool_control import warm_up as warm_up
+from .pool import resize_pool as resize_pool
+from .pool import warm_up as warm_up
+from .retry import BreakerState as BreakerState
+from .retry import BreakerTransition as BreakerTransition
+from .retry import CircuitBreaker as CircuitBreaker
+from .retry import ResilientAsyncSession as ResilientAsyncSession
 from .retry import RetryBudget as RetryBudget
 from .retry import RetryPolicy as RetryPolicy
-from .session import ResilientAsyncSession as ResilientAsyncSession
-from .session import resilient_sessionmaker as resilient_sessionmaker
-from .session import run_transaction as run_transaction
-from .session import run_transaction_sync as run_transaction_sync
-from .stats import QueryStats as QueryStats
-from .stats import StatementStats as StatementStats
-from .stats import normalize_statement as normalize_statement
+from .retry import is_infrastructure_failure as is_infrastructure_failure
+from .retry import resilient_sessionmaker as resilient_sessionmaker
+from .retry import run_transaction as run_transaction
+from .retry import run_transaction_sync as run_transaction_sync
 
 try:
     __version__ = version("sqlalchemy-resilience")

@@ -12,7 +12,7 @@ import pytest
 
 from sqlalchemy_resilience import __version__
 from sqlalchemy_resilience.cli import main
-from sqlalchemy_resilience.demo import run_demo
+from sqlalchemy_resilience.cli.demo import run_demo
 
 from .pgharness import PgServer
 

@@ -134,7 +134,7 @@ def test_observation_failures_never_reach_the_app(
     db: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A failing observation hook is logged once and the statement's result is unaffected."""
-    module = importlib.import_module("sqlalchemy_resilience.instrument")
+    module = importlib.import_module("sqlalchemy_resilience.observe.facts")
 
     def broken(statement: str) -> str:
         raise RuntimeError("normalizer bug")

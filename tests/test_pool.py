@@ -35,7 +35,7 @@ from sqlalchemy_resilience import (
 
 from .pgharness import PgServer
 
-health_module = importlib.import_module("sqlalchemy_resilience.health")
+health_module = importlib.import_module("sqlalchemy_resilience.pool.health")
 
 POOL_LOGGER = "sqlalchemy_resilience.pool"
 

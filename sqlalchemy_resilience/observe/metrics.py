@@ -26,23 +26,43 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-from ._version import __version__
+from sqlalchemy_resilience._version import __version__
 
-if TYPE_CHECKING:
-    from .instrument import Instrumentation
-
-__all__ = ["MeterSet", "meter_set_for"]
+__all__ = ["POOL_NAME", "MeterSet", "PoolGaugeSource", "meter_set_for"]
 
 # The semantic conventions' advisory buckets for db.client.operation.duration.
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 POOL_TIME_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 
 POOL_NAME = "db.client.connection.pool.name"
+
+
+class PoolGaugeSource(Protocol):
+    """One engine's pool as the observed gauges read it (the pool monitor)."""
+
+    name: str
+
+    @property
+    def attached(self) -> bool:
+        """Whether the engine is still instrumented (a detached one stops being observed)."""
+        ...
+
+    def gauges(self) -> dict[str, Any]:
+        """Size, in use, idle, overflow, max and waiting, read now."""
+        ...
+
+    def limit(self, which: str) -> int | None:
+        """``idle_max``, ``idle_min``, ``max`` or ``pending``."""
+        ...
+
+    def log_own_failure(self, what: str) -> None:
+        """Log a failure of this observation once."""
+        ...
 
 
 class MeterSet:
@@ -54,7 +74,7 @@ class MeterSet:
             if provider is not None
             else metrics.get_meter("sqlalchemy_resilience", __version__)
         )
-        self.sources: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
+        self.sources: weakref.WeakSet[PoolGaugeSource] = weakref.WeakSet()
         self.operation_duration = meter.create_histogram(
             "db.client.operation.duration",
             unit="s",
@@ -115,18 +135,18 @@ class MeterSet:
             description="The number of current pending requests for an open connection.",
         )
 
-    def _live(self) -> list[Instrumentation]:
-        return [instr for instr in list(self.sources) if instr.attached]
+    def _live(self) -> list[PoolGaugeSource]:
+        return [source for source in list(self.sources) if source.attached]
 
     def _observe_count(self, options: CallbackOptions) -> Iterable[Observation]:
         observations: list[Observation] = []
-        for instr in self._live():
+        for source in self._live():
             try:
-                gauges = instr.pool.gauges()
+                gauges = source.gauges()
             except Exception:  # observability never raises into the SDK's collection
-                instr._log_own_failure("pool gauges")
+                source.log_own_failure("pool gauges")
                 continue
-            name = instr.pool.name
+            name = source.name
             observations.append(
                 Observation(
                     gauges["connections_idle"],
@@ -144,14 +164,14 @@ class MeterSet:
     def _gauge(self, which: str) -> Any:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             observations: list[Observation] = []
-            for instr in self._live():
+            for source in self._live():
                 try:
-                    value = instr.pool_limit(which)
+                    value = source.limit(which)
                 except Exception:
-                    instr._log_own_failure(f"pool {which}")
+                    source.log_own_failure(f"pool {which}")
                     continue
                 if value is not None:
-                    observations.append(Observation(value, {POOL_NAME: instr.pool.name}))
+                    observations.append(Observation(value, {POOL_NAME: source.name}))
             return observations
 
         return callback

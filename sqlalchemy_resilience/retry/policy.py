@@ -30,9 +30,9 @@ from typing import Any
 
 import tenacity
 
-from ._config import TEST_MODE
-from ._time import Seconds, to_seconds
-from .errors import (
+from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
+from sqlalchemy_resilience._util.testmode import TEST_MODE
+from sqlalchemy_resilience.errors.hierarchy import (
     CircuitOpenError,
     CommitOutcomeUnknown,
     LockNotAvailable,
@@ -40,18 +40,13 @@ from .errors import (
     ResilienceError,
     RetryExhausted,
 )
+from sqlalchemy_resilience.errors.translate import translate_error
 
 __all__ = ["RetryBudget", "RetryPolicy", "default_retry_on"]
 
 _DENIAL_LOG_INTERVAL = 5.0
 
 _log = logging.getLogger("sqlalchemy_resilience.retry")
-
-
-def _translated(exc: BaseException) -> BaseException:
-    from .instrument import translate_error
-
-    return translate_error(exc)
 
 
 def default_retry_on(exc: BaseException) -> bool:
@@ -68,7 +63,7 @@ def default_retry_on(exc: BaseException) -> bool:
     """
     if not isinstance(exc, Exception):
         return False
-    err = _translated(exc)
+    err = translate_error(exc)
     if isinstance(err, (CircuitOpenError, CommitOutcomeUnknown, RetryExhausted)):
         return False
     return isinstance(err, ResilienceError) and err.retryable
@@ -278,7 +273,7 @@ class RetryPolicy:
         """
         if not isinstance(exc, Exception):
             return False  # cancellation and exits always propagate
-        err = _translated(exc)
+        err = translate_error(exc)
         if isinstance(err, (CircuitOpenError, RetryExhausted)):
             return False
         if isinstance(err, CommitOutcomeUnknown):

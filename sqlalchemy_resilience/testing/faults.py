@@ -1,19 +1,6 @@
-"""Helpers for your own tests: a test mode, and fault injection on any engine.
+"""Fault injection on any engine: the Nth matching statement fails as a real database would.
 
-**Test mode** makes retries instant (no backoff), caps attempts and turns
-circuit breakers off (they admit every call and record nothing), so a test of
-code that uses :func:`~sqlalchemy_resilience.run_transaction` neither sleeps
-nor trips a breaker left over from another test::
-
-    from sqlalchemy_resilience.testing import set_testing
-
-    @pytest.fixture(autouse=True)
-    def _resilience_test_mode():
-        set_testing(True, attempts=2)
-        yield
-        set_testing(False)
-
-**Fault injection** makes the Nth matching statement of an engine fail the way
+Fault injection makes the Nth matching statement of an engine fail the way
 a real database would, through the driver, so SQLAlchemy's own handling
 (disconnect detection, invalidation, ``handle_error``) and this package's
 translation see a genuine failure::
@@ -29,9 +16,7 @@ statement is sent), ``serialization_failure`` (40001), ``deadlock`` (40P01),
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Literal
 
@@ -39,16 +24,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._config import TEST_MODE
+from sqlalchemy_resilience.core.engines import sync_engine
 
-__all__ = [
-    "FaultInjector",
-    "FaultKind",
-    "in_test_mode",
-    "inject_fault",
-    "is_testing",
-    "set_testing",
-]
+__all__ = ["FaultInjector", "FaultKind", "inject_fault"]
 
 FaultKind = Literal[
     "disconnect",
@@ -85,42 +63,6 @@ _SQLITE_FAULTS: dict[str, tuple[int, str, str]] = {
     "busy_snapshot": (517, "SQLITE_BUSY_SNAPSHOT", "database is locked"),
     "serialization_failure": (517, "SQLITE_BUSY_SNAPSHOT", "database is locked"),
 }
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def set_testing(enabled: bool, *, attempts: int = 3) -> None:
-    """Turn test mode on or off for the whole process.
-
-    Args:
-        enabled: on or off.
-        attempts: the most attempts any retry makes while on (>= 1).
-    """
-    flag: object = enabled  # untyped callers: check at run time
-    if not isinstance(flag, bool):
-        raise TypeError(f"enabled must be True or False, got {enabled!r}")
-    if not _positive_int(attempts):
-        raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
-    TEST_MODE.enabled = enabled
-    TEST_MODE.attempts = attempts
-
-
-def is_testing() -> bool:
-    """Whether test mode is on."""
-    return TEST_MODE.enabled
-
-
-@contextlib.contextmanager
-def in_test_mode(*, attempts: int = 3) -> Iterator[None]:
-    """Test mode for the block, restoring the previous setting afterwards."""
-    previous = (TEST_MODE.enabled, TEST_MODE.attempts)
-    set_testing(True, attempts=attempts)
-    try:
-        yield
-    finally:
-        TEST_MODE.enabled, TEST_MODE.attempts = previous
 
 
 def _pg_error(dialect: Any, kind: str) -> BaseException:
@@ -178,18 +120,16 @@ class FaultInjector:
         times: int = 1,
         match: str | None = None,
     ) -> None:
-        sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
-        given: object = sync
-        if not isinstance(given, Engine):
-            raise TypeError(f"engine must be an Engine or AsyncEngine, got {type(engine).__name__}")
+        sync = sync_engine(engine)
         name = sync.dialect.name
         allowed = ["disconnect", *(_PG_FAULTS if name == "postgresql" else _SQLITE_FAULTS)]
         if name not in ("postgresql", "sqlite") or fault not in allowed:
             raise ValueError(
                 f"fault {fault!r} is not available on {name}; choose one of {sorted(allowed)}"
             )
-        for label, value in (("nth", nth), ("times", times)):
-            if not _positive_int(value):
+        counts: tuple[tuple[str, object], ...] = (("nth", nth), ("times", times))
+        for label, value in counts:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{label} must be an int >= 1, got {value!r}")
         if match is not None and not isinstance(match, str):
             raise TypeError(f"match must be a string or None, got {match!r}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 
@@ -47,7 +46,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             raise SystemExit(f"--url is not a SQLAlchemy URL: {type(exc).__name__}") from None
         return run_demo(url)
     if args.embedded_postgres:
-        from .embedded import EmbeddedPostgres, EmbeddedPostgresError
+        from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
         driver = _embedded_driver()
         try:
@@ -70,8 +69,8 @@ def _cmd_health(args: argparse.Namespace) -> int:
     from sqlalchemy import create_engine
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from .health import HealthReport, health_check
-    from .instrument import instrument
+    from sqlalchemy_resilience.instrumentation import instrument
+    from sqlalchemy_resilience.pool import HealthReport, health_check
 
     try:
         url = make_url(args.url)
@@ -113,7 +112,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
-    from . import __version__
+    from sqlalchemy_resilience._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="sqlalchemy-resilience",
@@ -156,7 +155,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -8,7 +8,7 @@ Japanese.
 
 Example::
 
-    from sqlalchemy_resilience.demo import run_demo
+    from sqlalchemy_resilience.cli.demo import run_demo
     exit_code = run_demo("sqlite:///demo.db")
 """
 
@@ -41,9 +41,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from .embedded import EmbeddedPostgres
-from .errors import DatabaseFailure, ResilienceError
-from .instrument import instrument
+from sqlalchemy_resilience.errors import DatabaseFailure, ResilienceError
+from sqlalchemy_resilience.instrumentation import instrument
+from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 
 __all__ = ["DemoStep", "run_demo"]
 
@@ -272,18 +272,18 @@ def run_demo(
     print(f"\n{good}/{len(steps)} failures arrived as the expected typed error.", file=out)
     retry_ok = True
     if is_sqlite and parsed.database:
-        from .demo_retry import sqlite_busy_tour
+        from .retry import sqlite_busy_tour
 
         retry_ok = sqlite_busy_tour(parsed, out)
     elif server is not None and parsed.get_dialect().is_async:
         import asyncio
 
-        from .demo_retry import restart_tour
+        from .retry import restart_tour
 
         retry_ok = asyncio.run(restart_tour(server, parsed, out))
     import asyncio
 
-    from .demo_observe import observability_tour
+    from .observe import observability_tour
 
     observe_ok = asyncio.run(observability_tour(parsed, out))
     return 0 if good == len(steps) and retry_ok and observe_ok else 1

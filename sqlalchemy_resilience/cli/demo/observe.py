@@ -20,11 +20,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from .errors import PoolExhausted
-from .health import health_check
-from .instrument import instrument
-from .pool import pool_stats
-from .pool_control import resize_pool, warm_up
+from sqlalchemy_resilience.errors import PoolExhausted
+from sqlalchemy_resilience.instrumentation import instrument
+from sqlalchemy_resilience.pool import health_check, pool_stats, resize_pool, warm_up
 
 __all__ = ["observability_tour"]
 

@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._ticker import Ticker
-from .slow_query import CallSites
+from sqlalchemy_resilience._util.background import Ticker
+from sqlalchemy_resilience.core.callsites import CallSites
 
 __all__ = ["LeakDetector", "pool_logger"]
 

@@ -28,12 +28,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.util import greenlet_spawn
-
-if TYPE_CHECKING:
-    from .instrument import Instrumentation
 
 __all__ = ["PlanExplainer"]
 
@@ -56,9 +54,9 @@ class PlanExplainer:
     """Explains slow SELECTs of one engine in the background (see the module docstring)."""
 
     def __init__(
-        self, instr: Instrumentation, *, interval: float, timeout: float = EXPLAIN_TIMEOUT
+        self, engine: Engine, *, interval: float, timeout: float = EXPLAIN_TIMEOUT
     ) -> None:
-        self._engine = instr.engine
+        self._engine = engine
         self.interval = interval
         self.timeout = timeout
         self._lock = threading.Lock()

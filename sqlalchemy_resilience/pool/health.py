@@ -31,11 +31,15 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._time import Seconds, to_seconds
-from .breaker import BreakerState, CircuitBreaker
-from .errors import ConnectionLost
-from .instrument import _sync_engine, instrumentation_of, translate_error
-from .pool import pool_stats
+from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
+from sqlalchemy_resilience.core.engines import sync_engine
+from sqlalchemy_resilience.core.registry import find_part
+from sqlalchemy_resilience.errors.hierarchy import ConnectionLost
+from sqlalchemy_resilience.errors.translate import translate_error
+from sqlalchemy_resilience.retry.breaker import BreakerState, CircuitBreaker
+
+from .checkout import CheckoutObserver
+from .monitor import PoolMonitor, pool_stats
 
 __all__ = ["HealthCheckTimeout", "HealthReport", "HealthStatus", "health_check"]
 
@@ -277,7 +281,7 @@ def _report(
     latency: float | None,
     error: BaseException | None,
 ) -> HealthReport:
-    sync = _sync_engine(engine)
+    sync = sync_engine(engine)
     stats = dict(pool_stats(sync))
     warnings: list[str] = []
     status: HealthStatus = "healthy"
@@ -310,14 +314,16 @@ def _report(
         )
     if stats.get("requests_waiting"):
         warnings.append(f"{stats['requests_waiting']} requests waiting for a connection")
-    instr = instrumentation_of(sync)
-    if instr is not None:
-        timeouts, shed = instr._health_deltas(stats)
+    monitor = find_part(sync, PoolMonitor)
+    if monitor is not None:
+        timeouts, shed = monitor.health_deltas(stats)
         if timeouts:
             warnings.append(f"{timeouts} pool timeouts since the last health check")
         if shed:
             warnings.append(f"{shed} requests refused by max_waiting since the last health check")
-        leaks = instr.suspected_leaks
+        checkouts = find_part(sync, CheckoutObserver)
+        leak_detector = checkouts.leaks if checkouts is not None else None
+        leaks = leak_detector.suspected if leak_detector is not None else 0
         if leaks:
             warnings.append(f"{leaks} connections held past leak_threshold")
         p99 = stats.get("wait_time_p99") or 0.0

@@ -37,11 +37,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
-from ._ticker import Background
-from ._time import Seconds, to_seconds
-from .instrument import _sync_engine, instrumentation_of
-from .pool import _value
-from .pool_control import _int, _queue_pool, _resize
+from sqlalchemy_resilience._util.background import Background
+from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
+from sqlalchemy_resilience.core.engines import sync_engine
+from sqlalchemy_resilience.core.registry import find_part
+
+from .control import int_option, queue_pool_of, resize
+from .monitor import PoolMonitor, _value
 
 __all__ = ["AutosizeDecision", "PoolAutosizer"]
 
@@ -118,20 +120,20 @@ class PoolAutosizer(Background):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
-        self._sync = _sync_engine(engine)
-        self._pool = _queue_pool(self._sync, "PoolAutosizer")
-        instr = instrumentation_of(self._sync)
-        if instr is None:
+        self._sync = sync_engine(engine)
+        self._pool = queue_pool_of(self._sync, "PoolAutosizer")
+        monitor = find_part(self._sync, PoolMonitor)
+        if monitor is None:
             raise ValueError(
                 "PoolAutosizer needs an instrumented engine: call instrument(engine) first"
             )
-        self._monitor = instr.pool
-        self.min_size = _int("min_size", min_size, 1)
-        self.max_size = _int("max_size", max_size, 1)
+        self._monitor: PoolMonitor = monitor
+        self.min_size = int_option("min_size", min_size, 1)
+        self.max_size = int_option("max_size", max_size, 1)
         if self.min_size > self.max_size:
             raise ValueError(f"min_size ({min_size}) must be <= max_size ({max_size})")
-        self.budget = None if budget is None else _int("budget", budget, 1)
-        self.reserve = _int("reserve", reserve, 0)
+        self.budget = None if budget is None else int_option("budget", budget, 1)
+        self.reserve = int_option("reserve", reserve, 0)
         self.interval = to_seconds("interval", interval, allow_zero=False)
         self.target_wait = to_seconds("target_wait", target_wait)
         self.low_utilization = _fraction("low_utilization", low_utilization, low=0, high=1)
@@ -141,7 +143,7 @@ class PoolAutosizer(Background):
                 f"low_utilization ({low_utilization}) must be below high_utilization "
                 f"({high_utilization}): the gap is the hysteresis"
             )
-        self.shrink_after = _int("shrink_after", shrink_after, 1)
+        self.shrink_after = int_option("shrink_after", shrink_after, 1)
         factor: object = grow_factor
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
             raise ValueError(f"grow_factor must be a number > 1, got {grow_factor!r}")
@@ -249,7 +251,7 @@ class PoolAutosizer(Background):
         new = self.decide()
         if new is None:
             return None
-        _resize(self._sync, self._pool, new, self._pool._max_overflow)
+        resize(self._sync, self._pool, new, self._pool._max_overflow)
         reason = (
             f"peak {measured[0]} in use, {measured[1]} waiting"
             if new > previous

@@ -24,31 +24,27 @@ Example::
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
-from sqlalchemy import exc as sa_exc
+from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
+from sqlalchemy_resilience._util.testmode import TEST_MODE
+from sqlalchemy_resilience.errors.hierarchy import CircuitOpenError
 
-from ._config import TEST_MODE
-from ._time import Seconds, to_seconds
-from .classify import CONNECT_FAILURES
-from .errors import (
-    CircuitOpenError,
-    CommitOutcomeUnknown,
-    ConnectionLost,
-    DatabaseUnavailable,
-    InsufficientResources,
-    PoolExhausted,
-    QueryTimeout,
-    ResilienceError,
+from .breaker_state import (
+    BreakerState,
+    BreakerTransition,
+    is_infrastructure_failure,
+    observe_breaker,
+    optional_fraction,
+    optional_positive_int,
+    positive_int,
+    record_transition,
 )
 
 __all__ = [
@@ -60,68 +56,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("sqlalchemy_resilience.breaker")
-
-_INFRASTRUCTURE = (
-    DatabaseUnavailable,
-    ConnectionLost,
-    CommitOutcomeUnknown,
-    QueryTimeout,
-    InsufficientResources,
-    PoolExhausted,
-)
-
-
-def is_infrastructure_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database (or the way to it) is unhealthy.
-
-    True for connect failures, lost connections, shutdowns, too many
-    connections, timeouts and resource exhaustion (translated or raw socket
-    errors); False for constraint, data, syntax and contention errors and for
-    cancellation.
-
-    Example::
-
-        >>> is_infrastructure_failure(ConnectionRefusedError())
-        True
-    """
-    if isinstance(exc, _INFRASTRUCTURE):
-        return True
-    if isinstance(exc, ResilienceError):
-        return False
-    if isinstance(exc, sa_exc.TimeoutError):
-        return True
-    if isinstance(exc, sa_exc.DBAPIError):
-        from .instrument import translate_error
-
-        translated = translate_error(exc)
-        return isinstance(translated, _INFRASTRUCTURE)
-    return isinstance(exc, CONNECT_FAILURES)
-
-
-class BreakerState(enum.Enum):
-    """The breaker's state; the value is what the state gauge reports."""
-
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerTransition:
-    """A state change, as handed to listeners.
-
-    Attributes:
-        breaker: the breaker's name.
-        previous, current: the states.
-        reason: why (``"5 consecutive failures"``, ``"probe succeeded"``...).
-        at: the breaker clock's reading at the change.
-    """
-
-    breaker: str
-    previous: BreakerState
-    current: BreakerState
-    reason: str
-    at: float
 
 
 @dataclass(slots=True)
@@ -197,11 +131,11 @@ class CircuitBreaker:
         if not isinstance(given_name, str) or not given_name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         self.name = name
-        self.failure_threshold = _optional_positive_int("failure_threshold", failure_threshold)
-        self.failure_rate_threshold = _optional_fraction(
+        self.failure_threshold = optional_positive_int("failure_threshold", failure_threshold)
+        self.failure_rate_threshold = optional_fraction(
             "failure_rate_threshold", failure_rate_threshold
         )
-        self.slow_call_rate_threshold = _optional_fraction(
+        self.slow_call_rate_threshold = optional_fraction(
             "slow_call_rate_threshold", slow_call_rate_threshold
         )
         self.slow_call_duration = (
@@ -222,15 +156,15 @@ class CircuitBreaker:
                 "at least one trip rule is needed: failure_threshold, "
                 "failure_rate_threshold or slow_call_rate_threshold"
             )
-        self.window_size = _positive_int("window_size", window_size)
+        self.window_size = positive_int("window_size", window_size)
         self.window_duration = (
             None
             if window_duration is None
             else to_seconds("window_duration", window_duration, allow_zero=False)
         )
-        self.minimum_calls = _positive_int("minimum_calls", minimum_calls)
+        self.minimum_calls = positive_int("minimum_calls", minimum_calls)
         self.recovery_timeout = to_seconds("recovery_timeout", recovery_timeout, allow_zero=False)
-        self.half_open_max_calls = _positive_int("half_open_max_calls", half_open_max_calls)
+        self.half_open_max_calls = positive_int("half_open_max_calls", half_open_max_calls)
         if not callable(is_failure):
             raise TypeError(f"is_failure must be callable, got {is_failure!r}")
         if not callable(clock):
@@ -250,8 +184,7 @@ class CircuitBreaker:
         self._probe_successes = 0
         self.transitions = 0
         self.rejected = 0
-        _all_breakers.add(self)
-        _meters()
+        observe_breaker(self)
 
     # -- state -----------------------------------------------------------
 
@@ -454,7 +387,7 @@ class CircuitBreaker:
                 "sqlalchemy_resilience.breaker_state": transition.current.name,
             },
         )
-        _record_transition(transition)
+        record_transition(transition)
         for listener in list(self._listeners):
             try:
                 listener(transition)
@@ -522,73 +455,3 @@ class BreakerGuard:
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return value
-
-
-def _optional_positive_int(name: str, value: object) -> int | None:
-    return None if value is None else _positive_int(name, value)
-
-
-def _optional_fraction(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number between 0 and 1, got {value!r}")
-    if not 0 < float(value) <= 1:
-        raise ValueError(f"{name} must be > 0 and <= 1, got {value!r}")
-    return float(value)
-
-
-# -- OpenTelemetry (API only; a no-op without an SDK) --------------------------
-
-_all_breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
-_transition_counter: Any = None
-
-
-def _record_transition(transition: BreakerTransition) -> None:
-    counter = _meters()
-    if counter is not None:
-        counter.add(
-            1,
-            {
-                "db.client.circuit_breaker.name": transition.breaker,
-                "db.client.circuit_breaker.state": transition.current.name.lower(),
-            },
-        )
-
-
-def _meters() -> Any:
-    global _transition_counter
-    if _transition_counter is None:
-        try:
-            from opentelemetry import metrics
-            from opentelemetry.metrics import CallbackOptions, Observation
-        except ImportError:  # pragma: no cover - opentelemetry-api is a dependency
-            return None
-        meter = metrics.get_meter("sqlalchemy_resilience")
-
-        def observe(_options: CallbackOptions) -> Iterable[Observation]:
-            return [
-                Observation(b.state.value, {"db.client.circuit_breaker.name": b.name})
-                for b in list(_all_breakers)
-            ]
-
-        meter.create_observable_gauge(
-            "db.client.circuit_breaker.state",
-            callbacks=[observe],
-            unit="1",
-            description="Circuit breaker state: 0 closed, 1 half-open, 2 open",
-        )
-        _transition_counter = meter.create_counter(
-            "db.client.circuit_breaker.transitions",
-            unit="{transition}",
-            description="Circuit breaker state transitions",
-        )
-    return _transition_counter

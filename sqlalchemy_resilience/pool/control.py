@@ -1,4 +1,4 @@
-"""Pool control: warm-up, runtime resize, and background keepalive / jittered recycle.
+"""Pool control: warm-up and runtime resize (background maintenance is in ``maintainer``).
 
 SQLAlchemy's ``QueuePool`` (and ``AsyncAdaptedQueuePool``, which
 ``postgresql+asyncpg`` uses) opens connections lazily, recycles them only when
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from collections.abc import Coroutine
@@ -39,19 +38,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
-from ._ticker import Background
-from ._time import Seconds, to_seconds
-from .errors import DatabaseUnavailable
-from .instrument import _sync_engine, instrumentation_of, translate_error
+from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
+from sqlalchemy_resilience.core.engines import safe_url, sync_engine
+from sqlalchemy_resilience.core.registry import find_part
+from sqlalchemy_resilience.errors.hierarchy import DatabaseUnavailable
+from sqlalchemy_resilience.errors.translate import translate_error
 
-__all__ = ["MaintenanceReport", "PoolMaintainer", "resize_pool", "warm_up"]
+from .monitor import PoolMonitor
+
+__all__ = ["ResizeResult", "int_option", "queue_pool_of", "resize", "resize_pool", "warm_up"]
 
 _log = logging.getLogger("sqlalchemy_resilience.pool")
-_JITTER_KEY = "sqlalchemy_resilience.recycle_jitter"
-_PINGED_KEY = "sqlalchemy_resilience.pinged"
 
 
-def _queue_pool(engine: Engine, what: str) -> QueuePool:
+def queue_pool_of(engine: Engine, what: str) -> QueuePool:
+    """The engine's ``QueuePool``, or a TypeError saying ``what`` needs one."""
     pool = engine.pool
     if not isinstance(pool, QueuePool):
         raise TypeError(
@@ -61,16 +62,13 @@ def _queue_pool(engine: Engine, what: str) -> QueuePool:
     return pool
 
 
-def _int(name: str, value: object, minimum: int) -> int:
+def int_option(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int option ``>= minimum``, or a TypeError/ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return value
-
-
-def _safe_url(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
 
 
 # -- warm-up ------------------------------------------------------------------------
@@ -114,17 +112,17 @@ def warm_up(
         await warm_up(engine, 5, timeout=3)   # at application start-up
     """
     seconds = to_seconds("timeout", timeout, allow_zero=False)
-    sync = _sync_engine(engine)
-    pool = _queue_pool(sync, "warm_up")
-    size = _int("min_size", min_size, 0)
+    sync = sync_engine(engine)
+    pool = queue_pool_of(sync, "warm_up")
+    size = int_option("min_size", min_size, 0)
     if size > pool.size():
         raise ValueError(
             f"min_size must be <= the pool size ({pool.size()}), got {min_size!r}: "
             "connections beyond the pool size are closed when they are returned"
         )
-    instr = instrumentation_of(sync)
-    if instr is not None:
-        instr.min_size = size
+    monitor = find_part(sync, PoolMonitor)
+    if monitor is not None:
+        monitor.min_size = size
     if isinstance(engine, AsyncEngine):
         return _warm_up_async(engine, size, seconds)
     _warm_up_sync(sync, size, seconds)
@@ -134,7 +132,7 @@ def warm_up(
 def _warm_up_failed(engine: Engine, size: int, seconds: float, cause: BaseException) -> None:
     translated = translate_error(cause)
     raise DatabaseUnavailable(
-        f"warm-up could not open and verify {size} connections to {_safe_url(engine)} "
+        f"warm-up could not open and verify {size} connections to {safe_url(engine)} "
         f"within {seconds:g} s: {type(translated).__name__}: "
         f"{str(translated).splitlines()[0] if str(translated) else 'no answer'}",
         retryable=True,
@@ -269,15 +267,15 @@ def resize_pool(
 
         await resize_pool(engine, size=20, max_overflow=5)
     """
-    sync = _sync_engine(engine)
-    pool = _queue_pool(sync, "resize_pool")
-    new_size = pool.size() if size is None else _int("size", size, 1)
+    sync = sync_engine(engine)
+    pool = queue_pool_of(sync, "resize_pool")
+    new_size = pool.size() if size is None else int_option("size", size, 1)
     new_overflow = (
-        pool._max_overflow if max_overflow is None else _int("max_overflow", max_overflow, -1)
+        pool._max_overflow if max_overflow is None else int_option("max_overflow", max_overflow, -1)
     )
     if isinstance(engine, AsyncEngine):
-        return greenlet_spawn(_resize, sync, pool, new_size, new_overflow)
-    return _resize(sync, pool, new_size, new_overflow)
+        return greenlet_spawn(resize, sync, pool, new_size, new_overflow)
+    return resize(sync, pool, new_size, new_overflow)
 
 
 def _set_queue_size(pool: QueuePool, size: int) -> None:
@@ -289,7 +287,8 @@ def _set_queue_size(pool: QueuePool, size: int) -> None:
         inner._maxsize = size  # type: ignore[attr-defined]
 
 
-def _resize(engine: Engine, pool: QueuePool, size: int, max_overflow: int) -> ResizeResult:
+def resize(engine: Engine, pool: QueuePool, size: int, max_overflow: int) -> ResizeResult:
+    """Resize ``pool`` now (the caller is in the pool's thread or greenlet)."""
     previous_size, previous_overflow = pool.size(), pool._max_overflow
     with pool._overflow_lock:
         delta = size - previous_size
@@ -309,8 +308,8 @@ def _resize(engine: Engine, pool: QueuePool, size: int, max_overflow: int) -> Re
         finally:
             pool._dec_overflow()
     opened = 0
-    instr = instrumentation_of(engine)
-    waiting = instr.pool.waiting if instr is not None else 0
+    monitor = find_part(engine, PoolMonitor)
+    waiting = monitor.waiting if monitor is not None else 0
     while opened < waiting and pool._inc_overflow():
         try:
             record = pool._create_connection()
@@ -321,7 +320,7 @@ def _resize(engine: Engine, pool: QueuePool, size: int, max_overflow: int) -> Re
         opened += 1
     _log.info(
         "pool of %s resized: size %d -> %d, max_overflow %d -> %d (%d idle closed, %d opened)",
-        _safe_url(engine),
+        safe_url(engine),
         previous_size,
         size,
         previous_overflow,
@@ -330,203 +329,3 @@ def _resize(engine: Engine, pool: QueuePool, size: int, max_overflow: int) -> Re
         opened,
     )
     return ResizeResult(size, max_overflow, previous_size, previous_overflow, closed, opened)
-
-
-# -- background maintenance ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MaintenanceReport:
-    """One maintenance pass.
-
-    Attributes:
-        pinged: idle connections pinged (keepalive).
-        replaced: connections replaced (recycle age reached, or the ping failed).
-        dead: pings that failed.
-        opened: connections opened to reach ``min_size``.
-        skipped: True when the pass did nothing because requests were waiting.
-
-    Example::
-
-        report = await maintainer.arun_once()
-        if report.dead:
-            log.warning("%d idle connections were dead and replaced", report.dead)
-    """
-
-    pinged: int = 0
-    replaced: int = 0
-    dead: int = 0
-    opened: int = 0
-    skipped: bool = False
-
-
-class PoolMaintainer(Background):
-    """Background keepalive, jittered recycle and minimum size for one engine's pool.
-
-    Args:
-        engine: an ``Engine`` or ``AsyncEngine`` with a queue pool.
-        keepalive: ping each idle connection at least this often (seconds; None: never).
-        recycle: replace a connection older than this (seconds; None: never),
-            earlier by a random fraction up to ``jitter`` so connections
-            opened together do not expire together.
-        jitter: 0 .. 1, the fraction of ``recycle`` by which a connection may expire early.
-        min_size: keep at least this many connections open.
-        interval: seconds between passes.
-
-    Example::
-
-        maintainer = PoolMaintainer(engine, keepalive=30, recycle=1800, jitter=0.2, min_size=5)
-        maintainer.start()          # from the running event loop for an AsyncEngine
-        ...
-        await maintainer.aclose()   # or maintainer.close() for a sync Engine
-    """
-
-    thread_name = "sqlalchemy-resilience-maintainer"
-
-    def __init__(
-        self,
-        engine: Engine | AsyncEngine,
-        *,
-        keepalive: Seconds | None = 60.0,
-        recycle: Seconds | None = None,
-        jitter: float = 0.1,
-        min_size: int = 0,
-        interval: Seconds = 5.0,
-    ) -> None:
-        self.engine = engine
-        self._sync = _sync_engine(engine)
-        self._pool = _queue_pool(self._sync, "PoolMaintainer")
-        self.keepalive = (
-            None if keepalive is None else to_seconds("keepalive", keepalive, allow_zero=False)
-        )
-        self.recycle = None if recycle is None else to_seconds("recycle", recycle, allow_zero=False)
-        share: object = jitter
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
-            raise ValueError(f"jitter must be a fraction in [0, 1), got {jitter!r}")
-        self.jitter = float(share)
-        self.min_size = _int("min_size", min_size, 0)
-        if self.min_size > self._pool.size():
-            raise ValueError(
-                f"min_size must be <= the pool size ({self._pool.size()}), got {min_size!r}"
-            )
-        self.interval = to_seconds("interval", interval, allow_zero=False)
-        super().__init__()
-        self.passes = 0
-        self.totals = MaintenanceReport()
-
-    # -- one pass --------------------------------------------------------------
-
-    def _waiting(self) -> int:
-        instr = instrumentation_of(self._sync)
-        return instr.pool.waiting if instr is not None else 0
-
-    def run_once(self) -> MaintenanceReport:
-        """One pass over the idle connections (sync; an AsyncEngine uses :meth:`arun_once`)."""
-        pool = self._pool
-        if self._waiting():
-            return MaintenanceReport(skipped=True)
-        pinged = replaced = dead = opened = 0
-        now = time.time()
-        for _ in range(pool._pool.qsize()):
-            if self._waiting():
-                break
-            try:
-                record = pool._pool.get(False)
-            except Exception:
-                break  # taken by a request meanwhile
-            try:
-                outcome = self._maintain(record, now)
-            finally:
-                pool._pool.put(record, False)
-            pinged += outcome[0]
-            replaced += outcome[1]
-            dead += outcome[2]
-        while (
-            self.min_size
-            and pool.checkedin() + pool.checkedout() < self.min_size
-            and pool._inc_overflow()
-        ):
-            try:
-                record = pool._create_connection()
-            except Exception:
-                pool._dec_overflow()
-                _log.warning("could not open a connection to keep min_size", exc_info=True)
-                break
-            pool._pool.put(record, False)
-            opened += 1
-        report = MaintenanceReport(pinged, replaced, dead, opened)
-        self.passes += 1
-        totals = self.totals
-        self.totals = MaintenanceReport(
-            totals.pinged + pinged,
-            totals.replaced + replaced,
-            totals.dead + dead,
-            totals.opened + opened,
-        )
-        return report
-
-    async def arun_once(self) -> MaintenanceReport:
-        """One pass for an ``AsyncEngine`` (the driver needs SQLAlchemy's greenlet)."""
-        return await greenlet_spawn(self.run_once)
-
-    def _maintain(self, record: Any, now: float) -> tuple[int, int, int]:
-        if record.dbapi_connection is None:
-            return (0, 0, 0)  # reconnects lazily at its next checkout
-        info = record.info
-        if self.recycle is not None:
-            jitter = info.get(_JITTER_KEY)
-            if jitter is None:
-                jitter = info[_JITTER_KEY] = random.uniform(0, self.jitter * self.recycle)
-            if now - record.starttime >= self.recycle - jitter:
-                self._replace(record, None)
-                return (0, 1, 0)
-        if self.keepalive is not None and now - info.get(_PINGED_KEY, record.starttime) >= (
-            self.keepalive
-        ):
-            try:
-                alive = self._sync.dialect.do_ping(record.dbapi_connection)
-            except Exception as exc:
-                self._replace(record, exc)
-                return (1, 1, 1)
-            if not alive:
-                self._replace(record, None)
-                return (1, 1, 1)
-            info[_PINGED_KEY] = time.time()
-            return (1, 0, 0)
-        return (0, 0, 0)
-
-    def _replace(self, record: Any, error: BaseException | None) -> None:
-        record.invalidate(error)
-        try:
-            record.get_connection()  # reconnect now, off the request path
-        except Exception:
-            _log.warning(
-                "could not replace a pooled connection of %s; it reconnects at its next checkout",
-                _safe_url(self._sync),
-                exc_info=True,
-            )
-
-    # -- running in the background ------------------------------------------------
-
-    def start(self) -> None:
-        """Start passes every ``interval`` seconds (idempotent).
-
-        For an ``AsyncEngine`` call it from the running event loop (a task is
-        created on it); for an ``Engine`` a daemon thread runs the passes.
-        """
-        self._start(in_loop=isinstance(self.engine, AsyncEngine))
-
-    async def _loop_async(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.arun_once()
-            except Exception:
-                _log.exception("sqlalchemy_resilience: pool maintenance pass failed")
-
-    def _loop_sync(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.run_once()
-            except Exception:
-                _log.exception("sqlalchemy_resilience: pool maintenance pass failed")

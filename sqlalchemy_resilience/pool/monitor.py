@@ -20,12 +20,15 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
+
+from sqlalchemy_resilience.core.engines import sync_engine
+from sqlalchemy_resilience.core.registry import find_part
 
 __all__ = ["PoolMonitor", "pool_name_of", "pool_stats"]
 
@@ -78,9 +81,19 @@ class PoolMonitor:
         name: the pool name reported in metrics and stats.
     """
 
-    def __init__(self, engine: Engine, *, name: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        name: str,
+        log_own_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.name = name
+        self.attached = False
+        self.min_size = 0
+        self._log_own_failure = log_own_failure
+        self._last_health = (0, 0)
         self._lock = threading.Lock()
         self.requested = itertools.count()
         self.answered = itertools.count()
@@ -108,7 +121,34 @@ class PoolMonitor:
         failed = _value(self.failures)
         return max(0, _value(self.answered) - failed)
 
-    # -- rare events (called by the instrumentation) --------------------------
+    def log_own_failure(self, what: str) -> None:
+        """Log a failure of an observation of this pool, once per kind."""
+        if self._log_own_failure is not None:
+            self._log_own_failure(what)
+
+    def limit(self, which: str) -> int | None:
+        """``idle_max``, ``idle_min``, ``max`` or ``pending`` for the pool metrics."""
+        if which == "pending":
+            return self.waiting
+        gauges = self.gauges()
+        if which == "idle_max":
+            return gauges["pool_size"]  # type: ignore[no-any-return]
+        if which == "idle_min":
+            return self.min_size
+        return gauges["pool_max"]  # type: ignore[no-any-return]
+
+    def health_deltas(self, stats: Mapping[str, Any]) -> tuple[int, int]:
+        """Pool timeouts and refused requests since the previous health check."""
+        timeouts, shed = int(stats.get("timeouts", 0)), int(stats.get("requests_shed", 0))
+        last_timeouts, last_shed = self._last_health
+        self._last_health = (timeouts, shed)
+        # A pop_stats() in between restarts the counters: then all are new.
+        return (
+            timeouts - last_timeouts if timeouts >= last_timeouts else timeouts,
+            shed - last_shed if shed >= last_shed else shed,
+        )
+
+    # -- rare events (called by the checkout and pool listeners) ---------------
 
     def shed_one(self) -> None:
         with self._lock:
@@ -227,10 +267,8 @@ def pool_stats(engine: Engine | AsyncEngine, *, pop: bool = False) -> Mapping[st
         stats = pool_stats(engine)
         print(stats["connections_in_use"], stats["wait_time_p99"])
     """
-    from .instrument import _sync_engine, instrumentation_of
-
-    instr = instrumentation_of(engine)
-    if instr is not None:
-        return instr.pool.stats(pop=pop)
-    sync = _sync_engine(engine)
+    monitor = find_part(engine, PoolMonitor)
+    if monitor is not None:
+        return monitor.stats(pop=pop)  # type: ignore[no-any-return]
+    sync = sync_engine(engine)
     return PoolMonitor(sync, name=pool_name_of(sync)).gauges()

@@ -25,11 +25,15 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from .embedded import EmbeddedPostgres
-from .errors import ResilienceError
-from .instrument import instrument
-from .retry import RetryBudget, RetryPolicy
-from .session import run_transaction, run_transaction_sync
+from sqlalchemy_resilience.errors import ResilienceError
+from sqlalchemy_resilience.instrumentation import instrument
+from sqlalchemy_resilience.retry import (
+    RetryBudget,
+    RetryPolicy,
+    run_transaction,
+    run_transaction_sync,
+)
+from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 
 __all__ = ["restart_tour", "sqlite_busy_tour"]
 

@@ -1,49 +1,23 @@
-"""Slow-query log, the in-flight watchdog and the application call site.
+"""The application's call site: the first frame outside SQLAlchemy, drivers and this package.
 
-Records go to the logger ``sqlalchemy_resilience.slow_query``. Each carries its
-facts twice: in the message (for humans reading a plain log) and as namespaced
-``extra`` attributes (for structured logging)::
-
-    sqlalchemy_resilience.duration     float seconds (for an in-flight report: so far)
-    sqlalchemy_resilience.statement    the normalized statement
-    sqlalchemy_resilience.rowcount     rows, or None where the driver reports none
-    sqlalchemy_resilience.database     database name
-    sqlalchemy_resilience.host         "host:port" (never user or password)
-    sqlalchemy_resilience.call_site    "path/to/file.py:LINE in function"
-    sqlalchemy_resilience.in_flight    True for the watchdog's report of a running statement
-    sqlalchemy_resilience.error        error class name when the slow statement failed
-    sqlalchemy_resilience.plan         EXPLAIN (FORMAT JSON) plan, when explain_slow_queries is on
-    sqlalchemy_resilience.parameters   SQLAlchemy's repr of the parameters, only with log_parameters=True
-
-The call site is the first frame, innermost first, whose module is outside
-SQLAlchemy, asyncio, greenlet and this package. For an ``AsyncEngine`` the
-statement runs in SQLAlchemy's greenlet; the walk continues in the greenlet's
-parent, where the application's coroutines are.
+For an ``AsyncEngine`` a statement runs in SQLAlchemy's greenlet; the walk
+continues in the greenlet's parent, where the application's coroutines are.
+A suspended task's call site is read from its await chain, a blocked thread's
+from its current frame.
 """
 
 from __future__ import annotations
 
 import asyncio
-import asyncio.events as asyncio_events
 import importlib
-import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._ticker import Ticker
-
-if TYPE_CHECKING:
-    from .instrument import Instrumentation
-
-__all__ = ["CallSites", "InFlight", "Watchdog", "emit_slow_query", "slow_query_logger"]
-
-slow_query_logger = logging.getLogger("sqlalchemy_resilience.slow_query")
-_log = logging.getLogger("sqlalchemy_resilience")
+__all__ = ["DEFAULT_SKIP", "CallSites"]
 
 DEFAULT_SKIP: tuple[str, ...] = (
     "sqlalchemy",
@@ -88,7 +62,7 @@ class CallSites:
         if known is None:
             name = str(module_globals.get("__name__", ""))
             # The package's own demo plays the application.
-            known = not name.startswith("sqlalchemy_resilience.demo") and any(
+            known = not name.startswith("sqlalchemy_resilience.cli.demo") and any(
                 name == p or name.startswith(p + ".") for p in self._skip
             )
             if len(self._skip_by_code) > 50_000:
@@ -236,140 +210,3 @@ class CallSites:
                 frames.append(frame)
                 frame = frame.f_back
         return [self.format(f) for f in frames if not self._library(f)][:limit]
-
-
-class InFlight:
-    """One statement the watchdog is timing (kept only while the statement runs)."""
-
-    __slots__ = ("reported", "start", "statement", "task", "thread")
-
-    def __init__(
-        self, start: float, statement: str, thread: int, task: asyncio.Task[Any] | None
-    ) -> None:
-        self.start = start
-        self.statement = statement
-        self.thread = thread
-        self.task = task
-        self.reported = False
-
-
-def emit_slow_query(
-    instr: Instrumentation,
-    *,
-    duration: float,
-    statement: str,
-    rowcount: int | None,
-    call_site: str | None,
-    in_flight: bool = False,
-    error: str | None = None,
-    plan: Any = None,
-    parameters: str | None = None,
-) -> None:
-    """Log one slow-query record with its facts in the message and in ``extra``."""
-    extra: dict[str, Any] = {
-        "sqlalchemy_resilience.duration": duration,
-        "sqlalchemy_resilience.statement": statement,
-        "sqlalchemy_resilience.rowcount": rowcount,
-        "sqlalchemy_resilience.database": instr.database,
-        "sqlalchemy_resilience.host": instr.host,
-        "sqlalchemy_resilience.call_site": call_site,
-        "sqlalchemy_resilience.in_flight": in_flight,
-        "sqlalchemy_resilience.error": error,
-    }
-    if plan is not None:
-        extra["sqlalchemy_resilience.plan"] = plan
-    if parameters is not None:
-        extra["sqlalchemy_resilience.parameters"] = parameters
-    where = f"{instr.database or '-'} on {instr.host or 'local'}"
-    if in_flight:
-        slow_query_logger.warning(
-            "query still running after %.3f s (%s) at %s: %s",
-            duration,
-            where,
-            call_site or "<unknown>",
-            statement,
-            extra=extra,
-        )
-        return
-    outcome = f"failed with {error}" if error else f"{'?' if rowcount is None else rowcount} rows"
-    message = "slow query: %.3f s, %s (%s) at %s: %s"
-    args: list[Any] = [duration, outcome, where, call_site or "<unknown>", statement]
-    if parameters is not None:
-        message += " parameters: %s"
-        args.append(parameters)
-    if plan is not None:
-        message += " plan: %s"
-        args.append(plan_summary(plan))
-    slow_query_logger.warning(message, *args, extra=extra)
-
-
-def plan_summary(plan: Any) -> str:
-    """One line for the log message from an ``EXPLAIN (FORMAT JSON)`` plan (the full plan is in ``extra``)."""
-    try:
-        node = plan[0]["Plan"]
-        relation = f" on {node['Relation Name']}" if "Relation Name" in node else ""
-        return (
-            f"{node['Node Type']}{relation} (cost {node['Total Cost']}, rows {node['Plan Rows']})"
-        )
-    except (LookupError, TypeError):
-        return "attached"
-
-
-class Watchdog(Ticker):
-    """A daemon thread that reports statements still running past a threshold, once each.
-
-    The instrumentation registers each statement in :attr:`running` for its
-    duration (one dict store and one pop); the thread wakes every quarter
-    threshold (at most once a second, at least every 10 ms) and reports
-    entries older than the threshold that it has not reported yet.
-    """
-
-    def __init__(
-        self,
-        threshold: float,
-        report: Callable[[InFlight, float], None],
-        *,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        super().__init__()
-        self.threshold = threshold
-        self.running: dict[int, InFlight] = {}
-        self._report = report
-        self._clock = clock
-
-    def enter(self, statement: str, is_async: bool) -> int:
-        """Register a starting statement; returns the key to pop from :attr:`running`."""
-        task = None
-        if is_async:
-            loop = asyncio_events._get_running_loop()
-            task = asyncio.current_task(loop) if loop is not None else None
-        item = InFlight(self._clock(), statement, threading.get_ident(), task)
-        key = id(item)
-        self.running[key] = item
-        return key
-
-    thread_name = "sqlalchemy-resilience-watchdog"
-
-    @property
-    def interval(self) -> float:
-        """Seconds between scans."""
-        return min(1.0, max(0.01, self.threshold / 4))
-
-    def scan(self) -> None:
-        """Report every unreported statement older than the threshold (called by the thread)."""
-        now = self._clock()
-        for item in list(self.running.values()):
-            if item.reported:
-                continue
-            age = now - item.start
-            if age >= self.threshold:
-                item.reported = True
-                try:
-                    self._report(item, age)
-                except Exception:
-                    _log.exception("sqlalchemy_resilience: in-flight report failed")
-
-    def stop(self) -> None:
-        """Stop the thread and forget what is running."""
-        super().stop()
-        self.running.clear()

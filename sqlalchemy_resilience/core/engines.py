@@ -1,0 +1,70 @@
+"""Helpers every layer uses on an engine: unwrap, name it safely, read its pool."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["database_and_host", "pool_status", "safe_url", "secrets_of", "sync_engine"]
+
+_log = logging.getLogger("sqlalchemy_resilience")
+
+
+def sync_engine(engine: Engine | AsyncEngine) -> Engine:
+    """The sync ``Engine`` behind ``engine`` (itself for an ``Engine``).
+
+    Raises:
+        TypeError: ``engine`` is neither an ``Engine`` nor an ``AsyncEngine``.
+
+    Example::
+
+        sync_engine(create_async_engine("sqlite+aiosqlite://")).dialect.name  # "sqlite"
+    """
+    if isinstance(engine, AsyncEngine):
+        return engine.sync_engine
+    if isinstance(engine, Engine):
+        return engine
+    raise TypeError(
+        f"engine must be a sqlalchemy Engine or AsyncEngine, got {type(engine).__name__}"
+    )
+
+
+def safe_url(engine: Engine) -> str:
+    """The engine's URL with the password hidden, for messages."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def secrets_of(engine: Engine) -> tuple[str, ...]:
+    """Strings that must never appear in the package's records (the URL's password)."""
+    password = engine.url.password
+    return (str(password),) if password else ()
+
+
+def database_and_host(engine: Engine) -> tuple[str | None, str | None]:
+    """``(database, "host:port")`` as records name them (never user or password)."""
+    url = engine.url
+    host = f"{url.host}:{url.port}" if url.host and url.port else (url.host or None)
+    return url.database, host
+
+
+def pool_status(engine: Engine) -> dict[str, Any]:
+    """The pool's class, size, checked-out, overflow, checked-in, timeout and max overflow."""
+    pool = engine.pool
+    status: dict[str, Any] = {"pool_class": type(pool).__name__}
+    for name in ("size", "checkedout", "overflow", "checkedin"):
+        method = getattr(pool, name, None)
+        if callable(method):
+            try:
+                status[name] = method()
+            except Exception:  # pragma: no cover - status is best effort
+                _log.debug("pool.%s() failed", name, exc_info=True)
+    timeout = getattr(pool, "_timeout", None)
+    if timeout is not None:
+        status["timeout"] = timeout
+    max_overflow = getattr(pool, "_max_overflow", None)
+    if max_overflow is not None:
+        status["max_overflow"] = max_overflow
+    return status

@@ -1,0 +1,366 @@
+"""The hook core: the wrappers and listeners of one engine, built from the parts that are on.
+
+:class:`EngineHooks` owns everything the package adds to an engine and
+removes exactly that on :meth:`EngineHooks.detach`. It knows nothing of the
+features: statistics, the slow-query log, metrics, pool figures, leak
+detection and load shedding hand it plain callables in :class:`HookParts`,
+and it builds each wrapper once, at attach time, from the callables that are
+given, so a statement pays for one wrapper call plus what is switched on, and
+nothing at all for what is off.
+
+Where each hook sits, and why there:
+
+* statements are timed by wrapping the dialect's ``do_execute`` family rather
+  than with ``before/after_cursor_execute`` listeners: any Connection-level
+  listener takes every statement of the engine off SQLAlchemy's listener-free
+  path, which alone costs ~5% of a point query;
+* the dialect's ``do_commit`` tags what it raises, so error translation knows
+  COMMIT was in flight without a per-transaction listener;
+* ``Engine.raw_connection`` is wrapped to time checkouts and to translate what
+  never reaches ``handle_error`` (see :mod:`~sqlalchemy_resilience.errors.translate`);
+* ``handle_error`` (retval) translates every DBAPI error, connect-time ones too;
+* pool ``connect`` / ``close`` / ``invalidate`` listeners feed the pool figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, ExceptionContext
+from sqlalchemy.pool import PoolProxiedConnection
+
+from sqlalchemy_resilience.errors.translate import (
+    COMMIT_TAG,
+    translate_checkout_failure,
+    translate_context,
+)
+
+from .engines import pool_status, safe_url
+
+__all__ = [
+    "CheckedOut",
+    "EngineHooks",
+    "HookParts",
+    "HotSlots",
+    "InFlightTracker",
+    "StatementFailed",
+    "StatementObserved",
+]
+
+_log = logging.getLogger("sqlalchemy_resilience")
+
+
+class StatementObserved(Protocol):
+    """Called after a statement succeeded, with its duration in seconds; never raises."""
+
+    def __call__(
+        self, cursor: Any, statement: str, parameters: Any, context: Any, duration: float, /
+    ) -> None: ...
+
+
+class StatementFailed(Protocol):
+    """Called after a statement raised, before the error propagates; never raises."""
+
+    def __call__(
+        self,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        duration: float,
+        exc: BaseException,
+        /,
+    ) -> None: ...
+
+
+class CheckedOut(Protocol):
+    """Called with a checked-out connection and the ``perf_counter`` time the request began."""
+
+    def __call__(self, fairy: PoolProxiedConnection, requested_at: float, /) -> None: ...
+
+
+class InFlightTracker(Protocol):
+    """Registers a statement while it runs (the watchdog)."""
+
+    running: dict[int, Any]
+
+    def enter(self, statement: str, is_async: bool) -> int:
+        """Register ``statement``; returns the key the wrapper pops from :attr:`running`."""
+        ...
+
+
+class HotSlots:
+    """Parts that can be switched on and off at runtime, read once per call.
+
+    Attributes:
+        in_flight: the watchdog, or None.
+    """
+
+    __slots__ = ("in_flight",)
+
+    def __init__(self) -> None:
+        self.in_flight: InFlightTracker | None = None
+
+
+@dataclass(frozen=True)
+class HookParts:
+    """What one engine's hooks call; a None part is not wired at all.
+
+    Args:
+        translate_errors: translate driver errors into the typed hierarchy.
+        log_parameters: translated errors may show bound parameter values.
+        secrets: strings (the password) never shown in a translated error.
+        statement_observed, statement_failed: the statement timing parts.
+        before_checkout: called before each checkout; may raise to refuse it.
+        checked_out: called after each checkout.
+        checkout_failed: called when a checkout raised (before translation).
+        connected, closed, invalidated: the pool's ``connect`` / ``close`` /
+            ``invalidate`` events, as SQLAlchemy passes them.
+    """
+
+    translate_errors: bool = True
+    log_parameters: bool = False
+    secrets: tuple[str, ...] = ()
+    statement_observed: StatementObserved | None = None
+    statement_failed: StatementFailed | None = None
+    before_checkout: Callable[[], None] | None = None
+    checked_out: CheckedOut | None = None
+    checkout_failed: Callable[[BaseException], None] | None = None
+    connected: Callable[[Any, Any], None] | None = None
+    closed: Callable[[Any, Any], None] | None = None
+    invalidated: Callable[[Any, Any, Any], None] | None = None
+
+
+class EngineHooks:
+    """Everything the package added to one engine, and the way to take it off again.
+
+    Features find one another's state through :meth:`provide` / :meth:`find`
+    (the pool monitor, the leak detector) instead of importing the handle
+    that composed them.
+
+    Attributes:
+        engine: the (sync) engine.
+        owner: the object that attached these hooks (the ``Instrumentation``).
+        slots: the runtime-switchable parts.
+
+    Example::
+
+        hooks = EngineHooks(engine)
+        hooks.attach(HookParts(statement_observed=lambda *a: print(a[-1])))
+        ...
+        hooks.detach()
+    """
+
+    def __init__(self, engine: Engine, *, owner: object = None) -> None:
+        self.engine = engine
+        self.owner = owner
+        self.slots = HotSlots()
+        self.attached = False
+        self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
+        self._patched: list[tuple[Any, str, Callable[..., Any]]] = []
+        self._parts: dict[type, object] = {}
+        self._own_failures: set[str] = set()
+
+    # -- finding parts ---------------------------------------------------------
+
+    def provide(self, part: object) -> None:
+        """Make ``part`` findable by its class through :meth:`find`."""
+        self._parts[type(part)] = part
+
+    def find(self, cls: type[Any]) -> Any:
+        """The part of class ``cls`` provided for this engine, or None."""
+        return self._parts.get(cls)
+
+    def log_own_failure(self, what: str) -> None:
+        """Log an observation's own failure, once per kind: observability never breaks the app."""
+        if what in self._own_failures:
+            return
+        self._own_failures.add(what)
+        _log.exception(
+            "sqlalchemy_resilience: %s failed; further failures of it are not logged", what
+        )
+
+    # -- wiring ----------------------------------------------------------------
+
+    def _listen(self, target: Any, name: str, fn: Callable[..., Any], **kw: Any) -> None:
+        event.listen(target, name, fn, **kw)
+        self._listeners.append((target, name, fn))
+
+    def _patch(self, target: Any, name: str, wrapper: Callable[..., Any]) -> None:
+        # Instance attributes shadow the class method; detach removes only
+        # what is still ours, so a later patch by someone else survives.
+        setattr(target, name, wrapper)
+        self._patched.append((target, name, wrapper))
+
+    def attach(self, parts: HookParts) -> None:
+        """Build and install the wrappers and listeners ``parts`` asks for."""
+        if self.attached:
+            raise RuntimeError(f"hooks of {safe_url(self.engine)} are already attached")
+        engine = self.engine
+        if parts.translate_errors:
+            log_parameters, secrets = parts.log_parameters, parts.secrets
+
+            def on_handle_error(context: ExceptionContext) -> BaseException | None:
+                try:
+                    return translate_context(
+                        context, log_parameters=log_parameters, secrets=secrets
+                    )
+                except Exception:
+                    _log.exception(
+                        "sqlalchemy_resilience: error translation failed; raising the original"
+                    )
+                    return None
+
+            self._listen(engine, "handle_error", on_handle_error, retval=True)
+            self._patch_do_commit()
+        self._patch_raw_connection(parts)
+        if parts.statement_observed is not None and parts.statement_failed is not None:
+            self._patch_execute(parts.statement_observed, parts.statement_failed)
+        for name, fn in (
+            ("connect", parts.connected),
+            ("close", parts.closed),
+            ("invalidate", parts.invalidated),
+        ):
+            if fn is not None:
+                self._listen(engine, name, fn)
+        self.attached = True
+
+    def detach(self) -> None:
+        """Remove every listener and wrapper :meth:`attach` added (idempotent)."""
+        for target, name, fn in reversed(self._listeners):
+            if event.contains(target, name, fn):
+                event.remove(target, name, fn)
+        self._listeners.clear()
+        for target, name, wrapper in reversed(self._patched):
+            if target.__dict__.get(name) is wrapper:
+                del target.__dict__[name]
+        self._patched.clear()
+        self.slots.in_flight = None
+        self.attached = False
+
+    def _patch_do_commit(self) -> None:
+        # Knowing that COMMIT was in flight needs no per-statement work: the
+        # dialect (one instance per engine) tags an exception raised by its
+        # do_commit, and handle_error reads the tag. ConnectionEvents
+        # listeners for commit/begin/rollback would instead take every
+        # statement of the engine off SQLAlchemy's listener-free fast path.
+        dialect = self.engine.dialect
+        original = dialect.do_commit
+
+        def do_commit(dbapi_connection: Any) -> None:
+            try:
+                original(dbapi_connection)
+            except BaseException as exc:
+                with contextlib.suppress(AttributeError):
+                    setattr(exc, COMMIT_TAG, True)
+                raise
+
+        self._patch(dialect, "do_commit", do_commit)
+
+    def _patch_raw_connection(self, parts: HookParts) -> None:
+        engine = self.engine
+        original = engine.raw_connection
+        gate, checked_out, failed = parts.before_checkout, parts.checked_out, parts.checkout_failed
+        translate: Callable[[BaseException], BaseException | None] | None = None
+        if parts.translate_errors:
+            engine_ref = weakref.ref(engine)
+            dbapi_error = engine.dialect.loaded_dbapi.Error
+            log_parameters, secrets = parts.log_parameters, parts.secrets
+
+            def status() -> dict[str, Any]:
+                found = engine_ref()
+                return pool_status(found) if found is not None else {"pool_class": "?"}
+
+            def translate(exc: BaseException) -> BaseException | None:
+                return translate_checkout_failure(
+                    exc,
+                    dbapi_error=dbapi_error,
+                    status=status,
+                    log_parameters=log_parameters,
+                    secrets=secrets,
+                )
+
+        perf = time.perf_counter
+
+        def raw_connection() -> PoolProxiedConnection:
+            if gate is not None:
+                gate()
+            start = perf()
+            try:
+                fairy = original()
+            except BaseException as exc:
+                if failed is not None:
+                    failed(exc)
+                if translate is None:
+                    raise
+                translated = translate(exc)
+                if translated is None:
+                    raise
+                raise translated from exc
+            if checked_out is not None:
+                checked_out(fairy, start)
+            return fairy
+
+        # Instance attribute: survives engine.dispose() (which replaces the
+        # pool) and is removed on detach, restoring the class method.
+        self._patch(engine, "raw_connection", raw_connection)
+
+    def _patch_execute(self, observed: StatementObserved, failed: StatementFailed) -> None:
+        dialect = self.engine.dialect
+        is_async = bool(dialect.is_async)
+        slots = self.slots
+        self._patch(
+            dialect, "do_execute", _timed(dialect.do_execute, observed, failed, slots, is_async)
+        )
+        self._patch(
+            dialect,
+            "do_executemany",
+            _timed(dialect.do_executemany, observed, failed, slots, is_async),
+        )
+        original_no_params = dialect.do_execute_no_params
+
+        def call_no_params(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
+            original_no_params(cursor, statement, context)
+
+        wrapped = _timed(call_no_params, observed, failed, slots, is_async)
+
+        def do_execute_no_params(cursor: Any, statement: str, context: Any = None) -> None:
+            wrapped(cursor, statement, None, context)
+
+        self._patch(dialect, "do_execute_no_params", do_execute_no_params)
+
+
+def _timed(
+    original: Callable[..., None],
+    observed: StatementObserved,
+    failed: StatementFailed,
+    slots: HotSlots,
+    is_async: bool,
+) -> Callable[..., None]:
+    # The one function every statement pays for, written to make as few
+    # Python calls as possible: on this path each call costs about as much
+    # as everything else it does.
+    perf = time.perf_counter
+
+    def wrapper(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
+        tracker = slots.in_flight
+        key = tracker.enter(statement, is_async) if tracker is not None else 0
+        start = perf()
+        try:
+            original(cursor, statement, parameters, context)
+        except BaseException as exc:
+            failed(cursor, statement, parameters, context, perf() - start, exc)
+            raise
+        finally:
+            if tracker is not None:
+                tracker.running.pop(key, None)
+        observed(cursor, statement, parameters, context, perf() - start)
+
+    return wrapper

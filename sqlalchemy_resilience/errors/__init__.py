@@ -1,0 +1,70 @@
+"""Typed errors: the hierarchy, the classifier, user messages and translation.
+
+``hierarchy`` draws the tree; ``classify`` reads a driver exception into
+facts and picks the class; ``messages`` holds the end-user wording;
+``translate`` is where an exception becomes a typed one.
+"""
+
+from __future__ import annotations
+
+from .hierarchy import AlreadyApplied as AlreadyApplied
+from .hierarchy import AuthenticationFailed as AuthenticationFailed
+from .hierarchy import CheckViolation as CheckViolation
+from .hierarchy import CircuitOpenError as CircuitOpenError
+from .hierarchy import CommitOutcomeUnknown as CommitOutcomeUnknown
+from .hierarchy import ConnectionLost as ConnectionLost
+from .hierarchy import ConstraintViolation as ConstraintViolation
+from .hierarchy import DatabaseFailure as DatabaseFailure
+from .hierarchy import DatabaseUnavailable as DatabaseUnavailable
+from .hierarchy import DeadlockDetected as DeadlockDetected
+from .hierarchy import ExclusionViolation as ExclusionViolation
+from .hierarchy import ForeignKeyViolation as ForeignKeyViolation
+from .hierarchy import InsufficientResources as InsufficientResources
+from .hierarchy import InvalidData as InvalidData
+from .hierarchy import InvalidStatement as InvalidStatement
+from .hierarchy import LockNotAvailable as LockNotAvailable
+from .hierarchy import NotNullViolation as NotNullViolation
+from .hierarchy import PermissionDenied as PermissionDenied
+from .hierarchy import PoolExhausted as PoolExhausted
+from .hierarchy import QueryTimeout as QueryTimeout
+from .hierarchy import ResilienceError as ResilienceError
+from .hierarchy import RetryExhausted as RetryExhausted
+from .hierarchy import SerializationFailure as SerializationFailure
+from .hierarchy import TooManyConnections as TooManyConnections
+from .hierarchy import TransactionConflict as TransactionConflict
+from .hierarchy import UniqueViolation as UniqueViolation
+from .messages import MESSAGE_KEYS as MESSAGE_KEYS
+from .messages import register_messages as register_messages
+from .translate import translate_error as translate_error
+
+__all__ = [
+    "MESSAGE_KEYS",
+    "AlreadyApplied",
+    "AuthenticationFailed",
+    "CheckViolation",
+    "CircuitOpenError",
+    "CommitOutcomeUnknown",
+    "ConnectionLost",
+    "ConstraintViolation",
+    "DatabaseFailure",
+    "DatabaseUnavailable",
+    "DeadlockDetected",
+    "ExclusionViolation",
+    "ForeignKeyViolation",
+    "InsufficientResources",
+    "InvalidData",
+    "InvalidStatement",
+    "LockNotAvailable",
+    "NotNullViolation",
+    "PermissionDenied",
+    "PoolExhausted",
+    "QueryTimeout",
+    "ResilienceError",
+    "RetryExhausted",
+    "SerializationFailure",
+    "TooManyConnections",
+    "TransactionConflict",
+    "UniqueViolation",
+    "register_messages",
+    "translate_error",
+]

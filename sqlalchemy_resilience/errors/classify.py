@@ -1,0 +1,466 @@
+"""Turn a driver or SQLAlchemy exception into facts, and facts into a typed error.
+
+Classification reads the SQLSTATE the server sent (asyncpg maps deadlocks,
+serialization failures and shutdowns to a generic ``DBAPIError``, so the
+SQLAlchemy class alone says little), the driver's own codes where there is no
+SQLSTATE (SQLite's extended result codes), whether the connection was lost,
+and the phase the failure happened in: while connecting, during a statement,
+or while COMMIT was in flight. The most specific rule wins: a full SQLSTATE,
+then its two-character class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from sqlalchemy import exc as sa_exc
+
+from . import hierarchy as e
+
+__all__ = ["ErrorFacts", "Phase", "build_error", "classify", "extract_facts", "redact_text"]
+
+Phase = Literal["connect", "statement", "commit"]
+
+# (class, retryable-or-None for the class default)
+_Rule = tuple[type[e.DatabaseFailure], "bool | None"]
+
+_SQLSTATE_RULES: dict[str, _Rule] = {
+    "40001": (e.SerializationFailure, None),
+    "40P01": (e.DeadlockDetected, None),
+    "40002": (e.ConstraintViolation, False),
+    "40003": (e.CommitOutcomeUnknown, False),
+    "55P03": (e.LockNotAvailable, False),
+    "57014": (e.QueryTimeout, None),
+    "25P04": (e.QueryTimeout, None),
+    "57P01": (e.ConnectionLost, None),
+    "57P02": (e.ConnectionLost, None),
+    "57P03": (e.DatabaseUnavailable, True),
+    "57P04": (e.DatabaseUnavailable, False),
+    "57P05": (e.ConnectionLost, None),
+    "25P03": (e.ConnectionLost, None),
+    "53300": (e.TooManyConnections, True),
+    "08001": (e.DatabaseUnavailable, True),
+    "08004": (e.DatabaseUnavailable, True),
+    "08000": (e.ConnectionLost, None),
+    "08003": (e.ConnectionLost, None),
+    "08006": (e.ConnectionLost, None),
+    "08007": (e.CommitOutcomeUnknown, False),
+    "08P01": (e.ConnectionLost, False),
+    "23505": (e.UniqueViolation, None),
+    "23503": (e.ForeignKeyViolation, None),
+    "23502": (e.NotNullViolation, None),
+    "23514": (e.CheckViolation, None),
+    "23P01": (e.ExclusionViolation, None),
+    "42501": (e.PermissionDenied, None),
+    "3D000": (e.DatabaseUnavailable, False),
+    "28000": (e.AuthenticationFailed, None),
+    "28P01": (e.AuthenticationFailed, None),
+}
+
+_SQLSTATE_CLASS_RULES: dict[str, _Rule] = {
+    "40": (e.TransactionConflict, None),
+    "23": (e.ConstraintViolation, None),
+    "22": (e.InvalidData, None),
+    "42": (e.InvalidStatement, None),
+    "28": (e.AuthenticationFailed, None),
+    "53": (e.InsufficientResources, None),
+    "08": (e.ConnectionLost, None),
+    "57": (e.DatabaseUnavailable, False),
+}
+
+# SQLite extended result codes by name (sqlite3.Error.sqlite_errorname, Python >= 3.11).
+_SQLITE_RULES: dict[str, _Rule] = {
+    "SQLITE_BUSY_SNAPSHOT": (e.SerializationFailure, True),
+    "SQLITE_BUSY": (e.LockNotAvailable, True),
+    "SQLITE_BUSY_RECOVERY": (e.LockNotAvailable, True),
+    "SQLITE_BUSY_TIMEOUT": (e.LockNotAvailable, True),
+    "SQLITE_LOCKED": (e.LockNotAvailable, True),
+    "SQLITE_LOCKED_SHAREDCACHE": (e.LockNotAvailable, True),
+    "SQLITE_CONSTRAINT_UNIQUE": (e.UniqueViolation, None),
+    "SQLITE_CONSTRAINT_PRIMARYKEY": (e.UniqueViolation, None),
+    "SQLITE_CONSTRAINT_FOREIGNKEY": (e.ForeignKeyViolation, None),
+    "SQLITE_CONSTRAINT_NOTNULL": (e.NotNullViolation, None),
+    "SQLITE_CONSTRAINT_CHECK": (e.CheckViolation, None),
+    "SQLITE_CONSTRAINT": (e.ConstraintViolation, None),
+    "SQLITE_INTERRUPT": (e.QueryTimeout, None),
+    "SQLITE_READONLY": (e.PermissionDenied, None),
+    "SQLITE_PERM": (e.PermissionDenied, None),
+    "SQLITE_AUTH": (e.PermissionDenied, None),
+    "SQLITE_CANTOPEN": (e.DatabaseUnavailable, False),
+    "SQLITE_FULL": (e.InsufficientResources, None),
+    "SQLITE_NOMEM": (e.InsufficientResources, None),
+    "SQLITE_MISMATCH": (e.InvalidData, None),
+    "SQLITE_TOOBIG": (e.InvalidData, None),
+    "SQLITE_RANGE": (e.InvalidData, None),
+    "SQLITE_ERROR": (e.InvalidStatement, None),
+}
+
+# Before Python 3.11 sqlite3 exceptions carry no result code; SQLite's own
+# English messages are stable and are the only signal left.
+_SQLITE_MESSAGE_CODES: tuple[tuple[str, str], ...] = (
+    ("UNIQUE constraint failed", "SQLITE_CONSTRAINT_UNIQUE"),
+    ("FOREIGN KEY constraint failed", "SQLITE_CONSTRAINT_FOREIGNKEY"),
+    ("NOT NULL constraint failed", "SQLITE_CONSTRAINT_NOTNULL"),
+    ("CHECK constraint failed", "SQLITE_CONSTRAINT_CHECK"),
+    ("database is locked", "SQLITE_BUSY"),
+    ("database table is locked", "SQLITE_LOCKED"),
+    ("interrupted", "SQLITE_INTERRUPT"),
+    ("attempt to write a readonly database", "SQLITE_READONLY"),
+    ("unable to open database file", "SQLITE_CANTOPEN"),
+    ("no such table", "SQLITE_ERROR"),
+    ("no such column", "SQLITE_ERROR"),
+    ("syntax error", "SQLITE_ERROR"),
+)
+
+# libpq reports a failed connection attempt as text only (no SQLSTATE), so
+# psycopg's connect errors are recognised by the server's FATAL message. With
+# a non-English lc_messages none match, and the failure stays a retryable
+# DatabaseUnavailable.
+_LIBPQ_CONNECT_STATES: tuple[tuple[str, str], ...] = (
+    ("password authentication failed", "28P01"),
+    ("no pg_hba.conf entry", "28000"),
+    ("too many connections", "53300"),
+    ("remaining connection slots are reserved", "53300"),
+    ("the database system is starting up", "57P03"),
+    ("the database system is shutting down", "57P03"),
+    ("the database system is in recovery mode", "57P03"),
+    ("the database system is not yet accepting connections", "57P03"),
+    ('FATAL:  role "', "28000"),
+    ('FATAL:  database "', "3D000"),
+)
+
+_SQLITE_TARGET = re.compile(r"constraint failed: (?:([\w$]+)\.)?([\w$]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFacts:
+    """What an exception says about itself, driver differences removed.
+
+    Attributes:
+        sqlstate: SQLSTATE from the server or the driver's class.
+        driver_code: SQLite's extended result code name, when that is the driver.
+        server_reported: the server sent this error (an ErrorResponse with a
+            severity); False for client-side failures such as EOF or a reset socket.
+        primary_message: the server's or driver's first message line, unredacted.
+        driver: ``asyncpg``, ``psycopg``, ``sqlite`` or ``other``.
+        invalidated: SQLAlchemy reported the connection as invalidated.
+    """
+
+    sqlstate: str | None = None
+    driver_code: str | None = None
+    constraint_name: str | None = None
+    table_name: str | None = None
+    column_name: str | None = None
+    schema_name: str | None = None
+    server_reported: bool = False
+    primary_message: str = ""
+    driver: str = "other"
+    driver_class: str = ""
+    invalidated: bool = False
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        if isinstance(current, sa_exc.DBAPIError) and current.orig is not None:
+            nxt: BaseException | None = current.orig
+        else:
+            nxt = current.__cause__ or current.__context__
+        current = nxt
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _sqlite_facts(err: sqlite3.Error) -> ErrorFacts:
+    message = str(err)
+    name = getattr(err, "sqlite_errorname", None)
+    if name is None:
+        name = next((code for hint, code in _SQLITE_MESSAGE_CODES if hint in message), None)
+    table = column = constraint = None
+    match = _SQLITE_TARGET.search(message)
+    if match:
+        if match.group(1):
+            table, column = match.group(1), match.group(2)
+        else:
+            constraint = match.group(2)
+    return ErrorFacts(
+        driver_code=name,
+        table_name=table,
+        column_name=column,
+        constraint_name=constraint,
+        server_reported=True,
+        primary_message=_first_line(message),
+        driver="sqlite",
+        driver_class=type(err).__name__,
+    )
+
+
+def extract_facts(exc: BaseException) -> ErrorFacts:
+    """Read SQLSTATE, constraint/table/column and origin from any driver's exception.
+
+    ``exc`` may be a SQLAlchemy ``DBAPIError`` or the driver's exception itself.
+
+    Example::
+
+        >>> extract_facts(err).sqlstate  # doctest: +SKIP
+        '23505'
+    """
+    invalidated = bool(getattr(exc, "connection_invalidated", False))
+    generic_state: str | None = None
+    generic_message = ""
+    for item in _chain(exc):
+        module = type(item).__module__
+        if isinstance(item, sqlite3.Error):
+            facts = _sqlite_facts(item)
+            return replace(facts, invalidated=invalidated)
+        if module.startswith("asyncpg"):
+            severity = getattr(item, "severity", None)
+            if not severity:
+                # asyncpg reports a FATAL ErrorResponse that closed the
+                # connection as ConnectionDoesNotExistError caused by the
+                # server's error; the server's word is the one that counts.
+                cause = item.__cause__ or item.__context__
+                if (
+                    cause is not None
+                    and type(cause).__module__.startswith("asyncpg")
+                    and getattr(cause, "severity", None)
+                ):
+                    item = cause
+                    severity = getattr(item, "severity", None)
+            args = getattr(item, "args", ())
+            return ErrorFacts(
+                sqlstate=getattr(item, "sqlstate", None),
+                constraint_name=getattr(item, "constraint_name", None),
+                table_name=getattr(item, "table_name", None),
+                column_name=getattr(item, "column_name", None),
+                schema_name=getattr(item, "schema_name", None),
+                server_reported=bool(severity),
+                primary_message=_first_line(str(args[0]) if args else ""),
+                driver="asyncpg",
+                driver_class=type(item).__name__,
+                invalidated=invalidated,
+            )
+        diag = getattr(item, "diag", None)
+        if module.startswith("psycopg") and diag is not None:
+            sqlstate = getattr(item, "sqlstate", None)
+            server_reported = bool(diag.severity)
+            if sqlstate is None and "FATAL:" in str(item):
+                text = str(item)
+                sqlstate = next((c for hint, c in _LIBPQ_CONNECT_STATES if hint in text), None)
+                server_reported = sqlstate is not None
+            return ErrorFacts(
+                sqlstate=sqlstate,
+                constraint_name=diag.constraint_name,
+                table_name=diag.table_name,
+                column_name=diag.column_name,
+                schema_name=diag.schema_name,
+                server_reported=server_reported,
+                primary_message=diag.message_primary or _first_line(str(item)),
+                driver="psycopg",
+                driver_class=type(item).__name__,
+                invalidated=invalidated,
+            )
+        if generic_state is None:
+            state = getattr(item, "sqlstate", None) or getattr(item, "pgcode", None)
+            if isinstance(state, str):
+                generic_state = state
+                generic_message = _first_line(str(item))
+    return ErrorFacts(
+        sqlstate=generic_state,
+        primary_message=generic_message,
+        driver_class=type(exc).__name__,
+        invalidated=invalidated,
+    )
+
+
+# asyncio.TimeoutError is a distinct class before Python 3.11.
+CONNECT_FAILURES: tuple[type[BaseException], ...] = (OSError, TimeoutError, asyncio.TimeoutError)
+
+
+def classify(
+    facts: ErrorFacts,
+    *,
+    phase: Phase = "statement",
+    is_disconnect: bool = False,
+    client_exception: BaseException | None = None,
+) -> tuple[type[e.DatabaseFailure], bool]:
+    """Pick the error class and whether a retry of the whole unit of work is safe.
+
+    Args:
+        facts: from :func:`extract_facts`.
+        phase: ``connect`` (nothing was sent), ``statement``, or ``commit``
+            (COMMIT was in flight: a lost connection leaves the outcome unknown).
+        is_disconnect: SQLAlchemy's verdict that the connection is unusable.
+        client_exception: a non-DBAPI exception (``OSError``, ``TimeoutError``)
+            when that is what failed.
+    """
+    lost = is_disconnect or facts.invalidated or isinstance(client_exception, CONNECT_FAILURES)
+    client_side_state = (facts.sqlstate or "").startswith("08") and not facts.server_reported
+    if phase == "connect" and (lost or client_side_state):
+        if facts.sqlstate in _SQLSTATE_RULES and facts.server_reported:
+            cls, retry = _SQLSTATE_RULES[facts.sqlstate]
+            if issubclass(cls, e.ConnectionLost):
+                return e.DatabaseUnavailable, True
+            return cls, cls.default_retryable if retry is None else retry
+        return e.DatabaseUnavailable, True
+    if phase == "commit" and (lost or client_side_state) and not facts.server_reported:
+        # EOF or a reset after COMMIT was sent: the server may have committed.
+        return e.CommitOutcomeUnknown, False
+
+    rule: _Rule | None = None
+    if facts.sqlstate:
+        rule = _SQLSTATE_RULES.get(facts.sqlstate) or _SQLSTATE_CLASS_RULES.get(facts.sqlstate[:2])
+        if facts.sqlstate == "0A000" and facts.driver_class == "InvalidCachedStatementError":
+            # asyncpg: a prepared plan went stale after DDL; SQLAlchemy has
+            # already invalidated its caches, so one more run succeeds.
+            rule = (e.DatabaseFailure, True)
+    elif facts.driver_code:
+        rule = _SQLITE_RULES.get(facts.driver_code)
+        if rule is None and facts.driver_code.startswith("SQLITE_CONSTRAINT"):
+            rule = _SQLITE_RULES["SQLITE_CONSTRAINT"]
+    if phase == "connect" and rule is not None and issubclass(rule[0], e.ConnectionLost):
+        return e.DatabaseUnavailable, True
+    if rule is None:
+        if lost:
+            return (e.DatabaseUnavailable, True) if phase == "connect" else (e.ConnectionLost, True)
+        if phase == "connect":
+            # Nothing was sent yet; only an error the server itself reported
+            # (and no rule knows) is treated as permanent.
+            return e.DatabaseUnavailable, not facts.server_reported
+        return e.DatabaseFailure, False
+    cls, retry = rule
+    return cls, cls.default_retryable if retry is None else retry
+
+
+# -- redaction -------------------------------------------------------------
+
+_KEY_VALUES = re.compile(r"(Key \([^)]*\))=\((?:[^()]|\([^()]*\))*\)")
+_FAILING_ROW = re.compile(r"(Failing row contains) \(.*\)", re.DOTALL)
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_VALUE_AFTER_COLON = re.compile(r"(:\s*)(0x[0-9a-fA-F]+|'[^']*')")
+
+
+def redact_text(text: str, *, sqlstate: str | None = None, secrets: tuple[str, ...] = ()) -> str:
+    """Remove data values and secrets from a server or driver message.
+
+    ``Key (email)=(a@b)`` becomes ``Key (email)=(…)``, "Failing row contains
+    (...)" loses the row, and for data exceptions (class 22, which quote the
+    offending value) quoted text becomes ``"…"``. Every string in ``secrets``
+    (the connection password) becomes ``***``.
+    """
+    out = _KEY_VALUES.sub(r"\1=(…)", text)
+    out = _FAILING_ROW.sub(r"\1 (…).", out)
+    if sqlstate is not None and sqlstate.startswith("22"):
+        out = _QUOTED.sub('"…"', out)
+        out = _VALUE_AFTER_COLON.sub(r"\1…", out)
+    for secret in secrets:
+        if secret:
+            out = out.replace(secret, "***")
+    return out
+
+
+def _redact_in_place(exc: BaseException, sqlstate: str | None, secrets: tuple[str, ...]) -> None:
+    """Rewrite the messages of the driver exceptions in a chain, values removed.
+
+    Structured fields stay (psycopg's ``diag``, asyncpg's ``constraint_name``);
+    only the text that ``str()``, ``repr()`` and tracebacks print changes, so
+    the chain can be logged without leaking the parameters the app hid.
+    """
+    for item in _chain(exc):
+        if isinstance(item, e.ResilienceError):
+            continue
+        args = getattr(item, "args", ())
+        if args and isinstance(args[0], str):
+            new_first = redact_text(args[0], sqlstate=sqlstate, secrets=secrets)
+            if new_first != args[0]:
+                item.args = (new_first, *args[1:])
+        detail = getattr(item, "detail", None)
+        if isinstance(detail, str) and type(item).__module__.startswith(("asyncpg", "sqlalchemy")):
+            redacted = redact_text(detail, sqlstate=sqlstate, secrets=secrets)
+            if redacted != detail:
+                with contextlib.suppress(AttributeError):
+                    item.detail = redacted  # type: ignore[attr-defined]
+
+
+def build_error(
+    exc: BaseException,
+    *,
+    phase: Phase = "statement",
+    is_disconnect: bool = False,
+    show_parameters: bool = False,
+    secrets: tuple[str, ...] = (),
+) -> e.DatabaseFailure:
+    """Translate ``exc`` (a SQLAlchemy ``DBAPIError`` or a raw driver/socket error).
+
+    The result keeps ``exc``'s statement and, as ``orig``, the driver's
+    exception; it subclasses the SQLAlchemy class ``exc`` was (or would have
+    been) so existing ``except`` clauses still match.
+
+    Args:
+        exc: the exception to translate.
+        phase: see :func:`classify`.
+        is_disconnect: SQLAlchemy's verdict that the connection is unusable.
+        show_parameters: keep bound parameter values and the driver's full
+            text (the application opted in); otherwise they are redacted,
+            also in the driver exceptions of the chain.
+        secrets: strings (the connection password) never to show.
+    """
+    facts = extract_facts(exc)
+    client_exc = None if isinstance(exc, sa_exc.DBAPIError) else exc
+    if client_exc is not None and not isinstance(client_exc, CONNECT_FAILURES) and facts.sqlstate:
+        client_exc = None
+    cls, retryable = classify(
+        facts, phase=phase, is_disconnect=is_disconnect, client_exception=client_exc
+    )
+    orig: BaseException | None
+    if isinstance(exc, sa_exc.DBAPIError):
+        sa_class: type[sa_exc.DBAPIError] | None = type(exc)
+        if isinstance(exc, e.DatabaseFailure):
+            sa_class = None
+        statement, params, orig = exc.statement, exc.params, exc.orig
+        invalidated = exc.connection_invalidated or is_disconnect
+        ismulti = exc.ismulti
+    else:
+        sa_class = None
+        statement, params, orig = None, None, exc
+        invalidated = is_disconnect or isinstance(exc, CONNECT_FAILURES)
+        ismulti = None
+    summary = facts.primary_message or (
+        f"{type(orig).__name__}: {_first_line(str(orig))}" if orig is not None else ""
+    )
+    if not show_parameters:
+        summary = redact_text(summary, sqlstate=facts.sqlstate, secrets=secrets)
+        if orig is not None:
+            _redact_in_place(orig, facts.sqlstate, secrets)
+    elif secrets:
+        summary = redact_text(summary, secrets=secrets)
+    if statement and secrets:
+        statement = redact_text(statement, secrets=secrets)
+    final_cls = e.combined_class(cls, sa_class)
+    return final_cls(
+        summary,
+        sqlstate=facts.sqlstate,
+        driver_code=facts.driver_code,
+        constraint_name=facts.constraint_name,
+        table_name=facts.table_name,
+        column_name=facts.column_name,
+        schema_name=facts.schema_name,
+        retryable=retryable,
+        statement=statement,
+        params=params,
+        orig=orig,
+        hide_parameters=not show_parameters,
+        connection_invalidated=invalidated,
+        ismulti=ismulti,
+    )

@@ -1,0 +1,163 @@
+"""Translation entry points: by hand, from ``handle_error``, and at checkout.
+
+SQLAlchemy routes failures through different paths, so translation has three
+doors, all ending in :func:`~sqlalchemy_resilience.errors.classify.build_error`:
+
+* :func:`translate_error`, for an exception in hand;
+* :func:`translate_context`, for the engine's ``handle_error`` event (every
+  DBAPI error, connect-time ones included, with SQLAlchemy's own verdict on
+  whether the connection was lost);
+* :func:`translate_checkout_failure`, for what a pool checkout raises without
+  passing ``handle_error``: a refused or timed-out TCP connect (a plain
+  ``OSError`` from asyncpg), a raw asyncpg server error on SQLAlchemy 2.0,
+  and the pool's own ``TimeoutError``, which becomes :class:`PoolExhausted`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import ExceptionContext
+
+from .classify import CONNECT_FAILURES, Phase, build_error
+from .hierarchy import PoolExhausted, ResilienceError
+
+__all__ = [
+    "COMMIT_TAG",
+    "is_driver_exception",
+    "pool_exhausted",
+    "translate_checkout_failure",
+    "translate_context",
+    "translate_error",
+]
+
+# Set on an exception raised by the dialect's do_commit: COMMIT was in flight.
+COMMIT_TAG = "_sqlalchemy_resilience_commit"
+
+
+def is_driver_exception(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from one of the supported drivers' own modules."""
+    module = type(exc).__module__
+    return module.startswith(("asyncpg", "psycopg", "sqlite3", "aiosqlite", "_sqlite3"))
+
+
+def translate_error(exc: BaseException, *, log_parameters: bool = False) -> BaseException:
+    """Translate a database exception by hand, as the ``handle_error`` hook does.
+
+    Returns a :class:`~sqlalchemy_resilience.ResilienceError` for a SQLAlchemy
+    ``DBAPIError``, a driver exception, a pool ``TimeoutError`` or a socket
+    error; returns any other exception (and an already translated one) unchanged.
+    The original becomes ``__cause__``.
+
+    Args:
+        exc: the exception.
+        log_parameters: keep bound parameter values and the driver's full text
+            in the result (off: they are redacted).
+
+    Example::
+
+        try:
+            conn.execute(insert(users).values(email=email))
+        except sqlalchemy.exc.DBAPIError as raw:
+            err = translate_error(raw)
+            print(type(err).__name__, err.retryable, err.user_message("ja"))
+    """
+    if isinstance(exc, ResilienceError):
+        return exc
+    if isinstance(exc, sa_exc.TimeoutError):
+        new: BaseException = PoolExhausted(str(exc).splitlines()[0])
+    elif isinstance(exc, sa_exc.DBAPIError) or is_driver_exception(exc):
+        new = build_error(
+            exc,
+            is_disconnect=bool(getattr(exc, "connection_invalidated", False)),
+            show_parameters=log_parameters,
+        )
+    elif isinstance(exc, CONNECT_FAILURES):
+        new = build_error(exc, phase="connect", is_disconnect=True, show_parameters=log_parameters)
+    else:
+        return exc
+    new.__cause__ = exc
+    return new
+
+
+def pool_exhausted(status: dict[str, Any]) -> PoolExhausted:
+    """The :class:`PoolExhausted` for a pool timeout, naming the pool's numbers."""
+    numbers = ", ".join(f"{k}={v}" for k, v in status.items() if k != "pool_class")
+    return PoolExhausted(
+        f"no connection free within the pool timeout ({status['pool_class']}: {numbers})",
+        pool_status=status,
+    )
+
+
+def translate_checkout_failure(
+    exc: BaseException,
+    *,
+    dbapi_error: type[BaseException],
+    status: Any,
+    log_parameters: bool,
+    secrets: tuple[str, ...],
+) -> BaseException | None:
+    """The translation of what a checkout raised, or None to let it through.
+
+    Args:
+        exc: what ``Engine.raw_connection`` raised.
+        dbapi_error: the driver's ``Error`` class; those are routed through
+            ``handle_error`` by SQLAlchemy and are left alone here.
+        status: a callable returning the pool's status, read only on a timeout.
+        log_parameters: as for :func:`translate_error`.
+        secrets: strings to scrub from messages (the password).
+    """
+    if isinstance(exc, ResilienceError):
+        return None
+    if isinstance(exc, sa_exc.TimeoutError):
+        return pool_exhausted(status())
+    if isinstance(exc, dbapi_error):
+        return None  # Connection.__init__ routes it through handle_error.
+    if isinstance(exc, CONNECT_FAILURES) or is_driver_exception(exc):
+        return build_error(
+            exc,
+            phase="connect",
+            is_disconnect=isinstance(exc, CONNECT_FAILURES),
+            show_parameters=log_parameters,
+            secrets=secrets,
+        )
+    return None
+
+
+def _phase(context: ExceptionContext) -> Phase:
+    conn = context.connection
+    if conn is None:
+        return "connect"
+    if context.statement is None and getattr(context.original_exception, COMMIT_TAG, False):
+        return "commit"
+    ctx = context.execution_context
+    if ctx is not None and (ctx.isinsert or ctx.isupdate or getattr(ctx, "isdelete", False)):
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            # The driver commits a DML statement on its own: losing the
+            # connection mid-statement leaves the outcome unknown too.
+            return "commit"
+    return "statement"
+
+
+def translate_context(
+    context: ExceptionContext, *, log_parameters: bool, secrets: tuple[str, ...]
+) -> BaseException | None:
+    """The translated error for a ``handle_error`` event, or None to keep SQLAlchemy's.
+
+    Not a DBAPI error (SQLAlchemy's own, or an exit exception such as
+    ``CancelledError``) and a pre-ping SQLAlchemy will recover from are left alone.
+    """
+    original = context.sqlalchemy_exception
+    if original is None or context.is_pre_ping:
+        return None
+    if not isinstance(original, sa_exc.DBAPIError):
+        return None
+    return build_error(
+        original,
+        phase=_phase(context),
+        is_disconnect=context.is_disconnect,
+        show_parameters=log_parameters,
+        secrets=secrets,
+    )

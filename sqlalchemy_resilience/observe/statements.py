@@ -1,0 +1,254 @@
+"""Statement observation: what happens after each statement, built once per engine.
+
+:class:`StatementObserver` turns the observation options of one engine into
+the two callables the hook core wraps around the driver call: one for a
+statement that succeeded, one for a statement that raised. The success path
+is the one every statement pays for; it is a single closure that reads the
+cached facts, makes one buffered append for the statistics, records the
+duration histogram when an SDK is behind it, and compares against the
+slow-query threshold. Parts that are off cost one ``is not None`` test.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql.util import _repr_params
+
+from sqlalchemy_resilience.core.callsites import CallSites
+from sqlalchemy_resilience.errors.classify import classify, extract_facts
+
+from .explain import PlanExplainer
+from .facts import INFO_ATTR, StatementFacts, StatementInfo
+from .slow_query import emit_slow_query
+from .stats import PENDING_LIMIT, QueryStats, normalize_statement
+from .watchdog import InFlight
+
+__all__ = ["CALL_SITE_SAMPLING", "StatementObserver"]
+
+# With stats_call_sites=True one statement in this many pays for a stack walk.
+CALL_SITE_SAMPLING = 16
+
+
+def _nothing() -> None:
+    pass
+
+
+class StatementObserver:
+    """Statistics, duration metric, slow-query log and plans for one engine's statements.
+
+    Args:
+        engine: the (sync) engine.
+        stats: the statistics to feed, or None.
+        histogram: the ``db.client.operation.duration`` instrument, or None.
+        slow_query_threshold: seconds, or None for no slow-query log.
+        call_sites: the call-site finder.
+        stats_call_sites: sample call sites into the statistics.
+        explainer: attaches plans to slow SELECTs, or None.
+        show_parameters: slow-query records may show parameters.
+        log_own_failure: logs an observation's own failure once per kind.
+
+    Attributes:
+        slow: the threshold in seconds (``math.inf`` when off); read per statement.
+
+    Example::
+
+        observer = StatementObserver(engine, stats=QueryStats(), histogram=None,
+                                     slow_query_threshold=0.5, call_sites=CallSites(),
+                                     log_own_failure=print)
+        hooks.attach(HookParts(statement_observed=observer.observed,
+                               statement_failed=observer.failed))
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        stats: QueryStats | None,
+        histogram: Any,
+        slow_query_threshold: float | None,
+        call_sites: CallSites,
+        log_own_failure: Callable[[str], None],
+        stats_call_sites: bool = False,
+        explainer: PlanExplainer | None = None,
+        show_parameters: bool = False,
+        database: str | None = None,
+        host: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.facts = StatementFacts(engine)
+        self.stats = stats
+        self.histogram = histogram
+        self.slow: float = math.inf if slow_query_threshold is None else slow_query_threshold
+        self.call_sites = call_sites
+        self.stats_call_sites = stats_call_sites and stats is not None
+        self.explainer = explainer
+        self.show_parameters = show_parameters
+        self.database = database
+        self.host = host
+        self._log_own_failure = log_own_failure
+        self._call_site_counter = 0
+        self.observed = self._build_observed()
+
+    def _build_observed(
+        self,
+    ) -> Callable[[Any, str, Any, Any, float], None]:
+        token = self.facts.token
+        info_for = self.facts.info
+        stats = self.stats
+        pending = stats._pending if stats is not None else None
+        flush: Callable[[], None] = stats.flush if stats is not None else _nothing
+        hist = self.histogram
+        log_own_failure = self._log_own_failure
+        observer = self
+
+        def observed(
+            cursor: Any, statement: str, parameters: Any, context: Any, duration: float
+        ) -> None:
+            try:
+                compiled = context.compiled if context is not None else None
+                info = getattr(compiled, INFO_ATTR, None) if compiled is not None else None
+                if info is None or info.owner is not token:
+                    info = info_for(context, statement)
+                if pending is not None:
+                    pending.append((info, duration, cursor.rowcount))
+                    if len(pending) >= PENDING_LIMIT:
+                        flush()
+                    if observer.stats_call_sites:
+                        observer._sample_call_site(info.key)
+                # A proxy instrument without an SDK behind it does nothing:
+                # skip the call (the check is an attribute read).
+                if hist is not None and getattr(hist, "_real_instrument", hist) is not None:
+                    hist.record(duration, info.attrs)
+                if duration >= observer.slow:
+                    observer._slow_query(cursor, statement, parameters, context, duration, info)
+            except Exception:
+                log_own_failure("statement observation")
+
+        return observed
+
+    def failed(
+        self,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        duration: float,
+        exc: BaseException,
+    ) -> None:
+        """Record a statement that raised (statistics, metric with ``error.type``, slow log)."""
+        try:
+            info = self.facts.info(context, statement)
+            error_class, sqlstate = self._error_class(cursor, exc)
+            if self.stats is not None:
+                self.stats.record(
+                    info.key, info.operation, info.collection, duration, 0, error_class
+                )
+            if self.histogram is not None:
+                attrs = dict(info.attrs)
+                attrs["error.type"] = sqlstate or error_class
+                if sqlstate:
+                    attrs["db.response.status_code"] = sqlstate
+                self.histogram.record(duration, attrs)
+            if duration >= self.slow:
+                self._slow_query(
+                    cursor, statement, parameters, context, duration, info, error_class
+                )
+        except Exception:
+            self._log_own_failure("statement observation")
+
+    def _error_class(self, cursor: Any, exc: BaseException) -> tuple[str, str | None]:
+        dialect = self.engine.dialect
+        if not isinstance(exc, dialect.loaded_dbapi.Error):
+            return type(exc).__name__, None
+        facts = extract_facts(exc)
+        try:
+            lost = bool(dialect.is_disconnect(exc, None, cursor))
+        except Exception:
+            lost = False
+        cls, _ = classify(facts, phase="statement", is_disconnect=lost)
+        return cls.__name__, facts.sqlstate
+
+    def _sample_call_site(self, key: str) -> None:
+        self._call_site_counter += 1
+        if self._call_site_counter % CALL_SITE_SAMPLING:
+            return
+        site = self.call_sites.here()
+        if site is None or self.stats is None:
+            return
+        self.stats.add_call_site(key, site)
+
+    def _slow_query(
+        self,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        duration: float,
+        info: StatementInfo,
+        error: str | None = None,
+    ) -> None:
+        rows = cursor.rowcount if error is None else None
+        rowcount = rows if isinstance(rows, int) and rows >= 0 else None
+        call_site = self.call_sites.here()
+        shown = None
+        if self.show_parameters and parameters is not None:
+            shown = repr(
+                _repr_params(
+                    parameters,
+                    batches=10,
+                    ismulti=bool(getattr(context, "executemany", False)),
+                )
+            )
+        database, host = self.database, self.host
+        explainer = self.explainer
+        if (
+            explainer is not None
+            and error is None
+            and info.operation == "SELECT"
+            and explainer.submit(
+                statement,
+                parameters,
+                info.key,
+                lambda plan: emit_slow_query(
+                    database=database,
+                    host=host,
+                    duration=duration,
+                    statement=info.key,
+                    rowcount=rowcount,
+                    call_site=call_site,
+                    plan=plan,
+                    parameters=shown,
+                ),
+            )
+        ):
+            return
+        emit_slow_query(
+            database=database,
+            host=host,
+            duration=duration,
+            statement=info.key,
+            rowcount=rowcount,
+            call_site=call_site,
+            error=error,
+            parameters=shown,
+        )
+
+    def report_in_flight(self, item: InFlight, age: float) -> None:
+        """The watchdog's report of a statement still running after ``age`` seconds."""
+        if item.task is not None:
+            call_site = self.call_sites.of_task(item.task)
+        else:
+            call_site = self.call_sites.of_thread(item.thread)
+        emit_slow_query(
+            database=self.database,
+            host=self.host,
+            duration=age,
+            statement=normalize_statement(item.statement),
+            rowcount=None,
+            call_site=call_site,
+            in_flight=True,
+        )

@@ -1,0 +1,29 @@
+"""Pool management: figures, health, leak detection, load shedding, warm-up, resize, autosizing."""
+
+from __future__ import annotations
+
+from .autosize import AutosizeDecision as AutosizeDecision
+from .autosize import PoolAutosizer as PoolAutosizer
+from .control import ResizeResult as ResizeResult
+from .control import resize_pool as resize_pool
+from .control import warm_up as warm_up
+from .health import HealthReport as HealthReport
+from .health import health_check as health_check
+from .maintainer import MaintenanceReport as MaintenanceReport
+from .maintainer import PoolMaintainer as PoolMaintainer
+from .monitor import PoolMonitor as PoolMonitor
+from .monitor import pool_stats as pool_stats
+
+__all__ = [
+    "AutosizeDecision",
+    "HealthReport",
+    "MaintenanceReport",
+    "PoolAutosizer",
+    "PoolMaintainer",
+    "PoolMonitor",
+    "ResizeResult",
+    "health_check",
+    "pool_stats",
+    "resize_pool",
+    "warm_up",
+]

@@ -1,0 +1,287 @@
+"""One unit of work: its options and validation, commit-failure classification, the retry loop.
+
+Shared by :func:`~.transaction.run_transaction`, its sync twin and
+:class:`~.session.ResilientAsyncSession`: the checks of their options, what a
+failure at COMMIT means (:class:`CommitOutcomeUnknown` or a definite error),
+what one ``run_transaction`` call remembers between attempts (the idempotency
+key and the result of an attempt whose COMMIT outcome was unknown, the xid
+for ``pg_xact_status``), and the slow path that enters tenacity only after a
+first attempt has failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import tenacity
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from sqlalchemy_resilience.errors.classify import build_error
+from sqlalchemy_resilience.errors.hierarchy import (
+    AlreadyApplied,
+    CommitOutcomeUnknown,
+    ResilienceError,
+    RetryExhausted,
+)
+from sqlalchemy_resilience.errors.translate import translate_error
+from sqlalchemy_resilience.schema import IDEMPOTENCY_KEY_MAX_LENGTH, idempotency_keys
+
+from .breaker import CircuitBreaker
+from .policy import RetryBudget, RetryPolicy, log_retry
+
+T = TypeVar("T")
+
+_log = logging.getLogger("sqlalchemy_resilience.session")
+
+_RERUN_NOTE = (
+    "the transaction had already done work when this failed, so it was not retried here; "
+    "re-run the whole unit of work (sqlalchemy_resilience.run_transaction does that)"
+)
+
+ISOLATION_LEVELS = frozenset(
+    {"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"}
+)
+
+_DEFAULT_POLICY = RetryPolicy()
+
+
+def _validate(
+    isolation_level: str | None, read_only: bool, idempotent: bool, idempotency_key: str | None
+) -> None:
+    if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
+        raise ValueError(
+            f"isolation_level must be one of {sorted(ISOLATION_LEVELS)}, got {isolation_level!r}"
+        )
+    for name, value in (("read_only", read_only), ("idempotent", idempotent)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if idempotency_key is not None:
+        given: object = idempotency_key
+        if not isinstance(given, str) or not 0 < len(given) <= IDEMPOTENCY_KEY_MAX_LENGTH:
+            raise ValueError(
+                f"idempotency_key must be a string of 1 to {IDEMPOTENCY_KEY_MAX_LENGTH}"
+                f" characters, got {idempotency_key!r}"
+            )
+
+
+def _bind_of(factory: Any) -> Any:
+    kw = getattr(factory, "kw", None)
+    return kw.get("bind") if isinstance(kw, dict) else None
+
+
+def _commit_failure(exc: BaseException) -> BaseException:
+    """What a failure raised by COMMIT means.
+
+    Errors the server sent in reply (40001, a deferred constraint) are
+    definite; a lost connection or a client timeout leaves the outcome
+    unknown. On an instrumented engine the error is already translated.
+    """
+    if isinstance(exc, ResilienceError):
+        return exc
+    if isinstance(exc, sa_exc.DBAPIError):
+        return build_error(exc, phase="commit", is_disconnect=exc.connection_invalidated)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return CommitOutcomeUnknown(f"{type(exc).__name__} while COMMIT was in flight", orig=exc)
+    return exc
+
+
+def _raise_translated(exc: BaseException, *, rerun_note: bool = False) -> None:
+    translated = translate_error(exc)
+    if rerun_note and hasattr(translated, "add_note"):  # Python >= 3.11
+        translated.add_note(_RERUN_NOTE)
+    if translated is not exc:
+        raise translated from exc
+    raise exc
+
+
+def _read_only_sql(dialect_name: str) -> tuple[str, str | None]:
+    if dialect_name == "postgresql":
+        return "SET TRANSACTION READ ONLY", None
+    if dialect_name == "sqlite":
+        return "PRAGMA query_only = ON", "PRAGMA query_only = OFF"
+    raise ValueError(f"read_only=True is supported on postgresql and sqlite, not {dialect_name!r}")
+
+
+class _Unit:
+    """One run_transaction call: its options and what earlier attempts left behind."""
+
+    __slots__ = (
+        "breaker",
+        "committing",
+        "idempotency_key",
+        "isolation_level",
+        "pending",
+        "read_only",
+        "resolve",
+        "unknown_commit",
+        "xid",
+    )
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker | None,
+        isolation_level: str | None,
+        read_only: bool,
+        idempotency_key: str | None,
+    ) -> None:
+        self.breaker = breaker
+        self.isolation_level = isolation_level
+        self.read_only = read_only
+        self.idempotency_key = idempotency_key
+        # The result of an attempt whose COMMIT outcome was unknown: if a
+        # later attempt finds the key taken, that attempt did commit.
+        self.pending: Any = None
+        self.unknown_commit = False
+        self.committing = False  # COMMIT sent and not answered (for attempt_timeout)
+        self.resolve = False  # record the xid before COMMIT to resolve an unknown outcome
+        self.xid: str | None = None
+
+    def claim_statement(self, dialect_name: str) -> Any:
+        if dialect_name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect_name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        else:
+            raise ValueError(
+                f"idempotency_key is supported on postgresql and sqlite, not {dialect_name!r}"
+            )
+        return (
+            insert(idempotency_keys)
+            .values(key=self.idempotency_key)
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(idempotency_keys.c.key)
+        )
+
+    def key_taken(self) -> Any:
+        """What an attempt returns when it finds its key already committed."""
+        if self.unknown_commit:
+            _log.info(
+                "commit outcome resolved: an earlier attempt committed (idempotency key found)"
+            )
+            return self.pending
+        assert self.idempotency_key is not None
+        raise AlreadyApplied(self.idempotency_key)
+
+    def commit_failed(self, exc: BaseException, result: Any) -> BaseException:
+        failure = _commit_failure(exc)
+        if isinstance(failure, CommitOutcomeUnknown):
+            self.unknown_commit = True
+            self.pending = result
+        return failure
+
+
+async def _current_xid(session: AsyncSession) -> str | None:
+    conn = await session.connection()
+    if conn.dialect.name != "postgresql":
+        raise ValueError(
+            f"resolve_commit_outcome needs PostgreSQL (pg_xact_status), not {conn.dialect.name!r}"
+        )
+    # NULL when the transaction wrote nothing: then there is nothing to resolve.
+    value = (await session.execute(text("SELECT pg_current_xact_id_if_assigned()::text"))).scalar()
+    return None if value is None else str(value)
+
+
+async def _xact_status(
+    factory: Callable[[], AsyncSession], xid: str, *, timeout: float
+) -> str | None:
+    """Ask the server what became of ``xid``: committed, aborted, or None (still unknown)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            async with factory() as session:
+                status = (
+                    await session.execute(
+                        text("SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8))"),
+                        {"xid": xid},
+                    )
+                ).scalar()
+        except Exception:
+            status = None  # the server may still be coming back
+            _log.debug("pg_xact_status(%s) failed; retrying", xid, exc_info=True)
+        if status in ("committed", "aborted"):
+            return str(status)
+        if time.monotonic() + delay > deadline:
+            return None
+        # "in progress": the backend has not finished dying yet.
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+# How long the resolver asks pg_xact_status before it gives up (server restarting...).
+_RESOLUTION_TIMEOUT = 15.0
+
+
+async def _retry_async(
+    retrying_kwargs: dict[str, Any],
+    first: BaseException,
+    again: Callable[[], Awaitable[T]],
+) -> T:
+    """The slow path after a failed first attempt: tenacity decides, ``again`` re-runs."""
+    replayed = False
+    try:
+        async for attempt in tenacity.AsyncRetrying(**retrying_kwargs):
+            with attempt:
+                if not replayed:
+                    # Attempt 1 already ran outside tenacity (the fast path);
+                    # hand its failure to tenacity so it counts and backs off.
+                    replayed = True
+                    raise first
+                return await again()
+    except RetryExhausted:
+        raise
+    except Exception as exc:
+        _raise_translated(exc)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _retry_sync(retrying_kwargs: dict[str, Any], first: BaseException, again: Callable[[], T]) -> T:
+    """The synchronous twin of :func:`_retry_async`."""
+    replayed = False
+    try:
+        for attempt in tenacity.Retrying(**retrying_kwargs):
+            with attempt:
+                if not replayed:
+                    replayed = True
+                    raise first
+                return again()
+    except RetryExhausted:
+        raise
+    except Exception as exc:
+        _raise_translated(exc)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _retrying_kwargs(
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    errors: list[BaseException],
+    started: float,
+    idempotent: bool,
+) -> dict[str, Any]:
+    def should_retry(exc: BaseException) -> bool:
+        if exc is not errors[-1]:
+            errors.append(exc)
+        if not policy.is_retryable(exc, idempotent=idempotent):
+            return False
+        return budget.try_acquire()
+
+    def exhausted(state: tenacity.RetryCallState) -> Any:
+        raise RetryExhausted(errors) from errors[-1]
+
+    return {
+        "stop": policy.stop_strategy(elapsed=time.monotonic() - started),
+        "wait": policy.wait_strategy(),
+        "retry": tenacity.retry_if_exception(should_retry),
+        "before_sleep": log_retry,
+        "retry_error_callback": exhausted,
+    }
+
+
+# -- sync twin -------------------------------------------------------------------
