@@ -44,8 +44,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from sqlalchemy_resilience import instrument
-from sqlalchemy_resilience.stats import QueryStats, normalize_statement
+from sqlalchemy_resilience import QueryStats, instrument, normalize_statement
 
 ROWS = 1000
 TASKS = 50

@@ -16,8 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 
 @pytest.fixture

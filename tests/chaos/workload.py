@@ -25,8 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import sqlalchemy_resilience as sr
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 ACCOUNTS = 50
 INITIAL = 1000

@@ -17,8 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 CANARY = "CANARY-param-7f3e9c"
 

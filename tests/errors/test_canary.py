@@ -18,8 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 
 def _chain_texts(err: BaseException) -> list[str]:

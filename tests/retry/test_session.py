@@ -32,8 +32,7 @@ from sqlalchemy_resilience import (
     run_transaction,
     run_transaction_sync,
 )
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 FAST = RetryPolicy(attempts=5, initial_backoff=0.001, max_backoff=0.01, deadline=20)
 

@@ -32,8 +32,7 @@ from sqlalchemy_resilience import (
     resize_pool,
     warm_up,
 )
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 health_module = importlib.import_module("sqlalchemy_resilience.pool.health")
 
@@ -160,7 +159,9 @@ async def test_leak_is_reported_while_held_and_on_return(
     assert held.__dict__["sqlalchemy_resilience.holder"] == "task 'export-job'"
     assert 0.3 <= held.__dict__["sqlalchemy_resilience.held_for"] < 0.9
     stack = held.__dict__["sqlalchemy_resilience.checkout_stack"]
-    assert stack[0].startswith("tests/test_pool.py:") and stack[0].endswith(" in holds_too_long")
+    assert stack[0].startswith("tests/pool/test_pool.py:") and stack[0].endswith(
+        " in holds_too_long"
+    )
     assert "in holds_too_long" in held.getMessage()
     # Where the holder is at report time: still inside holds_too_long, sleeping.
     assert held.__dict__["sqlalchemy_resilience.holder_stack"][0].endswith(" in holds_too_long")

@@ -12,8 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument
 from sqlalchemy_resilience.embedded import EmbeddedPostgres, find_pg_bin
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 
 def test_crash_restart_keeps_committed_rows(fault_server: PgServer) -> None:

@@ -15,8 +15,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sqlalchemy_resilience import QueryTimeout, instrument
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 LOGGER = "sqlalchemy_resilience.slow_query"
 SECRET = "canary-parameter-8731"
@@ -62,7 +61,7 @@ async def test_slow_statement_is_logged_once_with_its_facts(
     assert _extra(record, "host") == f"{url.host}:{url.port}"
     call_site = _extra(record, "call_site")
     assert isinstance(call_site, str)
-    assert call_site.startswith("tests/test_slow_query.py:")
+    assert call_site.startswith("tests/observe/test_slow_query.py:")
     assert call_site.endswith(" in _sleepy_select")
     message = record.getMessage()
     assert call_site in message and statement in message and f"{duration:.3f} s" in message

@@ -13,8 +13,7 @@ import pytest
 from sqlalchemy_resilience import __version__
 from sqlalchemy_resilience.cli import main
 from sqlalchemy_resilience.cli.demo import run_demo
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 
 def test_demo_on_embedded_default(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import CircuitBreaker, RetryPolicy, instrument, resilient_sessionmaker
 from sqlalchemy_resilience.testing import inject_fault
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 FAST = RetryPolicy(attempts=4, initial_backoff=0.001, max_backoff=0.002)
 

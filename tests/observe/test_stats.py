@@ -108,7 +108,7 @@ def test_same_statement_from_two_call_sites_is_one_entry(sqlite_engine: Engine) 
     functions = {site.rsplit(" in ", 1)[1] for site in entry.call_sites}
     assert functions == {"_run_point", "test_same_statement_from_two_call_sites_is_one_entry"}
     assert sum(entry.call_sites.values()) == 128 // 16
-    assert all(site.startswith("tests/test_stats.py:") for site in entry.call_sites)
+    assert all(site.startswith("tests/observe/test_stats.py:") for site in entry.call_sites)
 
 
 def test_in_lists_of_any_length_are_one_entry(sqlite_engine: Engine) -> None:

@@ -37,8 +37,7 @@ from sqlalchemy_resilience import (
     resilient_sessionmaker,
     run_transaction,
 )
-
-from .chaos import (
+from tests.chaos.workload import (
     TOTAL,
     GcWarnings,
     History,
@@ -48,8 +47,8 @@ from .chaos import (
     run_bank,
     setup_bank,
 )
-from .faultproxy import FaultProxy
-from .pgharness import PgServer
+from tests.faultproxy import FaultProxy
+from tests.pgharness import PgServer
 
 pytestmark = pytest.mark.chaos
 

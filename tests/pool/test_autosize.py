@@ -12,8 +12,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sqlalchemy_resilience import PoolAutosizer, instrument
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 
 async def _load(engine: AsyncEngine, workers: int, seconds: float) -> int:

@@ -15,8 +15,7 @@ from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sqlalchemy_resilience import PoolExhausted, instrument, pool_stats
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 metadata = MetaData()
 things = Table("things", metadata, Column("id", Integer, primary_key=True))

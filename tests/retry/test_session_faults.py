@@ -22,8 +22,7 @@ from sqlalchemy.ext.asyncio import (
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy, instrument, run_transaction
-
-from .pgharness import PgServer
+from tests.pgharness import PgServer
 
 FAST = RetryPolicy(attempts=4, initial_backoff=0.001, max_backoff=0.01, deadline=30)
 
@@ -240,7 +239,7 @@ async def test_resolver_reports_a_lost_commit_that_committed(
 async def test_resolver_reruns_a_lost_commit_that_aborted(fault_server: PgServer) -> None:
     """resolve_commit_outcome: the client loses COMMIT's reply while the server is still committing;
     the server then aborts it; the resolver sees 'aborted' and re-runs the work, applied once."""
-    from .faultproxy import FaultProxy
+    from tests.faultproxy import FaultProxy
 
     fault_server.execute(
         "DROP TABLE IF EXISTS resolved;"
