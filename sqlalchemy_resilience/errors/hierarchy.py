@@ -53,6 +53,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.sql.util import _repr_params
 
 from .messages import user_message as _catalogue_message
 
@@ -317,9 +318,7 @@ class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
         if self.statement:
             lines.append(f"[SQL: {self.statement}]")
             if self.params and not self.hide_parameters:
-                from sqlalchemy.sql import util as sql_util
-
-                shown = sql_util._repr_params(self.params, 10, ismulti=self.ismulti)
+                shown = _repr_params(self.params, 10, ismulti=self.ismulti)
                 lines.append(f"[parameters: {shown!r}]")
         if self.orig is not None and not self.hide_parameters:
             # Opted in: the driver's full text, DETAIL lines and all.

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import tenacity
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from sqlalchemy_resilience.errors.classify import build_error
@@ -108,6 +109,10 @@ def _read_only_sql(dialect_name: str) -> tuple[str, str | None]:
     raise ValueError(f"read_only=True is supported on postgresql and sqlite, not {dialect_name!r}")
 
 
+# The dialects whose INSERT has ON CONFLICT DO NOTHING ... RETURNING.
+_UPSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
 class _Unit:
     """One run_transaction call: its options and what earlier attempts left behind."""
 
@@ -143,11 +148,8 @@ class _Unit:
         self.xid: str | None = None
 
     def claim_statement(self, dialect_name: str) -> Any:
-        if dialect_name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif dialect_name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        else:
+        insert = _UPSERTS.get(dialect_name)
+        if insert is None:
             raise ValueError(
                 f"idempotency_key is supported on postgresql and sqlite, not {dialect_name!r}"
             )
