@@ -38,9 +38,14 @@ def safe_url(engine: Engine) -> str:
 
 
 def secrets_of(engine: Engine) -> tuple[str, ...]:
-    """Strings that must never appear in the package's records (the URL's password)."""
+    """Strings that must never appear in the package's records (the URL's password, read now).
+
+    The password may be an object whose ``str()`` returns a fresh token
+    (cloud IAM authentication), so it is read when needed, not kept.
+    """
     password = engine.url.password
-    return (str(password),) if password else ()
+    text = "" if password is None else str(password)
+    return (text,) if text else ()
 
 
 def database_and_host(engine: Engine) -> tuple[str | None, str | None]:

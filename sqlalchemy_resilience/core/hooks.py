@@ -116,7 +116,9 @@ class HookParts:
     Args:
         translate_errors: translate driver errors into the typed hierarchy.
         log_parameters: translated errors may show bound parameter values.
-        secrets: strings (the password) never shown in a translated error.
+        secrets: returns the strings (the password) never shown in a translated
+            error; called only when an error is translated, so a rotating
+            password object is read then, never at attach time.
         statement_observed, statement_failed: the statement timing parts.
         before_checkout: called before each checkout; may raise to refuse it.
         checked_out: called after each checkout.
@@ -127,7 +129,7 @@ class HookParts:
 
     translate_errors: bool = True
     log_parameters: bool = False
-    secrets: tuple[str, ...] = ()
+    secrets: Callable[[], tuple[str, ...]] = tuple
     statement_observed: StatementObserved | None = None
     statement_failed: StatementFailed | None = None
     before_checkout: Callable[[], None] | None = None
@@ -210,7 +212,7 @@ class EngineHooks:
             def on_handle_error(context: ExceptionContext) -> BaseException | None:
                 try:
                     return translate_context(
-                        context, log_parameters=log_parameters, secrets=secrets
+                        context, log_parameters=log_parameters, secrets=secrets()
                     )
                 except Exception:
                     _log.exception(
@@ -284,7 +286,7 @@ class EngineHooks:
                     dbapi_error=dbapi_error,
                     status=status,
                     log_parameters=log_parameters,
-                    secrets=secrets,
+                    secrets=secrets(),
                 )
 
         perf = time.perf_counter
@@ -308,6 +310,9 @@ class EngineHooks:
                 checked_out(fairy, start)
             return fairy
 
+        # The engine keeps its hooks alive through this wrapper; nothing else
+        # holds them strongly, so dropping the engine frees both.
+        raw_connection._sqlalchemy_resilience_hooks = self  # type: ignore[attr-defined]
         # Instance attribute: survives engine.dispose() (which replaces the
         # pool) and is removed on detach, restoring the class method.
         self._patch(engine, "raw_connection", raw_connection)

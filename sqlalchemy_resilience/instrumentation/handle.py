@@ -204,7 +204,7 @@ class Instrumentation:
             HookParts(
                 translate_errors=self.translate_errors,
                 log_parameters=self.log_parameters,
-                secrets=secrets_of(engine),
+                secrets=lambda: secrets_of(engine),
                 statement_observed=self._statements.observed,
                 statement_failed=self._statements.failed,
                 before_checkout=checkouts.shed,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import pickle
+import threading
+import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument, instrumentation_of, translate_error
+from tests.pgharness import PgServer
 
 
 def _dup(engine: object) -> BaseException:
@@ -259,3 +264,75 @@ def test_error_classes_validate_input() -> None:
     err = sr.CircuitOpenError(2.0)
     assert err.retry_after == 2.0
     assert err.user_message("ja").startswith("サービスは一時的に")
+
+
+def _threads_named(name: str) -> int:
+    return sum(1 for t in threading.enumerate() if t.name == name)
+
+
+def _select_one(engine: Engine) -> None:
+    # In a function of its own, so no Connection is left in the test's frame.
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def test_a_dropped_engine_is_freed_and_its_background_parts_stop(tmp_path: Path) -> None:
+    """An instrumented engine the app drops is garbage-collected; its watchdog and leak threads end."""
+    watchdogs = _threads_named("sqlalchemy-resilience-watchdog")
+    engine = create_engine(f"sqlite:///{tmp_path / 'drop.sqlite'}")
+    instrument(engine, long_running_threshold=0.05, leak_threshold=0.05)  # handle not kept
+    _select_one(engine)
+    assert instrumentation_of(engine) is not None
+    assert _threads_named("sqlalchemy-resilience-watchdog") == watchdogs + 1
+    engine.dispose()
+    ref = weakref.ref(engine)
+    del engine
+    gc.collect()
+    assert ref() is None
+    deadline = time.monotonic() + 10.0  # the thread notices at its next tick
+    while _threads_named("sqlalchemy-resilience-watchdog") > watchdogs:
+        assert time.monotonic() < deadline, "the watchdog thread outlived its engine"
+        time.sleep(0.02)
+
+
+def test_a_kept_engine_keeps_its_instrumentation_without_the_handle(db: str) -> None:
+    """Dropping the handle does not uninstrument: the engine keeps its hooks alive."""
+    engine = make(db)
+    instrument(engine)
+    gc.collect()
+    instr = instrumentation_of(engine)
+    assert instr is not None and instr.attached
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    assert instr.stats is not None and instr.stats.get("SELECT ?") is not None
+
+
+class _RotatingPassword:
+    """A password object as cloud IAM helpers pass it: str() is called for each use."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.reads = 0
+
+    def __str__(self) -> str:
+        self.reads += 1
+        return self.secret
+
+
+def test_the_password_object_is_not_read_at_instrument_time(
+    pg_server: PgServer, pg_database: str
+) -> None:
+    """instrument() leaves a rotating password object alone; translation reads it when it runs."""
+    password = _RotatingPassword(pg_server.app_password)
+    url = pg_server.app_url(pg_database, driver="psycopg").set(password=password)  # type: ignore[arg-type]
+    engine = create_engine(url)
+    _engines.append(engine)
+    reads = password.reads
+    instrument(engine)
+    assert password.reads == reads
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        connected = password.reads
+        with pytest.raises(sr.InvalidStatement):
+            conn.execute(text("SELECT * FROM no_such_table"))
+    assert password.reads == connected + 1  # read once more, when the error was translated
