@@ -1,5 +1,12 @@
 """The ``sqlalchemy-resilience`` command line.
 
+Exit codes: ``health`` returns 0 healthy, 1 degraded, 2 unhealthy; ``demo``
+returns 0 when every step behaved and 1 otherwise. Failures of the command
+itself have codes of their own (BSD ``sysexits``), so a health check can tell
+"unhealthy" from "called wrongly": 64 usage error (bad arguments or URL), 69
+the database could not be reached or refused the demo, 78 the URL's driver is
+not installed. Each is one line on stderr, never a traceback.
+
 Example::
 
     $ sqlalchemy-resilience demo                      # SQLite, no server
@@ -13,12 +20,76 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["main"]
+__all__ = [
+    "EXIT_DRIVER_MISSING",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "CommandError",
+    "build_parser",
+    "main",
+]
+
+EXIT_USAGE = 64
+EXIT_UNAVAILABLE = 69
+EXIT_DRIVER_MISSING = 78
+
+# The extra that installs each driver the package supports.
+_EXTRAS = {"asyncpg": "asyncpg", "psycopg": "psycopg", "aiosqlite": "aiosqlite"}
+
+
+class CommandError(Exception):
+    """A failure of the command itself: printed as one line, exits with ``code``.
+
+    Example::
+
+        raise CommandError(EXIT_USAGE, "--timeout must be > 0 seconds, got 0")
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parse_url(text: str, what: str) -> URL:
+    try:
+        return make_url(text)
+    except Exception as exc:
+        raise CommandError(
+            EXIT_USAGE, f"{what} is not a SQLAlchemy URL ({type(exc).__name__})"
+        ) from None
+
+
+def _check_driver(url: URL) -> None:
+    """A one-line error naming what to install when ``url``'s driver is missing."""
+    try:
+        dialect = url.get_dialect()
+        dialect.import_dbapi()
+    except ImportError as exc:
+        module = (getattr(exc, "name", None) or url.get_driver_name()).split(".")[0]
+        extra = _EXTRAS.get(module)
+        hint = f'pip install "sqlalchemy-resilience[{extra}]"' if extra else f"pip install {module}"
+        raise CommandError(
+            EXIT_DRIVER_MISSING,
+            f"the driver for {url.drivername} ({module}) is not installed: {hint}",
+        ) from None
+    except Exception as exc:  # an unknown dialect name
+        raise CommandError(
+            EXIT_USAGE, f"no SQLAlchemy dialect for {url.drivername!r} ({type(exc).__name__})"
+        ) from None
 
 
 def _embedded_driver() -> str:
@@ -37,14 +108,10 @@ def _embedded_driver() -> str:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import default_sqlite_url, run_demo
 
-    if args.url and args.embedded_postgres:
-        raise SystemExit("use either --url or --embedded-postgres, not both")
     if args.url:
-        try:
-            url: URL = make_url(args.url)
-        except Exception as exc:
-            raise SystemExit(f"--url is not a SQLAlchemy URL: {type(exc).__name__}") from None
-        return run_demo(url)
+        url = _parse_url(args.url, "--url")
+        _check_driver(url)
+        return _unavailable_as_one_line(url, lambda: run_demo(url))
     if args.embedded_postgres:
         from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
@@ -54,12 +121,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 print(f"started an embedded PostgreSQL from {pg.bin_dir}")
                 return run_demo(pg.url(driver=driver), server=pg)
         except EmbeddedPostgresError as exc:
-            raise SystemExit(f"could not start an embedded PostgreSQL: {exc}") from None
+            raise CommandError(
+                EXIT_UNAVAILABLE, f"could not start an embedded PostgreSQL: {exc}"
+            ) from None
     workdir = tempfile.mkdtemp(prefix="sr-demo-")
     try:
         return run_demo(default_sqlite_url(workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _unavailable_as_one_line(url: URL, run: Callable[[], int]) -> int:
+    from sqlalchemy import exc as sa_exc
+
+    from sqlalchemy_resilience.errors import ResilienceError, translate_error
+
+    try:
+        return run()
+    except (ResilienceError, sa_exc.DBAPIError, OSError) as exc:
+        error = translate_error(exc)
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CommandError(
+            EXIT_UNAVAILABLE,
+            f"could not run the demo on {url.render_as_string(hide_password=True)}: {first}",
+        ) from None
 
 
 def _cmd_health(args: argparse.Namespace) -> int:
@@ -72,12 +157,10 @@ def _cmd_health(args: argparse.Namespace) -> int:
     from sqlalchemy_resilience.instrumentation import instrument
     from sqlalchemy_resilience.pool import HealthReport, health_check
 
-    try:
-        url = make_url(args.url)
-    except Exception as exc:
-        raise SystemExit(f"URL is not a SQLAlchemy URL: {type(exc).__name__}") from None
+    url = _parse_url(args.url, "URL")
     if args.timeout <= 0:
-        raise SystemExit(f"--timeout must be > 0 seconds, got {args.timeout}")
+        raise CommandError(EXIT_USAGE, f"--timeout must be > 0 seconds, got {args.timeout}")
+    _check_driver(url)
     report: HealthReport
     if url.get_dialect().is_async:
 
@@ -114,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     from sqlalchemy_resilience._version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sqlalchemy-resilience",
         description="Resilience and observability for SQLAlchemy applications.",
     )
@@ -150,8 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sqlalchemy-resilience`` command."""
+    """Entry point of the ``sqlalchemy-resilience`` command; returns the exit code.
+
+    Example::
+
+        sys.exit(main(["health", "sqlite:///app.db"]))
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except CommandError as exc:
+        print(f"{parser.prog}: {exc.message}", file=sys.stderr)
+        return exc.code
     return code

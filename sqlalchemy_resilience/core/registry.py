@@ -20,9 +20,7 @@ from .hooks import EngineHooks
 
 __all__ = ["find_part", "hooks_of", "register", "unregister"]
 
-_registry: weakref.WeakKeyDictionary[Engine, weakref.ref[EngineHooks]] = (
-    weakref.WeakKeyDictionary()
-)
+_registry: weakref.WeakKeyDictionary[Engine, weakref.ref[EngineHooks]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 

@@ -7,12 +7,14 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from sqlalchemy_resilience import __version__
 from sqlalchemy_resilience.cli import main
 from sqlalchemy_resilience.cli.demo import run_demo
+from sqlalchemy_resilience.cli.main import EXIT_DRIVER_MISSING, EXIT_UNAVAILABLE, EXIT_USAGE
 from tests.pgharness import PgServer
 
 
@@ -61,14 +63,16 @@ def test_demo_embedded_postgres(pg_server: PgServer) -> None:
 
 
 def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    """Bad invocations fail with a message, not a traceback."""
+    """Bad invocations fail with one line and exit 64, apart from the health statuses 0/1/2."""
+    assert main(["demo", "--url", "not a url"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--url is not a SQLAlchemy URL" in err and len(err.splitlines()) == 1
     with pytest.raises(SystemExit) as info:
-        main(["demo", "--url", "not a url"])
-    assert "not a SQLAlchemy URL" in str(info.value.code)
-    with pytest.raises(SystemExit):
         main(["demo", "--url", "sqlite://", "--embedded-postgres"])
-    with pytest.raises(SystemExit):
+    assert info.value.code == EXIT_USAGE
+    with pytest.raises(SystemExit) as info:
         main([])
+    assert info.value.code == EXIT_USAGE
     with pytest.raises(SystemExit):
         main(["--version"])
     assert __version__ in capsys.readouterr().out
@@ -110,9 +114,52 @@ def test_health_command_exit_codes(
     assert pg_server.app_password not in json.dumps(report)
 
 
-def test_health_command_rejects_bad_input() -> None:
-    """A malformed URL or a non-positive timeout is a clear usage error."""
-    with pytest.raises(SystemExit, match="not a SQLAlchemy URL"):
-        main(["health", "::::"])
-    with pytest.raises(SystemExit, match="--timeout must be > 0"):
-        main(["health", "sqlite://", "--timeout", "0"])
+def test_health_command_rejects_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed URL or a non-positive timeout is a one-line usage error (64)."""
+    assert main(["health", "::::"]) == EXIT_USAGE
+    assert "URL is not a SQLAlchemy URL" in capsys.readouterr().err
+    assert main(["health", "sqlite://", "--timeout", "0"]) == EXIT_USAGE
+    assert "--timeout must be > 0" in capsys.readouterr().err
+    assert main(["health", "nosuchdb://x"]) == EXIT_USAGE
+    assert "no SQLAlchemy dialect for 'nosuchdb'" in capsys.readouterr().err
+
+
+def test_a_missing_driver_is_one_line_naming_what_to_install(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL whose driver is not installed names the package extra (78), no traceback."""
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # import asyncpg now raises ImportError
+    assert main(["health", "postgresql+asyncpg://app:pw@127.0.0.1/app"]) == EXIT_DRIVER_MISSING
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "sqlalchemy-resilience: the driver for postgresql+asyncpg (asyncpg) is not installed: "
+        'pip install "sqlalchemy-resilience[asyncpg]"'
+    )
+    assert "pw" not in err
+    assert main(["demo", "--url", "mysql+pymysql://app:pw@127.0.0.1/app"]) == EXIT_DRIVER_MISSING
+    assert "pip install pymysql" in capsys.readouterr().err
+
+
+def test_demo_on_a_sqlite_path_that_cannot_be_opened(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unopenable SQLite file is one line naming the path (69), no traceback."""
+    path = tmp_path / "missing-dir" / "demo.sqlite"
+    assert main(["demo", "--url", f"sqlite:///{path}"]) == EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(path) in err, err
+    assert "Traceback" not in err
+
+
+def test_demo_on_an_unreachable_server_is_one_line(
+    pg_server: PgServer, pg_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`demo --url` to a port nobody listens on: the translated error in one line (69)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free = sock.getsockname()[1]
+    url = pg_server.app_url(pg_database).set(port=free)
+    assert main(["demo", "--url", url.render_as_string(hide_password=False)]) == EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "DatabaseUnavailable" in err and pg_server.app_password not in err
