@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
@@ -21,6 +22,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy_resilience.schema import metadata
 
 config = context.config
+if config.config_file_name is not None:
+    # alembic.ini's [loggers]: "Running upgrade ..." on stderr, as users expect.
+    fileConfig(config.config_file_name)
 target_metadata = metadata
 VERSION_TABLE = config.get_main_option("version_table") or "sqlalchemy_resilience_alembic_version"
 

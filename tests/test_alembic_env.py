@@ -41,6 +41,8 @@ def test_upgrade_head_records_version_table(tmp_path: Path, driver: str) -> None
     db = tmp_path / "mig.sqlite"
     proc = _alembic("upgrade", "head", database_url=f"{driver}:///{db}")
     assert proc.returncode == 0, proc.stderr
+    # alembic.ini's logging is applied: the run says what it did.
+    assert "Running upgrade  -> 0001_idempotency_keys" in proc.stderr, proc.stderr
     with contextlib.closing(sqlite3.connect(db)) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert "sqlalchemy_resilience_alembic_version" in tables
