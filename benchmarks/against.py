@@ -7,6 +7,8 @@ imports renamed to match), and three engines run the same point query --
 plain SQLAlchemy, the other commit's ``instrument()`` defaults and this
 tree's -- in short rounds interleaved in a shuffled order. Each ratio is the
 median over rounds of paired times, so a shared machine's drift cancels out.
+A third workload times a bare checkout + checkin with leak detection and
+``max_waiting`` on, where the checkout path is all there is.
 
     python -m benchmarks.against --rev HEAD~1                     # SQLite
     python -m benchmarks.against --rev HEAD~1 --embedded-postgres # + PostgreSQL via asyncpg
@@ -102,6 +104,36 @@ def bench_sqlite(other: ModuleType, rounds: int, queries: int, workdir: Path) ->
     return _report(f"SQLite (sqlite3) point queries, {rounds} rounds x {queries}", times, queries)
 
 
+def bench_checkout(other: ModuleType, rounds: int, queries: int, workdir: Path) -> str:
+    """Bare sqlite3 checkout + checkin with the pool features on (leak detection, max_waiting).
+
+    The most sensitive measure of the checkout path: nothing else happens.
+    """
+    engines: dict[str, Any] = {}
+    for name, attach in (
+        ("plain SQLAlchemy", None),
+        ("instrument() at --rev", other.instrument),
+        ("this tree", this.instrument),
+    ):
+        engine = create_engine(f"sqlite:///{workdir / ('c' + str(len(engines)) + '.sqlite')}")
+        if attach is not None:
+            attach(engine, leak_threshold=60.0, max_waiting=100)
+        engines[name] = engine
+
+    def one(engine: Any) -> None:
+        for _ in range(queries):
+            engine.raw_connection().close()
+
+    times = _rounds(engines, rounds, one)
+    for engine in engines.values():
+        engine.dispose()
+    return _report(
+        f"SQLite checkout + checkin, leak_threshold and max_waiting on, {rounds} rounds x {queries}",
+        times,
+        queries,
+    )
+
+
 def _rounds(
     engines: dict[str, Any], rounds: int, one: Callable[[Any], None]
 ) -> dict[str, list[float]]:
@@ -168,6 +200,7 @@ def main() -> None:
         other = load_revision(args.rev, workdir)
         print(f"this tree against {args.rev}")
         print(bench_sqlite(other, args.rounds, args.queries, workdir))
+        print(bench_checkout(other, args.rounds, args.queries, workdir))
         if args.postgres_url:
             url = make_url(args.postgres_url)
             print(asyncio.run(bench_postgres(other, url, args.rounds, args.queries)))

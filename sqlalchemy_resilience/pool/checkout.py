@@ -4,7 +4,7 @@
 :class:`~sqlalchemy_resilience.core.HookParts`: after a checkout it counts it,
 records the wait, registers a one-shot checkin callback on the connection
 record (use time, end of a leak-detector hold) and starts the hold; after a
-failed checkout it counts the failure and a timeout. :meth:`CheckoutObserver.shed`
+failed checkout it counts the failure and a timeout. ``CheckoutObserver.shed``
 is the ``before_checkout`` gate of ``max_waiting``: it refuses a request at
 once, with :class:`~sqlalchemy_resilience.PoolExhausted`, when that many are
 already waiting and the pool can neither hand out an idle connection nor grow.
@@ -79,6 +79,7 @@ class CheckoutObserver:
         self._log_own_failure = log_own_failure
         self._pool_attrs = {POOL_NAME: monitor.name}
         self.checked_out = self._build_checked_out()
+        self.shed = self._build_shed()
 
     def _build_checked_out(self) -> Callable[[PoolProxiedConnection, float], None]:
         monitor = self.monitor
@@ -134,16 +135,22 @@ class CheckoutObserver:
             if self.meters is not None:
                 self.meters.timeouts.add(1, self._pool_attrs)
 
-    def shed(self) -> None:
-        """Count the request, refusing it first if ``max_waiting`` requests already wait.
+    def _build_shed(self) -> Callable[[], None]:
+        requested = self.monitor.requested
+        observer = self
 
-        Raises:
-            PoolExhausted: the request is refused at once instead of queueing.
-        """
-        limit = self.max_waiting
-        if limit is not None:
-            self._shed_load(limit)
-        next(self.monitor.requested)
+        def shed() -> None:
+            """Count the request, refusing it first if ``max_waiting`` requests already wait.
+
+            Raises:
+                PoolExhausted: the request is refused at once instead of queueing.
+            """
+            limit = observer.max_waiting
+            if limit is not None:
+                observer._shed_load(limit)
+            next(requested)
+
+        return shed
 
     def _shed_load(self, limit: int) -> None:
         checked_in = getattr(self.engine.pool, "checkedin", None)
