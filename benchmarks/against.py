@@ -76,21 +76,34 @@ def _report(title: str, times: dict[str, list[float]], per_round: int) -> str:
     return "\n".join(lines)
 
 
+def _variants(other: ModuleType, make: Callable[[int], Any], **options: Any) -> dict[str, Any]:
+    """Three engines made by ``make(i)``: plain, instrumented at --rev, instrumented here."""
+    engines: dict[str, Any] = {}
+    for i, (name, attach) in enumerate(
+        (
+            ("plain SQLAlchemy", None),
+            ("instrument() at --rev", other.instrument),
+            ("this tree", this.instrument),
+        )
+    ):
+        engine = make(i)
+        if attach is not None:
+            attach(engine, **options)
+        engines[name] = engine
+    return engines
+
+
 def bench_sqlite(other: ModuleType, rounds: int, queries: int, workdir: Path) -> str:
     """Sync sqlite3 point queries, a checkout each."""
-    engines: dict[str, Any] = {}
-    for name, attach in (
-        ("plain SQLAlchemy", None),
-        ("instrument() at --rev", other.instrument),
-        ("this tree", this.instrument),
-    ):
-        engine = create_engine(f"sqlite:///{workdir / (str(len(engines)) + '.sqlite')}")
+
+    def make(i: int) -> Any:
+        engine = create_engine(f"sqlite:///{workdir / f'{i}.sqlite'}")
         with engine.begin() as conn:
             conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
             conn.execute(text("INSERT INTO t VALUES (1, 'x')"))
-        if attach is not None:
-            attach(engine)
-        engines[name] = engine
+        return engine
+
+    engines = _variants(other, make)
     stmt = text("SELECT v FROM t WHERE id = :i")
 
     def one(engine: Any) -> None:
@@ -109,16 +122,12 @@ def bench_checkout(other: ModuleType, rounds: int, queries: int, workdir: Path) 
 
     The most sensitive measure of the checkout path: nothing else happens.
     """
-    engines: dict[str, Any] = {}
-    for name, attach in (
-        ("plain SQLAlchemy", None),
-        ("instrument() at --rev", other.instrument),
-        ("this tree", this.instrument),
-    ):
-        engine = create_engine(f"sqlite:///{workdir / ('c' + str(len(engines)) + '.sqlite')}")
-        if attach is not None:
-            attach(engine, leak_threshold=60.0, max_waiting=100)
-        engines[name] = engine
+    engines = _variants(
+        other,
+        lambda i: create_engine(f"sqlite:///{workdir / f'c{i}.sqlite'}"),
+        leak_threshold=60.0,
+        max_waiting=100,
+    )
 
     def one(engine: Any) -> None:
         for _ in range(queries):
@@ -150,16 +159,7 @@ def _rounds(
 
 async def bench_postgres(other: ModuleType, url: URL, rounds: int, queries: int) -> str:
     """asyncpg point queries, a checkout each."""
-    engines: dict[str, Any] = {}
-    for name, attach in (
-        ("plain SQLAlchemy", None),
-        ("instrument() at --rev", other.instrument),
-        ("this tree", this.instrument),
-    ):
-        engine = create_async_engine(url, pool_size=2)
-        if attach is not None:
-            attach(engine)
-        engines[name] = engine
+    engines = _variants(other, lambda i: create_async_engine(url, pool_size=2))
     async with engines["plain SQLAlchemy"].begin() as conn:
         await conn.execute(text("DROP TABLE IF EXISTS sr_bench_against"))
         await conn.execute(text("CREATE TABLE sr_bench_against (id int PRIMARY KEY, v text)"))
