@@ -27,6 +27,7 @@ __all__ = [
     "COMMIT_TAG",
     "is_driver_exception",
     "pool_exhausted",
+    "pool_numbers",
     "translate_checkout_failure",
     "translate_context",
     "translate_error",
@@ -81,11 +82,16 @@ def translate_error(exc: BaseException, *, log_parameters: bool = False) -> Base
     return new
 
 
+def pool_numbers(status: dict[str, Any]) -> str:
+    """``"QueuePool: size=5, checkedout=5, ..."`` for a message, from a pool status mapping."""
+    numbers = ", ".join(f"{k}={v}" for k, v in status.items() if k != "pool_class")
+    return f"{status['pool_class']}: {numbers}"
+
+
 def pool_exhausted(status: dict[str, Any]) -> PoolExhausted:
     """The :class:`PoolExhausted` for a pool timeout, naming the pool's numbers."""
-    numbers = ", ".join(f"{k}={v}" for k, v in status.items() if k != "pool_class")
     return PoolExhausted(
-        f"no connection free within the pool timeout ({status['pool_class']}: {numbers})",
+        f"no connection free within the pool timeout ({pool_numbers(status)})",
         pool_status=status,
     )
 

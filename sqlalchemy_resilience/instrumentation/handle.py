@@ -78,6 +78,7 @@ class Instrumentation:
         self._hooks = EngineHooks(engine, owner=self)
         self._saved_hide_parameters = engine.hide_parameters
         self._long_running = long_running_threshold
+        self._watchdog: Watchdog | None = None
         self._leak_threshold = leak_threshold
         self._meters: MeterSet | None = meter_set_for(meter_provider) if metrics else None
         self._call_sites = CallSites(call_site_skip)
@@ -138,14 +139,12 @@ class Instrumentation:
         self._long_running = seconds
         if not self.attached:
             return
-        watchdog = self._hooks.slots.in_flight
         if seconds is None:
             self._stop_watchdog()
-        elif watchdog is None:
+        elif self._watchdog is None:
             self._start_watchdog(seconds)
         else:
-            assert isinstance(watchdog, Watchdog)
-            watchdog.threshold = seconds
+            self._watchdog.threshold = seconds
 
     @property
     def leak_threshold(self) -> float | None:
@@ -235,11 +234,13 @@ class Instrumentation:
     def _start_watchdog(self, threshold: float) -> None:
         watchdog = Watchdog(threshold, self._statements.report_in_flight)
         watchdog.start()
+        self._watchdog = watchdog
         self._hooks.slots.in_flight = watchdog
 
     def _stop_watchdog(self) -> None:
-        watchdog, self._hooks.slots.in_flight = self._hooks.slots.in_flight, None
-        if isinstance(watchdog, Watchdog):
+        watchdog, self._watchdog = self._watchdog, None
+        self._hooks.slots.in_flight = None
+        if watchdog is not None:
             watchdog.stop()
 
     def detach(self) -> None:

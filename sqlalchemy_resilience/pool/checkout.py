@@ -22,6 +22,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from sqlalchemy_resilience.core.engines import pool_status
 from sqlalchemy_resilience.errors.hierarchy import PoolExhausted
+from sqlalchemy_resilience.errors.translate import pool_numbers
 from sqlalchemy_resilience.observe.metrics import POOL_NAME, MeterSet
 
 from .leaks import LeakDetector
@@ -169,10 +170,9 @@ class CheckoutObserver:
             return
         monitor.shed_one()
         status = pool_status(self.engine)
-        numbers = ", ".join(f"{k}={v}" for k, v in status.items() if k != "pool_class")
         raise PoolExhausted(
             f"{waiting} requests already waiting for a connection (max_waiting={limit}); "
-            f"refused at once instead of queueing ({status['pool_class']}: {numbers})",
+            f"refused at once instead of queueing ({pool_numbers(status)})",
             pool_status={**status, "waiting": waiting, "max_waiting": limit},
         )
 
