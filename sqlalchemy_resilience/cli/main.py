@@ -135,15 +135,16 @@ def _unavailable_as_one_line(url: URL, run: Callable[[], int]) -> int:
     from sqlalchemy import exc as sa_exc
 
     from sqlalchemy_resilience.errors import ResilienceError, translate_error
+    from sqlalchemy_resilience.errors.translate import describe
 
     try:
         return run()
     except (ResilienceError, sa_exc.DBAPIError, OSError) as exc:
         error = translate_error(exc)
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CommandError(
             EXIT_UNAVAILABLE,
-            f"could not run the demo on {url.render_as_string(hide_password=True)}: {first}",
+            f"could not run the demo on {url.render_as_string(hide_password=True)}: "
+            f"{describe(error)}",
         ) from None
 
 

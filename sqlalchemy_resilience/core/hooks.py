@@ -16,8 +16,10 @@ Where each hook sits, and why there:
   path, which alone costs ~5% of a point query;
 * the dialect's ``do_commit`` tags what it raises, so error translation knows
   COMMIT was in flight without a per-transaction listener;
-* ``Engine.raw_connection`` is wrapped to time checkouts and to translate what
-  never reaches ``handle_error`` (see :mod:`~sqlalchemy_resilience.errors.translate`);
+* checkouts are timed, and what never reaches ``handle_error`` is translated
+  (see :mod:`~sqlalchemy_resilience.errors.translate`), by a per-engine
+  checkout wrapper that ``Engine.raw_connection`` dispatches to (see
+  :func:`_dispatching_raw_connection`);
 * ``handle_error`` (retval) translates every DBAPI error, connect-time ones too;
 * pool ``connect`` / ``close`` / ``invalidate`` listeners feed the pool figures.
 """
@@ -55,6 +57,49 @@ __all__ = [
 ]
 
 _log = logging.getLogger("sqlalchemy_resilience")
+
+# The engine attribute that holds its checkout wrapper (and, through it, its hooks).
+_CHECKOUT_ATTR = "_sqlalchemy_resilience_checkout"
+_plain_raw_connection = Engine.raw_connection
+
+
+class _Checkout:
+    """One engine's checkout wrapper; knows its engine, so a copy can tell it is not its own."""
+
+    __slots__ = ("call", "engine_ref", "hooks")
+
+    def __init__(
+        self,
+        engine: Engine,
+        call: Callable[[Engine], PoolProxiedConnection],
+        hooks: EngineHooks,
+    ) -> None:
+        self.engine_ref = weakref.ref(engine)
+        self.call = call
+        self.hooks = hooks  # the engine keeps its hooks alive through this
+
+
+def _dispatching_raw_connection(self: Engine) -> PoolProxiedConnection:
+    """``Engine.raw_connection``, dispatching to the engine's own checkout wrapper if it has one.
+
+    An instance attribute closing over the engine would be copied by
+    ``copy.copy(engine)`` and keep drawing from the original's pool, even
+    after the copy's ``dispose()``; a class-level method always gets the
+    engine it is called on. Without a wrapper of its own it is exactly
+    SQLAlchemy's method. An ``execution_options()`` engine shares its
+    parent's pool, so it uses its parent's wrapper.
+    """
+    owner: Engine = self.__dict__.get("_proxied", self)
+    checkout: _Checkout | None = owner.__dict__.get(_CHECKOUT_ATTR)
+    if checkout is not None and checkout.engine_ref() is owner:
+        return checkout.call(self)
+    return _plain_raw_connection(self)
+
+
+def _install_dispatcher() -> None:
+    if Engine.__dict__.get("raw_connection") is not _dispatching_raw_connection:
+        _dispatching_raw_connection.__doc__ = _plain_raw_connection.__doc__
+        Engine.raw_connection = _dispatching_raw_connection  # type: ignore[method-assign]
 
 
 class StatementObserved(Protocol):
@@ -166,7 +211,7 @@ class EngineHooks:
         self.slots = HotSlots()
         self.attached = False
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
-        self._patched: list[tuple[Any, str, Callable[..., Any]]] = []
+        self._patched: list[tuple[Any, str, Any]] = []
         self._parts: dict[type, object] = {}
         self._own_failures: set[str] = set()
 
@@ -195,7 +240,7 @@ class EngineHooks:
         event.listen(target, name, fn, **kw)
         self._listeners.append((target, name, fn))
 
-    def _patch(self, target: Any, name: str, wrapper: Callable[..., Any]) -> None:
+    def _patch(self, target: Any, name: str, wrapper: Any) -> None:
         # Instance attributes shadow the class method; detach removes only
         # what is still ours, so a later patch by someone else survives.
         setattr(target, name, wrapper)
@@ -268,7 +313,7 @@ class EngineHooks:
 
     def _patch_raw_connection(self, parts: HookParts) -> None:
         engine = self.engine
-        original = engine.raw_connection
+        original = _plain_raw_connection
         gate, checked_out, failed = parts.before_checkout, parts.checked_out, parts.checkout_failed
         translate: Callable[[BaseException], BaseException | None] | None = None
         if parts.translate_errors:
@@ -291,12 +336,12 @@ class EngineHooks:
 
         perf = time.perf_counter
 
-        def raw_connection() -> PoolProxiedConnection:
+        def raw_connection(target: Engine) -> PoolProxiedConnection:
             if gate is not None:
                 gate()
             start = perf()
             try:
-                fairy = original()
+                fairy = original(target)
             except BaseException as exc:
                 if failed is not None:
                     failed(exc)
@@ -311,11 +356,11 @@ class EngineHooks:
             return fairy
 
         # The engine keeps its hooks alive through this wrapper; nothing else
-        # holds them strongly, so dropping the engine frees both.
-        raw_connection._sqlalchemy_resilience_hooks = self  # type: ignore[attr-defined]
-        # Instance attribute: survives engine.dispose() (which replaces the
-        # pool) and is removed on detach, restoring the class method.
-        self._patch(engine, "raw_connection", raw_connection)
+        # holds them strongly, so dropping the engine frees both. An instance
+        # attribute survives engine.dispose() (which replaces the pool) and is
+        # removed on detach.
+        _install_dispatcher()
+        self._patch(engine, _CHECKOUT_ATTR, _Checkout(engine, raw_connection, self))
 
     def _patch_execute(self, observed: StatementObserved, failed: StatementFailed) -> None:
         dialect = self.engine.dialect

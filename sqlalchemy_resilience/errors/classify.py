@@ -351,17 +351,22 @@ _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _VALUE_AFTER_COLON = re.compile(r"(:\s*)(0x[0-9a-fA-F]+|'[^']*')")
 
 
-def redact_text(text: str, *, sqlstate: str | None = None, secrets: tuple[str, ...] = ()) -> str:
+def redact_text(
+    text: str, *, sqlstate: str | None = None, secrets: tuple[str, ...] = (), values: bool = True
+) -> str:
     """Remove data values and secrets from a server or driver message.
 
     ``Key (email)=(a@b)`` becomes ``Key (email)=(…)``, "Failing row contains
     (...)" loses the row, and for data exceptions (class 22, which quote the
     offending value) quoted text becomes ``"…"``. Every string in ``secrets``
-    (the connection password) becomes ``***``.
+    (the connection password) becomes ``***``. With ``values=False`` only
+    the secrets go.
     """
-    out = _KEY_VALUES.sub(r"\1=(…)", text)
-    out = _FAILING_ROW.sub(r"\1 (…).", out)
-    if sqlstate is not None and sqlstate.startswith("22"):
+    out = text
+    if values:
+        out = _KEY_VALUES.sub(r"\1=(…)", out)
+        out = _FAILING_ROW.sub(r"\1 (…).", out)
+    if values and sqlstate is not None and sqlstate.startswith("22"):
         out = _QUOTED.sub('"…"', out)
         out = _VALUE_AFTER_COLON.sub(r"\1…", out)
     for secret in secrets:
@@ -370,7 +375,9 @@ def redact_text(text: str, *, sqlstate: str | None = None, secrets: tuple[str, .
     return out
 
 
-def _redact_in_place(exc: BaseException, sqlstate: str | None, secrets: tuple[str, ...]) -> None:
+def _redact_in_place(
+    exc: BaseException, sqlstate: str | None, secrets: tuple[str, ...], *, values: bool = True
+) -> None:
     """Rewrite the messages of the driver exceptions in a chain, values removed.
 
     Structured fields stay (psycopg's ``diag``, asyncpg's ``constraint_name``);
@@ -382,12 +389,12 @@ def _redact_in_place(exc: BaseException, sqlstate: str | None, secrets: tuple[st
             continue
         args = getattr(item, "args", ())
         if args and isinstance(args[0], str):
-            new_first = redact_text(args[0], sqlstate=sqlstate, secrets=secrets)
+            new_first = redact_text(args[0], sqlstate=sqlstate, secrets=secrets, values=values)
             if new_first != args[0]:
                 item.args = (new_first, *args[1:])
         detail = getattr(item, "detail", None)
         if isinstance(detail, str) and type(item).__module__.startswith(("asyncpg", "sqlalchemy")):
-            redacted = redact_text(detail, sqlstate=sqlstate, secrets=secrets)
+            redacted = redact_text(detail, sqlstate=sqlstate, secrets=secrets, values=values)
             if redacted != detail:
                 with contextlib.suppress(AttributeError):
                     item.detail = redacted  # type: ignore[attr-defined]
@@ -405,16 +412,24 @@ def build_error(
 
     The result keeps ``exc``'s statement and, as ``orig``, the driver's
     exception; it subclasses the SQLAlchemy class ``exc`` was (or would have
-    been) so existing ``except`` clauses still match.
+    been) so existing ``except`` clauses still match. Its ``str()`` is
+    SQLAlchemy's own text for ``exc`` (parameters as ``exc.hide_parameters``
+    decides) followed by the package's facts line.
 
     Args:
         exc: the exception to translate.
         phase: see :func:`classify`.
         is_disconnect: SQLAlchemy's verdict that the connection is unusable.
-        show_parameters: keep bound parameter values and the driver's full
-            text (the application opted in); otherwise they are redacted,
-            also in the driver exceptions of the chain.
-        secrets: strings (the connection password) never to show.
+        show_parameters: keep the values in the server's message in
+            ``summary`` (the text the package's own records use); off, they
+            are redacted there.
+        secrets: strings (the connection password) never to show, anywhere.
+
+    Where ``exc`` hides its parameters (the engine was created with
+    ``hide_parameters=True``), the values the server echoes in its message
+    (``Key (email)=(a@b)``, ``invalid input syntax for type integer: "x"``) are
+    parameters too: they are redacted in the driver exceptions of the chain,
+    so no traceback shows them.
     """
     facts = extract_facts(exc)
     client_exc = None if isinstance(exc, sa_exc.DBAPIError) else exc
@@ -424,6 +439,8 @@ def build_error(
         facts, phase=phase, is_disconnect=is_disconnect, client_exception=client_exc
     )
     orig: BaseException | None
+    source: sa_exc.DBAPIError | None = None
+    code: str | None = None
     if isinstance(exc, sa_exc.DBAPIError):
         sa_class: type[sa_exc.DBAPIError] | None = type(exc)
         if isinstance(exc, e.DatabaseFailure):
@@ -431,24 +448,29 @@ def build_error(
         statement, params, orig = exc.statement, exc.params, exc.orig
         invalidated = exc.connection_invalidated or is_disconnect
         ismulti = exc.ismulti
+        hide = exc.hide_parameters
+        code = exc.__dict__.get("code")
+        source = exc
     else:
         sa_class = None
         statement, params, orig = None, None, exc
         invalidated = is_disconnect or isinstance(exc, CONNECT_FAILURES)
         ismulti = None
+        hide = not show_parameters
     summary = facts.primary_message or (
         f"{type(orig).__name__}: {_first_line(str(orig))}" if orig is not None else ""
     )
     if not show_parameters:
         summary = redact_text(summary, sqlstate=facts.sqlstate, secrets=secrets)
-        if orig is not None:
-            _redact_in_place(orig, facts.sqlstate, secrets)
     elif secrets:
         summary = redact_text(summary, secrets=secrets)
+    for item in (orig, source):
+        if item is not None and (hide or secrets):
+            _redact_in_place(item, facts.sqlstate, secrets, values=hide)
     if statement and secrets:
         statement = redact_text(statement, secrets=secrets)
     final_cls = e.combined_class(cls, sa_class)
-    return final_cls(
+    err = final_cls(
         summary,
         sqlstate=facts.sqlstate,
         driver_code=facts.driver_code,
@@ -460,7 +482,11 @@ def build_error(
         statement=statement,
         params=params,
         orig=orig,
-        hide_parameters=not show_parameters,
+        hide_parameters=hide,
         connection_invalidated=invalidated,
         ismulti=ismulti,
+        code=code,
     )
+    if source is not None and not isinstance(source, e.DatabaseFailure):
+        err.follow_invalidation_of(source)
+    return err

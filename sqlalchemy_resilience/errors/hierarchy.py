@@ -37,10 +37,11 @@ subclasses both, so no existing ``except`` clause stops matching::
             │   └── PermissionDenied          42501
             └── InsufficientResources         (OperationalError) class 53 but 53300
 
-``str()`` is for developers: the class, SQLSTATE, the server's primary message
-(values redacted), constraint/table/column and the statement. It never holds
-bound parameter values unless the instrumentation was created with
-``log_parameters=True``, and never the connection password.
+``str()`` of a translated error is SQLAlchemy's own text for it (parameters as
+the engine's ``hide_parameters`` decides) followed by the package's facts line
+(class, SQLSTATE, constraint/table/column, retryable, error id); never the
+connection password. :meth:`DatabaseFailure.safe_text` is the one-line form
+without SQL or values that the package's own records use.
 :meth:`ResilienceError.user_message` is for end users: a category and what to
 do, in the requested locale, with no schema, SQL or values.
 """
@@ -53,7 +54,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.sql.util import _repr_params
 
 from .messages import user_message as _catalogue_message
 
@@ -269,9 +269,11 @@ class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
         hide_parameters: bool = True,
         connection_invalidated: bool = False,
         ismulti: bool | None = None,
+        code: str | None = None,
     ) -> None:
-        # DBAPIError.__init__ formats str(orig) into args; args are rebuilt
-        # below so a driver message with values never lingers there.
+        # SQLAlchemy's own constructor, so the head ("(sqlite3.IntegrityError) ..."),
+        # [SQL: ...], [parameters: ...] and the background link read exactly as
+        # SQLAlchemy would have written them.
         sa_exc.DBAPIError.__init__(
             self,
             statement,
@@ -279,10 +281,12 @@ class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
             orig if orig is not None else Exception(summary),
             hide_parameters=hide_parameters,
             connection_invalidated=connection_invalidated,
+            code=code,
             ismulti=ismulti,
         )
         if orig is None:
             self.orig = None
+            self.args = (summary,)
         self.retryable = self.default_retryable if retryable is None else retryable
         self.error_id = _new_error_id()
         self.summary = summary
@@ -292,7 +296,27 @@ class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
         self.table_name = table_name
         self.column_name = column_name
         self.schema_name = schema_name
-        self.args = (self._developer_text(),)
+
+    # SQLAlchemy decides whether the connection was invalidated only after every
+    # handle_error hook ran (a later hook may change ``is_disconnect``), and writes
+    # the verdict onto its own exception; a translation made by an earlier hook
+    # reads it from there instead of freezing the value it saw.
+    @property
+    def connection_invalidated(self) -> bool:
+        """Whether the connection was invalidated (SQLAlchemy's final verdict)."""
+        source = self.__dict__.get("_invalidated_by")
+        if source is not None:
+            return bool(source.connection_invalidated)
+        return bool(self.__dict__.get("_connection_invalidated", False))
+
+    @connection_invalidated.setter
+    def connection_invalidated(self, value: bool) -> None:
+        self.__dict__.pop("_invalidated_by", None)
+        self.__dict__["_connection_invalidated"] = bool(value)
+
+    def follow_invalidation_of(self, source: sa_exc.DBAPIError) -> None:
+        """Report ``source.connection_invalidated`` from now on (see the property)."""
+        self.__dict__["_invalidated_by"] = source
 
     @property
     def code_label(self) -> str | None:
@@ -312,22 +336,41 @@ class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
         ]
         return f" ({', '.join(parts)})" if parts else ""
 
-    def _developer_text(self) -> str:
-        code = f"[{self.code_label}] " if self.code_label else ""
-        lines = [f"{type(self).__name__}: {code}{self.summary}{self._facts()}".rstrip()]
-        if self.statement:
-            lines.append(f"[SQL: {self.statement}]")
-            if self.params and not self.hide_parameters:
-                shown = _repr_params(self.params, 10, ismulti=self.ismulti)
-                lines.append(f"[parameters: {shown!r}]")
-        if self.orig is not None and not self.hide_parameters:
-            # Opted in: the driver's full text, DETAIL lines and all.
-            lines.append(f"[driver: {type(self.orig).__name__}: {self.orig}]")
-        lines.append(f"[error id {self.error_id}]")
-        return "\n".join(lines)
+    def facts_line(self) -> str:
+        """The package's facts as one bracketed line, free of values and SQL.
+
+        It is the last line of ``str()``, after SQLAlchemy's own text.
+
+        Example::
+
+            >>> err = UniqueViolation("dup", sqlstate="23505", constraint_name="users_email_key")
+            >>> err.facts_line()  # doctest: +ELLIPSIS
+            '[sqlalchemy-resilience: UniqueViolation 23505 (constraint=users_email_key); not retryable; error id ...]'
+        """
+        code = f" {self.code_label}" if self.code_label else ""
+        retry = "retryable" if self.retryable else "not retryable"
+        return (
+            f"[sqlalchemy-resilience: {type(self).__name__}{code}{self._facts()}; "
+            f"{retry}; error id {self.error_id}]"
+        )
+
+    def safe_text(self) -> str:
+        """A one-line description without SQL, bound parameters or the driver's full text.
+
+        What the package's own log records use; the server's primary message
+        has its values redacted unless the instrumentation has ``log_parameters=True``.
+
+        Example::
+
+            >>> UniqueViolation("duplicate key", sqlstate="23505").safe_text()  # doctest: +ELLIPSIS
+            'UniqueViolation 23505: duplicate key [error id ...]'
+        """
+        code = f" {self.code_label}" if self.code_label else ""
+        summary = f": {self.summary}" if self.summary else ""
+        return f"{type(self).__name__}{code}{summary}{self._facts()} [error id {self.error_id}]"
 
     def __str__(self) -> str:
-        return str(self.args[0])
+        return f"{sa_exc.DBAPIError.__str__(self)}\n{self.facts_line()}"
 
     def __repr__(self) -> str:
         code = f" {self.code_label}" if self.code_label else ""
@@ -340,6 +383,8 @@ class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
             extra = static._combined_with  # type: ignore[attr-defined]
             static = static.__bases__[0]
         state = dict(self.__dict__)
+        state.pop("_invalidated_by", None)
+        state["_connection_invalidated"] = self.connection_invalidated
         return (_rebuild, (static, extra, state))
 
 

@@ -21,10 +21,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import ExceptionContext
 
 from .classify import CONNECT_FAILURES, Phase, build_error
-from .hierarchy import PoolExhausted, ResilienceError
+from .hierarchy import DatabaseFailure, PoolExhausted, ResilienceError
 
 __all__ = [
     "COMMIT_TAG",
+    "describe",
     "is_driver_exception",
     "pool_exhausted",
     "pool_numbers",
@@ -43,6 +44,21 @@ def is_driver_exception(exc: BaseException) -> bool:
     return module.startswith(("asyncpg", "psycopg", "sqlite3", "aiosqlite", "_sqlite3"))
 
 
+def describe(exc: BaseException) -> str:
+    """One line for the package's own records: no SQL, no bound parameters.
+
+    A translated error gives :meth:`~.hierarchy.DatabaseFailure.safe_text`
+    (class, code, redacted server message, error id); another of the
+    package's errors its message; anything else its class and first line.
+    """
+    if isinstance(exc, DatabaseFailure):
+        return exc.safe_text()
+    if isinstance(exc, ResilienceError):
+        return str(exc)
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def translate_error(exc: BaseException, *, log_parameters: bool = False) -> BaseException:
     """Translate a database exception by hand, as the ``handle_error`` hook does.
 
@@ -53,8 +69,9 @@ def translate_error(exc: BaseException, *, log_parameters: bool = False) -> Base
 
     Args:
         exc: the exception.
-        log_parameters: keep bound parameter values and the driver's full text
-            in the result (off: they are redacted).
+        log_parameters: keep the values the server's message holds in the
+            result's ``summary`` (off: redacted). ``str()`` follows ``exc``'s
+            own ``hide_parameters``, as SQLAlchemy's text does.
 
     Example::
 

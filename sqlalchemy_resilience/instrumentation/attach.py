@@ -75,10 +75,13 @@ def instrument(
         max_waiting: at most this many requests may wait for a pooled
             connection; one more fails at once with :class:`PoolExhausted`
             instead of queueing (None: no limit; settable at runtime).
-        log_parameters: show bound parameter values in error messages,
-            slow-query records and SQLAlchemy's own logs (never when the engine
-            was created with ``hide_parameters=True``). Off by default:
-            parameters are hidden and driver messages in the exception chain are redacted.
+        log_parameters: let the package's own records (slow-query log,
+            ``summary`` and ``safe_text()`` of a translated error) show bound
+            parameter values and the values the server's message holds (never
+            when the engine was created with ``hide_parameters=True``). Off by
+            default. The engine's own settings are never changed: SQLAlchemy's
+            logs and error text show parameters as the engine's
+            ``hide_parameters`` decides.
         translate_errors: translate driver errors into the typed hierarchy.
 
     Raises:

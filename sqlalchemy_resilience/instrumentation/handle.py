@@ -76,7 +76,6 @@ class Instrumentation:
         self.translate_errors = translate_errors
         self.database, self.host = database_and_host(engine)
         self._hooks = EngineHooks(engine, owner=self)
-        self._saved_hide_parameters = engine.hide_parameters
         self._long_running = long_running_threshold
         self._watchdog: Watchdog | None = None
         self._leak_threshold = leak_threshold
@@ -185,16 +184,11 @@ class Instrumentation:
     def _attach(self) -> None:
         engine = self.engine
         register(self._hooks)
-        if not self.log_parameters:
-            # SQLAlchemy's own echo logging and exceptions print parameters
-            # unless told not to; "unless asked" applies to them too.
-            engine.hide_parameters = True
         checkouts = self._checkouts
         try:
             self._attach_hooks(engine, checkouts)
         except BaseException:
             self._hooks.detach()
-            engine.hide_parameters = self._saved_hide_parameters
             unregister(self._hooks)
             raise
 
@@ -259,7 +253,6 @@ class Instrumentation:
             explainer.close()
         self._hooks.detach()
         self.pool.attached = False
-        self.engine.hide_parameters = self._saved_hide_parameters
         unregister(self._hooks)
 
     def __repr__(self) -> str:

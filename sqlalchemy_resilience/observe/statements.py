@@ -12,6 +12,7 @@ slow-query threshold. Parts that are off cost one ``is not None`` test.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +102,8 @@ class StatementObserver:
         stats = self.stats
         pending = stats._pending if stats is not None else None
         flush: Callable[[], None] = stats.flush if stats is not None else _nothing
+        slot = stats._rows_slot if stats is not None else deque(maxlen=1)
+        slot_pop, slot_append = slot.pop, slot.append
         hist = self.histogram
         log_own_failure = self._log_own_failure
         observer = self
@@ -114,9 +117,23 @@ class StatementObserver:
                 if info is None or info.owner is not token:
                     info = info_for(context, statement)
                 if pending is not None:
-                    pending.append((info, duration, cursor.rowcount))
+                    # Flushed before this statement is added: the flush also
+                    # takes the previous statement's row count, complete by now.
                     if len(pending) >= PENDING_LIMIT:
                         flush()
+                    pending.append((info, duration, -1))
+                    # Never cursor.rowcount (on some drivers a round trip):
+                    # the count SQLAlchemy itself reads, picked up from the
+                    # context when the next statement comes (QueryStats._rows_slot).
+                    try:
+                        previous = slot_pop()
+                    except IndexError:
+                        previous = None
+                    slot_append((info, context))
+                    if previous is not None:
+                        rows = getattr(previous[1], "_rowcount", None)
+                        if rows.__class__ is int and rows > 0:
+                            pending.append((previous[0], None, rows))
                     if observer.stats_call_sites:
                         observer._sample_call_site(info.key)
                 # A proxy instrument without an SDK behind it does nothing:

@@ -55,6 +55,18 @@ MAX_CALL_SITES = 8
 PENDING_LIMIT = 256
 
 
+def _rows_of(context: Any) -> int:
+    """The row count SQLAlchemy read for a statement, or -1 where it read none.
+
+    SQLAlchemy reads ``cursor.rowcount`` only where it needs it (UPDATE,
+    DELETE, statements that return no rows, ``preserve_rowcount``) and counts
+    RETURNING rows itself, because on some drivers the read costs a round
+    trip; the statistics take what it found and never read the cursor.
+    """
+    rows = getattr(context, "_rowcount", None)
+    return rows if isinstance(rows, int) else -1
+
+
 def normalize_statement(statement: str) -> str:
     """Fold literals, bind markers, IN-lists and repeated VALUES rows of a SQL statement.
 
@@ -123,7 +135,10 @@ class StatementStats:
         collection: the table, where the statement names exactly one.
         calls: executions, failed ones included.
         errors: failed executions by error class name (the translated class).
-        rows: rows affected or returned, where the driver reports a count.
+        rows: rows affected or returned, where SQLAlchemy read a count (UPDATE,
+            DELETE, RETURNING, statements without result rows, and any
+            statement run with ``preserve_rowcount=True``; the cursor is never
+            read for the statistics alone).
         total, mean, min, max, p50, p95, p99: durations of all calls.
         call_sites: sampled call sites and their counts (``stats_call_sites=True`` only).
 
@@ -263,7 +278,15 @@ class QueryStats:
             raise ValueError(f"max_statements must be >= 1, got {max_statements!r}")
         self.max_statements = max_statements
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._pending: deque[tuple[StatementKey, float, int]] = deque()
+        # (key, duration, rows); duration None: a row count arriving after the call.
+        self._pending: deque[tuple[StatementKey, float | None, int]] = deque()
+        # The latest statement's (key, execution context): SQLAlchemy fills in
+        # the row count (where it reads one) only after the statement
+        # returns, so it is picked up when the next statement (or a reader)
+        # comes. One context at most is held, so no statement's values
+        # outlive the next statement. pop/append on a deque are atomic: under
+        # threads a count may be missed, never counted twice.
+        self._rows_slot: deque[tuple[StatementKey, Any]] = deque(maxlen=1)
         self._lock = threading.Lock()
         self._counters = _Counters()
 
@@ -308,12 +331,22 @@ class QueryStats:
         with self._lock:
             self._flush_locked()
 
+    def _take_rows_slot(self) -> None:
+        try:
+            key, context = self._rows_slot.pop()
+        except IndexError:
+            return
+        rows = _rows_of(context)
+        if rows > 0:
+            self._pending.append((key, None, rows))
+
     def _flush_locked(self) -> None:
         # Executions are appended to a deque without a lock on the hot path
         # (deque.append is atomic) and folded in here in batches: the
         # per-statement cost is one tuple and one append. Only the items
         # present when the flush starts are taken; concurrent appends wait
         # for the next flush.
+        self._take_rows_slot()
         pending = self._pending
         popleft = pending.popleft
         entries = self._entries
@@ -323,6 +356,11 @@ class QueryStats:
         for _ in range(len(pending)):
             key, duration, rows = popleft()
             name = key.key
+            if duration is None:
+                counted = entries.get(name)
+                if counted is not None:
+                    counted.rows += rows
+                continue
             entry = entries.get(name)
             if entry is None:
                 entry = new_entry(name, key.operation, key.collection)
@@ -433,6 +471,7 @@ class QueryStats:
         """Forget every entry and restart the counters."""
         with self._lock:
             self._pending.clear()
+            self._rows_slot.clear()
             self._entries.clear()
             self._counters = _Counters()
 

@@ -42,7 +42,7 @@ from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import safe_url, sync_engine
 from sqlalchemy_resilience.core.registry import find_part
 from sqlalchemy_resilience.errors.hierarchy import DatabaseUnavailable
-from sqlalchemy_resilience.errors.translate import translate_error
+from sqlalchemy_resilience.errors.translate import describe, translate_error
 
 from .monitor import PoolMonitor
 
@@ -133,8 +133,7 @@ def _warm_up_failed(engine: Engine, size: int, seconds: float, cause: BaseExcept
     translated = translate_error(cause)
     raise DatabaseUnavailable(
         f"warm-up could not open and verify {size} connections to {safe_url(engine)} "
-        f"within {seconds:g} s: {type(translated).__name__}: "
-        f"{str(translated).splitlines()[0] if str(translated) else 'no answer'}",
+        f"within {seconds:g} s: {describe(translated)}",
         retryable=True,
     ) from cause
 

@@ -35,7 +35,7 @@ from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import sync_engine
 from sqlalchemy_resilience.core.registry import find_part
 from sqlalchemy_resilience.errors.hierarchy import ConnectionLost
-from sqlalchemy_resilience.errors.translate import translate_error
+from sqlalchemy_resilience.errors.translate import describe, translate_error
 from sqlalchemy_resilience.retry.breaker import BreakerState, CircuitBreaker
 
 from .checkout import CheckoutObserver
@@ -299,7 +299,7 @@ def _report(
         status = "unhealthy"
         translated = error if isinstance(error, HealthCheckTimeout) else translate_error(error)
         error_name = type(translated).__name__
-        detail = _scrub(str(translated).splitlines()[0] if str(translated) else "", sync)
+        detail = _scrub(describe(translated), sync)
         warnings.append(f"probe failed: {error_name}")
     elif latency is not None and latency > options.slow_latency:
         warnings.append(

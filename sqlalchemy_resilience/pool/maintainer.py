@@ -27,6 +27,7 @@ from sqlalchemy_resilience._util.background import Background
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import safe_url, sync_engine
 from sqlalchemy_resilience.core.registry import find_part
+from sqlalchemy_resilience.errors.translate import describe, translate_error
 
 from .control import int_option, queue_pool_of
 from .monitor import PoolMonitor
@@ -151,9 +152,14 @@ class PoolMaintainer(Background):
         ):
             try:
                 record = pool._create_connection()
-            except Exception:
+            except Exception as exc:
                 pool._dec_overflow()
-                _log.warning("could not open a connection to keep min_size", exc_info=True)
+                # describe(), not exc_info: a traceback would print SQLAlchemy's
+                # text, parameters and all, into the package's own record.
+                _log.warning(
+                    "could not open a connection to keep min_size: %s",
+                    describe(translate_error(exc)),
+                )
                 break
             pool._pool.put(record, False)
             opened += 1
@@ -202,11 +208,11 @@ class PoolMaintainer(Background):
         record.invalidate(error)
         try:
             record.get_connection()  # reconnect now, off the request path
-        except Exception:
+        except Exception as exc:
             _log.warning(
-                "could not replace a pooled connection of %s; it reconnects at its next checkout",
+                "could not replace a pooled connection of %s; it reconnects at its next checkout: %s",
                 safe_url(self._sync),
-                exc_info=True,
+                describe(translate_error(exc)),
             )
 
     # -- running in the background ------------------------------------------------

@@ -36,6 +36,7 @@ from sqlalchemy_resilience.errors.hierarchy import (
     ConnectionLost,
     QueryTimeout,
 )
+from sqlalchemy_resilience.errors.translate import describe, translate_error
 
 from .breaker import CircuitBreaker
 from .policy import RetryBudget, RetryPolicy
@@ -193,9 +194,13 @@ async def _reset_async(session: AsyncSession, sql: str) -> None:
         conn = await session.connection()
         await conn.exec_driver_sql(sql)
         await session.commit()
-    except Exception:
+    except Exception as exc:
         # A connection whose state could not be restored must not be reused.
-        _log.warning("could not reset %r; invalidating the connection", sql, exc_info=True)
+        _log.warning(
+            "could not reset %r; invalidating the connection: %s",
+            sql,
+            describe(translate_error(exc)),
+        )
         try:
             conn = await session.connection()
             await conn.invalidate()
@@ -339,8 +344,12 @@ def _reset_sync(session: Session, sql: str) -> None:
         session.rollback()
         session.connection().exec_driver_sql(sql)
         session.commit()
-    except Exception:
-        _log.warning("could not reset %r; invalidating the connection", sql, exc_info=True)
+    except Exception as exc:
+        _log.warning(
+            "could not reset %r; invalidating the connection: %s",
+            sql,
+            describe(translate_error(exc)),
+        )
         try:
             session.connection().invalidate()
         except Exception:

@@ -84,18 +84,18 @@ def test_detach_removes_only_its_own_listeners(db: str) -> None:
 
 
 def test_detach_restores_engine_state(db: str) -> None:
-    """hide_parameters, raw_connection and do_commit are back to what they were after detach."""
+    """raw_connection and do_commit are back to what they were after detach; hide_parameters is never touched."""
     engine = make(db)
     assert engine.hide_parameters is False
     instr = instrument(engine)
-    assert engine.hide_parameters is True
+    assert engine.hide_parameters is False
     patched = ("do_commit", "do_execute", "do_executemany", "do_execute_no_params")
-    assert "raw_connection" in engine.__dict__
+    assert "_sqlalchemy_resilience_checkout" in engine.__dict__
     assert all(name in engine.dialect.__dict__ for name in patched)
     pool_listeners = len(engine.pool.dispatch.connect) + len(engine.pool.dispatch.close)
     instr.detach()
     assert engine.hide_parameters is False
-    assert "raw_connection" not in engine.__dict__
+    assert "_sqlalchemy_resilience_checkout" not in engine.__dict__
     assert not any(name in engine.dialect.__dict__ for name in patched)
     assert len(engine.pool.dispatch.connect) + len(engine.pool.dispatch.close) == pool_listeners - 2
 

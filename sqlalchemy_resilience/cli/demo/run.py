@@ -42,6 +42,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlalchemy_resilience.errors import DatabaseFailure, ResilienceError
+from sqlalchemy_resilience.errors.translate import describe
 from sqlalchemy_resilience.instrumentation import instrument
 from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 
@@ -208,7 +209,7 @@ def _report(steps: list[DemoStep], out: TextIO) -> None:
         print(f"    error id    {err.error_id}", file=out)
         print(f"    user (en)   {err.user_message('en')}", file=out)
         print(f"    user (ja)   {err.user_message('ja')}", file=out)
-        print(f"    developer   {str(err).splitlines()[0]}", file=out)
+        print(f"    developer   {describe(err)}", file=out)
 
 
 def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
