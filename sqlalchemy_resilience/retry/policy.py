@@ -72,10 +72,18 @@ def default_retry_on(exc: BaseException) -> bool:
 class RetryBudget:
     """A token bucket shared by every caller of one engine, so retries cannot multiply load.
 
-    Each retry takes a token. Tokens come back at ``refill_per_second`` and
-    with every first attempt that succeeds (``ratio`` of a token each), up to
-    ``capacity``. When the database is down, first attempts fail, tokens run
-    out, and callers get the error at once instead of retrying in a storm.
+    Each retry after an infrastructure failure (a lost connection, a refused
+    connect, a timeout) takes a token. Tokens come back at
+    ``refill_per_second``, with every first attempt that succeeds (``ratio``
+    of a token each), and in full when a unit of work that took them then
+    succeeds (the AWS SDKs' retry quota does the same), up to ``capacity``.
+    When the database is down, first attempts fail, tokens run out, and
+    callers get the error at once instead of retrying in a storm.
+
+    Contention (SQLSTATE 40001 serialization failures, 40P01 deadlocks) is
+    not charged: the server is healthy and re-running is how SERIALIZABLE is
+    meant to be used; those retries are bounded by the policy's attempts,
+    backoff and deadline.
 
     Args:
         capacity: tokens when full (also the start).
@@ -92,7 +100,7 @@ class RetryBudget:
     def __init__(
         self,
         *,
-        capacity: float = 20.0,
+        capacity: float = 100.0,
         refill_per_second: float = 2.0,
         ratio: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
@@ -161,6 +169,13 @@ class RetryBudget:
                 extra={"sqlalchemy_resilience.retries_denied": newly},
             )
         return False
+
+    def refund(self, tokens: int) -> None:
+        """Give back the tokens a unit of work took for retries that then succeeded."""
+        if tokens > 0:
+            with self._lock:
+                self._refill_locked()
+                self._tokens = min(self.capacity, self._tokens + tokens)
 
     def record_success(self) -> None:
         """A first attempt succeeded: earn back ``ratio`` of a token."""

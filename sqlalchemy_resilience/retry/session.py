@@ -76,9 +76,14 @@ class ResilientAsyncSession(AsyncSession):
             await self.rollback()
             return await once()
 
-        return await _retry_async(
-            _retrying_kwargs(policy, budget, errors, time.monotonic(), False), errors[0], again
+        charged = [0]
+        result = await _retry_async(
+            _retrying_kwargs(policy, budget, errors, time.monotonic(), False, charged),
+            errors[0],
+            again,
         )
+        budget.refund(charged[0])
+        return result
 
     async def execute(self, *args: Any, **kw: Any) -> Any:
         """``AsyncSession.execute``, retried when it starts the transaction."""

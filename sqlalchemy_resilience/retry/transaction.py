@@ -302,11 +302,14 @@ async def run_transaction(
     else:
         budget.record_success()
         return result
-    return await _retry_async(
-        _retrying_kwargs(policy, budget, errors, started, idempotent),
+    charged = [0]
+    result = await _retry_async(
+        _retrying_kwargs(policy, budget, errors, started, idempotent, charged),
         errors[0],
         lambda: _resolving_attempt(sessionmaker, fn, unit, timeout),
     )
+    budget.refund(charged[0])  # the retries paid off: the database is serving
+    return result
 
 
 def _attempt_sync(factory: Callable[[], Session], fn: Callable[[Session], T], unit: _Unit) -> T:
@@ -389,11 +392,14 @@ def run_transaction_sync(
     else:
         budget.record_success()
         return result
-    return _retry_sync(
-        _retrying_kwargs(policy, budget, errors, started, idempotent),
+    charged = [0]
+    result = _retry_sync(
+        _retrying_kwargs(policy, budget, errors, started, idempotent, charged),
         errors[0],
         lambda: _attempt_sync(sessionmaker, fn, unit),
     )
+    budget.refund(charged[0])  # the retries paid off: the database is serving
+    return result
 
 
 # -- resilient_sessionmaker ---------------------------------------------------------

@@ -29,6 +29,7 @@ from sqlalchemy_resilience.errors.hierarchy import (
     CommitOutcomeUnknown,
     ResilienceError,
     RetryExhausted,
+    TransactionConflict,
 )
 from sqlalchemy_resilience.errors.translate import translate_error
 from sqlalchemy_resilience.schema import IDEMPOTENCY_KEY_MAX_LENGTH, idempotency_keys
@@ -260,19 +261,36 @@ def _retry_sync(retrying_kwargs: dict[str, Any], first: BaseException, again: Ca
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _is_contention(exc: BaseException) -> bool:
+    """40001 / 40P01 (and SQLite's BUSY_SNAPSHOT): a healthy server asking for a re-run."""
+    if isinstance(exc, TransactionConflict):
+        return True
+    if isinstance(exc, ResilienceError) or not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    return isinstance(translate_error(exc), TransactionConflict)
+
+
 def _retrying_kwargs(
     policy: RetryPolicy,
     budget: RetryBudget,
     errors: list[BaseException],
     started: float,
     idempotent: bool,
+    charged: list[int],
 ) -> dict[str, Any]:
+    """tenacity's arguments; ``charged[0]`` counts the budget tokens taken (refunded on success)."""
+
     def should_retry(exc: BaseException) -> bool:
         if exc is not errors[-1]:
             errors.append(exc)
         if not policy.is_retryable(exc, idempotent=idempotent):
             return False
-        return budget.try_acquire()
+        if _is_contention(exc):
+            return True  # bounded by attempts, backoff and deadline, not the budget
+        if budget.try_acquire():
+            charged[0] += 1
+            return True
+        return False
 
     def exhausted(state: tenacity.RetryCallState) -> Any:
         raise RetryExhausted(errors) from errors[-1]

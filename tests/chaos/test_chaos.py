@@ -9,10 +9,12 @@ load runs to the 60 s of the plan.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import random
+import signal
 import statistics
 import time
 import uuid
@@ -1435,3 +1437,56 @@ async def test_s17_adaptive_pool_follows_a_degraded_network(fault_server: PgServ
     finally:
         await engine.dispose()
         proxy.close()
+
+
+async def test_contention_under_kills_with_the_default_budget(
+    bank: AsyncEngine, fault_server: PgServer, gc_warnings: GcWarnings
+) -> None:
+    """SERIALIZABLE transfers on 10 accounts, 16 workers, a backend killed every 150 ms and one
+    restart, with run_transaction's default shared budget: contention is not refused.
+
+    A budget is there to stop retry storms against a database that is down
+    (tests/retry/test_session.py keeps that leg); 40001/40P01 are not charged
+    to it and a retry that then succeeds is refunded, so a healthy but
+    contended and flaky database loses no work to it.
+    """
+    pg = fault_server.require_owned()
+
+    async def chaos() -> None:
+        restarted = False
+        started = time.monotonic()
+        while time.monotonic() - started < 8.0:
+            await asyncio.sleep(0.15)
+            if not restarted and time.monotonic() - started > 4.0:
+                restarted = True
+                await asyncio.to_thread(pg.restart)
+                continue
+            with contextlib.suppress(Exception):
+                pids = await asyncio.to_thread(fault_server.backend_pids, database=DB)
+                if pids:
+                    os.kill(random.choice(pids), signal.SIGTERM)  # one backend: 57P01
+
+    history, audits = await run_bank(
+        bank,
+        seconds=8.0,
+        workers=16,
+        hot=10,
+        isolation_level="SERIALIZABLE",
+        retry=RetryPolicy(attempts=30),  # budget=None: the engine's shared default budget
+        chaos=chaos,
+        audit=audit_sum(fault_server, DB),
+    )
+    await asyncio.to_thread(fault_server.wait_for, _accepting(fault_server), timeout=30)
+    verdict = check(fault_server, DB, history, audits)
+    attempted = verdict.ok + verdict.failed + verdict.unknown
+    budget = RetryBudget.for_engine(bank.sync_engine)
+    _figure(
+        "S10k contention + kills, default budget",
+        f"{attempted} transfers: {verdict.line()}; errors {history.errors}; "
+        f"budget denials {budget.denied}",
+    )
+    assert verdict.lost == 0 and verdict.phantom == 0
+    assert verdict.total_balance == TOTAL and verdict.ledger_consistent
+    assert set(history.errors) <= {"CommitOutcomeUnknown", "CheckViolation"}, history.errors
+    assert verdict.ok >= 0.99 * (attempted - history.errors.get("CheckViolation", 0))
+    await assert_nothing_leaked(bank, fault_server, DB, gc=gc_warnings)

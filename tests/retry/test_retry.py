@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
+from sqlalchemy.orm import Session, sessionmaker
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import RetryBudget, RetryPolicy
+from sqlalchemy_resilience import RetryBudget, RetryPolicy, run_transaction_sync
 
 
 class FakeClock:
@@ -152,3 +154,39 @@ def test_budget_validation(kwargs: dict[str, float], match: str) -> None:
     """Bad budget settings are refused."""
     with pytest.raises(ValueError, match=match):
         RetryBudget(**kwargs)
+
+
+def test_contention_is_not_charged_and_a_success_refunds(tmp_path: Path) -> None:
+    """40001/40P01 retries take no budget token; infrastructure retries that then succeed are refunded."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'budget.sqlite'}")
+    budget = RetryBudget(capacity=1, refill_per_second=0, ratio=0)
+    policy = RetryPolicy(attempts=8, initial_backoff=0.0001, max_backoff=0.0002, budget=budget)
+    conflicts = [sr.SerializationFailure("could not serialize", sqlstate="40001")] * 3 + [
+        sr.DeadlockDetected("deadlock detected", sqlstate="40P01")
+    ] * 3
+
+    def contended(session: Session) -> str:
+        if conflicts:
+            raise conflicts.pop()
+        return "committed"
+
+    try:
+        # Six contention retries on a budget of one token: none charged.
+        assert run_transaction_sync(sessionmaker(engine), contended, retry=policy) == "committed"
+        assert budget.tokens == 1 and budget.denied == 0
+        lost = [sr.ConnectionLost("server closed the connection", sqlstate="08006")]
+
+        def flaky(session: Session) -> str:
+            if lost:
+                raise lost.pop()
+            return "committed"
+
+        assert run_transaction_sync(sessionmaker(engine), flaky, retry=policy) == "committed"
+        assert budget.tokens == 1  # the token the retry took came back with the success
+        lost += [sr.ConnectionLost("server closed the connection", sqlstate="08006")] * 2
+
+        with pytest.raises(sr.ConnectionLost):  # a second infrastructure retry finds no token
+            run_transaction_sync(sessionmaker(engine), flaky, retry=policy)
+        assert budget.denied == 1
+    finally:
+        engine.dispose()
