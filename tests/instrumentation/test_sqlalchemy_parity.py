@@ -142,10 +142,13 @@ def test_a_copied_engine_draws_from_its_own_pool(engines: tuple[Engine, Engine])
     twin.dispose(close=False)
     assert twin.pool is not instrumented.pool
     before = instrumented.pool.checkedout()
-    with twin.connect() as conn:
-        assert conn.connection.dbapi_connection is not None
-        assert twin.pool.checkedout() == 1
-        assert instrumented.pool.checkedout() == before
+    try:
+        with twin.connect() as conn:
+            assert conn.connection.dbapi_connection is not None
+            assert twin.pool.checkedout() == 1
+            assert instrumented.pool.checkedout() == before
+    finally:
+        twin.dispose()  # its own pool: closed here, or its sqlite3 connection is never closed
     opts = instrumented.execution_options(isolation_level="SERIALIZABLE")
     stats = sr.instrumentation_of(instrumented)
     assert stats is not None
