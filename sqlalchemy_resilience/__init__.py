@@ -21,6 +21,7 @@ from .errors import CommitOutcomeUnknown as CommitOutcomeUnknown
 from .errors import ConnectionLost as ConnectionLost
 from .errors import ConstraintViolation as ConstraintViolation
 from .errors import DatabaseFailure as DatabaseFailure
+from .errors import DatabaseNotFound as DatabaseNotFound
 from .errors import DatabaseUnavailable as DatabaseUnavailable
 from .errors import DeadlockDetected as DeadlockDetected
 from .errors import ExclusionViolation as ExclusionViolation
@@ -33,9 +34,13 @@ from .errors import NotNullViolation as NotNullViolation
 from .errors import PermissionDenied as PermissionDenied
 from .errors import PoolExhausted as PoolExhausted
 from .errors import QueryTimeout as QueryTimeout
+from .errors import ReadOnlyServer as ReadOnlyServer
+from .errors import ReadOnlyTransaction as ReadOnlyTransaction
 from .errors import ResilienceError as ResilienceError
 from .errors import RetryExhausted as RetryExhausted
 from .errors import SerializationFailure as SerializationFailure
+from .errors import SnapshotTooOld as SnapshotTooOld
+from .errors import StorageFailure as StorageFailure
 from .errors import TooManyConnections as TooManyConnections
 from .errors import TransactionConflict as TransactionConflict
 from .errors import UniqueViolation as UniqueViolation
@@ -86,6 +91,7 @@ __all__ = [
     "ConnectionLost",
     "ConstraintViolation",
     "DatabaseFailure",
+    "DatabaseNotFound",
     "DatabaseUnavailable",
     "DeadlockDetected",
     "ExclusionViolation",
@@ -104,6 +110,8 @@ __all__ = [
     "PoolMaintainer",
     "QueryStats",
     "QueryTimeout",
+    "ReadOnlyServer",
+    "ReadOnlyTransaction",
     "ResilienceError",
     "ResilientAsyncSession",
     "ResizeResult",
@@ -111,7 +119,9 @@ __all__ = [
     "RetryExhausted",
     "RetryPolicy",
     "SerializationFailure",
+    "SnapshotTooOld",
     "StatementStats",
+    "StorageFailure",
     "TooManyConnections",
     "TransactionConflict",
     "UniqueViolation",

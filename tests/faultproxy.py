@@ -10,7 +10,10 @@ per-chunk delay of size/rate), ``slice_bytes``/``slice_delay`` (the slicer), ``b
 the server), ``down`` / ``up`` (listener closed: connects are refused),
 ``deaf`` (a listener that never accepts: connects hang) and the
 PostgreSQL-aware ``swallow_commit_reply`` (forward ``COMMIT`` to the server,
-then reset the client instead of passing the server's reply on).
+then reset the client instead of passing the server's reply on) and
+``garble_messages`` / ``garble_commit`` (send the next N frontend messages, or
+the next ``COMMIT``, with an invalid type byte: the server answers FATAL 08P01
+"invalid frontend message type" and closes the session).
 """
 
 from __future__ import annotations
@@ -40,8 +43,12 @@ class FaultProxy:
         self.limit_data: int | None = None
         self.swallow_commit_reply = False
         self.swallow_commits = 0  # with swallow_commit_reply: how many more (0 = every one)
+        self.garble_messages = 0  # how many more frontend messages to garble
+        self.garble_commit = False  # garble the next COMMIT only
+        self.garble_during_startup = False  # garble_messages also hits authentication
         self.accepted = 0
         self.commits_swallowed = 0
+        self.garbled = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, daemon=True, name="fault-proxy"
@@ -101,6 +108,9 @@ class FaultProxy:
         self.blackhole = False
         self.limit_data = None
         self.swallow_commit_reply = False
+        self.garble_messages = 0
+        self.garble_commit = False
+        self.garble_during_startup = False
 
     # -- loop side -------------------------------------------------------------
 
@@ -152,7 +162,8 @@ class FaultProxy:
             return
         pair = (writer, up_writer)
         self._conns.add(pair)
-        muted: dict[str, bool] = {"server": False}  # per connection: drop the server's replies
+        # per connection: drop the server's replies; the server said ReadyForQuery
+        muted: dict[str, bool] = {"server": False, "ready": False}
         to_server = asyncio.ensure_future(self._client_to_server(reader, up_writer, writer, muted))
         to_client = asyncio.ensure_future(self._server_to_client(up_reader, writer, muted))
         try:
@@ -196,6 +207,15 @@ class FaultProxy:
             )
             if swallow:
                 muted["server"] = True  # before the server can answer
+            is_commit = header[:1] == b"Q" and body.lstrip().upper().startswith(b"COMMIT")
+            garble = self.garble_messages > 0 and (muted["ready"] or self.garble_during_startup)
+            if garble or (self.garble_commit and is_commit):
+                if self.garble_messages > 0:
+                    self.garble_messages -= 1
+                else:
+                    self.garble_commit = False
+                self.garbled += 1
+                header = b"\x00" + header[1:]  # no frontend message has type 0
             up.write(header + body)
             await up.drain()
             if swallow:
@@ -219,6 +239,8 @@ class FaultProxy:
                 return
             if muted["server"]:
                 continue
+            if not muted["ready"] and b"Z\x00\x00\x00\x05" in chunk:
+                muted["ready"] = True
             while self.blackhole:  # noqa: ASYNC110 - a toxic flipped from another thread
                 await asyncio.sleep(0.01)
             if self.latency or self.jitter:

@@ -15,6 +15,7 @@ from .hierarchy import CommitOutcomeUnknown as CommitOutcomeUnknown
 from .hierarchy import ConnectionLost as ConnectionLost
 from .hierarchy import ConstraintViolation as ConstraintViolation
 from .hierarchy import DatabaseFailure as DatabaseFailure
+from .hierarchy import DatabaseNotFound as DatabaseNotFound
 from .hierarchy import DatabaseUnavailable as DatabaseUnavailable
 from .hierarchy import DeadlockDetected as DeadlockDetected
 from .hierarchy import ExclusionViolation as ExclusionViolation
@@ -27,9 +28,13 @@ from .hierarchy import NotNullViolation as NotNullViolation
 from .hierarchy import PermissionDenied as PermissionDenied
 from .hierarchy import PoolExhausted as PoolExhausted
 from .hierarchy import QueryTimeout as QueryTimeout
+from .hierarchy import ReadOnlyServer as ReadOnlyServer
+from .hierarchy import ReadOnlyTransaction as ReadOnlyTransaction
 from .hierarchy import ResilienceError as ResilienceError
 from .hierarchy import RetryExhausted as RetryExhausted
 from .hierarchy import SerializationFailure as SerializationFailure
+from .hierarchy import SnapshotTooOld as SnapshotTooOld
+from .hierarchy import StorageFailure as StorageFailure
 from .hierarchy import TooManyConnections as TooManyConnections
 from .hierarchy import TransactionConflict as TransactionConflict
 from .hierarchy import UniqueViolation as UniqueViolation
@@ -47,6 +52,7 @@ __all__ = [
     "ConnectionLost",
     "ConstraintViolation",
     "DatabaseFailure",
+    "DatabaseNotFound",
     "DatabaseUnavailable",
     "DeadlockDetected",
     "ExclusionViolation",
@@ -59,9 +65,13 @@ __all__ = [
     "PermissionDenied",
     "PoolExhausted",
     "QueryTimeout",
+    "ReadOnlyServer",
+    "ReadOnlyTransaction",
     "ResilienceError",
     "RetryExhausted",
     "SerializationFailure",
+    "SnapshotTooOld",
+    "StorageFailure",
     "TooManyConnections",
     "TransactionConflict",
     "UniqueViolation",

@@ -23,7 +23,16 @@ from sqlalchemy import exc as sa_exc
 
 from . import hierarchy as e
 
-__all__ = ["ErrorFacts", "Phase", "build_error", "classify", "extract_facts", "redact_text"]
+__all__ = [
+    "RETRY_ONCE",
+    "ErrorFacts",
+    "Phase",
+    "build_error",
+    "classify",
+    "extract_facts",
+    "redact_text",
+    "sqlite_code_name",
+]
 
 Phase = Literal["connect", "statement", "commit"]
 
@@ -41,7 +50,7 @@ _SQLSTATE_RULES: dict[str, _Rule] = {
     "57P01": (e.ConnectionLost, None),
     "57P02": (e.ConnectionLost, None),
     "57P03": (e.DatabaseUnavailable, True),
-    "57P04": (e.DatabaseUnavailable, False),
+    "57P04": (e.DatabaseNotFound, False),
     "57P05": (e.ConnectionLost, None),
     "25P03": (e.ConnectionLost, None),
     "53300": (e.TooManyConnections, True),
@@ -51,14 +60,21 @@ _SQLSTATE_RULES: dict[str, _Rule] = {
     "08003": (e.ConnectionLost, None),
     "08006": (e.ConnectionLost, None),
     "08007": (e.CommitOutcomeUnknown, False),
-    "08P01": (e.ConnectionLost, False),
+    # A protocol violation closes the session before anything is applied;
+    # a second one in a row is likely deterministic (a pooler or driver
+    # mismatch), so the retry loop re-runs it once only (RETRY_ONCE).
+    "08P01": (e.ConnectionLost, True),
+    "25006": (e.ReadOnlyServer, True),
+    "72000": (e.SnapshotTooOld, True),
+    "XX001": (e.StorageFailure, False),
+    "XX002": (e.StorageFailure, False),
     "23505": (e.UniqueViolation, None),
     "23503": (e.ForeignKeyViolation, None),
     "23502": (e.NotNullViolation, None),
     "23514": (e.CheckViolation, None),
     "23P01": (e.ExclusionViolation, None),
     "42501": (e.PermissionDenied, None),
-    "3D000": (e.DatabaseUnavailable, False),
+    "3D000": (e.DatabaseNotFound, False),
     "28000": (e.AuthenticationFailed, None),
     "28P01": (e.AuthenticationFailed, None),
 }
@@ -72,7 +88,17 @@ _SQLSTATE_CLASS_RULES: dict[str, _Rule] = {
     "53": (e.InsufficientResources, None),
     "08": (e.ConnectionLost, None),
     "57": (e.DatabaseUnavailable, False),
+    "58": (e.StorageFailure, False),
 }
+
+#: SQLSTATEs re-run at most once by the retry loop: a repeat is likely
+#: deterministic. 0A000 is asyncpg's stale prepared plan after DDL
+#: (SQLAlchemy has invalidated its caches, so one more run succeeds).
+RETRY_ONCE: frozenset[str] = frozenset({"08P01", "0A000"})
+
+# Failures whose outcome is unknown when they arrive while COMMIT was in flight,
+# even though the server sent them: the session is broken at the protocol level.
+_UNKNOWN_AT_COMMIT: frozenset[str] = frozenset({"08P01"})
 
 # SQLite extended result codes by name (sqlite3.Error.sqlite_errorname, Python >= 3.11).
 _SQLITE_RULES: dict[str, _Rule] = {
@@ -89,16 +115,67 @@ _SQLITE_RULES: dict[str, _Rule] = {
     "SQLITE_CONSTRAINT_CHECK": (e.CheckViolation, None),
     "SQLITE_CONSTRAINT": (e.ConstraintViolation, None),
     "SQLITE_INTERRUPT": (e.QueryTimeout, None),
+    # Another connection is recovering the WAL, or the shm file is locked: wait and re-run.
+    "SQLITE_READONLY_RECOVERY": (e.LockNotAvailable, True),
+    "SQLITE_READONLY_CANTLOCK": (e.LockNotAvailable, True),
     "SQLITE_READONLY": (e.PermissionDenied, None),
     "SQLITE_PERM": (e.PermissionDenied, None),
     "SQLITE_AUTH": (e.PermissionDenied, None),
-    "SQLITE_CANTOPEN": (e.DatabaseUnavailable, False),
+    "SQLITE_CANTOPEN": (e.DatabaseNotFound, False),
     "SQLITE_FULL": (e.InsufficientResources, None),
+    "SQLITE_IOERR": (e.StorageFailure, None),
+    "SQLITE_CORRUPT": (e.StorageFailure, None),
+    "SQLITE_NOTADB": (e.StorageFailure, None),
     "SQLITE_NOMEM": (e.InsufficientResources, None),
     "SQLITE_MISMATCH": (e.InvalidData, None),
     "SQLITE_TOOBIG": (e.InvalidData, None),
     "SQLITE_RANGE": (e.InvalidData, None),
     "SQLITE_ERROR": (e.InvalidStatement, None),
+}
+
+# SQLite's result codes by number: the primary codes (the low byte of any
+# extended code), and the extended codes the rules above name. An extended
+# code no rule names is classified by its primary code.
+_SQLITE_PRIMARY: dict[int, str] = {
+    1: "SQLITE_ERROR",
+    2: "SQLITE_INTERNAL",
+    3: "SQLITE_PERM",
+    4: "SQLITE_ABORT",
+    5: "SQLITE_BUSY",
+    6: "SQLITE_LOCKED",
+    7: "SQLITE_NOMEM",
+    8: "SQLITE_READONLY",
+    9: "SQLITE_INTERRUPT",
+    10: "SQLITE_IOERR",
+    11: "SQLITE_CORRUPT",
+    12: "SQLITE_NOTFOUND",
+    13: "SQLITE_FULL",
+    14: "SQLITE_CANTOPEN",
+    15: "SQLITE_PROTOCOL",
+    16: "SQLITE_EMPTY",
+    17: "SQLITE_SCHEMA",
+    18: "SQLITE_TOOBIG",
+    19: "SQLITE_CONSTRAINT",
+    20: "SQLITE_MISMATCH",
+    21: "SQLITE_MISUSE",
+    22: "SQLITE_NOLFS",
+    23: "SQLITE_AUTH",
+    24: "SQLITE_FORMAT",
+    25: "SQLITE_RANGE",
+    26: "SQLITE_NOTADB",
+}
+_SQLITE_EXTENDED: dict[int, str] = {
+    261: "SQLITE_BUSY_RECOVERY",
+    517: "SQLITE_BUSY_SNAPSHOT",
+    773: "SQLITE_BUSY_TIMEOUT",
+    262: "SQLITE_LOCKED_SHAREDCACHE",
+    264: "SQLITE_READONLY_RECOVERY",
+    520: "SQLITE_READONLY_CANTLOCK",
+    275: "SQLITE_CONSTRAINT_CHECK",
+    787: "SQLITE_CONSTRAINT_FOREIGNKEY",
+    1299: "SQLITE_CONSTRAINT_NOTNULL",
+    1555: "SQLITE_CONSTRAINT_PRIMARYKEY",
+    2067: "SQLITE_CONSTRAINT_UNIQUE",
 }
 
 # Before Python 3.11 sqlite3 exceptions carry no result code; SQLite's own
@@ -113,6 +190,10 @@ _SQLITE_MESSAGE_CODES: tuple[tuple[str, str], ...] = (
     ("interrupted", "SQLITE_INTERRUPT"),
     ("attempt to write a readonly database", "SQLITE_READONLY"),
     ("unable to open database file", "SQLITE_CANTOPEN"),
+    ("database or disk is full", "SQLITE_FULL"),
+    ("database disk image is malformed", "SQLITE_CORRUPT"),
+    ("file is not a database", "SQLITE_NOTADB"),
+    ("disk I/O error", "SQLITE_IOERR"),
     ("no such table", "SQLITE_ERROR"),
     ("no such column", "SQLITE_ERROR"),
     ("syntax error", "SQLITE_ERROR"),
@@ -150,6 +231,10 @@ class ErrorFacts:
         primary_message: the server's or driver's first message line, unredacted.
         driver: ``asyncpg``, ``psycopg``, ``sqlite`` or ``other``.
         invalidated: SQLAlchemy reported the connection as invalidated.
+        server_read_only: what the server last reported of itself
+            (``in_hot_standby`` or ``default_transaction_read_only`` on),
+            None where it reported nothing (before PostgreSQL 14, or when
+            the connection was not at hand).
     """
 
     sqlstate: str | None = None
@@ -163,6 +248,7 @@ class ErrorFacts:
     driver: str = "other"
     driver_class: str = ""
     invalidated: bool = False
+    server_read_only: bool | None = None
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -182,11 +268,42 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
 
 
+def sqlite_code_name(err: sqlite3.Error) -> str | None:
+    """The most specific SQLite result code name ``err`` tells, or None.
+
+    By ``sqlite_errorname`` where that names a known code, else by the
+    numeric ``sqlite_errorcode`` (Python >= 3.11 has both), else, on older
+    Pythons, by SQLite's own English message.
+
+    Example::
+
+        >>> sqlite_code_name(sqlite3.OperationalError("database is locked"))
+        'SQLITE_BUSY'
+    """
+    name = getattr(err, "sqlite_errorname", None)
+    if isinstance(name, str) and name.startswith("SQLITE_"):
+        return name
+    code = getattr(err, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        found = _SQLITE_EXTENDED.get(code) or _SQLITE_PRIMARY.get(code & 0xFF)
+        if found is not None:
+            return found
+    message = str(err)
+    return next((c for hint, c in _SQLITE_MESSAGE_CODES if hint in message), None)
+
+
+def _sqlite_rule(name: str) -> _Rule | None:
+    """The rule for a code name, else for its primary code (``SQLITE_IOERR_WRITE`` -> IOERR)."""
+    rule = _SQLITE_RULES.get(name)
+    if rule is None:
+        primary = "_".join(name.split("_")[:2])
+        rule = _SQLITE_RULES.get(primary)
+    return rule
+
+
 def _sqlite_facts(err: sqlite3.Error) -> ErrorFacts:
     message = str(err)
-    name = getattr(err, "sqlite_errorname", None)
-    if name is None:
-        name = next((code for hint, code in _SQLITE_MESSAGE_CODES if hint in message), None)
+    name = sqlite_code_name(err)
     table = column = constraint = None
     match = _SQLITE_TARGET.search(message)
     if match:
@@ -314,7 +431,10 @@ def classify(
                 return e.DatabaseUnavailable, True
             return cls, cls.default_retryable if retry is None else retry
         return e.DatabaseUnavailable, True
-    if phase == "commit" and (lost or client_side_state) and not facts.server_reported:
+    if phase == "commit" and (
+        ((lost or client_side_state) and not facts.server_reported)
+        or facts.sqlstate in _UNKNOWN_AT_COMMIT
+    ):
         # EOF or a reset after COMMIT was sent: the server may have committed.
         return e.CommitOutcomeUnknown, False
 
@@ -325,10 +445,12 @@ def classify(
             # asyncpg: a prepared plan went stale after DDL; SQLAlchemy has
             # already invalidated its caches, so one more run succeeds.
             rule = (e.DatabaseFailure, True)
+        if facts.sqlstate == "25006" and facts.server_read_only is False:
+            # The server accepts writes: the application made this transaction
+            # READ ONLY, and re-running it would fail the same way.
+            rule = (e.ReadOnlyTransaction, False)
     elif facts.driver_code:
-        rule = _SQLITE_RULES.get(facts.driver_code)
-        if rule is None and facts.driver_code.startswith("SQLITE_CONSTRAINT"):
-            rule = _SQLITE_RULES["SQLITE_CONSTRAINT"]
+        rule = _sqlite_rule(facts.driver_code)
     if phase == "connect" and rule is not None and issubclass(rule[0], e.ConnectionLost):
         return e.DatabaseUnavailable, True
     if rule is None:
@@ -407,6 +529,7 @@ def build_error(
     is_disconnect: bool = False,
     show_parameters: bool = False,
     secrets: tuple[str, ...] = (),
+    server_read_only: bool | None = None,
 ) -> e.DatabaseFailure:
     """Translate ``exc`` (a SQLAlchemy ``DBAPIError`` or a raw driver/socket error).
 
@@ -424,6 +547,8 @@ def build_error(
             ``summary`` (the text the package's own records use); off, they
             are redacted there.
         secrets: strings (the connection password) never to show, anywhere.
+        server_read_only: what the server last reported of itself (see
+            :attr:`ErrorFacts.server_read_only`); decides a 25006.
 
     Where ``exc`` hides its parameters (the engine was created with
     ``hide_parameters=True``), the values the server echoes in its message
@@ -432,6 +557,8 @@ def build_error(
     so no traceback shows them.
     """
     facts = extract_facts(exc)
+    if server_read_only is not None:
+        facts = replace(facts, server_read_only=server_read_only)
     client_exc = None if isinstance(exc, sa_exc.DBAPIError) else exc
     if client_exc is not None and not isinstance(client_exc, CONNECT_FAILURES) and facts.sqlstate:
         client_exc = None

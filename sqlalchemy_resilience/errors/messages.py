@@ -23,7 +23,20 @@ __all__ = ["MESSAGE_KEYS", "available_locales", "register_messages", "user_messa
 _EN: dict[str, str] = {
     "database_error": "Something went wrong while saving or loading your data. Please try again later.",
     "database_unavailable": "The service is temporarily unavailable. Please try again in a moment.",
-    "authentication_failed": "The service is temporarily unavailable. Please try again later.",
+    "service_unavailable": (
+        "The service is not available right now. Please contact support if this continues."
+    ),
+    "authentication_failed": (
+        "The service cannot reach its data because of a configuration problem on our side. "
+        "Please contact support if this continues."
+    ),
+    "database_not_found": (
+        "The service cannot find its data because of a problem on our side. "
+        "Please contact support if this continues."
+    ),
+    "read_only_server": (
+        "The service is switching to another database server. Please try again in a moment."
+    ),
     "too_many_connections": "The service is very busy right now. Please try again in a moment.",
     "connection_lost": "The connection was interrupted before your request finished. Please try again.",
     "commit_outcome_unknown": (
@@ -34,6 +47,9 @@ _EN: dict[str, str] = {
     "lock_not_available": "This item is being changed by someone else right now. Please try again.",
     "transaction_conflict": (
         "Your change conflicted with another change made at the same time. Please try again."
+    ),
+    "snapshot_too_old": (
+        "Your request ran for too long while the data was changing. Please try again."
     ),
     "constraint_violation": "This change is not allowed because it conflicts with existing data.",
     "unique_violation": "This item already exists.",
@@ -47,6 +63,10 @@ _EN: dict[str, str] = {
     "permission_denied": "This operation is not permitted.",
     "invalid_statement": "Something went wrong while processing your request.",
     "insufficient_resources": "The service is temporarily unable to process requests. Please try again later.",
+    "storage_failure": (
+        "The service could not read or save data because of a problem on our side. "
+        "Please contact support if this continues."
+    ),
     "circuit_open": "The service is temporarily unavailable. Please try again in a moment.",
     "retry_exhausted": "The service could not complete your request. Please try again later.",
     "already_applied": "This request was already processed.",
@@ -55,7 +75,10 @@ _EN: dict[str, str] = {
 _JA: dict[str, str] = {
     "database_error": "データの保存または読み込み中に問題が発生しました。しばらくしてから再度お試しください。",
     "database_unavailable": "サービスは一時的に利用できません。しばらくしてから再度お試しください。",
-    "authentication_failed": "サービスは一時的に利用できません。しばらくしてから再度お試しください。",
+    "service_unavailable": "サービスは現在ご利用いただけません。解消しない場合はサポートにお問い合わせください。",
+    "authentication_failed": "サービス側の設定の問題によりデータに接続できません。解消しない場合はサポートにお問い合わせください。",
+    "database_not_found": "サービス側の問題によりデータが見つかりません。解消しない場合はサポートにお問い合わせください。",
+    "read_only_server": "データベースサーバーの切り替え中です。しばらくしてから再度お試しください。",
     "too_many_connections": "ただいま大変混み合っています。しばらくしてから再度お試しください。",
     "connection_lost": "処理の完了前に接続が切断されました。再度お試しください。",
     "commit_outcome_unknown": "変更が保存されたかどうかを確認できませんでした。再度実行する前にご確認ください。",
@@ -63,6 +86,7 @@ _JA: dict[str, str] = {
     "query_timeout": "処理に時間がかかりすぎたため中断されました。しばらくしてから再度お試しください。",
     "lock_not_available": "この項目は現在ほかの人が変更しています。再度お試しください。",
     "transaction_conflict": "同時に行われた別の変更と競合しました。再度お試しください。",
+    "snapshot_too_old": "処理中にデータが変更され、処理時間が長くなりすぎました。再度お試しください。",
     "constraint_violation": "既存のデータと矛盾するため、この変更はできません。",
     "unique_violation": "このデータは既に登録されています。",
     "foreign_key_violation": "存在しないデータを参照しているか、ほかのデータから参照されているため変更できません。",
@@ -72,6 +96,7 @@ _JA: dict[str, str] = {
     "permission_denied": "この操作は許可されていません。",
     "invalid_statement": "リクエストの処理中に問題が発生しました。",
     "insufficient_resources": "サービスは一時的に処理できない状態です。しばらくしてから再度お試しください。",
+    "storage_failure": "サービス側の問題によりデータの読み込みまたは保存ができませんでした。解消しない場合はサポートにお問い合わせください。",
     "circuit_open": "サービスは一時的に利用できません。しばらくしてから再度お試しください。",
     "retry_exhausted": "リクエストを完了できませんでした。しばらくしてから再度お試しください。",
     "already_applied": "このリクエストは既に処理されています。",

@@ -20,8 +20,9 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import ExceptionContext
 
+from . import sqlite_legacy
 from .classify import CONNECT_FAILURES, Phase, build_error
-from .hierarchy import DatabaseFailure, PoolExhausted, ResilienceError
+from .hierarchy import DatabaseFailure, PoolExhausted, ReadOnlyTransaction, ResilienceError
 
 __all__ = [
     "COMMIT_TAG",
@@ -29,6 +30,7 @@ __all__ = [
     "is_driver_exception",
     "pool_exhausted",
     "pool_numbers",
+    "reported_read_only",
     "translate_checkout_failure",
     "translate_context",
     "translate_error",
@@ -164,6 +166,64 @@ def _phase(context: ExceptionContext) -> Phase:
     return "statement"
 
 
+# What PostgreSQL (14 and later) reports to the client about the server's own
+# state, on connect and whenever it changes (a promotion, a reload).
+_READ_ONLY_PARAMETERS = ("in_hot_standby", "default_transaction_read_only")
+
+
+def reported_read_only(driver_connection: Any) -> bool | None:
+    """Whether the server said it is read-only, from the parameters it reported.
+
+    True when ``in_hot_standby`` or ``default_transaction_read_only`` is
+    ``on``, False when the server reported them and both are off, None when
+    it reported neither (PostgreSQL before 14, or not a PostgreSQL driver).
+    Reads what the driver already holds: no query, no round trip.
+
+    Example::
+
+        >>> reported_read_only(raw.driver_connection)  # doctest: +SKIP
+        False
+    """
+    values: list[Any] = []
+    info = getattr(driver_connection, "info", None)
+    if info is not None and callable(getattr(info, "parameter_status", None)):  # psycopg
+        values = [info.parameter_status(name) for name in _READ_ONLY_PARAMETERS]
+    elif callable(getattr(driver_connection, "get_settings", None)):  # asyncpg
+        settings = driver_connection.get_settings()
+        values = [getattr(settings, name, None) for name in _READ_ONLY_PARAMETERS]
+    known = [v for v in values if isinstance(v, str)]
+    if not known:
+        return None
+    return any(v == "on" for v in known)
+
+
+def _driver_connection(context: ExceptionContext) -> Any:
+    conn = context.connection
+    if conn is None:
+        return None
+    try:
+        return conn.connection.driver_connection
+    except Exception:  # a connection in a state SQLAlchemy will not hand out
+        return None
+
+
+def _server_read_only(context: ExceptionContext) -> bool | None:
+    driver = _driver_connection(context)
+    return None if driver is None else reported_read_only(driver)
+
+
+def _sqlstate(exc: sa_exc.DBAPIError) -> str | None:
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
+# Connections that must not be used again although the driver still holds
+# them open: a read-only server (the pool's other connections lead there too)
+# and a protocol violation (the session's state is unknown).
+_DISCARD = frozenset({"25006", "08P01"})
+
+
 def translate_context(
     context: ExceptionContext, *, log_parameters: bool, secrets: tuple[str, ...]
 ) -> BaseException | None:
@@ -171,16 +231,30 @@ def translate_context(
 
     Not a DBAPI error (SQLAlchemy's own, or an exit exception such as
     ``CancelledError``) and a pre-ping SQLAlchemy will recover from are left alone.
+
+    A 25006 from a server that reports itself read-only (a standby, or a
+    primary demoted in a failover) and an 08P01 protocol violation mark the
+    connection as lost (``context.is_disconnect``): SQLAlchemy then discards
+    it and every pooled connection opened before it, so the re-run of the
+    unit of work reconnects -- to the new primary, after a failover.
     """
     original = context.sqlalchemy_exception
     if original is None or context.is_pre_ping:
         return None
     if not isinstance(original, sa_exc.DBAPIError):
         return None
-    return build_error(
+    if sqlite_legacy.ENABLED and original.orig is not None:
+        sqlite_legacy.annotate_sqlite_error(original.orig, _driver_connection(context))
+    sqlstate = _sqlstate(original)
+    read_only = _server_read_only(context) if sqlstate == "25006" else None
+    err = build_error(
         original,
         phase=_phase(context),
         is_disconnect=context.is_disconnect,
         show_parameters=log_parameters,
         secrets=secrets,
+        server_read_only=read_only,
     )
+    if sqlstate in _DISCARD and not isinstance(err, ReadOnlyTransaction):
+        context.is_disconnect = True
+    return err

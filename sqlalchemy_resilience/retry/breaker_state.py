@@ -24,7 +24,9 @@ from sqlalchemy_resilience.errors.hierarchy import (
     InsufficientResources,
     PoolExhausted,
     QueryTimeout,
+    ReadOnlyServer,
     ResilienceError,
+    StorageFailure,
 )
 from sqlalchemy_resilience.errors.translate import translate_error
 
@@ -38,6 +40,8 @@ _INFRASTRUCTURE = (
     QueryTimeout,
     InsufficientResources,
     PoolExhausted,
+    ReadOnlyServer,
+    StorageFailure,
 )
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from sqlalchemy_resilience.errors.classify import build_error
+from sqlalchemy_resilience.errors.classify import RETRY_ONCE, build_error
 from sqlalchemy_resilience.errors.hierarchy import (
     AlreadyApplied,
     CommitOutcomeUnknown,
@@ -285,6 +285,9 @@ def _retrying_kwargs(
             errors.append(exc)
         if not policy.is_retryable(exc, idempotent=idempotent):
             return False
+        code = getattr(exc, "sqlstate", None)
+        if code in RETRY_ONCE and any(getattr(e, "sqlstate", None) == code for e in errors[:-1]):
+            return False  # the same failure twice in a row: it will not go away
         if _is_contention(exc):
             return True  # bounded by attempts, backoff and deadline, not the budget
         if budget.try_acquire():

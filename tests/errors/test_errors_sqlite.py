@@ -121,9 +121,39 @@ def test_busy_snapshot_is_serialization_failure(tmp_path: Path) -> None:
         eng.dispose()
     err = info.value
     assert err.retryable is True
-    if hasattr(sqlite3.Error, "sqlite_errorname"):
-        assert isinstance(err, sr.SerializationFailure)
-        assert err.driver_code == "SQLITE_BUSY_SNAPSHOT"
+    # Python 3.10's sqlite3 exceptions carry no code: read from the connection (sqlite_legacy).
+    assert isinstance(err, sr.SerializationFailure)
+    assert err.driver_code == "SQLITE_BUSY_SNAPSHOT"
+
+
+async def test_aiosqlite_busy_snapshot_is_serialization_failure(tmp_path: Path) -> None:
+    """The same SQLITE_BUSY_SNAPSHOT through aiosqlite, whose worker thread owns the connection."""
+    pytest.importorskip("aiosqlite")
+    path = tmp_path / "wal-async.sqlite"
+    setup = sqlite3.connect(path)
+    setup.execute("PRAGMA journal_mode=WAL")
+    setup.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+    setup.execute("INSERT INTO t VALUES (1, 0)")
+    setup.commit()
+    setup.close()
+    eng = create_async_engine(
+        f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0.05, "isolation_level": None}
+    )
+    instrument(eng)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        async with eng.connect() as a:
+            await a.exec_driver_sql("BEGIN")
+            (await a.execute(text("SELECT v FROM t WHERE id = 1"))).scalar_one()
+            other.execute("UPDATE t SET v = v + 1 WHERE id = 1")
+            with pytest.raises(sr.SerializationFailure) as info:
+                await a.execute(text("UPDATE t SET v = v + 10 WHERE id = 1"))
+            await a.exec_driver_sql("ROLLBACK")
+    finally:
+        other.close()
+        await eng.dispose()
+    assert info.value.driver_code == "SQLITE_BUSY_SNAPSHOT"
+    assert info.value.retryable is True
 
 
 def test_no_such_table_keeps_operational_error(engine: Engine) -> None:
@@ -175,3 +205,71 @@ async def test_aiosqlite_unique_violation(tmp_path: Path) -> None:
     finally:
         instr.detach()
         await eng.dispose()
+
+
+def test_full_database_is_insufficient_resources(
+    tmp_path: Path, sync_engines: list[Engine]
+) -> None:
+    """SQLITE_FULL (the file reached max_page_count) becomes InsufficientResources, not retried."""
+    eng = create_engine(f"sqlite:///{tmp_path / 'full.sqlite'}")
+    sync_engines.append(eng)
+
+    @event.listens_for(eng, "connect")
+    def _cap(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        dbapi_conn.execute("PRAGMA max_page_count = 8")
+
+    instrument(eng)
+    with eng.begin() as conn:
+        conn.execute(text("CREATE TABLE blob (b BLOB)"))
+    with pytest.raises(sr.InsufficientResources) as info, eng.begin() as conn:
+        conn.execute(text("INSERT INTO blob VALUES (zeroblob(100000))"))
+    assert info.value.driver_code == "SQLITE_FULL"
+    assert info.value.retryable is False
+    assert sr.is_infrastructure_failure(info.value)
+
+
+def test_not_a_database_is_storage_failure(tmp_path: Path, sync_engines: list[Engine]) -> None:
+    """A file that is not a SQLite database (SQLITE_NOTADB) becomes StorageFailure, not retried."""
+    path = tmp_path / "garbage.sqlite"
+    path.write_bytes(b"this is not a database file at all " * 200)
+    eng = create_engine(f"sqlite:///{path}")
+    sync_engines.append(eng)
+    instrument(eng)
+    with pytest.raises(sr.StorageFailure) as info, eng.connect() as conn:
+        conn.execute(text("SELECT * FROM sqlite_master"))
+    assert info.value.driver_code == "SQLITE_NOTADB"
+    assert info.value.retryable is False
+    assert "try again in a moment" not in info.value.user_message("en")
+
+
+def test_unopenable_file_is_database_not_found(tmp_path: Path, sync_engines: list[Engine]) -> None:
+    """SQLITE_CANTOPEN (a directory that does not exist) becomes DatabaseNotFound: waiting
+    will not fix it, and the user message does not say to try again."""
+    eng = create_engine(f"sqlite:///{tmp_path / 'missing' / 'db.sqlite'}")
+    sync_engines.append(eng)
+    instrument(eng)
+    with pytest.raises(sr.DatabaseNotFound) as info, eng.connect():
+        pass
+    err = info.value
+    assert err.driver_code is not None and err.driver_code.startswith("SQLITE_CANTOPEN")
+    assert err.retryable is False
+    assert isinstance(err, sr.DatabaseUnavailable)
+    for locale, words in (("en", "try again"), ("ja", "再度お試し")):
+        assert words not in err.user_message(locale)
+
+
+def test_readonly_file_is_permission_denied(tmp_path: Path, sync_engines: list[Engine]) -> None:
+    """A write to a database opened read-only (SQLITE_READONLY) is PermissionDenied, not retried."""
+    path = tmp_path / "ro.sqlite"
+    setup = sqlite3.connect(path)
+    setup.execute("CREATE TABLE t (i INTEGER)")
+    setup.commit()
+    setup.close()
+    eng = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    sync_engines.append(eng)
+    instrument(eng)
+    with pytest.raises(sr.PermissionDenied) as info, eng.begin() as conn:
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    assert info.value.driver_code is not None
+    assert info.value.driver_code.startswith("SQLITE_READONLY")
+    assert info.value.retryable is False
