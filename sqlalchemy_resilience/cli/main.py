@@ -188,7 +188,11 @@ def _cmd_health(args: argparse.Namespace) -> int:
         latency = f"{report.latency * 1000:.1f} ms" if report.latency is not None else "-"
         print(f"{report.status}: {url.render_as_string(hide_password=True)} (round trip {latency})")
         if report.error:
-            print(f"  error: {report.error}: {report.detail}")
+            # The detail starts with the class already; say it once.
+            detail = report.detail or report.error
+            if not detail.startswith(report.error):
+                detail = f"{report.error}: {detail}"
+            print(f"  error: {detail}")
         for warning in report.warnings:
             print(f"  warning: {warning}")
     return {"healthy": 0, "degraded": 1, "unhealthy": 2}[report.status]

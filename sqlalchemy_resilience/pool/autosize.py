@@ -195,12 +195,12 @@ class PoolAutosizer(Background):
         in_use = pool.checkedout()
         if in_use > self._peak_in_use:
             self._peak_in_use = in_use
-        # A request counts as queued only while the pool is full; before
+        # A request counts as queued only beyond the pool's capacity; before
         # that it is opening a connection, which more size would not speed up.
-        if in_use >= pool.size() + max(pool._max_overflow, 0):
-            waiting = self._monitor.waiting
-            if waiting > self._peak_waiting:
-                self._peak_waiting = waiting
+        capacity = pool.size() + max(pool._max_overflow, 0)
+        waiting = self._monitor.queued(capacity)
+        if waiting > self._peak_waiting:
+            self._peak_waiting = waiting
 
     def _recent_wait_p95(self) -> float:
         answered = _value(self._monitor.answered)

@@ -85,23 +85,29 @@ class CheckoutObserver:
     def _build_checked_out(self) -> Callable[[PoolProxiedConnection, float], None]:
         monitor = self.monitor
         answered, returned = monitor.answered, monitor.returned
-        waits, uses = monitor.waits, monitor.uses
+        waits, queue_waits, uses = monitor.waits, monitor.queue_waits, monitor.uses
         meters = self.meters
         wait_hist = meters.wait_time if meters is not None else None
         use_hist = meters.use_time if meters is not None else None
         pool_attrs = self._pool_attrs
-        perf = time.perf_counter
+        perf, wall = time.perf_counter, time.time
         observer = self
 
         def checked_out(fairy: PoolProxiedConnection, start: float) -> None:
             now = perf()
             next(answered)
-            waits.append(now - start)
+            wait = now - start
+            waits.append(wait)
+            record = fairy._connection_record
+            # A connection opened during this wait is younger than the wait:
+            # only the time before it began to be opened was queueing.
+            age = wall() - record.starttime if record is not None else wait
+            queue_waits.append(wait - age if 0 <= age < wait else wait)
             if (
                 wait_hist is not None
                 and getattr(wait_hist, "_real_instrument", wait_hist) is not None
             ):
-                wait_hist.record(now - start, pool_attrs)
+                wait_hist.record(wait, pool_attrs)
 
             def checked_in(dbapi_connection: Any) -> None:
                 use = perf() - now
@@ -116,7 +122,6 @@ class CheckoutObserver:
                 ):
                     use_hist.record(use, pool_attrs)
 
-            record = fairy._connection_record
             key = id(record)
             if record is not None:
                 record.finalize_callback.append(checked_in)

@@ -150,18 +150,22 @@ async def _warm_up_async(engine: AsyncEngine, size: int, seconds: float) -> None
     try:
         if not tasks:
             return
-        done, pending = await asyncio.wait(tasks, timeout=seconds)
+        _, pending = await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION)
         for task in pending:
             task.cancel()
+        # Every task's outcome is read, so none is reported "never retrieved".
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [
+            o
+            for o in outcomes
+            if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError)
+        ]
+        if errors:
+            _warm_up_failed(engine.sync_engine, size, seconds, errors[0])
         if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
             _warm_up_failed(
                 engine.sync_engine, size, seconds, TimeoutError("no answer within the timeout")
             )
-        for task in done:
-            error = task.exception()
-            if error is not None:
-                _warm_up_failed(engine.sync_engine, size, seconds, error)
     finally:
         for conn in opened:
             try:

