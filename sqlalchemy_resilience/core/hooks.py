@@ -54,6 +54,7 @@ __all__ = [
     "InFlightTracker",
     "StatementFailed",
     "StatementObserved",
+    "TransactionEnded",
 ]
 
 _log = logging.getLogger("sqlalchemy_resilience")
@@ -125,6 +126,12 @@ class StatementFailed(Protocol):
     ) -> None: ...
 
 
+class TransactionEnded(Protocol):
+    """Called after a COMMIT or ROLLBACK, with its duration and what it raised; never raises."""
+
+    def __call__(self, operation: str, duration: float, exc: BaseException | None, /) -> None: ...
+
+
 class CheckedOut(Protocol):
     """Called with a checked-out connection and the ``perf_counter`` time the request began."""
 
@@ -170,6 +177,8 @@ class HookParts:
         checkout_failed: called when a checkout raised (before translation).
         connected, closed, invalidated: the pool's ``connect`` / ``close`` /
             ``invalidate`` events, as SQLAlchemy passes them.
+        transaction_ended: called after each COMMIT and ROLLBACK the dialect
+            sends (``"COMMIT"`` or ``"ROLLBACK"``, seconds, the exception or None).
     """
 
     translate_errors: bool = True
@@ -183,6 +192,7 @@ class HookParts:
     connected: Callable[[Any, Any], None] | None = None
     closed: Callable[[Any, Any], None] | None = None
     invalidated: Callable[[Any, Any, Any], None] | None = None
+    transaction_ended: TransactionEnded | None = None
 
 
 class EngineHooks:
@@ -266,7 +276,8 @@ class EngineHooks:
                     return None
 
             self._listen(engine, "handle_error", on_handle_error, retval=True)
-            self._patch_do_commit()
+        if parts.translate_errors or parts.transaction_ended is not None:
+            self._patch_transaction_ends(parts.translate_errors, parts.transaction_ended)
         self._patch_raw_connection(parts)
         if parts.statement_observed is not None and parts.statement_failed is not None:
             self._patch_execute(parts.statement_observed, parts.statement_failed)
@@ -292,24 +303,55 @@ class EngineHooks:
         self.slots.in_flight = None
         self.attached = False
 
-    def _patch_do_commit(self) -> None:
+    def _patch_transaction_ends(self, tag: bool, ended: TransactionEnded | None) -> None:
         # Knowing that COMMIT was in flight needs no per-statement work: the
         # dialect (one instance per engine) tags an exception raised by its
         # do_commit, and handle_error reads the tag. ConnectionEvents
         # listeners for commit/begin/rollback would instead take every
         # statement of the engine off SQLAlchemy's listener-free fast path.
+        # The same wrappers time COMMIT and ROLLBACK when asked to.
         dialect = self.engine.dialect
-        original = dialect.do_commit
+        perf = time.perf_counter
+        commit = dialect.do_commit
 
-        def do_commit(dbapi_connection: Any) -> None:
+        if ended is None:
+
+            def do_commit(dbapi_connection: Any) -> None:
+                try:
+                    commit(dbapi_connection)
+                except BaseException as exc:
+                    with contextlib.suppress(AttributeError):
+                        setattr(exc, COMMIT_TAG, True)
+                    raise
+
+            self._patch(dialect, "do_commit", do_commit)
+            return
+
+        def do_commit_timed(dbapi_connection: Any) -> None:
+            start = perf()
             try:
-                original(dbapi_connection)
+                commit(dbapi_connection)
             except BaseException as exc:
-                with contextlib.suppress(AttributeError):
-                    setattr(exc, COMMIT_TAG, True)
+                if tag:
+                    with contextlib.suppress(AttributeError):
+                        setattr(exc, COMMIT_TAG, True)
+                ended("COMMIT", perf() - start, exc)
                 raise
+            ended("COMMIT", perf() - start, None)
 
-        self._patch(dialect, "do_commit", do_commit)
+        rollback = dialect.do_rollback
+
+        def do_rollback_timed(dbapi_connection: Any) -> None:
+            start = perf()
+            try:
+                rollback(dbapi_connection)
+            except BaseException as exc:
+                ended("ROLLBACK", perf() - start, exc)
+                raise
+            ended("ROLLBACK", perf() - start, None)
+
+        self._patch(dialect, "do_commit", do_commit_timed)
+        self._patch(dialect, "do_rollback", do_rollback_timed)
 
     def _patch_raw_connection(self, parts: HookParts) -> None:
         engine = self.engine

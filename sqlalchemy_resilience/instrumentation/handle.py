@@ -102,6 +102,7 @@ class Instrumentation:
             show_parameters=log_parameters and not engine.hide_parameters,
             database=self.database,
             host=self.host,
+            rows_histogram=self._meters.returned_rows if self._meters is not None else None,
         )
         self._checkouts = CheckoutObserver(
             engine,
@@ -206,6 +207,9 @@ class Instrumentation:
                 connected=checkouts.connected,
                 closed=checkouts.closed,
                 invalidated=checkouts.invalidated,
+                transaction_ended=(
+                    self._statements.transaction_ended if self._meters is not None else None
+                ),
             )
         )
         self._hooks.provide(self.pool)

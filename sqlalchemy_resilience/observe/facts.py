@@ -19,8 +19,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.expression import Select, TableClause
 
 from .stats import StatementKey, normalize_statement
+from .summary import summarize_statement
 
-__all__ = ["INFO_ATTR", "StatementFacts", "StatementInfo", "operation_base_attributes"]
+__all__ = [
+    "INFO_ATTR",
+    "StatementFacts",
+    "StatementInfo",
+    "batch_attributes",
+    "operation_base_attributes",
+]
 
 _log = logging.getLogger("sqlalchemy_resilience")
 
@@ -53,9 +60,15 @@ def operation_base_attributes(engine: Engine) -> dict[str, Any]:
 
 
 class StatementInfo(StatementKey):
-    """What the hot path needs of one statement: key, operation, table, metric attributes."""
+    """What the hot path needs of one statement: key, operation, table, metric attributes.
 
-    __slots__ = ("attrs", "owner")
+    Attributes:
+        attrs: the ``db.client.operation.duration`` attributes of one execution.
+        batch_attrs: the same for an ``executemany`` (``BATCH <op>``, as the
+            conventions name batch operations).
+    """
+
+    __slots__ = ("attrs", "batch_attrs", "owner")
 
     def __init__(
         self,
@@ -68,6 +81,16 @@ class StatementInfo(StatementKey):
         super().__init__(key, operation, collection)
         self.owner = owner
         self.attrs = attrs
+        self.batch_attrs = batch_attributes(attrs)
+
+
+def batch_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
+    """``attrs`` for the batch form of the operation: ``BATCH INSERT``, ``BATCH INSERT t``."""
+    batch = dict(attrs)
+    for name in ("db.operation.name", "db.query.summary"):
+        value = batch.get(name)
+        batch[name] = f"BATCH {value}" if value else "BATCH"
+    return batch
 
 
 def _collection_of(context: Any) -> str | None:
@@ -118,6 +141,14 @@ class StatementFacts:
         self.token = object()
         self._base_attrs = operation_base_attributes(engine)
         self._text_infos: dict[str, StatementInfo] = {}
+        self._transaction_attrs = {
+            op: {**self._base_attrs, "db.operation.name": op, "db.query.summary": op}
+            for op in ("COMMIT", "ROLLBACK")
+        }
+
+    def transaction_attributes(self, operation: str) -> dict[str, Any]:
+        """The metric attributes of a ``COMMIT`` or ``ROLLBACK`` (shared: do not modify)."""
+        return self._transaction_attrs[operation]
 
     def info(self, context: Any, statement: str) -> StatementInfo:
         """The facts of ``statement`` as run with execution ``context`` (None for a raw cursor)."""
@@ -138,6 +169,9 @@ class StatementFacts:
             attrs["db.operation.name"] = operation
         if collection:
             attrs["db.collection.name"] = collection
+        summary = summarize_statement(key)
+        if summary:
+            attrs["db.query.summary"] = summary
         info = StatementInfo(self.token, key, operation, collection, attrs)
         if compiled is not None:
             with contextlib.suppress(AttributeError):

@@ -4,7 +4,8 @@ Instruments, created once per MeterProvider and shared by every engine
 instrumented against it (an SDK keeps the first registration of a name, so a
 second engine must not create its own)::
 
-    db.client.operation.duration          histogram, s
+    db.client.operation.duration          histogram, s (statements, COMMIT, ROLLBACK)
+    db.client.response.returned_rows      histogram, {row}
     db.client.connection.count            observable up-down counter, {connection},
                                           db.client.connection.state = idle | used
     db.client.connection.idle.max         observable up-down counter, {connection}
@@ -37,6 +38,7 @@ __all__ = ["POOL_NAME", "MeterSet", "PoolGaugeSource", "meter_set_for"]
 
 # The semantic conventions' advisory buckets for db.client.operation.duration.
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+ROWS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 POOL_TIME_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 
 POOL_NAME = "db.client.connection.pool.name"
@@ -80,6 +82,12 @@ class MeterSet:
             unit="s",
             description="Duration of database client operations.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.returned_rows = meter.create_histogram(
+            "db.client.response.returned_rows",
+            unit="{row}",
+            description="The actual number of records returned by the database operation.",
+            explicit_bucket_boundaries_advisory=ROWS_BUCKETS,
         )
         self.create_time = meter.create_histogram(
             "db.client.connection.create_time",

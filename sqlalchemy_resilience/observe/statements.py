@@ -38,6 +38,48 @@ def _nothing() -> None:
     pass
 
 
+def returned_rows_reader(engine: Engine) -> Callable[[Any, Any], int | None] | None:
+    """How to read the rows a statement returned without touching a row, chosen per driver.
+
+    SQLAlchemy's asyncio adapters (asyncpg, aiosqlite, psycopg async) fetch
+    the whole result into a buffer as the statement runs, so its length is
+    known; psycopg's client-side cursor knows its row count from the result
+    it already holds. pysqlite steps through rows on demand and knows no count
+    before they are read: there, None (nothing is recorded). Server-side
+    cursors (``stream_results``) are never counted.
+    """
+    dialect = engine.dialect
+    if dialect.is_async:
+
+        def buffered(cursor: Any, context: Any) -> int | None:
+            rows = getattr(cursor, "_rows", None)
+            if rows.__class__ is not deque or getattr(context, "_is_server_side", False):
+                return None
+            return len(rows)
+
+        return buffered
+    if dialect.driver == "psycopg":
+
+        def counted(cursor: Any, context: Any) -> int | None:
+            if getattr(context, "_is_server_side", False):
+                return None
+            count = cursor.rowcount
+            return count if count.__class__ is int and count >= 0 else None
+
+        return counted
+    return None
+
+
+def error_type_of(exc: BaseException, facts_code: str | None) -> str:
+    """``error.type`` as the conventions ask: the database's status code (a SQLSTATE,
+    SQLite's result code name), else the original exception's qualified class name."""
+    if facts_code:
+        return facts_code
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
 class StatementObserver:
     """Statistics, duration metric, slow-query log and plans for one engine's statements.
 
@@ -45,6 +87,7 @@ class StatementObserver:
         engine: the (sync) engine.
         stats: the statistics to feed, or None.
         histogram: the ``db.client.operation.duration`` instrument, or None.
+        rows_histogram: the ``db.client.response.returned_rows`` instrument, or None.
         slow_query_threshold: seconds, or None for no slow-query log.
         call_sites: the call-site finder.
         stats_call_sites: sample call sites into the statistics.
@@ -78,11 +121,14 @@ class StatementObserver:
         show_parameters: bool = False,
         database: str | None = None,
         host: str | None = None,
+        rows_histogram: Any = None,
     ) -> None:
         self.engine = engine
         self.facts = StatementFacts(engine)
         self.stats = stats
         self.histogram = histogram
+        self.rows_histogram = rows_histogram
+        self._returned = returned_rows_reader(engine) if rows_histogram is not None else None
         self.slow: float = math.inf if slow_query_threshold is None else slow_query_threshold
         self.call_sites = call_sites
         self.stats_call_sites = stats_call_sites and stats is not None
@@ -105,6 +151,8 @@ class StatementObserver:
         slot = stats._rows_slot if stats is not None else deque(maxlen=1)
         slot_pop, slot_append = slot.pop, slot.append
         hist = self.histogram
+        rows_hist = self.rows_histogram
+        returned = self._returned
         log_own_failure = self._log_own_failure
         observer = self
 
@@ -139,7 +187,14 @@ class StatementObserver:
                 # A proxy instrument without an SDK behind it does nothing:
                 # skip the call (the check is an attribute read).
                 if hist is not None and getattr(hist, "_real_instrument", hist) is not None:
-                    hist.record(duration, info.attrs)
+                    attrs = info.attrs
+                    if context is not None and context.executemany:
+                        attrs = info.batch_attrs
+                    hist.record(duration, attrs)
+                    if returned is not None and cursor.description is not None:
+                        rows = returned(cursor, context)
+                        if rows is not None:
+                            rows_hist.record(rows, attrs)
                 if duration >= observer.slow:
                     observer._slow_query(cursor, statement, parameters, context, duration, info)
             except Exception:
@@ -159,16 +214,17 @@ class StatementObserver:
         """Record a statement that raised (statistics, metric with ``error.type``, slow log)."""
         try:
             info = self.facts.info(context, statement)
-            error_class, sqlstate = self._error_class(cursor, exc)
+            error_class, code = self._error_class(cursor, exc)
             if self.stats is not None:
                 self.stats.record(
                     info.key, info.operation, info.collection, duration, 0, error_class
                 )
             if self.histogram is not None:
-                attrs = dict(info.attrs)
-                attrs["error.type"] = sqlstate or error_class
-                if sqlstate:
-                    attrs["db.response.status_code"] = sqlstate
+                batch = context is not None and context.executemany
+                attrs = dict(info.batch_attrs if batch else info.attrs)
+                attrs["error.type"] = error_type_of(exc, code)
+                if code:
+                    attrs["db.response.status_code"] = code
                 self.histogram.record(duration, attrs)
             if duration >= self.slow:
                 self._slow_query(
@@ -178,6 +234,8 @@ class StatementObserver:
             self._log_own_failure("statement observation")
 
     def _error_class(self, cursor: Any, exc: BaseException) -> tuple[str, str | None]:
+        """The package's class name (for the statistics) and the database's status
+        code: the SQLSTATE, or SQLite's result code name."""
         dialect = self.engine.dialect
         if not isinstance(exc, dialect.loaded_dbapi.Error):
             return type(exc).__name__, None
@@ -187,7 +245,29 @@ class StatementObserver:
         except Exception:
             lost = False
         cls, _ = classify(facts, phase="statement", is_disconnect=lost)
-        return cls.__name__, facts.sqlstate
+        return cls.__name__, facts.sqlstate or facts.driver_code
+
+    def transaction_ended(self, operation: str, duration: float, exc: BaseException | None) -> None:
+        """Record a COMMIT or ROLLBACK as an operation (``db.client.operation.duration``).
+
+        A 40001 raised by COMMIT is recorded with its ``error.type``, as the
+        statement that failed would be.
+        """
+        hist = self.histogram
+        if hist is None or getattr(hist, "_real_instrument", hist) is None:
+            return
+        try:
+            attrs = self.facts.transaction_attributes(operation)
+            if exc is not None:
+                attrs = dict(attrs)
+                facts = extract_facts(exc)
+                code = facts.sqlstate or facts.driver_code
+                attrs["error.type"] = error_type_of(exc, code)
+                if code:
+                    attrs["db.response.status_code"] = code
+            hist.record(duration, attrs)
+        except Exception:
+            self._log_own_failure("transaction observation")
 
     def _sample_call_site(self, key: str) -> None:
         self._call_site_counter += 1

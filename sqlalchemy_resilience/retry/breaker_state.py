@@ -144,8 +144,8 @@ def record_transition(transition: BreakerTransition) -> None:
         counter.add(
             1,
             {
-                "db.client.circuit_breaker.name": transition.breaker,
-                "db.client.circuit_breaker.state": transition.current.name.lower(),
+                "sqlalchemy_resilience.circuit_breaker.name": transition.breaker,
+                "sqlalchemy_resilience.circuit_breaker.state": transition.current.name.lower(),
             },
         )
 
@@ -162,18 +162,18 @@ def _meters() -> Any:
 
         def observe(_options: CallbackOptions) -> Iterable[Observation]:
             return [
-                Observation(b.state.value, {"db.client.circuit_breaker.name": b.name})
+                Observation(b.state.value, {"sqlalchemy_resilience.circuit_breaker.name": b.name})
                 for b in list(_all_breakers)
             ]
 
         meter.create_observable_gauge(
-            "db.client.circuit_breaker.state",
+            "sqlalchemy_resilience.circuit_breaker.state",
             callbacks=[observe],
             unit="1",
             description="Circuit breaker state: 0 closed, 1 half-open, 2 open",
         )
         _transition_counter = meter.create_counter(
-            "db.client.circuit_breaker.transitions",
+            "sqlalchemy_resilience.circuit_breaker.transitions",
             unit="{transition}",
             description="Circuit breaker state transitions",
         )

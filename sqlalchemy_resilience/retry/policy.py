@@ -365,7 +365,7 @@ def _counter() -> Any:
         from opentelemetry import metrics
 
         _retry_counter = metrics.get_meter("sqlalchemy_resilience").create_counter(
-            "db.client.retries",
+            "sqlalchemy_resilience.retries",
             unit="{retry}",
             description="Units of work re-run after a retryable database error",
         )
@@ -373,7 +373,7 @@ def _counter() -> Any:
 
 
 def log_retry(state: tenacity.RetryCallState) -> None:
-    """tenacity ``before_sleep`` hook: a WARNING record and the ``db.client.retries`` counter."""
+    """tenacity ``before_sleep`` hook: a WARNING record and the ``sqlalchemy_resilience.retries`` counter."""
     outcome = state.outcome
     exc = outcome.exception() if outcome is not None else None
     wait = state.next_action.sleep if state.next_action is not None else 0.0
@@ -397,4 +397,4 @@ def log_retry(state: tenacity.RetryCallState) -> None:
             attributes["db.response.status_code"] = str(code)
         _counter().add(1, attributes)
     except Exception:  # metrics must never break the retry
-        _log.debug("db.client.retries counter failed", exc_info=True)
+        _log.debug("sqlalchemy_resilience.retries counter failed", exc_info=True)

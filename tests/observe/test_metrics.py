@@ -92,6 +92,7 @@ async def test_operation_duration_counts_every_statement(
         "server.port": url.port,
         "db.operation.name": "SELECT",
         "db.collection.name": "things",
+        "db.query.summary": "SELECT things",
     }
     assert 0 < point.sum < 7 * 5
     assert metric_unit(reader, "db.client.operation.duration") == "s"
@@ -227,7 +228,9 @@ def test_sqlite_counts_and_two_engines_on_one_provider(
         for _ in range(n):
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-    found = points(reader, "db.client.operation.duration")
+    found = by_attrs(
+        points(reader, "db.client.operation.duration"), **{"db.operation.name": "SELECT"}
+    )
     assert {p.attributes["db.namespace"]: p.count for p in found} == {
         str(tmp_path / "a.sqlite"): 5,
         str(tmp_path / "b.sqlite"): 3,
@@ -257,3 +260,112 @@ def test_no_sdk_is_a_no_op(sync_engines: list[Engine], tmp_path: Path) -> None:
             conn.execute(text("SELECT 2"))
     assert instr.stats is not None
     assert instr.stats.get("SELECT ?") is not None
+
+
+# -- the conventions' newer parts: returned rows, COMMIT/ROLLBACK, summaries, batches ----
+
+
+async def test_returned_rows_of_selects_and_returning(
+    pg_engine: AsyncEngine, reader: InMemoryMetricReader, provider: MeterProvider
+) -> None:
+    """db.client.response.returned_rows: the rows a SELECT or a RETURNING gave back,
+    from what the driver already holds (no row is touched), with the operation's attributes."""
+    instrument(pg_engine, meter_provider=provider)
+    async with pg_engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS rowsy"))
+        await conn.execute(text("CREATE TABLE rowsy (id int PRIMARY KEY)"))
+        await conn.execute(
+            text("INSERT INTO rowsy SELECT g FROM generate_series(1, 7) g RETURNING id")
+        )
+        await conn.execute(text("SELECT id FROM rowsy WHERE id <= 3"))
+        await conn.execute(text("UPDATE rowsy SET id = id + 100 WHERE id = 1"))
+    found = points(reader, "db.client.response.returned_rows")
+    (inserted,) = by_attrs(found, **{"db.operation.name": "INSERT"})
+    assert (inserted.count, inserted.sum) == (1, 7)
+    assert inserted.attributes["db.query.summary"] == "INSERT rowsy SELECT generate_series"
+    (selected,) = by_attrs(found, **{"db.query.summary": "SELECT rowsy"})
+    assert (selected.count, selected.sum) == (1, 3)
+    assert not by_attrs(found, **{"db.operation.name": "UPDATE"})  # returned no rows
+    assert metric_unit(reader, "db.client.response.returned_rows") == "{row}"
+
+
+async def test_commit_and_rollback_are_operations_and_a_failed_commit_has_its_error(
+    pg_engine: AsyncEngine, reader: InMemoryMetricReader, provider: MeterProvider
+) -> None:
+    """COMMIT and ROLLBACK are timed as operations; a 40001 raised by COMMIT is recorded
+    under db.operation.name COMMIT with error.type and db.response.status_code 40001."""
+    instrument(pg_engine, meter_provider=provider)
+    async with pg_engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS skew"))
+        await conn.execute(text("CREATE TABLE skew (i int PRIMARY KEY, t text)"))
+        await conn.execute(text("INSERT INTO skew VALUES (1, 'apple'), (2, 'pear')"))
+    a = await (await pg_engine.connect()).execution_options(isolation_level="SERIALIZABLE")
+    b = await (await pg_engine.connect()).execution_options(isolation_level="SERIALIZABLE")
+    try:
+        await a.begin()
+        await b.begin()
+        await a.execute(text("UPDATE skew SET t = 'apple' WHERE t = 'pear'"))
+        await b.execute(text("UPDATE skew SET t = 'pear' WHERE t = 'apple'"))
+        await a.commit()
+        with pytest.raises(sa_exc.DBAPIError):
+            await b.commit()
+    finally:
+        await a.close()
+        await b.close()
+    found = points(reader, "db.client.operation.duration")
+    commits = by_attrs(found, **{"db.operation.name": "COMMIT"})
+    ok = [p for p in commits if "error.type" not in p.attributes]
+    (failed,) = [p for p in commits if "error.type" in p.attributes]
+    assert sum(p.count for p in ok) >= 2  # the set-up's and a's
+    assert failed.count == 1
+    assert failed.attributes["error.type"] == "40001"
+    assert failed.attributes["db.response.status_code"] == "40001"
+    assert failed.attributes["db.query.summary"] == "COMMIT"
+    assert failed.attributes["db.system.name"] == "postgresql"
+    assert by_attrs(found, **{"db.operation.name": "ROLLBACK"})  # b's connection rolled back
+
+
+def test_sqlite_error_type_is_sqlites_code(
+    sync_engines: list[Engine],
+    tmp_path: Path,
+    reader: InMemoryMetricReader,
+    provider: MeterProvider,
+) -> None:
+    """On SQLite error.type and db.response.status_code are SQLite's result code name."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'e.sqlite'}")
+    sync_engines.append(engine)
+    instrument(engine, meter_provider=provider)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE u (id INTEGER PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO u VALUES (1)"))
+    with pytest.raises(sa_exc.IntegrityError), engine.begin() as conn:
+        conn.execute(text("INSERT INTO u VALUES (1)"))
+    (point,) = by_attrs(
+        points(reader, "db.client.operation.duration"),
+        **{"error.type": "SQLITE_CONSTRAINT_PRIMARYKEY"},
+    )
+    assert point.attributes["db.response.status_code"] == "SQLITE_CONSTRAINT_PRIMARYKEY"
+    assert point.attributes["db.operation.name"] == "INSERT"
+
+
+def test_executemany_is_a_batch_operation(
+    sync_engines: list[Engine],
+    tmp_path: Path,
+    reader: InMemoryMetricReader,
+    provider: MeterProvider,
+) -> None:
+    """An executemany is one operation named BATCH <op>, summary BATCH <summary>."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'b.sqlite'}")
+    sync_engines.append(engine)
+    instrument(engine, meter_provider=provider)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE b (id INTEGER PRIMARY KEY, v INTEGER)"))
+        conn.execute(text("INSERT INTO b VALUES (1, 0), (2, 0), (3, 0)"))
+        conn.execute(
+            text("UPDATE b SET v = :v WHERE id = :id"), [{"v": i, "id": i} for i in (1, 2, 3)]
+        )
+    found = points(reader, "db.client.operation.duration")
+    (batch,) = by_attrs(found, **{"db.operation.name": "BATCH UPDATE"})
+    assert batch.count == 1
+    assert batch.attributes["db.query.summary"] == "BATCH UPDATE b"
+    assert not by_attrs(found, **{"db.operation.name": "UPDATE"})

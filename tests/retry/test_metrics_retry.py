@@ -38,7 +38,7 @@ def _points(reader: Any, name: str) -> list[Any]:
 
 
 def test_retries_are_counted_with_error_type(reader: Any, tmp_path: Path) -> None:
-    """Each retry adds 1 to db.client.retries, labelled with the error class and code."""
+    """Each retry adds 1 to sqlalchemy_resilience.retries, labelled with the error class and code."""
     engine = create_engine(f"sqlite:///{tmp_path / 'm.sqlite'}")
     instrument(engine)
 
@@ -56,7 +56,7 @@ def test_retries_are_counted_with_error_type(reader: Any, tmp_path: Path) -> Non
         engine.dispose()
     points = [
         p
-        for p in _points(reader, "db.client.retries")
+        for p in _points(reader, "sqlalchemy_resilience.retries")
         if p.attributes.get("error.type") == "LockNotAvailable"
     ]
     assert points
@@ -70,14 +70,52 @@ def test_breaker_state_and_transitions_are_reported(reader: Any) -> None:
     breaker.force_open()
     gauge = [
         p
-        for p in _points(reader, "db.client.circuit_breaker.state")
-        if p.attributes.get("db.client.circuit_breaker.name") == "metrics-test"
+        for p in _points(reader, "sqlalchemy_resilience.circuit_breaker.state")
+        if p.attributes.get("sqlalchemy_resilience.circuit_breaker.name") == "metrics-test"
     ]
     assert [p.value for p in gauge] == [2]
     transitions = [
         p
-        for p in _points(reader, "db.client.circuit_breaker.transitions")
-        if p.attributes.get("db.client.circuit_breaker.name") == "metrics-test"
+        for p in _points(reader, "sqlalchemy_resilience.circuit_breaker.transitions")
+        if p.attributes.get("sqlalchemy_resilience.circuit_breaker.name") == "metrics-test"
     ]
     assert sum(p.value for p in transitions) == 1
-    assert transitions[0].attributes["db.client.circuit_breaker.state"] == "open"
+    assert transitions[0].attributes["sqlalchemy_resilience.circuit_breaker.state"] == "open"
+
+
+CONVENTIONS = {
+    "db.client.operation.duration",
+    "db.client.response.returned_rows",
+    "db.client.connection.count",
+    "db.client.connection.idle.max",
+    "db.client.connection.idle.min",
+    "db.client.connection.max",
+    "db.client.connection.pending_requests",
+    "db.client.connection.timeouts",
+    "db.client.connection.create_time",
+    "db.client.connection.wait_time",
+    "db.client.connection.use_time",
+}
+
+
+def test_the_packages_own_instruments_are_outside_db_client(reader: Any, tmp_path: Path) -> None:
+    """Every db.* metric is one the database conventions define; retries and the breaker
+    report under sqlalchemy_resilience.*."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'ns.sqlite'}")
+    instrument(engine)
+    breaker = CircuitBreaker(failure_threshold=5, recovery_timeout=60, name="own-namespace")
+    try:
+        with inject_fault(engine, "disconnect", times=1):
+            run_transaction_sync(
+                sessionmaker(engine),
+                lambda s: s.execute(text("SELECT 1")).scalar_one(),
+                retry=RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.001),
+                breaker=breaker,
+            )
+    finally:
+        engine.dispose()
+    data = reader.get_metrics_data()
+    names = {m.name for r in data.resource_metrics for sc in r.scope_metrics for m in sc.metrics}
+    assert {n for n in names if n.startswith("db.")} <= CONVENTIONS
+    assert "db.client.operation.duration" in names
+    assert {"sqlalchemy_resilience.retries", "sqlalchemy_resilience.circuit_breaker.state"} <= names
