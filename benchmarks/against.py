@@ -89,8 +89,26 @@ def _variants(other: ModuleType, make: Callable[[int], Any], **options: Any) -> 
         engine = make(i)
         if attach is not None:
             attach(engine, **options)
+            _both_dispatchers()
         engines[name] = engine
     return engines
+
+
+def _both_dispatchers() -> None:
+    """Keep both copies' checkout dispatchers on ``Engine.raw_connection``, this tree's on top.
+
+    Each copy routes checkouts of its own instrumented engines through a
+    class-level dispatcher. Since this tree's dispatcher chains to whatever
+    was installed before it, it goes on top of the other copy's; a revision
+    older than that replaces whatever is there each time it instruments an
+    engine, so this tree's is put back (still chained to the other's).
+    """
+    hooks = importlib.import_module("sqlalchemy_resilience.core.hooks")
+    from sqlalchemy import Engine
+
+    ours = hooks._dispatching_raw_connection
+    if hooks._installed[0] and Engine.__dict__.get("raw_connection") is not ours:
+        Engine.raw_connection = ours  # type: ignore[method-assign]
 
 
 def bench_sqlite(other: ModuleType, rounds: int, queries: int, workdir: Path) -> str:

@@ -61,7 +61,9 @@ _log = logging.getLogger("sqlalchemy_resilience")
 
 # The engine attribute that holds its checkout wrapper (and, through it, its hooks).
 _CHECKOUT_ATTR = "_sqlalchemy_resilience_checkout"
-_plain_raw_connection = Engine.raw_connection
+# What Engine.raw_connection was before the dispatcher went in: SQLAlchemy's
+# method, or another library's patch of it, which keeps running under ours.
+_previous: list[Callable[[Engine], PoolProxiedConnection]] = [Engine.raw_connection]
 
 
 class _Checkout:
@@ -87,20 +89,34 @@ def _dispatching_raw_connection(self: Engine) -> PoolProxiedConnection:
     ``copy.copy(engine)`` and keep drawing from the original's pool, even
     after the copy's ``dispose()``; a class-level method always gets the
     engine it is called on. Without a wrapper of its own it is exactly
-    SQLAlchemy's method. An ``execution_options()`` engine shares its
-    parent's pool, so it uses its parent's wrapper.
+    SQLAlchemy's method (or whatever was installed before it). An
+    ``execution_options()`` engine shares its parent's pool, so it uses its
+    parent's wrapper.
     """
     owner: Engine = self.__dict__.get("_proxied", self)
     checkout: _Checkout | None = owner.__dict__.get(_CHECKOUT_ATTR)
     if checkout is not None and checkout.engine_ref() is owner:
         return checkout.call(self)
-    return _plain_raw_connection(self)
+    return _previous[0](self)
+
+
+_installed: list[bool] = [False]
 
 
 def _install_dispatcher() -> None:
-    if Engine.__dict__.get("raw_connection") is not _dispatching_raw_connection:
-        _dispatching_raw_connection.__doc__ = _plain_raw_connection.__doc__
-        Engine.raw_connection = _dispatching_raw_connection  # type: ignore[method-assign]
+    # Once per process. A patch installed before it (another library,
+    # another copy of this package) stays in the chain below the dispatcher;
+    # one installed after it wraps the dispatcher and is left alone (putting
+    # the dispatcher back on top would make the two call each other).
+    if _installed[0]:
+        return
+    current: Callable[[Engine], PoolProxiedConnection] = Engine.__dict__.get(
+        "raw_connection", Engine.raw_connection
+    )
+    _previous[0] = current
+    _dispatching_raw_connection.__doc__ = current.__doc__
+    Engine.raw_connection = _dispatching_raw_connection  # type: ignore[method-assign]
+    _installed[0] = True
 
 
 class StatementObserved(Protocol):
@@ -355,7 +371,7 @@ class EngineHooks:
 
     def _patch_raw_connection(self, parts: HookParts) -> None:
         engine = self.engine
-        original = _plain_raw_connection
+        previous = _previous
         gate, checked_out, failed = parts.before_checkout, parts.checked_out, parts.checkout_failed
         translate: Callable[[BaseException], BaseException | None] | None = None
         if parts.translate_errors:
@@ -383,7 +399,7 @@ class EngineHooks:
                 gate()
             start = perf()
             try:
-                fairy = original(target)
+                fairy = previous[0](target)
             except BaseException as exc:
                 if failed is not None:
                     failed(exc)

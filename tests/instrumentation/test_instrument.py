@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import importlib
 import pickle
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -336,3 +338,57 @@ def test_the_password_object_is_not_read_at_instrument_time(
         with pytest.raises(sr.InvalidStatement):
             conn.execute(text("SELECT * FROM no_such_table"))
     assert password.reads == connected + 1  # read once more, when the error was translated
+
+
+_PATCHES_SCRIPT = r"""
+import sys
+from sqlalchemy import Engine, create_engine, text
+import sqlalchemy_resilience as sr
+
+calls = {"before": 0, "after": 0}
+below = Engine.raw_connection
+
+def patched_before(self):  # another library, patched before the first instrument()
+    calls["before"] += 1
+    return below(self)
+
+Engine.raw_connection = patched_before
+a = create_engine("sqlite://")
+instr = sr.instrument(a)
+plain = create_engine("sqlite://")
+for engine in (a, plain):
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+assert calls["before"] == 2, calls
+assert sr.pool_stats(a)["checkouts"] == 1
+
+above = Engine.raw_connection
+
+def patched_after(self):  # another library, patched after it: wraps the dispatcher
+    calls["after"] += 1
+    return above(self)
+
+Engine.raw_connection = patched_after
+b = create_engine("sqlite://")
+sr.instrument(b)  # must not put the dispatcher back on top (the two would call each other)
+for engine in (a, b, plain):
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+assert calls == {"before": 5, "after": 3}, calls
+assert sr.pool_stats(a)["checkouts"] == 2 and sr.pool_stats(b)["checkouts"] == 1
+print("ok")
+"""
+
+
+def test_other_patches_of_raw_connection_stay_in_the_chain() -> None:
+    """Another library's patch of Engine.raw_connection, made before or after the first
+    instrument(), keeps running for instrumented and plain engines; nothing recurses."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PATCHES_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
