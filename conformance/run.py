@@ -2,7 +2,7 @@
 
 Usage::
 
-    python conformance/run.py [--backend sqlite|postgresql ...] [--workdir DIR]
+    python conformance/run.py [--backend sqlite|postgresql|aiosqlite|asyncpg ...] [--workdir DIR]
 
 For each backend the selection below runs twice in this environment, from the
 sdist of the SQLAlchemy version installed here: once plain, once with
@@ -50,6 +50,7 @@ INHERENT: dict[str, str] = {
 }
 
 
+_ENGINES = re.compile(r"conformance \(\w+\): (\d+) engines created, (\d+) instrumented")
 _BACKEND_SUFFIX = re.compile(r"_[a-z0-9]+\+[A-Za-z0-9_]+$")
 
 
@@ -127,6 +128,19 @@ def run_once(root: Path, dburi: str, mode: str, report: Path) -> dict[str, str]:
     lines = proc.stdout.splitlines()
     tail = lines[-1] if lines else f"no output (exit {proc.returncode})"
     print(f"  {mode:12s} {tail}", flush=True)
+    counted = _ENGINES.search(proc.stdout)
+    if counted is None:
+        print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n")
+        raise SystemExit(f"the {mode} run did not load the instrumenting plugin")
+    print(f"  {mode:12s} {counted.group(0)}", flush=True)
+    created, instrumented = int(counted.group(1)), int(counted.group(2))
+    if mode == "instrumented" and (created == 0 or instrumented < created // 2):
+        # Without this guard a plugin that silently stopped instrumenting
+        # would compare two plain runs and report 0 regressions.
+        raise SystemExit(
+            f"the instrumented run instrumented {instrumented} of {created} engines: "
+            "the comparison would prove nothing"
+        )
     if not report.exists():
         print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n")
         raise SystemExit(f"the {mode} run produced no report (exit {proc.returncode})")
@@ -184,7 +198,13 @@ def _postgres(workdir: Path) -> tuple[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", action="append", choices=("sqlite", "postgresql"))
+    parser.add_argument(
+        "--backend",
+        action="append",
+        choices=("sqlite", "postgresql", "aiosqlite", "asyncpg"),
+        help="sqlite (pysqlite) and postgresql (psycopg) by default; aiosqlite and "
+        "asyncpg run the same selection through SQLAlchemy's asyncio adapters",
+    )
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -200,8 +220,16 @@ def main(argv: list[str] | None = None) -> int:
         server = None
         if backend == "sqlite":
             dburi = "sqlite:///:memory:"
+        elif backend == "aiosqlite":
+            dburi = "sqlite+aiosqlite:///:memory:"
         else:
             dburi, server = _postgres(args.workdir)
+            if backend == "asyncpg":
+                dburi = (
+                    sqlalchemy.make_url(dburi)
+                    .set(drivername="postgresql+asyncpg")
+                    .render_as_string(hide_password=False)
+                )
         try:
             runs = {
                 mode: run_once(root, dburi, mode, args.workdir / f"{backend}-{mode}.xml")

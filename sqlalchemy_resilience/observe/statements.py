@@ -49,7 +49,7 @@ def returned_rows_reader(engine: Engine) -> Callable[[Any, Any], int | None] | N
     cursors (``stream_results``) are never counted.
     """
     dialect = engine.dialect
-    if dialect.is_async:
+    if getattr(dialect, "is_async", False):
 
         def buffered(cursor: Any, context: Any) -> int | None:
             rows = getattr(cursor, "_rows", None)
@@ -58,7 +58,7 @@ def returned_rows_reader(engine: Engine) -> Callable[[Any, Any], int | None] | N
             return len(rows)
 
         return buffered
-    if dialect.driver == "psycopg":
+    if getattr(dialect, "driver", None) == "psycopg":
 
         def counted(cursor: Any, context: Any) -> int | None:
             if getattr(context, "_is_server_side", False):
@@ -68,6 +68,30 @@ def returned_rows_reader(engine: Engine) -> Callable[[Any, Any], int | None] | N
 
         return counted
     return None
+
+
+def returns_rows_test(engine: Engine) -> Callable[[Any], bool]:
+    """Whether a statement just run left rows for the application to read, chosen per driver.
+
+    ``cursor.description`` everywhere but psycopg's own cursor, where it builds
+    column objects on each read (~2 µs); there the result status says it.
+    """
+    dialect = engine.dialect
+    if not getattr(dialect, "is_async", False) and getattr(dialect, "driver", None) == "psycopg":
+        from psycopg.pq import ExecStatus
+
+        tuples = (ExecStatus.TUPLES_OK, ExecStatus.SINGLE_TUPLE)
+
+        def by_status(cursor: Any) -> bool:
+            result = cursor.pgresult
+            return result is not None and result.status in tuples
+
+        return by_status
+
+    def by_description(cursor: Any) -> bool:
+        return cursor.description is not None
+
+    return by_description
 
 
 def error_type_of(exc: BaseException, facts_code: str | None) -> str:
@@ -128,7 +152,8 @@ class StatementObserver:
         self.stats = stats
         self.histogram = histogram
         self.rows_histogram = rows_histogram
-        self._returned = returned_rows_reader(engine) if rows_histogram is not None else None
+        self._returned = returned_rows_reader(engine)
+        self._returns_rows = returns_rows_test(engine)
         self.slow: float = math.inf if slow_query_threshold is None else slow_query_threshold
         self.call_sites = call_sites
         self.stats_call_sites = stats_call_sites and stats is not None
@@ -153,6 +178,7 @@ class StatementObserver:
         hist = self.histogram
         rows_hist = self.rows_histogram
         returned = self._returned
+        returns_rows = self._returns_rows
         log_own_failure = self._log_own_failure
         observer = self
 
@@ -171,17 +197,27 @@ class StatementObserver:
                         flush()
                     pending.append((info, duration, -1))
                     # Never cursor.rowcount (on some drivers a round trip):
-                    # the count SQLAlchemy itself reads, picked up from the
-                    # context when the next statement comes (QueryStats._rows_slot).
+                    # for a statement that returns no rows, the count SQLAlchemy
+                    # itself reads, picked up from the context when the next
+                    # statement comes (QueryStats._rows_slot); SQLAlchemy has
+                    # closed that cursor by then.
                     try:
                         previous = slot_pop()
                     except IndexError:
                         previous = None
-                    slot_append((info, context))
                     if previous is not None:
                         rows = getattr(previous[1], "_rowcount", None)
                         if rows.__class__ is int and rows > 0:
                             pending.append((previous[0], None, rows))
+                    if returns_rows(cursor):
+                        # The application reads these rows from an open cursor:
+                        # holding its context would keep the cursor open (on
+                        # SQLite, a table lock). Count what the driver holds now.
+                        rows = returned(cursor, context) if returned is not None else None
+                        if rows:
+                            pending.append((info, None, rows))
+                    else:
+                        slot_append((info, context))
                     if observer.stats_call_sites:
                         observer._sample_call_site(info.key)
                 # A proxy instrument without an SDK behind it does nothing:
@@ -191,7 +227,7 @@ class StatementObserver:
                     if context is not None and context.executemany:
                         attrs = info.batch_attrs
                     hist.record(duration, attrs)
-                    if returned is not None and cursor.description is not None:
+                    if rows_hist is not None and returned is not None and returns_rows(cursor):
                         rows = returned(cursor, context)
                         if rows is not None:
                             rows_hist.record(rows, attrs)

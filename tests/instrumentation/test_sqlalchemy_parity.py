@@ -156,3 +156,27 @@ def test_a_copied_engine_draws_from_its_own_pool(engines: tuple[Engine, Engine])
     with opts.connect() as conn:  # shares the parent's pool, so the parent counts it
         conn.exec_driver_sql("SELECT 1")
     assert stats.pool_stats()["checkouts"] == checkouts + 1
+
+
+@pytest.mark.parametrize("instrumented", [False, True])
+def test_an_unread_result_does_not_keep_its_cursor_open(
+    instrumented: bool, sync_engines: list[Engine]
+) -> None:
+    """A SELECT whose result the application drops unread frees its cursor at once, as
+    without the package: the statistics never hold it (on SQLite an open cursor locks
+    its table, and DROP TABLE would fail with "database table is locked")."""
+    engine = create_engine("sqlite://")
+    sync_engines.append(engine)
+    instr = instrument(engine) if instrumented else None
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE data (id INTEGER PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO data VALUES (1), (2), (3)"))
+    with engine.connect() as conn:
+        conn.execute(text("UPDATE data SET id = id + 10 WHERE id = 1"))
+        conn.execute(text("SELECT id FROM data"))  # dropped unread
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE data"))
+    if instr is not None:
+        assert instr.stats is not None
+        update = instr.stats.get("UPDATE data SET id = id + ? WHERE id = ?")
+        assert update is not None and update.rows == 1
