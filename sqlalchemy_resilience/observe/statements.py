@@ -43,8 +43,8 @@ def returned_rows_reader(engine: Engine) -> Callable[[Any, Any], int | None] | N
 
     SQLAlchemy's asyncio adapters (asyncpg, aiosqlite, psycopg async) fetch
     the whole result into a buffer as the statement runs, so its length is
-    known; psycopg's client-side cursor knows its row count from the result
-    it already holds. pysqlite steps through rows on demand and knows no count
+    known; psycopg's client-side cursor holds the whole result, whose
+    ``ntuples`` is the count (``cursor.rowcount`` is never read). pysqlite steps through rows on demand and knows no count
     before they are read: there, None (nothing is recorded). Server-side
     cursors (``stream_results``) are never counted.
     """
@@ -61,10 +61,12 @@ def returned_rows_reader(engine: Engine) -> Callable[[Any, Any], int | None] | N
     if getattr(dialect, "driver", None) == "psycopg":
 
         def counted(cursor: Any, context: Any) -> int | None:
+            # The result psycopg already holds, not cursor.rowcount (which
+            # SQLAlchemy reads only where it must, and so does this package).
             if getattr(context, "_is_server_side", False):
                 return None
-            count = cursor.rowcount
-            return count if count.__class__ is int and count >= 0 else None
+            result = cursor.pgresult
+            return None if result is None else int(result.ntuples)
 
         return counted
     return None

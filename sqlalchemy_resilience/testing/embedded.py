@@ -319,6 +319,71 @@ class EmbeddedPostgres:
         if cleanup and self._owns_base:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
+    def start_standby(self, *, timeout: float = 60.0) -> EmbeddedPostgres:
+        """A hot standby of this running server (streaming replication), started.
+
+        The standby is a copy made by ``pg_basebackup`` (same superuser and
+        password), on a port of its own; it reports ``in_hot_standby = on``
+        and refuses writes (25006) until :meth:`promote` makes it a primary.
+        Stop it like any other server.
+
+        Example::
+
+            standby = pg.start_standby()
+            ...
+            standby.promote()  # now it accepts writes: a failover
+        """
+        if not self.running:
+            raise EmbeddedPostgresError("start_standby needs this server running")
+        standby = EmbeddedPostgres(
+            superuser=self.superuser,
+            password=self.password,
+            settings=self.settings,
+            bin_dir=self.bin_dir,
+        )
+        standby.socket_dir.mkdir(parents=True, exist_ok=True)
+        if standby._account is not None:
+            os.chmod(standby.base_dir, 0o755)  # noqa: S103
+            for path in (standby.base_dir, standby.socket_dir):
+                os.chown(path, standby._account.pw_uid, standby._account.pw_gid)
+        self._run(
+            [
+                str(self.bin_dir / "pg_basebackup"),
+                "-D",
+                str(standby.data_dir),
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                self.superuser,
+                "--write-recovery-conf",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ]
+        )
+        with (standby.data_dir / "postgresql.conf").open("a") as fh:
+            fh.write("\n# sqlalchemy-resilience embedded standby\n")
+            fh.write(f"port = {standby.port}\n")
+            fh.write(f"unix_socket_directories = '{standby.socket_dir}'\n")
+        standby.start(timeout=timeout)
+        return standby
+
+    def promote(self, *, timeout: float = 60.0) -> None:
+        """Make this standby a primary (``pg_ctl promote``), waiting until it accepts writes."""
+        self._run(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "promote",
+                "-D",
+                str(self.data_dir),
+                "-w",
+                "-t",
+                str(int(timeout)),
+            ]
+        )
+
     def restart(self, *, mode: str = "fast", timeout: float = 60.0) -> None:
         """Stop the server with ``mode`` and start it again."""
         self.stop(mode=mode, timeout=timeout)

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import (
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy, instrument, run_transaction
+from sqlalchemy_resilience.errors.translate import reported_read_only
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
 
@@ -235,3 +236,48 @@ async def test_protocol_violation_at_commit_is_commit_outcome_unknown(
     # This COMMIT never reached the server's parser, so nothing was applied;
     # the client cannot know that, which is why the outcome is "unknown".
     assert await _count(ledger, "commit") == 0
+
+
+async def test_a_hot_standby_refuses_then_its_promotion_takes_the_retry(
+    ledger: PgServer, pg_driver: str
+) -> None:
+    """Connected to a real hot standby (streaming replica): a write is ReadOnlyServer (the
+    server reports in_hot_standby); the failover promotes it while run_transaction backs
+    off; the re-run commits on a connection opened after the failure."""
+    standby = ledger.require_owned().start_standby()
+    engine = create_async_engine(
+        ledger.app_url(DB, driver=pg_driver).set(port=standby.port), pool_size=3, max_overflow=0
+    )
+    instrument(engine)
+    try:
+        before = await _warm_pids(engine, 3)
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            assert reported_read_only(raw.driver_connection) is True  # in_hot_standby = on
+        errors: list[BaseException] = []
+        attempts: list[int] = []
+
+        async def write(session: AsyncSession) -> int:
+            attempts.append(len(attempts) + 1)
+            if len(attempts) == 2:
+                await asyncio.to_thread(standby.promote)
+            try:
+                await session.execute(text("INSERT INTO entries (note) VALUES ('failover')"))
+            except Exception as exc:
+                errors.append(exc)
+                raise
+            pid: int = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            return pid
+
+        pid = await run_transaction(async_sessionmaker(engine), write, retry=FAST)
+        assert attempts == [1, 2]
+        assert isinstance(errors[0], sr.ReadOnlyServer) and errors[0].retryable
+        assert pid not in before
+        async with engine.connect() as conn:
+            count = (
+                await conn.execute(text("SELECT count(*) FROM entries WHERE note = 'failover'"))
+            ).scalar_one()
+        assert count == 1
+    finally:
+        await engine.dispose()
+        standby.stop(cleanup=True)
