@@ -4,7 +4,8 @@ Usage::
 
     python conformance/run.py [--backend sqlite|postgresql|aiosqlite|asyncpg ...] [--workdir DIR]
 
-For each backend the selection below runs twice in this environment, from the
+For each backend (pysqlite, psycopg, aiosqlite, asyncpg) the selection below
+runs twice in this environment, from the
 sdist of the SQLAlchemy version installed here: once plain, once with
 ``instrument()`` (defaults) applied to every engine the suite creates (see
 ``instrument_every_engine.py``). A test that passes plain and fails
@@ -202,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         "--backend",
         action="append",
         choices=("sqlite", "postgresql", "aiosqlite", "asyncpg"),
-        help="sqlite (pysqlite) and postgresql (psycopg) by default; aiosqlite and "
-        "asyncpg run the same selection through SQLAlchemy's asyncio adapters",
+        help="default: all four; aiosqlite and asyncpg run the same selection "
+        "through SQLAlchemy's asyncio adapters",
     )
     parser.add_argument(
         "--workdir",
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(tempfile.gettempdir()) / "sqlalchemy-resilience-conformance",
     )
     args = parser.parse_args(argv)
-    backends = args.backend or ["sqlite", "postgresql"]
+    backends = args.backend or ["sqlite", "postgresql", "aiosqlite", "asyncpg"]
     args.workdir.mkdir(parents=True, exist_ok=True)
     root = fetch_suite(args.workdir)
     print(f"SQLAlchemy {sqlalchemy.__version__}'s own tests: {', '.join(SELECTION)}")
