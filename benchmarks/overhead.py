@@ -7,7 +7,9 @@ checkout per query, and 50 concurrent tasks sharing a pool of 10. Variants:
 * raw driver (asyncpg / sqlite3 / aiosqlite);
 * plain SQLAlchemy;
 * ``instrument()`` with defaults and no OpenTelemetry SDK (the API's no-op meter);
-* ``instrument()`` with defaults and an SDK ``MeterProvider``;
+* ``instrument()`` with defaults and an SDK ``MeterProvider``, and the same
+  with statement durations only (``transaction_metrics=False, row_metrics=False``:
+  the metric set the straightforward design records);
 * ``instrument()`` with everything on (statistics with sampled call sites,
   in-flight watchdog, slow-query log, metrics), without and with an SDK;
 * the straightforward design: ``before/after_cursor_execute`` and pool
@@ -154,6 +156,13 @@ def _variants_of(make: Callable[[], Any]) -> dict[str, Any]:
     instrument(variants["instrument() defaults, no SDK"])
     variants["instrument() defaults, SDK"] = make()
     instrument(variants["instrument() defaults, SDK"], meter_provider=sdk)
+    variants["instrument() durations only, SDK"] = make()
+    instrument(
+        variants["instrument() durations only, SDK"],
+        meter_provider=sdk,
+        transaction_metrics=False,
+        row_metrics=False,
+    )
     for label, provider in (("no SDK", None), ("SDK", sdk)):
         engine = variants[f"instrument() everything on, {label}"] = make()
         instrument(

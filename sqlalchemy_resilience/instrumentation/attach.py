@@ -34,6 +34,8 @@ def instrument(
     max_statements: int = 5000,
     stats_call_sites: bool = False,
     metrics: bool = True,
+    transaction_metrics: bool = True,
+    row_metrics: bool = True,
     meter_provider: MeterProvider | None = None,
     pool_name: str | None = None,
     call_site_skip: tuple[str, ...] = (),
@@ -64,6 +66,12 @@ def instrument(
         stats_call_sites: also count, per statement, the call sites it ran
             from (one statement in 16 is sampled).
         metrics: record OpenTelemetry metrics.
+        transaction_metrics: with ``metrics``, also time COMMIT and ROLLBACK
+            as operations (``db.client.operation.duration``). With an SDK each
+            is one more ``Histogram.record`` per transaction.
+        row_metrics: with ``metrics``, also record
+            ``db.client.response.returned_rows`` for statements that return
+            rows: one more ``Histogram.record`` each, with an SDK.
         meter_provider: the MeterProvider to use (default: the global one; a
             no-op until the application installs an SDK).
         pool_name: ``db.client.connection.pool.name`` (default ``host:port/database``).
@@ -108,6 +116,8 @@ def instrument(
         ("query_stats", query_stats),
         ("stats_call_sites", stats_call_sites),
         ("metrics", metrics),
+        ("transaction_metrics", transaction_metrics),
+        ("row_metrics", row_metrics),
     ):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -161,6 +171,8 @@ def instrument(
         max_statements=max_statements,
         stats_call_sites=stats_call_sites,
         metrics=metrics,
+        transaction_metrics=transaction_metrics,
+        row_metrics=row_metrics,
         meter_provider=meter_provider,
         pool_name=pool_name,
         call_site_skip=call_site_skip,

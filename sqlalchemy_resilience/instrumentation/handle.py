@@ -70,12 +70,15 @@ class Instrumentation:
         call_site_skip: tuple[str, ...],
         leak_threshold: float | None = None,
         max_waiting: int | None = None,
+        transaction_metrics: bool = True,
+        row_metrics: bool = True,
     ) -> None:
         self.engine = engine
         self.log_parameters = log_parameters
         self.translate_errors = translate_errors
         self.database, self.host = database_and_host(engine)
         self._hooks = EngineHooks(engine, owner=self)
+        self._transaction_metrics = transaction_metrics
         self._long_running = long_running_threshold
         self._watchdog: Watchdog | None = None
         self._leak_threshold = leak_threshold
@@ -102,7 +105,9 @@ class Instrumentation:
             show_parameters=log_parameters and not engine.hide_parameters,
             database=self.database,
             host=self.host,
-            rows_histogram=self._meters.returned_rows if self._meters is not None else None,
+            rows_histogram=(
+                self._meters.returned_rows if self._meters is not None and row_metrics else None
+            ),
         )
         self._checkouts = CheckoutObserver(
             engine,
@@ -208,7 +213,9 @@ class Instrumentation:
                 closed=checkouts.closed,
                 invalidated=checkouts.invalidated,
                 transaction_ended=(
-                    self._statements.transaction_ended if self._meters is not None else None
+                    self._statements.transaction_ended
+                    if self._meters is not None and self._transaction_metrics
+                    else None
                 ),
             )
         )

@@ -369,3 +369,25 @@ def test_executemany_is_a_batch_operation(
     assert batch.count == 1
     assert batch.attributes["db.query.summary"] == "BATCH UPDATE b"
     assert not by_attrs(found, **{"db.operation.name": "UPDATE"})
+
+
+async def test_transaction_and_row_metrics_can_be_left_out(
+    pg_engine: AsyncEngine, reader: InMemoryMetricReader, provider: MeterProvider
+) -> None:
+    """transaction_metrics=False and row_metrics=False record statement durations only."""
+    instrument(pg_engine, meter_provider=provider, transaction_metrics=False, row_metrics=False)
+    async with pg_engine.begin() as conn:
+        await conn.execute(text("SELECT 1"))
+    found = points(reader, "db.client.operation.duration")
+    assert by_attrs(found, **{"db.operation.name": "SELECT"})
+    assert not by_attrs(found, **{"db.operation.name": "COMMIT"})
+    assert not points(reader, "db.client.response.returned_rows")
+
+
+def test_metric_options_are_validated(sync_engines: list[Engine]) -> None:
+    """A non-boolean transaction_metrics / row_metrics is a TypeError naming the option."""
+    engine = create_engine("sqlite://")
+    sync_engines.append(engine)
+    for name in ("transaction_metrics", "row_metrics"):
+        with pytest.raises(TypeError, match=name):
+            instrument(engine, **{name: "yes"})  # type: ignore[arg-type]
