@@ -72,11 +72,12 @@ def returned_rows_reader(engine: Engine) -> Callable[[Any, Any], int | None] | N
     return None
 
 
-def returns_rows_test(engine: Engine) -> Callable[[Any], bool]:
-    """Whether a statement just run left rows for the application to read, chosen per driver.
+def returns_rows_test(engine: Engine) -> Callable[[Any], bool] | None:
+    """How to tell that a statement just run left rows to read, where ``cursor.description``
+    is the wrong way (None: use ``cursor.description is not None``, inlined).
 
-    ``cursor.description`` everywhere but psycopg's own cursor, where it builds
-    column objects on each read (~2 µs); there the result status says it.
+    psycopg's own cursor builds column objects on each ``description`` read
+    (~2 µs); there the result status says it.
     """
     dialect = engine.dialect
     if not getattr(dialect, "is_async", False) and getattr(dialect, "driver", None) == "psycopg":
@@ -89,11 +90,7 @@ def returns_rows_test(engine: Engine) -> Callable[[Any], bool]:
             return result is not None and result.status in tuples
 
         return by_status
-
-    def by_description(cursor: Any) -> bool:
-        return cursor.description is not None
-
-    return by_description
+    return None
 
 
 def error_type_of(exc: BaseException, facts_code: str | None) -> str:
@@ -211,7 +208,11 @@ class StatementObserver:
                         rows = getattr(previous[1], "_rowcount", None)
                         if rows.__class__ is int and rows > 0:
                             pending.append((previous[0], None, rows))
-                    if returns_rows(cursor):
+                    if (
+                        cursor.description is not None
+                        if returns_rows is None
+                        else returns_rows(cursor)
+                    ):
                         # The application reads these rows from an open cursor:
                         # holding its context would keep the cursor open (on
                         # SQLite, a table lock). Count what the driver holds now.
@@ -229,7 +230,15 @@ class StatementObserver:
                     if context is not None and context.executemany:
                         attrs = info.batch_attrs
                     hist.record(duration, attrs)
-                    if rows_hist is not None and returned is not None and returns_rows(cursor):
+                    if (
+                        rows_hist is not None
+                        and returned is not None
+                        and (
+                            cursor.description is not None
+                            if returns_rows is None
+                            else returns_rows(cursor)
+                        )
+                    ):
                         rows = returned(cursor, context)
                         if rows is not None:
                             rows_hist.record(rows, attrs)

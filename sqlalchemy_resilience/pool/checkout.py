@@ -99,10 +99,13 @@ class CheckoutObserver:
             wait = now - start
             waits.append(wait)
             record = fairy._connection_record
-            # A connection opened during this wait is younger than the wait:
-            # only the time before it began to be opened was queueing.
-            age = wall() - record.starttime if record is not None else wait
-            queue_waits.append(wait - age if 0 <= age < wait else wait)
+            if wait < 0.001:
+                queue_waits.append(wait)  # too short to tell apart, or to matter
+            else:
+                # A connection opened during this wait is younger than the wait:
+                # only the time before it began to be opened was queueing.
+                age = wall() - record.starttime if record is not None else wait
+                queue_waits.append(wait - age if 0 <= age < wait else wait)
             if (
                 wait_hist is not None
                 and getattr(wait_hist, "_real_instrument", wait_hist) is not None
