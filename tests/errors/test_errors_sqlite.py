@@ -94,15 +94,20 @@ def test_busy_is_retryable_lock_not_available(engine: Engine) -> None:
     assert err.driver_code in {"SQLITE_BUSY", None} or err.driver_code.startswith("SQLITE_BUSY")
 
 
-def test_busy_snapshot_is_serialization_failure(tmp_path: Path) -> None:
-    """SQLITE_BUSY_SNAPSHOT (deferred read then write in WAL, recipe e10) becomes SerializationFailure."""
-    path = tmp_path / "wal.sqlite"
+def _wal_database(path: Path) -> Path:
+    """A WAL-mode database with one row: a deferred reader then writer hits BUSY_SNAPSHOT."""
     setup = sqlite3.connect(path)
     setup.execute("PRAGMA journal_mode=WAL")
     setup.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
     setup.execute("INSERT INTO t VALUES (1, 0)")
     setup.commit()
     setup.close()
+    return path
+
+
+def test_busy_snapshot_is_serialization_failure(tmp_path: Path) -> None:
+    """SQLITE_BUSY_SNAPSHOT (deferred read then write in WAL, recipe e10) becomes SerializationFailure."""
+    path = _wal_database(tmp_path / "wal.sqlite")
     eng = create_engine(
         f"sqlite:///{path}", connect_args={"timeout": 0.05, "isolation_level": None}
     )
@@ -129,13 +134,7 @@ def test_busy_snapshot_is_serialization_failure(tmp_path: Path) -> None:
 async def test_aiosqlite_busy_snapshot_is_serialization_failure(tmp_path: Path) -> None:
     """The same SQLITE_BUSY_SNAPSHOT through aiosqlite, whose worker thread owns the connection."""
     pytest.importorskip("aiosqlite")
-    path = tmp_path / "wal-async.sqlite"
-    setup = sqlite3.connect(path)
-    setup.execute("PRAGMA journal_mode=WAL")
-    setup.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
-    setup.execute("INSERT INTO t VALUES (1, 0)")
-    setup.commit()
-    setup.close()
+    path = _wal_database(tmp_path / "wal-async.sqlite")
     eng = create_async_engine(
         f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0.05, "isolation_level": None}
     )
