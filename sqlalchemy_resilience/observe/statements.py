@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.util import _repr_params
 
 from sqlalchemy_resilience.core.callsites import CallSites
+from sqlalchemy_resilience.errors import sqlite_legacy
 from sqlalchemy_resilience.errors.classify import classify, extract_facts
 
 from .explain import PlanExplainer
@@ -91,6 +92,18 @@ def returns_rows_test(engine: Engine) -> Callable[[Any], bool] | None:
 
         return by_status
     return None
+
+
+def _driver_connection(context: Any) -> Any:
+    try:
+        return context.root_connection.connection.driver_connection
+    except Exception:  # no context (a raw cursor) or a connection being discarded
+        return None
+
+
+def _sqlite_error_of(exc: BaseException) -> BaseException:
+    # aiosqlite's adapter raises its own error class wrapping sqlite3's.
+    return getattr(exc, "orig", None) or exc.__cause__ or exc
 
 
 def error_type_of(exc: BaseException, facts_code: str | None) -> str:
@@ -261,7 +274,7 @@ class StatementObserver:
         """Record a statement that raised (statistics, metric with ``error.type``, slow log)."""
         try:
             info = self.facts.info(context, statement)
-            error_class, code = self._error_class(cursor, exc)
+            error_class, code = self._error_class(cursor, exc, context)
             if self.stats is not None:
                 self.stats.record(
                     info.key, info.operation, info.collection, duration, 0, error_class
@@ -280,12 +293,18 @@ class StatementObserver:
         except Exception:
             self._log_own_failure("statement observation")
 
-    def _error_class(self, cursor: Any, exc: BaseException) -> tuple[str, str | None]:
+    def _error_class(
+        self, cursor: Any, exc: BaseException, context: Any = None
+    ) -> tuple[str, str | None]:
         """The package's class name (for the statistics) and the database's status
         code: the SQLSTATE, or SQLite's result code name."""
         dialect = self.engine.dialect
         if not isinstance(exc, dialect.loaded_dbapi.Error):
             return type(exc).__name__, None
+        if sqlite_legacy.ENABLED:
+            # Python 3.10: read SQLite's code now, before anything else runs on
+            # the connection (handle_error comes after this).
+            sqlite_legacy.annotate_sqlite_error(_sqlite_error_of(exc), _driver_connection(context))
         facts = extract_facts(exc)
         try:
             lost = bool(dialect.is_disconnect(exc, None, cursor))
