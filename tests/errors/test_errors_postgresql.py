@@ -332,6 +332,25 @@ async def test_wrong_password(pg_server: PgServer, pg_database: str, pg_driver: 
         await engine.dispose()
     assert info.value.retryable is False
     assert_safe(info.value, secret)
+    for locale, waiting in (("en", "try again"), ("ja", "再度お試し")):
+        assert waiting not in info.value.user_message(locale)
+
+
+async def test_missing_database_is_database_not_found(pg_server: PgServer, pg_driver: str) -> None:
+    """3D000 (no such database) becomes DatabaseNotFound: not retryable, and its user
+    message does not tell the user to try again."""
+    engine = create_async_engine(pg_server.app_url("no_such_database_3d000", driver=pg_driver))
+    instrument(engine)
+    try:
+        with pytest.raises(sr.DatabaseNotFound) as info:
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    assert info.value.retryable is False
+    assert isinstance(info.value, sr.DatabaseUnavailable)
+    for locale, waiting in (("en", "try again"), ("ja", "再度お試し")):
+        assert waiting not in info.value.user_message(locale)
 
 
 async def test_connection_refused(pg_driver: str) -> None:
