@@ -24,6 +24,7 @@ from .errors import DatabaseFailure as DatabaseFailure
 from .errors import DatabaseNotFound as DatabaseNotFound
 from .errors import DatabaseUnavailable as DatabaseUnavailable
 from .errors import DeadlockDetected as DeadlockDetected
+from .errors import DurableTransactionError as DurableTransactionError
 from .errors import ExclusionViolation as ExclusionViolation
 from .errors import ForeignKeyViolation as ForeignKeyViolation
 from .errors import InsufficientResources as InsufficientResources
@@ -31,6 +32,7 @@ from .errors import InvalidData as InvalidData
 from .errors import InvalidStatement as InvalidStatement
 from .errors import LockNotAvailable as LockNotAvailable
 from .errors import NotNullViolation as NotNullViolation
+from .errors import NotSupported as NotSupported
 from .errors import PermissionDenied as PermissionDenied
 from .errors import PoolExhausted as PoolExhausted
 from .errors import QueryTimeout as QueryTimeout
@@ -72,6 +74,11 @@ from .retry import is_infrastructure_failure as is_infrastructure_failure
 from .retry import resilient_sessionmaker as resilient_sessionmaker
 from .retry import run_transaction as run_transaction
 from .retry import run_transaction_sync as run_transaction_sync
+from .transactions import SQLiteSettings as SQLiteSettings
+from .transactions import configure_sqlite as configure_sqlite
+from .transactions import on_commit as on_commit
+from .transactions import transaction as transaction
+from .transactions import transaction_sync as transaction_sync
 
 try:
     __version__ = version("sqlalchemy-resilience")
@@ -94,6 +101,7 @@ __all__ = [
     "DatabaseNotFound",
     "DatabaseUnavailable",
     "DeadlockDetected",
+    "DurableTransactionError",
     "ExclusionViolation",
     "ForeignKeyViolation",
     "HealthReport",
@@ -104,6 +112,7 @@ __all__ = [
     "LockNotAvailable",
     "MaintenanceReport",
     "NotNullViolation",
+    "NotSupported",
     "PermissionDenied",
     "PoolAutosizer",
     "PoolExhausted",
@@ -118,6 +127,7 @@ __all__ = [
     "RetryBudget",
     "RetryExhausted",
     "RetryPolicy",
+    "SQLiteSettings",
     "SerializationFailure",
     "SnapshotTooOld",
     "StatementStats",
@@ -126,17 +136,21 @@ __all__ = [
     "TransactionConflict",
     "UniqueViolation",
     "__version__",
+    "configure_sqlite",
     "health_check",
     "instrument",
     "instrumentation_of",
     "is_infrastructure_failure",
     "normalize_statement",
+    "on_commit",
     "pool_stats",
     "register_messages",
     "resilient_sessionmaker",
     "resize_pool",
     "run_transaction",
     "run_transaction_sync",
+    "transaction",
+    "transaction_sync",
     "translate_error",
     "warm_up",
 ]

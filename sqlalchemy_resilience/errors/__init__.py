@@ -18,6 +18,7 @@ from .hierarchy import DatabaseFailure as DatabaseFailure
 from .hierarchy import DatabaseNotFound as DatabaseNotFound
 from .hierarchy import DatabaseUnavailable as DatabaseUnavailable
 from .hierarchy import DeadlockDetected as DeadlockDetected
+from .hierarchy import DurableTransactionError as DurableTransactionError
 from .hierarchy import ExclusionViolation as ExclusionViolation
 from .hierarchy import ForeignKeyViolation as ForeignKeyViolation
 from .hierarchy import InsufficientResources as InsufficientResources
@@ -25,6 +26,7 @@ from .hierarchy import InvalidData as InvalidData
 from .hierarchy import InvalidStatement as InvalidStatement
 from .hierarchy import LockNotAvailable as LockNotAvailable
 from .hierarchy import NotNullViolation as NotNullViolation
+from .hierarchy import NotSupported as NotSupported
 from .hierarchy import PermissionDenied as PermissionDenied
 from .hierarchy import PoolExhausted as PoolExhausted
 from .hierarchy import QueryTimeout as QueryTimeout
@@ -55,6 +57,7 @@ __all__ = [
     "DatabaseNotFound",
     "DatabaseUnavailable",
     "DeadlockDetected",
+    "DurableTransactionError",
     "ExclusionViolation",
     "ForeignKeyViolation",
     "InsufficientResources",
@@ -62,6 +65,7 @@ __all__ = [
     "InvalidStatement",
     "LockNotAvailable",
     "NotNullViolation",
+    "NotSupported",
     "PermissionDenied",
     "PoolExhausted",
     "QueryTimeout",

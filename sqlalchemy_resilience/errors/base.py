@@ -20,6 +20,8 @@ __all__ = [
     "AlreadyApplied",
     "CircuitOpenError",
     "DatabaseFailure",
+    "DurableTransactionError",
+    "NotSupported",
     "PoolExhausted",
     "ResilienceError",
     "RetryExhausted",
@@ -147,6 +149,53 @@ class AlreadyApplied(ResilienceError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.idempotency_key,), {"error_id": self.error_id})
+
+
+class NotSupported(ResilienceError, NotImplementedError):
+    """An option this database cannot honour, named, before anything ran.
+
+    Raised, for instance, by ``transaction(sqlite_session, statement_timeout=5)``:
+    SQLite has no per-statement timeout, and silently ignoring a timeout would be
+    worse than saying so.
+
+    Attributes:
+        option: the option's name.
+        dialect: the database it is not supported on.
+
+    Example::
+
+        try:
+            async with transaction(session, statement_timeout=5):
+                ...
+        except NotSupported as exc:
+            print(exc.option, exc.dialect)   # statement_timeout sqlite
+    """
+
+    def __init__(self, option: str, dialect: str, hint: str = "") -> None:
+        text = f"{option} is not supported on {dialect}"
+        super().__init__(f"{text}; {hint}" if hint else text, retryable=False)
+        self.option = option
+        self.dialect = dialect
+        self.hint = hint
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.option, self.dialect, self.hint), {"error_id": self.error_id})
+
+
+class DurableTransactionError(ResilienceError, RuntimeError):
+    """``transaction(..., durable=True)`` was opened inside another transaction.
+
+    A durable transaction promises that its work is committed when the block
+    ends; inside another transaction it would only be a savepoint, committed
+    (or not) by someone else later -- so it refuses to start (Django's
+    ``atomic(durable=True)``).
+
+    Example::
+
+        async with transaction(session):
+            async with transaction(session, durable=True):   # raises
+                ...
+    """
 
 
 class PoolExhausted(ResilienceError, sa_exc.TimeoutError):

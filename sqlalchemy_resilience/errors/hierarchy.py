@@ -15,6 +15,8 @@ subclasses both, so no existing ``except`` clause stops matching::
         ├── CircuitOpenError                  breaker open; .retry_after
         ├── RetryExhausted                    every attempt failed; .attempts
         ├── PoolExhausted                     (sqlalchemy.exc.TimeoutError) pool checkout timed out
+        ├── NotSupported                      (NotImplementedError) an option this database lacks; .option
+        ├── DurableTransactionError           (RuntimeError) transaction(durable=True) inside another
         └── DatabaseFailure                   (sqlalchemy.exc.DBAPIError) any translated driver error
             ├── DatabaseUnavailable           (OperationalError) 08001 08004 57P03 refused/timeout at connect
             │   ├── TooManyConnections        53300
@@ -59,6 +61,8 @@ from sqlalchemy import exc as sa_exc
 from .base import AlreadyApplied as AlreadyApplied
 from .base import CircuitOpenError as CircuitOpenError
 from .base import DatabaseFailure as DatabaseFailure
+from .base import DurableTransactionError as DurableTransactionError
+from .base import NotSupported as NotSupported
 from .base import PoolExhausted as PoolExhausted
 from .base import ResilienceError as ResilienceError
 from .base import RetryExhausted as RetryExhausted
@@ -77,6 +81,7 @@ __all__ = [
     "DatabaseNotFound",
     "DatabaseUnavailable",
     "DeadlockDetected",
+    "DurableTransactionError",
     "ExclusionViolation",
     "ForeignKeyViolation",
     "InsufficientResources",
@@ -84,6 +89,7 @@ __all__ = [
     "InvalidStatement",
     "LockNotAvailable",
     "NotNullViolation",
+    "NotSupported",
     "PermissionDenied",
     "PoolExhausted",
     "QueryTimeout",

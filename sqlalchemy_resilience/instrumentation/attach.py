@@ -17,6 +17,7 @@ from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import sync_engine
 from sqlalchemy_resilience.core.registry import hooks_of
 from sqlalchemy_resilience.pool.checkout import check_max_waiting
+from sqlalchemy_resilience.transactions.sqlite import SQLiteSettings
 
 from .handle import Instrumentation
 
@@ -43,6 +44,7 @@ def instrument(
     max_waiting: int | None = None,
     log_parameters: bool = False,
     translate_errors: bool = True,
+    sqlite: SQLiteSettings | None = None,
 ) -> Instrumentation:
     """Attach this package's hooks to ``engine`` and return the handle that owns them.
 
@@ -91,6 +93,12 @@ def instrument(
             logs and error text show parameters as the engine's
             ``hide_parameters`` decides.
         translate_errors: translate driver errors into the typed hierarchy.
+        sqlite: a SQLite engine only: install these
+            :class:`~sqlalchemy_resilience.SQLiteSettings` -- WAL, ``busy_timeout``
+            and ``BEGIN IMMEDIATE`` for every transaction not declared
+            read-only (see :func:`~sqlalchemy_resilience.configure_sqlite`);
+            removed again by ``detach()``. Off by default: it changes how the
+            application's transactions lock, which only the application may decide.
 
     Raises:
         TypeError: ``engine`` is not an engine, or an option has the wrong type.
@@ -154,7 +162,13 @@ def instrument(
         raise TypeError(
             f"meter_provider must be an opentelemetry MeterProvider, got {meter_provider!r}"
         )
+    if sqlite is not None and not isinstance(sqlite, SQLiteSettings):
+        raise TypeError(f"sqlite must be a SQLiteSettings or None, got {sqlite!r}")
     sync = sync_engine(engine)
+    if sqlite is not None and sync.dialect.name != "sqlite":
+        raise ValueError(
+            f"sqlite= needs a SQLite engine; this engine's dialect is {sync.dialect.name!r}"
+        )
     if explain_slow_queries and sync.dialect.name != "postgresql":
         raise ValueError(
             f"explain_slow_queries needs PostgreSQL; this engine's dialect is {sync.dialect.name!r}"
@@ -178,6 +192,7 @@ def instrument(
         call_site_skip=call_site_skip,
         leak_threshold=leak_seconds,
         max_waiting=max_waiting,
+        sqlite=sqlite,
     )
     instr._attach()
     return instr

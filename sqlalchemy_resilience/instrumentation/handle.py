@@ -10,6 +10,7 @@ background parts and removes exactly the hooks it added.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
@@ -28,6 +29,7 @@ from sqlalchemy_resilience.observe.watchdog import Watchdog
 from sqlalchemy_resilience.pool.checkout import CheckoutObserver, check_max_waiting
 from sqlalchemy_resilience.pool.leaks import LeakDetector
 from sqlalchemy_resilience.pool.monitor import PoolMonitor, pool_name_of
+from sqlalchemy_resilience.transactions.sqlite import SQLiteSettings, configure_sqlite
 
 __all__ = ["Instrumentation"]
 
@@ -72,8 +74,11 @@ class Instrumentation:
         max_waiting: int | None = None,
         transaction_metrics: bool = True,
         row_metrics: bool = True,
+        sqlite: SQLiteSettings | None = None,
     ) -> None:
         self.engine = engine
+        self._sqlite = sqlite
+        self._sqlite_undo: Callable[[], None] | None = None
         self.log_parameters = log_parameters
         self.translate_errors = translate_errors
         self.database, self.host = database_and_host(engine)
@@ -221,6 +226,8 @@ class Instrumentation:
         )
         self._hooks.provide(self.pool)
         self._hooks.provide(checkouts)
+        if self._sqlite is not None:
+            self._sqlite_undo = configure_sqlite(engine, self._sqlite)
         self.pool.attached = True
         if self._meters is not None:
             self._meters.sources.add(self.pool)
@@ -263,6 +270,9 @@ class Instrumentation:
         if explainer is not None:
             explainer.close()
         self._hooks.detach()
+        undo_sqlite, self._sqlite_undo = self._sqlite_undo, None
+        if undo_sqlite is not None:
+            undo_sqlite()
         self.pool.attached = False
         unregister(self._hooks)
 

@@ -27,7 +27,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from typing import Any, cast
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
@@ -37,6 +38,8 @@ from sqlalchemy_resilience.errors.hierarchy import (
     QueryTimeout,
 )
 from sqlalchemy_resilience.errors.translate import describe, translate_error
+from sqlalchemy_resilience.transactions.options import Undo, prepare
+from sqlalchemy_resilience.transactions.scope import CommitScope
 
 from .breaker import CircuitBreaker
 from .policy import RetryBudget, RetryPolicy
@@ -47,7 +50,6 @@ from .unit import (
     _bind_of,
     _current_xid,
     _raise_translated,
-    _read_only_sql,
     _retry_async,
     _retry_sync,
     _retrying_kwargs,
@@ -61,6 +63,10 @@ __all__ = ["run_transaction", "run_transaction_sync"]
 _log = logging.getLogger("sqlalchemy_resilience.session")
 
 
+def _engine_of(bind: Any) -> Any:
+    return bind.engine if isinstance(bind, Connection) else bind
+
+
 async def _attempt_async(
     factory: Callable[[], AsyncSession],
     fn: Callable[[AsyncSession], Awaitable[T]],
@@ -71,26 +77,32 @@ async def _attempt_async(
     )
     unit.committing = False
     async with guard, factory() as session:
-        reset_sql: str | None = None
+        scope = unit.attempt_scope = CommitScope(session, parent=None, is_async=True).enter()
+        conn: AsyncConnection | None = None
+        undo: Undo | None = None
         try:
-            if unit.isolation_level is not None:
-                await session.connection(
-                    execution_options={"isolation_level": unit.isolation_level}
+            engine = _engine_of(session.get_bind())
+            if unit.options.needs_connection(engine.dialect.name):
+                conn = await session.connection(
+                    execution_options=unit.options.execution_options(engine)
                 )
-            if unit.read_only:
-                conn = await session.connection()
-                set_sql, reset_sql = _read_only_sql(conn.dialect.name)
-                await conn.exec_driver_sql(set_sql)
+                undo = await conn.run_sync(prepare, unit.options, nested=False, engine=engine)
             if unit.idempotency_key is not None:
                 conn = await session.connection()
                 claimed = await conn.execute(unit.claim_statement(conn.dialect.name))
                 if claimed.first() is None:
+                    if undo is not None:
+                        await conn.run_sync(undo, False)
+                        undo = None
                     await session.rollback()
                     return cast(T, unit.key_taken())
             result = await fn(session)
             unit.xid = None
             if unit.resolve:
                 unit.xid = await _current_xid(session)
+            if undo is not None and conn is not None:
+                await conn.run_sync(undo, True)
+                undo = None
             unit.committing = True
             unit.pending = result
             try:
@@ -104,10 +116,29 @@ async def _attempt_async(
             # Cancellation leaves `committing` set on purpose: the deadline
             # wrapper reads it to tell an unknown COMMIT from a stuck statement.
             unit.committing = False
+            unit.scope = scope
             return result
+        except BaseException:
+            if undo is not None and conn is not None:
+                await _undo_quietly_async(conn, undo)
+            raise
         finally:
-            if reset_sql is not None:
-                await _reset_async(session, reset_sql)
+            scope.leave()
+
+
+async def _undo_quietly_async(conn: AsyncConnection, undo: Undo) -> None:
+    try:
+        await conn.run_sync(undo, False)
+    except Exception as exc:
+        # A connection whose settings could not be put back must not be reused.
+        _log.warning(
+            "could not restore the connection's settings; invalidating it: %s",
+            describe(translate_error(exc)),
+        )
+        try:
+            await conn.invalidate()
+        except Exception:
+            _log.debug("invalidate after failed restore failed", exc_info=True)
 
 
 async def _resolving_attempt(
@@ -125,6 +156,7 @@ async def _resolving_attempt(
         status = await _xact_status(factory, xid, timeout=_RESOLUTION_TIMEOUT)
         if status == "committed":
             _log.info("commit outcome resolved: transaction %s committed", xid)
+            unit.scope = unit.pending_scope
             return cast(T, unit.pending)
         if status == "aborted":
             _log.info("commit outcome resolved: transaction %s aborted; re-running", xid)
@@ -177,6 +209,7 @@ async def _timed_attempt(
     if committing:
         # Cancelled while COMMIT was in flight: it may have committed.
         unit.unknown_commit = True
+        unit.pending_scope = unit.attempt_scope
         raise CommitOutcomeUnknown(
             f"attempt_timeout of {timeout:g}s expired while COMMIT was in flight",
             connection_invalidated=True,
@@ -186,26 +219,6 @@ async def _timed_attempt(
         retryable=True,
         connection_invalidated=True,
     )
-
-
-async def _reset_async(session: AsyncSession, sql: str) -> None:
-    try:
-        await session.rollback()
-        conn = await session.connection()
-        await conn.exec_driver_sql(sql)
-        await session.commit()
-    except Exception as exc:
-        # A connection whose state could not be restored must not be reused.
-        _log.warning(
-            "could not reset %r; invalidating the connection: %s",
-            sql,
-            describe(translate_error(exc)),
-        )
-        try:
-            conn = await session.connection()
-            await conn.invalidate()
-        except Exception:
-            _log.debug("invalidate after failed reset failed", exc_info=True)
 
 
 async def run_transaction(
@@ -301,6 +314,7 @@ async def run_transaction(
         errors: list[BaseException] = [first]
     else:
         budget.record_success()
+        await _run_callbacks_async(unit)
         return result
     charged = [0]
     result = await _retry_async(
@@ -309,26 +323,40 @@ async def run_transaction(
         lambda: _resolving_attempt(sessionmaker, fn, unit, timeout),
     )
     budget.refund(charged[0])  # the retries paid off: the database is serving
+    await _run_callbacks_async(unit)
     return result
+
+
+async def _run_callbacks_async(unit: _Unit) -> None:
+    # Outside the retry loop: a failing callback must not re-run committed work.
+    scope, unit.scope = unit.scope, None
+    if scope is not None and scope.callbacks:
+        await scope.run_async()
 
 
 def _attempt_sync(factory: Callable[[], Session], fn: Callable[[Session], T], unit: _Unit) -> T:
     guard: AbstractContextManager[Any] = unit.breaker.guard() if unit.breaker else nullcontext()
     with guard, factory() as session:
-        reset_sql: str | None = None
+        scope = unit.attempt_scope = CommitScope(session, parent=None, is_async=False).enter()
+        conn: Connection | None = None
+        undo: Undo | None = None
         try:
-            if unit.isolation_level is not None:
-                session.connection(execution_options={"isolation_level": unit.isolation_level})
-            if unit.read_only:
-                conn = session.connection()
-                set_sql, reset_sql = _read_only_sql(conn.dialect.name)
-                conn.exec_driver_sql(set_sql)
+            engine = _engine_of(session.get_bind())
+            if unit.options.needs_connection(engine.dialect.name):
+                conn = session.connection(execution_options=unit.options.execution_options(engine))
+                undo = prepare(conn, unit.options, nested=False, engine=engine)
             if unit.idempotency_key is not None:
                 conn = session.connection()
                 if conn.execute(unit.claim_statement(conn.dialect.name)).first() is None:
+                    if undo is not None:
+                        undo(conn, False)
+                        undo = None
                     session.rollback()
                     return cast(T, unit.key_taken())
             result = fn(session)
+            if undo is not None and conn is not None:
+                undo(conn, True)
+                undo = None
             try:
                 session.commit()
             except Exception as exc:
@@ -336,27 +364,28 @@ def _attempt_sync(factory: Callable[[], Session], fn: Callable[[Session], T], un
                 if failure is exc:
                     raise
                 raise failure from exc
+            unit.scope = scope
             return result
+        except BaseException:
+            if undo is not None and conn is not None:
+                _undo_quietly_sync(conn, undo)
+            raise
         finally:
-            if reset_sql is not None:
-                _reset_sync(session, reset_sql)
+            scope.leave()
 
 
-def _reset_sync(session: Session, sql: str) -> None:
+def _undo_quietly_sync(conn: Connection, undo: Undo) -> None:
     try:
-        session.rollback()
-        session.connection().exec_driver_sql(sql)
-        session.commit()
+        undo(conn, False)
     except Exception as exc:
         _log.warning(
-            "could not reset %r; invalidating the connection: %s",
-            sql,
+            "could not restore the connection's settings; invalidating it: %s",
             describe(translate_error(exc)),
         )
         try:
-            session.connection().invalidate()
+            conn.invalidate()
         except Exception:
-            _log.debug("invalidate after failed reset failed", exc_info=True)
+            _log.debug("invalidate after failed restore failed", exc_info=True)
 
 
 def run_transaction_sync(
@@ -391,6 +420,7 @@ def run_transaction_sync(
         errors: list[BaseException] = [first]
     else:
         budget.record_success()
+        _run_callbacks_sync(unit)
         return result
     charged = [0]
     result = _retry_sync(
@@ -399,7 +429,14 @@ def run_transaction_sync(
         lambda: _attempt_sync(sessionmaker, fn, unit),
     )
     budget.refund(charged[0])  # the retries paid off: the database is serving
+    _run_callbacks_sync(unit)
     return result
+
+
+def _run_callbacks_sync(unit: _Unit) -> None:
+    scope, unit.scope = unit.scope, None
+    if scope is not None and scope.callbacks:
+        scope.run_sync()
 
 
 # -- resilient_sessionmaker ---------------------------------------------------------

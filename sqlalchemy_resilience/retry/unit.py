@@ -33,6 +33,8 @@ from sqlalchemy_resilience.errors.hierarchy import (
 )
 from sqlalchemy_resilience.errors.translate import translate_error
 from sqlalchemy_resilience.schema import IDEMPOTENCY_KEY_MAX_LENGTH, idempotency_keys
+from sqlalchemy_resilience.transactions.options import TransactionOptions
+from sqlalchemy_resilience.transactions.scope import CommitScope
 
 from .breaker import CircuitBreaker
 from .policy import RetryBudget, RetryPolicy, log_retry
@@ -102,14 +104,6 @@ def _raise_translated(exc: BaseException, *, rerun_note: bool = False) -> None:
     raise exc
 
 
-def _read_only_sql(dialect_name: str) -> tuple[str, str | None]:
-    if dialect_name == "postgresql":
-        return "SET TRANSACTION READ ONLY", None
-    if dialect_name == "sqlite":
-        return "PRAGMA query_only = ON", "PRAGMA query_only = OFF"
-    raise ValueError(f"read_only=True is supported on postgresql and sqlite, not {dialect_name!r}")
-
-
 # The dialects whose INSERT has ON CONFLICT DO NOTHING ... RETURNING.
 _UPSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
@@ -118,13 +112,17 @@ class _Unit:
     """One run_transaction call: its options and what earlier attempts left behind."""
 
     __slots__ = (
+        "attempt_scope",
         "breaker",
         "committing",
         "idempotency_key",
         "isolation_level",
+        "options",
         "pending",
+        "pending_scope",
         "read_only",
         "resolve",
+        "scope",
         "unknown_commit",
         "xid",
     )
@@ -139,6 +137,9 @@ class _Unit:
         self.breaker = breaker
         self.isolation_level = isolation_level
         self.read_only = read_only
+        # Applied like transaction()'s: SET TRANSACTION READ ONLY, or on SQLite
+        # BEGIN IMMEDIATE / DEFERRED and query_only, undone before COMMIT.
+        self.options = TransactionOptions(isolation_level=isolation_level, read_only=read_only)
         self.idempotency_key = idempotency_key
         # The result of an attempt whose COMMIT outcome was unknown: if a
         # later attempt finds the key taken, that attempt did commit.
@@ -147,6 +148,11 @@ class _Unit:
         self.committing = False  # COMMIT sent and not answered (for attempt_timeout)
         self.resolve = False  # record the xid before COMMIT to resolve an unknown outcome
         self.xid: str | None = None
+        # on_commit callbacks: the current attempt's scope, the scope of the
+        # attempt whose COMMIT outcome was unknown, and the one that committed.
+        self.attempt_scope: CommitScope | None = None
+        self.pending_scope: CommitScope | None = None
+        self.scope: CommitScope | None = None
 
     def claim_statement(self, dialect_name: str) -> Any:
         insert = _UPSERTS.get(dialect_name)
@@ -167,6 +173,7 @@ class _Unit:
             _log.info(
                 "commit outcome resolved: an earlier attempt committed (idempotency key found)"
             )
+            self.scope = self.pending_scope
             return self.pending
         assert self.idempotency_key is not None
         raise AlreadyApplied(self.idempotency_key)
@@ -175,6 +182,7 @@ class _Unit:
         failure = _commit_failure(exc)
         if isinstance(failure, CommitOutcomeUnknown):
             self.unknown_commit = True
+            self.pending_scope = self.attempt_scope
             self.pending = result
         return failure
 

@@ -320,12 +320,23 @@ async def test_retry_budget_stops_retry_storms(pg_driver: str) -> None:
 
 
 def test_sync_twin_retries_sqlite_busy(tmp_path: Path) -> None:
-    """run_transaction_sync rides out SQLITE_BUSY while another writer holds the lock."""
+    """run_transaction_sync rides out SQLITE_BUSY while another writer holds the lock.
+
+    The unit of work begins with BEGIN IMMEDIATE, so the lock is waited for
+    (and retried) before ``work`` runs: ``work`` runs once, on the attempt
+    that got the lock.
+    """
     path = tmp_path / "busy.sqlite"
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.02})
     instrument(engine)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+    begins: list[str] = []
+    event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda c, cur, stmt, *rest: begins.append(stmt) if stmt.startswith("BEGIN") else None,
+    )
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")
     release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
@@ -345,8 +356,8 @@ def test_sync_twin_retries_sqlite_busy(tmp_path: Path) -> None:
         release.join()
         holder.close()
         engine.dispose()
-    assert result == attempts
-    assert attempts > 1
+    assert result == attempts == 1
+    assert len(begins) > 1 and set(begins) == {"BEGIN IMMEDIATE"}
 
 
 def test_sync_read_only_on_sqlite_is_reset(tmp_path: Path) -> None:
