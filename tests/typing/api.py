@@ -189,3 +189,48 @@ def sync_pool_usage() -> None:
     sizer = sr.PoolAutosizer(engine, min_size=1, max_size=5)
     sizer.start()
     sizer.close()
+
+
+async def transaction_usage() -> None:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+
+    engine = create_async_engine("sqlite+aiosqlite://")
+    factory = async_sessionmaker(engine)
+    async with sr.transaction(factory, lock_timeout=timedelta(seconds=1)) as session:
+        typed_session: AsyncSession = session
+        sr.on_commit(lambda: None)
+
+        async def notify() -> None:
+            pass
+
+        sr.on_commit(notify, robust=True)
+        async with sr.transaction(typed_session, statement_timeout=2.5):
+            pass
+    async with sr.transaction(engine, isolation_level="SERIALIZABLE", read_only=True) as conn:
+        typed_conn: AsyncConnection = conn
+        assert typed_conn is not None
+    settings = sr.SQLiteSettings(journal_mode="wal", busy_timeout=5.0, begin="immediate")
+    undo = sr.configure_sqlite(engine, settings)
+    undo()
+    sr.instrument(engine, sqlite=settings)
+    try:
+        async with sr.transaction(engine, statement_timeout=1):
+            pass
+    except sr.NotSupported as exc:
+        option: str = exc.option
+        assert option
+    except sr.DurableTransactionError:
+        pass
+
+
+def sync_transaction_usage() -> None:
+    from sqlalchemy import Connection
+    from sqlalchemy.orm import Session, sessionmaker
+
+    engine = create_engine("sqlite://")
+    with sr.transaction_sync(sessionmaker(engine), durable=True) as session:
+        typed_session: Session = session
+        assert typed_session is not None
+    with sr.transaction_sync(engine) as conn:
+        typed_conn: Connection = conn
+        assert typed_conn is not None
