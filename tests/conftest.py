@@ -85,6 +85,26 @@ def fault_server() -> Iterator[PgServer]:
 
 
 @pytest.fixture
+def syncrep(fault_server: PgServer) -> Iterator[PgServer]:
+    """A ghost synchronous standby on the module's fault server: COMMIT waits forever (recipe e6).
+
+    Creates ``ledger (k uuid PRIMARY KEY)`` in the ``faults`` database.
+    """
+    fault_server.execute("DROP TABLE IF EXISTS ledger", database="faults")
+    fault_server.execute("CREATE TABLE ledger (k uuid PRIMARY KEY)", database="faults")
+    fault_server.execute("GRANT ALL ON ledger TO app", database="faults")
+    fault_server.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost_standby'")
+    fault_server.execute("ALTER SYSTEM SET synchronous_commit = 'local'")
+    fault_server.execute("SELECT pg_reload_conf()")
+    try:
+        yield fault_server
+    finally:
+        fault_server.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        fault_server.execute("ALTER SYSTEM RESET synchronous_commit")
+        fault_server.execute("SELECT pg_reload_conf()")
+
+
+@pytest.fixture
 def sync_engines() -> Iterator[list[Engine]]:
     """Sync engines a test creates: all disposed afterwards (no unclosed sqlite3 connections)."""
     engines: list[Engine] = []

@@ -189,6 +189,21 @@ class PgServer:
                 ).format(sql.Identifier(table))
             )
 
+    def kill_first_syncrep_waiter(self) -> int:
+        """Wait for an app backend whose COMMIT waits for the (ghost) sync standby; terminate it."""
+
+        def waiting() -> list[int]:
+            rows = self.execute(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND usename = %s",
+                (APP_ROLE,),
+            )
+            return [r[0] for r in rows]
+
+        self.wait_for(lambda: bool(waiting()), timeout=20)
+        pid = waiting()[0]
+        self.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        return pid
+
     def pids_sleeping_in_commit(self) -> list[int]:
         """Backends of the app role whose COMMIT sleeps in the recipe-e7 trigger."""
         rows = self.execute(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
@@ -28,23 +28,6 @@ FAST = RetryPolicy(attempts=4, initial_backoff=0.001, max_backoff=0.01, deadline
 
 
 @pytest.fixture
-def syncrep(fault_server: PgServer) -> Iterator[PgServer]:
-    """A ghost synchronous standby: a transaction that asks for sync commit waits forever."""
-    fault_server.execute("DROP TABLE IF EXISTS ledger", database="faults")
-    fault_server.execute("CREATE TABLE ledger (k uuid PRIMARY KEY)", database="faults")
-    fault_server.execute("GRANT ALL ON ledger TO app", database="faults")
-    fault_server.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost_standby'")
-    fault_server.execute("ALTER SYSTEM SET synchronous_commit = 'local'")
-    fault_server.execute("SELECT pg_reload_conf()")
-    try:
-        yield fault_server
-    finally:
-        fault_server.execute("ALTER SYSTEM RESET synchronous_standby_names")
-        fault_server.execute("ALTER SYSTEM RESET synchronous_commit")
-        fault_server.execute("SELECT pg_reload_conf()")
-
-
-@pytest.fixture
 async def ledger(syncrep: PgServer, pg_driver: str) -> AsyncIterator[AsyncEngine]:
     """An instrumented AsyncEngine on the database whose sync COMMITs stall (disposed afterwards)."""
     engine = create_async_engine(syncrep.app_url("faults", driver=pg_driver))
@@ -53,19 +36,6 @@ async def ledger(syncrep: PgServer, pg_driver: str) -> AsyncIterator[AsyncEngine
         yield engine
     finally:
         await engine.dispose()
-
-
-def _kill_first_syncrep_waiter(server: PgServer) -> int:
-    def waiting() -> list[int]:
-        rows = server.execute(
-            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND usename = 'app'"
-        )
-        return [r[0] for r in rows]
-
-    server.wait_for(lambda: bool(waiting()), timeout=20)
-    pid = waiting()[0]
-    server.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    return pid
 
 
 def _rows(server: PgServer, key: uuid.UUID) -> int:
@@ -92,7 +62,7 @@ async def test_unknown_commit_is_never_retried_blindly(
         await session.execute(text("INSERT INTO ledger VALUES (:k)"), {"k": key})
 
     try:
-        killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
+        killer = asyncio.create_task(asyncio.to_thread(syncrep.kill_first_syncrep_waiter))
         with pytest.raises(sr.CommitOutcomeUnknown) as info:
             await run_transaction(async_sessionmaker(engine), work, retry=FAST)
         await killer
@@ -119,7 +89,7 @@ async def test_idempotent_work_is_retried_after_unknown_commit(
             text("INSERT INTO ledger VALUES (:k) ON CONFLICT (k) DO NOTHING"), {"k": key}
         )
 
-    killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
+    killer = asyncio.create_task(asyncio.to_thread(syncrep.kill_first_syncrep_waiter))
     await run_transaction(async_sessionmaker(ledger), work, retry=FAST, idempotent=True)
     await killer
     assert attempts == 2
@@ -144,7 +114,7 @@ async def test_idempotency_key_resolves_unknown_commit(
         await session.execute(text("INSERT INTO ledger VALUES (:k)"), {"k": key})
         return f"applied by attempt {attempts}"
 
-    killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
+    killer = asyncio.create_task(asyncio.to_thread(syncrep.kill_first_syncrep_waiter))
     result = await run_transaction(
         async_sessionmaker(ledger), work, retry=FAST, idempotency_key=f"req-{key}"
     )
@@ -226,7 +196,7 @@ async def test_resolver_reports_a_lost_commit_that_committed(
         await session.execute(text("INSERT INTO ledger VALUES (:k)"), {"k": key})
         return "booked"
 
-    killer = asyncio.create_task(asyncio.to_thread(_kill_first_syncrep_waiter, syncrep))
+    killer = asyncio.create_task(asyncio.to_thread(syncrep.kill_first_syncrep_waiter))
     result = await run_transaction(
         async_sessionmaker(ledger), work, retry=FAST, resolve_commit_outcome=True
     )

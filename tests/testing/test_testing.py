@@ -172,7 +172,9 @@ async def test_test_mode_skips_backoff_caps_attempts_and_disables_breakers(tmp_p
     finally:
         engine.dispose()
     assert info.value.attempts == 2
-    assert calls == 0  # each attempt failed at its first statement, BEGIN IMMEDIATE: before the work
+    assert (
+        calls == 0
+    )  # each attempt failed at its first statement, BEGIN IMMEDIATE: before the work
     assert elapsed < 0.5
     with pytest.raises(ValueError, match="attempts must be an int >= 1"):
         set_testing(True, attempts=0)
