@@ -74,6 +74,19 @@ from .retry import is_infrastructure_failure as is_infrastructure_failure
 from .retry import resilient_sessionmaker as resilient_sessionmaker
 from .retry import run_transaction as run_transaction
 from .retry import run_transaction_sync as run_transaction_sync
+from .saga import RecoveryReport as RecoveryReport
+from .saga import Saga as Saga
+from .saga import SagaCompensated as SagaCompensated
+from .saga import SagaCompensationFailed as SagaCompensationFailed
+from .saga import SagaContext as SagaContext
+from .saga import SagaInProgress as SagaInProgress
+from .saga import SagaLeaseLost as SagaLeaseLost
+from .saga import SagaRecord as SagaRecord
+from .saga import get_saga as get_saga
+from .saga import get_saga_sync as get_saga_sync
+from .saga import recover_sagas as recover_sagas
+from .saga import recover_sagas_sync as recover_sagas_sync
+from .schema import create_saga_tables as create_saga_tables
 from .transactions import SQLiteSettings as SQLiteSettings
 from .transactions import configure_sqlite as configure_sqlite
 from .transactions import on_commit as on_commit
@@ -121,6 +134,7 @@ __all__ = [
     "QueryTimeout",
     "ReadOnlyServer",
     "ReadOnlyTransaction",
+    "RecoveryReport",
     "ResilienceError",
     "ResilientAsyncSession",
     "ResizeResult",
@@ -128,6 +142,13 @@ __all__ = [
     "RetryExhausted",
     "RetryPolicy",
     "SQLiteSettings",
+    "Saga",
+    "SagaCompensated",
+    "SagaCompensationFailed",
+    "SagaContext",
+    "SagaInProgress",
+    "SagaLeaseLost",
+    "SagaRecord",
     "SerializationFailure",
     "SnapshotTooOld",
     "StatementStats",
@@ -137,6 +158,9 @@ __all__ = [
     "UniqueViolation",
     "__version__",
     "configure_sqlite",
+    "create_saga_tables",
+    "get_saga",
+    "get_saga_sync",
     "health_check",
     "instrument",
     "instrumentation_of",
@@ -144,6 +168,8 @@ __all__ = [
     "normalize_statement",
     "on_commit",
     "pool_stats",
+    "recover_sagas",
+    "recover_sagas_sync",
     "register_messages",
     "resilient_sessionmaker",
     "resize_pool",

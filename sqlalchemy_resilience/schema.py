@@ -2,8 +2,8 @@
 
 Create them with the package's Alembic environment (``alembic -c
 <site-packages>/../alembic.ini upgrade head`` from a source checkout, or your
-own migration copying the revision) or, for tests and small apps, with
-``metadata.create_all(engine)``.
+own migration copying the revisions) or, for tests and small apps, with
+``metadata.create_all(engine)`` / :func:`create_saga_tables`.
 
 Example::
 
@@ -13,15 +13,39 @@ Example::
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, func
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["IDEMPOTENCY_KEY_MAX_LENGTH", "idempotency_keys", "metadata"]
+__all__ = [
+    "IDEMPOTENCY_KEY_MAX_LENGTH",
+    "SAGA_ID_MAX_LENGTH",
+    "create_saga_tables",
+    "idempotency_keys",
+    "metadata",
+    "saga_steps",
+    "sagas",
+]
 
 #: Every table of the package, for ``create_all`` and Alembic autogenerate.
 metadata = MetaData()
 
 #: Longest idempotency key accepted by :func:`~sqlalchemy_resilience.run_transaction`.
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
+
+#: Longest saga id (and saga or step name) the saga log accepts.
+SAGA_ID_MAX_LENGTH = 200
 
 #: One row per unit of work committed with an ``idempotency_key``: the row is
 #: inserted in the same transaction as the work, so "the key exists" and "the
@@ -32,3 +56,60 @@ idempotency_keys = Table(
     Column("key", String(IDEMPOTENCY_KEY_MAX_LENGTH), primary_key=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+#: One row per durable saga: where it is (``status``, ``position``), what it
+#: was started with (``data``, JSON), who drives it (``owner`` until
+#: ``lease_until``, in the database's clock, seconds since the epoch) and why
+#: it failed. ``version`` counts the row's updates.
+sagas = Table(
+    "sqlalchemy_resilience_saga",
+    metadata,
+    Column("id", String(SAGA_ID_MAX_LENGTH), primary_key=True),
+    Column("name", String(SAGA_ID_MAX_LENGTH), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("failed_step", String(SAGA_ID_MAX_LENGTH)),
+    Column("error", Text),
+    Column("owner", String(64)),
+    Column("lease_until", Float),
+    Column("recoveries", Integer, nullable=False, server_default="0"),
+    Column("version", Integer, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_sqlalchemy_resilience_saga_status", "status", "lease_until"),
+)
+
+#: One row per step of a durable saga that has started: its status, its
+#: result (JSON), how many times its action was started, the error it failed with.
+saga_steps = Table(
+    "sqlalchemy_resilience_saga_step",
+    metadata,
+    Column("saga_id", String(SAGA_ID_MAX_LENGTH), primary_key=True),
+    Column("step", String(SAGA_ID_MAX_LENGTH), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("result", Text),
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("owner", String(64)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    ForeignKeyConstraint(["saga_id"], ["sqlalchemy_resilience_saga.id"], ondelete="CASCADE"),
+)
+
+
+def create_saga_tables(bind: Engine | Connection) -> None:
+    """Create the saga log tables if they do not exist (what the Alembic revision creates).
+
+    Example::
+
+        create_saga_tables(engine)                      # sync Engine or Connection
+        async with async_engine.begin() as conn:        # AsyncEngine
+            await conn.run_sync(create_saga_tables)
+    """
+    if not isinstance(bind, (Engine, Connection)):
+        raise TypeError(
+            "bind must be a sqlalchemy Engine or Connection (for an AsyncEngine: "
+            f"await conn.run_sync(create_saga_tables)), got {type(bind).__name__}"
+        )
+    metadata.create_all(bind, tables=[sagas, saga_steps])

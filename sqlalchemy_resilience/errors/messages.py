@@ -70,6 +70,8 @@ _EN: dict[str, str] = {
     "circuit_open": "The service is temporarily unavailable. Please try again in a moment.",
     "retry_exhausted": "The service could not complete your request. Please try again later.",
     "already_applied": "This request was already processed.",
+    "saga_failed": "Your request could not be completed, so it was cancelled; nothing was changed.",
+    "in_progress": "This request is still being processed. Please check again in a moment.",
 }
 
 _JA: dict[str, str] = {
@@ -100,6 +102,8 @@ _JA: dict[str, str] = {
     "circuit_open": "サービスは一時的に利用できません。しばらくしてから再度お試しください。",
     "retry_exhausted": "リクエストを完了できませんでした。しばらくしてから再度お試しください。",
     "already_applied": "このリクエストは既に処理されています。",
+    "saga_failed": "リクエストを完了できなかったため取り消しました。変更は行われていません。",
+    "in_progress": "このリクエストは現在処理中です。しばらくしてから再度ご確認ください。",
 }
 
 #: Every message key a translated error can carry.
