@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -102,6 +103,18 @@ def syncrep(fault_server: PgServer) -> Iterator[PgServer]:
         fault_server.execute("ALTER SYSTEM RESET synchronous_standby_names")
         fault_server.execute("ALTER SYSTEM RESET synchronous_commit")
         fault_server.execute("SELECT pg_reload_conf()")
+
+
+@pytest.fixture(scope="session")
+def global_metrics_reader() -> Any:
+    """An in-memory reader on the process-wide MeterProvider (OpenTelemetry lets a process set it once)."""
+    sdk_metrics = pytest.importorskip("opentelemetry.sdk.metrics")
+    export = pytest.importorskip("opentelemetry.sdk.metrics.export")
+    from opentelemetry import metrics
+
+    in_memory = export.InMemoryMetricReader()
+    metrics.set_meter_provider(sdk_metrics.MeterProvider(metric_readers=[in_memory]))
+    return in_memory
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from sqlalchemy_resilience.errors.hierarchy import RetryExhausted
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 from sqlalchemy_resilience.retry.policy import RetryPolicy
 
@@ -46,6 +47,16 @@ class _RanButFailed(Exception):
     def __init__(self, cause: Exception) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+def _unwrap(exc: Exception) -> Exception:
+    """The last error of a :class:`RetryExhausted` (noted with the attempts), else ``exc``."""
+    if isinstance(exc, RetryExhausted) and isinstance(exc.errors[-1], Exception):
+        last = exc.errors[-1]
+        if hasattr(last, "add_note"):
+            last.add_note(f"(the last of {exc.attempts} attempts)")
+        return last
+    return exc
 
 
 def _one_line(exc: BaseException) -> str:
@@ -170,7 +181,7 @@ class Driver:
                 except (SagaLeaseLost, SagaInProgress):
                     raise
                 except Exception as exc:
-                    failure = exc.cause if isinstance(exc, _RanButFailed) else exc
+                    failure = _unwrap(exc.cause if isinstance(exc, _RanButFailed) else exc)
                     await self._failed(
                         record, step, position, failure, ran=isinstance(exc, _RanButFailed)
                     )
@@ -371,8 +382,9 @@ class Driver:
             except (SagaLeaseLost, SagaInProgress):
                 raise
             except Exception as exc:
-                failures[step.name] = exc
-                await self._compensation_failed(record, step, entry, exc)
+                error = _unwrap(exc)
+                failures[step.name] = error
+                await self._compensation_failed(record, step, entry, error)
                 continue
             entry.status = store.COMPENSATED
             compensated.append(step.name)

@@ -16,14 +16,10 @@ sdk_metrics = pytest.importorskip("opentelemetry.sdk.metrics")
 export = pytest.importorskip("opentelemetry.sdk.metrics.export")
 
 
-@pytest.fixture(scope="module")
-def reader() -> Any:
-    """The process-wide MeterProvider with an in-memory reader (set once per process)."""
-    from opentelemetry import metrics
-
-    in_memory = export.InMemoryMetricReader()
-    metrics.set_meter_provider(sdk_metrics.MeterProvider(metric_readers=[in_memory]))
-    return in_memory
+@pytest.fixture
+def reader(global_metrics_reader: Any) -> Any:
+    """The process-wide MeterProvider's in-memory reader."""
+    return global_metrics_reader
 
 
 def _points(reader: Any, name: str) -> list[Any]:
