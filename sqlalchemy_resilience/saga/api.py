@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import secrets
@@ -184,6 +185,14 @@ class Saga:
             raise ValueError(f"saga {self.name!r} has no steps")
         if not isinstance(durable, bool):
             raise TypeError(f"durable must be True or False, got {durable!r}")
+        if not is_async:
+            for step in self._definition.steps:
+                for fn in (step.action, step.compensation):
+                    if fn is not None and inspect.iscoroutinefunction(fn):
+                        raise TypeError(
+                            f"step {step.name!r}: a run_sync saga's actions must be plain "
+                            "functions, not async ones (use run())"
+                        )
         runner = None
         if sessionmaker is not None:
             factory_async = _is_async_factory(sessionmaker)
@@ -195,6 +204,13 @@ class Saga:
             runner = TxRunner(sessionmaker, is_async=is_async, retry=self._definition.retry)
         elif durable:
             raise ValueError("a durable saga needs sessionmaker= (its log lives in that database)")
+        else:
+            database_steps = [s.name for s in self._definition.steps if not s.external]
+            if database_steps:
+                raise ValueError(
+                    f"step {database_steps[0]!r} is a database step: run the saga with "
+                    "sessionmaker= (or declare the step external=True)"
+                )
         return Driver(self._definition, runner, owner=INSTANCE_ID, durable=durable)
 
     async def run(
@@ -343,12 +359,17 @@ async def _recover(
         raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
     lease = min(s.definition.lease for s in definitions.values())
 
-    def take(session: Session) -> list[SagaRecord]:
-        ids = store.claim(session, owner=owner, lease=lease, names=list(definitions), limit=limit)
-        return [r for r in (store.load(session, i) for i in ids) if r is not None]
+    def take(session: Session) -> SagaRecord | None:
+        # One at a time: a saga claimed in a batch would sit leased-but-idle
+        # while the others are driven, and its lease could run out.
+        ids = store.claim(session, owner=owner, lease=lease, names=list(definitions), limit=1)
+        return store.load(session, ids[0]) if ids else None
 
     report = RecoveryReport()
-    for record in await runner.log(take):
+    while limit is None or len(report.recovered) < limit:
+        record = await runner.log(take)
+        if record is None:
+            break
         saga = definitions[record.name]
         driver = Driver(
             saga.definition,
