@@ -26,16 +26,34 @@ def test_demo_on_embedded_default(capsys: pytest.CaptureFixture[str]) -> None:
         assert expected in out
     assert "このデータは既に登録されています。" in out
     assert "This item already exists." in out
-    assert "LockNotAvailable retried); balance 100 -> 101" in out
+    assert "LockNotAvailable retried at BEGIN IMMEDIATE" in out
+    assert "the work ran 1x; balance 100 -> 101" in out
     # SQLite runs in process: no "server" said anything.
     assert "SQLite said code=SQLITE_CONSTRAINT_UNIQUE" in out and "server said" not in out
 
 
 def test_demo_on_sync_sqlite_url(tmp_path: object) -> None:
-    """The demo also runs on a plain sqlite3 URL (no aiosqlite)."""
+    """The demo also runs on a plain sqlite3 URL (no aiosqlite): the sagas through run_sync."""
     out = io.StringIO()
     assert run_demo(f"sqlite:///{tmp_path}/d.sqlite", out=out) == 0  # type: ignore[str-bytes-safe]
     assert "3/3 failures" in out.getvalue()
+    assert "recover_sagas completed ['demo-order-2']" in out.getvalue()
+
+
+def test_demo_shows_a_compensating_saga_and_a_crash_recovery(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A saga compensating in reverse, and one whose process dies after the payment call, recovered once."""
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    for expected in (
+        "compensated charge, reserve -> SagaCompensated",
+        "rows left behind: 0",
+        "died (exit 137) after the payment API applied the charge; saga log says running at step 1",
+        "recover_sagas completed ['demo-order-2']",
+        "got 2 calls with key demo-order-2:charge and applied it 1x; shipped: 1",
+    ):
+        assert expected in out, expected
 
 
 def test_demo_on_postgresql_url(pg_server: PgServer, pg_database: str, pg_driver: str) -> None:

@@ -288,7 +288,11 @@ def run_demo(
     from .observe import observability_tour
 
     observe_ok = asyncio.run(observability_tour(parsed, out))
-    return 0 if good == len(steps) and retry_ok and observe_ok else 1
+
+    from .saga import saga_tour
+
+    saga_ok = asyncio.run(saga_tour(parsed, out))
+    return 0 if good == len(steps) and retry_ok and observe_ok and saga_ok else 1
 
 
 def default_sqlite_url(directory: str | Path | None = None) -> URL:
