@@ -15,8 +15,13 @@ sqlite3 does not send for the bare version, which begins implicitly before the
 UPDATE and runs its SELECT outside the transaction): the ratio there is the
 price of a read that is part of its transaction.
 
+A second table prices a durable saga: three database steps (one INSERT each,
+each step its own transaction with its saga-log record, plus the saga's own
+start and finish records) against the same three INSERTs in one
+``run_transaction`` -- what exactly-once-per-step and crash recovery cost.
+
 Rounds are interleaved in a shuffled order; each ratio is the median over
-rounds of the variant's time divided by the bare session's in the same round.
+rounds of the variant's time divided by the baseline's in the same round.
 
     python -m benchmarks.transactions                      # SQLite
     python -m benchmarks.transactions --embedded-postgres  # + PostgreSQL via asyncpg
@@ -38,7 +43,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from sqlalchemy_resilience import instrument, transaction
+from sqlalchemy_resilience import (
+    Saga,
+    SagaContext,
+    create_saga_tables,
+    instrument,
+    run_transaction,
+    transaction,
+)
 
 Variant = Callable[[int], Awaitable[None]]
 
@@ -149,6 +161,52 @@ async def transaction_cost(url: URL, rounds: int, n: int) -> str:
         await engine.dispose()
 
 
+async def saga_cost(url: URL, rounds: int, n: int) -> str:
+    engine = create_async_engine(url)
+    instrument(engine)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS sr_bench_saga_rows"))
+        await conn.execute(text("DROP TABLE IF EXISTS sqlalchemy_resilience_saga_step"))
+        await conn.execute(text("DROP TABLE IF EXISTS sqlalchemy_resilience_saga"))
+        await conn.execute(text("CREATE TABLE sr_bench_saga_rows (k varchar(250), step int)"))
+        await conn.run_sync(create_saga_tables)
+    Session = async_sessionmaker(engine)
+    insert = text("INSERT INTO sr_bench_saga_rows VALUES (:k, :s)")
+    counter = [0]
+
+    def step(number: int) -> Callable[[SagaContext], Awaitable[int]]:
+        async def write(ctx: SagaContext) -> int:
+            await ctx.session.execute(insert, {"k": ctx.saga_id, "s": number})
+            return number
+
+        return write
+
+    saga = Saga("bench").step("one", step(1)).step("two", step(2)).step("three", step(3))
+
+    async def three_writes(session: AsyncSession) -> None:
+        counter[0] += 1
+        for number in (1, 2, 3):
+            await session.execute(insert, {"k": f"rt-{counter[0]}", "s": number})
+
+    async def one_transaction(k: int) -> None:
+        for _ in range(k):
+            await run_transaction(Session, three_writes)
+
+    async def durable_saga(k: int) -> None:
+        for _ in range(k):
+            counter[0] += 1
+            await saga.run(saga_id=f"bench-{counter[0]}", sessionmaker=Session)
+
+    variants: dict[str, Variant] = {
+        "3 INSERTs in one run_transaction()": one_transaction,
+        "3-step durable Saga": durable_saga,
+    }
+    try:
+        return await _measure(variants, rounds, n, "3 INSERTs in one run_transaction()")
+    finally:
+        await engine.dispose()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sqlite_url = make_url(f"sqlite+aiosqlite:///{Path(tmp) / 'tx.sqlite'}")
@@ -156,6 +214,7 @@ async def main_async(args: argparse.Namespace) -> None:
             f"\nSQLite (aiosqlite, file), {args.rounds} rounds x {args.transactions} transactions"
         )
         print(await transaction_cost(sqlite_url, args.rounds, args.transactions))
+        print(await saga_cost(sqlite_url, args.rounds, max(args.transactions // 5, 10)))
     pg_url: URL | None = make_url(args.postgres_url) if args.postgres_url else None
     pg = None
     if args.embedded_postgres:
@@ -170,6 +229,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"\nPostgreSQL (asyncpg), {args.rounds} rounds x {args.transactions} transactions"
             )
             print(await transaction_cost(pg_url, args.rounds, args.transactions))
+            print(await saga_cost(pg_url, args.rounds, max(args.transactions // 5, 10)))
     finally:
         if pg is not None:
             pg.stop(cleanup=True)

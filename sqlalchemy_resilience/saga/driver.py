@@ -59,6 +59,21 @@ def _unwrap(exc: Exception) -> Exception:
     return exc
 
 
+def _advance(position: int, last: bool) -> dict[str, Any]:
+    """The saga row's change when the step at ``position`` is recorded done.
+
+    The last step also ends the saga, in the same transaction (one less per saga).
+    """
+    if last:
+        return {
+            "position": position + 1,
+            "status": store.COMPLETED,
+            "owner": None,
+            "lease_until": None,
+        }
+    return {"position": position + 1}
+
+
 def _one_line(exc: BaseException) -> str:
     return describe(translate_error(exc))[:2000]
 
@@ -174,6 +189,9 @@ class Driver:
         failure: Exception | None = None
         if record.status == store.RUNNING:
             steps = self.definition.steps
+            # Durable, the last step's transaction also ends the saga; a saga
+            # resumed with every step done (an older log) is ended here.
+            ended_by_last_step = self.durable and record.position < len(steps)
             for position in range(record.position, len(steps)):
                 step = steps[position]
                 try:
@@ -189,7 +207,9 @@ class Driver:
                 results[step.name] = value
                 record.position = position + 1
             else:
-                await self._finish(record, store.COMPLETED)
+                if not ended_by_last_step:
+                    await self._finish(record, store.COMPLETED)
+                record.status = store.COMPLETED
                 count("completed", record.name)
                 self._record(record, "completed")
                 return results
@@ -233,11 +253,18 @@ class Driver:
             self.durable,
         )
         attempts = [0]
+        tries = [0]
+        last = position == len(self.definition.steps) - 1
 
         def before(session: Session) -> Any:
+            tries[0] += 1
             if not durable:
                 return None
             store.own(session, saga_id, owner, lease)
+            if tries[0] == 1:
+                # A first try cannot find its step done: the log's position and
+                # the step's record change in one transaction.
+                return None
             return store.step_status(session, saga_id, step.name)
 
         def call(session: Any, prior: Any) -> Any:
@@ -262,7 +289,7 @@ class Driver:
                     result=text,
                     count_attempt=True,
                 )
-                store.set_saga(session, saga_id, position=position + 1)
+                store.set_saga(session, saga_id, **_advance(position, last))
             return decode(text)
 
         return await self.runner.step(before, call, after)
@@ -271,6 +298,7 @@ class Driver:
         self, record: SagaRecord, step: Step, position: int, results: dict[str, Any]
     ) -> Any:
         saga_id, owner, lease = record.saga_id, self.owner, self.definition.lease
+        last = position == len(self.definition.steps) - 1
 
         def started(session: Session) -> Any:
             store.own(session, saga_id, owner, lease)
@@ -302,7 +330,7 @@ class Driver:
             store.set_step(
                 session, saga_id, step.name, position, store.DONE, owner=owner, result=text
             )
-            store.set_saga(session, saga_id, position=position + 1)
+            store.set_saga(session, saga_id, **_advance(position, last and bad is None))
 
         await self._log(completed)
         if bad is not None:
