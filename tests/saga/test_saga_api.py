@@ -116,6 +116,42 @@ async def test_in_memory_saga_without_a_database() -> None:
     assert info.value.compensated == ("b", "a")
 
 
+async def test_non_durable_saga_with_database_steps(tmp_path: Path) -> None:
+    """durable=False with a sessionmaker: each database step in its own transaction, no log written."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'nd.sqlite'}")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (k varchar(50))"))
+    Session = async_sessionmaker(engine)
+
+    async def write(ctx: SagaContext) -> str:
+        await ctx.session.execute(text("INSERT INTO t VALUES (:k)"), {"k": ctx.step})
+        return ctx.step
+
+    async def erase(ctx: SagaContext) -> None:
+        await ctx.session.execute(text("DELETE FROM t WHERE k = :k"), {"k": ctx.result})
+
+    saga = (
+        Saga("nd")
+        .step("a", write, compensate=erase)
+        .step("b", write, compensate=erase)
+        .step("c", lambda ctx: 1 / 0, external=True)
+    )
+    try:
+        with pytest.raises(sr.SagaCompensated) as info:
+            await saga.run(saga_id="nd-1", sessionmaker=Session, durable=False)
+        assert info.value.compensated == ("b", "a")
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
+            tables = (
+                (await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")))
+                .scalars()
+                .all()
+            )
+        assert tables == ["t"]  # no saga log was needed or touched
+    finally:
+        await engine.dispose()
+
+
 def test_sync_twin(tmp_path: Path) -> None:
     """run_sync with a sessionmaker and plain functions: durable, compensating, recoverable."""
     engine = create_engine(f"sqlite:///{tmp_path / 's.sqlite'}")
