@@ -18,7 +18,7 @@ import warnings
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument
@@ -111,6 +111,35 @@ async def test_no_canary_leaks(
                 failures += 1
                 texts += _chain_texts(err)
                 own += _own_texts(err)
+            # A saga whose database step fails on the canary: its exception, its
+            # log records and the saga log's stored error.
+            async with engine.begin() as conn:
+                await conn.run_sync(sr.create_saga_tables)
+
+            async def duplicate(ctx: sr.SagaContext) -> None:
+                await ctx.session.execute(
+                    text("INSERT INTO canary VALUES (:k, 2)"), {"k": param_canary}
+                )
+
+            saga = sr.Saga("canary").step("dup", duplicate)
+            Session = async_sessionmaker(engine)
+            try:
+                await saga.run(saga_id=f"canary-{uuid.uuid4().hex[:8]}", sessionmaker=Session)
+            except sr.SagaCompensated as err:
+                failures += 1
+                texts += _chain_texts(err)
+                own += [*_own_texts(err), err.error]
+                record = await sr.get_saga(Session, err.saga_id)
+                assert record is not None and record.error
+                own += [record.error, str(record.to_dict())]
+            # transaction() with a scoped timeout, failing with the canary in flight.
+            try:
+                async with sr.transaction(engine, statement_timeout=0.02) as conn:
+                    await conn.execute(text("SELECT pg_sleep(1), :k"), {"k": param_canary})
+            except sr.QueryTimeout as err:
+                failures += 1
+                texts += _chain_texts(err)
+                own += _own_texts(err)
             try:
                 async with bad_pw.connect():
                     pass
@@ -119,11 +148,15 @@ async def test_no_canary_leaks(
                 texts += _chain_texts(err)
                 own += _own_texts(err)
                 logging.getLogger("app").exception("connect failed")
-            assert failures == len(attempts) + 2
+            assert failures == len(attempts) + 4
         finally:
             await engine.dispose()
             await bad_pw.dispose()
             pg_server.execute("DROP TABLE IF EXISTS canary", database=pg_database)
+            pg_server.execute(
+                "DROP TABLE IF EXISTS sqlalchemy_resilience_saga_step, sqlalchemy_resilience_saga",
+                database=pg_database,
+            )
             pg_server.execute(f"REVOKE ALL ON SCHEMA public FROM {role}", database=pg_database)
             pg_server.execute(f"REVOKE ALL ON DATABASE {pg_database} FROM {role}")
             pg_server.execute(f"DROP ROLE {role}")

@@ -234,3 +234,39 @@ def sync_transaction_usage() -> None:
     with sr.transaction_sync(engine) as conn:
         typed_conn: Connection = conn
         assert typed_conn is not None
+
+
+async def saga_usage() -> None:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    engine = create_async_engine("sqlite+aiosqlite://")
+    factory = async_sessionmaker(engine)
+
+    async def reserve(ctx: sr.SagaContext) -> dict[str, int]:
+        key: str = ctx.idempotency_key
+        assert key and ctx.session is not None
+        return {"n": 1}
+
+    def refund(ctx: sr.SagaContext) -> None:
+        previous: object = ctx.result
+
+    saga: sr.Saga = (
+        sr.Saga("order", retry=sr.RetryPolicy(attempts=2), lease=timedelta(seconds=30))
+        .step("reserve", reserve)
+        .step("charge", lambda ctx: None, compensate=refund, external=True)
+    )
+    try:
+        results: dict[str, object] = await saga.run({"a": 1}, saga_id="o-1", sessionmaker=factory)
+    except sr.SagaCompensated as exc:
+        step: str = exc.failed_step
+        undone: tuple[str, ...] = exc.compensated
+    except sr.SagaCompensationFailed as group:
+        failures: dict[str, str] = group.compensation_failures
+    except sr.SagaInProgress as busy:
+        wait: float = busy.retry_after
+    report: sr.RecoveryReport = await sr.recover_sagas(factory, [saga], limit=10)
+    ids: list[str] = report.recovered
+    record: sr.SagaRecord | None = await sr.get_saga(factory, "o-1")
+    if record is not None:
+        status: str = record.status
+        as_json: dict[str, object] = record.to_dict()
