@@ -71,6 +71,26 @@ async def pg_engine(
         await engine.dispose()
 
 
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)],
+)
+async def any_engine(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[AsyncEngine]:
+    """An instrumented AsyncEngine on a SQLite file, then on the module's PostgreSQL (asyncpg)."""
+    from sqlalchemy_resilience import instrument
+
+    if request.param == "sqlite":
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'any.sqlite'}")
+    else:
+        server: PgServer = request.getfixturevalue("pg_server")
+        database: str = request.getfixturevalue("pg_database")
+        engine = create_async_engine(server.app_url(database, driver="asyncpg"))
+    instrument(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def fault_server() -> Iterator[PgServer]:
     """A server of the module's own, which its tests may stop, crash or pause."""

@@ -204,6 +204,11 @@ class PgServer:
         self.execute("SELECT pg_terminate_backend(%s)", (pid,))
         return pid
 
+    def ledger_rows(self, key: object) -> int:
+        """Rows of the ``syncrep`` fixture's ``ledger`` table with key ``key``."""
+        rows = self.execute("SELECT count(*) FROM ledger WHERE k = %s", (key,), database="faults")
+        return int(rows[0][0])
+
     def pids_sleeping_in_commit(self) -> list[int]:
         """Backends of the app role whose COMMIT sleeps in the recipe-e7 trigger."""
         rows = self.execute(

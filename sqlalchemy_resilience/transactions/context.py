@@ -102,10 +102,44 @@ _TARGETS_ASYNC = (AsyncSession, AsyncConnection, AsyncEngine, async_sessionmaker
 _TARGETS_SYNC = (Session, Connection, Engine, sessionmaker)
 
 
-class TransactionContext(Generic[W]):
-    """What :func:`transaction` returns: ``async with`` it to get the session or connection."""
+class _ContextBase:
+    """What the async and sync context managers share: their state, plan and commit scope."""
 
     __slots__ = ("_conn", "_options", "_owned", "_plan", "_scope", "_target", "_tx", "_undo")
+
+    def __init__(self, target: Any, options: TransactionOptions) -> None:
+        self._target = target
+        self._options = options
+        self._owned: Any = None  # a session or connection this context opened, and closes
+        self._conn: Any = None
+        self._tx: Any = None
+        self._undo: Undo | None = None
+        self._scope: CommitScope | None = None
+        self._plan: _Plan | None = None
+
+    def _open(self, owner: Any, *, is_async: bool) -> _Plan:
+        plan = self._plan = _plan(owner, self._options)
+        self._scope = CommitScope(
+            owner, parent=plan.parent, is_async=is_async, managed=plan.managed
+        ).enter()
+        return plan
+
+    def _clears_begin_option(self, connection_type: type) -> bool:
+        # A caller's SQLite connection got the package's begin option for this
+        # transaction only; take it off again.
+        plan = self._plan
+        return (
+            isinstance(self._target, connection_type)
+            and plan is not None
+            and not plan.nested
+            and plan.engine.dialect.name == "sqlite"
+        )
+
+
+class TransactionContext(_ContextBase, Generic[W]):
+    """What :func:`transaction` returns: ``async with`` it to get the session or connection."""
+
+    __slots__ = ()
 
     def __init__(self, target: Any, options: TransactionOptions) -> None:
         if not isinstance(target, _TARGETS_ASYNC):
@@ -114,14 +148,7 @@ class TransactionContext(Generic[W]):
                 f"async_sessionmaker, got {type(target).__name__}"
                 + ("; use transaction_sync()" if isinstance(target, _TARGETS_SYNC) else "")
             )
-        self._target = target
-        self._options = options
-        self._owned: AsyncSession | AsyncConnection | None = None
-        self._conn: AsyncConnection | None = None
-        self._tx: Any = None
-        self._undo: Undo | None = None
-        self._scope: CommitScope | None = None
-        self._plan: _Plan | None = None
+        super().__init__(target, options)
 
     async def __aenter__(self) -> W:
         target = self._target
@@ -137,14 +164,11 @@ class TransactionContext(Generic[W]):
         except BaseException:
             await self._abort()
             raise
-        return target  # type: ignore[return-value]
+        return target  # type: ignore[no-any-return]
 
     async def _enter_session(self, session: AsyncSession) -> None:
-        plan = self._plan = _plan(session, self._options)
+        plan = self._open(session, is_async=True)
         options = self._options
-        self._scope = CommitScope(
-            session, parent=plan.parent, is_async=True, managed=plan.managed
-        ).enter()
         if plan.nested:
             self._tx = await session.begin_nested()
             if options.timeouts():
@@ -161,11 +185,8 @@ class TransactionContext(Generic[W]):
             )
 
     async def _enter_connection(self, conn: AsyncConnection) -> None:
-        plan = self._plan = _plan(conn, self._options)
+        plan = self._open(conn, is_async=True)
         options = self._options
-        self._scope = CommitScope(
-            conn, parent=plan.parent, is_async=True, managed=plan.managed
-        ).enter()
         self._conn = conn
         if plan.nested:
             self._tx = await conn.begin_nested()
@@ -241,12 +262,7 @@ class TransactionContext(Generic[W]):
 
     async def _finish(self) -> None:
         target = self._target
-        if (
-            isinstance(target, AsyncConnection)
-            and self._plan is not None
-            and not self._plan.nested
-            and self._plan.engine.dialect.name == "sqlite"
-        ):
+        if self._clears_begin_option(AsyncConnection):
             try:
                 await target.execution_options(**{BEGIN_OPTION: None})
             except Exception:
@@ -256,10 +272,10 @@ class TransactionContext(Generic[W]):
             await owned.close()
 
 
-class SyncTransactionContext(Generic[W]):
+class SyncTransactionContext(_ContextBase, Generic[W]):
     """What :func:`transaction_sync` returns: ``with`` it to get the session or connection."""
 
-    __slots__ = ("_conn", "_options", "_owned", "_plan", "_scope", "_target", "_tx", "_undo")
+    __slots__ = ()
 
     def __init__(self, target: Any, options: TransactionOptions) -> None:
         if not isinstance(target, _TARGETS_SYNC):
@@ -268,14 +284,7 @@ class SyncTransactionContext(Generic[W]):
                 f"got {type(target).__name__}"
                 + ("; use transaction()" if isinstance(target, _TARGETS_ASYNC) else "")
             )
-        self._target = target
-        self._options = options
-        self._owned: Session | Connection | None = None
-        self._conn: Connection | None = None
-        self._tx: Any = None
-        self._undo: Undo | None = None
-        self._scope: CommitScope | None = None
-        self._plan: _Plan | None = None
+        super().__init__(target, options)
 
     def __enter__(self) -> W:
         target = self._target
@@ -291,14 +300,11 @@ class SyncTransactionContext(Generic[W]):
         except BaseException:
             self._abort()
             raise
-        return target  # type: ignore[return-value]
+        return target  # type: ignore[no-any-return]
 
     def _enter_session(self, session: Session) -> None:
-        plan = self._plan = _plan(session, self._options)
+        plan = self._open(session, is_async=False)
         options = self._options
-        self._scope = CommitScope(
-            session, parent=plan.parent, is_async=False, managed=plan.managed
-        ).enter()
         if plan.nested:
             self._tx = session.begin_nested()
             if options.timeouts():
@@ -313,11 +319,8 @@ class SyncTransactionContext(Generic[W]):
             self._undo = prepare(self._conn, options, nested=plan.nested, engine=plan.engine)
 
     def _enter_connection(self, conn: Connection) -> None:
-        plan = self._plan = _plan(conn, self._options)
+        plan = self._open(conn, is_async=False)
         options = self._options
-        self._scope = CommitScope(
-            conn, parent=plan.parent, is_async=False, managed=plan.managed
-        ).enter()
         self._conn = conn
         if plan.nested:
             self._tx = conn.begin_nested()
@@ -389,12 +392,7 @@ class SyncTransactionContext(Generic[W]):
 
     def _finish(self) -> None:
         target = self._target
-        if (
-            isinstance(target, Connection)
-            and self._plan is not None
-            and not self._plan.nested
-            and self._plan.engine.dialect.name == "sqlite"
-        ):
+        if self._clears_begin_option(Connection):
             try:
                 target.execution_options(**{BEGIN_OPTION: None})
             except Exception:

@@ -38,12 +38,6 @@ async def ledger(syncrep: PgServer, pg_driver: str) -> AsyncIterator[AsyncEngine
         await engine.dispose()
 
 
-def _rows(server: PgServer, key: uuid.UUID) -> int:
-    return int(
-        server.execute("SELECT count(*) FROM ledger WHERE k = %s", (key,), database="faults")[0][0]
-    )
-
-
 @pytest.mark.parametrize("instrumented", [True, False])
 async def test_unknown_commit_is_never_retried_blindly(
     syncrep: PgServer, pg_driver: str, instrumented: bool
@@ -70,7 +64,7 @@ async def test_unknown_commit_is_never_retried_blindly(
         await engine.dispose()
     assert attempts == 1
     assert info.value.retryable is False
-    assert _rows(syncrep, key) == 1
+    assert syncrep.ledger_rows(key) == 1
 
 
 async def test_idempotent_work_is_retried_after_unknown_commit(
@@ -93,7 +87,7 @@ async def test_idempotent_work_is_retried_after_unknown_commit(
     await run_transaction(async_sessionmaker(ledger), work, retry=FAST, idempotent=True)
     await killer
     assert attempts == 2
-    assert _rows(syncrep, key) == 1
+    assert syncrep.ledger_rows(key) == 1
 
 
 async def test_idempotency_key_resolves_unknown_commit(
@@ -125,7 +119,7 @@ async def test_idempotency_key_resolves_unknown_commit(
         )
     assert result == "applied by attempt 1"
     assert attempts == 1
-    assert _rows(syncrep, key) == 1
+    assert syncrep.ledger_rows(key) == 1
     assert again.value.idempotency_key == f"req-{key}"
     assert again.value.user_message("ja") == "このリクエストは既に処理されています。"
 
@@ -151,7 +145,7 @@ async def test_attempt_timeout_during_commit_is_unknown(
     assert "attempt_timeout" in str(info.value)
     assert 0.45 <= elapsed < 4.0
     # The client gave up waiting; the server had committed locally.
-    syncrep.wait_for(lambda: _rows(syncrep, key) == 1, timeout=5)
+    syncrep.wait_for(lambda: syncrep.ledger_rows(key) == 1, timeout=5)
 
 
 async def test_attempt_timeout_retries_a_stuck_statement(
@@ -203,7 +197,7 @@ async def test_resolver_reports_a_lost_commit_that_committed(
     await killer
     assert result == "booked"
     assert attempts == 1
-    assert _rows(syncrep, key) == 1
+    assert syncrep.ledger_rows(key) == 1
 
 
 async def test_resolver_reruns_a_lost_commit_that_aborted(fault_server: PgServer) -> None:

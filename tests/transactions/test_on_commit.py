@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
@@ -13,42 +12,30 @@ from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
-    create_async_engine,
 )
 from sqlalchemy.orm import Session, sessionmaker
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import (
     RetryPolicy,
-    instrument,
     on_commit,
     run_transaction,
     run_transaction_sync,
     transaction,
     transaction_sync,
 )
-from tests.pgharness import PgServer
 
 FAST = RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.01)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    """An instrumented engine on SQLite (a file) or on PostgreSQL with asyncpg."""
-    if request.param == "sqlite":
-        eng = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'oc.sqlite'}")
-    else:
-        server: PgServer = request.getfixturevalue("pg_server")
-        database: str = request.getfixturevalue("pg_database")
-        eng = create_async_engine(server.app_url(database, driver="asyncpg"))
-    instrument(eng)
+@pytest.fixture
+async def engine(any_engine: AsyncEngine) -> AsyncEngine:
+    """SQLite, then PostgreSQL, with an ``oc_items`` table."""
+    eng = any_engine
     async with eng.begin() as conn:
         await conn.execute(text("DROP TABLE IF EXISTS oc_items"))
         await conn.execute(text("CREATE TABLE oc_items (id int PRIMARY KEY)"))
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
+    return eng
 
 
 async def test_runs_after_the_outermost_commit_only(engine: AsyncEngine) -> None:

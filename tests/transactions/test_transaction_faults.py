@@ -18,12 +18,6 @@ from tests.pgharness import PgServer
 FAST = RetryPolicy(attempts=4, initial_backoff=0.001, max_backoff=0.01, deadline=30)
 
 
-def _rows(server: PgServer, key: uuid.UUID) -> int:
-    return int(
-        server.execute("SELECT count(*) FROM ledger WHERE k = %s", (key,), database="faults")[0][0]
-    )
-
-
 @pytest.mark.parametrize("instrumented", [True, False])
 async def test_lost_commit_is_unknown_and_runs_no_callback(
     syncrep: PgServer, pg_driver: str, instrumented: bool
@@ -47,7 +41,7 @@ async def test_lost_commit_is_unknown_and_runs_no_callback(
         await engine.dispose()
     assert info.value.retryable is False
     assert seen == []
-    assert _rows(syncrep, key) == 1
+    assert syncrep.ledger_rows(key) == 1
 
 
 @pytest.mark.parametrize("resolver", ["idempotency_key", "pg_xact_status"])
@@ -89,4 +83,4 @@ async def test_resolved_commit_runs_the_first_attempts_callbacks_once(
     # attempt 1 committed: its result is returned and its callbacks run, once.
     assert attempts == 1
     assert result == 1 and seen == [1]
-    assert _rows(syncrep, key) == 1
+    assert syncrep.ledger_rows(key) == 1
