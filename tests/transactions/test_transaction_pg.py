@@ -291,3 +291,15 @@ async def test_pooled_connection_is_clean_after_failures(engine: AsyncEngine) ->
             raise RuntimeError
     async with Session() as session:
         assert await _settings(session) == before
+
+
+async def test_sqlite_settings_refuse_a_postgresql_engine(engine: AsyncEngine) -> None:
+    """configure_sqlite and instrument(sqlite=) on a PostgreSQL engine: a ValueError naming the dialect."""
+    with pytest.raises(ValueError, match="needs a SQLite engine, not 'postgresql'"):
+        sr.configure_sqlite(engine)
+    plain = create_async_engine(engine.url)
+    try:
+        with pytest.raises(ValueError, match="sqlite= needs a SQLite engine"):
+            instrument(plain, sqlite=sr.SQLiteSettings())
+    finally:
+        await plain.dispose()
