@@ -118,6 +118,10 @@ class _ContextBase:
         self._plan: _Plan | None = None
 
     def _open(self, owner: Any, *, is_async: bool) -> _Plan:
+        if self._plan is not None:
+            raise RuntimeError(
+                "a transaction() context can be entered once; call transaction() again"
+            )
         plan = self._plan = _plan(owner, self._options)
         self._scope = CommitScope(
             owner, parent=plan.parent, is_async=is_async, managed=plan.managed

@@ -234,3 +234,13 @@ async def test_run_transaction_on_sqlite_reads_inside_its_transaction(aengine: A
 
     await run_transaction(Session, work)
     assert statements[0] == "BEGIN IMMEDIATE"
+
+
+def test_a_context_is_entered_once(engine: Engine) -> None:
+    """Re-entering the object transaction() returned is refused (a new call makes a new transaction)."""
+    block = transaction_sync(engine)
+    with block as conn:
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    with pytest.raises(RuntimeError, match="entered once"), block:
+        pytest.fail("must not run")
+    assert engine.pool.checkedout() == 0
