@@ -132,7 +132,8 @@ async def main(url: str, external: str, count: int, wait_first: float) -> None:
     engine = create_async_engine(url, connect_args={"timeout": 60} if sqlite else {})
     instrument(engine)
     Session = async_sessionmaker(engine)
-    order3, order4 = build(Payments(external))
+    payments = Payments(external)
+    order3, order4 = build(payments)
     if wait_first:
         await asyncio.sleep(wait_first)  # let the killed instance's leases run out
     report = await recover_sagas(Session, [order3, order4])
@@ -171,6 +172,7 @@ async def main(url: str, external: str, count: int, wait_first: float) -> None:
     await asyncio.gather(*(task() for _ in range(CONCURRENCY)))
     print(json.dumps({"done": done, "lease_lost": lost[0]}), flush=True)
     await engine.dispose()
+    payments.db.close()
 
 
 if __name__ == "__main__":

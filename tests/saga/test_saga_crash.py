@@ -14,6 +14,7 @@ both recovering. Then, on PostgreSQL and on SQLite:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -56,7 +57,7 @@ def _prepare(sync_url: str, external: Path) -> None:
             )
         )
     engine.dispose()
-    with sqlite3.connect(external) as db:
+    with contextlib.closing(sqlite3.connect(external)) as db, db:
         db.execute("CREATE TABLE calls (key TEXT NOT NULL)")
         db.execute("CREATE TABLE effects (key TEXT PRIMARY KEY)")
 
@@ -125,7 +126,7 @@ def _crash_and_recover(url: str, sync_url: str, tmp_path: Path) -> None:
         orders = Counter(conn.execute(text("SELECT saga_id FROM shop_orders")).scalars())
         shipments = Counter(conn.execute(text("SELECT saga_id FROM shop_shipments")).scalars())
     engine.dispose()
-    with sqlite3.connect(external) as db:
+    with contextlib.closing(sqlite3.connect(external)) as db:
         calls = Counter(k for (k,) in db.execute("SELECT key FROM calls"))
         effects = {k for (k,) in db.execute("SELECT key FROM effects")}
 

@@ -12,6 +12,7 @@ it, calling the API again with the same key -- applied once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -57,18 +58,18 @@ class Payments:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT NOT NULL)")
             db.execute("CREATE TABLE IF NOT EXISTS applied (key TEXT PRIMARY KEY)")
 
     def charge(self, key: str) -> str:
-        with sqlite3.connect(self.path, timeout=30) as db:
+        with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as db, db:
             db.execute("INSERT INTO calls (key) VALUES (?)", (key,))
             db.execute("INSERT OR IGNORE INTO applied (key) VALUES (?)", (key,))
         return f"pay-{abs(hash(key)) % 100000:05d}"
 
     def counts(self, key: str) -> tuple[int, int]:
-        with sqlite3.connect(self.path) as db:
+        with contextlib.closing(sqlite3.connect(self.path)) as db:
             calls = db.execute("SELECT count(*) FROM calls WHERE key = ?", (key,)).fetchone()[0]
             applied = db.execute("SELECT count(*) FROM applied WHERE key = ?", (key,)).fetchone()[0]
         return int(calls), int(applied)
