@@ -13,6 +13,13 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .batch import BatchChunkFailed as BatchChunkFailed
+from .batch import BulkResult as BulkResult
+from .batch import JobConflict as JobConflict
+from .batch import bulk_insert as bulk_insert
+from .batch import bulk_insert_sync as bulk_insert_sync
+from .batch import bulk_update as bulk_update
+from .batch import bulk_update_sync as bulk_update_sync
 from .errors import AlreadyApplied as AlreadyApplied
 from .errors import AuthenticationFailed as AuthenticationFailed
 from .errors import CheckViolation as CheckViolation
@@ -86,6 +93,7 @@ from .saga import get_saga as get_saga
 from .saga import get_saga_sync as get_saga_sync
 from .saga import recover_sagas as recover_sagas
 from .saga import recover_sagas_sync as recover_sagas_sync
+from .schema import create_batch_tables as create_batch_tables
 from .schema import create_saga_tables as create_saga_tables
 from .transactions import SQLiteSettings as SQLiteSettings
 from .transactions import configure_sqlite as configure_sqlite
@@ -102,8 +110,10 @@ __all__ = [
     "AlreadyApplied",
     "AuthenticationFailed",
     "AutosizeDecision",
+    "BatchChunkFailed",
     "BreakerState",
     "BreakerTransition",
+    "BulkResult",
     "CheckViolation",
     "CircuitBreaker",
     "CircuitOpenError",
@@ -122,6 +132,7 @@ __all__ = [
     "InsufficientResources",
     "InvalidData",
     "InvalidStatement",
+    "JobConflict",
     "LockNotAvailable",
     "MaintenanceReport",
     "NotNullViolation",
@@ -157,7 +168,12 @@ __all__ = [
     "TransactionConflict",
     "UniqueViolation",
     "__version__",
+    "bulk_insert",
+    "bulk_insert_sync",
+    "bulk_update",
+    "bulk_update_sync",
     "configure_sqlite",
+    "create_batch_tables",
     "create_saga_tables",
     "get_saga",
     "get_saga_sync",

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Float,
@@ -30,7 +31,10 @@ from sqlalchemy.engine import Connection, Engine
 
 __all__ = [
     "IDEMPOTENCY_KEY_MAX_LENGTH",
+    "JOB_NAME_MAX_LENGTH",
     "SAGA_ID_MAX_LENGTH",
+    "batch_jobs",
+    "create_batch_tables",
     "create_saga_tables",
     "idempotency_keys",
     "metadata",
@@ -96,6 +100,42 @@ saga_steps = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     ForeignKeyConstraint(["saga_id"], ["sqlalchemy_resilience_saga.id"], ondelete="CASCADE"),
 )
+
+
+#: Longest job name of a resumable batch write.
+JOB_NAME_MAX_LENGTH = 200
+
+#: One row per resumable batch write (``bulk_insert(..., job=...)``): how many
+#: chunks and rows have committed. Each chunk's rows and the advance of this row
+#: commit in one transaction, so "recorded" and "written" are the same fact.
+batch_jobs = Table(
+    "sqlalchemy_resilience_batch_job",
+    metadata,
+    Column("job", String(JOB_NAME_MAX_LENGTH), primary_key=True),
+    Column("table_name", String(400), nullable=False),
+    Column("chunk_size", Integer, nullable=False),
+    Column("chunks_done", Integer, nullable=False, server_default="0"),
+    Column("rows_done", BigInteger, nullable=False, server_default="0"),
+    Column("status", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+
+def create_batch_tables(bind: Engine | Connection) -> None:
+    """Create the resumable-batch table if it does not exist (what the Alembic revision creates).
+
+    Example::
+
+        async with async_engine.begin() as conn:
+            await conn.run_sync(create_batch_tables)
+    """
+    if not isinstance(bind, (Engine, Connection)):
+        raise TypeError(
+            "bind must be a sqlalchemy Engine or Connection (for an AsyncEngine: "
+            f"await conn.run_sync(create_batch_tables)), got {type(bind).__name__}"
+        )
+    metadata.create_all(bind, tables=[batch_jobs])
 
 
 def create_saga_tables(bind: Engine | Connection) -> None:

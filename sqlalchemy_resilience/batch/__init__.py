@@ -1,0 +1,25 @@
+"""Batch writes: ``bulk_insert`` and ``bulk_update`` in chunked, retried, resumable transactions.
+
+``writes`` drives the chunks (and the COPY path), ``tables`` resolves tables,
+columns and rows through SQLAlchemy, ``jobs`` records a resumable job's progress.
+"""
+
+from __future__ import annotations
+
+from .jobs import JobConflict as JobConflict
+from .writes import BatchChunkFailed as BatchChunkFailed
+from .writes import BulkResult as BulkResult
+from .writes import bulk_insert as bulk_insert
+from .writes import bulk_insert_sync as bulk_insert_sync
+from .writes import bulk_update as bulk_update
+from .writes import bulk_update_sync as bulk_update_sync
+
+__all__ = [
+    "BatchChunkFailed",
+    "BulkResult",
+    "JobConflict",
+    "bulk_insert",
+    "bulk_insert_sync",
+    "bulk_update",
+    "bulk_update_sync",
+]

@@ -1,0 +1,114 @@
+"""Resumable batch writes: a job's progress in ``sqlalchemy_resilience_batch_job``.
+
+Each chunk advances its job's row **in the chunk's own transaction**, with a
+compare-and-set on the number of chunks done: the chunk's rows and "chunk N
+is done" commit together or not at all, and two runs of the same job cannot
+both commit chunk N (the second finds the count moved and stops with
+:class:`JobConflict`). Re-running a crashed job skips the chunks it recorded
+and continues with the next: no duplicates, no gaps -- provided the rows come
+in the same order each time (a query with ``ORDER BY``, a file, a range).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from sqlalchemy_resilience.errors.hierarchy import ResilienceError
+from sqlalchemy_resilience.schema import JOB_NAME_MAX_LENGTH, batch_jobs
+
+__all__ = ["JobConflict", "JobState", "advance", "check_job_name", "finish", "open_job"]
+
+RUNNING = "running"
+FINISHED = "finished"
+
+_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+class JobConflict(ResilienceError):
+    """Another run of the same job committed the chunk this run was about to commit.
+
+    Attributes:
+        job: the job name.
+        chunk: the chunk this run tried to commit.
+    """
+
+    def __init__(self, job: str, chunk: int) -> None:
+        super().__init__(
+            f"batch job {job!r}: chunk {chunk} was committed by another run of the same job; "
+            "stopping this one (run one instance of a job at a time)",
+            retryable=False,
+        )
+        self.job = job
+        self.chunk = chunk
+
+
+def check_job_name(job: object) -> str:
+    """A job name: a non-empty string of at most 200 characters."""
+    if not isinstance(job, str) or not 0 < len(job) <= JOB_NAME_MAX_LENGTH:
+        raise ValueError(
+            f"job must be a string of 1 to {JOB_NAME_MAX_LENGTH} characters, got {job!r}"
+        )
+    return job
+
+
+@dataclass(frozen=True)
+class JobState:
+    """Where a job stands: chunks and rows committed, and whether it finished."""
+
+    chunks_done: int
+    rows_done: int
+    finished: bool
+
+
+def open_job(conn: Connection, job: str, table_name: str, chunk_size: int) -> JobState:
+    """Create the job's row if new; its state. A job re-run with another table or chunk size is refused."""
+    dialect = conn.dialect.name
+    insert: Any = _INSERTS.get(dialect)
+    if insert is None:
+        raise ValueError(f"resumable jobs need PostgreSQL or SQLite, not {dialect!r}")
+    conn.execute(
+        insert(batch_jobs)
+        .values(job=job, table_name=table_name, chunk_size=chunk_size, status=RUNNING)
+        .on_conflict_do_nothing(index_elements=["job"])
+    )
+    row = conn.execute(select(batch_jobs).where(batch_jobs.c.job == job)).one()
+    if row.table_name != table_name:
+        raise ValueError(
+            f"batch job {job!r} wrote to table {row.table_name!r}, not {table_name!r}; "
+            "use another job name"
+        )
+    if row.chunk_size != chunk_size:
+        raise ValueError(
+            f"batch job {job!r} ran with chunk_size={row.chunk_size}; resume it with the same "
+            f"chunk_size (got {chunk_size}) so that its chunks line up"
+        )
+    return JobState(int(row.chunks_done), int(row.rows_done), row.status == FINISHED)
+
+
+def advance(conn: Connection, job: str, chunk: int, rows: int) -> None:
+    """Record chunk ``chunk`` (``rows`` rows) as done, in the chunk's transaction."""
+    result = conn.execute(
+        update(batch_jobs)
+        .where(batch_jobs.c.job == job, batch_jobs.c.chunks_done == chunk)
+        .values(
+            chunks_done=chunk + 1,
+            rows_done=batch_jobs.c.rows_done + rows,
+            updated_at=func.now(),
+        )
+    )
+    if result.rowcount != 1:
+        raise JobConflict(job, chunk)
+
+
+def finish(conn: Connection, job: str) -> None:
+    """Mark the job finished: a later run with this name writes nothing."""
+    conn.execute(
+        update(batch_jobs)
+        .where(batch_jobs.c.job == job)
+        .values(status=FINISHED, updated_at=func.now())
+    )

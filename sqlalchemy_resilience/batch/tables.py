@@ -1,0 +1,153 @@
+"""Tables, columns and rows for the batch helpers: resolved through SQLAlchemy, never formatted.
+
+A table is a :class:`~sqlalchemy.Table`, an ORM class, or a name looked up in
+a given :class:`~sqlalchemy.MetaData` (or reflected from the database, on the
+first chunk's connection). A column is a name looked up in ``table.c`` or a
+:class:`~sqlalchemy.Column` of that table. Anything else is refused with a
+clear error before any SQL runs; no identifier is ever put into SQL text by
+this package -- SQLAlchemy's compiler (or asyncpg's COPY) quotes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import Column, MetaData, Table, inspect
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import NoInspectionAvailable, NoSuchTableError
+
+__all__ = ["Chunk", "TableRef", "chunks", "column_names", "resolve_columns", "resolve_table"]
+
+TableRef = Table | type | str
+
+
+def resolve_table(
+    table: object, *, metadata: MetaData | None = None, connection: Connection | None = None
+) -> Table:
+    """The :class:`Table` ``table`` names, or a TypeError/LookupError saying what is accepted.
+
+    Args:
+        table: a ``Table``, an ORM mapped class, or a table name (``"schema.name"``
+            allowed) present in ``metadata`` or, without it, reflected on ``connection``.
+    """
+    if isinstance(table, Table):
+        return table
+    if isinstance(table, type):
+        try:
+            mapper: Any = inspect(table)
+        except NoInspectionAvailable:
+            mapper = None
+        local = getattr(mapper, "local_table", None)
+        if isinstance(local, Table):
+            return local
+        raise TypeError(
+            f"table must be a Table, an ORM mapped class or a name, got class {table.__name__}"
+        )
+    if isinstance(table, str):
+        if not table:
+            raise ValueError("table name must not be empty")
+        if metadata is not None:
+            found = metadata.tables.get(table)
+            if found is None:
+                raise LookupError(
+                    f"table {table!r} is not in the given MetaData (it has {sorted(metadata.tables)[:10]})"
+                )
+            return found
+        if connection is None:
+            raise LookupError(
+                f"table {table!r} given by name: pass metadata= to look it up, or a target "
+                "to reflect it from"
+            )
+        schema, _, name = table.rpartition(".")
+        try:
+            return Table(name, MetaData(), schema=schema or None, autoload_with=connection)
+        except NoSuchTableError as exc:
+            raise LookupError(f"table {table!r} does not exist in the database") from exc
+    raise TypeError(f"table must be a Table, an ORM mapped class or a name, got {table!r}")
+
+
+def resolve_columns(
+    table: Table, names: Iterable[object], *, what: str = "column"
+) -> list[Column[Any]]:
+    """The columns of ``table`` named by ``names`` (strings or ``Column`` objects of ``table``)."""
+    columns: list[Column[Any]] = []
+    for name in names:
+        if isinstance(name, Column):
+            if name.table is not table or name.key not in table.c:
+                raise ValueError(f"{what} {name!r} is not a column of table {table.name!r}")
+            columns.append(table.c[name.key])
+            continue
+        if not isinstance(name, str):
+            raise TypeError(f"{what} must be a column name or a Column, got {name!r}")
+        if name not in table.c:
+            raise ValueError(
+                f"{what} {name!r} is not a column of table {table.name!r} "
+                f"(columns: {list(table.c.keys())})"
+            )
+        columns.append(table.c[name])
+    if len({c.key for c in columns}) != len(columns):
+        raise ValueError(f"a {what} is named twice: {[c.key for c in columns]}")
+    return columns
+
+
+def column_names(columns: Sequence[Column[Any]]) -> list[str]:
+    """The keys of ``columns``, as the rows' mappings use them."""
+    return [c.key for c in columns]
+
+
+class Chunk:
+    """One chunk of rows as mappings, with its index and the input position of its first row."""
+
+    __slots__ = ("index", "rows", "start")
+
+    def __init__(self, index: int, start: int, rows: list[dict[str, Any]]) -> None:
+        self.index = index
+        self.start = start
+        self.rows = rows
+
+    @property
+    def end(self) -> int:
+        """The input position of the chunk's last row."""
+        return self.start + len(self.rows) - 1
+
+
+def _as_mapping(row: object, position: int, keys: list[str] | None) -> dict[str, Any]:
+    if isinstance(row, Mapping):
+        return dict(row)
+    if isinstance(row, (tuple, list)):
+        if keys is None:
+            raise TypeError(
+                f"row {position} is a tuple: pass columns=[...] to say what its values are"
+            )
+        if len(row) != len(keys):
+            raise ValueError(f"row {position} has {len(row)} values for {len(keys)} columns {keys}")
+        return dict(zip(keys, row, strict=True))
+    raise TypeError(f"row {position} must be a mapping or a tuple, got {type(row).__name__}")
+
+
+def chunks(
+    rows: Iterable[object],
+    size: int,
+    *,
+    keys: list[str] | None,
+    skip_chunks: int = 0,
+) -> Iterator[Chunk]:
+    """Chunks of ``size`` rows (as mappings) from any iterable, without holding more than one.
+
+    ``skip_chunks`` chunks are consumed and dropped first (a resumed job).
+    """
+    iterator = iter(rows)
+    index = 0
+    position = 0
+    while True:
+        batch = list(islice(iterator, size))
+        if not batch:
+            return
+        if index >= skip_chunks:
+            yield Chunk(
+                index, position, [_as_mapping(r, position + i, keys) for i, r in enumerate(batch)]
+            )
+        index += 1
+        position += len(batch)

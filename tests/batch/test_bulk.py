@@ -1,0 +1,264 @@
+"""bulk_insert / bulk_update on a real SQLite file and PostgreSQL (asyncpg: the COPY path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import DeclarativeBase, sessionmaker
+
+import sqlalchemy_resilience as sr
+from sqlalchemy_resilience import RetryPolicy, bulk_insert, bulk_update
+
+metadata = MetaData()
+items = Table(
+    "bulk_items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("seen", DateTime(timezone=True)),
+    Column("doc", JSON),
+    Column("code", String(20)),
+    UniqueConstraint("code", name="bulk_items_code_key"),
+)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __table__ = items
+
+
+@pytest.fixture
+async def engine(any_engine: AsyncEngine) -> AsyncEngine:
+    """SQLite, then PostgreSQL, with ``bulk_items`` and the batch-job table, empty."""
+    async with any_engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.run_sync(metadata.create_all)
+        await conn.execute(text("DROP TABLE IF EXISTS sqlalchemy_resilience_batch_job"))
+        await conn.run_sync(sr.create_batch_tables)
+    return any_engine
+
+
+def _rows(n: int, start: int = 0) -> Iterator[dict[str, Any]]:
+    when = datetime(2026, 12, 2, tzinfo=timezone.utc)
+    for i in range(start, start + n):
+        yield {
+            "id": i,
+            "name": f"item {i}",
+            "seen": when,
+            "doc": {"i": i, "tags": ["a"]},
+            "code": f"c{i}",
+        }
+
+
+async def _count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(items))).scalar_one())
+
+
+async def test_inserts_a_generator_in_chunks_with_progress(engine: AsyncEngine) -> None:
+    """2,500 rows from a generator in chunks of 1,000: 3 transactions, progress after each, the path named."""
+    seen: list[int] = []
+    result = await bulk_insert(
+        engine, items, _rows(2500), chunk_size=1000, progress=lambda done, rate: seen.append(done)
+    )
+    expected_path = "copy" if engine.dialect.name == "postgresql" else "insertmanyvalues"
+    assert (result.rows, result.chunks, result.path) == (2500, 3, expected_path)
+    assert seen == [1000, 2000, 2500]
+    assert await _count(engine) == 2500
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(items).where(items.c.id == 7))).one()
+    assert row.doc == {"i": 7, "tags": ["a"]} and row.seen.year == 2026 and row.code == "c7"
+    assert result.rows_per_second > 0
+
+
+async def test_each_chunk_is_its_own_transaction(engine: AsyncEngine) -> None:
+    """A permanent failure in chunk 2 stops the run; chunks 0-1 stay committed; the bad row is named."""
+    rows = list(_rows(25))
+    rows[23]["code"] = "c3"  # duplicates row 3's unique code
+    with pytest.raises(sr.BatchChunkFailed) as info:
+        await bulk_insert(engine, items, rows, chunk_size=10)
+    failed = info.value
+    assert (failed.chunk, failed.first_row, failed.last_row, failed.bad_row) == (2, 20, 24, 23)
+    assert failed.rows_committed == 20
+    assert isinstance(failed.__cause__, sr.UniqueViolation)
+    assert "chunk 2 (rows 20-24) failed at row 23" in str(failed)
+    assert await _count(engine) == 20
+
+
+async def test_upserts_and_returning(engine: AsyncEngine) -> None:
+    """on_conflict='ignore' and 'update' (by the key or named columns); returning in input order."""
+    await bulk_insert(engine, items, _rows(10))
+    changed = [{"id": i, "name": f"renamed {i}", "code": f"c{i}"} for i in range(5, 15)]
+    result = await bulk_insert(
+        engine, items, changed, on_conflict="update", returning=["id", items.c.name]
+    )
+    assert result.path == "insertmanyvalues"
+    assert [tuple(r) for r in result.returned or []] == [(i, f"renamed {i}") for i in range(5, 15)]
+    ignored = await bulk_insert(
+        engine,
+        Item,
+        [{"id": 100, "name": "dup code", "code": "c1"}],
+        on_conflict="ignore",
+        conflict_columns=["code"],
+    )
+    assert ignored.rows == 1  # submitted; the database skipped it
+    async with engine.connect() as conn:
+        names = dict((await conn.execute(select(items.c.id, items.c.name))).all())
+    assert len(names) == 15 and names[4] == "item 4" and names[9] == "renamed 9"
+    assert 100 not in names
+
+
+async def test_update_by_key(engine: AsyncEngine) -> None:
+    """bulk_update sets the named columns of the rows matched by the primary key or key=."""
+    await bulk_insert(engine, items, _rows(50))
+    result = await bulk_update(
+        engine, items, ({"id": i, "name": "gold"} for i in range(0, 50, 2)), chunk_size=7
+    )
+    assert (result.rows, result.chunks, result.path) == (25, 4, "executemany")
+    await bulk_update(
+        engine,
+        "bulk_items",
+        [("c1", "by code")],
+        key=["code"],
+        columns=["code", "name"],
+        metadata=metadata,
+    )
+    async with engine.connect() as conn:
+        names = dict((await conn.execute(select(items.c.id, items.c.name))).all())
+    assert sum(1 for n in names.values() if n == "gold") == 25
+    assert names[1] == "by code" and names[3] == "item 3"
+
+
+async def test_resumable_job_skips_what_it_committed(engine: AsyncEngine) -> None:
+    """A job that failed at chunk 3 resumes at chunk 3 with the same name: no duplicates, no gaps."""
+    rows = list(_rows(40))
+    broken = [dict(r) for r in rows]
+    broken[35]["name"] = None  # NOT NULL: chunk 3 (rows 30-39) fails
+    with pytest.raises(sr.BatchChunkFailed) as info:
+        await bulk_insert(engine, items, broken, chunk_size=10, job="backfill-1")
+    assert info.value.chunk == 3 and info.value.bad_row == 35
+    assert await _count(engine) == 30
+    resumed = await bulk_insert(engine, items, rows, chunk_size=10, job="backfill-1")
+    assert (resumed.skipped_chunks, resumed.rows, resumed.chunks) == (3, 10, 1)
+    assert await _count(engine) == 40
+    again = await bulk_insert(engine, items, rows, chunk_size=10, job="backfill-1")
+    assert (again.rows, again.skipped_chunks) == (0, 4)  # finished: nothing written
+    with pytest.raises(ValueError, match="same chunk_size"):
+        await bulk_insert(engine, items, rows, chunk_size=20, job="backfill-1")
+
+
+async def test_targets(engine: AsyncEngine) -> None:
+    """An AsyncConnection and an async_sessionmaker work; a session or connection in a transaction is refused."""
+    async with engine.connect() as conn:
+        result = await bulk_insert(conn, items, _rows(5), chunk_size=2)
+        assert result.chunks == 3
+        await conn.execute(text("SELECT 1"))
+        with pytest.raises(ValueError, match="is in a transaction"):
+            await bulk_insert(conn, items, _rows(1, 100))
+        await conn.rollback()
+    Session = async_sessionmaker(engine)
+    await bulk_insert(Session, items, _rows(5, 10))
+    async with Session() as session:
+        await session.execute(text("SELECT 1"))
+        with pytest.raises(ValueError, match="is in a transaction"):
+            await bulk_insert(session, items, _rows(1, 200))
+    assert await _count(engine) == 10
+
+
+async def test_bad_input_is_refused_before_sql(engine: AsyncEngine) -> None:
+    """Unknown tables, columns and options, mixed rows: a clear error, 0 statements run."""
+    ran: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda c, cur, s, *r: ran.append(s))
+    cases: list[tuple[dict[str, Any], type[Exception], str]] = [
+        ({"table": "nope", "metadata": metadata}, LookupError, "not in the given MetaData"),
+        ({"table": 42}, TypeError, "table must be a Table"),
+        ({"rows": [{"id": 1, "name; DROP TABLE bulk_items": "x"}]}, ValueError, "is not a column"),
+        ({"rows": [(1, "x")]}, TypeError, "pass columns="),
+        ({"rows": [(1,)], "columns": ["id", "name"]}, ValueError, "has 1 values for 2 columns"),
+        ({"rows": [{"id": 1, "name": "a"}, {"id": 2}]}, ValueError, "row 1 has other columns"),
+        ({"chunk_size": 0}, ValueError, "chunk_size must be an int >= 1"),
+        ({"on_conflict": "replace"}, ValueError, "on_conflict must be"),
+        ({"conflict_columns": ["nope"]}, ValueError, "conflict column 'nope'"),
+        ({"returning": ["id", "id"]}, ValueError, "named twice"),
+        ({"progress": 5}, TypeError, "progress must be a callable"),
+        ({"retry": 3}, TypeError, "retry must be a RetryPolicy"),
+        ({"job": ""}, ValueError, "job must be a string"),
+        ({"rows": [object()]}, TypeError, "row 0 must be a mapping or a tuple"),
+    ]
+    for case, error, message in cases:
+        options = {"table": items, "rows": [{"id": 1, "name": "a"}], **case}
+        table, rows = options.pop("table"), options.pop("rows")
+        with pytest.raises(error, match=message):
+            await bulk_insert(engine, table, rows, **options)
+    with pytest.raises(TypeError, match="for the other kind use bulk_\\*_sync"):
+        await bulk_insert(engine.sync_engine, items, [])  # type: ignore[arg-type]
+    if engine.dialect.name == "sqlite":
+        with pytest.raises(ValueError, match="use_copy=True needs"):
+            await bulk_insert(engine, items, [], use_copy=True)
+    assert [s for s in ran if "bulk_items" in s] == []
+
+
+def test_sync_twins(tmp_path: Path) -> None:
+    """bulk_insert_sync / bulk_update_sync on a sync engine and a sessionmaker."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'sync.sqlite'}")
+    metadata.create_all(engine)
+    sr.create_batch_tables(engine)
+    try:
+        result = sr.bulk_insert_sync(engine, items, _rows(30), chunk_size=8, job="sync-job")
+        assert (result.rows, result.chunks) == (30, 4)
+        sr.bulk_update_sync(sessionmaker(engine), items, [{"id": 3, "name": "three"}])
+        with engine.connect() as conn:
+            assert conn.execute(select(items.c.name).where(items.c.id == 3)).scalar_one() == "three"
+            assert conn.execute(select(func.count()).select_from(items)).scalar_one() == 30
+    finally:
+        engine.dispose()
+
+
+async def test_transient_chunk_failure_is_retried(engine: AsyncEngine) -> None:
+    """A chunk whose connection dies is retried; every row lands once."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("kills the PostgreSQL backend")
+    calls = {"n": 0}
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def kill_once(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if "sqlalchemy_resilience_batch_job" in statement and "UPDATE" in statement:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    result = await bulk_insert(
+        engine,
+        items,
+        _rows(30),
+        chunk_size=10,
+        job="retried",
+        retry=RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.01),
+    )
+    event.remove(engine.sync_engine, "before_cursor_execute", kill_once)
+    # 3 chunk records + chunk 1 once more + the job's finish record.
+    assert result.rows == 30 and calls["n"] == 5
+    assert await _count(engine) == 30
