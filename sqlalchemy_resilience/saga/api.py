@@ -43,8 +43,18 @@ def _instance_id() -> str:
     return f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-#: This process's owner id in the saga log.
+#: This process's id in the saga log.
 INSTANCE_ID = _instance_id()
+
+
+def driver_token(instance: str = INSTANCE_ID) -> str:
+    """An owner id for one driving of one saga: the instance plus a random part.
+
+    Per driving, not per process: a ``recover_sagas`` in the same process that
+    takes over a saga whose lease ran out (a step slower than the lease) must
+    make the slow driver's next log write fail, as another process's would.
+    """
+    return f"{instance}/{secrets.token_hex(3)}"
 
 
 def _is_async_factory(sessionmaker: Any) -> bool:
@@ -211,7 +221,7 @@ class Saga:
                     f"step {database_steps[0]!r} is a database step: run the saga with "
                     "sessionmaker= (or declare the step external=True)"
                 )
-        return Driver(self._definition, runner, owner=INSTANCE_ID, durable=durable)
+        return Driver(self._definition, runner, owner=driver_token(), durable=durable)
 
     async def run(
         self,
@@ -359,22 +369,23 @@ async def _recover(
         raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
     lease = min(s.definition.lease for s in definitions.values())
 
-    def take(session: Session) -> SagaRecord | None:
+    def take(session: Session, token: str) -> SagaRecord | None:
         # One at a time: a saga claimed in a batch would sit leased-but-idle
         # while the others are driven, and its lease could run out.
-        ids = store.claim(session, owner=owner, lease=lease, names=list(definitions), limit=1)
+        ids = store.claim(session, owner=token, lease=lease, names=list(definitions), limit=1)
         return store.load(session, ids[0]) if ids else None
 
     report = RecoveryReport()
     while limit is None or len(report.recovered) < limit:
-        record = await runner.log(take)
+        token = driver_token(owner)
+        record = await runner.log(lambda session, token=token: take(session, token))  # type: ignore[misc]
         if record is None:
             break
         saga = definitions[record.name]
         driver = Driver(
             saga.definition,
             TxRunner(runner.sessionmaker, is_async=runner.is_async, retry=saga.definition.retry),
-            owner=owner,
+            owner=token,
             durable=True,
         )
         count("recovered", record.name)

@@ -1,0 +1,212 @@
+"""Batch-insert throughput: ``bulk_insert`` against the raw driver and the usual SQLAlchemy ways.
+
+100,000 rows (int, text, timestamptz, jsonb) into an empty table per variant,
+on PostgreSQL through asyncpg, in one run:
+
+* raw asyncpg ``copy_records_to_table`` (the limit);
+* ``bulk_insert`` (the COPY path), chunks of 10,000;
+* ``bulk_insert(on_conflict="ignore")`` (``INSERT ... ON CONFLICT DO NOTHING``
+  through insertmanyvalues), chunks of 10,000;
+* SQLAlchemy Core ``conn.execute(insert(table), rows)`` (insertmanyvalues), one transaction;
+* the ORM: ``session.add_all(objects)`` + flush, one transaction;
+* the hand-written loop: ``text("INSERT ...")`` executemany in chunks of 1,000,
+  a commit per chunk.
+
+Each variant runs ``--rounds`` times in shuffled order; the table shows the
+median rows/s and the ratio to raw COPY. Then peak memory (tracemalloc) of
+``bulk_insert`` streaming 100,000 and 1,000,000 rows from a generator.
+
+    python -m benchmarks.bulk --embedded-postgres
+    python -m benchmarks.bulk --postgres-url postgresql+asyncpg://u:p@host/db
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, DateTime, MetaData, Table, Text, insert, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+
+from sqlalchemy_resilience import bulk_insert, instrument
+
+metadata = MetaData()
+rows_table = Table(
+    "sr_bench_bulk",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("doc", JSONB, nullable=False),
+)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BenchRow(Base):
+    __table__ = rows_table
+
+
+WHEN = datetime(2026, 12, 2, tzinfo=timezone.utc)
+
+
+def rows(n: int) -> Iterator[dict[str, Any]]:
+    for i in range(n):
+        yield {"id": i, "name": f"row number {i}", "created": WHEN, "doc": {"i": i, "tag": "x"}}
+
+
+async def _reset(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.run_sync(metadata.create_all)
+
+
+async def throughput(url: URL, n: int, rounds: int) -> str:
+    engine = create_async_engine(url)
+    instrument(engine)
+    Session = async_sessionmaker(engine)
+
+    async def raw_copy() -> None:
+        import asyncpg
+
+        conn: Any = await asyncpg.connect(
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            database=url.database,
+        )
+        try:
+            await conn.copy_records_to_table(
+                "sr_bench_bulk",
+                records=[(r["id"], r["name"], r["created"], json.dumps(r["doc"])) for r in rows(n)],
+                columns=["id", "name", "created", "doc"],
+            )
+        finally:
+            await conn.close()
+
+    async def ours_copy() -> None:
+        await bulk_insert(engine, rows_table, rows(n), chunk_size=10_000)
+
+    async def ours_conflict() -> None:
+        await bulk_insert(engine, rows_table, rows(n), chunk_size=10_000, on_conflict="ignore")
+
+    async def core_executemany() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(insert(rows_table), list(rows(n)))
+
+    async def orm_add_all() -> None:
+        async with Session() as session, session.begin():
+            session.add_all(BenchRow(**r) for r in rows(n))
+            await session.flush()
+
+    async def hand_written() -> None:
+        statement = text(
+            "INSERT INTO sr_bench_bulk (id, name, created, doc) "
+            "VALUES (:id, :name, :created, CAST(:doc AS jsonb))"
+        )
+        chunk: list[dict[str, Any]] = []
+        for r in rows(n):
+            chunk.append({**r, "doc": json.dumps(r["doc"])})
+            if len(chunk) == 1000:
+                async with engine.begin() as conn:
+                    await conn.execute(statement, chunk)
+                chunk = []
+        if chunk:
+            async with engine.begin() as conn:
+                await conn.execute(statement, chunk)
+
+    variants: dict[str, Callable[[], Awaitable[None]]] = {
+        "raw asyncpg copy_records_to_table": raw_copy,
+        "bulk_insert (COPY path)": ours_copy,
+        "bulk_insert(on_conflict='ignore')": ours_conflict,
+        "Core insert() executemany (insertmanyvalues)": core_executemany,
+        "ORM add_all + flush": orm_add_all,
+        "hand-written chunked executemany (1000)": hand_written,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        order = list(variants.items())
+        random.shuffle(order)
+        for name, fn in order:
+            await _reset(engine)
+            start = time.perf_counter()
+            await fn()
+            samples[name].append(n / (time.perf_counter() - start))
+    await engine.dispose()
+    base = statistics.median(samples["raw asyncpg copy_records_to_table"])
+    lines = ["| variant | median rows/s | time vs raw COPY |", "|---|---:|---:|"]
+    for name, values in samples.items():
+        med = statistics.median(values)
+        lines.append(f"| {name} | {med:,.0f} | {base / med:.2f} |")
+    return "\n".join(lines)
+
+
+async def memory(url: URL, sizes: list[int]) -> str:
+    engine = create_async_engine(url)
+    instrument(engine)
+    lines = ["| rows streamed | peak traced memory | time |", "|---:|---:|---:|"]
+    for n in sizes:
+        await _reset(engine)
+        tracemalloc.start()
+        start = time.perf_counter()
+        await bulk_insert(engine, rows_table, rows(n), chunk_size=10_000)
+        took = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        lines.append(f"| {n:,} | {peak / 2**20:.1f} MB | {took:.1f} s |")
+    await engine.dispose()
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    url: URL | None = make_url(args.postgres_url) if args.postgres_url else None
+    pg = None
+    if args.embedded_postgres:
+        from sqlalchemy_resilience.embedded import EmbeddedPostgres
+
+        pg = EmbeddedPostgres()
+        pg.start()
+        url = pg.url(driver="asyncpg")
+    if url is None:
+        raise SystemExit(
+            "give --embedded-postgres or --postgres-url (the COPY path is PostgreSQL's)"
+        )
+    try:
+        print(f"\nPostgreSQL (asyncpg), {args.rows:,} rows x {args.rounds} rounds")
+        print(await throughput(url, args.rows, args.rounds))
+        print("\nbulk_insert streaming from a generator, chunks of 10,000 (tracemalloc)")
+        print(await memory(url, [100_000, 1_000_000]))
+    finally:
+        if pg is not None:
+            pg.stop(cleanup=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="bulk_insert throughput and memory")
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--postgres-url")
+    group.add_argument("--embedded-postgres", action="store_true")
+    args = parser.parse_args(argv)
+    if args.rows < 1 or args.rounds < 1:
+        parser.error("--rows and --rounds must be positive")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
