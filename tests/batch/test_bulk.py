@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy, bulk_insert, bulk_update
+from sqlalchemy_resilience.testing import inject_fault
 
 metadata = MetaData()
 items = Table(
@@ -237,28 +238,24 @@ def test_sync_twins(tmp_path: Path) -> None:
         engine.dispose()
 
 
-async def test_transient_chunk_failure_is_retried(engine: AsyncEngine) -> None:
-    """A chunk whose connection dies is retried; every row lands once."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("kills the PostgreSQL backend")
-    calls = {"n": 0}
-
-    @event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def kill_once(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
-        if "sqlalchemy_resilience_batch_job" in statement and "UPDATE" in statement:
-            calls["n"] += 1
-            if calls["n"] == 2:
-                cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-
-    result = await bulk_insert(
-        engine,
-        items,
-        _rows(30),
-        chunk_size=10,
-        job="retried",
-        retry=RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.01),
+@pytest.mark.parametrize("fault", ["disconnect", "serialization_failure"])
+async def test_transient_chunk_failure_is_retried(engine: AsyncEngine, fault: str) -> None:
+    """Chunk 1's transaction fails with a lost connection / a 40001 (SQLite: BUSY): it is re-run; every row lands once."""
+    if engine.dialect.name == "sqlite" and fault == "serialization_failure":
+        fault = "busy"
+    statements: list[str] = []
+    event.listen(
+        engine.sync_engine,
+        "before_cursor_execute",
+        lambda c, cur, s, *r: statements.append(s) if "batch_job" in s and "UPDATE" in s else None,
     )
-    event.remove(engine.sync_engine, "before_cursor_execute", kill_once)
-    # 3 chunk records + chunk 1 once more + the job's finish record.
-    assert result.rows == 30 and calls["n"] == 5
+    policy = RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.01)
+    # The 2nd job record update is chunk 1's first statement.
+    with inject_fault(engine, fault, nth=2, match="UPDATE sqlalchemy_resilience_batch_job"):  # type: ignore[arg-type]
+        result = await bulk_insert(
+            engine, items, _rows(30), chunk_size=10, job="retried", retry=policy
+        )
+    assert (result.rows, result.chunks) == (30, 3)
     assert await _count(engine) == 30
+    # chunks 0, 1 (failed), 1 again, 2, and the job's finish record
+    assert len(statements) == 5

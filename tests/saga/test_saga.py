@@ -337,9 +337,11 @@ async def test_lease_lost_stops_the_old_driver(engine: AsyncEngine) -> None:
     world = World()
     Session = async_sessionmaker(engine)
     release = asyncio.Event()
+    calls = [0]
 
     async def slow_charge(ctx: SagaContext) -> dict[str, Any]:
-        if ctx.attempt == 1 and not release.is_set():
+        calls[0] += 1
+        if calls[0] == 1:  # the first driver's call hangs until released
             await release.wait()
         return world.call(ctx)
 
@@ -349,12 +351,14 @@ async def test_lease_lost_stops_the_old_driver(engine: AsyncEngine) -> None:
         .step("ship", world.insert, compensate=world.delete)
     )
     first = asyncio.create_task(saga.run(saga_id="ord-8", sessionmaker=Session))
-    await asyncio.sleep(0.4)  # the lease runs out while the call is in flight
-    release.set()
+    while calls[0] == 0:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # the lease runs out while the call is in flight
     # recover_sagas in the same process: the takeover is per driving, not per
     # process, so the slow driver is stopped all the same.
     report = await sr.recover_sagas(Session, [saga])
     assert report.completed == ["ord-8"]
+    release.set()  # the first driver's call returns; its next log write finds it lost the saga
     with pytest.raises(sr.SagaLeaseLost):
         await first
     assert world.effects == {"ord-8:charge"}
