@@ -336,12 +336,13 @@ async def test_lease_lost_stops_the_old_driver(engine: AsyncEngine) -> None:
     """A driver slower than its lease is overtaken (here by recover_sagas in the same process): it stops at the next step boundary; the step applied once."""
     world = World()
     Session = async_sessionmaker(engine)
-    release = asyncio.Event()
+    release, in_flight = asyncio.Event(), asyncio.Event()
     calls = [0]
 
     async def slow_charge(ctx: SagaContext) -> dict[str, Any]:
         calls[0] += 1
         if calls[0] == 1:  # the first driver's call hangs until released
+            in_flight.set()
             await release.wait()
         return world.call(ctx)
 
@@ -351,8 +352,7 @@ async def test_lease_lost_stops_the_old_driver(engine: AsyncEngine) -> None:
         .step("ship", world.insert, compensate=world.delete)
     )
     first = asyncio.create_task(saga.run(saga_id="ord-8", sessionmaker=Session))
-    while calls[0] == 0:
-        await asyncio.sleep(0.01)
+    await in_flight.wait()
     await asyncio.sleep(0.3)  # the lease runs out while the call is in flight
     # recover_sagas in the same process: the takeover is per driving, not per
     # process, so the slow driver is stopped all the same.
