@@ -146,8 +146,10 @@ def chunks(
         if not batch:
             return
         if index >= skip_chunks:
-            yield Chunk(
-                index, position, [_as_mapping(r, position + i, keys) for i, r in enumerate(batch)]
-            )
+            if keys is None and all(type(r) is dict for r in batch):
+                mappings: list[dict[str, Any]] = batch  # type: ignore[assignment]  # read, never changed
+            else:
+                mappings = [_as_mapping(r, position + i, keys) for i, r in enumerate(batch)]
+            yield Chunk(index, position, mappings)
         index += 1
         position += len(batch)

@@ -537,21 +537,32 @@ def _copy(
     table: Table, names: list[str], processors: list[Any], rows: list[dict[str, Any]]
 ) -> Callable[[AsyncConnection], Awaitable[None]]:
     async def copy(conn: AsyncConnection) -> None:
-        records = [
-            tuple(
-                value if proc is None or value is None else proc(value)
-                for value, proc in zip((row[n] for n in names), processors, strict=True)
-            )
-            for row in rows
-        ]
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
         # asyncpg quotes the identifiers itself; nothing is formatted here.
         await driver.copy_records_to_table(
-            table.name, records=records, columns=names, schema_name=table.schema
+            table.name,
+            records=_records(names, processors, rows),
+            columns=names,
+            schema_name=table.schema,
         )
 
     return copy
+
+
+def _records(
+    names: list[str], processors: list[Any], rows: list[dict[str, Any]]
+) -> list[tuple[Any, ...]]:
+    """The rows as tuples in column order, each value through its column's bind processor.
+
+    Built column by column: one list comprehension per column is several times
+    cheaper in CPython than a tuple assembled per row.
+    """
+    columns: list[list[Any]] = [[row[name] for row in rows] for name in names]
+    for i, process in enumerate(processors):
+        if process is not None:
+            columns[i] = [None if value is None else process(value) for value in columns[i]]
+    return list(zip(*columns, strict=True))
 
 
 async def _reflect(target: _Target, name: str) -> Table:
