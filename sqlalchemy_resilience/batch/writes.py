@@ -30,7 +30,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.schema import DDLElement
 
 from sqlalchemy_resilience.errors.hierarchy import ResilienceError
 from sqlalchemy_resilience.errors.translate import describe, translate_error
@@ -391,6 +393,23 @@ def _row_level(failure: BaseException) -> bool:
     return isinstance(failure, (sa_exc.IntegrityError, sa_exc.DataError, ValueError))
 
 
+def _with_conflict(
+    stmt: Any,
+    on_conflict: OnConflict,
+    conflict_columns: list[Column[Any]],
+    columns: list[Column[Any]],
+) -> Any:
+    """``stmt`` (a PostgreSQL or SQLite insert) with its ON CONFLICT clause."""
+    index = [c.key for c in conflict_columns] or None
+    if on_conflict == "ignore":
+        return stmt.on_conflict_do_nothing(index_elements=index)
+    keys = {c.key for c in conflict_columns}
+    changing = {c.key: stmt.excluded[c.key] for c in columns if c.key not in keys}
+    if not changing:
+        return stmt.on_conflict_do_nothing(index_elements=index)
+    return stmt.on_conflict_do_update(index_elements=index, set_=changing)
+
+
 def _insert_statement(
     table: Table,
     dialect: str,
@@ -408,17 +427,7 @@ def _insert_statement(
             raise ValueError(
                 f"on_conflict={on_conflict!r} needs PostgreSQL or SQLite, not {dialect!r}"
             )
-        stmt = dialect_insert(table)
-        index = [c.key for c in conflict_columns] or None
-        if on_conflict == "ignore":
-            stmt = stmt.on_conflict_do_nothing(index_elements=index)
-        else:
-            keys = {c.key for c in conflict_columns}
-            changing = {c.key: stmt.excluded[c.key] for c in columns if c.key not in keys}
-            if not changing:
-                stmt = stmt.on_conflict_do_nothing(index_elements=index)
-            else:
-                stmt = stmt.on_conflict_do_update(index_elements=index, set_=changing)
+        stmt = _with_conflict(dialect_insert(table), on_conflict, conflict_columns, columns)
     if returning:
         stmt = stmt.returning(*returning, sort_by_parameter_order=True)
     return stmt
@@ -473,15 +482,18 @@ async def _bulk_insert(
         target.is_async
         and dialect.name == "postgresql"
         and dialect.driver == "asyncpg"
-        and on_conflict == "error"
         and not returned_columns
     )
     if use_copy is True and not copy_possible:
         raise ValueError(
-            "use_copy=True needs an async PostgreSQL target through asyncpg, on_conflict='error' "
-            "and no returning"
+            "use_copy=True needs an async PostgreSQL target through asyncpg and no returning"
         )
-    path = "copy" if copy_possible and use_copy is not False else "insertmanyvalues"
+    if copy_possible and use_copy is not False:
+        # With conflict handling: COPY into a temporary table, then one
+        # INSERT ... SELECT ... ON CONFLICT per chunk (benchmarks/bulk.py).
+        path = "copy" if on_conflict == "error" else "copy+merge"
+    else:
+        path = "insertmanyvalues"
     state = await run.open(resolved)
     skip = 0 if state is None else state.chunks_done
     returned: list[Row[Any]] | None = [] if returned_columns else None
@@ -489,6 +501,7 @@ async def _bulk_insert(
         return run.result(path, returned, skip)
     keys = None if tuple_columns is None else column_names(tuple_columns)
     statement: Any = None
+    merge: Any = None
     names: list[str] = []
     processors: list[Any] = []
     _log.info(
@@ -526,6 +539,15 @@ async def _bulk_insert(
         copy = None
         if path == "copy":
             copy = _copy(resolved, names, processors, chunk.rows)
+        elif path == "copy+merge":
+            if merge is None:
+                merge = _merge_statement(
+                    resolved,
+                    names,
+                    on_conflict=on_conflict,  # type: ignore[arg-type]
+                    conflict_columns=conflict,
+                )
+            copy = _copy_merge(resolved, names, processors, chunk.rows, merge)
         out = await run.chunk(chunk, body, copy, probe)
         if returned is not None and out:
             returned.extend(out)
@@ -546,6 +568,64 @@ def _copy(
             columns=names,
             schema_name=table.schema,
         )
+
+    return copy
+
+
+class _TempLike(DDLElement):
+    """``CREATE TEMPORARY TABLE <name> (LIKE <table>) ON COMMIT DROP``, compiled by SQLAlchemy."""
+
+    inherit_cache = False
+
+    def __init__(self, name: str, table: Table) -> None:
+        self.name = name
+        self.table = table
+
+
+@compiles(_TempLike, "postgresql")
+def _compile_temp_like(element: _TempLike, compiler: Any, **kw: Any) -> str:
+    preparer = compiler.preparer
+    return (
+        f"CREATE TEMPORARY TABLE {preparer.quote(element.name)} "
+        f"(LIKE {preparer.format_table(element.table)}) ON COMMIT DROP"
+    )
+
+
+_MERGE_TABLE = "sqlalchemy_resilience_bulk_merge"
+
+
+def _merge_statement(
+    table: Table,
+    names: list[str],
+    *,
+    on_conflict: OnConflict,
+    conflict_columns: list[Column[Any]],
+) -> Any:
+    """``INSERT INTO table (names) SELECT names FROM <staging> ON CONFLICT ...``."""
+    staging = Table(
+        _MERGE_TABLE, MetaData(), *(Column(table.c[n].name, table.c[n].type) for n in names)
+    )
+    stmt = postgresql.insert(table).from_select(names, select(*(staging.c[n] for n in names)))
+    return _with_conflict(stmt, on_conflict, conflict_columns, [table.c[n] for n in names])
+
+
+def _copy_merge(
+    table: Table,
+    names: list[str],
+    processors: list[Any],
+    rows: list[dict[str, Any]],
+    merge: Any,
+) -> Callable[[AsyncConnection], Awaitable[None]]:
+    """COPY the chunk into a temporary copy of the table, then insert it with ON CONFLICT."""
+
+    async def copy(conn: AsyncConnection) -> None:
+        await conn.execute(_TempLike(_MERGE_TABLE, table))
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        await driver.copy_records_to_table(
+            _MERGE_TABLE, records=_records(names, processors, rows), columns=names
+        )
+        await conn.execute(merge)
 
     return copy
 

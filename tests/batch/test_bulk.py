@@ -118,6 +118,11 @@ async def test_upserts_and_returning(engine: AsyncEngine) -> None:
     )
     assert result.path == "insertmanyvalues"
     assert [tuple(r) for r in result.returned or []] == [(i, f"renamed {i}") for i in range(5, 15)]
+    upserted = await bulk_insert(
+        engine, items, [{"id": 1, "name": "upserted", "code": "c1"}], on_conflict="update"
+    )
+    merge_path = "copy+merge" if engine.dialect.name == "postgresql" else "insertmanyvalues"
+    assert upserted.path == merge_path
     ignored = await bulk_insert(
         engine,
         Item,
@@ -129,6 +134,7 @@ async def test_upserts_and_returning(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         names = dict((await conn.execute(select(items.c.id, items.c.name))).all())
     assert len(names) == 15 and names[4] == "item 4" and names[9] == "renamed 9"
+    assert names[1] == "upserted"
     assert 100 not in names
 
 
