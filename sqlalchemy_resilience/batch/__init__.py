@@ -1,7 +1,9 @@
 """Batch writes: ``bulk_insert`` and ``bulk_update`` in chunked, retried, resumable transactions.
 
-``writes`` drives the chunks (and the COPY path), ``tables`` resolves tables,
-columns and rows through SQLAlchemy, ``jobs`` records a resumable job's progress.
+``writes`` holds the public functions, ``driver`` runs one retried
+transaction per chunk, ``statements`` builds what a chunk writes (and the COPY
+paths), ``tables`` resolves tables, columns and rows through SQLAlchemy,
+``jobs`` records a resumable job's progress.
 """
 
 from __future__ import annotations

@@ -1,0 +1,402 @@
+"""The chunk driver of the batch helpers: one retried transaction per chunk, the run's result.
+
+:class:`Target` turns an engine, connection, session or sessionmaker into
+"one transaction per chunk"; :class:`Run` drives the chunks (job records,
+retries, locating the first failing row, progress) and builds the
+:class:`BulkResult`. What each chunk writes is :mod:`.statements`' and
+:mod:`.writes`' business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import Table, select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+
+from sqlalchemy_resilience.errors.hierarchy import ResilienceError
+from sqlalchemy_resilience.errors.translate import describe, translate_error
+from sqlalchemy_resilience.retry.policy import RetryPolicy
+from sqlalchemy_resilience.schema import batch_jobs
+from sqlalchemy_resilience.transactions.context import transaction, transaction_sync
+
+from . import jobs
+from .tables import Chunk, resolve_table
+
+__all__ = [
+    "BatchChunkFailed",
+    "BulkResult",
+    "OnConflict",
+    "Progress",
+    "Run",
+    "Target",
+    "check_keys",
+    "reflect_table",
+    "run_blocking",
+]
+
+_log = logging.getLogger("sqlalchemy_resilience.batch")
+
+OnConflict = Literal["error", "ignore", "update"]
+Progress = Callable[[int, float], Any]
+
+_DEFAULT_RETRY = RetryPolicy(attempts=5)
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """What a bulk write did.
+
+    Attributes:
+        rows: rows written by this call (a resumed job's earlier rows not included).
+        chunks: chunks committed by this call.
+        path: ``"copy"``, ``"insertmanyvalues"`` or ``"executemany"``.
+        seconds: wall time of the call.
+        returned: the ``returning`` rows, in input order, or None.
+        job: the job name, for a resumable run.
+        skipped_chunks: chunks a resumed job had committed before and skipped.
+
+    Example::
+
+        result = await bulk_insert(engine, events, rows, chunk_size=5000)
+        print(result.path, result.rows, f"{result.rows_per_second:,.0f} rows/s")
+    """
+
+    rows: int
+    chunks: int
+    path: str
+    seconds: float
+    returned: list[Row[Any]] | None = None
+    job: str | None = None
+    skipped_chunks: int = 0
+
+    @property
+    def rows_per_second(self) -> float:
+        """Rows written per second of this call."""
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+class BatchChunkFailed(ResilienceError):
+    """A chunk failed for good: the run stopped there; the chunks before it stay committed.
+
+    Attributes:
+        chunk: the chunk's index (0-based).
+        first_row, last_row: the input positions (0-based) of the chunk's rows.
+        bad_row: the input position of the first row that fails on its own, or
+            None when no single row does (the chunk failed as a whole: a lost
+            connection, a deadline, ...).
+        rows_committed: rows committed before this chunk (by this call and,
+            for a job, the runs before it).
+
+    The translated database error is ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        *,
+        chunk: int,
+        first_row: int,
+        last_row: int,
+        bad_row: int | None,
+        rows_committed: int,
+        error: str,
+    ) -> None:
+        where = f"at row {bad_row}" if bad_row is not None else "(no single row fails alone)"
+        super().__init__(
+            f"chunk {chunk} (rows {first_row}-{last_row}) failed {where}: {error}; "
+            f"the {rows_committed} rows before it stay committed",
+            retryable=False,
+        )
+        self.chunk = chunk
+        self.first_row = first_row
+        self.last_row = last_row
+        self.bad_row = bad_row
+        self.rows_committed = rows_committed
+        self.error = error
+
+
+class _Rollback(Exception):
+    """Ends a probing transaction with a rollback, carrying its finding."""
+
+    def __init__(self, found: int | None) -> None:
+        super().__init__()
+        self.found = found
+
+
+class Target:
+    """Where chunks go: one transaction per chunk on an engine, connection, session or sessionmaker."""
+
+    def __init__(self, target: Any, *, is_async: bool) -> None:
+        allowed: tuple[type, ...] = (
+            (AsyncEngine, AsyncConnection, AsyncSession, async_sessionmaker)
+            if is_async
+            else (Engine, Connection, Session, sessionmaker)
+        )
+        if not isinstance(target, allowed):
+            other = "bulk_*_sync" if is_async else "the async bulk_* function"
+            raise TypeError(
+                f"target must be one of {[t.__name__ for t in allowed]}, got "
+                f"{type(target).__name__} (for the other kind use {other})"
+            )
+        if isinstance(target, (AsyncConnection, Connection, AsyncSession, Session)) and (
+            target.in_transaction()
+        ):
+            raise ValueError(
+                "bulk writes commit each chunk in its own transaction, and this "
+                f"{type(target).__name__} is in a transaction: commit it first, or pass the engine"
+            )
+        self.target: Any = target
+        self.is_async = is_async
+        self.engine = self._engine()
+
+    def _engine(self) -> Engine:
+        target = self.target
+        if isinstance(target, AsyncEngine):
+            return target.sync_engine
+        if isinstance(target, AsyncConnection):
+            return target.sync_engine
+        if isinstance(target, Engine):
+            return target
+        if isinstance(target, Connection):
+            return target.engine
+        if isinstance(target, (async_sessionmaker, sessionmaker)):
+            bind = target.kw.get("bind")
+            if bind is None:
+                raise ValueError("the sessionmaker has no bind: create it with the engine")
+            return bind.sync_engine if isinstance(bind, AsyncEngine) else _sync_bind(bind)
+        return _sync_bind(target.get_bind())
+
+    async def run(
+        self,
+        body: Callable[[Connection], Any],
+        copy: Callable[[AsyncConnection], Awaitable[Any]] | None = None,
+    ) -> Any:
+        """One transaction: ``copy(async_conn)`` or ``body(sync_conn)``, committed."""
+        if self.is_async:
+            async with transaction(self.target) as handle:
+                conn = await handle.connection() if isinstance(handle, AsyncSession) else handle
+                if copy is not None:
+                    return await copy(conn)
+                return await conn.run_sync(body)
+        with transaction_sync(self.target) as sync_handle:
+            sync_conn = (
+                sync_handle.connection() if isinstance(sync_handle, Session) else sync_handle
+            )
+            return body(sync_conn)
+
+
+def _sync_bind(bind: Any) -> Engine:
+    if isinstance(bind, AsyncEngine):
+        return bind.sync_engine
+    if isinstance(bind, (Connection, AsyncConnection)):
+        return bind.engine if isinstance(bind, Connection) else bind.sync_engine
+    return bind  # type: ignore[no-any-return]
+
+
+def _check_chunk_size(chunk_size: object) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    return chunk_size
+
+
+def check_keys(chunk: Chunk, keys: list[str], table: Table) -> None:
+    """Every row of the chunk has exactly the first row's columns (known to the table)."""
+    expected = set(keys)
+    for offset, row in enumerate(chunk.rows):
+        if row.keys() != expected:
+            extra = sorted(set(row) - expected)
+            missing = sorted(expected - set(row))
+            raise ValueError(
+                f"row {chunk.start + offset} has other columns than the first row "
+                f"(extra {extra}, missing {missing}); table {table.name!r}"
+            )
+
+
+class Run:
+    """One bulk write call: options resolved, chunks driven, the result assembled."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        operation: str,
+        retry: RetryPolicy | None,
+        progress: Progress | None,
+        job: str | None,
+        chunk_size: int,
+        idempotent: bool,
+    ) -> None:
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
+        if progress is not None and not callable(progress):
+            raise TypeError(
+                f"progress must be a callable (rows_done, rows_per_second), got {progress!r}"
+            )
+        self.target = target
+        self.operation = operation
+        self.policy = retry or _DEFAULT_RETRY
+        self.progress = progress
+        self.job = None if job is None else jobs.check_job_name(job)
+        self.chunk_size = _check_chunk_size(chunk_size)
+        self.idempotent = idempotent or job is not None
+        self.started = time.monotonic()
+        self.rows = 0
+        self.chunks = 0
+        self.rows_before = 0
+
+    async def open(self, table: Table) -> jobs.JobState | None:
+        if self.job is None:
+            return None
+        name, size = self.job, self.chunk_size
+        table_name = f"{table.schema}.{table.name}" if table.schema else table.name
+        state: jobs.JobState = await self.target.run(
+            lambda conn: jobs.open_job(conn, name, table_name, size)
+        )
+        self.rows_before = state.rows_done
+        if state.chunks_done:
+            _log.info(
+                "batch job %s: resuming after %d committed chunks (%d rows)%s",
+                name,
+                state.chunks_done,
+                state.rows_done,
+                "; already finished" if state.finished else "",
+            )
+        return state
+
+    async def chunk(
+        self,
+        chunk: Chunk,
+        body: Callable[[Connection], Any],
+        copy: Callable[[AsyncConnection], Awaitable[Any]] | None,
+        probe: Callable[[Connection, dict[str, Any]], Any],
+    ) -> Any:
+        """Commit one chunk (with its job record), retried; a permanent failure is located and raised."""
+        job = self.job
+        retried = [False]
+
+        def with_job(conn: Connection) -> Any:
+            if job is not None:
+                if retried[0] and _committed_before(conn, job, chunk.index):
+                    return None  # an attempt whose COMMIT outcome was unknown did commit
+                jobs.advance(conn, job, chunk.index, len(chunk.rows))
+            return body(conn)
+
+        async def copy_with_job(conn: AsyncConnection) -> Any:
+            assert copy is not None
+            if job is not None:
+                if retried[0] and await conn.run_sync(_committed_before, job, chunk.index):
+                    return None
+                # Also makes asyncpg begin the transaction the COPY must be part of.
+                await conn.run_sync(jobs.advance, job, chunk.index, len(chunk.rows))
+            return await copy(conn)
+
+        try:
+            async for attempt in self.policy.as_tenacity(idempotent=self.idempotent):
+                with attempt:
+                    retried[0] = attempt.retry_state.attempt_number > 1
+                    result = await self.target.run(with_job, copy_with_job if copy else None)
+        except (jobs.JobConflict, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            failure = translate_error(exc)
+            bad = await self._locate(chunk, probe) if _row_level(failure) else None
+            raise BatchChunkFailed(
+                chunk=chunk.index,
+                first_row=chunk.start,
+                last_row=chunk.end,
+                bad_row=bad,
+                rows_committed=self.rows_before + self.rows,
+                error=describe(failure),
+            ) from failure
+        self.rows += len(chunk.rows)
+        self.chunks += 1
+        if self.progress is not None:
+            elapsed = time.monotonic() - self.started
+            self.progress(self.rows_before + self.rows, self.rows / elapsed if elapsed > 0 else 0.0)
+        return result
+
+    async def _locate(
+        self, chunk: Chunk, probe: Callable[[Connection, dict[str, Any]], Any]
+    ) -> int | None:
+        """Replay the chunk row by row under savepoints, then roll back: the first failing row."""
+
+        def replay(conn: Connection) -> None:
+            for offset, row in enumerate(chunk.rows):
+                try:
+                    with conn.begin_nested():
+                        probe(conn, row)
+                except Exception:
+                    raise _Rollback(chunk.start + offset) from None
+            raise _Rollback(None)
+
+        try:
+            await self.target.run(replay)
+        except _Rollback as found:
+            return found.found
+        except Exception:
+            _log.debug("could not replay chunk %d to find the bad row", chunk.index, exc_info=True)
+        return None
+
+    async def finish(self) -> None:
+        if self.job is not None:
+            name = self.job
+            await self.target.run(lambda conn: jobs.finish(conn, name))
+
+    def result(self, path: str, returned: list[Row[Any]] | None, skipped: int) -> BulkResult:
+        seconds = time.monotonic() - self.started
+        _log.info(
+            "%s: %d rows in %d chunks via %s in %.2f s (%.0f rows/s)%s",
+            self.operation,
+            self.rows,
+            self.chunks,
+            path,
+            seconds,
+            self.rows / seconds if seconds > 0 else 0.0,
+            f"; job {self.job} skipped {skipped} committed chunks" if skipped else "",
+        )
+        return BulkResult(
+            rows=self.rows,
+            chunks=self.chunks,
+            path=path,
+            seconds=seconds,
+            returned=returned,
+            job=self.job,
+            skipped_chunks=skipped,
+        )
+
+
+def _committed_before(conn: Connection, job: str, chunk: int) -> bool:
+    done = conn.execute(select(batch_jobs.c.chunks_done).where(batch_jobs.c.job == job)).scalar()
+    return done is not None and int(done) > chunk
+
+
+def _row_level(failure: BaseException) -> bool:
+    """Whether a failure can belong to one row (a constraint or a bad value), worth locating."""
+    return isinstance(failure, (sa_exc.IntegrityError, sa_exc.DataError, ValueError))
+
+
+async def reflect_table(target: Target, name: str) -> Table:
+    def reflect(conn: Connection) -> Table:
+        return resolve_table(name, connection=conn)
+
+    resolved: Table = await target.run(reflect)
+    return resolved
+
+
+def run_blocking(coro: Awaitable[BulkResult]) -> BulkResult:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    close = getattr(coro, "close", None)
+    if callable(close):
+        close()
+    raise RuntimeError("bulk_*_sync blocks; in async code await bulk_insert / bulk_update")
