@@ -35,6 +35,7 @@ from .errors import DurableTransactionError as DurableTransactionError
 from .errors import ExclusionViolation as ExclusionViolation
 from .errors import ForeignKeyViolation as ForeignKeyViolation
 from .errors import InsufficientResources as InsufficientResources
+from .errors import InvalidCursor as InvalidCursor
 from .errors import InvalidData as InvalidData
 from .errors import InvalidStatement as InvalidStatement
 from .errors import LockNotAvailable as LockNotAvailable
@@ -61,6 +62,12 @@ from .instrumentation import instrumentation_of as instrumentation_of
 from .observe import QueryStats as QueryStats
 from .observe import StatementStats as StatementStats
 from .observe import normalize_statement as normalize_statement
+from .pagination import OffsetPage as OffsetPage
+from .pagination import Page as Page
+from .pagination import paginate as paginate
+from .pagination import paginate_offset as paginate_offset
+from .pagination import paginate_offset_sync as paginate_offset_sync
+from .pagination import paginate_sync as paginate_sync
 from .pool import AutosizeDecision as AutosizeDecision
 from .pool import HealthReport as HealthReport
 from .pool import MaintenanceReport as MaintenanceReport
@@ -130,6 +137,7 @@ __all__ = [
     "HealthReport",
     "Instrumentation",
     "InsufficientResources",
+    "InvalidCursor",
     "InvalidData",
     "InvalidStatement",
     "JobConflict",
@@ -137,6 +145,8 @@ __all__ = [
     "MaintenanceReport",
     "NotNullViolation",
     "NotSupported",
+    "OffsetPage",
+    "Page",
     "PermissionDenied",
     "PoolAutosizer",
     "PoolExhausted",
@@ -183,6 +193,10 @@ __all__ = [
     "is_infrastructure_failure",
     "normalize_statement",
     "on_commit",
+    "paginate",
+    "paginate_offset",
+    "paginate_offset_sync",
+    "paginate_sync",
     "pool_stats",
     "recover_sagas",
     "recover_sagas_sync",

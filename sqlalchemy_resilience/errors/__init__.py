@@ -22,6 +22,7 @@ from .hierarchy import DurableTransactionError as DurableTransactionError
 from .hierarchy import ExclusionViolation as ExclusionViolation
 from .hierarchy import ForeignKeyViolation as ForeignKeyViolation
 from .hierarchy import InsufficientResources as InsufficientResources
+from .hierarchy import InvalidCursor as InvalidCursor
 from .hierarchy import InvalidData as InvalidData
 from .hierarchy import InvalidStatement as InvalidStatement
 from .hierarchy import LockNotAvailable as LockNotAvailable
@@ -61,6 +62,7 @@ __all__ = [
     "ExclusionViolation",
     "ForeignKeyViolation",
     "InsufficientResources",
+    "InvalidCursor",
     "InvalidData",
     "InvalidStatement",
     "LockNotAvailable",

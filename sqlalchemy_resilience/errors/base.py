@@ -21,6 +21,7 @@ __all__ = [
     "CircuitOpenError",
     "DatabaseFailure",
     "DurableTransactionError",
+    "InvalidCursor",
     "NotSupported",
     "PoolExhausted",
     "ResilienceError",
@@ -196,6 +197,46 @@ class DurableTransactionError(ResilienceError, RuntimeError):
             async with transaction(session, durable=True):   # raises
                 ...
     """
+
+
+class InvalidCursor(ResilienceError, ValueError):
+    """A pagination cursor that this application did not issue for this query.
+
+    Raised by :func:`~sqlalchemy_resilience.paginate` before any SQL runs, for
+    a cursor that is malformed, truncated, too long, signed with another key,
+    issued for a query with another ordering, or passed in the wrong direction.
+    The message says which, and never repeats the cursor (it is user input).
+    A web app answers it with HTTP 400 and :meth:`user_message`.
+
+    Attributes:
+        reason: one of ``"malformed"``, ``"too_long"``, ``"signature"``,
+            ``"other_query"``, ``"direction"``, ``"values"``.
+
+    Example::
+
+        try:
+            page = await paginate(session, stmt, after=request.query_params["after"], secret=KEY)
+        except InvalidCursor as exc:
+            return JSONResponse({"error": exc.user_message("en")}, status_code=400)
+    """
+
+    message_key = "invalid_cursor"
+
+    #: Every value :attr:`reason` can take.
+    REASONS: ClassVar[frozenset[str]] = frozenset(
+        {"malformed", "too_long", "signature", "other_query", "direction", "values"}
+    )
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"reason must be one of {sorted(self.REASONS)}, got {reason!r}")
+        text = f"invalid pagination cursor ({reason})"
+        super().__init__(f"{text}: {detail}" if detail else text, retryable=False)
+        self.reason = reason
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason, self.detail), {"error_id": self.error_id})
 
 
 class PoolExhausted(ResilienceError, sa_exc.TimeoutError):

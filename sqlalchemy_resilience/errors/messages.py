@@ -72,6 +72,7 @@ _EN: dict[str, str] = {
     "already_applied": "This request was already processed.",
     "saga_failed": "Your request could not be completed, so it was cancelled; nothing was changed.",
     "in_progress": "This request is still being processed. Please check again in a moment.",
+    "invalid_cursor": "This page link is not valid. Please start again from the first page.",
 }
 
 _JA: dict[str, str] = {
@@ -104,6 +105,7 @@ _JA: dict[str, str] = {
     "already_applied": "このリクエストは既に処理されています。",
     "saga_failed": "リクエストを完了できなかったため取り消しました。変更は行われていません。",
     "in_progress": "このリクエストは現在処理中です。しばらくしてから再度ご確認ください。",
+    "invalid_cursor": "このページのリンクは無効です。最初のページからやり直してください。",
 }
 
 #: Every message key a translated error can carry.
