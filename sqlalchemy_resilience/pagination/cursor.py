@@ -134,6 +134,10 @@ class CursorCodec:
             token = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         except (binascii.Error, ValueError):
             raise InvalidCursor("malformed", "not URL-safe base64") from None
+        if base64.urlsafe_b64encode(token).rstrip(b"=").decode("ascii") != cursor:
+            # Another spelling of the same bytes (unused trailing bits set): one
+            # cursor string per position, so a changed cursor never passes.
+            raise InvalidCursor("malformed", "not in canonical form")
         if len(token) < _HEADER + _MAC_BYTES:
             raise InvalidCursor("malformed", "too short")
         payload, mac = token[:-_MAC_BYTES], token[-_MAC_BYTES:]

@@ -273,6 +273,9 @@ def total_order(stmt: Select[Any], *, order_is_unique: bool = False) -> Select[A
 
 def ordering_of(stmt: Select[Any], dialect: Dialect, *, order_is_unique: bool = False) -> Ordering:
     """Normalise ``stmt``'s ORDER BY (see the module docstring); ValueError if it cannot be paged."""
+    # Parsed first: a string in ORDER BY must be refused before anything
+    # (get_final_froms() included) tries to resolve it.
+    parsed = [_split_direction(element) for element in stmt._order_by_clauses]
     sources = _sources(stmt.get_final_froms())
     optional = [item for item, is_optional in sources if is_optional]
     nulls_large = dialect.name in _NULLS_LARGE
@@ -292,8 +295,7 @@ def ordering_of(stmt: Select[Any], dialect: Dialect, *, order_is_unique: bool = 
         else:
             keys.append(SortKey(sort, target, ascending, "value"))
 
-    for element in stmt._order_by_clauses:
-        sort, ascending, nulls_last = _split_direction(element)
+    for sort, ascending, nulls_last in parsed:
         add(sort, ascending, nulls_last)
     given = len(keys)
     for column in _tiebreaker(stmt, targets, order_is_unique):
