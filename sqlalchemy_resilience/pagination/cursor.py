@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import datetime
 import hashlib
 import hmac
 import os
@@ -23,8 +24,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlakeyset import BadBookmark, serialize_bookmark, unserialize_bookmark
-from sqlakeyset.serial import PageSerializationError, UnregisteredType
+import dateutil.parser
+from sqlakeyset import BadBookmark
+from sqlakeyset import results as sqlakeyset_results
+from sqlakeyset.serial import PageSerializationError, Serial, UnregisteredType
 
 from sqlalchemy_resilience.errors import InvalidCursor
 
@@ -86,6 +89,42 @@ def resolve_secret(secret: Secret | None) -> tuple[bytes, ...]:
     return keys
 
 
+def _parse_datetime(text: str) -> datetime.datetime:
+    # The text is str(datetime): fromisoformat reads it exactly, in a
+    # fraction of dateutil's time; dateutil stays the fallback.
+    try:
+        return datetime.datetime.fromisoformat(text)
+    except ValueError:
+        parsed: datetime.datetime = dateutil.parser.parse(text)
+        return parsed
+
+
+class _Values(Serial):
+    """sqlakeyset's value encoding, reading datetimes faster; types registered
+    with ``sqlakeyset.custom_bookmark_type`` are found in its registry."""
+
+    def __init__(self) -> None:
+        super().__init__(**sqlakeyset_results.SERIALIZER_SETTINGS)  # type: ignore[no-untyped-call]
+        self.deserializers["dt"] = _parse_datetime
+
+    def get_serializer(self, x: Any) -> Any:
+        found = super().get_serializer(x)  # type: ignore[no-untyped-call]
+        return found or sqlakeyset_results.s.get_serializer(x)  # type: ignore[no-untyped-call]
+
+    def unserialize_value(self, x: str) -> Any:
+        code = x.split(":", 1)[0]
+        if (
+            ":" in x
+            and code not in self.deserializers
+            and code in sqlakeyset_results.s.deserializers
+        ):
+            return sqlakeyset_results.s.unserialize_value(x)
+        return super().unserialize_value(x)
+
+
+_VALUES = _Values()
+
+
 def _mac(key: bytes, payload: bytes) -> bytes:
     return hmac.new(key, _DOMAIN + payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
@@ -105,7 +144,7 @@ class CursorCodec:
         body = b""
         if place is not None:
             try:
-                body = serialize_bookmark((tuple(place), False))[1:].encode()
+                body = _VALUES.serialize_values(tuple(place)).encode()
             except (UnregisteredType, PageSerializationError) as exc:
                 raise TypeError(
                     f"a value of this ordering cannot go into a cursor ({exc}); register its "
@@ -161,9 +200,9 @@ class CursorCodec:
                 raise InvalidCursor("malformed", "trailing bytes")
             return None, is_backwards
         try:
-            marker = unserialize_bookmark(">" + payload[_HEADER:].decode())
+            place = _VALUES.unserialize_values(payload[_HEADER:].decode())
         except (BadBookmark, UnicodeDecodeError, ValueError, TypeError, OverflowError, csv.Error):
             raise InvalidCursor("values", "its position cannot be read") from None
-        if marker.place is None:
+        if place is None:
             raise InvalidCursor("values", "its position is empty")
-        return tuple(marker.place), is_backwards
+        return tuple(place), is_backwards

@@ -1,14 +1,17 @@
 """``paginate`` and ``paginate_sync``: keyset pages with signed cursors, one SELECT per page.
 
-Built on sqlakeyset where it fits: its ordering-column wrappers (how a key's
-value is read from a row, or appended to the SELECT when the row lacks it),
-its row trimming, its ``Paging`` bookkeeping (which rows border the page) and
-its typed bookmark encoding. Added here: NULL-safe keys and the tiebreaker
-(``ordering``), the keyset condition built for the cursor's values, signed
-cursors (``cursor``), the ``Page`` shape and the sync/async twins.
-Matching a key to a selected column is done here by expression equality:
-sqlakeyset compares the first word of the rendered SQL, which pairs
-``a + b`` (or ``x IS NULL``) with a selected ``a`` (or ``x``).
+Built on sqlakeyset where it fits: its typed value encoding (``cursor``) and
+the bookkeeping of its ``Paging`` (which rows border a page and which
+positions the next and previous cursors hold), re-done in ``_page`` to read
+the keys of three rows instead of every row. Added here: NULL-safe keys and the tiebreaker (``ordering``),
+the keyset condition built for the cursor's values, signed cursors, the
+``Page`` shape and the sync/async twins. Reading a key's value from a row is
+done here too (``_locate``): sqlakeyset's column wrappers render every ORDER
+BY element to SQL text on each call and match selected columns by the first
+word of that text, which pairs ``a + b`` (or ``x IS NULL``) with a selected
+``a`` (``x``); rows are trimmed of the appended key columns by SQLAlchemy's
+own ``Result.columns()`` (``target``), as sqlakeyset's trimmed rows lose
+their mapping on SQLAlchemy 2.1.
 """
 
 from __future__ import annotations
@@ -16,16 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlakeyset.columns import (
-    OC,
-    AppendedColumn,
-    AttributeColumn,
-    DirectColumn,
-    MappedOrderColumn,
-)
-from sqlakeyset.constants import ORDER_COL_PREFIX
-from sqlakeyset.results import Paging
 from sqlalchemy import false
+from sqlalchemy.engine import Row
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Select
 
@@ -79,7 +74,7 @@ def check_select(stmt: object, name: str) -> Select[Any]:
 @dataclass(frozen=True)
 class _Plan:
     select: Select[Any]
-    mapped: tuple[MappedOrderColumn, ...]
+    mapped: tuple[_KeyColumn, ...]
     extra: tuple[ColumnElement[Any], ...]
     place: tuple[Any, ...] | None
     backwards: bool
@@ -89,34 +84,72 @@ class _Plan:
     keep: int | None
 
 
-def _locate(key: SortKey, index: int, stmt: Select[Any], orm: bool) -> MappedOrderColumn:
-    """Where a key's value is in a result row, or the column to append for it."""
-    oc = OC(key.clause(), enable_warnings=False)  # type: ignore[no-untyped-call]
+class _KeyColumn:
+    """Where one sort key's value is in a result row, and how the page's ORDER BY names it."""
+
+    __slots__ = ("extra_column", "index", "name", "order")
+
+    def __init__(
+        self,
+        order: ColumnElement[Any],
+        *,
+        index: int = -1,
+        name: str = "",
+        extra_column: ColumnElement[Any] | None = None,
+    ) -> None:
+        self.order = order
+        self.index = index
+        self.name = name
+        self.extra_column = extra_column
+
+    def get_from_row(self, row: Row[Any]) -> Any:
+        if self.extra_column is not None:
+            return row._mapping[self.name]
+        if self.name:
+            return getattr(row[self.index], self.name)
+        return row[self.index]
+
+
+def _same(element: Any, target: ColumnElement[Any]) -> bool:
+    return isinstance(element, ColumnElement) and strip_expression(element).compare(target)
+
+
+def _locate(key: SortKey, index: int, stmt: Select[Any], orm: bool) -> _KeyColumn:
+    """Where a key's value is in a result row, or the labelled column to append for it.
+
+    Matched by expression equality; sqlakeyset's own matching renders each
+    ORDER BY element to SQL text on every call and compares first words,
+    which pairs ``a + b`` (or ``x IS NULL``) with a selected ``a`` (``x``).
+    """
+    clause = key.clause
     if key.kind != "null_flag":
+        name = getattr(key.target, "name", None)
         if orm:
             for position, description in enumerate(stmt.column_descriptions):
                 entity = entity_of(description)
-                if entity is not None:
-                    for prop in entity.mapper.column_attrs:
-                        attribute = getattr(description["expr"], prop.key, None)
-                        clause = getattr(attribute, "__clause_element__", None)
-                        if clause is not None and strip_expression(clause()).compare(key.target):
-                            return AttributeColumn(oc, position, prop.key)  # type: ignore[no-untyped-call]
+                if entity is None:
+                    expr = description.get("expr")
+                    unwrap = getattr(expr, "__clause_element__", None)
+                    if _same(unwrap() if unwrap is not None else expr, key.target):
+                        return _KeyColumn(clause, index=position)
                     continue
-                expr = description.get("expr")
-                clause = getattr(expr, "__clause_element__", None)
-                element = clause() if clause is not None else expr
-                if isinstance(element, ColumnElement) and strip_expression(element).compare(
-                    key.target
-                ):
-                    return DirectColumn(oc, position)  # type: ignore[no-untyped-call]
+                for prop in entity.mapper.column_attrs:
+                    if name is not None and all(c.name != name for c in prop.columns):
+                        continue
+                    attribute = getattr(description["expr"], prop.key, None)
+                    element = getattr(attribute, "__clause_element__", lambda: None)()
+                    if _same(element, key.target):
+                        return _KeyColumn(clause, index=position, name=prop.key)
         else:
             for position, column in enumerate(stmt.selected_columns):
-                if strip_expression(column).compare(key.target):
-                    return DirectColumn(oc, position)  # type: ignore[no-untyped-call]
+                if _same(column, key.target):
+                    return _KeyColumn(clause, index=position)
     # A fixed label per position keeps the SQL text, hence SQLAlchemy's
     # compiled cache and pg_stat_statements, the same for every page.
-    return AppendedColumn(oc, name=f"{ORDER_COL_PREFIX}{index}")  # type: ignore[no-untyped-call]
+    label = f"_sqlalchemy_resilience_k{index}"
+    sort_value = key.target.is_(None) if key.kind == "null_flag" else key.target
+    extra = sort_value.label(label)
+    return _KeyColumn(extra if key.ascending else extra.desc(), name=label, extra_column=extra)
 
 
 def _plan(
@@ -157,7 +190,7 @@ def _plan(
     directed = ordering.directed(backwards)
     mapped = tuple(_locate(key, index, select, orm) for index, key in enumerate(directed))
     extra = tuple(m.extra_column for m in mapped if m.extra_column is not None)
-    paged = select.order_by(None).order_by(*(m.ob_clause for m in mapped))
+    paged = select.order_by(None).order_by(*(m.order for m in mapped))
     if extra:
         paged = paged.add_columns(*extra)
     if place is not None:
@@ -181,22 +214,41 @@ def _plan(
 
 
 def _page(plan: _Plan, fetched: Fetched) -> Page[Any]:
+    """The page from the rows fetched (one more than the page size, to see past its end).
+
+    The bookkeeping of sqlakeyset's ``Paging``, reading the keys of the three
+    rows that bound the page only (``Paging`` wants the keys of every row).
+    """
     rows, out = fetched
-    places = [tuple(m.get_from_row(row) for m in plan.mapped) for row in rows]  # type: ignore[no-untyped-call]
-    paging: Paging[Any] = Paging(
-        list(out), plan.page_size, plan.backwards, plan.place, places=places
-    )
-    items = [row[0] for row in paging.rows] if plan.entity else list(paging.rows)
-    has_next, has_previous = paging.has_next, paging.has_previous
+    size = plan.page_size
+    shown = list(out[:size])
+
+    def key(index: int) -> tuple[Any, ...]:
+        return tuple(m.get_from_row(rows[index]) for m in plan.mapped)
+
+    # In fetch order: the cursor's place, the first and last rows shown, the row past them.
+    bounds = [
+        plan.place,
+        key(0) if shown else None,
+        key(len(shown) - 1) if shown else None,
+        key(size) if len(rows) > size else None,
+    ]
+    if plan.backwards:
+        shown.reverse()
+        bounds.reverse()
+    before, first, last, beyond = bounds
+    has_next, has_previous = beyond is not None, before is not None
+    next_place = last if last is not None else before
+    previous_place = first if first is not None else beyond
     return Page(
-        items=items,
-        next_cursor=plan.codec.encode(paging.next.place, backwards=False) if has_next else None,
+        items=[row[0] for row in shown] if plan.entity else shown,
+        next_cursor=plan.codec.encode(next_place, backwards=False) if has_next else None,
         previous_cursor=(
-            plan.codec.encode(paging.previous.place, backwards=True) if has_previous else None
+            plan.codec.encode(previous_place, backwards=True) if has_previous else None
         ),
         has_next=has_next,
         has_previous=has_previous,
-        page_size=plan.page_size,
+        page_size=size,
     )
 
 
