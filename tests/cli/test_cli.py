@@ -56,6 +56,25 @@ def test_demo_shows_a_compensating_saga_and_a_crash_recovery(
         assert expected in out, expected
 
 
+def test_demo_shows_a_bulk_insert_with_progress_and_keyset_pages(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """50,000 rows with a progress bar, three pages forwards, one back, an edited cursor refused."""
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    for expected in (
+        "50000/50000 rows",
+        "50,000 rows in 10 transactions by the 'insertmanyvalues' path",
+        "page 1           #50000 buy 12:28:20, #49999 view 12:28:19",
+        "page 3 (after=)  #49992 click",
+        "back (before=)   #49996 view",
+        "edited cursor    InvalidCursor (signature), no SQL run",
+        "このページのリンクは無効です。",
+    ):
+        assert expected in out, expected
+    assert "\x1b[" not in out  # no colour codes when the output is not a terminal
+
+
 def test_demo_on_postgresql_url(pg_server: PgServer, pg_database: str, pg_driver: str) -> None:
     """`demo --url` against the suite's PostgreSQL shows a QueryTimeout and never prints the password."""
     url = pg_server.app_url(pg_database, driver=pg_driver)
@@ -64,6 +83,9 @@ def test_demo_on_postgresql_url(pg_server: PgServer, pg_database: str, pg_driver
     text = out.getvalue()
     assert "QueryTimeout" in text and "57014" in text
     assert "server said code=57014" in text
+    path = "'copy'" if pg_driver == "asyncpg" else "'insertmanyvalues'"
+    assert f"50,000 rows in 10 transactions by the {path} path" in text
+    assert "InvalidCursor (signature)" in text
     assert pg_server.app_password not in text
 
 

@@ -292,7 +292,11 @@ def run_demo(
     from .saga import saga_tour
 
     saga_ok = asyncio.run(saga_tour(parsed, out))
-    return 0 if good == len(steps) and retry_ok and observe_ok and saga_ok else 1
+
+    from .batch import batch_tour
+
+    batch_ok = asyncio.run(batch_tour(parsed, out))
+    return 0 if good == len(steps) and retry_ok and observe_ok and saga_ok and batch_ok else 1
 
 
 def default_sqlite_url(directory: str | Path | None = None) -> URL:
