@@ -35,10 +35,11 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, Table, Text, insert, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
+from benchmarks._postgres import add_postgres_arguments, postgres_url
 from sqlalchemy_resilience import bulk_insert, instrument
 
 metadata = MetaData()
@@ -173,35 +174,22 @@ async def memory(url: URL, sizes: list[int]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    url: URL | None = make_url(args.postgres_url) if args.postgres_url else None
-    pg = None
-    if args.embedded_postgres:
-        from sqlalchemy_resilience.embedded import EmbeddedPostgres
-
-        pg = EmbeddedPostgres()
-        pg.start()
-        url = pg.url(driver="asyncpg")
-    if url is None:
-        raise SystemExit(
-            "give --embedded-postgres or --postgres-url (the COPY path is PostgreSQL's)"
-        )
-    try:
+    with postgres_url(args) as url:
+        if url is None:
+            raise SystemExit(
+                "give --embedded-postgres or --postgres-url (the COPY path is PostgreSQL's)"
+            )
         print(f"\nPostgreSQL (asyncpg), {args.rows:,} rows x {args.rounds} rounds")
         print(await throughput(url, args.rows, args.rounds))
         print("\nbulk_insert streaming from a generator, chunks of 10,000 (tracemalloc)")
         print(await memory(url, [100_000, 1_000_000]))
-    finally:
-        if pg is not None:
-            pg.stop(cleanup=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="bulk_insert throughput and memory")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--postgres-url")
-    group.add_argument("--embedded-postgres", action="store_true")
+    add_postgres_arguments(parser)
     args = parser.parse_args(argv)
     if args.rows < 1 or args.rounds < 1:
         parser.error("--rows and --rounds must be positive")

@@ -38,6 +38,7 @@ from sqlalchemy import BigInteger, Column, DateTime, Index, MetaData, Table, Tex
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from benchmarks._postgres import add_postgres_arguments, postgres_url
 from sqlalchemy_resilience import bulk_insert, paginate, paginate_offset
 
 metadata = MetaData()
@@ -285,21 +286,10 @@ async def main_async(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as folder:
             await run(make_url(f"sqlite+aiosqlite:///{Path(folder) / 'pages.sqlite'}"), args)
         return
-    url: URL | None = make_url(args.postgres_url) if args.postgres_url else None
-    pg = None
-    if args.embedded_postgres:
-        from sqlalchemy_resilience.embedded import EmbeddedPostgres
-
-        pg = EmbeddedPostgres()
-        pg.start()
-        url = pg.url(driver="asyncpg")
-    if url is None:
-        raise SystemExit("give --embedded-postgres, --postgres-url or --sqlite")
-    try:
+    with postgres_url(args) as url:
+        if url is None:
+            raise SystemExit("give --embedded-postgres, --postgres-url or --sqlite")
         await run(url, args)
-    finally:
-        if pg is not None:
-            pg.stop(cleanup=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -309,10 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--plot", help="write an SVG plot of both curves here (needs matplotlib)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--postgres-url")
-    group.add_argument("--embedded-postgres", action="store_true")
-    group.add_argument("--sqlite", action="store_true")
+    group = add_postgres_arguments(parser)
+    group.add_argument("--sqlite", action="store_true", help="aiosqlite on a temporary file")
     args = parser.parse_args(argv)
     if args.rows < PAGE or args.rounds < 1:
         parser.error(f"--rows must be at least {PAGE} and --rounds positive")

@@ -43,6 +43,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from benchmarks._postgres import add_postgres_arguments, postgres_url
 from sqlalchemy_resilience import (
     Saga,
     SagaContext,
@@ -215,33 +216,20 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         print(await transaction_cost(sqlite_url, args.rounds, args.transactions))
         print(await saga_cost(sqlite_url, args.rounds, max(args.transactions // 5, 10)))
-    pg_url: URL | None = make_url(args.postgres_url) if args.postgres_url else None
-    pg = None
-    if args.embedded_postgres:
-        from sqlalchemy_resilience.embedded import EmbeddedPostgres
-
-        pg = EmbeddedPostgres()
-        pg.start()
-        pg_url = pg.url(driver="asyncpg")
-    try:
+    with postgres_url(args) as pg_url:
         if pg_url is not None:
             print(
                 f"\nPostgreSQL (asyncpg), {args.rounds} rounds x {args.transactions} transactions"
             )
             print(await transaction_cost(pg_url, args.rounds, args.transactions))
             print(await saga_cost(pg_url, args.rounds, max(args.transactions // 5, 10)))
-    finally:
-        if pg is not None:
-            pg.stop(cleanup=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="transaction() against session.begin()")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--transactions", type=int, default=300)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--postgres-url")
-    group.add_argument("--embedded-postgres", action="store_true")
+    add_postgres_arguments(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.transactions < 1:
         parser.error("--rounds and --transactions must be positive")
