@@ -35,9 +35,11 @@ __all__ = [
     "SAGA_ID_MAX_LENGTH",
     "batch_jobs",
     "create_batch_tables",
+    "create_migration_tables",
     "create_saga_tables",
     "idempotency_keys",
     "metadata",
+    "migration_checksums",
     "saga_steps",
     "sagas",
 ]
@@ -120,6 +122,35 @@ batch_jobs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+
+#: One row per revision applied by :func:`~sqlalchemy_resilience.migrations.run_migrations`:
+#: the SHA-256 of the revision's file when it was applied, per version table
+#: (an application's migrations and this package's can share a database).
+#: Written in the migration's own transaction, deleted when it is downgraded.
+migration_checksums = Table(
+    "sqlalchemy_resilience_migration_checksum",
+    metadata,
+    Column("version_table", String(200), primary_key=True),
+    Column("revision", String(200), primary_key=True),
+    Column("checksum", String(64), nullable=False),
+    Column("filename", String(400), nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+
+def create_migration_tables(bind: Engine | Connection) -> None:
+    """Create the migration checksum table if it does not exist (``run_migrations`` does it itself).
+
+    Example::
+
+        create_migration_tables(engine)
+    """
+    if not isinstance(bind, (Engine, Connection)):
+        raise TypeError(
+            f"bind must be a sqlalchemy Engine or Connection, got {type(bind).__name__}"
+        )
+    metadata.create_all(bind, tables=[migration_checksums])
 
 
 def create_batch_tables(bind: Engine | Connection) -> None:

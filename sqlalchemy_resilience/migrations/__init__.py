@@ -1,0 +1,32 @@
+"""Alembic migrations made safe for production: locked, time-boxed, verified.
+
+``runner`` holds ``run_migrations`` (the body of an ``env.py``), ``lock`` the
+migration lock, ``checksums`` the record of applied revision files and the
+comparison behind ``verify_migrations`` (``verify``).
+"""
+
+from __future__ import annotations
+
+from .checksums import Finding as Finding
+from .checksums import VerifyReport as VerifyReport
+from .checksums import file_checksum as file_checksum
+from .lock import LockInfo as LockInfo
+from .lock import MigrationLockTimeout as MigrationLockTimeout
+from .lock import lock_key as lock_key
+from .lock import migration_lock as migration_lock
+from .runner import MigrationSettings as MigrationSettings
+from .runner import run_migrations as run_migrations
+from .verify import verify_migrations as verify_migrations
+
+__all__ = [
+    "Finding",
+    "LockInfo",
+    "MigrationLockTimeout",
+    "MigrationSettings",
+    "VerifyReport",
+    "file_checksum",
+    "lock_key",
+    "migration_lock",
+    "run_migrations",
+    "verify_migrations",
+]

@@ -1,0 +1,202 @@
+"""The migration lock: while one instance migrates, the others wait, then find the schema at head.
+
+On PostgreSQL a session-level advisory lock on the migrating connection
+(``pg_try_advisory_lock``, polled, so the wait has a deadline and no
+transaction stays open meanwhile). Session-level because Alembic commits
+after each migration; the server releases it if the process dies. The key is
+derived from the version table's name, so two environments in one database
+(the application's and this package's) do not wait for each other.
+
+On a SQLite file, an exclusive ``flock`` on a file beside the database
+(SQLite has no server to hold a lock; the database file's own lock cannot be
+held across Alembic's transactions). Elsewhere no lock is taken, and the log
+says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from sqlalchemy_resilience.errors import ResilienceError
+
+__all__ = ["LockInfo", "MigrationLockTimeout", "lock_key", "migration_lock"]
+
+log = logging.getLogger("sqlalchemy_resilience.migrations")
+
+_POLL_FIRST = 0.05
+_POLL_MAX = 1.0
+
+
+class MigrationLockTimeout(ResilienceError, TimeoutError):
+    """Another instance held the migration lock for longer than the wait allowed.
+
+    Attributes:
+        waited: seconds waited.
+        holder: the PostgreSQL backend pid holding the lock, when known.
+
+    Example::
+
+        try:
+            run_migrations(target_metadata, lock_wait=60)
+        except MigrationLockTimeout as exc:
+            sys.exit(f"another instance is still migrating (pid {exc.holder})")
+    """
+
+    message_key = "service_unavailable"
+    default_retryable = True
+
+    def __init__(self, waited: float, holder: int | None = None) -> None:
+        who = f" (held by backend pid {holder})" if holder is not None else ""
+        super().__init__(
+            f"waited {waited:.1f}s for the migration lock{who}; another instance is migrating"
+        )
+        self.waited = waited
+        self.holder = holder
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.waited, self.holder), {"error_id": self.error_id})
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """What taking the lock involved.
+
+    Attributes:
+        kind: ``"advisory"`` (PostgreSQL), ``"file"`` (SQLite) or ``"none"``.
+        waited: seconds spent waiting for another instance.
+    """
+
+    kind: str
+    waited: float
+
+
+def lock_key(version_table: str) -> int:
+    """The advisory lock key for a version table: a signed 64-bit number derived from its name.
+
+    Example::
+
+        >>> lock_key("alembic_version") == lock_key("alembic_version")
+        True
+    """
+    digest = hashlib.sha256(b"sqlalchemy-resilience/migrate\x00" + version_table.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _holder(connection: Connection, key: int) -> int | None:
+    # pg_locks splits a bigint advisory key into classid (high) and objid (low) halves.
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    from sqlalchemy import column, table
+
+    locks = table(
+        "pg_locks",
+        column("pid"),
+        column("locktype"),
+        column("classid"),
+        column("objid"),
+        column("granted"),
+    )
+    row = connection.execute(
+        select(locks.c.pid).where(
+            locks.c.locktype == "advisory",
+            locks.c.granted.is_(True),
+            locks.c.classid == unsigned >> 32,
+            locks.c.objid == unsigned & 0xFFFFFFFF,
+        )
+    ).first()
+    return int(row[0]) if row is not None else None
+
+
+@contextlib.contextmanager
+def _advisory(connection: Connection, key: int, wait: float) -> Iterator[LockInfo]:
+    started = time.monotonic()
+    pause = _POLL_FIRST
+    announced = False
+    while True:
+        got = bool(connection.execute(select(func.pg_try_advisory_lock(key))).scalar())
+        connection.commit()  # never sit "idle in transaction" while waiting
+        if got:
+            break
+        waited = time.monotonic() - started
+        holder = _holder(connection, key)
+        connection.commit()
+        if waited >= wait:
+            raise MigrationLockTimeout(waited, holder)
+        if not announced:
+            log.info("waiting for the migration lock (held by backend pid %s)", holder)
+            announced = True
+        time.sleep(min(pause, max(wait - waited, 0.0)))
+        pause = min(pause * 2, _POLL_MAX)
+    info = LockInfo("advisory", time.monotonic() - started)
+    try:
+        yield info
+    finally:
+        with contextlib.suppress(Exception):
+            # A broken connection: the server released the lock with the session.
+            if connection.in_transaction():
+                connection.rollback()
+            connection.execute(select(func.pg_advisory_unlock(key)))
+            connection.commit()
+
+
+@contextlib.contextmanager
+def _file_lock(path: str, wait: float) -> Iterator[LockInfo]:
+    import fcntl
+
+    started = time.monotonic()
+    pause = _POLL_FIRST
+    handle: IO[bytes] = open(path, "ab")  # noqa: SIM115 - held for the duration of the block
+    try:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - started
+                if waited >= wait:
+                    raise MigrationLockTimeout(waited) from None
+                time.sleep(min(pause, max(wait - waited, 0.0)))
+                pause = min(pause * 2, _POLL_MAX)
+        try:
+            yield LockInfo("file", time.monotonic() - started)
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+@contextlib.contextmanager
+def migration_lock(
+    connection: Connection, *, version_table: str, wait: float
+) -> Iterator[LockInfo]:
+    """Hold the migration lock for ``version_table`` on ``connection`` for the block.
+
+    Raises:
+        MigrationLockTimeout: another instance held it for ``wait`` seconds.
+
+    Example::
+
+        with migration_lock(connection, version_table="alembic_version", wait=60):
+            context.run_migrations()
+    """
+    name = connection.dialect.name
+    if name == "postgresql":
+        with _advisory(connection, lock_key(version_table), wait) as info:
+            yield info
+        return
+    database = connection.engine.url.database
+    if name == "sqlite" and database and database != ":memory:" and os.name == "posix":
+        with _file_lock(f"{database}.migrate-lock", wait) as info:
+            yield info
+        return
+    log.warning("no migration lock on %s: run one migrating instance at a time", name)
+    yield LockInfo("none", 0.0)

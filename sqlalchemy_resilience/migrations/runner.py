@@ -1,0 +1,375 @@
+"""``run_migrations``: the body of an Alembic ``env.py`` that is safe with many instances and live traffic.
+
+What it adds to Alembic's own ``env.py`` recipe:
+
+* the connection is retried under a :class:`RetryPolicy` (a database that is
+  still starting does not fail the deploy);
+* the migration lock (:mod:`.lock`): concurrent instances migrate one at a
+  time; the others wait, then find the schema at head and do nothing;
+* ``lock_timeout`` (and optionally ``statement_timeout``) for every
+  migration, so a DDL statement queued behind a long transaction gives up
+  instead of stalling every query queued behind *it*; a migration that hit
+  ``lock_timeout`` is retried a bounded number of times with backoff
+  (strong_migrations' advice);
+* one transaction per migration, and each revision's file checksum recorded
+  in that transaction (:mod:`.checksums`).
+
+Timeouts are session settings of the migrating connection, so they also hold
+inside ``op.get_context().autocommit_block()`` (``CREATE INDEX CONCURRENTLY``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import MetaData, func, pool, select
+from sqlalchemy.engine import URL, Connection, create_engine, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from sqlalchemy_resilience._util.seconds import to_seconds
+from sqlalchemy_resilience.errors import LockNotAvailable, translate_error
+from sqlalchemy_resilience.retry import RetryPolicy
+from sqlalchemy_resilience.schema import create_migration_tables
+from sqlalchemy_resilience.transactions.sqlite import restore_busy_timeout, set_busy_timeout
+
+from .checksums import recorder
+from .lock import LockInfo, MigrationLockTimeout, lock_key, migration_lock
+
+__all__ = ["DEFAULT_CONNECT_RETRY", "MigrationSettings", "run_migrations"]
+
+log = logging.getLogger("sqlalchemy_resilience.migrations")
+
+#: How connecting is retried by default: 6 attempts within a minute.
+DEFAULT_CONNECT_RETRY = RetryPolicy(attempts=6, initial_backoff=0.5, max_backoff=8.0, deadline=60.0)
+
+
+@dataclass(frozen=True)
+class MigrationSettings:
+    """The validated options of :func:`run_migrations`.
+
+    Example::
+
+        MigrationSettings(lock_timeout=2, lock_retries=5)
+    """
+
+    lock: bool = True
+    lock_wait: float | timedelta = 300.0
+    lock_timeout: float | timedelta | None = 5.0
+    statement_timeout: float | timedelta | None = None
+    lock_retries: int = 3
+    retry_backoff: float | timedelta = 1.0
+    checksums: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("lock", "checksums"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        object.__setattr__(self, "lock_wait", to_seconds("lock_wait", self.lock_wait))
+        object.__setattr__(self, "retry_backoff", to_seconds("retry_backoff", self.retry_backoff))
+        for name in ("lock_timeout", "statement_timeout"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, to_seconds(name, value, allow_zero=False))
+        retries: object = self.lock_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+            raise ValueError(f"lock_retries must be an int from 0 to 100, got {retries!r}")
+
+    @property
+    def timeouts(self) -> dict[str, float]:
+        """The session timeouts to set, in seconds."""
+        found = {"lock_timeout": self.lock_timeout, "statement_timeout": self.statement_timeout}
+        return {name: _seconds(value) for name, value in found.items() if value is not None}
+
+    @property
+    def wait_seconds(self) -> float:
+        """``lock_wait`` in seconds."""
+        return _seconds(self.lock_wait)
+
+    @property
+    def backoff_seconds(self) -> float:
+        """``retry_backoff`` in seconds."""
+        return _seconds(self.retry_backoff)
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _database_url(url: str | URL | None, config: Any) -> URL:
+    raw = url or os.environ.get("DATABASE_URL") or config.get_main_option("sqlalchemy.url")
+    if not raw:
+        raise SystemExit("set DATABASE_URL (or sqlalchemy.url in alembic.ini) to migrate")
+    return make_url(raw)
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+@contextlib.contextmanager
+def _session_timeouts(connection: Connection, settings: MigrationSettings) -> Iterator[None]:
+    """The timeouts as settings of the connection's session, put back afterwards."""
+    timeouts = settings.timeouts
+    name = connection.dialect.name
+    if not timeouts or name not in ("postgresql", "sqlite"):
+        yield
+        return
+    if name == "sqlite":
+        if "statement_timeout" in timeouts:
+            log.info("statement_timeout has no SQLite equivalent: not applied")
+        if "lock_timeout" not in timeouts:
+            yield
+            return
+        set_busy_timeout(connection, round(timeouts["lock_timeout"] * 1000))
+        connection.commit()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                restore_busy_timeout(connection)
+        return
+    previous = {
+        key: connection.execute(select(func.current_setting(key))).scalar() for key in timeouts
+    }
+    for key, seconds in timeouts.items():
+        connection.execute(select(func.set_config(key, _milliseconds(seconds), False)))
+    connection.commit()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # a dead connection takes its settings with it
+            if connection.in_transaction():
+                connection.rollback()
+            for key, value in previous.items():
+                connection.execute(select(func.set_config(key, value, False)))
+            connection.commit()
+
+
+def _run_with_lock_retries(
+    connection: Connection, run: Callable[[], None], settings: MigrationSettings
+) -> None:
+    attempt = 0
+    while True:
+        try:
+            run()
+            return
+        except Exception as exc:
+            if not isinstance(translate_error(exc), LockNotAvailable):
+                raise
+            if attempt >= settings.lock_retries:
+                from alembic.util import CommandError
+
+                # Alembic prints a CommandError as one line; the typed error is the cause.
+                raise CommandError(
+                    "a migration could not get a table lock within lock_timeout "
+                    f"({_milliseconds(settings.timeouts.get('lock_timeout', 0.0))}) in "
+                    f"{attempt + 1} tries: a long transaction holds it (see pg_stat_activity); "
+                    "that migration was rolled back, the ones before it stay applied"
+                ) from exc
+            attempt += 1
+            if connection.in_transaction():
+                connection.rollback()
+            pause = settings.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+            log.warning(
+                "a migration gave up waiting for a lock after lock_timeout (%s); retry %d of %d in %.1fs",
+                _milliseconds(settings.timeouts.get("lock_timeout", 0.0)),
+                attempt,
+                settings.lock_retries,
+                pause,
+            )
+            time.sleep(pause)
+
+
+def _online(
+    connection: Connection,
+    context: Any,
+    settings: MigrationSettings,
+    version_table: str,
+    configure: dict[str, Any],
+) -> None:
+    try:
+        _migrate(connection, context, settings, version_table, configure)
+    except MigrationLockTimeout as exc:
+        from alembic.util import CommandError
+
+        raise CommandError(f"{exc.args[0]}; raise lock_wait to wait longer") from exc
+
+
+def _migrate(
+    connection: Connection,
+    context: Any,
+    settings: MigrationSettings,
+    version_table: str,
+    configure: dict[str, Any],
+) -> None:
+    lock = migration_lock(connection, version_table=version_table, wait=settings.wait_seconds)
+    with lock if settings.lock else contextlib.nullcontext(LockInfo("none", 0.0)) as info:
+        if info.waited >= 0.1:
+            log.info("waited %.1fs for the migration lock", info.waited)
+        if connection.in_transaction():
+            connection.commit()
+        callbacks = list(configure.pop("on_version_apply", None) or ())
+        if settings.checksums:
+            create_migration_tables(connection)
+            connection.commit()
+            callbacks.append(recorder(version_table))
+        with _session_timeouts(connection, settings):
+            context.configure(
+                connection=connection,
+                version_table=version_table,
+                transaction_per_migration=configure.pop("transaction_per_migration", True),
+                on_version_apply=callbacks,
+                **configure,
+            )
+
+            def run() -> None:
+                with context.begin_transaction():
+                    context.run_migrations()
+
+            _run_with_lock_retries(connection, run, settings)
+            if connection.in_transaction():
+                connection.commit()
+
+
+def _offline(
+    url: URL,
+    context: Any,
+    settings: MigrationSettings,
+    version_table: str,
+    configure: dict[str, Any],
+) -> None:
+    context.configure(
+        url=url,
+        version_table=version_table,
+        literal_binds=True,
+        transaction_per_migration=configure.pop("transaction_per_migration", True),
+        dialect_opts={"paramstyle": "named"},
+        **configure,
+    )
+    postgres = url.get_backend_name() == "postgresql"
+    with context.begin_transaction():
+        if postgres:
+            # The script a DBA runs holds the same lock and timeouts as an online run.
+            for key, seconds in settings.timeouts.items():
+                context.execute(select(func.set_config(key, _milliseconds(seconds), False)))
+            if settings.lock:
+                context.execute(select(func.pg_advisory_lock(lock_key(version_table))))
+        context.run_migrations()
+        if postgres and settings.lock:
+            context.execute(select(func.pg_advisory_unlock(lock_key(version_table))))
+
+
+def run_migrations(
+    target_metadata: MetaData | Sequence[MetaData] | None = None,
+    *,
+    url: str | URL | None = None,
+    connection: Connection | None = None,
+    version_table: str | None = None,
+    lock: bool = True,
+    lock_wait: float | timedelta = 300.0,
+    lock_timeout: float | timedelta | None = 5.0,
+    statement_timeout: float | timedelta | None = None,
+    lock_retries: int = 3,
+    retry_backoff: float | timedelta = 1.0,
+    connect_retry: RetryPolicy | None = None,
+    checksums: bool = True,
+    **configure: Any,
+) -> None:
+    """Run the migrations Alembic asked for; call it as the whole body of ``env.py``.
+
+    Online with a sync or async URL (``postgresql+asyncpg``, ``postgresql+psycopg``,
+    ``sqlite+aiosqlite``, ``sqlite``...) or an existing ``connection``, and
+    offline (``alembic upgrade --sql``), where the emitted script takes the same
+    lock and timeouts.
+
+    Args:
+        target_metadata: the models' ``MetaData`` (for autogenerate and ``alembic check``).
+        url: the database; default ``DATABASE_URL``, then ``sqlalchemy.url`` in alembic.ini.
+        connection: a connection to migrate on instead of connecting (tests, pytest-alembic).
+        version_table: default ``version_table`` in alembic.ini, else ``alembic_version``.
+        lock: take the migration lock (PostgreSQL advisory lock, SQLite file lock).
+        lock_wait: how long to wait for another instance's migration (seconds or timedelta).
+        lock_timeout: ``lock_timeout`` for every migration (SQLite: ``busy_timeout``); None: the server's.
+        statement_timeout: ``statement_timeout`` for every migration (PostgreSQL only).
+        lock_retries: how often a migration that hit ``lock_timeout`` is run again.
+        retry_backoff: the first pause before such a retry (doubling, jittered).
+        connect_retry: how connecting is retried (default: 6 attempts within 60 s).
+        checksums: record each applied revision's file checksum (for ``verify_migrations``).
+        **configure: passed on to Alembic's ``context.configure`` (``compare_type``,
+            ``include_object``, ``render_as_batch``...).
+
+    Raises:
+        MigrationLockTimeout: another instance kept migrating for longer than ``lock_wait``.
+        LockNotAvailable: a migration hit ``lock_timeout`` on every try.
+
+    Example (``env.py``)::
+
+        from myapp.models import Base
+        from sqlalchemy_resilience.migrations import run_migrations
+
+        run_migrations(Base.metadata, lock_timeout=3, statement_timeout=60)
+    """
+    from alembic import context
+
+    settings = MigrationSettings(
+        lock=lock,
+        lock_wait=lock_wait,
+        lock_timeout=lock_timeout,
+        statement_timeout=statement_timeout,
+        lock_retries=lock_retries,
+        retry_backoff=retry_backoff,
+        checksums=checksums,
+    )
+    config = context.config
+    table = version_table or config.get_main_option("version_table") or "alembic_version"
+    options = {"target_metadata": target_metadata, **configure}
+    if context.is_offline_mode():
+        _offline(_database_url(url, config), context, settings, table, options)
+        return
+    if connection is not None:
+        _online(connection, context, settings, table, options)
+        return
+    database = _database_url(url, config)
+    policy = connect_retry or DEFAULT_CONNECT_RETRY
+    if database.get_dialect().is_async:
+        asyncio.run(_run_async(database, policy, context, settings, table, options))
+        return
+    engine = create_engine(database, poolclass=pool.NullPool)
+    try:
+        for attempt in policy.as_tenacity_sync(idempotent=True):
+            with attempt:
+                conn = engine.connect()
+        with conn:
+            _online(conn, context, settings, table, options)
+    finally:
+        engine.dispose()
+
+
+async def _run_async(
+    database: URL,
+    policy: RetryPolicy,
+    context: Any,
+    settings: MigrationSettings,
+    table: str,
+    options: dict[str, Any],
+) -> None:
+    engine = create_async_engine(database, poolclass=pool.NullPool)
+    try:
+        async for attempt in policy.as_tenacity(idempotent=True):
+            with attempt:
+                conn = await engine.connect()
+        try:
+            await conn.run_sync(_online, context, settings, table, options)
+        finally:
+            await conn.close()
+    finally:
+        await engine.dispose()

@@ -1,0 +1,246 @@
+"""run_migrations in real processes: three at once, a lock held by the application, a SIGKILL mid-way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.engine import URL, Engine, make_url
+
+from sqlalchemy_resilience.migrations import MigrationSettings, verify_migrations
+from sqlalchemy_resilience.schema import migration_checksums
+from tests.migrations.project import alembic, write_project
+from tests.pgharness import PgServer
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    """An empty database: a SQLite file, or a fresh PostgreSQL database (psycopg)."""
+    if request.param == "sqlite":
+        yield make_url(f"sqlite:///{tmp_path / 'migrate.sqlite'}")
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    name = f"mig_{os.getpid()}_{time.monotonic_ns() % 10**9}"
+    server.create_database(name)
+    try:
+        yield server.app_url(name, driver="psycopg")
+    finally:
+        server.drop_database(name)
+
+
+def _engine(url: URL) -> Engine:
+    return create_engine(
+        url.set(drivername="postgresql+psycopg") if url.get_backend_name() == "postgresql" else url
+    )
+
+
+def _finish(proc: Any, timeout: float = 90) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
+
+
+def test_three_processes_upgrade_at_once(database: URL, tmp_path: Path) -> None:
+    """Exactly one applies each revision; the others wait for the lock, find head, exit 0."""
+    ini = write_project(tmp_path)
+    procs = [alembic(ini, database, "upgrade", "head", sleep_r1="1.5") for _ in range(3)]
+    results = [_finish(p) for p in procs]
+    assert [code for code, _ in results] == [0, 0, 0], results
+    engine = _engine(database)
+    try:
+        with engine.connect() as conn:
+            log = conn.execute(text("SELECT revision, pid FROM mig_log ORDER BY revision")).all()
+            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+            checksums = conn.execute(select(migration_checksums.c.revision)).scalars().all()
+            columns = [c["name"] for c in inspect(conn).get_columns("mig_items")]
+    finally:
+        engine.dispose()
+    assert [row.revision for row in log] == ["r1", "r2", "r3"]
+    assert len({row.pid for row in log}) == 1  # one process applied all three
+    assert version == "r3" and sorted(checksums) == ["r1", "r2", "r3"] and "note" in columns
+    waited = [out for _, out in results if "waited" in out and "for the migration lock" in out]
+    applied = [out for _, out in results if "Running upgrade  -> r1" in out]
+    assert len(applied) == 1 and len(waited) == 2, results
+
+
+@pytest.mark.postgresql
+def test_a_blocked_migration_gives_up_and_traffic_keeps_flowing(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    """A transaction holds mig_items for 8 s: r2 (ALTER TABLE) gives up after lock_timeout x 3 tries,
+    with a clear error, while the application's reads of that table keep being served."""
+    name = f"mig_blocked_{os.getpid()}"
+    pg_server.create_database(name)
+    url = pg_server.app_url(name, driver="psycopg")
+    ini = write_project(tmp_path)
+    try:
+        assert _finish(alembic(ini, url, "upgrade", "r1"))[0] == 0
+        engine = create_engine(url, pool_size=3)
+        latencies: list[float] = []
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def reads() -> None:
+            while not stop.is_set():
+                began = time.perf_counter()
+                try:
+                    with engine.connect() as conn:
+                        conn.execute(text("SELECT count(*) FROM mig_items")).scalar()
+                except Exception as exc:
+                    errors.append(exc)
+                latencies.append(time.perf_counter() - began)
+                time.sleep(0.01)
+
+        holder = engine.connect()
+        holder.execute(text("SELECT * FROM mig_items"))  # ACCESS SHARE, held until rollback
+        reader = threading.Thread(target=reads)
+        reader.start()
+        try:
+            began = time.monotonic()
+            code, out = _finish(
+                alembic(
+                    ini,
+                    url,
+                    "upgrade",
+                    "head",
+                    lock_timeout="0.3",
+                    lock_retries="2",
+                    retry_backoff="0.2",
+                )
+            )
+            took = time.monotonic() - began
+        finally:
+            holder.rollback()
+            holder.close()
+            stop.set()
+            reader.join()
+        assert code != 0, out
+        assert (
+            "FAILED: a migration could not get a table lock within lock_timeout (300ms) in 3 tries"
+            in out
+        )
+        assert "Traceback" not in out
+        assert out.count("gave up waiting for a lock after lock_timeout (300ms)") == 2, out
+        assert took < 8, took  # gave up long before the holder let go
+        assert errors == []
+        p99 = statistics.quantiles(latencies, n=100)[98]
+        print(
+            f"\napplication reads while the migration waited: {len(latencies)}, p99 {p99 * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+        )
+        assert p99 < 1.5  # each stall is bounded by lock_timeout (0.3 s), not by the holder (8 s)
+        with engine.connect() as conn:
+            assert (
+                conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "r1"
+            )
+        engine.dispose()
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.mark.postgresql
+def test_sigkill_mid_migration_leaves_a_consistent_schema(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    """SIGKILL during r2: its column, version and checksum are rolled back together; the re-run succeeds."""
+    name = f"mig_killed_{os.getpid()}"
+    pg_server.create_database(name)
+    url = pg_server.app_url(name, driver="psycopg")
+    ini = write_project(tmp_path)
+    engine = create_engine(url)
+    try:
+        proc = alembic(ini, url, "upgrade", "head", sleep_r2="30")
+        deadline = time.monotonic() + 30
+        with engine.connect() as conn:
+            while time.monotonic() < deadline:
+                sleeping = conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()"
+                    )
+                ).scalar()
+                conn.rollback()
+                if sleeping:
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail("r2 never started")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        with engine.connect() as conn:
+            assert (
+                conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "r1"
+            )
+            assert "note" not in [c["name"] for c in inspect(conn).get_columns("mig_items")]
+            assert conn.execute(select(migration_checksums.c.revision)).scalars().all() == ["r1"]
+        code, out = _finish(alembic(ini, url, "upgrade", "head", lock_wait="30"))
+        assert code == 0, out
+        with engine.connect() as conn:
+            assert (
+                conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "r3"
+            )
+        report = verify_migrations(str(ini), url=url)
+        assert report.ok and report.applied == ("r1", "r2", "r3"), report
+    finally:
+        engine.dispose()
+        pg_server.drop_database(name)
+
+
+def test_verify_finds_edited_and_unknown_revisions(database: URL, tmp_path: Path) -> None:
+    """An applied revision edited afterwards, and a version table naming a revision the scripts lack."""
+    ini = write_project(tmp_path)
+    assert _finish(alembic(ini, database, "upgrade", "head"))[0] == 0
+    assert verify_migrations(str(ini), url=database).ok
+    r2 = tmp_path / "migrations" / "versions" / "r2.py"
+    r2.write_text(r2.read_text() + "\n# edited after it ran\n")
+    report = verify_migrations(str(ini), url=database)
+    assert [(f.kind, f.revision) for f in report.problems] == [("edited", "r2")]
+    engine = _engine(database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = 'r9'"))
+    finally:
+        engine.dispose()
+    report = verify_migrations(str(ini), url=database)
+    assert ("unknown", "r9") in [(f.kind, f.revision) for f in report.problems]
+    assert not report.ok
+
+
+def test_offline_sql_takes_the_same_lock_and_timeouts(tmp_path: Path) -> None:
+    """`alembic upgrade head --sql` on PostgreSQL emits the advisory lock and set_config lines."""
+    ini = write_project(tmp_path)
+    code, out = _finish(alembic(ini, "postgresql+psycopg://u@h/db", "upgrade", "head", "--sql"))
+    assert code == 0, out
+    assert "pg_advisory_lock(" in out and "pg_advisory_unlock(" in out
+    assert "set_config('lock_timeout', '5000ms', false)" in out
+    assert out.count("BEGIN;") == 3  # one transaction per migration
+
+
+def test_settings_are_validated() -> None:
+    """Bad options name themselves and what is allowed."""
+    with pytest.raises(ValueError, match="lock_retries must be an int from 0 to 100"):
+        MigrationSettings(lock_retries=-1)
+    with pytest.raises(ValueError, match="lock_timeout"):
+        MigrationSettings(lock_timeout=0)
+    with pytest.raises(TypeError, match="lock_wait must be seconds"):
+        MigrationSettings(lock_wait="soon")  # type: ignore[arg-type]
+    assert MigrationSettings(lock_timeout=2, statement_timeout=None).timeouts == {
+        "lock_timeout": 2.0
+    }
+
+
+def test_waiting_longer_than_lock_wait_is_one_clear_line(database: URL, tmp_path: Path) -> None:
+    """A second instance with lock_wait=0.5 while the first migrates for 4 s: exit 1, one FAILED line."""
+    ini = write_project(tmp_path)
+    first = alembic(ini, database, "upgrade", "head", sleep_r1="4")
+    time.sleep(1.5)  # the first holds the lock by now
+    code, out = _finish(alembic(ini, database, "upgrade", "head", lock_wait="0.5"))
+    assert _finish(first)[0] == 0
+    assert code != 0 and "Traceback" not in out, out
+    assert "FAILED: waited 0." in out and "for the migration lock" in out
+    assert "raise lock_wait to wait longer" in out
