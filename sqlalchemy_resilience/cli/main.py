@@ -1,7 +1,9 @@
 """The ``sqlalchemy-resilience`` command line.
 
 Exit codes: ``health`` returns 0 healthy, 1 degraded, 2 unhealthy; ``demo``
-returns 0 when every step behaved and 1 otherwise. Failures of the command
+returns 0 when every step behaved and 1 otherwise; ``migrate`` 0 done and 1 a
+migration failed, 75 try again later (the migration lock or a table lock);
+``verify-migrations`` 0 clean, 1 problems. Failures of the command
 itself have codes of their own (BSD ``sysexits``), so a health check can tell
 "unhealthy" from "called wrongly": 64 usage error (bad arguments or URL), 69
 the database could not be reached or refused the demo, 78 the URL's driver is
@@ -25,7 +27,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
+
+from .common import EXIT_DRIVER_MISSING as EXIT_DRIVER_MISSING
+from .common import EXIT_UNAVAILABLE as EXIT_UNAVAILABLE
+from .common import EXIT_USAGE as EXIT_USAGE
+from .common import CommandError as CommandError
+from .common import check_driver as _check_driver
+from .common import parse_url as _parse_url
 
 __all__ = [
     "EXIT_DRIVER_MISSING",
@@ -36,60 +45,11 @@ __all__ = [
     "main",
 ]
 
-EXIT_USAGE = 64
-EXIT_UNAVAILABLE = 69
-EXIT_DRIVER_MISSING = 78
-
-# The extra that installs each driver the package supports.
-_EXTRAS = {"asyncpg": "asyncpg", "psycopg": "psycopg", "aiosqlite": "aiosqlite"}
-
-
-class CommandError(Exception):
-    """A failure of the command itself: printed as one line, exits with ``code``.
-
-    Example::
-
-        raise CommandError(EXIT_USAGE, "--timeout must be > 0 seconds, got 0")
-    """
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _parse_url(text: str, what: str) -> URL:
-    try:
-        return make_url(text)
-    except Exception as exc:
-        raise CommandError(
-            EXIT_USAGE, f"{what} is not a SQLAlchemy URL ({type(exc).__name__})"
-        ) from None
-
-
-def _check_driver(url: URL) -> None:
-    """A one-line error naming what to install when ``url``'s driver is missing."""
-    try:
-        dialect = url.get_dialect()
-        dialect.import_dbapi()
-    except ImportError as exc:
-        module = (getattr(exc, "name", None) or url.get_driver_name()).split(".")[0]
-        extra = _EXTRAS.get(module)
-        hint = f'pip install "sqlalchemy-resilience[{extra}]"' if extra else f"pip install {module}"
-        raise CommandError(
-            EXIT_DRIVER_MISSING,
-            f"the driver for {url.drivername} ({module}) is not installed: {hint}",
-        ) from None
-    except Exception as exc:  # an unknown dialect name
-        raise CommandError(
-            EXIT_USAGE, f"no SQLAlchemy dialect for {url.drivername!r} ({type(exc).__name__})"
-        ) from None
 
 
 def _embedded_driver() -> str:
@@ -234,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
     health.add_argument("--json", action="store_true", help="print the report as JSON")
     health.set_defaults(func=_cmd_health)
+    from .migrate import add_migration_commands
+
+    add_migration_commands(sub)
     return parser
 
 

@@ -32,11 +32,13 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import MetaData, func, pool, select
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, create_engine, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlalchemy_resilience._util.seconds import to_seconds
 from sqlalchemy_resilience.errors import LockNotAvailable, translate_error
+from sqlalchemy_resilience.errors.classify import build_error
 from sqlalchemy_resilience.retry import RetryPolicy
 from sqlalchemy_resilience.schema import create_migration_tables
 from sqlalchemy_resilience.transactions.sqlite import restore_busy_timeout, set_busy_timeout
@@ -44,9 +46,13 @@ from sqlalchemy_resilience.transactions.sqlite import restore_busy_timeout, set_
 from .checksums import recorder
 from .lock import LockInfo, MigrationLockTimeout, lock_key, migration_lock
 
-__all__ = ["DEFAULT_CONNECT_RETRY", "MigrationSettings", "run_migrations"]
+__all__ = ["DEFAULT_CONNECT_RETRY", "PROGRESS_ATTRIBUTE", "MigrationSettings", "run_migrations"]
 
 log = logging.getLogger("sqlalchemy_resilience.migrations")
+
+#: ``config.attributes`` key of a callable given each applied step (Alembic's
+#: ``MigrationInfo``): how ``sqlalchemy-resilience migrate`` prints its progress.
+PROGRESS_ATTRIBUTE = "sqlalchemy_resilience.progress"
 
 #: How connecting is retried by default: 6 attempts within a minute.
 DEFAULT_CONNECT_RETRY = RetryPolicy(attempts=6, initial_backoff=0.5, max_backoff=8.0, deadline=60.0)
@@ -218,6 +224,9 @@ def _migrate(
         if connection.in_transaction():
             connection.commit()
         callbacks = list(configure.pop("on_version_apply", None) or ())
+        progress = context.config.attributes.get(PROGRESS_ATTRIBUTE)
+        if callable(progress):
+            callbacks.append(lambda *, step, **_: progress(step))
         if settings.checksums:
             create_migration_tables(connection)
             connection.commit()
@@ -268,6 +277,43 @@ def _offline(
             context.execute(select(func.pg_advisory_unlock(lock_key(version_table))))
 
 
+_X_SECONDS = ("lock_wait", "lock_timeout", "statement_timeout", "retry_backoff")
+
+
+@contextlib.contextmanager
+def _connect_errors(secrets: tuple[str, ...]) -> Iterator[None]:
+    """A failed connect as the typed error a connect failure is (``DatabaseUnavailable``...).
+
+    The engine here is the runner's own, not instrumented, so nothing else
+    knows that the error happened while connecting: psycopg reports a refused
+    connection without a SQLSTATE, which only that knowledge makes retryable.
+    """
+    try:
+        yield
+    except sa_exc.DBAPIError as exc:
+        raise build_error(exc, phase="connect", is_disconnect=True, secrets=secrets) from exc
+
+
+def _x_overrides(x: dict[str, str]) -> dict[str, Any]:
+    """Options given on the command line as ``alembic -x lock_timeout=2 ...``."""
+    found: dict[str, Any] = {}
+    for name in _X_SECONDS:
+        if name in x:
+            text = x[name].strip().lower()
+            try:
+                found[name] = None if text == "none" else float(text)
+            except ValueError:
+                raise ValueError(f"-x {name} must be seconds or 'none', got {x[name]!r}") from None
+    if "lock_retries" in x:
+        try:
+            found["lock_retries"] = int(x["lock_retries"])
+        except ValueError:
+            raise ValueError(f"-x lock_retries must be an int, got {x['lock_retries']!r}") from None
+    if "lock" in x:
+        found["lock"] = x["lock"].strip().lower() not in ("0", "false", "no", "off")
+    return found
+
+
 def run_migrations(
     target_metadata: MetaData | Sequence[MetaData] | None = None,
     *,
@@ -307,6 +353,10 @@ def run_migrations(
         **configure: passed on to Alembic's ``context.configure`` (``compare_type``,
             ``include_object``, ``render_as_batch``...).
 
+    The command line overrides the lock and timeout options:
+    ``alembic -x lock_timeout=2 -x lock_wait=600 -x lock_retries=5 upgrade head``
+    (seconds, or ``none`` for no timeout; ``-x lock=off`` takes no lock).
+
     Raises:
         MigrationLockTimeout: another instance kept migrating for longer than ``lock_wait``.
         LockNotAvailable: a migration hit ``lock_timeout`` on every try.
@@ -320,14 +370,17 @@ def run_migrations(
     """
     from alembic import context
 
+    given: dict[str, Any] = {
+        "lock": lock,
+        "lock_wait": lock_wait,
+        "lock_timeout": lock_timeout,
+        "statement_timeout": statement_timeout,
+        "lock_retries": lock_retries,
+        "retry_backoff": retry_backoff,
+        "checksums": checksums,
+    }
     settings = MigrationSettings(
-        lock=lock,
-        lock_wait=lock_wait,
-        lock_timeout=lock_timeout,
-        statement_timeout=statement_timeout,
-        lock_retries=lock_retries,
-        retry_backoff=retry_backoff,
-        checksums=checksums,
+        **{**given, **_x_overrides(context.get_x_argument(as_dictionary=True))}
     )
     config = context.config
     table = version_table or config.get_main_option("version_table") or "alembic_version"
@@ -344,9 +397,10 @@ def run_migrations(
         asyncio.run(_run_async(database, policy, context, settings, table, options))
         return
     engine = create_engine(database, poolclass=pool.NullPool)
+    secrets = (str(database.password),) if database.password else ()
     try:
         for attempt in policy.as_tenacity_sync(idempotent=True):
-            with attempt:
+            with attempt, _connect_errors(secrets):
                 conn = engine.connect()
         with conn:
             _online(conn, context, settings, table, options)
@@ -364,8 +418,9 @@ async def _run_async(
 ) -> None:
     engine = create_async_engine(database, poolclass=pool.NullPool)
     try:
+        secrets = (str(database.password),) if database.password else ()
         async for attempt in policy.as_tenacity(idempotent=True):
-            with attempt:
+            with attempt, _connect_errors(secrets):
                 conn = await engine.connect()
         try:
             await conn.run_sync(_online, context, settings, table, options)

@@ -4,8 +4,8 @@ Three revisions: ``r1`` creates ``mig_items`` and ``mig_log``, ``r2`` adds a
 column to ``mig_items`` (an ACCESS EXCLUSIVE lock on PostgreSQL), ``r3``
 creates ``mig_extra``. Each revision appends (revision, pid) to ``mig_log``,
 so a test can see who applied what, and sleeps ``-x sleep_<rev>=SECONDS``
-first (to overlap processes or to be killed mid-way). ``-x`` options also set
-``lock_timeout``, ``lock_retries``, ``lock_wait``, ``retry_backoff``.
+first (to overlap processes or to be killed mid-way). ``-x lock_timeout=...``,
+``lock_retries``, ``lock_wait``, ``retry_backoff`` are read by ``run_migrations``.
 """
 
 from __future__ import annotations
@@ -24,14 +24,7 @@ from alembic import context
 from sqlalchemy_resilience.migrations import run_migrations
 
 fileConfig(context.config.config_file_name)
-x = context.get_x_argument(as_dictionary=True)
-options = {}
-for name in ("lock_timeout", "lock_wait", "retry_backoff"):
-    if name in x:
-        options[name] = None if x[name] == "none" else float(x[name])
-if "lock_retries" in x:
-    options["lock_retries"] = int(x["lock_retries"])
-run_migrations(None, **options)
+run_migrations(None)  # -x lock_timeout=... etc. are read by run_migrations
 """
 
 REVISION = '''

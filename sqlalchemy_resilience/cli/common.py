@@ -1,0 +1,69 @@
+"""What every command shares: exit codes, the one-line command error, URL and driver checks."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import URL, make_url
+
+__all__ = [
+    "EXIT_DRIVER_MISSING",
+    "EXIT_FAILED",
+    "EXIT_TEMPFAIL",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "CommandError",
+    "check_driver",
+    "parse_url",
+]
+
+#: A migration (or a check) failed.
+EXIT_FAILED = 1
+EXIT_USAGE = 64
+EXIT_UNAVAILABLE = 69
+EXIT_DRIVER_MISSING = 78
+#: Try again later: another instance is migrating, or a table lock was not obtained.
+EXIT_TEMPFAIL = 75
+
+# The extra that installs each driver the package supports.
+_EXTRAS = {"asyncpg": "asyncpg", "psycopg": "psycopg", "aiosqlite": "aiosqlite"}
+
+
+class CommandError(Exception):
+    """A failure of the command itself: printed as one line, exits with ``code``.
+
+    Example::
+
+        raise CommandError(EXIT_USAGE, "--timeout must be > 0 seconds, got 0")
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_url(text: str, what: str) -> URL:
+    try:
+        return make_url(text)
+    except Exception as exc:
+        raise CommandError(
+            EXIT_USAGE, f"{what} is not a SQLAlchemy URL ({type(exc).__name__})"
+        ) from None
+
+
+def check_driver(url: URL) -> None:
+    """A one-line error naming what to install when ``url``'s driver is missing."""
+    try:
+        dialect = url.get_dialect()
+        dialect.import_dbapi()
+    except ImportError as exc:
+        module = (getattr(exc, "name", None) or url.get_driver_name()).split(".")[0]
+        extra = _EXTRAS.get(module)
+        hint = f'pip install "sqlalchemy-resilience[{extra}]"' if extra else f"pip install {module}"
+        raise CommandError(
+            EXIT_DRIVER_MISSING,
+            f"the driver for {url.drivername} ({module}) is not installed: {hint}",
+        ) from None
+    except Exception as exc:  # an unknown dialect name
+        raise CommandError(
+            EXIT_USAGE, f"no SQLAlchemy dialect for {url.drivername!r} ({type(exc).__name__})"
+        ) from None

@@ -1,0 +1,233 @@
+"""``migrate`` and ``verify-migrations``: Alembic's upgrade and a checksum check, with one-line errors.
+
+``migrate URL`` runs ``alembic upgrade`` in-process on the project's
+alembic.ini (``-c``, default ``./alembic.ini``) against ``URL``, printing a
+line per revision with its time. The URL reaches ``env.py`` as
+``DATABASE_URL`` and as ``sqlalchemy.url``; it is never printed with its
+password. Exit codes: 0 done, 1 a migration failed, 64 usage, 69 the
+database could not be reached, 75 try again later (another instance kept
+migrating past ``--lock-wait``, or a table lock was not obtained within
+``lock_timeout``), 78 the driver is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+from sqlalchemy_resilience.migrations.runner import PROGRESS_ATTRIBUTE
+
+from .common import (
+    EXIT_FAILED,
+    EXIT_TEMPFAIL,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CommandError,
+    check_driver,
+    parse_url,
+)
+
+__all__ = ["add_migration_commands"]
+
+
+class _Progress:
+    """Prints each applied revision as a numbered line with its time (``run_migrations`` calls it)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.started = self._last = time.monotonic()
+
+    def __call__(self, step: Any) -> None:
+        now = time.monotonic()
+        self.count += 1
+        source = ",".join(step.source_revision_ids) or "base"
+        destination = ",".join(step.destination_revision_ids) or "base"
+        verb = "upgrade" if step.is_upgrade else "downgrade"
+        revision = step.up_revision
+        doc = f"  {revision.doc}" if revision is not None and revision.doc else ""
+        print(
+            f"  [{self.count}] {verb} {source} -> {destination}{doc}  ({now - self._last:.2f} s)",
+            flush=True,
+        )
+        self._last = now
+
+
+@contextlib.contextmanager
+def _environment(url: URL) -> Iterator[None]:
+    """``DATABASE_URL`` for ``env.py`` while the command runs."""
+    previous = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url.render_as_string(hide_password=False)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = previous
+
+
+def _config(path: str, url: URL, x: list[str]) -> Any:
+    from alembic.config import Config
+
+    if not Path(path).is_file():
+        raise CommandError(EXIT_USAGE, f"no Alembic config at {path} (give -c PATH/alembic.ini)")
+    config = Config(path, cmd_opts=argparse.Namespace(x=x))
+    # ConfigParser interpolates '%': a password containing one must be escaped.
+    config.set_main_option(
+        "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
+    )
+    return config
+
+
+def _exit_code_of(exc: BaseException) -> int:
+    from sqlalchemy_resilience.errors import DatabaseUnavailable, LockNotAvailable, translate_error
+    from sqlalchemy_resilience.migrations import MigrationLockTimeout
+
+    for candidate in (exc, exc.__cause__):
+        if candidate is None:
+            continue
+        if isinstance(candidate, MigrationLockTimeout | LockNotAvailable):
+            return EXIT_TEMPFAIL
+        if isinstance(translate_error(candidate), DatabaseUnavailable):
+            return EXIT_UNAVAILABLE
+    return EXIT_FAILED
+
+
+def _one_line(exc: BaseException, url: URL) -> str:
+    from sqlalchemy import exc as sa_exc
+
+    from sqlalchemy_resilience.errors import ResilienceError, translate_error
+    from sqlalchemy_resilience.errors.translate import describe
+
+    if isinstance(exc, ResilienceError | sa_exc.DBAPIError):
+        text = describe(translate_error(exc))
+    else:
+        lines = str(exc).strip().splitlines()
+        text = lines[0] if lines else type(exc).__name__
+    if url.password:
+        text = text.replace(str(url.password), "***")
+    return text
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from alembic import command
+    from alembic.util import CommandError as AlembicError
+
+    url = parse_url(args.url, "URL")
+    check_driver(url)
+    x = [
+        f"{name}={value}"
+        for name, value in (("lock_wait", args.lock_wait), ("lock_timeout", args.lock_timeout))
+        if value is not None
+    ]
+    config = _config(args.config, url, x)
+    shown = url.render_as_string(hide_password=True)
+    # With --sql, stdout is the SQL script: say what happens on stderr.
+    print(
+        f"migrating {shown} to {args.to}{' (SQL only)' if args.sql else ''}",
+        file=sys.stderr if args.sql else sys.stdout,
+    )
+    progress = _Progress()
+    config.attributes[PROGRESS_ATTRIBUTE] = progress
+    try:
+        with _environment(url):
+            command.upgrade(config, args.to, sql=args.sql)
+    except (AlembicError, Exception) as exc:  # every failure is one line
+        raise CommandError(_exit_code_of(exc), f"migration failed: {_one_line(exc, url)}") from None
+    took = time.monotonic() - progress.started
+    if args.sql:
+        pass
+    elif progress.count:
+        print(f"done: {progress.count} revision(s) applied in {took:.2f} s")
+    else:
+        print(
+            "done: nothing was applied (already at the target, or env.py does not use run_migrations)"
+        )
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from sqlalchemy_resilience.migrations import verify_migrations
+
+    url = parse_url(args.url, "URL")
+    check_driver(url)
+    config = _config(args.config, url, [])
+    try:
+        report = verify_migrations(config, url=url)
+    except Exception as exc:
+        raise CommandError(_exit_code_of(exc), f"could not verify: {_one_line(exc, url)}") from None
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "version_table": report.version_table,
+                    "applied": list(report.applied),
+                    "findings": [vars(f) | {"problem": f.is_problem} for f in report.findings],
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(
+            f"{len(report.applied)} revision(s) applied on {url.render_as_string(hide_password=True)}"
+        )
+        for finding in report.findings:
+            print(
+                f"  {'problem' if finding.is_problem else 'note'}: {finding.kind} {finding.revision}: {finding.detail}"
+            )
+        print(
+            "ok: every applied revision matches its file"
+            if report.ok
+            else f"{len(report.problems)} problem(s)"
+        )
+    return 0 if report.ok else EXIT_FAILED
+
+
+def add_migration_commands(sub: Any) -> None:
+    """Register ``migrate`` and ``verify-migrations`` on the command's subparsers."""
+    migrate = sub.add_parser(
+        "migrate",
+        help="apply Alembic migrations under the migration lock, a line per revision",
+        description=(
+            "Run `alembic upgrade` on the project's alembic.ini against URL. Exit codes: 0 done, "
+            "1 a migration failed, 64 usage, 69 unreachable, 75 try again later (lock), 78 driver missing."
+        ),
+    )
+    migrate.add_argument("url", help="a SQLAlchemy URL (the password is never printed)")
+    migrate.add_argument("--to", default="head", help="target revision (default head)")
+    migrate.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
+    migrate.add_argument(
+        "-c", "--config", default="alembic.ini", help="the Alembic config (default ./alembic.ini)"
+    )
+    migrate.add_argument(
+        "--lock-wait",
+        type=float,
+        help="seconds to wait for another instance (env.py with run_migrations)",
+    )
+    migrate.add_argument(
+        "--lock-timeout",
+        type=float,
+        help="lock_timeout per migration, seconds (env.py with run_migrations)",
+    )
+    migrate.set_defaults(func=_cmd_migrate)
+    verify = sub.add_parser(
+        "verify-migrations",
+        help="compare applied revisions with their files (edited, unknown, missing)",
+        description="Report revisions edited after they were applied. Exit 0 clean, 1 problems found.",
+    )
+    verify.add_argument("url", help="a SQLAlchemy URL (the password is never printed)")
+    verify.add_argument(
+        "-c", "--config", default="alembic.ini", help="the Alembic config (default ./alembic.ini)"
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=_cmd_verify)

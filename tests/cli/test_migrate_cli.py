@@ -1,0 +1,76 @@
+"""`sqlalchemy-resilience migrate` and `verify-migrations` on a throwaway project: lines, codes, no password."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sqlalchemy_resilience.cli import main
+from sqlalchemy_resilience.cli.common import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE
+from tests.migrations.project import write_project
+from tests.pgharness import PgServer
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    ini = write_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    return ini
+
+
+def test_migrate_prints_a_line_per_revision_then_verifies(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three numbered lines and a summary; a second run applies nothing; verify is clean, then finds an edit."""
+    url = f"sqlite:///{tmp_path / 'cli.sqlite'}"
+    assert main(["migrate", url]) == 0
+    out = capsys.readouterr().out
+    assert "  [1] upgrade base -> r1  r1" in out and "  [3] upgrade r2 -> r3  r3" in out
+    assert "done: 3 revision(s) applied" in out
+    assert main(["migrate", url]) == 0
+    assert "nothing was applied" in capsys.readouterr().out
+    assert main(["verify-migrations", url]) == 0
+    assert "ok: every applied revision matches its file" in capsys.readouterr().out
+    r1 = tmp_path / "migrations" / "versions" / "r1.py"
+    r1.write_text(r1.read_text() + "\n# changed\n")
+    assert main(["verify-migrations", url, "--json"]) == EXIT_FAILED
+    assert '"kind": "edited"' in capsys.readouterr().out
+    assert "DATABASE_URL" not in os.environ  # put back as it was
+
+
+def test_migrate_errors_are_one_line_without_the_password(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No config, an unreachable server (after the connect retries): one line each, documented codes."""
+    assert main(["migrate", "sqlite:///x.sqlite", "-c", "missing.ini"]) == EXIT_USAGE
+    assert capsys.readouterr().err.strip() == (
+        "sqlalchemy-resilience: no Alembic config at missing.ini (give -c PATH/alembic.ini)"
+    )
+    url = "postgresql+psycopg://app:s3cr3t-pw@127.0.0.1:1/app"
+    assert main(["migrate", url]) == EXIT_UNAVAILABLE
+    captured = capsys.readouterr()
+    assert "s3cr3t-pw" not in captured.out + captured.err
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("sqlalchemy-resilience: migration failed: DatabaseUnavailable")
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.postgresql
+def test_migrate_on_postgresql_with_the_sql_option(
+    project: Path, pg_server: PgServer, pg_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--sql prints the script (lock and timeouts included) on stdout; then a real run applies it."""
+    url = pg_server.app_url(pg_database, driver="psycopg").render_as_string(hide_password=False)
+    assert main(["migrate", url, "--sql"]) == 0
+    script = capsys.readouterr().out
+    assert (
+        script.lstrip().startswith("SELECT set_config('lock_timeout'")
+        and "pg_advisory_lock(" in script
+    )
+    assert main(["migrate", url, "--lock-timeout", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "done: 3 revision(s) applied" in captured.out
+    assert pg_server.app_password not in captured.out + captured.err
