@@ -75,6 +75,15 @@ def test_demo_shows_a_bulk_insert_with_progress_and_keyset_pages(
     assert "\x1b[" not in out  # no colour codes when the output is not a terminal
 
 
+def test_demo_shows_two_instances_migrating_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """One instance applies r1-r3 under the lock, the other applies nothing; verify sees an edit."""
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "applied r1, r2, r3" in out and "applied nothing (already at head)" in out
+    assert "verify_migrations: 3 revisions, checksums match" in out
+    assert "after editing r2.py: edited r2" in out
+
+
 def test_demo_on_postgresql_url(pg_server: PgServer, pg_database: str, pg_driver: str) -> None:
     """`demo --url` against the suite's PostgreSQL shows a QueryTimeout and never prints the password."""
     url = pg_server.app_url(pg_database, driver=pg_driver)
@@ -86,6 +95,7 @@ def test_demo_on_postgresql_url(pg_server: PgServer, pg_database: str, pg_driver
     path = "'copy'" if pg_driver == "asyncpg" else "'insertmanyvalues'"
     assert f"50,000 rows in 10 transactions by the {path} path" in text
     assert "InvalidCursor (signature)" in text
+    assert "applied r1, r2, r3" in text and "checksums match" in text
     assert pg_server.app_password not in text
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from sqlalchemy_resilience.cli import main
 from sqlalchemy_resilience.cli.common import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE
-from tests.migrations.project import write_project
+from sqlalchemy_resilience.cli.demo.migration_project import write_project
 from tests.pgharness import PgServer
 
 

@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import URL, Engine, make_url
 
+from sqlalchemy_resilience.cli.demo.migration_project import alembic, write_project
 from sqlalchemy_resilience.migrations import MigrationSettings, verify_migrations
 from sqlalchemy_resilience.schema import migration_checksums
-from tests.migrations.project import alembic, write_project
 from tests.pgharness import PgServer
 
 

@@ -296,7 +296,12 @@ def run_demo(
     from .batch import batch_tour
 
     batch_ok = asyncio.run(batch_tour(parsed, out))
-    return 0 if good == len(steps) and retry_ok and observe_ok and saga_ok and batch_ok else 1
+
+    from .migrations import migrations_tour
+
+    migrations_ok = migrations_tour(parsed, out)
+    parts_ok = retry_ok and observe_ok and saga_ok and batch_ok and migrations_ok
+    return 0 if good == len(steps) and parts_ok else 1
 
 
 def default_sqlite_url(directory: str | Path | None = None) -> URL:

@@ -1,4 +1,4 @@
-"""A throwaway Alembic project whose env.py is ``run_migrations``, for the migration tests.
+"""A throwaway Alembic project whose env.py is ``run_migrations``: the demo's, and the tests'.
 
 Three revisions: ``r1`` creates ``mig_items`` and ``mig_log``, ``r2`` adds a
 column to ``mig_items`` (an ACCESS EXCLUSIVE lock on PostgreSQL), ``r3``
@@ -16,6 +16,8 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Any
+
+__all__ = ["REVISIONS", "alembic", "write_project"]
 
 ENV_PY = """
 from logging.config import fileConfig
@@ -143,7 +145,7 @@ def write_project(root: Path) -> Path:
 
 
 def alembic(ini: Path, url: Any, *args: str, **x: Any) -> subprocess.Popen[str]:
-    """Start ``alembic -c ini [-x k=v ...] args...`` against ``url`` (passed in DATABASE_URL)."""
+    """Start ``alembic -c ini [-x k=v ...] args...`` against ``url`` (passed in DATABASE_URL, not argv)."""
     command = [sys.executable, "-m", "alembic", "-c", str(ini)]
     for key, value in x.items():
         command += ["-x", f"{key}={value}"]
@@ -153,6 +155,7 @@ def alembic(ini: Path, url: Any, *args: str, **x: Any) -> subprocess.Popen[str]:
         if hasattr(url, "render_as_string")
         else str(url),
     }
-    return subprocess.Popen(
+    # This interpreter running Alembic; arguments are the caller's, never a shell.
+    return subprocess.Popen(  # noqa: S603
         command + list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
