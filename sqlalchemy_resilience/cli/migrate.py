@@ -193,6 +193,27 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_FAILED
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from sqlalchemy_resilience.migrations import check_migrations
+
+    url = parse_url(args.url, "URL")
+    config = _config(args.config, url, [])
+    print(f"checking the migrations of {args.config} on {url.render_as_string(hide_password=True)}")
+    try:
+        report = check_migrations(
+            config, url=url, minimum_downgrade_revision=args.minimum_downgrade_revision
+        )
+    except ValueError as exc:
+        raise CommandError(EXIT_USAGE, str(exc)) from None
+    except Exception as exc:  # every failure is one line
+        raise CommandError(_exit_code_of(exc), f"could not check: {_one_line(exc, url)}") from None
+    print(f"  {len(report.revisions)} revision(s) walked up, down and up again")
+    for finding in report.findings:
+        print(f"  problem: {finding}")
+    print("ok: every check passed" if report.ok else f"{len(report.findings)} problem(s)")
+    return 0 if report.ok else EXIT_FAILED
+
+
 def add_migration_commands(sub: Any) -> None:
     """Register ``migrate`` and ``verify-migrations`` on the command's subparsers."""
     migrate = sub.add_parser(
@@ -231,3 +252,17 @@ def add_migration_commands(sub: Any) -> None:
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=_cmd_verify)
+    check = sub.add_parser(
+        "check-migrations",
+        help="walk every revision up, down and up again on an empty database; compare schemas",
+        description=(
+            "Single head, every upgrade and downgrade, no trace left by a downgrade, models = DDL. "
+            "URL must be an empty database of its own. Exit 0 clean, 1 problems, 64 not empty."
+        ),
+    )
+    check.add_argument("url", help="an empty database (async URLs run through the sync driver)")
+    check.add_argument(
+        "-c", "--config", default="alembic.ini", help="the Alembic config (default ./alembic.ini)"
+    )
+    check.add_argument("--minimum-downgrade-revision", help="do not downgrade below this revision")
+    check.set_defaults(func=_cmd_check)

@@ -2,11 +2,16 @@
 
 ``runner`` holds ``run_migrations`` (the body of an ``env.py``), ``lock`` the
 migration lock, ``checksums`` the record of applied revision files and the
-comparison behind ``verify_migrations`` (``verify``).
+comparison behind ``verify_migrations`` (``verify``), ``check`` the
+``check_migrations`` walk (up, down and up again, schemas compared).
 """
 
 from __future__ import annotations
 
+from .check import CheckFinding as CheckFinding
+from .check import CheckReport as CheckReport
+from .check import check_migrations as check_migrations
+from .check import schema_snapshot as schema_snapshot
 from .checksums import Finding as Finding
 from .checksums import VerifyReport as VerifyReport
 from .checksums import file_checksum as file_checksum
@@ -19,14 +24,18 @@ from .runner import run_migrations as run_migrations
 from .verify import verify_migrations as verify_migrations
 
 __all__ = [
+    "CheckFinding",
+    "CheckReport",
     "Finding",
     "LockInfo",
     "MigrationLockTimeout",
     "MigrationSettings",
     "VerifyReport",
+    "check_migrations",
     "file_checksum",
     "lock_key",
     "migration_lock",
     "run_migrations",
+    "schema_snapshot",
     "verify_migrations",
 ]

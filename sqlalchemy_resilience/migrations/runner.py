@@ -33,14 +33,14 @@ from typing import Any
 
 from sqlalchemy import MetaData, func, pool, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection, create_engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlalchemy_resilience._util.seconds import to_seconds
 from sqlalchemy_resilience.errors import LockNotAvailable, translate_error
 from sqlalchemy_resilience.errors.classify import build_error
 from sqlalchemy_resilience.retry import RetryPolicy
-from sqlalchemy_resilience.schema import create_migration_tables
+from sqlalchemy_resilience.schema import create_migration_tables, migration_checksums
 from sqlalchemy_resilience.transactions.sqlite import restore_busy_timeout, set_busy_timeout
 
 from .checksums import recorder
@@ -160,6 +160,26 @@ def _session_timeouts(connection: Connection, settings: MigrationSettings) -> It
             connection.commit()
 
 
+def _without_checksum_table(include_object: Callable[..., bool] | None) -> Callable[..., bool]:
+    """The app's ``include_object``, also hiding the checksum table from autogenerate.
+
+    The table lives beside the app's tables but not in its models; without
+    this, ``alembic check`` and ``--autogenerate`` would want to drop it.
+    """
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        if (
+            type_ == "table"
+            and name == migration_checksums.name
+            and reflected
+            and compare_to is None
+        ):
+            return False
+        return include_object(obj, name, type_, reflected, compare_to) if include_object else True
+
+    return include
+
+
 def _run_with_lock_retries(
     connection: Connection, run: Callable[[], None], settings: MigrationSettings
 ) -> None:
@@ -223,6 +243,7 @@ def _migrate(
             log.info("waited %.1fs for the migration lock", info.waited)
         if connection.in_transaction():
             connection.commit()
+        configure["include_object"] = _without_checksum_table(configure.pop("include_object", None))
         callbacks = list(configure.pop("on_version_apply", None) or ())
         progress = context.config.attributes.get(PROGRESS_ATTRIBUTE)
         if callable(progress):
@@ -340,7 +361,10 @@ def run_migrations(
     Args:
         target_metadata: the models' ``MetaData`` (for autogenerate and ``alembic check``).
         url: the database; default ``DATABASE_URL``, then ``sqlalchemy.url`` in alembic.ini.
-        connection: a connection to migrate on instead of connecting (tests, pytest-alembic).
+        connection: a connection to migrate on instead of connecting; without it,
+            ``config.attributes["connection"]`` (a Connection or an Engine) is used
+            when set -- Alembic's recipe for sharing a connection, and how
+            pytest-alembic hands over its test database.
         version_table: default ``version_table`` in alembic.ini, else ``alembic_version``.
         lock: take the migration lock (PostgreSQL advisory lock, SQLite file lock).
         lock_wait: how long to wait for another instance's migration (seconds or timedelta).
@@ -388,8 +412,15 @@ def run_migrations(
     if context.is_offline_mode():
         _offline(_database_url(url, config), context, settings, table, options)
         return
-    if connection is not None:
-        _online(connection, context, settings, table, options)
+    # Alembic's recipe for sharing a connection (and pytest-alembic's way in):
+    # config.attributes["connection"], a Connection or an Engine.
+    shared: Any = connection if connection is not None else config.attributes.get("connection")
+    if isinstance(shared, Engine):
+        with shared.connect() as conn:
+            _online(conn, context, settings, table, options)
+        return
+    if shared is not None:
+        _online(shared, context, settings, table, options)
         return
     database = _database_url(url, config)
     policy = connect_retry or DEFAULT_CONNECT_RETRY

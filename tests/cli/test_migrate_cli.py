@@ -41,14 +41,21 @@ def test_migrate_prints_a_line_per_revision_then_verifies(
     assert "DATABASE_URL" not in os.environ  # put back as it was
 
 
-def test_migrate_errors_are_one_line_without_the_password(
+def test_migrate_without_a_config_is_a_usage_error(
     project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No config, an unreachable server (after the connect retries): one line each, documented codes."""
+    """No alembic.ini: one line, exit 64."""
     assert main(["migrate", "sqlite:///x.sqlite", "-c", "missing.ini"]) == EXIT_USAGE
     assert capsys.readouterr().err.strip() == (
         "sqlalchemy-resilience: no Alembic config at missing.ini (give -c PATH/alembic.ini)"
     )
+
+
+@pytest.mark.postgresql
+def test_an_unreachable_server_is_one_line_without_the_password(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing listens on the port: connect retried, then exit 69 with one line, the password hidden."""
     url = "postgresql+psycopg://app:s3cr3t-pw@127.0.0.1:1/app"
     assert main(["migrate", url]) == EXIT_UNAVAILABLE
     captured = capsys.readouterr()
@@ -74,3 +81,25 @@ def test_migrate_on_postgresql_with_the_sql_option(
     captured = capsys.readouterr()
     assert "done: 3 revision(s) applied" in captured.out
     assert pg_server.app_password not in captured.out + captured.err
+
+
+def test_check_migrations_command(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Clean project: exit 0; a downgrade that leaves its table behind: exit 1 naming r3; not empty: 64."""
+    url = f"sqlite:///{tmp_path / 'check.sqlite'}"
+    assert main(["check-migrations", url]) == 0
+    assert "ok: every check passed" in capsys.readouterr().out
+    other = tmp_path / "trace"
+    ini = write_project(other, variant="trace")
+    assert (
+        main(["check-migrations", f"sqlite:///{other / 'db.sqlite'}", "-c", str(ini)])
+        == EXIT_FAILED
+    )
+    out = capsys.readouterr().out
+    assert "problem: round_trip at r3: the downgrade leaves a trace" in out
+    assert "table mig_extra is left behind" in out
+    assert main(["migrate", url]) == 0
+    capsys.readouterr()
+    assert main(["check-migrations", url]) == EXIT_USAGE
+    assert "needs an empty database; this one is at r3" in capsys.readouterr().err

@@ -17,17 +17,33 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REVISIONS", "alembic", "write_project"]
+__all__ = ["REVISIONS", "VARIANTS", "alembic", "write_project"]
 
 ENV_PY = """
 from logging.config import fileConfig
 
+import sqlalchemy as sa
 from alembic import context
 from sqlalchemy_resilience.migrations import run_migrations
 
-fileConfig(context.config.config_file_name)
-run_migrations(None)  # -x lock_timeout=... etc. are read by run_migrations
+# In-process runs (check_migrations, the migrate command's tests) share the
+# caller's logging: configure it without disabling the loggers that exist.
+fileConfig(context.config.config_file_name, disable_existing_loggers=False)
+
+# The models: what the three revisions build.
+metadata = sa.MetaData()
+sa.Table("mig_items", metadata, sa.Column("id", sa.Integer, primary_key=True),
+         sa.Column("name", sa.String(50)), sa.Column("note", sa.String(50)){drift})
+sa.Table("mig_log", metadata, sa.Column("revision", sa.String(10)), sa.Column("pid", sa.Integer))
+sa.Table("mig_extra", metadata, sa.Column("id", sa.Integer, primary_key=True))
+
+run_migrations(metadata)  # -x lock_timeout=... etc. are read by run_migrations
 """
+
+#: Faults a project can be written with, for the checks' tests: a downgrade
+#: that fails, one that leaves its table behind, a second head, and a model
+#: the migrations do not build.
+VARIANTS = ("broken_downgrade", "trace", "two_heads", "drift")
 
 REVISION = '''
 """{rev}"""
@@ -91,13 +107,30 @@ REVISIONS: list[tuple[str, str | None, str, str]] = [
 ]
 
 
-def write_project(root: Path) -> Path:
-    """Write the project under ``root``; returns the alembic.ini path."""
+def write_project(root: Path, *, variant: str | None = None) -> Path:
+    """Write the project under ``root`` (with one of :data:`VARIANTS`' faults); returns alembic.ini."""
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     scripts = root / "migrations"
     (scripts / "versions").mkdir(parents=True)
-    (scripts / "env.py").write_text(textwrap.dedent(ENV_PY))
+    drift = ', sa.Column("extra", sa.Integer)' if variant == "drift" else ""
+    (scripts / "env.py").write_text(ENV_PY.replace("{drift}", drift))
     (scripts / "script.py.mako").write_text("")
-    for rev, down, upgrade, downgrade in REVISIONS:
+    revisions = list(REVISIONS)
+    if variant == "broken_downgrade":
+        revisions[1] = ("r2", "r1", revisions[1][2], '    op.drop_column("mig_items", "nope")')
+    elif variant == "trace":
+        revisions[2] = ("r3", "r2", revisions[2][2], "    pass  # forgets to drop mig_extra")
+    elif variant == "two_heads":
+        revisions.append(
+            (
+                "r4",
+                "r2",
+                '    op.create_table("mig_other", sa.Column("id", sa.Integer, primary_key=True))',
+                '    op.drop_table("mig_other")',
+            )
+        )
+    for rev, down, upgrade, downgrade in revisions:
         (scripts / "versions" / f"{rev}.py").write_text(
             REVISION.format(rev=rev, down=down, upgrade=upgrade, downgrade=downgrade)
         )
