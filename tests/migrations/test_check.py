@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from sqlalchemy_resilience.cli.demo.migration_project import write_project
 from sqlalchemy_resilience.migrations.check import check_migrations
-from tests.pgharness import PgServer
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
-def scratch(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
-    """An empty database of the check's own: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield make_url(f"sqlite:///{tmp_path / 'check.sqlite'}")
-        return
-    server: PgServer = request.getfixturevalue("pg_server")
-    name = f"chk_{os.getpid()}_{time.monotonic_ns() % 10**9}"
-    server.create_database(name)
-    try:
-        yield server.app_url(name, driver="psycopg")
-    finally:
-        server.drop_database(name)
-
-
-def test_a_clean_project_passes_every_check(scratch: URL, tmp_path: Path) -> None:
+def test_a_clean_project_passes_every_check(database: URL, tmp_path: Path) -> None:
     """Single head, upgrade, models = DDL, downgrades run, and each revision round-trips exactly."""
-    report = check_migrations(str(write_project(tmp_path)), url=scratch)
+    report = check_migrations(str(write_project(tmp_path)), url=database)
     assert report.ok, [str(f) for f in report.findings]
     assert report.revisions == ("r1", "r2", "r3")
     report.assert_ok()
@@ -48,10 +29,10 @@ def test_a_clean_project_passes_every_check(scratch: URL, tmp_path: Path) -> Non
     ],
 )
 def test_each_planted_fault_is_found(
-    scratch: URL, tmp_path: Path, variant: str, check: str, revision: str | None, words: str
+    database: URL, tmp_path: Path, variant: str, check: str, revision: str | None, words: str
 ) -> None:
     """Exactly the check that should fail fails, naming the revision and the evidence."""
-    report = check_migrations(str(write_project(tmp_path, variant=variant)), url=scratch)
+    report = check_migrations(str(write_project(tmp_path, variant=variant)), url=database)
     assert [f.check for f in report.findings] == [check], [str(f) for f in report.findings]
     finding = report.findings[0]
     assert finding.revision == revision
@@ -60,17 +41,17 @@ def test_each_planted_fault_is_found(
         report.assert_ok()
 
 
-def test_a_database_that_is_not_empty_is_refused(scratch: URL, tmp_path: Path) -> None:
+def test_a_database_that_is_not_empty_is_refused(database: URL, tmp_path: Path) -> None:
     """The checks migrate from base and back: they refuse a database that is at a revision."""
     ini = str(write_project(tmp_path))
-    assert check_migrations(ini, url=scratch).ok
+    assert check_migrations(ini, url=database).ok
     from alembic import command
     from alembic.config import Config
 
     config = Config(ini)
     config.set_main_option(
-        "sqlalchemy.url", scratch.render_as_string(hide_password=False).replace("%", "%%")
+        "sqlalchemy.url", database.render_as_string(hide_password=False).replace("%", "%%")
     )
     command.upgrade(config, "r1")
     with pytest.raises(ValueError, match="needs an empty database; this one is at r1"):
-        check_migrations(ini, url=scratch)
+        check_migrations(ini, url=database)

@@ -7,33 +7,17 @@ import signal
 import statistics
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Engine
 
 from sqlalchemy_resilience.cli.demo.migration_project import alembic, write_project
 from sqlalchemy_resilience.migrations import MigrationSettings, verify_migrations
 from sqlalchemy_resilience.schema import migration_checksums
 from tests.pgharness import PgServer
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
-    """An empty database: a SQLite file, or a fresh PostgreSQL database (psycopg)."""
-    if request.param == "sqlite":
-        yield make_url(f"sqlite:///{tmp_path / 'migrate.sqlite'}")
-        return
-    server: PgServer = request.getfixturevalue("pg_server")
-    name = f"mig_{os.getpid()}_{time.monotonic_ns() % 10**9}"
-    server.create_database(name)
-    try:
-        yield server.app_url(name, driver="psycopg")
-    finally:
-        server.drop_database(name)
 
 
 def _engine(url: URL) -> Engine:

@@ -1,0 +1,28 @@
+"""An empty database per test, for the migration tests."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL, make_url
+
+from tests.pgharness import PgServer
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    """An empty database: a SQLite file, or a fresh PostgreSQL database (psycopg)."""
+    if request.param == "sqlite":
+        yield make_url(f"sqlite:///{tmp_path / 'migrate.sqlite'}")
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    name = f"mig_{os.getpid()}_{time.monotonic_ns() % 10**9}"
+    server.create_database(name)
+    try:
+        yield server.app_url(name, driver="psycopg")
+    finally:
+        server.drop_database(name)
