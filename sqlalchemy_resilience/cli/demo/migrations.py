@@ -12,6 +12,7 @@ and after a revision file is edited.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import re
 import tempfile
 from pathlib import Path
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy_resilience.migrations import verify_migrations
 from sqlalchemy_resilience.schema import migration_checksums
 
+from .migration_project import alembic as run_alembic
 from .migration_project import write_project
 
 __all__ = ["migrations_tour"]
@@ -72,9 +74,7 @@ def _drop(url: URL) -> None:
 
 def migrations_tour(url: URL, out: TextIO) -> bool:
     """Run the migrations part against ``url``; True when exactly one instance applied the revisions."""
-    try:
-        import alembic
-    except ImportError:
+    if importlib.util.find_spec("alembic") is None:
         print(
             "\nmigrations: skipped, Alembic is not installed "
             "(pip install 'sqlalchemy-resilience[alembic]')",
@@ -87,8 +87,8 @@ def migrations_tour(url: URL, out: TextIO) -> bool:
     ok = True
     with tempfile.TemporaryDirectory(prefix="sr-demo-migrations-") as folder:
         ini = write_project(Path(folder))
-        first = alembic(ini, url, "upgrade", "head", sleep_r1="1")
-        second = alembic(ini, url, "upgrade", "head")
+        first = run_alembic(ini, url, "upgrade", "head", sleep_r1="1")
+        second = run_alembic(ini, url, "upgrade", "head")
         results: list[tuple[int, str]] = []
         for process in (first, second):
             stdout, stderr = process.communicate(timeout=120)
