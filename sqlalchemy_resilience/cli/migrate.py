@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy_resilience.migrations.runner import PROGRESS_ATTRIBUTE
 
 from .common import (
+    EXIT_DRIVER_MISSING,
     EXIT_FAILED,
     EXIT_TEMPFAIL,
     EXIT_UNAVAILABLE,
@@ -214,6 +215,46 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_FAILED
 
 
+def _cmd_lint(args: argparse.Namespace) -> int:
+    from sqlalchemy_resilience.migrations.lint import (
+        DEFAULT_EXCLUDE,
+        SquawkMissing,
+        lint_migrations,
+    )
+
+    url = parse_url(args.url, "--url") if args.url else None
+    config = _config_only(args.config)
+    exclude = DEFAULT_EXCLUDE if args.all_rules is False else ()
+    try:
+        report = lint_migrations(
+            config, url=url, squawk=args.squawk, exclude=exclude, pg_version=args.pg_version
+        )
+    except SquawkMissing as exc:
+        raise CommandError(EXIT_DRIVER_MISSING, str(exc)) from None
+    except Exception as exc:  # every failure is one line
+        raise CommandError(
+            EXIT_FAILED, f"could not lint: {' '.join(str(exc).split())[:300]}"
+        ) from None
+    for revision in report.revisions:
+        mine = [f for f in report.findings if f.revision == revision]
+        print(f"{revision}: {'ok' if not mine else f'{len(mine)} finding(s)'}")
+        for finding in mine:
+            where = f" (line {finding.line})" if finding.line else ""
+            print(f"  {finding.rule}{where}: {finding.message}")
+            print(f"    {finding.statement}")
+    if report.silenced:
+        print(f"{len(report.silenced)} finding(s) silenced by lint: ignore[...] markers")
+    return 0 if report.ok else EXIT_FAILED
+
+
+def _config_only(path: str) -> Any:
+    from alembic.config import Config
+
+    if not Path(path).is_file():
+        raise CommandError(EXIT_USAGE, f"no Alembic config at {path} (give -c PATH/alembic.ini)")
+    return Config(path)
+
+
 def add_migration_commands(sub: Any) -> None:
     """Register ``migrate`` and ``verify-migrations`` on the command's subparsers."""
     migrate = sub.add_parser(
@@ -266,3 +307,21 @@ def add_migration_commands(sub: Any) -> None:
     )
     check.add_argument("--minimum-downgrade-revision", help="do not downgrade below this revision")
     check.set_defaults(func=_cmd_check)
+    lint = sub.add_parser(
+        "lint-migrations",
+        help="find unsafe operations in each revision (squawk, plus checks against the models)",
+        description=(
+            "Lint each revision's SQL (alembic upgrade --sql, PostgreSQL) with squawk and its "
+            "operations against the models. Exit 0 clean, 1 findings, 78 squawk not installed."
+        ),
+    )
+    lint.add_argument(
+        "-c", "--config", default="alembic.ini", help="the Alembic config (default ./alembic.ini)"
+    )
+    lint.add_argument("--url", help="a database to look at for the data checks (tables with rows)")
+    lint.add_argument("--squawk", help="the squawk binary (default: squawk on PATH)")
+    lint.add_argument("--pg-version", help="the PostgreSQL version squawk assumes, e.g. 15")
+    lint.add_argument(
+        "--all-rules", action="store_true", help="keep squawk's style and timeout rules too"
+    )
+    lint.set_defaults(func=_cmd_lint)

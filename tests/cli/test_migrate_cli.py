@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from sqlalchemy_resilience.cli import main
-from sqlalchemy_resilience.cli.common import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE
+from sqlalchemy_resilience.cli.common import (
+    EXIT_DRIVER_MISSING,
+    EXIT_FAILED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 from sqlalchemy_resilience.cli.demo.migration_project import write_project
 from tests.pgharness import PgServer
 
@@ -103,3 +109,21 @@ def test_check_migrations_command(
     capsys.readouterr()
     assert main(["check-migrations", url]) == EXIT_USAGE
     assert "needs an empty database; this one is at r3" in capsys.readouterr().err
+
+
+def test_lint_migrations_command(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Clean project: exit 0; the unsafe r4: exit 1 with rule, line and statement; no squawk: 78."""
+    if shutil.which("squawk") is None:
+        pytest.skip("squawk is not installed (pip install squawk-cli)")
+    assert main(["lint-migrations"]) == 0
+    assert "r3: ok" in capsys.readouterr().out
+    unsafe = write_project(tmp_path / "unsafe", variant="unsafe")
+    assert main(["lint-migrations", "-c", str(unsafe)]) == EXIT_FAILED
+    out = capsys.readouterr().out
+    assert "r4: 5 finding(s)" in out and "changing-column-type (line " in out
+    assert "CREATE INDEX ix_items_name ON mig_items (name)" in out
+    assert "1 finding(s) silenced" in out
+    assert main(["lint-migrations", "--squawk", str(tmp_path / "none")]) == EXIT_DRIVER_MISSING
+    assert "pip install squawk-cli" in capsys.readouterr().err

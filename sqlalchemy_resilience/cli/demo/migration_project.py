@@ -43,7 +43,7 @@ run_migrations(metadata)  # -x lock_timeout=... etc. are read by run_migrations
 #: Faults a project can be written with, for the checks' tests: a downgrade
 #: that fails, one that leaves its table behind, a second head, and a model
 #: the migrations do not build.
-VARIANTS = ("broken_downgrade", "trace", "two_heads", "drift")
+VARIANTS = ("broken_downgrade", "trace", "two_heads", "drift", "unsafe")
 
 REVISION = '''
 """{rev}"""
@@ -107,6 +107,17 @@ REVISIONS: list[tuple[str, str | None, str, str]] = [
 ]
 
 
+#: The "unsafe" variant's r4, for the linter: an index built without
+#: CONCURRENTLY on an existing table, a type change that rewrites it, an index
+#: the marker comment allows, a dropped column the models still map, and a NOT
+#: NULL column without a default.
+UNSAFE_UPGRADE = """    op.create_index("ix_items_name", "mig_items", ["name"])
+    op.alter_column("mig_items", "name", type_=sa.Text())
+    op.create_index("ix_items_note", "mig_items", ["note"])  # lint: ignore[require-concurrent-index-creation]
+    op.drop_column("mig_items", "note")
+    op.add_column("mig_items", sa.Column("code", sa.String(5), nullable=False))"""
+
+
 def write_project(root: Path, *, variant: str | None = None) -> Path:
     """Write the project under ``root`` (with one of :data:`VARIANTS`' faults); returns alembic.ini."""
     if variant is not None and variant not in VARIANTS:
@@ -130,6 +141,8 @@ def write_project(root: Path, *, variant: str | None = None) -> Path:
                 '    op.drop_table("mig_other")',
             )
         )
+    elif variant == "unsafe":
+        revisions.append(("r4", "r3", UNSAFE_UPGRADE, "    pass"))
     for rev, down, upgrade, downgrade in revisions:
         (scripts / "versions" / f"{rev}.py").write_text(
             REVISION.format(rev=rev, down=down, upgrade=upgrade, downgrade=downgrade)
