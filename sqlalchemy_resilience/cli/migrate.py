@@ -255,6 +255,20 @@ def _config_only(path: str) -> Any:
     return Config(path)
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from sqlalchemy_resilience.migrations import init_migrations
+
+    try:
+        ini = init_migrations(args.directory, ini=args.ini)
+    except FileExistsError as exc:
+        raise CommandError(EXIT_USAGE, str(exc)) from None
+    print(f"wrote {args.directory}/ (env.py runs run_migrations) and {ini}")
+    print(
+        f"next: set target_metadata in {args.directory}/env.py, then: alembic revision -m 'first'"
+    )
+    return 0
+
+
 def add_migration_commands(sub: Any) -> None:
     """Register ``migrate`` and ``verify-migrations`` on the command's subparsers."""
     migrate = sub.add_parser(
@@ -325,3 +339,13 @@ def add_migration_commands(sub: Any) -> None:
         "--all-rules", action="store_true", help="keep squawk's style and timeout rules too"
     )
     lint.set_defaults(func=_cmd_lint)
+    init = sub.add_parser(
+        "init-migrations",
+        help="create an Alembic environment whose env.py runs run_migrations",
+        description="Alembic's generic template with an env.py using sqlalchemy-resilience's run_migrations.",
+    )
+    init.add_argument("directory", help="the new migrations folder")
+    init.add_argument(
+        "--ini", default="alembic.ini", help="where to write the config (default ./alembic.ini)"
+    )
+    init.set_defaults(func=_cmd_init)

@@ -21,6 +21,7 @@ from .lock import lock_key as lock_key
 from .lock import migration_lock as migration_lock
 from .runner import MigrationSettings as MigrationSettings
 from .runner import run_migrations as run_migrations
+from .template import init_migrations as init_migrations
 from .verify import verify_migrations as verify_migrations
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "VerifyReport",
     "check_migrations",
     "file_checksum",
+    "init_migrations",
     "lock_key",
     "migration_lock",
     "run_migrations",

@@ -371,14 +371,13 @@ def check_migrations(
                     steps.check()
                 except Exception as exc:
                     detail = " ".join(str(exc).split())[:500]
-                    findings.append(
-                        CheckFinding(
-                            "model_ddl",
-                            None,
-                            "the models are out of sync with the migrated DDL",
-                            detail,
+                    message = "the models are out of sync with the migrated DDL"
+                    if "does not provide a MetaData" in detail:
+                        message = (
+                            "env.py gives no target_metadata, so the models cannot be "
+                            "compared (or pass model_check=False)"
                         )
-                    )
+                    findings.append(CheckFinding("model_ddl", None, message, detail))
         finally:
             with contextlib.suppress(Exception):
                 steps.downgrade("base")
