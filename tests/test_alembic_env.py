@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +67,34 @@ def test_missing_database_url_is_a_clear_error(tmp_path: Path) -> None:
     proc = _alembic("upgrade", "head", database_url=None, cwd=tmp_path)
     assert proc.returncode != 0
     assert "set DATABASE_URL" in proc.stderr + proc.stdout
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_the_repository_alembic_on_postgresql(pg_server: Any, driver: str) -> None:
+    """upgrade head, history, check, downgrade base and upgrade again through DATABASE_URL on PostgreSQL."""
+    name = f"repo_alembic_{driver}"
+    pg_server.create_database(name)
+    try:
+        url = pg_server.app_url(name, driver=driver).render_as_string(hide_password=False)
+        for command in (
+            ["upgrade", "head"],
+            ["history"],
+            ["check"],
+            ["downgrade", "base"],
+            ["upgrade", "head"],
+        ):
+            proc = _alembic(*command, database_url=url)
+            assert proc.returncode == 0, (command, proc.stderr + proc.stdout)
+            assert pg_server.app_password not in proc.stderr + proc.stdout
+    finally:
+        pg_server.drop_database(name)
+
+
+def test_the_package_revisions_round_trip(tmp_path: Path) -> None:
+    """check_migrations on the package's own revisions: each one up, down and up again, no trace."""
+    from sqlalchemy_resilience.migrations import check_migrations
+
+    report = check_migrations(str(ROOT / "alembic.ini"), url=f"sqlite:///{tmp_path / 'own.sqlite'}")
+    assert report.revisions[0] == "0001_idempotency_keys"
+    report.assert_ok()

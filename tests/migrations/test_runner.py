@@ -228,3 +228,40 @@ def test_waiting_longer_than_lock_wait_is_one_clear_line(database: URL, tmp_path
     assert code != 0 and "Traceback" not in out, out
     assert "FAILED: waited 0." in out and "for the migration lock" in out
     assert "raise lock_wait to wait longer" in out
+
+
+@pytest.mark.postgresql
+def test_create_index_concurrently_in_an_autocommit_block(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    """r4 builds an index CONCURRENTLY outside the transaction: applied under the lock and timeouts,
+    recorded, and the downgrade (also concurrent) works."""
+    name = f"mig_concurrent_{os.getpid()}"
+    pg_server.create_database(name)
+    url = pg_server.app_url(name, driver="psycopg")
+    ini = write_project(tmp_path, variant="concurrently")
+    engine = create_engine(url)
+    try:
+        code, out = _finish(alembic(ini, url, "upgrade", "head"))
+        assert code == 0, out
+        with engine.connect() as conn:
+            indexes = [i["name"] for i in inspect(conn).get_indexes("mig_items")]
+            assert "ix_items_name" in indexes
+            assert sorted(conn.execute(select(migration_checksums.c.revision)).scalars()) == [
+                "r1",
+                "r2",
+                "r3",
+                "r4",
+            ]
+            assert (
+                conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "r4"
+            )
+        code, out = _finish(alembic(ini, url, "downgrade", "r3"))
+        assert code == 0, out
+        with engine.connect() as conn:
+            assert "ix_items_name" not in [
+                i["name"] for i in inspect(conn).get_indexes("mig_items")
+            ]
+    finally:
+        engine.dispose()
+        pg_server.drop_database(name)

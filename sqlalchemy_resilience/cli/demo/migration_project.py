@@ -43,7 +43,7 @@ run_migrations(metadata)  # -x lock_timeout=... etc. are read by run_migrations
 #: Faults a project can be written with, for the checks' tests: a downgrade
 #: that fails, one that leaves its table behind, a second head, and a model
 #: the migrations do not build.
-VARIANTS = ("broken_downgrade", "trace", "two_heads", "drift", "unsafe")
+VARIANTS = ("broken_downgrade", "trace", "two_heads", "drift", "unsafe", "concurrently")
 
 REVISION = '''
 """{rev}"""
@@ -118,6 +118,14 @@ UNSAFE_UPGRADE = """    op.create_index("ix_items_name", "mig_items", ["name"])
     op.add_column("mig_items", sa.Column("code", sa.String(5), nullable=False))"""
 
 
+#: The "concurrently" variant's r4: an index built the safe way on PostgreSQL,
+#: outside the migration's transaction (Alembic's autocommit_block).
+CONCURRENT_UPGRADE = """    with op.get_context().autocommit_block():
+        op.create_index("ix_items_name", "mig_items", ["name"], postgresql_concurrently=True)"""
+CONCURRENT_DOWNGRADE = """    with op.get_context().autocommit_block():
+        op.drop_index("ix_items_name", table_name="mig_items", postgresql_concurrently=True)"""
+
+
 def write_project(root: Path, *, variant: str | None = None) -> Path:
     """Write the project under ``root`` (with one of :data:`VARIANTS`' faults); returns alembic.ini."""
     if variant is not None and variant not in VARIANTS:
@@ -143,6 +151,8 @@ def write_project(root: Path, *, variant: str | None = None) -> Path:
         )
     elif variant == "unsafe":
         revisions.append(("r4", "r3", UNSAFE_UPGRADE, "    pass"))
+    elif variant == "concurrently":
+        revisions.append(("r4", "r3", CONCURRENT_UPGRADE, CONCURRENT_DOWNGRADE))
     for rev, down, upgrade, downgrade in revisions:
         (scripts / "versions" / f"{rev}.py").write_text(
             REVISION.format(rev=rev, down=down, upgrade=upgrade, downgrade=downgrade)
