@@ -70,7 +70,7 @@ def test_missing_database_url_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgresql
-@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg", "psycopg_async"])
 def test_the_repository_alembic_on_postgresql(pg_server: Any, driver: str) -> None:
     """upgrade head, history, check, downgrade base and upgrade again through DATABASE_URL on PostgreSQL."""
     name = f"repo_alembic_{driver}"

@@ -150,7 +150,6 @@ def verify_connection(connection: Connection, script: Any, version_table: str) -
 
     context = MigrationContext.configure(connection, opts={"version_table": version_table})
     heads = context.get_current_heads()
-    applied, findings = _applied(script, heads)
     recorded: dict[str, tuple[str, str]] = {}
     if inspect(connection).has_table(migration_checksums.name):
         table = migration_checksums
@@ -160,6 +159,14 @@ def verify_connection(connection: Connection, script: Any, version_table: str) -
             )
         )
         recorded = {row.revision: (row.checksum, row.filename) for row in rows}
+    applied, unknown = _applied(script, heads)
+    # A head the scripts lack: its file was deleted if we recorded applying it.
+    findings = [
+        Finding("missing", f.revision, f"{recorded[f.revision][1]} is gone from the scripts")
+        if f.revision in recorded
+        else f
+        for f in unknown
+    ]
     for revision_id in applied:
         revision = script.get_revision(revision_id)
         path = getattr(revision, "path", None)
@@ -175,13 +182,16 @@ def verify_connection(connection: Connection, script: Any, version_table: str) -
             findings.append(
                 Finding("edited", revision_id, f"{Path(path).name} changed after it was applied")
             )
+    reported = {f.revision for f in findings}
     for revision_id, (_, filename) in recorded.items():
-        if revision_id in applied:
+        if revision_id in applied or revision_id in reported:
             continue
         try:
             script.get_revision(revision_id)
         except Exception:
             findings.append(Finding("missing", revision_id, f"{filename} is gone from the scripts"))
         else:
-            findings.append(Finding("stale", revision_id, "recorded but not applied"))
+            # With a head the scripts lack, what lies below it cannot be known.
+            if not unknown:
+                findings.append(Finding("stale", revision_id, "recorded but not applied"))
     return VerifyReport(version_table, tuple(applied), tuple(findings))

@@ -185,14 +185,19 @@ def test_verify_finds_edited_and_unknown_revisions(database: URL, tmp_path: Path
     report = verify_migrations(str(ini), url=database)
     assert [(f.kind, f.revision) for f in report.problems] == [("edited", "r2")]
     engine = _engine(database)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE alembic_version SET version_num = 'r9'"))
-    finally:
-        engine.dispose()
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'r9'"))
     report = verify_migrations(str(ini), url=database)
     assert ("unknown", "r9") in [(f.kind, f.revision) for f in report.problems]
     assert not report.ok
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'r3'"))
+    (tmp_path / "migrations" / "versions" / "r3.py").unlink()
+    report = verify_migrations(str(ini), url=database)
+    assert [(f.kind, f.revision, f.detail) for f in report.problems] == [
+        ("missing", "r3", "r3.py is gone from the scripts")
+    ]
+    engine.dispose()
 
 
 def test_offline_sql_takes_the_same_lock_and_timeouts(tmp_path: Path) -> None:
