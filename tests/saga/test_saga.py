@@ -239,8 +239,10 @@ async def test_crash_mid_saga_is_recovered_exactly_once(engine: AsyncEngine) -> 
             raise Crash  # after the external system applied it, before the log knew
         return result
 
+    # A lease long enough to still hold on a busy machine when the test asks
+    # (0.2 s expired before the second start under two busy CPU loops).
     saga = (
-        Saga("order", lease=0.2)
+        Saga("order", lease=2.0)
         .step("reserve", world.insert, compensate=world.delete)
         .step("charge", charge, compensate=world.call, external=True)
         .step("ship", world.insert, compensate=world.delete)
@@ -253,9 +255,9 @@ async def test_crash_mid_saga_is_recovered_exactly_once(engine: AsyncEngine) -> 
     # Still leased: a start of the same id says so instead of running it twice.
     with pytest.raises(sr.SagaInProgress) as busy:
         await saga.run(saga_id="ord-6", sessionmaker=Session)
-    assert 0 < busy.value.retry_after <= 0.2
+    assert 0 < busy.value.retry_after <= 2.0
     assert (await sr.recover_sagas(Session, [saga])).recovered == []
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(2.1)
     report = await sr.recover_sagas(Session, [saga])
     assert report.completed == ["ord-6"]
     assert world.calls == ["ord-6:charge", "ord-6:charge"]  # called twice, same key
