@@ -76,16 +76,17 @@ def _environment(url: URL) -> Iterator[None]:
             os.environ["DATABASE_URL"] = previous
 
 
-def _config(path: str, url: URL, x: list[str]) -> Any:
+def _config(path: str, url: URL | None = None, x: list[str] | None = None) -> Any:
     from alembic.config import Config
 
     if not Path(path).is_file():
         raise CommandError(EXIT_USAGE, f"no Alembic config at {path} (give -c PATH/alembic.ini)")
-    config = Config(path, cmd_opts=argparse.Namespace(x=x))
-    # ConfigParser interpolates '%': a password containing one must be escaped.
-    config.set_main_option(
-        "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
-    )
+    config = Config(path, cmd_opts=argparse.Namespace(x=x or []))
+    if url is not None:
+        # ConfigParser interpolates '%': a password containing one must be escaped.
+        config.set_main_option(
+            "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
+        )
     return config
 
 
@@ -223,7 +224,7 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     )
 
     url = parse_url(args.url, "--url") if args.url else None
-    config = _config_only(args.config)
+    config = _config(args.config)
     exclude = DEFAULT_EXCLUDE if args.all_rules is False else ()
     try:
         report = lint_migrations(
@@ -245,14 +246,6 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     if report.silenced:
         print(f"{len(report.silenced)} finding(s) silenced by lint: ignore[...] markers")
     return 0 if report.ok else EXIT_FAILED
-
-
-def _config_only(path: str) -> Any:
-    from alembic.config import Config
-
-    if not Path(path).is_file():
-        raise CommandError(EXIT_USAGE, f"no Alembic config at {path} (give -c PATH/alembic.ini)")
-    return Config(path)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:

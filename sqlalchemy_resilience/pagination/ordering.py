@@ -107,13 +107,11 @@ class Ordering:
 
     Attributes:
         keys: the sort keys, in order, forwards.
-        added: how many trailing keys were added as a tiebreaker.
         fingerprint: 8 bytes identifying the ordering's shape (expressions,
             directions, NULL handling); a cursor carries it.
     """
 
     keys: tuple[SortKey, ...]
-    added: int
     fingerprint: bytes
 
     def directed(self, backwards: bool) -> tuple[SortKey, ...]:
@@ -329,13 +327,12 @@ def ordering_of(stmt: Select[Any], dialect: Dialect, *, order_is_unique: bool = 
 
     for sort, ascending, nulls_last in parsed:
         add(sort, ascending, nulls_last)
-    given = len(keys)
     for column in _tiebreaker(stmt, targets, order_is_unique, sources):
         add(column, True, None)
     if not keys:
         raise ValueError("paginate needs an ORDER BY (or a table with a primary key to order by)")
     digest = hashlib.sha256("\x1f".join(k.describe() for k in keys).encode()).digest()
-    return Ordering(tuple(keys), len(keys) - given, digest[:8])
+    return Ordering(tuple(keys), digest[:8])
 
 
 # --- the keyset condition ------------------------------------------------------------

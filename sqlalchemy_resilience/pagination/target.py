@@ -72,8 +72,6 @@ def dialect_of(target: SyncTarget | AsyncTarget, stmt: Select[Any]) -> Dialect:
         target = target.sync_session
     if isinstance(target, Session):
         return target.get_bind(clause=stmt).dialect
-    if isinstance(target, AsyncConnection | AsyncEngine):
-        return target.dialect
     return target.dialect
 
 
