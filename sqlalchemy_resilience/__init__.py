@@ -20,6 +20,11 @@ from .batch import bulk_insert as bulk_insert
 from .batch import bulk_insert_sync as bulk_insert_sync
 from .batch import bulk_update as bulk_update
 from .batch import bulk_update_sync as bulk_update_sync
+from .deploy import PoolerReport as PoolerReport
+from .deploy import PoolerWarning as PoolerWarning
+from .deploy import check_pooler as check_pooler
+from .deploy import check_pooler_sync as check_pooler_sync
+from .deploy import pooler_safe_options as pooler_safe_options
 from .errors import AlreadyApplied as AlreadyApplied
 from .errors import AuthenticationFailed as AuthenticationFailed
 from .errors import CheckViolation as CheckViolation
@@ -42,6 +47,7 @@ from .errors import LockNotAvailable as LockNotAvailable
 from .errors import NotNullViolation as NotNullViolation
 from .errors import NotSupported as NotSupported
 from .errors import PermissionDenied as PermissionDenied
+from .errors import PoolerIncompatible as PoolerIncompatible
 from .errors import PoolExhausted as PoolExhausted
 from .errors import QueryTimeout as QueryTimeout
 from .errors import ReadOnlyServer as ReadOnlyServer
@@ -151,6 +157,9 @@ __all__ = [
     "PoolAutosizer",
     "PoolExhausted",
     "PoolMaintainer",
+    "PoolerIncompatible",
+    "PoolerReport",
+    "PoolerWarning",
     "QueryStats",
     "QueryTimeout",
     "ReadOnlyServer",
@@ -182,6 +191,8 @@ __all__ = [
     "bulk_insert_sync",
     "bulk_update",
     "bulk_update_sync",
+    "check_pooler",
+    "check_pooler_sync",
     "configure_sqlite",
     "create_batch_tables",
     "create_saga_tables",
@@ -198,6 +209,7 @@ __all__ = [
     "paginate_offset_sync",
     "paginate_sync",
     "pool_stats",
+    "pooler_safe_options",
     "recover_sagas",
     "recover_sagas_sync",
     "register_messages",

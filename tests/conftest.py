@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .pgharness import PgServer
 
-_PG_FIXTURES = {"pg_server", "pg_database", "pg_engine", "pg_driver", "fault_server"}
+_PG_FIXTURES = {"pg_server", "pg_database", "pg_engine", "pg_driver", "fault_server", "pgbouncer"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

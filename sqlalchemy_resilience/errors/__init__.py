@@ -29,6 +29,7 @@ from .hierarchy import LockNotAvailable as LockNotAvailable
 from .hierarchy import NotNullViolation as NotNullViolation
 from .hierarchy import NotSupported as NotSupported
 from .hierarchy import PermissionDenied as PermissionDenied
+from .hierarchy import PoolerIncompatible as PoolerIncompatible
 from .hierarchy import PoolExhausted as PoolExhausted
 from .hierarchy import QueryTimeout as QueryTimeout
 from .hierarchy import ReadOnlyServer as ReadOnlyServer
@@ -70,6 +71,7 @@ __all__ = [
     "NotSupported",
     "PermissionDenied",
     "PoolExhausted",
+    "PoolerIncompatible",
     "QueryTimeout",
     "ReadOnlyServer",
     "ReadOnlyTransaction",

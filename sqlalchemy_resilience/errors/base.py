@@ -281,6 +281,9 @@ class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
     """
 
     sqlalchemy_base: ClassVar[type[sa_exc.DBAPIError]] = sa_exc.DBAPIError
+    #: What a developer should change, for failures that are a setting, not a bug
+    #: or a transient fault; shown in the facts line, never in ``user_message``.
+    advice: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -379,9 +382,10 @@ class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
         """
         code = f" {self.code_label}" if self.code_label else ""
         retry = "retryable" if self.retryable else "not retryable"
+        advice = f"; {self.advice}" if self.advice else ""
         return (
             f"[sqlalchemy-resilience: {type(self).__name__}{code}{self._facts()}; "
-            f"{retry}; error id {self.error_id}]"
+            f"{retry}{advice}; error id {self.error_id}]"
         )
 
     def safe_text(self) -> str:

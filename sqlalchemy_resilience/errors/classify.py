@@ -117,6 +117,10 @@ _LIBPQ_CONNECT_STATES: tuple[tuple[str, str], ...] = (
     ('FATAL:  database "', "3D000"),
 )
 
+# The names asyncpg and psycopg give their own prepared statements; a user's
+# PREPARE keeps its plain InvalidStatement.
+_DRIVER_STATEMENT = re.compile(r'prepared statement "(?:__asyncpg_|_pg3_)')
+
 _SQLITE_TARGET = re.compile(r"constraint failed: (?:([\w$]+)\.)?([\w$]+)")
 
 
@@ -313,6 +317,8 @@ def classify(
             # asyncpg: a prepared plan went stale after DDL; SQLAlchemy has
             # already invalidated its caches, so one more run succeeds.
             rule = (e.DatabaseFailure, True)
+        if facts.sqlstate in ("26000", "42P05") and _DRIVER_STATEMENT.search(facts.primary_message):
+            rule = (e.PoolerIncompatible, False)
         if facts.sqlstate == "25006" and facts.server_read_only is False:
             # The server accepts writes: the application made this transaction
             # READ ONLY, and re-running it would fail the same way.

@@ -41,7 +41,8 @@ subclasses both, so no existing ``except`` clause stops matching::
             ├── InvalidData                   (DataError) class 22
             ├── InvalidStatement              (ProgrammingError) class 42
             │   ├── PermissionDenied          42501, SQLITE_READONLY
-            │   └── ReadOnlyTransaction       25006 in a transaction the application made READ ONLY
+            │   ├── ReadOnlyTransaction       25006 in a transaction the application made READ ONLY
+            │   └── PoolerIncompatible        26000 42P05 on a driver-named prepared statement
             ├── InsufficientResources         (OperationalError) class 53 but 53300, SQLITE_FULL
             └── StorageFailure                (OperationalError) class 58, XX001 XX002, SQLITE_IOERR
                                               SQLITE_CORRUPT SQLITE_NOTADB
@@ -326,3 +327,22 @@ class StorageFailure(DatabaseFailure, sa_exc.OperationalError):
 
     message_key = "storage_failure"
     sqlalchemy_base = sa_exc.OperationalError
+
+
+class PoolerIncompatible(InvalidStatement):
+    """A driver's prepared statement was missing or already there: a transaction-mode pooler.
+
+    ``prepared statement "__asyncpg_stmt_5__" does not exist`` (26000) or
+    ``prepared statement "_pg3_0" already exists`` (42P05): PgBouncer, RDS
+    Proxy or Supavisor in transaction (or statement) mode hands the server
+    session to another client between transactions, and the driver's
+    session-level prepared statements go with it. A setting, not a transient
+    fault: not retried. Create the engine with
+    :func:`~sqlalchemy_resilience.pooler_safe_options` (asyncpg: statement
+    caches off, unnamed statements; psycopg: ``prepare_threshold=None``).
+    """
+
+    advice = (
+        "a transaction-mode pooler (PgBouncer, RDS Proxy, Supavisor) is in the path: "
+        "create the engine with sqlalchemy_resilience.pooler_safe_options(url)"
+    )

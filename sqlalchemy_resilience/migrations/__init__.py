@@ -17,6 +17,7 @@ from .checksums import VerifyReport as VerifyReport
 from .checksums import file_checksum as file_checksum
 from .lock import LockInfo as LockInfo
 from .lock import MigrationLockTimeout as MigrationLockTimeout
+from .lock import MigrationThroughPooler as MigrationThroughPooler
 from .lock import lock_key as lock_key
 from .lock import migration_lock as migration_lock
 from .runner import MigrationSettings as MigrationSettings
@@ -31,6 +32,7 @@ __all__ = [
     "LockInfo",
     "MigrationLockTimeout",
     "MigrationSettings",
+    "MigrationThroughPooler",
     "VerifyReport",
     "check_migrations",
     "file_checksum",

@@ -29,12 +29,38 @@ from sqlalchemy.engine import Connection
 
 from sqlalchemy_resilience.errors import ResilienceError
 
-__all__ = ["LockInfo", "MigrationLockTimeout", "lock_key", "migration_lock"]
+__all__ = [
+    "LockInfo",
+    "MigrationLockTimeout",
+    "MigrationThroughPooler",
+    "lock_key",
+    "migration_lock",
+]
 
 log = logging.getLogger("sqlalchemy_resilience.migrations")
 
 _POLL_FIRST = 0.05
 _POLL_MAX = 1.0
+
+
+class MigrationThroughPooler(ResilienceError, RuntimeError):
+    """Refused: migrating through a transaction-mode pooler, where the lock would not hold.
+
+    The migration lock is a session-level advisory lock and the timeouts are
+    session settings; a transaction pooler (PgBouncer, RDS Proxy, Supavisor)
+    hands the server session to other clients between transactions, so the
+    lock would protect nothing and the settings would leak. Migrate through a
+    direct URL or a session-mode pool (``lock=False`` opts out of the lock and this check).
+
+    Example::
+
+        try:
+            run_migrations(target_metadata)
+        except MigrationThroughPooler:
+            sys.exit("set DATABASE_URL to the server, not the pooler, for migrations")
+    """
+
+    message_key = "service_unavailable"
 
 
 class MigrationLockTimeout(ResilienceError, TimeoutError):

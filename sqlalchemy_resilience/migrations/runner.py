@@ -37,6 +37,7 @@ from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlalchemy_resilience._util.seconds import to_seconds
+from sqlalchemy_resilience.deploy import check_pooler_sync
 from sqlalchemy_resilience.errors import LockNotAvailable, translate_error
 from sqlalchemy_resilience.errors.classify import build_error
 from sqlalchemy_resilience.retry import RetryPolicy
@@ -44,7 +45,7 @@ from sqlalchemy_resilience.schema import create_migration_tables, migration_chec
 from sqlalchemy_resilience.transactions.sqlite import restore_busy_timeout, set_busy_timeout
 
 from .checksums import recorder
-from .lock import LockInfo, MigrationLockTimeout, lock_key, migration_lock
+from .lock import LockInfo, MigrationLockTimeout, MigrationThroughPooler, lock_key, migration_lock
 
 __all__ = ["DEFAULT_CONNECT_RETRY", "PROGRESS_ATTRIBUTE", "MigrationSettings", "run_migrations"]
 
@@ -228,6 +229,24 @@ def _online(
         from alembic.util import CommandError
 
         raise CommandError(f"{exc.args[0]}; raise lock_wait to wait longer") from exc
+    except MigrationThroughPooler as exc:
+        from alembic.util import CommandError
+
+        raise CommandError(str(exc.args[0])) from exc
+
+
+def _refuse_transaction_pooler(connection: Connection) -> None:
+    """Stop before a session-level lock that a transaction pooler would hand to someone else."""
+    if connection.in_transaction():
+        connection.commit()
+    report = check_pooler_sync(connection.engine, warn=False)
+    if report.transaction_pooling:
+        raise MigrationThroughPooler(
+            "refusing to migrate through a transaction-mode pooler (PgBouncer, RDS Proxy, "
+            "Supavisor): the migration lock and the session's lock_timeout would stay on a "
+            "server session the pooler hands to other clients. Point DATABASE_URL (or -x url) "
+            "for migrations at the server itself or at a session-mode pool"
+        )
 
 
 def _migrate(
@@ -237,6 +256,8 @@ def _migrate(
     version_table: str,
     configure: dict[str, Any],
 ) -> None:
+    if settings.lock and connection.dialect.name == "postgresql":
+        _refuse_transaction_pooler(connection)
     lock = migration_lock(connection, version_table=version_table, wait=settings.wait_seconds)
     with lock if settings.lock else contextlib.nullcontext(LockInfo("none", 0.0)) as info:
         if info.waited >= 0.1:

@@ -146,7 +146,9 @@ class PlanExplainer:
         try:
             cursor = dbapi_connection.cursor()
             try:
-                cursor.execute("SET statement_timeout = 5000")
+                # LOCAL: the setting ends with the transaction rolled back below,
+                # even where a transaction-mode pooler hands this server session on.
+                cursor.execute("SET LOCAL statement_timeout = 5000")
                 # The application's own statement text with its bound
                 # parameters still bound; only a fixed keyword is prepended.
                 cursor.execute(_EXPLAIN_PREFIX + statement, parameters)

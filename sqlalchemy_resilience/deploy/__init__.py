@@ -1,0 +1,23 @@
+"""Production deployments: transaction-mode poolers, failover, rotating credentials, liveness, replicas."""
+
+from __future__ import annotations
+
+from .pooler import PoolerReport as PoolerReport
+from .pooler import PoolerWarning as PoolerWarning
+from .pooler import PoolMode as PoolMode
+from .pooler import check_pooler as check_pooler
+from .pooler import check_pooler_sync as check_pooler_sync
+from .pooler import keeps_prepared_statements as keeps_prepared_statements
+from .pooler import pooler_safe_options as pooler_safe_options
+from .pooler import unnamed_statement as unnamed_statement
+
+__all__ = [
+    "PoolMode",
+    "PoolerReport",
+    "PoolerWarning",
+    "check_pooler",
+    "check_pooler_sync",
+    "keeps_prepared_statements",
+    "pooler_safe_options",
+    "unnamed_statement",
+]
