@@ -76,11 +76,13 @@ from .pagination import paginate_offset_sync as paginate_offset_sync
 from .pagination import paginate_sync as paginate_sync
 from .pool import AutosizeDecision as AutosizeDecision
 from .pool import HealthReport as HealthReport
+from .pool import IdlePing as IdlePing
 from .pool import MaintenanceReport as MaintenanceReport
 from .pool import PoolAutosizer as PoolAutosizer
 from .pool import PoolMaintainer as PoolMaintainer
 from .pool import ResizeResult as ResizeResult
 from .pool import health_check as health_check
+from .pool import ping_idle_connections as ping_idle_connections
 from .pool import pool_stats as pool_stats
 from .pool import resize_pool as resize_pool
 from .pool import warm_up as warm_up
@@ -141,6 +143,7 @@ __all__ = [
     "ExclusionViolation",
     "ForeignKeyViolation",
     "HealthReport",
+    "IdlePing",
     "Instrumentation",
     "InsufficientResources",
     "InvalidCursor",
@@ -208,6 +211,7 @@ __all__ = [
     "paginate_offset",
     "paginate_offset_sync",
     "paginate_sync",
+    "ping_idle_connections",
     "pool_stats",
     "pooler_safe_options",
     "recover_sagas",

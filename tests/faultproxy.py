@@ -8,7 +8,9 @@ Toxics: ``latency`` (+ jitter, per chunk, order kept), ``bandwidth`` (a
 per-chunk delay of size/rate), ``slice_bytes``/``slice_delay`` (the slicer), ``blackhole`` (stop forwarding, keep sockets open), ``reset_peer``
 (RST every connection), ``limit_data`` (close a connection after N bytes from
 the server), ``down`` / ``up`` (listener closed: connects are refused),
-``deaf`` (a listener that never accepts: connects hang) and the
+``deaf`` (a listener that never accepts: connects hang), ``forget_flows``
+(a NAT timeout: the connections open now are silently dropped both ways,
+sockets left open, new connections work) and the
 PostgreSQL-aware ``swallow_commit_reply`` (forward ``COMMIT`` to the server,
 then reset the client instead of passing the server's reply on) and
 ``garble_messages`` / ``garble_commit`` (send the next N frontend messages, or
@@ -56,6 +58,8 @@ class FaultProxy:
         self._server: asyncio.base_events.Server | None = None
         self._deaf: socket.socket | None = None
         self._conns: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._states: dict[tuple[asyncio.StreamWriter, asyncio.StreamWriter], dict[str, bool]] = {}
+        self.forgotten = 0
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port: int = probe.getsockname()[1]
@@ -84,6 +88,13 @@ class FaultProxy:
     def deaf(self) -> None:
         """Listen but never accept: new connects hang (existing ones are closed)."""
         self._call(self._make_deaf)
+
+    def forget_flows(self) -> int:
+        """A NAT forgets its mappings: every open connection goes silent both ways, no RST.
+
+        Returns how many connections were forgotten; new connections are unaffected.
+        """
+        return int(self._call(self._forget))
 
     def reset_peer(self) -> None:
         """Reset (RST) every open connection."""
@@ -147,6 +158,12 @@ class FaultProxy:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _forget(self) -> int:
+        for state in self._states.values():
+            state["forgotten"] = True
+        self.forgotten += len(self._states)
+        return len(self._states)
+
     async def _reset_all(self) -> None:
         for client, upstream in list(self._conns):
             for writer in (client, upstream):
@@ -163,7 +180,8 @@ class FaultProxy:
         pair = (writer, up_writer)
         self._conns.add(pair)
         # per connection: drop the server's replies; the server said ReadyForQuery
-        muted: dict[str, bool] = {"server": False, "ready": False}
+        muted: dict[str, bool] = {"server": False, "ready": False, "forgotten": False}
+        self._states[pair] = muted
         to_server = asyncio.ensure_future(self._client_to_server(reader, up_writer, writer, muted))
         to_client = asyncio.ensure_future(self._server_to_client(up_reader, writer, muted))
         try:
@@ -172,6 +190,7 @@ class FaultProxy:
             for task in (to_server, to_client):
                 task.cancel()
             self._conns.discard(pair)
+            self._states.pop(pair, None)
             for w in (writer, up_writer):
                 with contextlib.suppress(Exception):
                     w.close()
@@ -200,6 +219,8 @@ class FaultProxy:
             body = await reader.readexactly(length - 4)
             while self.blackhole:  # noqa: ASYNC110 - a toxic flipped from another thread
                 await asyncio.sleep(0.01)
+            if muted["forgotten"]:
+                continue  # the NAT drops it
             swallow = (
                 self.swallow_commit_reply
                 and header[:1] == b"Q"
@@ -237,7 +258,7 @@ class FaultProxy:
             chunk = await up.read(65536)
             if not chunk:
                 return
-            if muted["server"]:
+            if muted["server"] or muted["forgotten"]:
                 continue
             if not muted["ready"] and b"Z\x00\x00\x00\x05" in chunk:
                 muted["ready"] = True

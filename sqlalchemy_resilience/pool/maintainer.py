@@ -32,11 +32,13 @@ from sqlalchemy_resilience.errors.translate import describe, translate_error
 from .control import int_option, queue_pool_of
 from .monitor import PoolMonitor
 
-__all__ = ["MaintenanceReport", "PoolMaintainer"]
+__all__ = ["ALIVE_AT_KEY", "MaintenanceReport", "PoolMaintainer"]
 
 _log = logging.getLogger("sqlalchemy_resilience.pool")
 _JITTER_KEY = "sqlalchemy_resilience.recycle_jitter"
-_PINGED_KEY = "sqlalchemy_resilience.pinged"
+#: ``record.info`` key: when the connection was last known alive (``time.time()``):
+#: a keepalive ping here, a checkin or a liveness ping in :mod:`.liveness`.
+ALIVE_AT_KEY = "sqlalchemy_resilience.pinged"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +191,7 @@ class PoolMaintainer(Background):
             if now - record.starttime >= self.recycle - jitter:
                 self._replace(record, None)
                 return (0, 1, 0)
-        if self.keepalive is not None and now - info.get(_PINGED_KEY, record.starttime) >= (
+        if self.keepalive is not None and now - info.get(ALIVE_AT_KEY, record.starttime) >= (
             self.keepalive
         ):
             try:
@@ -200,7 +202,7 @@ class PoolMaintainer(Background):
             if not alive:
                 self._replace(record, None)
                 return (1, 1, 1)
-            info[_PINGED_KEY] = time.time()
+            info[ALIVE_AT_KEY] = time.time()
             return (1, 0, 0)
         return (0, 0, 0)
 

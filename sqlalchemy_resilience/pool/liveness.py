@@ -1,0 +1,237 @@
+"""Ping only what may be dead: a pre-ping for connections idle longer than a threshold.
+
+SQLAlchemy's ``pool_pre_ping=True`` pays a round trip at every checkout. A
+connection returned a moment ago is as alive as one can know; the ones at
+risk are those that sat idle long enough for a NAT, a firewall, a pooler's
+``server_idle_timeout`` or a failover to drop them. :class:`IdlePing` pings a
+connection at checkout only when it has been idle (since its last checkin, or
+the last keepalive ping of a :class:`~sqlalchemy_resilience.PoolMaintainer`)
+for ``after`` seconds, with a ``timeout``: a silently dropped flow (no RST,
+no reply) would otherwise hang the request until TCP gives up, minutes later.
+
+A failed ping raises :class:`sqlalchemy.exc.DisconnectionError` from the pool's
+``checkout`` event, which is SQLAlchemy's own way to say "this one is dead":
+the pool discards it and hands out a fresh connection, and the request never
+sees an error. The ping itself is the cheapest statement each driver has:
+asyncpg's simple-query ``execute`` (no prepared statement, safe behind a
+transaction pooler), psycopg's ``execute(..., prepare=False)`` in autocommit,
+and SQLAlchemy's ``do_ping`` for other drivers. The timeout holds on asyncpg
+and psycopg (async: ``asyncio.wait_for``; sync: the socket is shut down when it
+expires); other drivers ping without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_only
+
+from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
+from sqlalchemy_resilience.core.engines import sync_engine
+
+from .maintainer import ALIVE_AT_KEY
+
+__all__ = ["IdlePing", "ping_idle_connections"]
+
+_log = logging.getLogger("sqlalchemy_resilience.pool")
+
+
+def _shutdown(fd: int) -> None:
+    """Shut the connection's socket down from another thread: its blocked read returns EOF."""
+    with contextlib.suppress(OSError):
+        dup = socket.socket(fileno=os.dup(fd))
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
+
+
+async def _bounded(ping: Coroutine[Any, Any, Any], timeout: float, kill: Callable[[], Any]) -> None:
+    """Await ``ping`` for at most ``timeout`` seconds; then kill the connection and raise.
+
+    Killing the transport first makes the ping fail at once; cancelling it
+    instead would wait for the driver's cancel protocol on a silent socket.
+    """
+    task = asyncio.ensure_future(ping)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if done:
+        task.result()
+        return
+    kill()
+    with contextlib.suppress(Exception):  # the killed ping's own error
+        await asyncio.wait_for(task, timeout)
+    raise TimeoutError(f"no reply to the liveness ping within {timeout}s")
+
+
+class IdlePing:
+    """Pings a connection at checkout when it has been idle for ``after`` seconds.
+
+    Created by :func:`ping_idle_connections`; ``detach()`` removes its listeners.
+
+    Attributes:
+        checkouts: checkouts seen.
+        pinged: pings sent (connections idle long enough).
+        dead: pings that failed or timed out (each connection discarded and
+            replaced before the request got it).
+
+    Example::
+
+        liveness = ping_idle_connections(engine, after=30, timeout=2)
+        ...
+        print(liveness.pinged, liveness.dead)
+        liveness.detach()
+    """
+
+    def __init__(self, engine: Engine | AsyncEngine, *, after: float, timeout: float) -> None:
+        self.engine = sync_engine(engine)
+        self.after = after
+        self.timeout = timeout
+        self.checkouts = 0
+        self.pinged = 0
+        self.dead = 0
+        self._ping = self._pinger()
+        self._hooks: tuple[tuple[str, Callable[..., None]], ...] = (
+            ("connect", self._on_connect),
+            ("checkin", self._on_checkin),
+            ("checkout", self._on_checkout),
+        )
+        for name, fn in self._hooks:
+            event.listen(self.engine, name, fn)
+
+    def _pinger(self) -> Callable[[Any], None]:
+        dialect = self.engine.dialect
+        driver = dialect.driver
+        timeout = self.timeout
+        if driver == "asyncpg":
+
+            def ping_asyncpg(dbapi_connection: Any) -> None:
+                raw = dbapi_connection.driver_connection
+                await_only(_bounded(raw.execute("SELECT 1"), timeout, raw.terminate))
+
+            return ping_asyncpg
+        if driver == "psycopg" and dialect.is_async:
+
+            def ping_psycopg_async(dbapi_connection: Any) -> None:
+                raw = dbapi_connection.driver_connection
+
+                async def ping() -> None:
+                    was = raw.autocommit
+                    if not was:
+                        await raw.set_autocommit(True)
+                    await raw.execute("SELECT 1", prepare=False)
+                    if not was:
+                        await raw.set_autocommit(False)
+
+                await_only(_bounded(ping(), timeout, lambda: _shutdown(raw.pgconn.socket)))
+
+            return ping_psycopg_async
+        if driver == "psycopg":
+
+            def ping_psycopg(dbapi_connection: Any) -> None:
+                raw = dbapi_connection.driver_connection
+                timer = threading.Timer(timeout, _shutdown, (raw.pgconn.socket,))
+                timer.daemon = True
+                was = raw.autocommit
+                timer.start()
+                try:
+                    if not was:
+                        raw.autocommit = True
+                    raw.execute("SELECT 1", prepare=False)
+                    if not was:
+                        raw.autocommit = False
+                finally:
+                    timer.cancel()
+
+            return ping_psycopg
+
+        def ping_any(dbapi_connection: Any) -> None:
+            if not dialect.do_ping(dbapi_connection):
+                raise sa_exc.DisconnectionError("ping returned False")
+
+        return ping_any
+
+    # -- pool events -----------------------------------------------------
+
+    def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
+        record.info[ALIVE_AT_KEY] = time.time()
+
+    def _on_checkin(self, dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:
+            record.info[ALIVE_AT_KEY] = time.time()
+
+    def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        self.checkouts += 1
+        now = time.time()
+        if now - record.info.get(ALIVE_AT_KEY, record.starttime) < self.after:
+            return
+        self.pinged += 1
+        try:
+            self._ping(dbapi_connection)
+        except Exception as exc:
+            self.dead += 1
+            _log.info(
+                "sqlalchemy_resilience: a connection idle %.0fs failed its ping (%s); replaced",
+                now - record.info.get(ALIVE_AT_KEY, record.starttime),
+                type(exc).__name__,
+            )
+            # The pool's own signal: invalidate this connection, check out another.
+            raise sa_exc.DisconnectionError(
+                f"idle connection failed its liveness ping: {type(exc).__name__}"
+            ) from exc
+        record.info[ALIVE_AT_KEY] = time.time()
+
+    def detach(self) -> None:
+        """Remove the listeners (idempotent)."""
+        for name, fn in self._hooks:
+            if event.contains(self.engine, name, fn):
+                event.remove(self.engine, name, fn)
+
+
+def ping_idle_connections(
+    engine: Engine | AsyncEngine,
+    *,
+    after: Seconds = 30.0,
+    timeout: Seconds = 5.0,
+) -> IdlePing:
+    """Ping a connection at checkout only when it has been idle ``after`` seconds or more.
+
+    The cheap alternative to ``pool_pre_ping=True`` (a round trip at every
+    checkout): a connection used within the last ``after`` seconds is handed
+    out as is; an older one is pinged first, with ``timeout``, and replaced by
+    a fresh connection when the ping fails, before the request gets it. A
+    :class:`~sqlalchemy_resilience.PoolMaintainer` keepalive ping counts as use.
+
+    Args:
+        engine: an ``Engine`` or ``AsyncEngine`` (its own settings are left alone).
+        after: seconds of idleness after which a connection is pinged; set it
+            below the shortest idle timeout on the path (NAT, load balancer,
+            ``server_idle_timeout`` of a pooler).
+        timeout: seconds a ping may take before the connection counts as dead
+            (asyncpg and psycopg; other drivers ping without a timeout).
+
+    Returns:
+        The :class:`IdlePing` (counters, ``detach()``).
+
+    Raises:
+        ValueError: ``after`` or ``timeout`` not positive.
+
+    Example::
+
+        engine = create_async_engine(url, pool_size=10)
+        ping_idle_connections(engine, after=30, timeout=2)
+    """
+    after_s = to_seconds("after", after, allow_zero=False)
+    timeout_s = to_seconds("timeout", timeout, allow_zero=False)
+    return IdlePing(engine, after=after_s, timeout=timeout_s)
