@@ -20,11 +20,14 @@ from .batch import bulk_insert as bulk_insert
 from .batch import bulk_insert_sync as bulk_insert_sync
 from .batch import bulk_update as bulk_update
 from .batch import bulk_update_sync as bulk_update_sync
+from .deploy import Credential as Credential
+from .deploy import PasswordProvider as PasswordProvider
 from .deploy import PoolerReport as PoolerReport
 from .deploy import PoolerWarning as PoolerWarning
 from .deploy import check_pooler as check_pooler
 from .deploy import check_pooler_sync as check_pooler_sync
 from .deploy import pooler_safe_options as pooler_safe_options
+from .deploy import use_password_provider as use_password_provider
 from .errors import AlreadyApplied as AlreadyApplied
 from .errors import AuthenticationFailed as AuthenticationFailed
 from .errors import CheckViolation as CheckViolation
@@ -135,6 +138,7 @@ __all__ = [
     "CommitOutcomeUnknown",
     "ConnectionLost",
     "ConstraintViolation",
+    "Credential",
     "DatabaseFailure",
     "DatabaseNotFound",
     "DatabaseUnavailable",
@@ -156,6 +160,7 @@ __all__ = [
     "NotSupported",
     "OffsetPage",
     "Page",
+    "PasswordProvider",
     "PermissionDenied",
     "PoolAutosizer",
     "PoolExhausted",
@@ -224,5 +229,6 @@ __all__ = [
     "transaction",
     "transaction_sync",
     "translate_error",
+    "use_password_provider",
     "warm_up",
 ]

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import logging
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["database_and_host", "pool_status", "safe_url", "secrets_of", "sync_engine"]
+__all__ = [
+    "database_and_host",
+    "pool_status",
+    "register_secrets",
+    "safe_url",
+    "secrets_of",
+    "sync_engine",
+]
+
+# Secrets an engine uses that its URL does not show (a password provider's
+# current token), by engine; read when a record is redacted.
+_SECRET_SOURCES: weakref.WeakKeyDictionary[Engine, Callable[[], tuple[str, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 _log = logging.getLogger("sqlalchemy_resilience")
 
@@ -45,7 +60,22 @@ def secrets_of(engine: Engine) -> tuple[str, ...]:
     """
     password = engine.url.password
     text = "" if password is None else str(password)
-    return (text,) if text else ()
+    found = (text,) if text else ()
+    source = _SECRET_SOURCES.get(engine)
+    return found + source() if source is not None else found
+
+
+def register_secrets(engine: Engine, source: Callable[[], tuple[str, ...]] | None) -> None:
+    """Have :func:`secrets_of` also return what ``source()`` returns (None: forget it).
+
+    Example::
+
+        register_secrets(engine, lambda: (current_token,))
+    """
+    if source is None:
+        _SECRET_SOURCES.pop(engine, None)
+    else:
+        _SECRET_SOURCES[engine] = source
 
 
 def database_and_host(engine: Engine) -> tuple[str | None, str | None]:

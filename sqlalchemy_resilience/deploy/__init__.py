@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from .credentials import Credential as Credential
+from .credentials import PasswordProvider as PasswordProvider
+from .credentials import use_password_provider as use_password_provider
 from .pooler import PoolerReport as PoolerReport
 from .pooler import PoolerWarning as PoolerWarning
 from .pooler import PoolMode as PoolMode
@@ -12,6 +15,8 @@ from .pooler import pooler_safe_options as pooler_safe_options
 from .pooler import unnamed_statement as unnamed_statement
 
 __all__ = [
+    "Credential",
+    "PasswordProvider",
     "PoolMode",
     "PoolerReport",
     "PoolerWarning",
@@ -20,4 +25,5 @@ __all__ = [
     "keeps_prepared_statements",
     "pooler_safe_options",
     "unnamed_statement",
+    "use_password_provider",
 ]
