@@ -40,10 +40,18 @@ from sqlalchemy.util import await_only
 
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import sync_engine
+from sqlalchemy_resilience.errors import ReadOnlyServer
+from sqlalchemy_resilience.errors.translate import reported_read_only
 
 from .maintainer import ALIVE_AT_KEY
 
 __all__ = ["IdlePing", "ping_idle_connections"]
+
+_FRESH_KEY = "sqlalchemy_resilience.fresh"
+_READ_ONLY_QUERY = (
+    "SELECT pg_catalog.pg_is_in_recovery() "
+    "OR pg_catalog.current_setting('transaction_read_only') = 'on'"
+)
 
 _log = logging.getLogger("sqlalchemy_resilience.pool")
 
@@ -85,6 +93,8 @@ class IdlePing:
         pinged: pings sent (connections idle long enough).
         dead: pings that failed or timed out (each connection discarded and
             replaced before the request got it).
+        read_only: with ``require_writer``, checkouts that found the server
+            read-only (the pool's connections discarded each time).
 
     Example::
 
@@ -94,13 +104,22 @@ class IdlePing:
         liveness.detach()
     """
 
-    def __init__(self, engine: Engine | AsyncEngine, *, after: float, timeout: float) -> None:
+    def __init__(
+        self,
+        engine: Engine | AsyncEngine,
+        *,
+        after: float,
+        timeout: float,
+        require_writer: bool = False,
+    ) -> None:
         self.engine = sync_engine(engine)
         self.after = after
         self.timeout = timeout
+        self.require_writer = require_writer
         self.checkouts = 0
         self.pinged = 0
         self.dead = 0
+        self.read_only = 0
         self._ping = self._pinger()
         self._hooks: tuple[tuple[str, Callable[..., None]], ...] = (
             ("connect", self._on_connect),
@@ -166,6 +185,7 @@ class IdlePing:
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
         record.info[ALIVE_AT_KEY] = time.time()
+        record.info[_FRESH_KEY] = True
 
     def _on_checkin(self, dbapi_connection: Any, record: Any) -> None:
         if dbapi_connection is not None:
@@ -174,23 +194,64 @@ class IdlePing:
     def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         self.checkouts += 1
         now = time.time()
-        if now - record.info.get(ALIVE_AT_KEY, record.starttime) < self.after:
-            return
-        self.pinged += 1
-        try:
-            self._ping(dbapi_connection)
-        except Exception as exc:
-            self.dead += 1
-            _log.info(
-                "sqlalchemy_resilience: a connection idle %.0fs failed its ping (%s); replaced",
-                now - record.info.get(ALIVE_AT_KEY, record.starttime),
-                type(exc).__name__,
+        idle = now - record.info.get(ALIVE_AT_KEY, record.starttime)
+        if idle >= self.after:
+            self.pinged += 1
+            try:
+                self._ping(dbapi_connection)
+            except Exception as exc:
+                self.dead += 1
+                _log.info(
+                    "sqlalchemy_resilience: a connection idle %.0fs failed its ping (%s); replaced",
+                    idle,
+                    type(exc).__name__,
+                )
+                # The pool's own signal: invalidate this connection, check out another.
+                raise sa_exc.DisconnectionError(
+                    f"idle connection failed its liveness ping: {type(exc).__name__}"
+                ) from exc
+            record.info[ALIVE_AT_KEY] = time.time()
+        fresh = record.info.pop(_FRESH_KEY, False)
+        if self.require_writer and self._read_only(dbapi_connection, pinged=idle >= self.after):
+            self.read_only += 1
+            if fresh:
+                # A connection opened just now reaches a read-only server too:
+                # no writer behind this URL yet (a failover under way). Typed and
+                # retryable, so run_transaction backs off instead of failing.
+                raise ReadOnlyServer(
+                    "every new connection reaches a read-only server: no writer behind this "
+                    "URL yet (a failover in progress?)",
+                    sqlstate="25006",
+                    retryable=True,
+                    connection_invalidated=True,
+                )
+            _log.warning(
+                "sqlalchemy_resilience: the server of a pooled connection is read-only "
+                "(a standby, or a primary demoted in a failover); the pool's connections "
+                "opened before now are discarded"
             )
-            # The pool's own signal: invalidate this connection, check out another.
-            raise sa_exc.DisconnectionError(
-                f"idle connection failed its liveness ping: {type(exc).__name__}"
-            ) from exc
-        record.info[ALIVE_AT_KEY] = time.time()
+            # Every connection opened before now leads to the same server: the
+            # pool recycles them at their next checkout, as SQLAlchemy does for a
+            # disconnect (Pool._invalidate, the mechanism behind is_disconnect).
+            self.engine.pool._invalidate(proxy, None, _checkin=False)
+            raise sa_exc.DisconnectionError("the server no longer accepts writes")
+
+    def _read_only(self, dbapi_connection: Any, *, pinged: bool) -> bool:
+        # PostgreSQL 14+ reports in_hot_standby and default_transaction_read_only
+        # with every ReadyForQuery: free to read, and fresh after a ping.
+        reported = reported_read_only(dbapi_connection.driver_connection)
+        if reported is not None:
+            return reported
+        if not pinged:
+            return False  # older servers: asked only when the connection was idle
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(_READ_ONLY_QUERY)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+            dbapi_connection.rollback()
+        return bool(row and row[0])
 
     def detach(self) -> None:
         """Remove the listeners (idempotent)."""
@@ -204,6 +265,7 @@ def ping_idle_connections(
     *,
     after: Seconds = 30.0,
     timeout: Seconds = 5.0,
+    require_writer: bool = False,
 ) -> IdlePing:
     """Ping a connection at checkout only when it has been idle ``after`` seconds or more.
 
@@ -220,6 +282,17 @@ def ping_idle_connections(
             ``server_idle_timeout`` of a pooler).
         timeout: seconds a ping may take before the connection counts as dead
             (asyncpg and psycopg; other drivers ping without a timeout).
+        require_writer: for an engine that writes (PostgreSQL): at every
+            checkout, refuse a connection whose server reports itself read-only
+            (``in_hot_standby`` or ``default_transaction_read_only``, reported by
+            PostgreSQL 14+ with every reply, so free to read; a ping refreshes
+            it) and discard every pooled connection opened before it, so the
+            first write after a failover goes to the new primary instead of
+            failing with 25006. When a connection opened just now is read-only
+            as well (the failover is still under way), the checkout fails with
+            a retryable :class:`~sqlalchemy_resilience.ReadOnlyServer`, which
+            ``run_transaction`` backs off and retries. Before PostgreSQL 14 an
+            idle connection's ping asks ``pg_is_in_recovery()`` instead.
 
     Returns:
         The :class:`IdlePing` (counters, ``detach()``).
@@ -231,7 +304,16 @@ def ping_idle_connections(
 
         engine = create_async_engine(url, pool_size=10)
         ping_idle_connections(engine, after=30, timeout=2)
+        # An engine that writes: never hand out a connection to a read-only server.
+        ping_idle_connections(primary, after=5, timeout=2, require_writer=True)
     """
     after_s = to_seconds("after", after, allow_zero=False)
     timeout_s = to_seconds("timeout", timeout, allow_zero=False)
-    return IdlePing(engine, after=after_s, timeout=timeout_s)
+    if not isinstance(require_writer, bool):
+        raise TypeError(f"require_writer must be True or False, got {require_writer!r}")
+    if require_writer and sync_engine(engine).dialect.name != "postgresql":
+        raise ValueError(
+            "require_writer needs PostgreSQL; this engine's dialect is "
+            f"{sync_engine(engine).dialect.name!r}"
+        )
+    return IdlePing(engine, after=after_s, timeout=timeout_s, require_writer=require_writer)

@@ -16,6 +16,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -212,8 +213,7 @@ def test_options_are_checked() -> None:
         sr.use_password_provider(engine, lambda: "x", refresh_margin=-1)
     with pytest.raises(TypeError, match="non-empty str"):
         sr.Credential("")
+    naive = datetime(2030, 1, 1)
     with pytest.raises(ValueError, match="timezone-aware"):
-        from datetime import datetime
-
-        sr.Credential("x", expires_at=datetime(2030, 1, 1))  # noqa: DTZ001
+        sr.Credential("x", expires_at=naive)
     assert "s3cr3t-token" not in repr(sr.Credential("s3cr3t-token", expires_at=5.0))
