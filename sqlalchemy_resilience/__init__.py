@@ -24,10 +24,14 @@ from .deploy import Credential as Credential
 from .deploy import PasswordProvider as PasswordProvider
 from .deploy import PoolerReport as PoolerReport
 from .deploy import PoolerWarning as PoolerWarning
+from .deploy import ReplicaSet as ReplicaSet
+from .deploy import ReplicaStatus as ReplicaStatus
 from .deploy import check_pooler as check_pooler
 from .deploy import check_pooler_sync as check_pooler_sync
 from .deploy import pooler_safe_options as pooler_safe_options
+from .deploy import routing_sessionmaker as routing_sessionmaker
 from .deploy import use_password_provider as use_password_provider
+from .deploy import use_primary as use_primary
 from .errors import AlreadyApplied as AlreadyApplied
 from .errors import AuthenticationFailed as AuthenticationFailed
 from .errors import CheckViolation as CheckViolation
@@ -173,6 +177,8 @@ __all__ = [
     "ReadOnlyServer",
     "ReadOnlyTransaction",
     "RecoveryReport",
+    "ReplicaSet",
+    "ReplicaStatus",
     "ResilienceError",
     "ResilientAsyncSession",
     "ResizeResult",
@@ -224,11 +230,13 @@ __all__ = [
     "register_messages",
     "resilient_sessionmaker",
     "resize_pool",
+    "routing_sessionmaker",
     "run_transaction",
     "run_transaction_sync",
     "transaction",
     "transaction_sync",
     "translate_error",
     "use_password_provider",
+    "use_primary",
     "warm_up",
 ]

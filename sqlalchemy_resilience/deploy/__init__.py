@@ -1,4 +1,4 @@
-"""Production deployments: transaction-mode poolers, failover, rotating credentials, liveness, replicas."""
+"""Production deployments: transaction-mode poolers, rotating credentials, read replicas."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ from .pooler import check_pooler_sync as check_pooler_sync
 from .pooler import keeps_prepared_statements as keeps_prepared_statements
 from .pooler import pooler_safe_options as pooler_safe_options
 from .pooler import unnamed_statement as unnamed_statement
+from .replicas import ReplicaSet as ReplicaSet
+from .replicas import ReplicaStatus as ReplicaStatus
+from .replicas import RoutingAsyncSession as RoutingAsyncSession
+from .replicas import RoutingSession as RoutingSession
+from .replicas import routing_sessionmaker as routing_sessionmaker
+from .replicas import use_primary as use_primary
 
 __all__ = [
     "Credential",
@@ -20,10 +26,16 @@ __all__ = [
     "PoolMode",
     "PoolerReport",
     "PoolerWarning",
+    "ReplicaSet",
+    "ReplicaStatus",
+    "RoutingAsyncSession",
+    "RoutingSession",
     "check_pooler",
     "check_pooler_sync",
     "keeps_prepared_statements",
     "pooler_safe_options",
+    "routing_sessionmaker",
     "unnamed_statement",
     "use_password_provider",
+    "use_primary",
 ]

@@ -207,6 +207,19 @@ def _driver_connection(context: ExceptionContext) -> Any:
         return None
 
 
+def _in_hot_standby(context: ExceptionContext) -> bool:
+    """The server last reported ``in_hot_standby = on`` (PostgreSQL 14+): it cannot write."""
+    driver = _driver_connection(context)
+    if driver is None:
+        return False
+    info = getattr(driver, "info", None)
+    if info is not None and callable(getattr(info, "parameter_status", None)):  # psycopg
+        return bool(info.parameter_status("in_hot_standby") == "on")
+    if callable(getattr(driver, "get_settings", None)):  # asyncpg
+        return getattr(driver.get_settings(), "in_hot_standby", None) == "on"
+    return False
+
+
 def _server_read_only(context: ExceptionContext) -> bool | None:
     driver = _driver_connection(context)
     return None if driver is None else reported_read_only(driver)
@@ -247,9 +260,14 @@ def translate_context(
         sqlite_legacy.annotate_sqlite_error(original.orig, _driver_connection(context))
     sqlstate = _sqlstate(original)
     read_only = _server_read_only(context) if sqlstate == "25006" else None
+    phase = _phase(context)
+    if phase == "commit" and _in_hot_standby(context):
+        # A hot standby cannot write: whatever happened to this COMMIT, nothing
+        # was changed, so the outcome is known and a re-run is safe.
+        phase = "statement"
     err = build_error(
         original,
-        phase=_phase(context),
+        phase=phase,
         is_disconnect=context.is_disconnect,
         show_parameters=log_parameters,
         secrets=secrets,

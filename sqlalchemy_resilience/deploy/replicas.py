@@ -1,0 +1,512 @@
+"""Read replicas: reads to replicas, writes to the primary, no stale read after a write.
+
+:class:`ReplicaSet` holds the primary engine, the replica engines and what is
+known of each replica: its circuit breaker and its replication lag, both kept
+current by a background probe (a task on the event loop for async engines, a
+thread for sync ones), so choosing a replica for a request costs no I/O.
+
+:func:`routing_sessionmaker` makes sessions that route by statement in
+``get_bind()`` (SQLAlchemy's documented hook for custom routing, the shape
+advanced-alchemy's routing sessions use too), with these rules:
+
+* a write goes to the primary: a flush, INSERT/UPDATE/DELETE, ``SELECT ...
+  FOR UPDATE``/``FOR SHARE``, a ``text()`` statement that is not a plain
+  SELECT, and any statement marked ``execution_options(routing="primary")``;
+* after the first write, the session reads from the primary until it is
+  closed (read-your-writes for the whole unit of work, whatever the lag);
+* otherwise one replica is chosen per transaction (not per statement: two
+  reads of one transaction see one snapshot), round-robin over the replicas
+  whose breaker is closed and whose lag is within ``max_lag``; none left:
+  the primary;
+* a replica whose connections fail (refused, lost) has its breaker opened and
+  leaves the rotation; the probe closes it again when the replica answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import case, event, func, literal, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import TextClause
+
+from sqlalchemy_resilience._util.background import Background
+from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
+from sqlalchemy_resilience.core.engines import safe_url, sync_engine
+from sqlalchemy_resilience.errors import CircuitOpenError, translate_error
+from sqlalchemy_resilience.retry import CircuitBreaker, is_infrastructure_failure
+from sqlalchemy_resilience.retry.breaker_state import BreakerState
+
+__all__ = [
+    "ReplicaSet",
+    "ReplicaStatus",
+    "RoutingAsyncSession",
+    "RoutingSession",
+    "routing_sessionmaker",
+    "use_primary",
+]
+
+_log = logging.getLogger("sqlalchemy_resilience.deploy")
+
+PRIMARY = "primary"
+_STICKY_KEY = "sqlalchemy_resilience.primary"
+# A text() statement reads only when it is one plain SELECT: no locking
+# clause, no SELECT INTO, no sequence or advisory-lock side effects.
+_LEADING_COMMENTS = re.compile(r"^\s*(?:(?:--[^\n]*\n)|(?:/\*.*?\*/)|\s)*", re.DOTALL)
+_WRITE_HINTS = re.compile(
+    r"\bFOR\s+(?:UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE)\b|\bINTO\b|\bnextval\s*\(|"
+    r"\bsetval\s*\(|\bpg_advisory|\bset_config\s*\(|;\s*\S",
+    re.IGNORECASE,
+)
+
+
+def _lag_query() -> Any:
+    """Seconds the replica is behind: 0 when it has replayed all it received (or is a primary)."""
+    return select(
+        case(
+            (~func.pg_is_in_recovery(), literal(0.0)),
+            (func.pg_last_wal_receive_lsn() == func.pg_last_wal_replay_lsn(), literal(0.0)),
+            else_=func.coalesce(
+                func.extract("epoch", func.now() - func.pg_last_xact_replay_timestamp()),
+                literal(0.0),
+            ),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """What the probe last saw of one replica.
+
+    Attributes:
+        name: ``host:port/database`` (never the password).
+        state: its breaker's state (``closed`` is in rotation).
+        lag: seconds behind the primary at the last probe, or None before the first.
+        checked_at: ``time.monotonic()`` of the last probe, or None.
+        eligible: in rotation now (breaker closed, lag within ``max_lag``).
+
+    Example::
+
+        for status in replica_set.status():
+            print(status.name, status.state, status.lag)
+    """
+
+    name: str
+    state: str
+    lag: float | None
+    checked_at: float | None
+    eligible: bool
+
+
+class _Replica:
+    def __init__(self, engine: Engine | AsyncEngine, breaker: CircuitBreaker) -> None:
+        self.engine = engine
+        self.sync = sync_engine(engine)
+        url = self.sync.url
+        self.name = f"{url.host}:{url.port}/{url.database}"
+        self.breaker = breaker
+        self.lag: float | None = None
+        self.checked_at: float | None = None
+
+
+class ReplicaSet(Background):
+    """A primary, its read replicas, and the probe that keeps their health and lag current.
+
+    Args:
+        primary: the engine writes (and reads nothing else can take) go to.
+        replicas: engines of the read replicas, all sync or all async like ``primary``.
+        max_lag: a replica more than this many seconds behind the primary
+            (``pg_last_xact_replay_timestamp()``, 0 when it has replayed all it
+            received) takes no reads; None: no bound.
+        check_interval: seconds between probes of each replica.
+        probe_timeout: seconds a probe may take before it counts as a failure.
+        failure_threshold: consecutive failures (probes, or connections lost
+            or refused in requests) that take a replica out of rotation.
+        recovery_timeout: seconds out of rotation before a probe may bring it back.
+
+    Raises:
+        TypeError, ValueError: an option of the wrong type or out of range, named.
+
+    Example::
+
+        replica_set = ReplicaSet(primary, [replica_a, replica_b], max_lag=2.0)
+        Session = routing_sessionmaker(replica_set, expire_on_commit=False)
+        async with replica_set:  # starts and stops the probe
+            async with Session() as session:
+                rows = await session.scalars(select(Item))  # a replica
+    """
+
+    thread_name = "sqlalchemy-resilience-replicas"
+
+    def __init__(
+        self,
+        primary: Engine | AsyncEngine,
+        replicas: Sequence[Engine | AsyncEngine],
+        *,
+        max_lag: Seconds | None = None,
+        check_interval: Seconds = 1.0,
+        probe_timeout: Seconds = 2.0,
+        failure_threshold: int = 2,
+        recovery_timeout: Seconds = 5.0,
+    ) -> None:
+        super().__init__()
+        self.is_async = isinstance(primary, AsyncEngine)
+        sync_engine(primary)  # a TypeError for anything but an engine
+        given: object = replicas
+        if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
+            raise TypeError(f"replicas must be a sequence of engines, got {replicas!r}")
+        for engine in replicas:
+            sync_engine(engine)
+            if isinstance(engine, AsyncEngine) != self.is_async:
+                raise TypeError(
+                    "the replicas must be AsyncEngines when the primary is one, and Engines "
+                    "when it is an Engine"
+                )
+        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int):
+            raise TypeError(f"failure_threshold must be an int, got {failure_threshold!r}")
+        if failure_threshold < 1:
+            raise ValueError(f"failure_threshold must be >= 1, got {failure_threshold!r}")
+        self.primary = primary
+        self.primary_sync = sync_engine(primary)
+        self.max_lag = None if max_lag is None else to_seconds("max_lag", max_lag)
+        self.check_interval = to_seconds("check_interval", check_interval, allow_zero=False)
+        self.probe_timeout = to_seconds("probe_timeout", probe_timeout, allow_zero=False)
+        recovery = to_seconds("recovery_timeout", recovery_timeout, allow_zero=False)
+        self._replicas = [
+            _Replica(
+                engine,
+                CircuitBreaker(
+                    name=f"replica {sync_engine(engine).url.host}:{sync_engine(engine).url.port}",
+                    failure_threshold=failure_threshold,
+                    recovery_timeout=recovery,
+                ),
+            )
+            for engine in replicas
+        ]
+        self._by_engine = {r.sync: r for r in self._replicas}
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+        #: Transactions routed, by replica name and ``"primary"``.
+        self.routed: Counter[str] = Counter()
+        for replica in self._replicas:
+            event.listen(replica.sync, "handle_error", self._on_error)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ReplicaSet primary={safe_url(self.primary_sync)} "
+            f"replicas={[r.name for r in self._replicas]}>"
+        )
+
+    # -- routing ---------------------------------------------------------
+
+    def choose(self) -> Engine | None:
+        """A replica's sync engine for one transaction, or None (use the primary).
+
+        Reads only what the probe recorded: no I/O. Starts the probe on first
+        use when it is not running (on the running loop for async engines).
+        """
+        if not self.running:
+            self._autostart()
+        eligible = [r for r in self._replicas if self._eligible(r)]
+        if not eligible:
+            with self._lock:
+                self.routed[PRIMARY] += 1
+            return None
+        chosen = eligible[next(self._turn) % len(eligible)]
+        with self._lock:
+            self.routed[chosen.name] += 1
+        return chosen.sync
+
+    def note_primary(self) -> None:
+        """Count a transaction routed to the primary (by a write or stickiness)."""
+        with self._lock:
+            self.routed[PRIMARY] += 1
+
+    def _eligible(self, replica: _Replica) -> bool:
+        if replica.breaker.state is not BreakerState.CLOSED:
+            return False
+        if self.max_lag is None:
+            return True
+        return replica.lag is not None and replica.lag <= self.max_lag
+
+    def status(self) -> list[ReplicaStatus]:
+        """What is known of each replica now.
+
+        Example::
+
+            [s.eligible for s in replica_set.status()]
+        """
+        return [
+            ReplicaStatus(
+                name=r.name,
+                state=r.breaker.state.name.lower(),
+                lag=r.lag,
+                checked_at=r.checked_at,
+                eligible=self._eligible(r),
+            )
+            for r in self._replicas
+        ]
+
+    def _on_error(self, context: Any) -> None:
+        error = context.sqlalchemy_exception or context.original_exception
+        translated = translate_error(error)
+        if not (context.is_disconnect or is_infrastructure_failure(translated)):
+            return
+        replica = self._by_engine.get(context.engine)
+        if replica is None:
+            return
+        try:
+            permit = replica.breaker.acquire()
+        except CircuitOpenError:
+            return  # already out of rotation
+        replica.breaker.record_failure(permit, translated)
+
+    # -- the probe -------------------------------------------------------
+
+    def _autostart(self) -> None:
+        try:
+            self._start(in_loop=self.is_async)
+        except RuntimeError:  # an async set used outside a running loop
+            _log.debug("sqlalchemy_resilience: replica probe not started (no running loop)")
+
+    def start(self) -> None:
+        """Start probing every ``check_interval`` (a task for async engines, else a thread).
+
+        Example::
+
+            replica_set.start()  # from the running loop for AsyncEngines
+        """
+        self._start(in_loop=self.is_async)
+
+    async def __aenter__(self) -> ReplicaSet:
+        self.start()
+        await self.aprobe()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> ReplicaSet:
+        self.start()
+        self.probe()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _probe_one_sync(self, replica: _Replica) -> None:
+        try:
+            permit = replica.breaker.acquire()
+        except CircuitOpenError:
+            return
+        try:
+            with replica.sync.connect() as conn:
+                if replica.sync.dialect.name == "postgresql":
+                    timeout_ms = int(self.probe_timeout * 1000)
+                    conn.execute(
+                        select(func.set_config("statement_timeout", str(timeout_ms), True))
+                    )
+                    lag = float(conn.execute(_lag_query()).scalar_one())
+                else:
+                    conn.execute(select(literal(1)))
+                    lag = 0.0
+        except Exception as exc:
+            replica.breaker.record_failure(permit, translate_error(exc))
+            replica.checked_at = time.monotonic()
+            return
+        replica.breaker.record_success(permit)
+        replica.lag = lag
+        replica.checked_at = time.monotonic()
+
+    async def _probe_one_async(self, replica: _Replica) -> None:
+        try:
+            permit = replica.breaker.acquire()
+        except CircuitOpenError:
+            return
+        engine = replica.engine
+        assert isinstance(engine, AsyncEngine)
+
+        async def measure() -> float:
+            async with engine.connect() as conn:
+                if replica.sync.dialect.name != "postgresql":
+                    await conn.execute(select(literal(1)))
+                    return 0.0
+                return float((await conn.execute(_lag_query())).scalar_one())
+
+        try:
+            lag = await asyncio.wait_for(measure(), self.probe_timeout)
+        except Exception as exc:
+            replica.breaker.record_failure(permit, translate_error(exc))
+            replica.checked_at = time.monotonic()
+            return
+        replica.breaker.record_success(permit)
+        replica.lag = lag
+        replica.checked_at = time.monotonic()
+
+    def probe(self) -> None:
+        """Probe every replica once now (sync engines)."""
+        for replica in self._replicas:
+            self._probe_one_sync(replica)
+
+    async def aprobe(self) -> None:
+        """Probe every replica once now, concurrently (async engines)."""
+        await asyncio.gather(*(self._probe_one_async(r) for r in self._replicas))
+
+    async def _loop_async(self) -> None:
+        while True:
+            try:
+                await self.aprobe()
+            except Exception:
+                _log.exception("sqlalchemy_resilience: replica probe failed")
+            await asyncio.sleep(self.check_interval)
+
+    def _loop_sync(self) -> None:
+        while True:
+            try:
+                self.probe()
+            except Exception:
+                _log.exception("sqlalchemy_resilience: replica probe failed")
+            if self._stop.wait(self.check_interval):
+                return
+
+    def detach(self) -> None:
+        """Remove the error listeners from the replica engines (after :meth:`close`)."""
+        for replica in self._replicas:
+            if event.contains(replica.sync, "handle_error", self._on_error):
+                event.remove(replica.sync, "handle_error", self._on_error)
+
+
+def _is_write(clause: Any) -> bool:
+    if clause is None:
+        return False
+    options = getattr(clause, "get_execution_options", None)
+    if callable(options) and options().get("routing") == PRIMARY:
+        return True
+    if getattr(clause, "is_dml", False):
+        return True
+    if getattr(clause, "_for_update_arg", None) is not None:
+        return True
+    if isinstance(clause, TextClause):
+        body = _LEADING_COMMENTS.sub("", clause.text, count=1)
+        return body[:6].upper() != "SELECT" or bool(_WRITE_HINTS.search(body))
+    # Anything else that is not a SELECT (DDL, a function call construct): the primary.
+    return not getattr(clause, "is_select", False)
+
+
+class RoutingSession(Session):
+    """A ``Session`` whose ``get_bind()`` routes reads to replicas and writes to the primary.
+
+    Made by :func:`routing_sessionmaker`; see the module docs for the rules.
+
+    Example::
+
+        Session = routing_sessionmaker(replica_set)
+        with Session() as session:
+            session.scalars(select(User)).all()   # a replica
+            session.add(User(name="a"))
+            session.commit()                      # the primary
+            session.get(User, 1)                  # the primary: this session wrote
+    """
+
+    def __init__(self, *, replica_set: ReplicaSet, **kwargs: Any) -> None:
+        kwargs.setdefault("bind", replica_set.primary_sync)
+        super().__init__(**kwargs)
+        self.replica_set = replica_set
+        self._chosen: Engine | None = None
+
+    def get_bind(self, mapper: Any = None, clause: Any = None, **kw: Any) -> Engine:
+        """The engine for ``clause``: the primary for writes (and after one), else a replica.
+
+        Example::
+
+            session.get_bind(clause=select(User))  # a replica's engine
+        """
+        replicas = self.replica_set
+        if self.info.get(_STICKY_KEY):
+            return replicas.primary_sync
+        if self._flushing or _is_write(clause):
+            self.info[_STICKY_KEY] = True
+            replicas.note_primary()
+            return replicas.primary_sync
+        if self._chosen is None:
+            self._chosen = replicas.choose() or replicas.primary_sync
+        return self._chosen
+
+
+@event.listens_for(RoutingSession, "after_transaction_end")
+def _next_transaction_chooses_again(session: Session, transaction: Any) -> None:
+    if transaction.parent is None and isinstance(session, RoutingSession):
+        session._chosen = None
+
+
+class RoutingAsyncSession(AsyncSession):
+    """The ``AsyncSession`` form of :class:`RoutingSession`.
+
+    Example::
+
+        Session = routing_sessionmaker(async_replica_set)
+        async with Session() as session:
+            await session.scalars(select(User))
+    """
+
+    sync_session_class = RoutingSession
+
+    def __init__(self, *, replica_set: ReplicaSet, **kwargs: Any) -> None:
+        kwargs.setdefault("bind", replica_set.primary)
+        super().__init__(replica_set=replica_set, **kwargs)
+        self.replica_set = replica_set
+
+
+def use_primary(session: Session | AsyncSession) -> None:
+    """Send everything the session runs from now on to the primary.
+
+    For a unit of work that must read the latest committed state (after a
+    write in another session, or before a write it will make with
+    ``isolation_level``), or statements the routing cannot see writing (a
+    function with side effects called from a SELECT).
+
+    Example::
+
+        async with Session() as session:
+            use_primary(session)
+            balance = await session.scalar(select(Account.balance).where(Account.id == 1))
+    """
+    target = session.sync_session if isinstance(session, AsyncSession) else session
+    target.info[_STICKY_KEY] = True
+
+
+def routing_sessionmaker(
+    replica_set: ReplicaSet, **kwargs: Any
+) -> async_sessionmaker[RoutingAsyncSession] | sessionmaker[RoutingSession]:
+    """A sessionmaker whose sessions route reads to ``replica_set``'s replicas.
+
+    Args:
+        replica_set: the :class:`ReplicaSet`.
+        **kwargs: the usual sessionmaker options (``expire_on_commit=False`` ...);
+            ``bind`` is the primary.
+
+    Returns:
+        An ``async_sessionmaker`` of :class:`RoutingAsyncSession` for async
+        engines, a ``sessionmaker`` of :class:`RoutingSession` for sync ones.
+
+    Example::
+
+        Session = routing_sessionmaker(replica_set, expire_on_commit=False)
+        await run_transaction(Session, work)  # retried units of work route too
+    """
+    if not isinstance(replica_set, ReplicaSet):
+        raise TypeError(f"replica_set must be a ReplicaSet, got {replica_set!r}")
+    if replica_set.is_async:
+        return async_sessionmaker(class_=RoutingAsyncSession, replica_set=replica_set, **kwargs)
+    return sessionmaker(class_=RoutingSession, replica_set=replica_set, **kwargs)
