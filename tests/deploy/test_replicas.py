@@ -82,9 +82,7 @@ async def test_write_then_read_with_a_replica_killed_and_restored(cluster: Clust
 
     async def write_then_read(session: AsyncSession) -> bool:
         key = uuid.uuid4()
-        await session.execute(
-            text("INSERT INTO notes (id, body) VALUES (:k, 'x')"), {"k": key}
-        )
+        await session.execute(text("INSERT INTO notes (id, body) VALUES (:k, 'x')"), {"k": key})
         found = await session.scalar(text("SELECT count(*) FROM notes WHERE id = :k"), {"k": key})
         return bool(found)
 
