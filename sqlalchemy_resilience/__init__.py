@@ -20,6 +20,9 @@ from .batch import bulk_insert as bulk_insert
 from .batch import bulk_insert_sync as bulk_insert_sync
 from .batch import bulk_update as bulk_update
 from .batch import bulk_update_sync as bulk_update_sync
+from .database import Database as Database
+from .database import PoolSettings as PoolSettings
+from .database import SyncDatabase as SyncDatabase
 from .deploy import Credential as Credential
 from .deploy import PasswordProvider as PasswordProvider
 from .deploy import PoolerReport as PoolerReport
@@ -143,6 +146,7 @@ __all__ = [
     "ConnectionLost",
     "ConstraintViolation",
     "Credential",
+    "Database",
     "DatabaseFailure",
     "DatabaseNotFound",
     "DatabaseUnavailable",
@@ -169,6 +173,7 @@ __all__ = [
     "PoolAutosizer",
     "PoolExhausted",
     "PoolMaintainer",
+    "PoolSettings",
     "PoolerIncompatible",
     "PoolerReport",
     "PoolerWarning",
@@ -197,6 +202,7 @@ __all__ = [
     "SnapshotTooOld",
     "StatementStats",
     "StorageFailure",
+    "SyncDatabase",
     "TooManyConnections",
     "TransactionConflict",
     "UniqueViolation",

@@ -387,7 +387,13 @@ class ReplicaSet(Background):
                 event.remove(replica.sync, "handle_error", self._on_error)
 
 
-def _is_write(clause: Any) -> bool:
+def is_write_statement(clause: Any) -> bool:
+    """Whether ``clause`` writes (or locks) and so belongs on the primary.
+
+    Example::
+
+        is_write_statement(select(User).with_for_update())  # True
+    """
     if clause is None:
         return False
     options = getattr(clause, "get_execution_options", None)
@@ -435,7 +441,7 @@ class RoutingSession(Session):
         replicas = self.replica_set
         if self.info.get(_STICKY_KEY):
             return replicas.primary_sync
-        if self._flushing or _is_write(clause):
+        if self._flushing or is_write_statement(clause):
             self.info[_STICKY_KEY] = True
             replicas.note_primary()
             return replicas.primary_sync

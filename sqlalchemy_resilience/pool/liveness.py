@@ -159,7 +159,7 @@ class IdlePing:
         if driver == "psycopg":
 
             def ping_psycopg(dbapi_connection: Any) -> None:
-                raw = dbapi_connection.driver_connection
+                raw = dbapi_connection  # a sync driver's connection is the DBAPI one
                 timer = threading.Timer(timeout, _shutdown, (raw.pgconn.socket,))
                 timer.daemon = True
                 was = raw.autocommit
@@ -239,7 +239,9 @@ class IdlePing:
     def _read_only(self, dbapi_connection: Any, *, pinged: bool) -> bool:
         # PostgreSQL 14+ reports in_hot_standby and default_transaction_read_only
         # with every ReadyForQuery: free to read, and fresh after a ping.
-        reported = reported_read_only(dbapi_connection.driver_connection)
+        # asyncio adapters hold the driver's connection; sync drivers are it.
+        driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+        reported = reported_read_only(driver)
         if reported is not None:
             return reported
         if not pinged:

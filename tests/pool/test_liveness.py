@@ -103,6 +103,10 @@ async def test_a_nat_timeout_surfaces_no_error(
     try:
         await _warm(engine)
         await asyncio.sleep(0.4)
+        assert await _requests(engine, 1) == {}  # idle, pinged, alive: kept
+        assert (liveness.pinged, liveness.dead) == (1, 0)
+        await _warm(engine)
+        await asyncio.sleep(0.4)
         assert proxy.forget_flows() == POOL
         started = time.monotonic()
         errors = await asyncio.wait_for(_requests(engine, 20), timeout=60)
@@ -125,6 +129,13 @@ def test_a_nat_timeout_surfaces_no_error_sync_psycopg(
     engine: Engine = create_engine(url, pool_size=2, max_overflow=0)
     liveness = sr.ping_idle_connections(engine, after=0.3, timeout=1.0)
     try:
+        with engine.connect() as a, engine.connect() as b:
+            a.execute(text("SELECT 1"))
+            b.execute(text("SELECT 1"))
+        time.sleep(0.4)
+        with engine.connect() as conn:  # idle, pinged, alive: kept
+            conn.execute(text("SELECT 1"))
+        assert (liveness.pinged, liveness.dead) == (1, 0)
         with engine.connect() as a, engine.connect() as b:
             a.execute(text("SELECT 1"))
             b.execute(text("SELECT 1"))

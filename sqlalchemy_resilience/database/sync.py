@@ -1,0 +1,269 @@
+"""``SyncDatabase``: the ``Database`` facade for sync drivers and sync applications (Flask, scripts)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from opentelemetry.metrics import MeterProvider
+from sqlalchemy import Row
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from sqlalchemy_resilience._util.seconds import Seconds
+from sqlalchemy_resilience.batch import BulkResult, bulk_insert_sync
+from sqlalchemy_resilience.deploy import check_pooler_sync, routing_sessionmaker
+from sqlalchemy_resilience.deploy.credentials import Provider
+from sqlalchemy_resilience.pagination import Page, paginate_sync
+from sqlalchemy_resilience.pagination.cursor import Secret, resolve_secret
+from sqlalchemy_resilience.pool import HealthReport, health_check, pool_stats, warm_up
+from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy, run_transaction_sync
+from sqlalchemy_resilience.saga import Saga
+from sqlalchemy_resilience.transactions import SyncTransactionContext, transaction_sync
+
+from .facade import Statement, as_statement, reads_only
+from .parts import DEFAULT, DatabaseCore, Default, PoolerMode, start_failure
+from .settings import PoolSettings, settings_from_env
+from .stats import database_stats, replica_health
+
+__all__ = ["SyncDatabase"]
+
+T = TypeVar("T")
+
+
+class SyncDatabase:
+    """The sync twin of :class:`~sqlalchemy_resilience.Database`: the same parts on an ``Engine``.
+
+    Takes the same arguments, with a sync driver URL (``postgresql+psycopg://``,
+    ``sqlite:///``) or an existing ``Engine``; ``with db:`` starts and closes it.
+
+    Example::
+
+        db = SyncDatabase("postgresql+psycopg://app@db/app")
+        with db:
+            rows = db.fetch_all(select(User).where(User.active))
+            db.run_transaction(lambda s: s.add(User(email="a@example.com")))
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | Engine,
+        *,
+        pool: PoolSettings | None = None,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | Default | None = DEFAULT,
+        slow_query_threshold: Seconds | None = 1.0,
+        meter_provider: MeterProvider | None = None,
+        locale: str = "en",
+        replicas: Sequence[str | URL | Engine] = (),
+        max_replica_lag: Seconds | None = None,
+        password_provider: Provider | None = None,
+        pooler: PoolerMode | None = None,
+        cursor_secret: Secret | None = None,
+        name: str | None = None,
+        **engine_options: Any,
+    ) -> None:
+        self._core = DatabaseCore(
+            url_or_engine,
+            is_async=False,
+            pool=pool,
+            retry=retry,
+            breaker=breaker,
+            slow_query_threshold=slow_query_threshold,
+            meter_provider=meter_provider,
+            locale=locale,
+            replicas=replicas,
+            max_replica_lag=max_replica_lag,
+            password_provider=password_provider,
+            pooler=pooler,
+            name=name,
+            engine_options=engine_options,
+        )
+        engine = self._core.engine
+        assert isinstance(engine, Engine)
+        self.engine: Engine = engine
+        self.sessionmaker: sessionmaker[Any] = (
+            routing_sessionmaker(self._core.replica_set, expire_on_commit=False)  # type: ignore[assignment]
+            if self._core.replica_set is not None
+            else sessionmaker(engine, expire_on_commit=False)
+        )
+        if cursor_secret is not None:
+            resolve_secret(cursor_secret)  # a short or empty key fails here, not at the first page
+        self._cursor_secret = cursor_secret
+        self._started = False
+        self._closed = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SyncDatabase:
+        """A ``SyncDatabase`` from ``DATABASE_URL`` and the ``SQLALCHEMY_RESILIENCE_*`` settings.
+
+        Example::
+
+            db = SyncDatabase.from_env()
+        """
+        settings = settings_from_env(environ)
+        settings.update(overrides)
+        return cls(**settings)
+
+    def __repr__(self) -> str:
+        return f"<SyncDatabase {self._core.name}>"
+
+    @property
+    def name(self) -> str:
+        """The name in logs, health output and the breaker (no password)."""
+        return self._core.name
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of every unit of work."""
+        return self._core.retry
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The circuit breaker, or None."""
+        return self._core.breaker
+
+    @property
+    def replicas(self) -> Any:
+        """The :class:`~sqlalchemy_resilience.ReplicaSet`, or None."""
+        return self._core.replica_set
+
+    @property
+    def pooler_report(self) -> Any:
+        """What the start-up pooler check found (PostgreSQL), or None before start."""
+        return self._core.pooler_report
+
+    def start(self, *, timeout: Seconds = 10.0) -> None:
+        """Verify connections, check for a pooler, start the background parts (``with db:``)."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        if self._started:
+            return
+        core = self._core
+        permit = core.breaker.acquire() if core.breaker is not None else None
+        try:
+            if core.maintainer is not None or core.autosizer is not None:
+                warm_up(self.engine, max(1, core.settings.min_size), timeout=timeout)
+            else:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:
+            if core.breaker is not None and permit is not None:
+                core.breaker.record_failure(permit, exc)
+            raise start_failure(core, exc) from None
+        if core.breaker is not None and permit is not None:
+            core.breaker.record_success(permit)
+        if self.engine.dialect.name == "postgresql":
+            core.pooler_report = check_pooler_sync(self.engine)
+        if core.maintainer is not None:
+            core.maintainer.start()
+        if core.autosizer is not None:
+            core.autosizer.start()
+        if core.replica_set is not None:
+            core.replica_set.start()
+            core.replica_set.probe()
+        self._started = True
+
+    def close(self) -> None:
+        """Stop the background parts, remove the hooks, dispose the engines it created."""
+        if self._closed:
+            return
+        self._closed = True
+        core = self._core
+        for part in (core.maintainer, core.autosizer, core.replica_set):
+            if part is not None:
+                part.close()
+        core.detach_all()
+        for engine in core.owned_engines:
+            assert isinstance(engine, Engine)
+            engine.dispose()
+
+    def __enter__(self) -> SyncDatabase:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def session(self) -> Session:
+        """A new session (``with db.session() as s:``)."""
+        session: Session = self.sessionmaker()
+        return session
+
+    def transaction(self, **options: Any) -> SyncTransactionContext[Session]:
+        """:func:`~sqlalchemy_resilience.transaction_sync` on a new session."""
+        return transaction_sync(self.sessionmaker, **options)
+
+    def run_transaction(self, fn: Callable[[Session], T], **options: Any) -> T:
+        """:func:`~sqlalchemy_resilience.run_transaction_sync` with the retry policy and breaker."""
+        options.setdefault("retry", self.retry)
+        options.setdefault("breaker", self.breaker)
+        return run_transaction_sync(self.sessionmaker, fn, **options)
+
+    def _one_statement(
+        self, statement: Statement, params: Any, idempotent: bool, read: Callable[[Any], T]
+    ) -> T:
+        stmt = as_statement(statement)
+
+        def work(session: Session) -> T:
+            result = session.execute(stmt, params) if params is not None else session.execute(stmt)
+            return read(result)
+
+        return self.run_transaction(work, idempotent=idempotent or reads_only(stmt))
+
+    def execute(self, statement: Statement, params: Any = None, *, idempotent: bool = False) -> int:
+        """Run one statement in its own retried transaction; returns the row count."""
+        return self._one_statement(statement, params, idempotent, lambda r: int(r.rowcount))
+
+    def fetch_all(self, statement: Statement, params: Any = None) -> list[Row[Any]]:
+        """All rows of a query."""
+        return self._one_statement(statement, params, False, lambda r: list(r.all()))
+
+    def fetch_one(self, statement: Statement, params: Any = None) -> Row[Any] | None:
+        """The first row of a query, or None."""
+        first: Row[Any] | None = self._one_statement(statement, params, False, lambda r: r.first())
+        return first
+
+    def fetch_value(self, statement: Statement, params: Any = None) -> Any:
+        """The first column of the first row, or None."""
+        return self._one_statement(statement, params, False, lambda r: r.scalar())
+
+    def saga(
+        self,
+        saga: Saga,
+        data: Any = None,
+        *,
+        saga_id: str | None = None,
+        durable: bool | None = None,
+    ) -> dict[str, Any]:
+        """Run ``saga`` (plain-function steps) with this database's sessions."""
+        return saga.run_sync(data, saga_id=saga_id, sessionmaker=self.sessionmaker, durable=durable)
+
+    def bulk_insert(self, table: Any, rows: Any, **options: Any) -> BulkResult:
+        """:func:`~sqlalchemy_resilience.bulk_insert_sync` with the retry policy."""
+        options.setdefault("retry", self.retry)
+        return bulk_insert_sync(self.engine, table, rows, **options)
+
+    def paginate(self, statement: Any, **options: Any) -> Page[Any]:
+        """:func:`~sqlalchemy_resilience.paginate_sync` on a session of this database."""
+        if self._cursor_secret is not None:
+            options.setdefault("secret", self._cursor_secret)
+        with self.session() as session:
+            return paginate_sync(session, statement, **options)
+
+    def health(self, *, timeout: Seconds = 2.0) -> HealthReport:
+        """:func:`~sqlalchemy_resilience.health_check` with the breaker and the replicas."""
+        report = health_check(self.engine, timeout=timeout, breaker=self.breaker)
+        return replica_health(report, self._core.replica_set)
+
+    def pool_stats(self) -> dict[str, Any]:
+        """:func:`~sqlalchemy_resilience.pool_stats` of the primary engine."""
+        return dict(pool_stats(self.engine))
+
+    def stats(self, *, top: int = 10) -> dict[str, Any]:
+        """JSON-ready figures: top statements, pool, breaker, replicas, pooler check."""
+        return database_stats(self._core, top=top)
+
+    def user_message(self, exc: BaseException, locale: str | None = None) -> str:
+        """A message safe to show an end user for ``exc``."""
+        return self._core.user_message(exc, locale)
