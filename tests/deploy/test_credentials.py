@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from psycopg import sql
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
@@ -36,6 +35,8 @@ class SecretStore:
     """The current password of ROLE, rotated by a thread: ALTER ROLE first, then publish."""
 
     def __init__(self, server: PgServer, database: str) -> None:
+        from psycopg import sql
+
         self.server = server
         self.current = "first-" + secrets.token_hex(8)
         self.history: list[str] = []
@@ -50,6 +51,8 @@ class SecretStore:
         self._thread: threading.Thread | None = None
 
     def _set(self, password: str) -> None:
+        from psycopg import sql
+
         self.history.append(password)
         with self.server.admin() as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone()

@@ -159,7 +159,7 @@ async def test_without_it_pool_pre_ping_hangs_on_a_dropped_flow(
     try:
         await _warm_one(engine)
         proxy.forget_flows()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # TimeoutError from Python 3.11
             await asyncio.wait_for(_requests(engine, 1), timeout=3)
     finally:
         proxy.reset_peer()  # let the hung connection die, so dispose() returns
