@@ -29,6 +29,7 @@ from sqlalchemy_resilience.deploy import (
     use_password_provider,
 )
 from sqlalchemy_resilience.deploy.credentials import Provider
+from sqlalchemy_resilience.deploy.replicas import primary_failure
 from sqlalchemy_resilience.errors import ResilienceError
 from sqlalchemy_resilience.errors.messages import available_locales, user_message
 from sqlalchemy_resilience.instrumentation import Instrumentation, instrument, instrumentation_of
@@ -38,7 +39,7 @@ from sqlalchemy_resilience.pool import (
     PoolMaintainer,
     ping_idle_connections,
 )
-from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy
+from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy, is_infrastructure_failure
 
 from .settings import PoolSettings
 
@@ -146,8 +147,15 @@ class DatabaseCore:
         try:
             self.engine = self._adopt(url_or_engine, kind=kind, facade=facade, primary=True)
             self.name = name or safe_url(sync_engine(self.engine))
+            # With replicas, a replica's failure is the replica breaker's business:
+            # it must not stop the writes the primary can still take.
             self.breaker: CircuitBreaker | None = (
-                CircuitBreaker(name=self.name) if isinstance(breaker, Default) else breaker
+                CircuitBreaker(
+                    name=self.name,
+                    is_failure=primary_failure if replicas else is_infrastructure_failure,
+                )
+                if isinstance(breaker, Default)
+                else breaker
             )
             replica_engines = [
                 self._adopt(r, kind=kind, facade=facade, primary=False) for r in replicas

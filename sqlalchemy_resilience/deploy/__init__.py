@@ -17,6 +17,7 @@ from .replicas import ReplicaSet as ReplicaSet
 from .replicas import ReplicaStatus as ReplicaStatus
 from .replicas import RoutingAsyncSession as RoutingAsyncSession
 from .replicas import RoutingSession as RoutingSession
+from .replicas import primary_failure as primary_failure
 from .replicas import routing_sessionmaker as routing_sessionmaker
 from .replicas import use_primary as use_primary
 
@@ -34,6 +35,7 @@ __all__ = [
     "check_pooler_sync",
     "keeps_prepared_statements",
     "pooler_safe_options",
+    "primary_failure",
     "routing_sessionmaker",
     "unnamed_statement",
     "use_password_provider",

@@ -25,13 +25,14 @@ advanced-alchemy's routing sessions use too), with these rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,9 @@ __all__ = [
     "ReplicaStatus",
     "RoutingAsyncSession",
     "RoutingSession",
+    "from_replica",
+    "is_write_statement",
+    "primary_failure",
     "routing_sessionmaker",
     "use_primary",
 ]
@@ -60,6 +64,7 @@ __all__ = [
 _log = logging.getLogger("sqlalchemy_resilience.deploy")
 
 PRIMARY = "primary"
+_REPLICA_TAG = "_sqlalchemy_resilience_replica"
 _STICKY_KEY = "sqlalchemy_resilience.primary"
 # A text() statement reads only when it is one plain SELECT: no locking
 # clause, no SELECT INTO, no sequence or advisory-lock side effects.
@@ -118,6 +123,7 @@ class _Replica:
         self.breaker = breaker
         self.lag: float | None = None
         self.checked_at: float | None = None
+        self.connect_patch: Callable[..., Any] | None = None
 
 
 class ReplicaSet(Background):
@@ -197,10 +203,12 @@ class ReplicaSet(Background):
         self._by_engine = {r.sync: r for r in self._replicas}
         self._turn = itertools.count()
         self._lock = threading.Lock()
-        #: Transactions routed, by replica name and ``"primary"``.
+        #: Transactions that ran statements, by replica name and ``"primary"``
+        #: (one that read a replica and then wrote counts for both).
         self.routed: Counter[str] = Counter()
         for replica in self._replicas:
             event.listen(replica.sync, "handle_error", self._on_error)
+            self._watch_connects(replica)
 
     def __repr__(self) -> str:
         return (
@@ -220,18 +228,14 @@ class ReplicaSet(Background):
             self._autostart()
         eligible = [r for r in self._replicas if self._eligible(r)]
         if not eligible:
-            with self._lock:
-                self.routed[PRIMARY] += 1
             return None
-        chosen = eligible[next(self._turn) % len(eligible)]
-        with self._lock:
-            self.routed[chosen.name] += 1
-        return chosen.sync
+        return eligible[next(self._turn) % len(eligible)].sync
 
-    def note_primary(self) -> None:
-        """Count a transaction routed to the primary (by a write or stickiness)."""
+    def count(self, engine: Engine) -> None:
+        """Count a transaction that ran statements on ``engine`` (a replica or the primary)."""
+        replica = self._by_engine.get(engine)
         with self._lock:
-            self.routed[PRIMARY] += 1
+            self.routed[replica.name if replica is not None else PRIMARY] += 1
 
     def _eligible(self, replica: _Replica) -> bool:
         if replica.breaker.state is not BreakerState.CLOSED:
@@ -258,13 +262,49 @@ class ReplicaSet(Background):
             for r in self._replicas
         ]
 
+    def _watch_connects(self, replica: _Replica) -> None:
+        # A refused connect is not a DBAPI error on every driver (asyncpg raises
+        # OSError), so SQLAlchemy's handle_error never sees it; the dialect's
+        # connect() does. Patched on this engine's own dialect instance only.
+        dialect = replica.sync.dialect
+        original = dialect.connect
+
+        def connect(*cargs: Any, **cparams: Any) -> Any:
+            try:
+                return original(*cargs, **cparams)
+            except BaseException as exc:
+                self._failed(replica, exc)
+                raise
+
+        connect.__wrapped__ = original  # type: ignore[attr-defined]
+        dialect.connect = connect  # type: ignore[method-assign]
+        replica.connect_patch = connect
+
+    def _failed(self, replica: _Replica, exc: BaseException) -> None:
+        with contextlib.suppress(Exception):
+            setattr(exc, _REPLICA_TAG, replica.name)
+        translated = translate_error(exc)
+        with contextlib.suppress(Exception):
+            setattr(translated, _REPLICA_TAG, replica.name)
+        if not is_infrastructure_failure(translated):
+            return
+        try:
+            permit = replica.breaker.acquire()
+        except CircuitOpenError:
+            return
+        replica.breaker.record_failure(permit, translated)
+
     def _on_error(self, context: Any) -> None:
+        replica = self._by_engine.get(context.engine)
+        if replica is None:
+            return
+        # Marked, so the primary's breaker can tell a replica's failure from its own.
+        for item in (context.original_exception, context.sqlalchemy_exception):
+            with contextlib.suppress(Exception):
+                setattr(item, _REPLICA_TAG, replica.name)
         error = context.sqlalchemy_exception or context.original_exception
         translated = translate_error(error)
         if not (context.is_disconnect or is_infrastructure_failure(translated)):
-            return
-        replica = self._by_engine.get(context.engine)
-        if replica is None:
             return
         try:
             permit = replica.breaker.acquire()
@@ -385,6 +425,44 @@ class ReplicaSet(Background):
         for replica in self._replicas:
             if event.contains(replica.sync, "handle_error", self._on_error):
                 event.remove(replica.sync, "handle_error", self._on_error)
+            dialect = replica.sync.dialect
+            if replica.connect_patch is not None and dialect.__dict__.get("connect") is (
+                replica.connect_patch
+            ):
+                del dialect.connect  # back to the class's method
+            replica.connect_patch = None
+
+
+def from_replica(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it wraps) failed on a replica of a :class:`ReplicaSet`.
+
+    Example::
+
+        CircuitBreaker(is_failure=lambda e: is_infrastructure_failure(e) and not from_replica(e))
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if getattr(current, _REPLICA_TAG, None):
+            return True
+        for linked in (getattr(current, "orig", None), current.__cause__, current.__context__):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+    return False
+
+
+def primary_failure(exc: BaseException) -> bool:
+    """A breaker's ``is_failure`` for a primary with replicas: replicas' failures do not count.
+
+    Example::
+
+        CircuitBreaker(name="primary", is_failure=primary_failure)
+    """
+    return is_infrastructure_failure(exc) and not from_replica(exc)
 
 
 def is_write_statement(clause: Any) -> bool:
@@ -430,6 +508,7 @@ class RoutingSession(Session):
         super().__init__(**kwargs)
         self.replica_set = replica_set
         self._chosen: Engine | None = None
+        self._served: set[Engine] = set()
 
     def get_bind(self, mapper: Any = None, clause: Any = None, **kw: Any) -> Engine:
         """The engine for ``clause``: the primary for writes (and after one), else a replica.
@@ -439,21 +518,32 @@ class RoutingSession(Session):
             session.get_bind(clause=select(User))  # a replica's engine
         """
         replicas = self.replica_set
+        primary = replicas.primary_sync
         if self.info.get(_STICKY_KEY):
-            return replicas.primary_sync
-        if self._flushing or is_write_statement(clause):
+            engine = primary
+        elif self._flushing or is_write_statement(clause):
             self.info[_STICKY_KEY] = True
-            replicas.note_primary()
-            return replicas.primary_sync
-        if self._chosen is None:
-            self._chosen = replicas.choose() or replicas.primary_sync
-        return self._chosen
+            engine = primary
+        elif clause is None and mapper is None:
+            # A connection asked for without a statement (``session.connection()``:
+            # transaction options, an idempotency claim, raw work on the
+            # Connection) may write: the primary.
+            engine = primary
+        else:
+            if self._chosen is None:
+                self._chosen = replicas.choose() or primary
+            engine = self._chosen
+        if clause is not None and engine not in self._served:
+            self._served.add(engine)
+            replicas.count(engine)
+        return engine
 
 
 @event.listens_for(RoutingSession, "after_transaction_end")
 def _next_transaction_chooses_again(session: Session, transaction: Any) -> None:
     if transaction.parent is None and isinstance(session, RoutingSession):
         session._chosen = None
+        session._served = set()
 
 
 class RoutingAsyncSession(AsyncSession):

@@ -215,3 +215,34 @@ async def test_a_commit_lost_on_a_hot_standby_is_safe_to_retry(
     finally:
         await engine.dispose()
         proxy.close()
+
+
+async def test_a_refused_replica_leaves_the_rotation_and_spares_the_primary_breaker(
+    cluster: Cluster,
+) -> None:
+    """asyncpg raises OSError for a refused connect (no handle_error): still counted, and marked."""
+    from sqlalchemy_resilience.deploy.replicas import from_replica, primary_failure
+
+    primary = cluster.engine(cluster.primary)
+    dead = create_async_engine(cluster.primary.app_url(DB, driver="asyncpg").set(port=1))
+    sr.instrument(dead)
+    replica_set = sr.ReplicaSet(primary, [dead], failure_threshold=2, recovery_timeout=30)
+    Session = sr.routing_sessionmaker(replica_set)
+    errors: list[BaseException] = []
+    try:
+        for _ in range(3):
+            try:
+                async with Session() as session:
+                    await session.scalar(text("SELECT 1"))
+            except Exception as exc:
+                errors.append(exc)
+        assert replica_set.status()[0].state == "open"
+        async with Session() as session:  # out of rotation: the primary answers
+            assert await session.scalar(text("SELECT 1")) == 1
+    finally:
+        replica_set.detach()
+        await primary.dispose()
+        await dead.dispose()
+    assert len(errors) == 2 and all(isinstance(e, sr.DatabaseUnavailable) for e in errors)
+    assert all(from_replica(e) and not primary_failure(e) for e in errors)
+    assert "connect" not in dead.sync_engine.dialect.__dict__  # detach() restored it
