@@ -271,3 +271,11 @@ async def test_an_async_engine_given_to_a_wrapping_engine_check(url: str) -> Non
             assert await db.fetch_value("SELECT 1") == 1
     finally:
         await engine.dispose()
+
+
+def test_every_environment_variable_is_documented() -> None:
+    from sqlalchemy_resilience.database import ENV_VARIABLES
+
+    page = (Path(__file__).parents[2] / "docs" / "database.md").read_text()
+    missing = [name for name in ENV_VARIABLES if f"`{name}`" not in page]
+    assert missing == []

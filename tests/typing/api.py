@@ -270,3 +270,96 @@ async def saga_usage() -> None:
     if record is not None:
         status: str = record.status
         as_json: dict[str, object] = record.to_dict()
+
+
+async def database_usage() -> None:
+    from sqlalchemy import Row, select, text
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
+    from sqlalchemy_resilience.database import ENV_VARIABLES, settings_from_env
+
+    pool = sr.PoolSettings(
+        size=20, max_overflow=5, timeout=timedelta(seconds=5), min_size=2, ping_after=30
+    )
+    db = sr.Database(
+        "postgresql+asyncpg://app@db/app",
+        pool=pool,
+        retry=sr.RetryPolicy(attempts=4),
+        breaker=None,
+        slow_query_threshold=0.5,
+        locale="ja",
+        replicas=["postgresql+asyncpg://app@replica/app"],
+        max_replica_lag=2.0,
+        password_provider=lambda: sr.Credential("token", expires_at=1e10),
+        pooler="transaction",
+        cursor_secret="k" * 32,
+        name="main",
+        echo=False,
+    )
+    async with db:
+        rows: list[Row[object]] = await db.fetch_all(select(text("1")))
+        row: Row[object] | None = await db.fetch_one("SELECT 1")
+        value: object = await db.fetch_value("SELECT 1")
+        count: int = await db.execute("UPDATE t SET x = 1", idempotent=True)
+
+        async def work(session: AsyncSession) -> int:
+            return 1
+
+        n: int = await db.run_transaction(work, idempotency_key="k-1")
+        async with db.transaction(statement_timeout=2) as session:
+            s: AsyncSession = session
+        async with db.session() as session2:
+            pass
+        report: sr.HealthReport = await db.health(timeout=1)
+        stats: dict[str, object] = db.stats(top=5)
+        figures: dict[str, object] = db.pool_stats()
+        message: str = db.user_message(ValueError("x"), "en")
+    env_db: sr.Database = sr.Database.from_env({"DATABASE_URL": "sqlite+aiosqlite://"})
+    settings: dict[str, object] = settings_from_env({"DATABASE_URL": "sqlite://"})
+    names: dict[str, str] = ENV_VARIABLES
+    with sr.SyncDatabase("sqlite://") as sync_db:
+        sync_rows: list[Row[object]] = sync_db.fetch_all("SELECT 1")
+
+        def sync_work(session: Session) -> str:
+            return "ok"
+
+        done: str = sync_db.run_transaction(sync_work)
+        sync_report: sr.HealthReport = sync_db.health()
+
+
+async def deploy_usage() -> None:
+    from sqlalchemy import Engine, create_engine, select
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from sqlalchemy_resilience.testing import QueryBudgetExceeded, assert_max_queries, count_queries
+
+    engine: AsyncEngine = create_async_engine(
+        "postgresql+asyncpg://app@bouncer/app",
+        **sr.pooler_safe_options("postgresql+asyncpg://app@bouncer/app"),
+    )
+    report: sr.PoolerReport = await sr.check_pooler(engine, warn=False)
+    problem: str | None = report.problem
+    ok: bool = report.safe
+    sync_report: sr.PoolerReport = sr.check_pooler_sync(create_engine("postgresql+psycopg://h/d"))
+    provider: sr.PasswordProvider = sr.use_password_provider(
+        engine, lambda: "secret", refresh_margin=30, ttl=None, auth_retries=1
+    )
+    provider.detach()
+    ping: sr.IdlePing = sr.ping_idle_connections(
+        engine, after=timedelta(seconds=30), timeout=2, require_writer=True
+    )
+    dead: int = ping.dead
+    replica_set = sr.ReplicaSet(engine, [engine], max_lag=1.0, check_interval=0.5)
+    statuses: list[sr.ReplicaStatus] = replica_set.status()
+    factory = sr.routing_sessionmaker(replica_set, expire_on_commit=False)
+    sync: Engine = create_engine("sqlite://")
+    with assert_max_queries(sync, 3, max_repeats=1) as counter:
+        n: int = len(counter)
+    with count_queries(sync) as counted:
+        text_report: str = counted.report()
+    try:
+        pass
+    except QueryBudgetExceeded as exc:
+        statements: int = len(exc.counter)
+    _ = select
