@@ -178,7 +178,11 @@ class DatabaseCore:
         settings = self.settings
         options: dict[str, Any] = {}
         memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
-        if not memory:
+        poolclass = self._engine_options.get("poolclass")
+        sized = poolclass is None or (
+            isinstance(poolclass, type) and issubclass(poolclass, QueuePool)
+        )
+        if sized and not memory:
             options.update(
                 pool_size=settings.size,
                 max_overflow=settings.max_overflow,

@@ -84,6 +84,16 @@ def test_demo_shows_two_instances_migrating_at_once(capsys: pytest.CaptureFixtur
     assert "after editing r2.py: edited r2" in out
 
 
+def test_demo_shows_the_deployment_parts(capsys: pytest.CaptureFixture[str]) -> None:
+    """The query budget catches the N+1 with its line; only the idle connection is pinged."""
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "6 statements ran, the budget is 2" in out
+    assert "5x the same statement from " in out and "deploy.py:" in out
+    assert "the same with a join: 1 statement, 10 titles: within budget" in out
+    assert "3 back-to-back checkouts, 0 pings; after 0.4 s idle, 1 ping (0 dead)" in out
+
+
 def test_demo_on_postgresql_url(pg_server: PgServer, pg_database: str, pg_driver: str) -> None:
     """`demo --url` against the suite's PostgreSQL shows a QueryTimeout and never prints the password."""
     url = pg_server.app_url(pg_database, driver=pg_driver)
@@ -113,6 +123,8 @@ def test_demo_embedded_postgres(pg_server: PgServer) -> None:
     assert "3/3 failures" in proc.stdout
     assert "the server restarts midway" in proc.stdout
     assert "lost 0, duplicated 0, total balance 10000" in proc.stdout
+    assert "2 reads went to the replica (2); a unit that wrote read its own row" in proc.stdout
+    assert "rotated twice; 3 connections, 0 failures" in proc.stdout
 
 
 def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -300,7 +300,11 @@ def run_demo(
     from .migrations import migrations_tour
 
     migrations_ok = migrations_tour(parsed, out)
-    parts_ok = retry_ok and observe_ok and saga_ok and batch_ok and migrations_ok
+
+    from .deploy import deployment_tour
+
+    deploy_ok = deployment_tour(parsed, out, server)
+    parts_ok = retry_ok and observe_ok and saga_ok and batch_ok and migrations_ok and deploy_ok
     return 0 if good == len(steps) and parts_ok else 1
 
 
