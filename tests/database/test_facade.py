@@ -115,7 +115,7 @@ async def test_health_stats_and_pool(db: sr.Database) -> None:
     await db.fetch_all(select(items))
     report = await db.health()
     assert report.status == "healthy" and report.breaker == "closed"
-    stats = db.stats(top=3)
+    stats = db.stats(top=50)
     json.dumps(stats)
     assert stats["breaker"]["state"] == "closed"
     assert any("facade_items" in s["statement"] for s in stats["statements"])
@@ -152,6 +152,7 @@ async def test_wrapping_an_engine_leaves_it_alone(url: str) -> None:
         await engine.dispose()
 
 
+@pytest.mark.postgresql  # needs the asyncpg driver, not a server
 async def test_unreachable_fails_fast_with_the_breaker_view() -> None:
     db = sr.Database(
         "postgresql+asyncpg://app:s3cret-pw@127.0.0.1:1/app",

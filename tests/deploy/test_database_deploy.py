@@ -103,6 +103,7 @@ def primary_and_replica() -> Iterator[tuple[PgServer, PgServer]]:
         primary.close()
 
 
+@pytest.mark.postgresql
 async def test_replicas(primary_and_replica: tuple[PgServer, PgServer]) -> None:
     primary, replica = primary_and_replica
     db = sr.Database(_url(primary, "facade"), replicas=[_url(replica, "facade")], max_replica_lag=5)

@@ -30,6 +30,9 @@ from tests.chaos.workload import check, run_bank, setup_bank
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
 
+# These tests start servers of their own.
+pytestmark = pytest.mark.postgresql
+
 DB = "failover"
 
 

@@ -20,6 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 import sqlalchemy_resilience as sr
 from tests.pgharness import PgServer
 
+# These tests start servers of their own.
+pytestmark = pytest.mark.postgresql
+
 DB = "replicas"
 
 

@@ -133,6 +133,10 @@ def test_options_are_checked(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError, match="must be AsyncEngines when the primary is one"):
         sr.ReplicaSet(create_async_engine("sqlite+aiosqlite://"), [engine])
+
+
+@pytest.mark.postgresql  # needs the psycopg driver, not a server
+def test_the_repr_hides_the_password() -> None:
     assert "password" not in repr(
         sr.ReplicaSet(create_engine("postgresql+psycopg://u:password@h/db"), [])
     )
