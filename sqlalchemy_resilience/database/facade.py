@@ -27,13 +27,13 @@ from sqlalchemy_resilience.deploy import check_pooler, routing_sessionmaker
 from sqlalchemy_resilience.deploy.credentials import Provider
 from sqlalchemy_resilience.deploy.replicas import is_write_statement
 from sqlalchemy_resilience.pagination import Page, paginate
-from sqlalchemy_resilience.pagination.cursor import Secret, resolve_secret
+from sqlalchemy_resilience.pagination.cursor import Secret
 from sqlalchemy_resilience.pool import HealthReport, health_check, pool_stats, warm_up
 from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy, run_transaction
 from sqlalchemy_resilience.saga import RecoveryReport, Saga, recover_sagas
 from sqlalchemy_resilience.transactions import TransactionContext, transaction
 
-from .parts import DEFAULT, DatabaseCore, Default, PoolerMode, start_failure
+from .parts import DEFAULT, DatabaseCore, Default, FacadeBase, PoolerMode, start_failure
 from .settings import PoolSettings, settings_from_env
 from .stats import database_stats, replica_health
 
@@ -61,7 +61,7 @@ def reads_only(statement: Executable) -> bool:
     return bool(getattr(statement, "is_select", False)) and not is_write_statement(statement)
 
 
-class Database:
+class Database(FacadeBase):
     """An async database: engine, instrumentation, retry policy, breaker and health in one object.
 
     Args:
@@ -119,7 +119,7 @@ class Database:
         name: str | None = None,
         **engine_options: Any,
     ) -> None:
-        self._core = DatabaseCore(
+        core = DatabaseCore(
             url_or_engine,
             is_async=True,
             pool=pool,
@@ -135,7 +135,8 @@ class Database:
             name=name,
             engine_options=engine_options,
         )
-        engine = self._core.engine
+        self._setup(core, cursor_secret)
+        engine = core.engine
         assert isinstance(engine, AsyncEngine)
         self.engine: AsyncEngine = engine
         self.sessionmaker: async_sessionmaker[Any] = (
@@ -143,11 +144,6 @@ class Database:
             if self._core.replica_set is not None
             else async_sessionmaker(engine, expire_on_commit=False)
         )
-        if cursor_secret is not None:
-            resolve_secret(cursor_secret)  # a short or empty key fails here, not at the first page
-        self._cursor_secret = cursor_secret
-        self._started = False
-        self._closed = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Database:
@@ -165,35 +161,7 @@ class Database:
         settings.update(overrides)
         return cls(**settings)
 
-    def __repr__(self) -> str:
-        return f"<Database {self._core.name}>"
-
     # -- the parts -------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        """The name in logs, health output and the breaker (no password)."""
-        return self._core.name
-
-    @property
-    def retry(self) -> RetryPolicy:
-        """The retry policy of every unit of work."""
-        return self._core.retry
-
-    @property
-    def breaker(self) -> CircuitBreaker | None:
-        """The circuit breaker, or None."""
-        return self._core.breaker
-
-    @property
-    def replicas(self) -> Any:
-        """The :class:`~sqlalchemy_resilience.ReplicaSet`, or None without replicas."""
-        return self._core.replica_set
-
-    @property
-    def pooler_report(self) -> Any:
-        """What the start-up pooler check found (PostgreSQL), or None before start."""
-        return self._core.pooler_report
 
     # -- lifecycle -------------------------------------------------------
 
@@ -390,8 +358,7 @@ class Database:
 
             page = await db.paginate(select(Item).order_by(Item.id), page_size=50, after=cursor)
         """
-        if self._cursor_secret is not None:
-            options.setdefault("secret", self._cursor_secret)
+        options = self._pagination_options(options)
         async with self.session() as session:
             return await paginate(session, statement, **options)
 
@@ -420,16 +387,6 @@ class Database:
             print(json.dumps(db.stats(top=5), indent=2))
         """
         return database_stats(self._core, top=top)
-
-    def user_message(self, exc: BaseException, locale: str | None = None) -> str:
-        """A message safe to show an end user for ``exc``, in ``locale`` (default: the database's).
-
-        Example::
-
-            except ResilienceError as exc:
-                return JSONResponse({"error": db.user_message(exc, "ja")}, status_code=409)
-        """
-        return self._core.user_message(exc, locale)
 
 
 def _rowcount(result: Any) -> int:

@@ -43,7 +43,7 @@ from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy, is_infrastr
 
 from .settings import PoolSettings
 
-__all__ = ["DEFAULT", "DatabaseCore", "Default"]
+__all__ = ["DEFAULT", "DatabaseCore", "Default", "FacadeBase"]
 
 PoolerMode = Literal["session", "transaction", "statement"]
 
@@ -320,3 +320,63 @@ def start_failure(core: DatabaseCore, exc: BaseException) -> BaseException:
 
 
 Callback = Callable[[], Any]
+
+
+class FacadeBase:
+    """What ``Database`` and ``SyncDatabase`` share above the core: names, parts, figures."""
+
+    _core: DatabaseCore
+    _cursor_secret: Any
+
+    def _setup(self, core: DatabaseCore, cursor_secret: Any) -> None:
+        from sqlalchemy_resilience.pagination.cursor import resolve_secret
+
+        if cursor_secret is not None:
+            resolve_secret(cursor_secret)  # a short or empty key fails here, not at the first page
+        self._core = core
+        self._cursor_secret = cursor_secret
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._core.name}>"
+
+    @property
+    def name(self) -> str:
+        """The name in logs, health output and the breaker (no password)."""
+        return self._core.name
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of every unit of work."""
+        return self._core.retry
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The circuit breaker, or None."""
+        return self._core.breaker
+
+    @property
+    def replicas(self) -> ReplicaSet | None:
+        """The :class:`~sqlalchemy_resilience.ReplicaSet`, or None without replicas."""
+        return self._core.replica_set
+
+    @property
+    def pooler_report(self) -> PoolerReport | None:
+        """What the start-up pooler check found (PostgreSQL), or None before start."""
+        return self._core.pooler_report
+
+    def _pagination_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        if self._cursor_secret is not None:
+            options.setdefault("secret", self._cursor_secret)
+        return options
+
+    def user_message(self, exc: BaseException, locale: str | None = None) -> str:
+        """A message safe to show an end user for ``exc``, in ``locale`` (default: the database's).
+
+        Example::
+
+            except ResilienceError as exc:
+                return JSONResponse({"error": db.user_message(exc, "ja")}, status_code=409)
+        """
+        return self._core.user_message(exc, locale)

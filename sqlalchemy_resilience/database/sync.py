@@ -15,14 +15,14 @@ from sqlalchemy_resilience.batch import BulkResult, bulk_insert_sync
 from sqlalchemy_resilience.deploy import check_pooler_sync, routing_sessionmaker
 from sqlalchemy_resilience.deploy.credentials import Provider
 from sqlalchemy_resilience.pagination import Page, paginate_sync
-from sqlalchemy_resilience.pagination.cursor import Secret, resolve_secret
+from sqlalchemy_resilience.pagination.cursor import Secret
 from sqlalchemy_resilience.pool import HealthReport, health_check, pool_stats, warm_up
 from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy, run_transaction_sync
 from sqlalchemy_resilience.saga import Saga
 from sqlalchemy_resilience.transactions import SyncTransactionContext, transaction_sync
 
 from .facade import Statement, as_statement, reads_only
-from .parts import DEFAULT, DatabaseCore, Default, PoolerMode, start_failure
+from .parts import DEFAULT, DatabaseCore, Default, FacadeBase, PoolerMode, start_failure
 from .settings import PoolSettings, settings_from_env
 from .stats import database_stats, replica_health
 
@@ -31,7 +31,7 @@ __all__ = ["SyncDatabase"]
 T = TypeVar("T")
 
 
-class SyncDatabase:
+class SyncDatabase(FacadeBase):
     """The sync twin of :class:`~sqlalchemy_resilience.Database`: the same parts on an ``Engine``.
 
     Takes the same arguments, with a sync driver URL (``postgresql+psycopg://``,
@@ -63,7 +63,7 @@ class SyncDatabase:
         name: str | None = None,
         **engine_options: Any,
     ) -> None:
-        self._core = DatabaseCore(
+        core = DatabaseCore(
             url_or_engine,
             is_async=False,
             pool=pool,
@@ -79,7 +79,8 @@ class SyncDatabase:
             name=name,
             engine_options=engine_options,
         )
-        engine = self._core.engine
+        self._setup(core, cursor_secret)
+        engine = core.engine
         assert isinstance(engine, Engine)
         self.engine: Engine = engine
         self.sessionmaker: sessionmaker[Any] = (
@@ -87,11 +88,6 @@ class SyncDatabase:
             if self._core.replica_set is not None
             else sessionmaker(engine, expire_on_commit=False)
         )
-        if cursor_secret is not None:
-            resolve_secret(cursor_secret)  # a short or empty key fails here, not at the first page
-        self._cursor_secret = cursor_secret
-        self._started = False
-        self._closed = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SyncDatabase:
@@ -104,34 +100,6 @@ class SyncDatabase:
         settings = settings_from_env(environ)
         settings.update(overrides)
         return cls(**settings)
-
-    def __repr__(self) -> str:
-        return f"<SyncDatabase {self._core.name}>"
-
-    @property
-    def name(self) -> str:
-        """The name in logs, health output and the breaker (no password)."""
-        return self._core.name
-
-    @property
-    def retry(self) -> RetryPolicy:
-        """The retry policy of every unit of work."""
-        return self._core.retry
-
-    @property
-    def breaker(self) -> CircuitBreaker | None:
-        """The circuit breaker, or None."""
-        return self._core.breaker
-
-    @property
-    def replicas(self) -> Any:
-        """The :class:`~sqlalchemy_resilience.ReplicaSet`, or None."""
-        return self._core.replica_set
-
-    @property
-    def pooler_report(self) -> Any:
-        """What the start-up pooler check found (PostgreSQL), or None before start."""
-        return self._core.pooler_report
 
     def start(self, *, timeout: Seconds = 10.0) -> None:
         """Verify connections, check for a pooler, start the background parts (``with db:``)."""
@@ -246,8 +214,7 @@ class SyncDatabase:
 
     def paginate(self, statement: Any, **options: Any) -> Page[Any]:
         """:func:`~sqlalchemy_resilience.paginate_sync` on a session of this database."""
-        if self._cursor_secret is not None:
-            options.setdefault("secret", self._cursor_secret)
+        options = self._pagination_options(options)
         with self.session() as session:
             return paginate_sync(session, statement, **options)
 
@@ -263,7 +230,3 @@ class SyncDatabase:
     def stats(self, *, top: int = 10) -> dict[str, Any]:
         """JSON-ready figures: top statements, pool, breaker, replicas, pooler check."""
         return database_stats(self._core, top=top)
-
-    def user_message(self, exc: BaseException, locale: str | None = None) -> str:
-        """A message safe to show an end user for ``exc``."""
-        return self._core.user_message(exc, locale)
