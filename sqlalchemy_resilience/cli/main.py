@@ -65,8 +65,26 @@ def _embedded_driver() -> str:
     )
 
 
+def _demo_sections() -> tuple[str, ...]:
+    from .demo.run import SECTIONS
+
+    return SECTIONS
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import default_sqlite_url, run_demo
+    from functools import partial
+
+    from .demo import default_sqlite_url
+    from .demo import run_demo as run_all
+
+    sections = args.section
+    for name in sections or ():
+        if name not in _demo_sections():
+            raise CommandError(
+                EXIT_USAGE,
+                f"--section must be one of {', '.join(_demo_sections())}, got {name!r}",
+            )
+    run_demo = partial(run_all, sections=sections)
 
     if args.url:
         url = _parse_url(args.url, "--url")
@@ -183,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedded-postgres",
         action="store_true",
         help="start a throwaway PostgreSQL (system binaries or the pgserver wheel)",
+    )
+    demo.add_argument(
+        "--section",
+        action="append",
+        metavar="NAME",
+        help="run only this part (repeatable): " + ", ".join(_demo_sections()),
     )
     demo.set_defaults(func=_cmd_demo)
     health = sub.add_parser(

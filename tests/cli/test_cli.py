@@ -84,9 +84,23 @@ def test_demo_shows_two_instances_migrating_at_once(capsys: pytest.CaptureFixtur
     assert "after editing r2.py: edited r2" in out
 
 
+def test_demo_sections(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--section NAME` runs one part (repeatable); an unknown name is one usage line."""
+    assert main(["demo", "--section", "errors", "--section", "migrations"]) == 0
+    out = capsys.readouterr().out
+    assert "3/3 failures" in out and "applied r1, r2, r3" in out
+    assert "bulk_insert" not in out and "Deployments" not in out
+    assert main(["demo", "--section", "nope"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "sqlalchemy-resilience: --section must be one of errors, retry, observe, sagas, "
+        "batch, migrations, deploy, got 'nope'"
+    ]
+
+
 def test_demo_shows_the_deployment_parts(capsys: pytest.CaptureFixture[str]) -> None:
     """The query budget catches the N+1 with its line; only the idle connection is pinged."""
-    assert main(["demo"]) == 0
+    assert main(["demo", "--section", "deploy"]) == 0
     out = capsys.readouterr().out
     assert "6 statements ran, the budget is 2" in out
     assert "5x the same statement from " in out and "deploy.py:" in out

@@ -18,7 +18,7 @@ import contextlib
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -46,7 +46,7 @@ from sqlalchemy_resilience.errors.translate import describe
 from sqlalchemy_resilience.instrumentation import instrument
 from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 
-__all__ = ["DemoStep", "run_demo"]
+__all__ = ["SECTIONS", "DemoStep", "run_demo"]
 
 _metadata = MetaData()
 _users = Table(
@@ -220,23 +220,19 @@ def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def run_demo(
-    url: str | URL, *, out: TextIO | None = None, server: EmbeddedPostgres | None = None
-) -> int:
-    """Run the tour against ``url`` and print it; returns 0 when every step behaved.
+#: The demo's parts, in order; ``demo --section NAME`` runs one of them.
+SECTIONS: tuple[str, ...] = (
+    "errors",
+    "retry",
+    "observe",
+    "sagas",
+    "batch",
+    "migrations",
+    "deploy",
+)
 
-    Args:
-        url: any SQLAlchemy URL, sync (``sqlite:///x.db``) or async (``postgresql+asyncpg://...``).
-        out: where to print (stdout by default).
-        server: the embedded PostgreSQL behind ``url``, when the demo owns it:
-            the retry part then restarts it under load.
 
-    Example::
-
-        run_demo("sqlite:///demo.db")
-    """
-    out = out or sys.stdout
-    parsed = make_url(url)
+def _errors_section(parsed: URL, out: TextIO) -> bool:
     is_sqlite = parsed.get_backend_name() == "sqlite"
     connect_args = {"timeout": 0.1} if is_sqlite else {}
     print(
@@ -272,40 +268,82 @@ def run_demo(
     _report(steps, out)
     good = sum(step.ok for step in steps)
     print(f"\n{good}/{len(steps)} failures arrived as the expected typed error.", file=out)
-    retry_ok = True
-    if is_sqlite and parsed.database:
-        from .retry import sqlite_busy_tour
+    return good == len(steps)
 
-        retry_ok = sqlite_busy_tour(parsed, out)
-    elif server is not None and parsed.get_dialect().is_async:
-        import asyncio
 
-        from .retry import restart_tour
-
-        retry_ok = asyncio.run(restart_tour(server, parsed, out))
+def _section(name: str, parsed: URL, out: TextIO, server: EmbeddedPostgres | None) -> bool:
     import asyncio
 
-    from .observe import observability_tour
+    if name == "errors":
+        return _errors_section(parsed, out)
+    if name == "retry":
+        if parsed.get_backend_name() == "sqlite" and parsed.database:
+            from .retry import sqlite_busy_tour
 
-    observe_ok = asyncio.run(observability_tour(parsed, out))
+            return sqlite_busy_tour(parsed, out)
+        if server is not None and parsed.get_dialect().is_async:
+            from .retry import restart_tour
 
-    from .saga import saga_tour
+            return asyncio.run(restart_tour(server, parsed, out))
+        print("\n(retry: the restart tour needs --embedded-postgres)", file=out)
+        return True
+    if name == "observe":
+        from .observe import observability_tour
 
-    saga_ok = asyncio.run(saga_tour(parsed, out))
+        return asyncio.run(observability_tour(parsed, out))
+    if name == "sagas":
+        from .saga import saga_tour
 
-    from .batch import batch_tour
+        return asyncio.run(saga_tour(parsed, out))
+    if name == "batch":
+        from .batch import batch_tour
 
-    batch_ok = asyncio.run(batch_tour(parsed, out))
+        return asyncio.run(batch_tour(parsed, out))
+    if name == "migrations":
+        from .migrations import migrations_tour
 
-    from .migrations import migrations_tour
+        return migrations_tour(parsed, out)
+    if name == "deploy":
+        from .deploy import deployment_tour
 
-    migrations_ok = migrations_tour(parsed, out)
+        return deployment_tour(parsed, out, server)
+    raise ValueError(f"section must be one of {', '.join(SECTIONS)}, got {name!r}")
 
-    from .deploy import deployment_tour
 
-    deploy_ok = deployment_tour(parsed, out, server)
-    parts_ok = retry_ok and observe_ok and saga_ok and batch_ok and migrations_ok and deploy_ok
-    return 0 if good == len(steps) and parts_ok else 1
+def run_demo(
+    url: str | URL,
+    *,
+    out: TextIO | None = None,
+    server: EmbeddedPostgres | None = None,
+    sections: Sequence[str] | None = None,
+) -> int:
+    """Run the tour against ``url`` and print it; returns 0 when every step behaved.
+
+    Args:
+        url: any SQLAlchemy URL, sync (``sqlite:///x.db``) or async (``postgresql+asyncpg://...``).
+        out: where to print (stdout by default).
+        server: the embedded PostgreSQL behind ``url``, when the demo owns it:
+            the retry part then restarts it under load, the deployments part
+            starts a replica beside it.
+        sections: the parts to run (names from :data:`SECTIONS`), all by default.
+
+    Raises:
+        ValueError: an unknown section name.
+
+    Example::
+
+        run_demo("sqlite:///demo.db", sections=["errors", "batch"])
+    """
+    out = out or sys.stdout
+    chosen = list(SECTIONS) if sections is None else list(sections)
+    unknown = [name for name in chosen if name not in SECTIONS]
+    if unknown:
+        raise ValueError(f"section must be one of {', '.join(SECTIONS)}, got {unknown[0]!r}")
+    parsed = make_url(url)
+    ok = True
+    for name in chosen:
+        ok = _section(name, parsed, out, server) and ok
+    return 0 if ok else 1
 
 
 def default_sqlite_url(directory: str | Path | None = None) -> URL:
