@@ -140,6 +140,7 @@ class DatabaseCore:
         self._providers: list[PasswordProvider] = []
         self._password_provider = password_provider
         self._slow = slow_query_threshold
+        self._given_name = name
         self._meter_provider = meter_provider
         self.maintainer: PoolMaintainer | None = None
         self.autosizer: PoolAutosizer | None = None
@@ -230,6 +231,8 @@ class DatabaseCore:
                     meter_provider=self._meter_provider,
                     leak_threshold=settings.seconds("leak_threshold"),
                     max_waiting=settings.max_waiting,
+                    # The database's own name, when given, names its pool in metrics.
+                    pool_name=self._given_name if primary else None,
                 )
             )
         require_writer = settings.require_writer
