@@ -219,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true", help="print the report as JSON")
     health.set_defaults(func=_cmd_health)
     from .migrate import add_migration_commands
+    from .stats import add_stats_command
 
     add_migration_commands(sub)
+    add_stats_command(sub)
     return parser
 
 

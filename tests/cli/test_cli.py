@@ -253,3 +253,67 @@ def test_demo_on_an_unreachable_server_is_one_line(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert "DatabaseUnavailable" in err and pg_server.app_password not in err
+
+
+def test_stats_of_a_demo_workload(capsys: pytest.CaptureFixture[str]) -> None:
+    """`stats --demo` prints the in-process statistics; JSON for machines."""
+    assert main(["stats", "--demo", "--top", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2 and rows[0]["calls"] == 300
+    assert rows[0]["statement"].startswith("UPDATE items SET stock=")
+    assert main(["stats", "--demo", "--by", "calls"]) == 0
+    assert "SELECT items.id" in capsys.readouterr().out
+    assert main(["stats", "sqlite:///x.db"]) == EXIT_USAGE
+    assert "needs PostgreSQL" in capsys.readouterr().err
+
+
+@pytest.mark.postgresql  # starts a server of its own
+def test_stats_reads_pg_stat_statements() -> None:
+    """A server with pg_stat_statements preloaded: the top statements by calls, as JSON."""
+    from sqlalchemy_resilience.embedded import EmbeddedPostgresError
+
+    try:
+        server = PgServer.start_embedded(shared_preload_libraries="'pg_stat_statements'")
+    except EmbeddedPostgresError as exc:  # binaries without the contrib modules
+        pytest.skip(f"no pg_stat_statements with these PostgreSQL binaries: {exc}")
+    try:
+        server.execute("CREATE EXTENSION pg_stat_statements")
+        for _ in range(5):
+            server.execute("SELECT count(*) FROM pg_class WHERE relpages > %s", (3,))
+        url = server.admin_url(driver="psycopg").render_as_string(hide_password=False)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sqlalchemy_resilience.cli",
+                "stats",
+                url,
+                "--by",
+                "calls",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        rows = json.loads(proc.stdout)
+        assert any("pg_class" in r["statement"] and r["calls"] >= 5 for r in rows)
+        server.execute("DROP EXTENSION pg_stat_statements")
+        proc = subprocess.run(
+            [sys.executable, "-m", "sqlalchemy_resilience.cli", "stats", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines() == [
+            "sqlalchemy-resilience: pg_stat_statements is not installed in this database: "
+            "CREATE EXTENSION pg_stat_statements (the server needs shared_preload_libraries = "
+            "'pg_stat_statements')"
+        ]
+        assert server.embedded is not None and server.embedded.password not in proc.stderr
+    finally:
+        server.close()
