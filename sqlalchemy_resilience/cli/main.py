@@ -15,6 +15,8 @@ Example::
     $ sqlalchemy-resilience demo --embedded-postgres  # a throwaway PostgreSQL
     $ sqlalchemy-resilience demo --url postgresql+asyncpg://app:pw@db/app
     $ sqlalchemy-resilience health postgresql+asyncpg://app:pw@db/app --json
+    $ sqlalchemy-resilience stats --demo
+    $ sqlalchemy-resilience bench --embedded-postgres
 """
 
 from __future__ import annotations
@@ -218,11 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
     health.add_argument("--json", action="store_true", help="print the report as JSON")
     health.set_defaults(func=_cmd_health)
+    from .bench import add_bench_command
     from .migrate import add_migration_commands
     from .stats import add_stats_command
 
     add_migration_commands(sub)
     add_stats_command(sub)
+    add_bench_command(sub)
     return parser
 
 

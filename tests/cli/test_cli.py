@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -317,3 +318,25 @@ def test_stats_reads_pg_stat_statements() -> None:
         assert server.embedded is not None and server.embedded.password not in proc.stderr
     finally:
         server.close()
+
+
+def test_bench_prints_ratios_to_plain_sqlalchemy(capsys: pytest.CaptureFixture[str]) -> None:
+    """`bench` on SQLite: every variant measured in the same run, plain SQLAlchemy the base."""
+    assert main(["bench", "--rounds", "2", "--queries", "20", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    names = [v["variant"] for v in result["variants"]]
+    assert names[:3] == ["raw sqlite3", "plain SQLAlchemy", "instrument() defaults"]
+    assert result["variants"][1]["ratio"] == 1.0
+    assert all(v["median_us"] > 0 for v in result["variants"])
+    assert main(["bench", "--queries", "5"]) == EXIT_USAGE
+    assert "--queries >= 10" in capsys.readouterr().err
+
+
+def test_bench_on_postgresql(pg_server: PgServer, pg_database: str) -> None:
+    url = pg_server.app_url(pg_database, driver="asyncpg").render_as_string(hide_password=False)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["bench", "--url", url, "--rounds", "2", "--queries", "20"]) == 0
+    text = out.getvalue()
+    assert "raw asyncpg" in text and "instrument() defaults" in text
+    assert pg_server.app_password not in text
