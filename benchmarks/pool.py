@@ -134,11 +134,13 @@ GAP = 2.0
 async def _bursty(engine: AsyncEngine, bursts: int, sampler: Callable[[], int]) -> dict[str, Any]:
     """Bursts of 24 requests holding a connection 20 ms, GAP s apart; samples open connections."""
     samples: list[int] = []
+    times: list[float] = []
     stop = asyncio.Event()
 
     async def sample() -> None:
         while not stop.is_set():
             samples.append(sampler())
+            times.append(time.monotonic() - start)
             await asyncio.sleep(0.01)
 
     async def request() -> None:
@@ -149,8 +151,8 @@ async def _bursty(engine: AsyncEngine, bursts: int, sampler: Callable[[], int]) 
     await asyncio.gather(*(request() for _ in range(24)))
     await asyncio.sleep(GAP)
     pool_stats(engine, pop=True)
-    watcher = asyncio.create_task(sample())
     start = time.monotonic()
+    watcher = asyncio.create_task(sample())
     for _ in range(bursts):
         await asyncio.gather(*(request() for _ in range(24)))
         await asyncio.sleep(GAP)
@@ -163,10 +165,37 @@ async def _bursty(engine: AsyncEngine, bursts: int, sampler: Callable[[], int]) 
         "peak": max(samples),
         "mean": statistics.fmean(samples),
         "elapsed": elapsed,
+        "series": (times, samples),
     }
 
 
-async def bench_autosizer(url: URL, bursts: int) -> str:
+def plot_autosizer(rows: list[tuple[str, dict[str, Any]]], path: Path) -> None:
+    """Connections open over time for each pool under the same bursts (an SVG for the docs)."""
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, result in rows:
+        times, samples = result["series"]
+        ax.step(
+            times, samples, where="post", label=f"{name} (p99 wait {result['p99'] * 1000:.0f} ms)"
+        )
+    ax.set_xlabel("seconds (a burst of 24 requests x 20 ms every 2 s)")
+    ax.set_ylabel("connections open")
+    ax.set_title("Connections the server keeps open under bursts")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, **({"metadata": {"Date": None}} if path.suffix == ".svg" else {"dpi": 110}))
+    print(f"plot written to {path}")
+
+
+async def bench_autosizer(url: URL, bursts: int, plot: Path | None = None) -> str:
     rows = []
     for name, size, auto in (
         ("fixed pool of 4", 4, False),
@@ -186,6 +215,8 @@ async def bench_autosizer(url: URL, bursts: int) -> str:
             result["decisions"] = len(sizer.decisions)
         await engine.dispose()
         rows.append((name, result))
+    if plot is not None:
+        plot_autosizer(rows, plot)
     lines = [
         f"\nPostgreSQL: {bursts} bursts of 24 requests x 20 ms, {GAP:g} s apart",
         "| pool | p99 checkout wait | peak connections | mean connections open | resizes |",
@@ -207,6 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--postgres-url", help="postgresql+asyncpg:// URL")
     group.add_argument("--embedded-postgres", action="store_true")
+    parser.add_argument(
+        "--plot", help="write an SVG of connections open over time under bursts (matplotlib)"
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.ops < 1 or args.bursts < 1:
         parser.error("--rounds, --ops and --bursts must be at least 1")
@@ -221,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
 
     async def postgres(url: URL) -> None:
         print(await bench_postgres_checkout(url, args.rounds, args.ops // 2))
-        print(await bench_autosizer(url, args.bursts))
+        print(await bench_autosizer(url, args.bursts, Path(args.plot) if args.plot else None))
 
     if args.postgres_url:
         asyncio.run(postgres(make_url(args.postgres_url)))
