@@ -97,6 +97,13 @@ class BatchChunkFailed(ResilienceError):
             for a job, the runs before it).
 
     The translated database error is ``__cause__``.
+
+    Example::
+
+        try:
+            await bulk_insert(engine, Event, rows)
+        except BatchChunkFailed as exc:
+            print(exc.chunk, exc.bad_row, exc.rows_committed, exc.error)
     """
 
     def __init__(

@@ -35,6 +35,13 @@ class JobConflict(ResilienceError):
     Attributes:
         job: the job name.
         chunk: the chunk this run tried to commit.
+
+    Example::
+
+        try:
+            await bulk_insert(engine, Event, rows, job="backfill-1")
+        except JobConflict:
+            ...  # another instance runs this job now
     """
 
     def __init__(self, job: str, chunk: int) -> None:

@@ -85,6 +85,13 @@ class CircuitOpenError(ResilienceError):
     Args:
         retry_after: seconds until the breaker lets a probe through.
         breaker: the breaker's name, for logs.
+
+    Example::
+
+        try:
+            await run_transaction(Session, work, breaker=breaker)
+        except CircuitOpenError as exc:
+            return Response(status_code=503, headers={"Retry-After": str(round(exc.retry_after))})
     """
 
     message_key = "circuit_open"
@@ -112,6 +119,13 @@ class RetryExhausted(ResilienceError):
 
     Args:
         errors: the error of each attempt, first to last; the last is also ``__cause__``.
+
+    Example::
+
+        try:
+            await run_transaction(Session, work, retry=RetryPolicy(attempts=3))
+        except RetryExhausted as exc:
+            log.error("gave up after %d attempts: %s", exc.attempts, exc.errors[-1])
     """
 
     message_key = "retry_exhausted"
@@ -137,6 +151,13 @@ class AlreadyApplied(ResilienceError):
 
     Attributes:
         idempotency_key: the key.
+
+    Example::
+
+        try:
+            await run_transaction(Session, pay, idempotency_key=request_id)
+        except AlreadyApplied:
+            return {"status": "already paid"}
     """
 
     message_key = "already_applied"
@@ -244,6 +265,14 @@ class PoolExhausted(ResilienceError, sa_exc.TimeoutError):
 
     Subclasses :class:`sqlalchemy.exc.TimeoutError`, which SQLAlchemy raises
     for the same condition. The message carries the pool's numbers.
+
+    Example::
+
+        try:
+            async with engine.connect() as conn:
+                ...
+        except PoolExhausted:
+            return Response(status_code=503)
     """
 
     message_key = "pool_exhausted"

@@ -115,6 +115,11 @@ class DatabaseUnavailable(DatabaseFailure, sa_exc.OperationalError):
 
     Nothing was sent, so a retry is safe (``retryable=True`` unless the server
     said the database itself is gone).
+
+    Example::
+
+        except DatabaseUnavailable as exc:
+            return JSONResponse({"error": exc.user_message("en")}, status_code=503)
     """
 
     message_key = "database_unavailable"
@@ -136,13 +141,25 @@ class DatabaseUnavailable(DatabaseFailure, sa_exc.OperationalError):
 
 
 class TooManyConnections(DatabaseUnavailable):
-    """53300: the server or the role's connection limit is reached."""
+    """53300: the server or the role's connection limit is reached.
+
+    Example::
+
+        except TooManyConnections:
+            ...  # lower pool sizes, or put a pooler in front
+    """
 
     message_key = "too_many_connections"
 
 
 class AuthenticationFailed(DatabaseUnavailable):
-    """28000/28P01: the server rejected the credentials. Not retryable."""
+    """28000/28P01: the server rejected the credentials. Not retryable.
+
+    Example::
+
+        except AuthenticationFailed:
+            sys.exit("check DATABASE_URL's user and password (or the password provider)")
+    """
 
     message_key = "authentication_failed"
     default_retryable = False
@@ -153,6 +170,11 @@ class DatabaseNotFound(DatabaseUnavailable):
 
     The server (or the file system) answered; waiting will not bring the
     database back, so the end-user message does not say "try again".
+
+    Example::
+
+        except DatabaseNotFound:
+            sys.exit("the database named in DATABASE_URL does not exist")
     """
 
     message_key = "database_not_found"
@@ -163,6 +185,11 @@ class ConnectionLost(DatabaseFailure, sa_exc.OperationalError):
     """The connection died before COMMIT was sent; the server rolled the transaction back.
 
     Re-running the whole unit of work on a new connection is safe.
+
+    Example::
+
+        except ConnectionLost as exc:
+            assert exc.retryable  # re-run the whole unit of work
     """
 
     message_key = "connection_lost"
@@ -182,6 +209,11 @@ class ReadOnlyServer(DatabaseFailure, sa_exc.OperationalError):
     ``default_transaction_read_only`` to the client, which is how a read-only
     server is told apart from a transaction the application itself made
     READ ONLY (:class:`ReadOnlyTransaction`).
+
+    Example::
+
+        except ReadOnlyServer as exc:  # a failover: the pool's connections were discarded
+            assert exc.retryable
     """
 
     message_key = "read_only_server"
@@ -194,6 +226,13 @@ class CommitOutcomeUnknown(DatabaseFailure, sa_exc.OperationalError):
 
     Never retried blindly; re-run only with an idempotency key or after
     resolving the outcome (``pg_xact_status``).
+
+    Example::
+
+        try:
+            await run_transaction(Session, charge)
+        except CommitOutcomeUnknown:
+            ...  # look the payment up before charging again
     """
 
     message_key = "commit_outcome_unknown"
@@ -204,6 +243,11 @@ class QueryTimeout(DatabaseFailure, sa_exc.OperationalError):
     """57014: the statement was cancelled (statement_timeout, pg_cancel_backend).
 
     Not retried by default: a deterministic timeout would fail again.
+
+    Example::
+
+        async with transaction(Session, statement_timeout=2) as session:
+            ...  # QueryTimeout after 2 s
     """
 
     message_key = "query_timeout"
@@ -215,6 +259,11 @@ class LockNotAvailable(DatabaseFailure, sa_exc.OperationalError):
 
     On PostgreSQL not retried by default (a retry policy may opt in); on SQLite
     retryable, since the busy timeout already waited for the writer.
+
+    Example::
+
+        async with transaction(Session, lock_timeout=1) as session:
+            ...  # LockNotAvailable after 1 s instead of waiting forever
     """
 
     message_key = "lock_not_available"
@@ -225,6 +274,11 @@ class TransactionConflict(DatabaseFailure, sa_exc.OperationalError):
     """Class 40: the server rolled the transaction back because of a concurrent one.
 
     Re-running the whole transaction is safe and expected.
+
+    Example::
+
+        except TransactionConflict as exc:  # serialization failure or deadlock
+            assert exc.retryable
     """
 
     message_key = "transaction_conflict"
@@ -233,72 +287,143 @@ class TransactionConflict(DatabaseFailure, sa_exc.OperationalError):
 
 
 class SerializationFailure(TransactionConflict):
-    """40001 (also raised by COMMIT, which is still a definite failure) or SQLITE_BUSY_SNAPSHOT."""
+    """40001 (also raised by COMMIT, which is still a definite failure) or SQLITE_BUSY_SNAPSHOT.
+
+    Example::
+
+        await run_transaction(Session, work, isolation_level="SERIALIZABLE")  # re-run on 40001
+    """
 
 
 class DeadlockDetected(TransactionConflict):
-    """40P01: this transaction was chosen as the deadlock victim."""
+    """40P01: this transaction was chosen as the deadlock victim.
+
+    Example::
+
+        except DeadlockDetected:
+            ...  # run_transaction re-runs it for you
+    """
 
 
 class SnapshotTooOld(TransactionConflict):
     """72000 (``old_snapshot_threshold``, PostgreSQL 16 and earlier): rows the
     transaction's snapshot needed were cleaned up. A new transaction takes a
-    new snapshot, so re-running the whole unit of work is safe."""
+    new snapshot, so re-running the whole unit of work is safe.
+
+    Example::
+
+        except SnapshotTooOld:
+            ...  # run_transaction re-runs the unit of work
+    """
 
     message_key = "snapshot_too_old"
 
 
 class ConstraintViolation(DatabaseFailure, sa_exc.IntegrityError):
-    """Class 23 (and 40002): the change breaks a constraint. Never retried."""
+    """Class 23 (and 40002): the change breaks a constraint. Never retried.
+
+    Example::
+
+        except ConstraintViolation as exc:  # unique, foreign key, not null, check
+            return JSONResponse({"error": exc.user_message(locale)}, status_code=409)
+    """
 
     message_key = "constraint_violation"
     sqlalchemy_base = sa_exc.IntegrityError
 
 
 class UniqueViolation(ConstraintViolation):
-    """23505: a unique or primary key constraint."""
+    """23505: a unique or primary key constraint.
+
+    Example::
+
+        except UniqueViolation as exc:
+            return {"error": exc.user_message("ja"), "constraint": exc.constraint_name}
+    """
 
     message_key = "unique_violation"
 
 
 class ForeignKeyViolation(ConstraintViolation):
-    """23503: a foreign key refers to a missing row, or a referenced row is still used."""
+    """23503: a foreign key refers to a missing row, or a referenced row is still used.
+
+    Example::
+
+        except ForeignKeyViolation as exc:
+            print(exc.constraint_name, exc.table_name)
+    """
 
     message_key = "foreign_key_violation"
 
 
 class NotNullViolation(ConstraintViolation):
-    """23502: a NOT NULL column got NULL."""
+    """23502: a NOT NULL column got NULL.
+
+    Example::
+
+        except NotNullViolation as exc:
+            print(exc.column_name)
+    """
 
     message_key = "not_null_violation"
 
 
 class CheckViolation(ConstraintViolation):
-    """23514: a CHECK constraint failed."""
+    """23514: a CHECK constraint failed.
+
+    Example::
+
+        except CheckViolation as exc:  # e.g. stock >= 0
+            return {"error": exc.user_message("en"), "constraint": exc.constraint_name}
+    """
 
     message_key = "check_violation"
 
 
 class ExclusionViolation(ConstraintViolation):
-    """23P01: an exclusion constraint failed."""
+    """23P01: an exclusion constraint failed.
+
+    Example::
+
+        except ExclusionViolation:  # e.g. overlapping bookings
+            return {"error": "that slot is taken"}
+    """
 
 
 class InvalidData(DatabaseFailure, sa_exc.DataError):
-    """Class 22: a value has the wrong format, is out of range or cannot be stored."""
+    """Class 22: a value has the wrong format, is out of range or cannot be stored.
+
+    Example::
+
+        except InvalidData:  # 22xxx: a value the column cannot take
+            return {"error": "invalid value"}
+    """
 
     message_key = "invalid_data"
     sqlalchemy_base = sa_exc.DataError
 
 
 class InvalidStatement(DatabaseFailure, sa_exc.ProgrammingError):
-    """Class 42: syntax error, unknown table or column -- a bug, not a transient failure."""
+    """Class 42: syntax error, unknown table or column -- a bug, not a transient failure.
+
+    Example::
+
+        except InvalidStatement as exc:  # a bug: not retried
+            log.exception("bad SQL (error id %s)", exc.error_id)
+    """
 
     message_key = "invalid_statement"
     sqlalchemy_base = sa_exc.ProgrammingError
 
 
 class PermissionDenied(InvalidStatement):
-    """42501: the role lacks a privilege."""
+    """42501: the role lacks a privilege.
+
+    Example::
+
+        except PermissionDenied as exc:
+            log.error("missing grant: %s", exc.safe_text())
+    """
 
     message_key = "permission_denied"
 
@@ -306,13 +431,25 @@ class PermissionDenied(InvalidStatement):
 class ReadOnlyTransaction(InvalidStatement):
     """25006 in a transaction the application made READ ONLY (``SET TRANSACTION
     READ ONLY``, ``run_transaction(read_only=True)``) on a server that accepts
-    writes: a bug in the unit of work, never retried."""
+    writes: a bug in the unit of work, never retried.
+
+    Example::
+
+        async with transaction(Session, read_only=True) as session:
+            session.add(item)  # ReadOnlyTransaction at flush: not retried
+    """
 
     message_key = "invalid_statement"
 
 
 class InsufficientResources(DatabaseFailure, sa_exc.OperationalError):
-    """Class 53 (disk full, out of memory, configuration limit): not retried."""
+    """Class 53 (disk full, out of memory, configuration limit): not retried.
+
+    Example::
+
+        except InsufficientResources as exc:
+            log.error("the database is out of resources: %s", exc.safe_text())
+    """
 
     message_key = "insufficient_resources"
     sqlalchemy_base = sa_exc.OperationalError
@@ -323,6 +460,11 @@ class StorageFailure(DatabaseFailure, sa_exc.OperationalError):
     XX001/XX002 (corrupted data or index), SQLite's IOERR, CORRUPT and NOTADB.
 
     Not retried; counts toward the circuit breaker.
+
+    Example::
+
+        except StorageFailure as exc:
+            log.critical("storage failure: %s", exc.safe_text())
     """
 
     message_key = "storage_failure"
@@ -340,6 +482,10 @@ class PoolerIncompatible(InvalidStatement):
     fault: not retried. Create the engine with
     :func:`~sqlalchemy_resilience.pooler_safe_options` (asyncpg: statement
     caches off, unnamed statements; psycopg: ``prepare_threshold=None``).
+
+    Example::
+
+        engine = create_async_engine(url, **pooler_safe_options(url))  # the fix it names
     """
 
     advice = (

@@ -49,6 +49,11 @@ class CheckFinding:
         revision: the revision at fault, when one is.
         message: what failed.
         detail: the evidence (the error, or the schema difference).
+
+    Example::
+
+        for finding in check_migrations(config).findings:
+            print(finding.check, finding.revision, finding.message)
     """
 
     check: str
@@ -70,6 +75,11 @@ class CheckReport:
     Attributes:
         revisions: the revisions walked, base first.
         findings: every failed check (empty when all passed).
+
+    Example::
+
+        report = check_migrations(config)
+        report.assert_ok()  # in a test
     """
 
     revisions: tuple[str, ...]

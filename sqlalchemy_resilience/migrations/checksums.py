@@ -88,6 +88,11 @@ class Finding:
             ``"stale"`` (a checksum of a revision no longer applied).
         revision: the revision id.
         detail: what differs.
+
+    Example::
+
+        for finding in verify_migrations(url).findings:
+            print(finding.kind, finding.revision)
     """
 
     kind: str
@@ -108,6 +113,12 @@ class VerifyReport:
         version_table: the version table checked.
         applied: the applied revisions, base first.
         findings: every difference.
+
+    Example::
+
+        report = verify_migrations(url)
+        if not report.ok:
+            sys.exit(1)
     """
 
     version_table: str

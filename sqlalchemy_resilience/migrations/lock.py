@@ -100,6 +100,11 @@ class LockInfo:
     Attributes:
         kind: ``"advisory"`` (PostgreSQL), ``"file"`` (SQLite) or ``"none"``.
         waited: seconds spent waiting for another instance.
+
+    Example::
+
+        with migration_lock(connection, version_table="alembic_version", wait=60) as info:
+            print(info.kind, info.waited)
     """
 
     kind: str

@@ -79,6 +79,11 @@ class PoolMonitor:
 
     Attributes:
         name: the pool name reported in metrics and stats.
+
+    Example::
+
+        instr = instrument(engine)
+        print(instr.pool_stats()["checkouts"])
     """
 
     def __init__(

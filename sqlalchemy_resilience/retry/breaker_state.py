@@ -71,7 +71,13 @@ def is_infrastructure_failure(exc: BaseException) -> bool:
 
 
 class BreakerState(enum.Enum):
-    """The breaker's state; the value is what the state gauge reports."""
+    """The breaker's state; the value is what the state gauge reports.
+
+    Example::
+
+        if breaker.state is BreakerState.OPEN:
+            print("retry in", breaker.retry_after())
+    """
 
     CLOSED = 0
     HALF_OPEN = 1
@@ -87,6 +93,10 @@ class BreakerTransition:
         previous, current: the states.
         reason: why (``"5 consecutive failures"``, ``"probe succeeded"``...).
         at: the breaker clock's reading at the change.
+
+    Example::
+
+        breaker.add_listener(lambda t: log.warning("%s: %s -> %s", t.breaker, t.previous, t.current))
     """
 
     breaker: str

@@ -43,6 +43,12 @@ class ResilientAsyncSession(AsyncSession):
 
     Made by :func:`resilient_sessionmaker`; ``retry`` and ``breaker`` are read
     from the class attributes it sets.
+
+    Example::
+
+        Session = resilient_sessionmaker(engine)
+        async with Session() as session:  # a ResilientAsyncSession
+            await session.execute(select(User))
     """
 
     resilience_retry: RetryPolicy = _DEFAULT_POLICY

@@ -333,6 +333,11 @@ class RecoveryReport:
         lost: ids another instance took over while this one drove them.
         errors: ids whose driving failed for another reason (the database
             went away...), with the error; they stay claimable once the lease ends.
+
+    Example::
+
+        report = await recover_sagas(Session, [place_order])
+        print(report.recovered)
     """
 
     completed: list[str] = field(default_factory=list)
@@ -447,7 +452,12 @@ async def recover_sagas(
 def recover_sagas_sync(
     sessionmaker: Callable[[], Session], sagas: Iterable[Saga], *, limit: int | None = None
 ) -> RecoveryReport:
-    """The synchronous twin of :func:`recover_sagas` (for sagas run with ``run_sync``)."""
+    """The synchronous twin of :func:`recover_sagas` (for sagas run with ``run_sync``).
+
+    Example::
+
+        report = recover_sagas_sync(Session, [place_order])
+    """
     if _is_async_factory(sessionmaker):
         raise TypeError("recover_sagas_sync needs a sessionmaker; use recover_sagas")
     definitions = list(sagas)
@@ -473,7 +483,13 @@ async def get_saga(sessionmaker: async_sessionmaker[Any], saga_id: str) -> SagaR
 
 
 def get_saga_sync(sessionmaker: Callable[[], Session], saga_id: str) -> SagaRecord | None:
-    """The synchronous twin of :func:`get_saga`."""
+    """The synchronous twin of :func:`get_saga`.
+
+    Example::
+
+        record = get_saga_sync(Session, "order-42")
+        print(record.status if record else "unknown")
+    """
     runner = TxRunner(sessionmaker, is_async=False, retry=RetryPolicy(attempts=3))
     record: SagaRecord | None = _run_blocking(runner.log(lambda s: store.load(s, saga_id)))
     return record

@@ -81,6 +81,12 @@ class SagaStepFailed(Exception):
     When a saga's outcome is returned to a later start (or seen by an
     operator), the original exceptions are gone; their recorded one-line
     descriptions come back as these.
+
+    Example::
+
+        except SagaCompensationFailed as group:
+            for failure in group.exceptions:  # SagaStepFailed when read from the log
+                print(getattr(failure, "step", "?"), failure)
     """
 
     def __init__(self, step: str, description: str) -> None:
@@ -150,6 +156,11 @@ class SagaInProgress(ResilienceError):
     Attributes:
         saga_id: the saga.
         retry_after: seconds until its driver's lease runs out (then it can be taken over).
+
+    Example::
+
+        except SagaInProgress as exc:
+            return Response(status_code=409, headers={"Retry-After": str(round(exc.retry_after))})
     """
 
     message_key = "in_progress"
@@ -172,6 +183,11 @@ class SagaLeaseLost(ResilienceError):
     Raised at the next step boundary; the step that was under way was not
     recorded, so the new driver re-runs it (a database step rolled back; an
     external call is repeated with the same idempotency key).
+
+    Example::
+
+        except SagaLeaseLost:
+            ...  # another instance took over; it will finish the saga
     """
 
     def __init__(self, saga_id: str) -> None:

@@ -54,7 +54,13 @@ _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 @dataclass
 class StepRecord:
-    """One step as the log has it."""
+    """One step as the log has it.
+
+    Example::
+
+        for step in record.steps:
+            print(step.name, step.status)
+    """
 
     name: str
     position: int
@@ -80,6 +86,11 @@ class SagaRecord:
         lease_remaining: seconds until the owner's lease ends (negative: expired).
         recoveries: how many times recovery took it over.
         steps: each started step, by name.
+
+    Example::
+
+        record = await get_saga(Session, "order-42")
+        print(record.status, [s.name for s in record.steps])
     """
 
     saga_id: str

@@ -109,6 +109,12 @@ class FaultInjector:
     Attributes:
         seen: matching statements so far.
         fired: faults injected so far.
+
+    Example::
+
+        with inject_fault(engine, "deadlock", match="UPDATE accounts") as injector:
+            ...
+        print(injector.fired)
     """
 
     def __init__(

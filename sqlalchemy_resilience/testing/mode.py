@@ -32,6 +32,10 @@ def set_testing(enabled: bool, *, attempts: int = 3) -> None:
     Args:
         enabled: on or off.
         attempts: the most attempts any retry makes while on (>= 1).
+
+    Example::
+
+        set_testing(True, attempts=2)  # in conftest.py
     """
     flag: object = enabled  # untyped callers: check at run time
     if not isinstance(flag, bool):
@@ -43,13 +47,24 @@ def set_testing(enabled: bool, *, attempts: int = 3) -> None:
 
 
 def is_testing() -> bool:
-    """Whether test mode is on."""
+    """Whether test mode is on.
+
+    Example::
+
+        assert not is_testing()
+    """
     return TEST_MODE.enabled
 
 
 @contextlib.contextmanager
 def in_test_mode(*, attempts: int = 3) -> Iterator[None]:
-    """Test mode for the block, restoring the previous setting afterwards."""
+    """Test mode for the block, restoring the previous setting afterwards.
+
+    Example::
+
+        with in_test_mode(attempts=2):
+            await run_transaction(Session, work)  # no backoff, at most 2 attempts
+    """
     previous = (TEST_MODE.enabled, TEST_MODE.attempts)
     set_testing(True, attempts=attempts)
     try:

@@ -141,7 +141,13 @@ class _ContextBase:
 
 
 class TransactionContext(_ContextBase, Generic[W]):
-    """What :func:`transaction` returns: ``async with`` it to get the session or connection."""
+    """What :func:`transaction` returns: ``async with`` it to get the session or connection.
+
+    Example::
+
+        async with transaction(Session, isolation_level="SERIALIZABLE") as session:
+            session.add(order)
+    """
 
     __slots__ = ()
 
@@ -277,7 +283,13 @@ class TransactionContext(_ContextBase, Generic[W]):
 
 
 class SyncTransactionContext(_ContextBase, Generic[W]):
-    """What :func:`transaction_sync` returns: ``with`` it to get the session or connection."""
+    """What :func:`transaction_sync` returns: ``with`` it to get the session or connection.
+
+    Example::
+
+        with transaction_sync(Session, statement_timeout=5) as session:
+            session.add(order)
+    """
 
     __slots__ = ()
 
