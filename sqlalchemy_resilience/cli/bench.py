@@ -84,6 +84,17 @@ def _sdk_provider() -> Any | None:
     return MeterProvider(metric_readers=[InMemoryMetricReader()])
 
 
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("  measuring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rounds"),
+        console=console,
+        transient=True,
+    )
+
+
 def _measure(
     variants: dict[str, Callable[[int], Any]],
     rounds: int,
@@ -95,14 +106,7 @@ def _measure(
         run(fn(max(20, queries // 4)))  # warm every path up
     gc.collect()
     results: dict[str, list[float]] = {name: [] for name in variants}
-    progress = Progress(
-        TextColumn("  measuring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("rounds"),
-        console=console,
-        transient=True,
-    )
+    progress = _progress(console)
     with progress:
         task = progress.add_task("rounds", total=rounds)
         for _ in range(rounds):
@@ -286,14 +290,7 @@ def _bench_postgres(args: argparse.Namespace, console: Console) -> tuple[list[di
             for fn in variants.values():
                 await fn(max(20, args.queries // 4))
             gc.collect()
-            progress = Progress(
-                TextColumn("  measuring"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("rounds"),
-                console=console,
-                transient=True,
-            )
+            progress = _progress(console)
             with progress:
                 task = progress.add_task("rounds", total=args.rounds)
                 for _ in range(args.rounds):
