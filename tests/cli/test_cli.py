@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import socket
@@ -340,3 +341,17 @@ def test_bench_on_postgresql(pg_server: PgServer, pg_database: str) -> None:
     text = out.getvalue()
     assert "raw asyncpg" in text and "instrument() defaults" in text
     assert pg_server.app_password not in text
+
+
+def test_demo_shows_the_breaker_and_the_prometheus_exposition(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--section", "retry", "--section", "observe"]) == 0
+    out = capsys.readouterr().out
+    assert "3 units of work lost their connection: breaker OPEN" in out
+    assert "CircuitOpenError in" in out and "no pool checkout" in out
+    assert "CLOSED -> OPEN -> HALF_OPEN -> CLOSED" in out
+    if importlib.util.find_spec("opentelemetry.exporter.prometheus") is not None:
+        assert 'db_client_connection_count{db_client_connection_pool_name="demo"' in out
+    else:
+        assert "pip install opentelemetry-sdk opentelemetry-exporter-prometheus" in out

@@ -277,20 +277,26 @@ def _section(name: str, parsed: URL, out: TextIO, server: EmbeddedPostgres | Non
     if name == "errors":
         return _errors_section(parsed, out)
     if name == "retry":
+        from .breaker import breaker_tour
+
+        ok = True
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             from .retry import sqlite_busy_tour
 
-            return sqlite_busy_tour(parsed, out)
-        if server is not None and parsed.get_dialect().is_async:
+            ok = sqlite_busy_tour(parsed, out)
+        elif server is not None and parsed.get_dialect().is_async:
             from .retry import restart_tour
 
-            return asyncio.run(restart_tour(server, parsed, out))
-        print("\n(retry: the restart tour needs --embedded-postgres)", file=out)
-        return True
+            ok = asyncio.run(restart_tour(server, parsed, out))
+        else:
+            print("\n(retry: the restart tour needs --embedded-postgres)", file=out)
+        return asyncio.run(breaker_tour(parsed, out)) and ok
     if name == "observe":
+        from .breaker import metrics_tour
         from .observe import observability_tour
 
-        return asyncio.run(observability_tour(parsed, out))
+        ok = asyncio.run(observability_tour(parsed, out))
+        return asyncio.run(metrics_tour(parsed, out)) and ok
     if name == "sagas":
         from .saga import saga_tour
 
