@@ -246,6 +246,8 @@ async def test_a_refused_replica_leaves_the_rotation_and_spares_the_primary_brea
         replica_set.detach()
         await primary.dispose()
         await dead.dispose()
-    assert len(errors) == 2 and all(isinstance(e, sr.DatabaseUnavailable) for e in errors)
+    # Two failures open it: the background probe may be one of them.
+    assert 1 <= len(errors) <= 2
+    assert all(isinstance(e, sr.DatabaseUnavailable) for e in errors)
     assert all(from_replica(e) and not primary_failure(e) for e in errors)
     assert "connect" not in dead.sync_engine.dialect.__dict__  # detach() restored it
