@@ -16,7 +16,7 @@ import re
 import time
 from typing import Any, TextIO
 
-from sqlalchemy import text
+from sqlalchemy import Integer, bindparam, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
@@ -124,7 +124,7 @@ async def metrics_tour(url: URL, out: TextIO) -> bool:
     try:
         for n in range(5):
             async with engine.connect() as conn:
-                await conn.execute(text("SELECT :n"), {"n": n})
+                await conn.execute(select(bindparam("n", type_=Integer) + 1), {"n": n})
         exposition = generate_latest().decode()
     finally:
         await engine.dispose()
