@@ -355,3 +355,12 @@ def test_demo_shows_the_breaker_and_the_prometheus_exposition(
         assert 'db_client_connection_count{db_client_connection_pool_name="demo"' in out
     else:
         assert "pip install opentelemetry-sdk opentelemetry-exporter-prometheus" in out
+
+
+def test_demo_breaker_on_a_sync_driver(tmp_path: Path) -> None:
+    """The no-extras install runs the demo on sqlite3: the breaker part runs there too."""
+    out = io.StringIO()
+    assert run_demo(f"sqlite:///{tmp_path / 'sync.sqlite'}", out=out, sections=["retry"]) == 0
+    text = out.getvalue()
+    assert "3 units of work lost their connection: breaker OPEN" in text
+    assert "CLOSED -> OPEN -> HALF_OPEN -> CLOSED" in text

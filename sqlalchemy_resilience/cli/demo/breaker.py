@@ -17,8 +17,9 @@ import time
 from typing import Any, TextIO
 
 from sqlalchemy import Integer, bindparam, select, text
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, create_engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy_resilience.errors import CircuitOpenError, ResilienceError
 from sqlalchemy_resilience.instrumentation import instrument
@@ -27,6 +28,7 @@ from sqlalchemy_resilience.retry import (
     CircuitBreaker,
     RetryPolicy,
     run_transaction,
+    run_transaction_sync,
 )
 from sqlalchemy_resilience.testing.faults import inject_fault
 
@@ -39,31 +41,35 @@ async def _select(session: AsyncSession) -> int:
     return int((await session.execute(text("SELECT 1"))).scalar_one())
 
 
+def _select_sync(session: Session) -> int:
+    return int(session.execute(text("SELECT 1")).scalar_one())
+
+
 async def breaker_tour(url: URL, out: TextIO) -> bool:
     """Open the breaker with three lost connections, refuse a call, close it with a probe."""
-    if not url.get_dialect().is_async:
-        print(
-            "\ncircuit breaker: this part runs on an asyncio driver "
-            "(pip install 'sqlalchemy-resilience[aiosqlite]'); sync code uses breaker.guard()",
-            file=out,
-        )
-        return True
-    engine = create_async_engine(url)
+    is_async = url.get_dialect().is_async
+    engine: Any = create_async_engine(url) if is_async else create_engine(url)
     instrument(engine)
     transitions: list[BreakerTransition] = []
     breaker = CircuitBreaker(
         name="demo", failure_threshold=3, recovery_timeout=0.5, listeners=[transitions.append]
     )
-    Session = async_sessionmaker(engine)
     once = RetryPolicy(attempts=1)
+    Session: Any = async_sessionmaker(engine) if is_async else sessionmaker(engine)
+
+    async def call() -> int:
+        if is_async:
+            return await run_transaction(Session, _select, retry=once, breaker=breaker)
+        return run_transaction_sync(Session, _select_sync, retry=once, breaker=breaker)
+
     print("\ncircuit breaker: failure_threshold=3, recovery_timeout=0.5 s", file=out)
     try:
-        await run_transaction(Session, _select, retry=once, breaker=breaker)  # a connection to lose
+        await call()  # a connection to lose
         failures = 0
         with inject_fault(engine, "disconnect", times=3, match="SELECT 1"):
             for _ in range(3):
                 try:
-                    await run_transaction(Session, _select, retry=once, breaker=breaker)
+                    await call()
                 except ResilienceError:
                     failures += 1
         print(
@@ -73,7 +79,7 @@ async def breaker_tour(url: URL, out: TextIO) -> bool:
         started = time.perf_counter()
         refused = False
         try:
-            await run_transaction(Session, _select, retry=once, breaker=breaker)
+            await call()
         except CircuitOpenError as exc:
             refused = True
             print(
@@ -83,7 +89,7 @@ async def breaker_tour(url: URL, out: TextIO) -> bool:
                 file=out,
             )
         await asyncio.sleep(0.6)
-        value = await run_transaction(Session, _select, retry=once, breaker=breaker)
+        value = await call()
         path = (
             " -> ".join([transitions[0].previous.name, *(t.current.name for t in transitions)])
             if transitions
@@ -92,7 +98,10 @@ async def breaker_tour(url: URL, out: TextIO) -> bool:
         print(f"  after 0.6 s a probe went through (SELECT 1 = {value}): {path}", file=out)
         return failures == 3 and refused and breaker.state.name == "CLOSED"
     finally:
-        await engine.dispose()
+        if is_async:
+            await engine.dispose()
+        else:
+            engine.dispose()
 
 
 def _exporter() -> tuple[Any, Any, Any] | None:
