@@ -25,7 +25,7 @@ from sqlalchemy_resilience._util.seconds import Seconds
 from sqlalchemy_resilience.batch import BulkResult, bulk_insert
 from sqlalchemy_resilience.deploy import check_pooler, routing_sessionmaker
 from sqlalchemy_resilience.deploy.credentials import Provider
-from sqlalchemy_resilience.deploy.replicas import is_write_statement
+from sqlalchemy_resilience.deploy.routing import is_write_statement
 from sqlalchemy_resilience.pagination import Page, paginate
 from sqlalchemy_resilience.pagination.cursor import Secret
 from sqlalchemy_resilience.pool import HealthReport, health_check, pool_stats, warm_up

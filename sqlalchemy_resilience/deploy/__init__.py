@@ -15,11 +15,11 @@ from .pooler import pooler_safe_options as pooler_safe_options
 from .pooler import unnamed_statement as unnamed_statement
 from .replicas import ReplicaSet as ReplicaSet
 from .replicas import ReplicaStatus as ReplicaStatus
-from .replicas import RoutingAsyncSession as RoutingAsyncSession
-from .replicas import RoutingSession as RoutingSession
 from .replicas import primary_failure as primary_failure
-from .replicas import routing_sessionmaker as routing_sessionmaker
-from .replicas import use_primary as use_primary
+from .routing import RoutingAsyncSession as RoutingAsyncSession
+from .routing import RoutingSession as RoutingSession
+from .routing import routing_sessionmaker as routing_sessionmaker
+from .routing import use_primary as use_primary
 
 __all__ = [
     "Credential",
