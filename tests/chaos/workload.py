@@ -11,6 +11,7 @@ a history of (request id, outcome); the checker compares it with the table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import statistics
@@ -23,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.util.queue import Empty
 
 import sqlalchemy_resilience as sr
 from tests.pgharness import PgServer
@@ -340,6 +342,42 @@ class GcWarnings(logging.Handler):
             self.hits.append(message)
 
 
+def _pooled_backend_pid(record: Any) -> int | None:
+    driver = getattr(record.dbapi_connection, "driver_connection", None)
+    if driver is None:
+        return None
+    if hasattr(driver, "get_server_pid"):  # asyncpg
+        return int(driver.get_server_pid())
+    info = getattr(driver, "info", None)  # psycopg
+    return int(info.backend_pid) if info is not None else None
+
+
+def _forget_killed_backends(pool: Any, alive: set[int]) -> int:
+    """Soft-invalidate idle pooled connections whose backend the scenario killed.
+
+    A kill loop can terminate a backend after the workload's last use of that
+    pooled connection and before the follow-ups: the pool cannot know without
+    a ping (the package's answer is ``ping_idle_connections``; the bank engine
+    runs without it on purpose). Such a connection was killed, not leaked, so
+    it is reconnected on its next checkout instead of failing the first
+    follow-up. A pooled connection whose backend is still alive is left as it
+    is and must prove healthy reuse.
+    """
+    queue = pool._pool
+    idle: list[Any] = []
+    with contextlib.suppress(Empty):
+        while True:
+            idle.append(queue.get_nowait())
+    forgotten = 0
+    for record in idle:
+        pid = _pooled_backend_pid(record)
+        if pid is not None and pid not in alive:
+            record.invalidate(soft=True)
+            forgotten += 1
+        queue.put_nowait(record)
+    return forgotten
+
+
 async def assert_nothing_leaked(
     engine: AsyncEngine,
     server: PgServer,
@@ -365,6 +403,7 @@ async def assert_nothing_leaked(
         return bool(total <= limit and idle_tx == 0 and active == 0)
 
     await asyncio.to_thread(server.wait_for, settled, timeout=3.0)
+    _forget_killed_backends(pool, set(await asyncio.to_thread(server.backend_pids)))
     Session = async_sessionmaker(engine)
 
     async def ping(session: AsyncSession) -> int:
