@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/sqlalchemy-resilience demo"
+DEMO = 'python3 -m venv .venv && .venv/bin/pip install ".[demo]" && .venv/bin/sqlalchemy-resilience demo'
 TESTS = (
     'python3 -m pip install "tox>=4.11" && python3 -m tox run-parallel --parallel 2 '
     "--parallel-no-spinner"

@@ -29,6 +29,8 @@ def test_demo_on_embedded_default(capsys: pytest.CaptureFixture[str]) -> None:
     assert "このデータは既に登録されています。" in out
     assert "This item already exists." in out
     assert "LockNotAvailable retried at BEGIN IMMEDIATE" in out
+    # The retry log as an application sees it: the package's own WARNING record.
+    assert "WARNING sqlalchemy_resilience.retry: retrying after LockNotAvailable" in out
     assert "the work ran 1x; balance 100 -> 101" in out
     # SQLite runs in process: no "server" said anything.
     assert "SQLite said code=SQLITE_CONSTRAINT_UNIQUE" in out and "server said" not in out
@@ -139,6 +141,7 @@ def test_demo_embedded_postgres(pg_server: PgServer) -> None:
     assert "3/3 failures" in proc.stdout
     assert "the server restarts midway" in proc.stdout
     assert "lost 0, duplicated 0, total balance 10000" in proc.stdout
+    assert "WARNING sqlalchemy_resilience.retry: retrying after" in proc.stdout
     assert "2 reads went to the replica (2); a unit that wrote read its own row" in proc.stdout
     assert "rotated twice; 3 connections, 0 failures" in proc.stdout
 
@@ -364,3 +367,56 @@ def test_demo_breaker_on_a_sync_driver(tmp_path: Path) -> None:
     text = out.getvalue()
     assert "3 units of work lost their connection: breaker OPEN" in text
     assert "CLOSED -> OPEN -> HALF_OPEN -> CLOSED" in text
+
+
+# What each optional part of the tour imports, and the distribution that brings it.
+_DEMO_OPTIONAL = {
+    "aiosqlite": "aiosqlite",
+    "alembic": "alembic",
+    "opentelemetry.sdk": "opentelemetry-sdk",
+    "opentelemetry.exporter.prometheus": "opentelemetry-exporter-prometheus",
+}
+
+
+def test_the_demo_extra_installs_what_every_part_of_the_tour_imports() -> None:
+    """The README's first command installs ``.[demo]``: it must bring every optional import."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    extras = project["optional-dependencies"]
+    names: set[str] = set()
+    pending = list(extras["demo"])
+    while pending:  # self-references such as "sqlalchemy-resilience[aiosqlite,alembic]"
+        requirement = pending.pop()
+        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
+        if name == "sqlalchemy-resilience":
+            inner = requirement[requirement.index("[") + 1 : requirement.index("]")]
+            pending.extend(r for extra in inner.split(",") for r in extras[extra.strip()])
+        else:
+            names.add(name)
+    assert set(_DEMO_OPTIONAL.values()) <= names, names
+
+
+def test_with_the_demo_extra_no_part_of_the_tour_is_skipped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Installed as the README says, the whole tour runs: no part says what to install."""
+    missing = [m for m in _DEMO_OPTIONAL if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"not installed here: {', '.join(missing)} (pip install '.[demo]')")
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "pip install" not in out and "skipped" not in out, out
+    for part in (
+        "3/3 failures arrived as the expected typed error",
+        "breaker OPEN",
+        "db_client_operation_duration_seconds_count",
+        "recover_sagas completed",
+        "page 2 (after=)",
+        "verify_migrations: 3 revisions, checksums match",
+        "an N+1 pattern?",
+        "ping_idle_connections",
+    ):
+        assert part in out, part

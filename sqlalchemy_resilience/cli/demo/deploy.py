@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import textwrap
 import time
 from collections.abc import Callable
 from typing import TextIO, TypeVar
@@ -106,8 +107,12 @@ async def _budget_part(engine: AsyncEngine | Engine, out: TextIO) -> bool:
             await _run(engine, _titles_one_by_one)
     except QueryBudgetExceeded as exc:
         caught = True
+        # Wrapped, not cut: the advice and the statement are the point.
         for line in str(exc).splitlines()[:2]:
-            print(f"    {line[:150]}", file=out)
+            wrapped = textwrap.wrap(
+                line, 96, initial_indent="    ", subsequent_indent="      ", max_lines=4
+            )
+            print("\n".join(wrapped), file=out)
     with assert_max_queries(engine, 2, max_repeats=1) as counter:
         found = await _run(engine, _titles_joined)
     print(

@@ -14,10 +14,12 @@ import contextlib
 import logging
 import random
 import sqlite3
+import textwrap
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TextIO
 
 from sqlalchemy import Column, Integer, MetaData, Table, Uuid, create_engine, func, select, text
@@ -38,23 +40,43 @@ from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 __all__ = ["restart_tour", "sqlite_busy_tour"]
 
 
+@dataclass
+class _RetryTally:
+    """Retry records by error class, and the first record of each class as logged."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    first: dict[str, str] = field(default_factory=dict)
+
+    def print_log(self, out: TextIO) -> None:
+        if not self.first:
+            return
+        print("    the retry log (first record of each kind):", file=out)
+        for message in self.first.values():
+            for line in textwrap.wrap(
+                message, 100, initial_indent="      ", subsequent_indent="        ", max_lines=2
+            ):
+                print(line, file=out)
+
+
 @contextlib.contextmanager
-def _counting_retries() -> Iterator[dict[str, int]]:
+def _counting_retries() -> Iterator[_RetryTally]:
     """Count retry records by error class instead of printing each one."""
-    counts: dict[str, int] = {}
+    tally = _RetryTally()
     retry_logger = logging.getLogger("sqlalchemy_resilience.retry")
 
     class Counter(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             name = str(getattr(record, "sqlalchemy_resilience.error_type", "other"))
-            counts[name] = counts.get(name, 0) + 1
+            tally.counts[name] = tally.counts.get(name, 0) + 1
+            if name not in tally.first:
+                tally.first[name] = f"{record.levelname} {record.name}: {record.getMessage()}"
 
     handler = Counter(logging.WARNING)
     previous = retry_logger.propagate
     retry_logger.addHandler(handler)
     retry_logger.propagate = False
     try:
-        yield counts
+        yield tally
     finally:
         retry_logger.removeHandler(handler)
         retry_logger.propagate = previous
@@ -104,7 +126,7 @@ def sqlite_busy_tour(url: URL, out: TextIO) -> bool:
     started = time.monotonic()
     release.start()
     try:
-        with _counting_retries() as counts:
+        with _counting_retries() as tally:
             run_transaction_sync(
                 sessionmaker(engine),
                 work,
@@ -117,10 +139,11 @@ def sqlite_busy_tour(url: URL, out: TextIO) -> bool:
             balance = conn.execute(select(_accounts.c.balance)).scalar_one()
             _metadata.drop_all(conn)
         engine.dispose()
-    tries = sum(counts.values()) + 1
+    tries = sum(tally.counts.values()) + 1
+    tally.print_log(out)
     print(
         f"    run_transaction_sync committed on attempt {tries} after "
-        f"{time.monotonic() - started:.2f} s ({_retries(counts)} at BEGIN IMMEDIATE, before the "
+        f"{time.monotonic() - started:.2f} s ({_retries(tally.counts)} at BEGIN IMMEDIATE, before the "
         f"work ran); the work ran {attempts}x; balance 100 -> {balance}",
         file=out,
     )
@@ -195,7 +218,7 @@ async def restart_tour(
     print(
         f"\n[retry] 4 workers move money for {seconds:.0f} s; the server restarts midway", file=out
     )
-    with _counting_retries() as counts:
+    with _counting_retries() as tally:
         await asyncio.gather(*(worker(i) for i in range(4)), restart())
     async with engine.connect() as conn:
         present = set((await conn.execute(select(_transfers.c.request_id))).scalars())
@@ -206,8 +229,9 @@ async def restart_tour(
     await engine.dispose()
     lost = len(acked - present)
     duplicated = rows - len(present)
+    tally.print_log(out)
     print(
-        f"    {len(acked)} transfers acknowledged, {failed} refused ({_retries(counts)}); "
+        f"    {len(acked)} transfers acknowledged, {failed} refused ({_retries(tally.counts)}); "
         f"lost {lost}, duplicated {duplicated}, total balance {total} (expected 10000)",
         file=out,
     )
