@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import Progress
 from rich.table import Table as RichTable
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, create_engine, select
 from sqlalchemy.engine import URL
@@ -36,7 +36,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlalchemy_resilience.instrumentation import instrument
 
-from .common import EXIT_UNAVAILABLE, EXIT_USAGE, CommandError, check_driver, parse_url
+from .common import (
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CommandError,
+    check_driver,
+    parse_url,
+    progress_bar,
+)
 
 __all__ = ["add_bench_command"]
 
@@ -85,14 +92,7 @@ def _sdk_provider() -> Any | None:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("  measuring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("rounds"),
-        console=console,
-        transient=True,
-    )
+    return progress_bar("measuring", "rounds", console)
 
 
 def _measure(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from sqlalchemy.engine import URL, make_url
 
 __all__ = [
@@ -13,6 +15,7 @@ __all__ = [
     "CommandError",
     "check_driver",
     "parse_url",
+    "progress_bar",
 ]
 
 #: A migration (or a check) failed.
@@ -67,3 +70,18 @@ def check_driver(url: URL) -> None:
         raise CommandError(
             EXIT_USAGE, f"no SQLAlchemy dialect for {url.drivername!r} ({type(exc).__name__})"
         ) from None
+
+
+def progress_bar(label: str, unit: str, console: Console | None = None) -> Progress:
+    """A transient bar on stderr for long work: drawn only on a terminal, gone when done.
+
+    Output piped to a file or a CI log stays the command's own lines.
+    """
+    return Progress(
+        TextColumn(f"  {label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        console=console or Console(stderr=True),
+        transient=True,
+    )

@@ -35,6 +35,7 @@ from .common import (
     CommandError,
     check_driver,
     parse_url,
+    progress_bar,
 )
 
 __all__ = ["add_migration_commands"]
@@ -195,16 +196,31 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_FAILED
 
 
+def _revision_count(config: Any) -> int | None:
+    from alembic.script import ScriptDirectory
+
+    try:
+        return sum(1 for _ in ScriptDirectory.from_config(config).walk_revisions())
+    except Exception:  # check_migrations reports a broken script directory itself
+        return None
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from sqlalchemy_resilience.migrations import check_migrations
 
     url = parse_url(args.url, "URL")
     config = _config(args.config, url, [])
     print(f"checking the migrations of {args.config} on {url.render_as_string(hide_password=True)}")
+    bar = progress_bar("up, down, up", "revisions")
     try:
-        report = check_migrations(
-            config, url=url, minimum_downgrade_revision=args.minimum_downgrade_revision
-        )
+        with bar:
+            task = bar.add_task("walk", total=_revision_count(config))
+            report = check_migrations(
+                config,
+                url=url,
+                minimum_downgrade_revision=args.minimum_downgrade_revision,
+                progress=lambda _revision: bar.advance(task),
+            )
     except ValueError as exc:
         raise CommandError(EXIT_USAGE, str(exc)) from None
     except Exception as exc:  # every failure is one line

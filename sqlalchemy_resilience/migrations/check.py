@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -248,7 +248,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _walk(
-    steps: _Steps, revisions: list[str], minimum: str | None, exclude: tuple[str, ...]
+    steps: _Steps,
+    revisions: list[str],
+    minimum: str | None,
+    exclude: tuple[str, ...],
+    progress: Callable[[str], None] | None = None,
 ) -> list[CheckFinding]:
     """Each revision from base: upgrade, downgrade, upgrade again, the schema compared at each step.
 
@@ -271,6 +275,8 @@ def _walk(
         if only_up:
             only_up = revision != minimum
             previous = revision
+            if progress is not None:
+                progress(revision)
             continue
         try:
             steps.downgrade(previous)
@@ -305,6 +311,8 @@ def _walk(
                 )
             ]
         previous = revision
+        if progress is not None:
+            progress(revision)
     return []
 
 
@@ -315,6 +323,7 @@ def check_migrations(
     engine: Engine | None = None,
     minimum_downgrade_revision: str | None = None,
     model_check: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> CheckReport:
     """Run every migration check on an empty database; return what failed.
 
@@ -337,6 +346,8 @@ def check_migrations(
         engine: instead of ``url``, a sync engine on such a database.
         minimum_downgrade_revision: do not downgrade below this revision.
         model_check: compare the models with the migrated DDL.
+        progress: called with each revision's id once its walk passed (the
+            command line's progress bar); not called for a revision that failed.
 
     Raises:
         ValueError: the database is not empty (it is at some revision).
@@ -375,7 +386,7 @@ def check_migrations(
                 f"check_migrations needs an empty database; this one is at {', '.join(current)}"
             )
         try:
-            findings = _walk(steps, revisions, minimum_downgrade_revision, exclude)
+            findings = _walk(steps, revisions, minimum_downgrade_revision, exclude, progress)
             if not findings and model_check:
                 try:
                     steps.check()

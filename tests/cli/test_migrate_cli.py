@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sqlalchemy_resilience.cli.common import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    progress_bar,
 )
 from sqlalchemy_resilience.cli.demo.migration_project import write_project
 from tests.pgharness import PgServer
@@ -109,6 +111,34 @@ def test_check_migrations_command(
     capsys.readouterr()
     assert main(["check-migrations", url]) == EXIT_USAGE
     assert "needs an empty database; this one is at r3" in capsys.readouterr().err
+
+
+def test_check_migrations_draws_a_progress_bar_on_a_terminal_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A terminal sees the walk advance revision by revision; a pipe sees only the report."""
+    import io
+
+    from rich.console import Console
+
+    from sqlalchemy_resilience.cli import migrate as migrate_cli
+
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=100)
+    monkeypatch.setattr(
+        migrate_cli, "progress_bar", lambda label, unit: progress_bar(label, unit, terminal)
+    )
+    ini = write_project(tmp_path / "project")
+    assert main(["check-migrations", f"sqlite:///{tmp_path / 'a.sqlite'}", "-c", str(ini)]) == 0
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    assert "up, down, up" in drawn and "/3 revisions" in drawn, drawn
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["check-migrations", f"sqlite:///{tmp_path / 'b.sqlite'}", "-c", str(ini)]) == 0
+    captured = capsys.readouterr()
+    # Not a terminal: no bar and no control codes (Alembic's own log lines may be there).
+    assert "revisions" not in captured.err and "\x1b[" not in captured.err, captured.err
+    assert "3 revision(s) walked up, down and up again" in captured.out
 
 
 def test_lint_migrations_command(

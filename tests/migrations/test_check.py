@@ -13,9 +13,11 @@ from sqlalchemy_resilience.migrations.check import check_migrations
 
 def test_a_clean_project_passes_every_check(database: URL, tmp_path: Path) -> None:
     """Single head, upgrade, models = DDL, downgrades run, and each revision round-trips exactly."""
-    report = check_migrations(str(write_project(tmp_path)), url=database)
+    walked: list[str] = []
+    report = check_migrations(str(write_project(tmp_path)), url=database, progress=walked.append)
     assert report.ok, [str(f) for f in report.findings]
     assert report.revisions == ("r1", "r2", "r3")
+    assert walked == ["r1", "r2", "r3"]  # in walk order, each once its round trip passed
     report.assert_ok()
 
 
@@ -32,10 +34,15 @@ def test_each_planted_fault_is_found(
     database: URL, tmp_path: Path, variant: str, check: str, revision: str | None, words: str
 ) -> None:
     """Exactly the check that should fail fails, naming the revision and the evidence."""
-    report = check_migrations(str(write_project(tmp_path, variant=variant)), url=database)
+    walked: list[str] = []
+    report = check_migrations(
+        str(write_project(tmp_path, variant=variant)), url=database, progress=walked.append
+    )
     assert [f.check for f in report.findings] == [check], [str(f) for f in report.findings]
     finding = report.findings[0]
     assert finding.revision == revision
+    if revision is not None:  # the walk reported the revisions before the failing one only
+        assert walked == ["r1", "r2", "r3"][: ["r1", "r2", "r3"].index(revision)]
     assert words in str(finding), str(finding)
     with pytest.raises(AssertionError, match="migration checks failed"):
         report.assert_ok()
