@@ -147,6 +147,8 @@ class PasswordProvider:
         self._valid_until = 0.0
         self._lock = threading.Lock()
         self._is_async = bool(engine.dialect.is_async)
+        # AsyncEngine: the ask in flight, shared by connects that start meanwhile.
+        self._in_flight: asyncio.Future[str] | None = None
         event.listen(engine, "do_connect", self._do_connect)
         register_secrets(engine, self._current)
 
@@ -187,16 +189,43 @@ class PasswordProvider:
             secret, fetched = provider.password()
         """
         if self._is_async:
-            # Connects of an AsyncEngine run in greenlets of one thread: a
-            # thread lock held across the provider's await would block the
-            # loop. Concurrent connects may then each ask once.
             if not fresh and self._cached is not None and time.time() < self._valid_until:
                 return self._cached, False
-            return self._ask(), True
+            return self._ask_once_async(fresh)
         with self._lock:
             if not fresh and self._cached is not None and time.time() < self._valid_until:
                 return self._cached, False
             return self._ask(), True
+
+    def _ask_once_async(self, fresh: bool) -> tuple[str, bool]:
+        # Connects of an AsyncEngine run in greenlets of one thread: a thread
+        # lock held across the provider's await would block the loop. Connects
+        # that start while an ask is in flight on this loop await its answer
+        # instead (a pool filling up asks once, not once per connection); one
+        # whose shared answer is refused asks afresh (``fresh``).
+        loop = asyncio.get_running_loop()
+        shared = self._in_flight
+        if not fresh and shared is not None and not shared.done() and shared.get_loop() is loop:
+            # asyncio.wait: cancelling this connect leaves the shared ask alone.
+            await_only(asyncio.wait({shared}))
+            if not shared.cancelled():  # else the asker was cancelled: ask here
+                return shared.result(), False  # the provider's error, if it failed
+        future: asyncio.Future[str] = loop.create_future()
+        self._in_flight = future
+        try:
+            secret = self._ask()
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here; the waiters raise it too
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            if self._in_flight is future:
+                self._in_flight = None
+        future.set_result(secret)
+        return secret, True
 
     def _pause(self, seconds: float) -> None:
         if self._is_async:

@@ -179,6 +179,51 @@ async def test_a_wrong_token_is_one_authentication_failure(
     assert "not-the-password" not in str(caught.value)
 
 
+async def test_concurrent_connects_of_an_async_engine_ask_the_provider_once(
+    pg_server: PgServer, pg_database: str, store: SecretStore
+) -> None:
+    """A pool filling up at once (8 connects) waits for one ask; a failed ask fails them all once."""
+    engine = create_async_engine(_url(pg_server, pg_database, "asyncpg"), poolclass=NullPool)
+    in_flight = 0
+    most = 0
+    asked = 0
+    failing = False
+
+    async def provider() -> str:
+        nonlocal in_flight, most, asked
+        asked += 1
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await asyncio.sleep(0.2)  # a slow IAM call: every connect starts meanwhile
+            if failing:
+                raise ConnectionError("the token service is down")
+            return store.current
+        finally:
+            in_flight -= 1
+
+    handle = sr.use_password_provider(engine, provider)  # no expiry, no ttl: never cached
+
+    async def connect() -> str:
+        async with engine.connect() as conn:
+            return str(await conn.scalar(text("SELECT current_user")))
+
+    try:
+        users = await asyncio.gather(*(connect() for _ in range(8)))
+        assert users == [ROLE] * 8
+        assert asked == 1 and most == 1
+        failing = True
+        outcomes = await asyncio.gather(*(connect() for _ in range(8)), return_exceptions=True)
+        assert all("the token service is down" in str(o) for o in outcomes), outcomes
+        assert asked == 2 and most == 1  # the failing ask was not repeated per connect
+        failing = False
+        assert await connect() == ROLE  # nothing stuck: the next connect asks again
+        assert asked == 3
+    finally:
+        handle.detach()
+        await engine.dispose()
+
+
 def test_sync_engine_with_an_async_provider_and_a_ttl(
     pg_server: PgServer, pg_database: str, store: SecretStore
 ) -> None:
