@@ -107,6 +107,8 @@ class _Replica:
         self.lag: float | None = None
         self.checked_at: float | None = None
         self.connect_patch: Callable[..., Any] | None = None
+        #: A sync probe still waiting on this replica past ``probe_timeout``.
+        self.stuck: threading.Thread | None = None
 
 
 class ReplicaSet(Background):
@@ -328,28 +330,60 @@ class ReplicaSet(Background):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _measure_sync(self, replica: _Replica) -> float:
+        with replica.sync.connect() as conn:
+            if replica.sync.dialect.name != "postgresql":
+                conn.execute(select(literal(1)))
+                return 0.0
+            timeout_ms = int(self.probe_timeout * 1000)
+            conn.execute(select(func.set_config("statement_timeout", str(timeout_ms), True)))
+            return float(conn.execute(_lag_query()).scalar_one())
+
     def _probe_one_sync(self, replica: _Replica) -> None:
+        """Probe on a thread of its own and wait at most ``probe_timeout`` for it.
+
+        A sync driver's connect has no bound of its own (libpq's
+        ``connect_timeout`` is unset by default, and the engine's settings are
+        the application's): a replica that went silent would otherwise hold
+        the probe loop, and with it every other replica's state, for as long
+        as TCP keeps trying. The waiting thread is left to finish; until it
+        does, each round counts as one more failure.
+        """
         try:
             permit = replica.breaker.acquire()
         except CircuitOpenError:
             return
-        try:
-            with replica.sync.connect() as conn:
-                if replica.sync.dialect.name == "postgresql":
-                    timeout_ms = int(self.probe_timeout * 1000)
-                    conn.execute(
-                        select(func.set_config("statement_timeout", str(timeout_ms), True))
-                    )
-                    lag = float(conn.execute(_lag_query()).scalar_one())
-                else:
-                    conn.execute(select(literal(1)))
-                    lag = 0.0
-        except Exception as exc:
-            replica.breaker.record_failure(permit, translate_error(exc))
-            replica.checked_at = time.monotonic()
+        if replica.stuck is not None and replica.stuck.is_alive():
+            self._probe_failed(replica, permit, TimeoutError("the previous probe still waits"))
+            return
+        outcome: list[float | BaseException] = []
+
+        def run() -> None:
+            try:
+                outcome.append(self._measure_sync(replica))
+            except BaseException as exc:  # handed to the waiting thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run, name=f"{self.thread_name}-probe", daemon=True)
+        worker.start()
+        worker.join(self.probe_timeout)
+        if worker.is_alive():
+            replica.stuck = worker
+            self._probe_failed(
+                replica, permit, TimeoutError(f"no answer within {self.probe_timeout:g} s")
+            )
+            return
+        replica.stuck = None
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            self._probe_failed(replica, permit, result)
             return
         replica.breaker.record_success(permit)
-        replica.lag = lag
+        replica.lag = result
+        replica.checked_at = time.monotonic()
+
+    def _probe_failed(self, replica: _Replica, permit: Any, exc: BaseException) -> None:
+        replica.breaker.record_failure(permit, translate_error(exc))
         replica.checked_at = time.monotonic()
 
     async def _probe_one_async(self, replica: _Replica) -> None:
@@ -370,17 +404,29 @@ class ReplicaSet(Background):
         try:
             lag = await asyncio.wait_for(measure(), self.probe_timeout)
         except Exception as exc:
-            replica.breaker.record_failure(permit, translate_error(exc))
-            replica.checked_at = time.monotonic()
+            self._probe_failed(replica, permit, exc)
             return
         replica.breaker.record_success(permit)
         replica.lag = lag
         replica.checked_at = time.monotonic()
 
     def probe(self) -> None:
-        """Probe every replica once now (sync engines)."""
-        for replica in self._replicas:
-            self._probe_one_sync(replica)
+        """Probe every replica once now, concurrently (sync engines).
+
+        Returns within about ``probe_timeout`` even when a replica does not
+        answer at all.
+        """
+        if len(self._replicas) == 1:
+            self._probe_one_sync(self._replicas[0])
+            return
+        rounds = [
+            threading.Thread(target=self._probe_one_sync, args=(r,), daemon=True)
+            for r in self._replicas
+        ]
+        for thread in rounds:
+            thread.start()
+        for thread in rounds:
+            thread.join()
 
     async def aprobe(self) -> None:
         """Probe every replica once now, concurrently (async engines)."""

@@ -251,3 +251,42 @@ async def test_a_refused_replica_leaves_the_rotation_and_spares_the_primary_brea
     assert all(isinstance(e, sr.DatabaseUnavailable) for e in errors)
     assert all(from_replica(e) and not primary_failure(e) for e in errors)
     assert "connect" not in dead.sync_engine.dialect.__dict__  # detach() restored it
+
+
+def test_a_silent_replica_cannot_hold_the_sync_probe(cluster: Cluster) -> None:
+    """psycopg's connect has no bound of its own: a replica that never answers (a blackholed
+    proxy) still costs the probe loop at most probe_timeout, counts as a failure each round
+    until it leaves the rotation, and the other replica's lag keeps being measured."""
+    from sqlalchemy import create_engine
+
+    from tests.faultproxy import FaultProxy
+
+    good, silent_server = cluster.replicas
+    proxy = FaultProxy("127.0.0.1", silent_server.port)
+    proxy.blackhole = True
+    primary = create_engine(cluster.primary.app_url(DB, driver="psycopg"))
+    healthy = create_engine(good.app_url(DB, driver="psycopg"))
+    silent = create_engine(silent_server.app_url(DB, driver="psycopg").set(port=proxy.port))
+    replica_set = sr.ReplicaSet(
+        primary, [healthy, silent], probe_timeout=1.0, failure_threshold=2, recovery_timeout=30
+    )
+    took: list[float] = []
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            replica_set.probe()
+            took.append(time.monotonic() - started)
+        by_name = {s.name: s for s in replica_set.status()}
+        silent_status = by_name[f"127.0.0.1:{proxy.port}/{DB}"]
+        healthy_status = next(s for s in by_name.values() if s is not silent_status)
+        assert silent_status.state == "open" and not silent_status.eligible
+        assert healthy_status.state == "closed" and healthy_status.lag is not None
+        assert all(replica_set.choose() is healthy for _ in range(4))
+    finally:
+        proxy.close()  # the waiting probe thread gets its connection reset and ends
+        replica_set.detach()
+        for engine in (primary, healthy, silent):
+            engine.dispose()
+    print(f"\nsilent replica, sync probe rounds: {', '.join(f'{t:.3f} s' for t in took)}")
+    # probe_timeout (1 s) per round when nothing is wrong with the machine; 10x slack.
+    assert max(took) < 10.0, took
