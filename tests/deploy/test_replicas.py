@@ -93,10 +93,12 @@ async def test_write_then_read_with_a_replica_killed_and_restored(cluster: Clust
         await session.scalar(text("SELECT count(*) FROM notes"))
         return True
 
-    async def client(n: int, stop_at: float) -> None:
+    stop = asyncio.Event()
+
+    async def client(n: int) -> None:
         nonlocal stale, units
         i = 0
-        while time.monotonic() < stop_at:
+        while not stop.is_set():
             i += 1
             work = write_then_read if i % 3 == 0 else read_only
             try:
@@ -118,13 +120,19 @@ async def test_write_then_read_with_a_replica_killed_and_restored(cluster: Clust
         await asyncio.sleep(1.5)
         snapshot("killed")
         await asyncio.to_thread(victim.start)
-        await asyncio.sleep(2.0)
+        # Back in rotation once a probe gets an answer: seconds on a busy
+        # machine, so wait for it rather than for a fixed time.
+        deadline = time.monotonic() + 60
+        while not next(s for s in replica_set.status() if s.name == names[0]).eligible:
+            assert time.monotonic() < deadline, replica_set.status()
+            await asyncio.sleep(0.05)
         snapshot("restored")
+        await asyncio.sleep(2.0)
+        stop.set()
 
     try:
         async with replica_set:
-            stop_at = time.monotonic() + 6.5
-            await asyncio.gather(*(client(n, stop_at) for n in range(12)), chaos())
+            await asyncio.gather(*(client(n) for n in range(12)), chaos())
             snapshot("end")
     finally:
         replica_set.detach()
@@ -284,6 +292,7 @@ def test_a_silent_replica_cannot_hold_the_sync_probe(cluster: Cluster) -> None:
         assert all(replica_set.choose() is healthy for _ in range(4))
     finally:
         proxy.close()  # the waiting probe thread gets its connection reset and ends
+        replica_set.close()  # choose() started the background probe
         replica_set.detach()
         for engine in (primary, healthy, silent):
             engine.dispose()
