@@ -5,8 +5,8 @@ known of each replica: its circuit breaker and its replication lag, both kept
 current by a background probe (a task on the event loop for async engines, a
 thread for sync ones), so choosing a replica for a request costs no I/O.
 
-:func:`~sqlalchemy_resilience.deploy.routing.routing_sessionmaker` (in :mod:`.routing`) makes sessions that route by statement in
-``get_bind()`` (SQLAlchemy's documented hook for custom routing, the shape
+:func:`~sqlalchemy_resilience.deploy.routing.routing_sessionmaker` (in
+:mod:`.routing`) makes sessions that route by statement in ``get_bind()`` (SQLAlchemy's documented hook for custom routing, the shape
 advanced-alchemy's routing sessions use too), with these rules:
 
 * a write goes to the primary: a flush, INSERT/UPDATE/DELETE, ``SELECT ...
@@ -416,9 +416,6 @@ class ReplicaSet(Background):
         Returns within about ``probe_timeout`` even when a replica does not
         answer at all.
         """
-        if len(self._replicas) == 1:
-            self._probe_one_sync(self._replicas[0])
-            return
         rounds = [
             threading.Thread(target=self._probe_one_sync, args=(r,), daemon=True)
             for r in self._replicas

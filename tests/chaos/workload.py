@@ -352,7 +352,7 @@ def _pooled_backend_pid(record: Any) -> int | None:
     return int(info.backend_pid) if info is not None else None
 
 
-def _forget_killed_backends(pool: Any, alive: set[int]) -> int:
+def _forget_killed_backends(pool: Any, alive: set[int]) -> None:
     """Soft-invalidate idle pooled connections whose backend the scenario killed.
 
     A kill loop can terminate a backend after the workload's last use of that
@@ -368,14 +368,11 @@ def _forget_killed_backends(pool: Any, alive: set[int]) -> int:
     with contextlib.suppress(Empty):
         while True:
             idle.append(queue.get_nowait())
-    forgotten = 0
     for record in idle:
         pid = _pooled_backend_pid(record)
         if pid is not None and pid not in alive:
             record.invalidate(soft=True)
-            forgotten += 1
         queue.put_nowait(record)
-    return forgotten
 
 
 async def assert_nothing_leaked(

@@ -380,22 +380,20 @@ _DEMO_OPTIONAL = {
 
 def test_the_demo_extra_installs_what_every_part_of_the_tour_imports() -> None:
     """The README's first command installs ``.[demo]``: it must bring every optional import."""
-    import re
+    from packaging.requirements import Requirement  # pytest's own dependency
 
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     extras = project["optional-dependencies"]
     names: set[str] = set()
-    pending = list(extras["demo"])
+    pending = [Requirement(r) for r in extras["demo"]]
     while pending:  # self-references such as "sqlalchemy-resilience[aiosqlite,alembic]"
         requirement = pending.pop()
-        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
-        if name == "sqlalchemy-resilience":
-            inner = requirement[requirement.index("[") + 1 : requirement.index("]")]
-            pending.extend(r for extra in inner.split(",") for r in extras[extra.strip()])
+        if requirement.name == project["name"]:
+            pending.extend(Requirement(r) for extra in requirement.extras for r in extras[extra])
         else:
-            names.add(name)
+            names.add(requirement.name)
     assert set(_DEMO_OPTIONAL.values()) <= names, names
 
 

@@ -42,7 +42,7 @@ def test_each_planted_fault_is_found(
     finding = report.findings[0]
     assert finding.revision == revision
     if revision is not None:  # the walk reported the revisions before the failing one only
-        assert walked == ["r1", "r2", "r3"][: ["r1", "r2", "r3"].index(revision)]
+        assert walked == list(report.revisions[: report.revisions.index(revision)])
     assert words in str(finding), str(finding)
     with pytest.raises(AssertionError, match="migration checks failed"):
         report.assert_ok()
