@@ -54,6 +54,7 @@ from .errors import InvalidCursor as InvalidCursor
 from .errors import InvalidData as InvalidData
 from .errors import InvalidStatement as InvalidStatement
 from .errors import LockNotAvailable as LockNotAvailable
+from .errors import NotAtomic as NotAtomic
 from .errors import NotNullViolation as NotNullViolation
 from .errors import NotSupported as NotSupported
 from .errors import PermissionDenied as PermissionDenied
@@ -164,6 +165,7 @@ __all__ = [
     "JobConflict",
     "LockNotAvailable",
     "MaintenanceReport",
+    "NotAtomic",
     "NotNullViolation",
     "NotSupported",
     "OffsetPage",

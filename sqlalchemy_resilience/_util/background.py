@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
+import time
 import weakref
+
+_log = logging.getLogger("sqlalchemy_resilience")
 
 
 class Ticker:
     """Base for background scanners (the in-flight watchdog, the leak detector).
 
-    The thread holds only a weak reference, so a scanner that is dropped
-    without :meth:`stop` lets its thread end at the next tick.
+    Every started scanner of the process is driven by **one** daemon thread
+    (``sqlalchemy-resilience-ticker``), however many engines are instrumented:
+    it calls each scanner's :meth:`scan` every :attr:`interval` seconds. It
+    holds the scanners weakly, so a scanner that is dropped without
+    :meth:`stop` simply stops being called; the thread ends when no scanner
+    is left and starts again with the next one.
     """
 
     thread_name = "sqlalchemy-resilience-ticker"
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @property
     def interval(self) -> float:
@@ -27,41 +31,104 @@ class Ticker:
         raise NotImplementedError
 
     def scan(self) -> None:
-        """One pass (called by the thread)."""
+        """One pass (called by the shared thread)."""
         raise NotImplementedError
 
     def start(self) -> None:
-        """Start the thread (idempotent)."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        ref = weakref.ref(self)
-        stop = self._stop
-
-        def loop() -> None:
-            while True:
-                me = ref()
-                if me is None:
-                    return
-                interval = me.interval
-                del me
-                if stop.wait(interval):
-                    return
-                me = ref()
-                if me is None:
-                    return
-                me.scan()
-                del me
-
-        self._thread = threading.Thread(target=loop, name=self.thread_name, daemon=True)
-        self._thread.start()
+        """Have the shared thread call :meth:`scan` every :attr:`interval` seconds (idempotent)."""
+        _HUB.add(self)
 
     def stop(self) -> None:
-        """Stop the thread and wait for it (at most 5 s)."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        """Stop being scanned; a scan running now on the shared thread is waited for (at most 5 s)."""
+        _HUB.remove(self)
+
+    @property
+    def scanned(self) -> bool:
+        """Whether the shared thread scans this scanner."""
+        return _HUB.has(self)
+
+
+class _TickerHub:
+    """The one thread that scans every started :class:`Ticker` of the process."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        # id -> (weak reference, next due time on the monotonic clock)
+        self._due: dict[int, tuple[weakref.ref[Ticker], float]] = {}
+        self._thread: threading.Thread | None = None
+        self._scanning: Ticker | None = None
+        self._scan_done = threading.Event()
+
+    def has(self, ticker: Ticker) -> bool:
+        with self._cond:
+            entry = self._due.get(id(ticker))
+            return entry is not None and entry[0]() is ticker
+
+    def add(self, ticker: Ticker) -> None:
+        with self._cond:
+            if self.has(ticker):
+                return
+            key = id(ticker)
+
+            def forget(_: weakref.ref[Ticker]) -> None:
+                self._forget(key)
+
+            ref = weakref.ref(ticker, forget)
+            self._due[key] = (ref, time.monotonic() + ticker.interval)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name=Ticker.thread_name, daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def remove(self, ticker: Ticker) -> None:
+        with self._cond:
+            entry = self._due.get(id(ticker))
+            if entry is not None and entry[0]() is ticker:
+                del self._due[id(ticker)]
+            waiting = self._scanning is ticker and threading.current_thread() is not self._thread
+            self._cond.notify_all()
+        if waiting:
+            self._scan_done.wait(timeout=5)
+
+    def _forget(self, key: int) -> None:
+        with self._cond:
+            entry = self._due.get(key)
+            if entry is not None and entry[0]() is None:
+                del self._due[key]
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if not self._due:
+                        self._thread = None  # the next add() starts a new one
+                        return
+                    now = time.monotonic()
+                    key, (ref, due) = min(self._due.items(), key=lambda item: item[1][1])
+                    if due <= now:
+                        ticker = ref()
+                        if ticker is None:
+                            del self._due[key]
+                            continue
+                        self._due[key] = (ref, now + ticker.interval)
+                        self._scanning = ticker
+                        self._scan_done.clear()
+                        break
+                    self._cond.wait(timeout=due - now)
+            try:
+                ticker.scan()
+            except Exception:
+                _log.exception("sqlalchemy_resilience: a background scan failed")
+            finally:
+                with self._cond:
+                    self._scanning = None
+                    self._scan_done.set()
+                del ticker
+
+
+_HUB = _TickerHub()
 
 
 class Background:

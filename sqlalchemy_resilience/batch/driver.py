@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +29,7 @@ from sqlalchemy_resilience.schema import batch_jobs
 from sqlalchemy_resilience.transactions.context import transaction, transaction_sync
 
 from . import jobs
-from .tables import Chunk, resolve_table
+from .tables import Chunk, check_table_name, chunks, resolve_table
 
 __all__ = [
     "BatchChunkFailed",
@@ -278,6 +278,21 @@ class Run:
             )
         return state
 
+    def chunks_to_write(
+        self, rows: Iterable[object], keys: list[str] | None, state: jobs.JobState | None
+    ) -> Iterator[Chunk]:
+        """The chunks still to write: after exactly the rows a resumed job committed."""
+        if state is None or self.job is None:
+            return chunks(rows, self.chunk_size, keys=keys)
+        return chunks(
+            rows,
+            self.chunk_size,
+            keys=keys,
+            skip_rows=state.rows_done,
+            first_index=state.chunks_done,
+            on_short_input=jobs.short_input(self.job, state.rows_done),
+        )
+
     async def chunk(
         self,
         chunk: Chunk,
@@ -391,6 +406,8 @@ def _row_level(failure: BaseException) -> bool:
 
 
 async def reflect_table(target: Target, name: str) -> Table:
+    check_table_name(name)  # before the transaction the reflection runs in
+
     def reflect(conn: Connection) -> Table:
         return resolve_table(name, connection=conn)
 

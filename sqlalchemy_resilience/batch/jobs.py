@@ -4,13 +4,16 @@ Each chunk advances its job's row **in the chunk's own transaction**, with a
 compare-and-set on the number of chunks done: the chunk's rows and "chunk N
 is done" commit together or not at all, and two runs of the same job cannot
 both commit chunk N (the second finds the count moved and stops with
-:class:`JobConflict`). Re-running a crashed job skips the chunks it recorded
+:class:`JobConflict`). Re-running a crashed job skips exactly the rows it recorded
 and continues with the next: no duplicates, no gaps -- provided the rows come
-in the same order each time (a query with ``ORDER BY``, a file, a range).
+in the same order each time (a query with ``ORDER BY``, a file, a range). An
+input shorter than what the job already committed cannot be that input: the
+run is refused with :class:`JobInputMismatch` before it writes anything.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +24,16 @@ from sqlalchemy.engine import Connection
 from sqlalchemy_resilience.errors.hierarchy import ResilienceError
 from sqlalchemy_resilience.schema import JOB_NAME_MAX_LENGTH, batch_jobs
 
-__all__ = ["JobConflict", "JobState", "advance", "check_job_name", "finish", "open_job"]
+__all__ = [
+    "JobConflict",
+    "JobInputMismatch",
+    "JobState",
+    "advance",
+    "check_job_name",
+    "finish",
+    "open_job",
+    "short_input",
+]
 
 RUNNING = "running"
 FINISHED = "finished"
@@ -52,6 +64,38 @@ class JobConflict(ResilienceError):
         )
         self.job = job
         self.chunk = chunk
+
+
+class JobInputMismatch(ResilienceError, ValueError):
+    """A resumed job's input cannot be the one it started with: nothing was written.
+
+    Raised when the input ends before the rows the job already committed, or
+    when the job's record is inconsistent with its chunk size.
+
+    Attributes:
+        job: the job name.
+        rows_done: rows the job committed before.
+
+    Example::
+
+        try:
+            await bulk_insert(engine, Event, rows, job="backfill-1")
+        except JobInputMismatch as exc:
+            print(exc.rows_done)   # the rows committed by the earlier run
+    """
+
+    def __init__(self, job: str, rows_done: int, detail: str) -> None:
+        super().__init__(
+            f"batch job {job!r} committed {rows_done} rows before; {detail}. Resume it with "
+            "the same rows in the same order (more may follow), or use another job name",
+            retryable=False,
+        )
+        self.job = job
+        self.rows_done = rows_done
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job, self.rows_done, self.detail), {"error_id": self.error_id})
 
 
 def check_job_name(job: object) -> str:
@@ -94,7 +138,25 @@ def open_job(conn: Connection, job: str, table_name: str, chunk_size: int) -> Jo
             f"batch job {job!r} ran with chunk_size={row.chunk_size}; resume it with the same "
             f"chunk_size (got {chunk_size}) so that its chunks line up"
         )
-    return JobState(int(row.chunks_done), int(row.rows_done), row.status == FINISHED)
+    state = JobState(int(row.chunks_done), int(row.rows_done), row.status == FINISHED)
+    if not state.chunks_done <= state.rows_done <= state.chunks_done * chunk_size:
+        # Every committed chunk holds 1 to chunk_size rows.
+        raise JobInputMismatch(
+            job,
+            state.rows_done,
+            f"its record says {state.chunks_done} chunks of at most {chunk_size} rows, "
+            "which cannot hold them",
+        )
+    return state
+
+
+def short_input(job: str, rows_done: int) -> Callable[[int], JobInputMismatch]:
+    """What a resumed job raises when its input ends after ``seen`` of its committed rows."""
+
+    def error(seen: int) -> JobInputMismatch:
+        return JobInputMismatch(job, rows_done, f"this input has only {seen} rows")
+
+    return error
 
 
 def advance(conn: Connection, job: str, chunk: int, rows: int) -> None:

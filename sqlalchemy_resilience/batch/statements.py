@@ -39,12 +39,17 @@ def with_conflict(
     conflict_columns: list[Column[Any]],
     columns: list[Column[Any]],
 ) -> Any:
-    """``stmt`` (a PostgreSQL or SQLite insert) with its ON CONFLICT clause."""
-    index = [c.key for c in conflict_columns] or None
+    """``stmt`` (a PostgreSQL or SQLite insert) with its ON CONFLICT clause.
+
+    Columns are passed as objects, never as strings: SQLAlchemy renders a
+    string as a column *name*, and a ``Column`` whose ``key`` differs from its
+    name would then be addressed by the wrong one.
+    """
+    index: list[Column[Any]] | None = list(conflict_columns) or None
     if on_conflict == "ignore":
         return stmt.on_conflict_do_nothing(index_elements=index)
     keys = {c.key for c in conflict_columns}
-    changing = {c.key: stmt.excluded[c.key] for c in columns if c.key not in keys}
+    changing = {c: stmt.excluded[c.key] for c in columns if c.key not in keys}
     if not changing:
         return stmt.on_conflict_do_nothing(index_elements=index)
     return stmt.on_conflict_do_update(index_elements=index, set_=changing)
@@ -74,15 +79,19 @@ def insert_statement(
 
 
 def copy_chunk(
-    table: Table, names: list[str], processors: list[Any], rows: list[dict[str, Any]]
+    table: Table, columns: list[Column[Any]], processors: list[Any], rows: list[dict[str, Any]]
 ) -> Callable[[AsyncConnection], Awaitable[None]]:
+    """COPY the chunk's rows (mappings by column key) into ``table``'s columns (by name)."""
+    keys = [c.key for c in columns]
+    names = [c.name for c in columns]
+
     async def copy(conn: AsyncConnection) -> None:
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
         # asyncpg quotes the identifiers itself; nothing is formatted here.
         await driver.copy_records_to_table(
             table.name,
-            records=copy_records(names, processors, rows),
+            records=copy_records(keys, processors, rows),
             columns=names,
             schema_name=table.schema,
         )
@@ -114,34 +123,38 @@ _MERGE_TABLE = "sqlalchemy_resilience_bulk_merge"
 
 def merge_statement(
     table: Table,
-    names: list[str],
+    columns: list[Column[Any]],
     *,
     on_conflict: OnConflict,
     conflict_columns: list[Column[Any]],
 ) -> Any:
-    """``INSERT INTO table (names) SELECT names FROM <staging> ON CONFLICT ...``."""
-    staging = Table(
-        _MERGE_TABLE, MetaData(), *(Column(table.c[n].name, table.c[n].type) for n in names)
+    """``INSERT INTO table (columns) SELECT columns FROM <staging> ON CONFLICT ...``."""
+    # The staging table is LIKE the target: the same column names; keys kept
+    # so that each staging column pairs with its target column.
+    staging = Table(_MERGE_TABLE, MetaData(), *(Column(c.name, c.type, key=c.key) for c in columns))
+    stmt = postgresql.insert(table).from_select(
+        list(columns), select(*(staging.c[c.key] for c in columns))
     )
-    stmt = postgresql.insert(table).from_select(names, select(*(staging.c[n] for n in names)))
-    return with_conflict(stmt, on_conflict, conflict_columns, [table.c[n] for n in names])
+    return with_conflict(stmt, on_conflict, conflict_columns, list(columns))
 
 
 def copy_merge_chunk(
     table: Table,
-    names: list[str],
+    columns: list[Column[Any]],
     processors: list[Any],
     rows: list[dict[str, Any]],
     merge: Any,
 ) -> Callable[[AsyncConnection], Awaitable[None]]:
     """COPY the chunk into a temporary copy of the table, then insert it with ON CONFLICT."""
+    keys = [c.key for c in columns]
+    names = [c.name for c in columns]
 
     async def copy(conn: AsyncConnection) -> None:
         await conn.execute(_TempLike(_MERGE_TABLE, table))
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
         await driver.copy_records_to_table(
-            _MERGE_TABLE, records=copy_records(names, processors, rows), columns=names
+            _MERGE_TABLE, records=copy_records(keys, processors, rows), columns=names
         )
         await conn.execute(merge)
 
@@ -149,14 +162,14 @@ def copy_merge_chunk(
 
 
 def copy_records(
-    names: list[str], processors: list[Any], rows: list[dict[str, Any]]
+    keys: list[str], processors: list[Any], rows: list[dict[str, Any]]
 ) -> list[tuple[Any, ...]]:
-    """The rows as tuples in column order, each value through its column's bind processor.
+    """The rows (mappings by column key) as tuples in column order, each value processed.
 
     Built column by column: one list comprehension per column is several times
     cheaper in CPython than a tuple assembled per row.
     """
-    columns: list[list[Any]] = [[row[name] for row in rows] for name in names]
+    columns: list[list[Any]] = [[row[key] for row in rows] for key in keys]
     for i, process in enumerate(processors):
         if process is not None:
             columns[i] = [None if value is None else process(value) for value in columns[i]]

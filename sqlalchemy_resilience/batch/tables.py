@@ -10,7 +10,7 @@ this package -- SQLAlchemy's compiler (or asyncpg's COPY) quotes them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
@@ -18,9 +18,35 @@ from sqlalchemy import Column, MetaData, Table, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import NoInspectionAvailable, NoSuchTableError
 
-__all__ = ["Chunk", "TableRef", "chunks", "column_names", "resolve_columns", "resolve_table"]
+__all__ = [
+    "Chunk",
+    "TableRef",
+    "check_table_name",
+    "chunks",
+    "column_names",
+    "resolve_columns",
+    "resolve_table",
+]
 
 TableRef = Table | type | str
+
+
+def check_table_name(name: str) -> None:
+    """Refuse a table name that can name no table: empty, or holding NUL or control characters.
+
+    Called before any SQL (the catalog query of a reflection included, where
+    PostgreSQL would fail on the NUL).
+
+    Example::
+
+        >>> check_table_name("na\\x00me")
+        Traceback (most recent call last):
+        ValueError: table name must not contain NUL or control characters, got 'na\\x00me'
+    """
+    if not name:
+        raise ValueError("table name must not be empty")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise ValueError(f"table name must not contain NUL or control characters, got {name!r}")
 
 
 def resolve_table(
@@ -46,8 +72,7 @@ def resolve_table(
             f"table must be a Table, an ORM mapped class or a name, got class {table.__name__}"
         )
     if isinstance(table, str):
-        if not table:
-            raise ValueError("table name must not be empty")
+        check_table_name(table)
         if metadata is not None:
             found = metadata.tables.get(table)
             if found is None:
@@ -132,24 +157,37 @@ def chunks(
     size: int,
     *,
     keys: list[str] | None,
-    skip_chunks: int = 0,
+    skip_rows: int = 0,
+    first_index: int = 0,
+    on_short_input: Callable[[int], BaseException] | None = None,
 ) -> Iterator[Chunk]:
     """Chunks of ``size`` rows (as mappings) from any iterable, without holding more than one.
 
-    ``skip_chunks`` chunks are consumed and dropped first (a resumed job).
+    A resumed job skips exactly the ``skip_rows`` rows it committed (not a
+    number of chunks: its last committed chunk may have been a short one, and
+    the input may have grown since) and numbers its chunks from
+    ``first_index``. An input that ends before ``skip_rows`` rows is not the
+    job's input: ``on_short_input(rows_seen)`` is raised.
     """
     iterator = iter(rows)
-    index = 0
-    position = 0
+    seen = 0
+    while seen < skip_rows:
+        skipped = sum(1 for _ in islice(iterator, min(size, skip_rows - seen)))
+        if not skipped:
+            if on_short_input is not None:
+                raise on_short_input(seen)
+            return
+        seen += skipped
+    index = first_index
+    position = skip_rows
     while True:
         batch = list(islice(iterator, size))
         if not batch:
             return
-        if index >= skip_chunks:
-            if keys is None and all(type(r) is dict for r in batch):
-                mappings: list[dict[str, Any]] = batch  # type: ignore[assignment]  # read, never changed
-            else:
-                mappings = [_as_mapping(r, position + i, keys) for i, r in enumerate(batch)]
-            yield Chunk(index, position, mappings)
+        if keys is None and all(type(r) is dict for r in batch):
+            mappings: list[dict[str, Any]] = batch  # type: ignore[assignment]  # read, never changed
+        else:
+            mappings = [_as_mapping(r, position + i, keys) for i, r in enumerate(batch)]
+        yield Chunk(index, position, mappings)
         index += 1
         position += len(batch)

@@ -47,7 +47,7 @@ from .statements import (
     merge_statement,
     update_parameters,
 )
-from .tables import chunks, column_names, resolve_columns, resolve_table
+from .tables import column_names, resolve_columns, resolve_table
 
 __all__ = [
     "BatchChunkFailed",
@@ -131,6 +131,7 @@ async def _bulk_insert(
     statement: Any = None
     merge: Any = None
     names: list[str] = []
+    cols: list[Column[Any]] = []
     processors: list[Any] = []
     _log.info(
         "bulk_insert into %s: %s path, chunks of %d%s",
@@ -139,7 +140,7 @@ async def _bulk_insert(
         run.chunk_size,
         f", job {job}" if job else "",
     )
-    for chunk in chunks(rows, run.chunk_size, keys=keys, skip_chunks=skip):
+    for chunk in run.chunks_to_write(rows, keys, state):
         if statement is None:
             names = list(chunk.rows[0])
             cols = resolve_columns(resolved, names)
@@ -166,16 +167,16 @@ async def _bulk_insert(
 
         copy = None
         if path == "copy":
-            copy = copy_chunk(resolved, names, processors, chunk.rows)
+            copy = copy_chunk(resolved, cols, processors, chunk.rows)
         elif path == "copy+merge":
             if merge is None:
                 merge = merge_statement(
                     resolved,
-                    names,
+                    cols,
                     on_conflict=on_conflict,  # type: ignore[arg-type]
                     conflict_columns=conflict,
                 )
-            copy = copy_merge_chunk(resolved, names, processors, chunk.rows, merge)
+            copy = copy_merge_chunk(resolved, cols, processors, chunk.rows, merge)
         out = await run.chunk(chunk, body, copy, probe)
         if returned is not None and out:
             returned.extend(out)
@@ -225,7 +226,7 @@ async def _bulk_update(
     key_names = [c.key for c in key_columns]
     statement: Any = None
     names: list[str] = []
-    for chunk in chunks(rows, run.chunk_size, keys=keys, skip_chunks=skip):
+    for chunk in run.chunks_to_write(rows, keys, state):
         if statement is None:
             names = list(chunk.rows[0])
             cols = resolve_columns(resolved, names)

@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from sqlalchemy.engine import URL, make_url
 
+from sqlalchemy_resilience._util.urls import MALFORMED_URL_HINT, malformed_url_reason
+
 __all__ = [
     "EXIT_DRIVER_MISSING",
     "EXIT_FAILED",
@@ -45,12 +47,23 @@ class CommandError(Exception):
 
 
 def parse_url(text: str, what: str) -> URL:
+    """``text`` as a URL, or a one-line usage error that shows no part of it.
+
+    Example::
+
+        url = parse_url(args.url, "URL")
+    """
     try:
-        return make_url(text)
+        url = make_url(text)
     except Exception as exc:
         raise CommandError(
-            EXIT_USAGE, f"{what} is not a SQLAlchemy URL ({type(exc).__name__})"
+            EXIT_USAGE,
+            f"{what} is not a SQLAlchemy URL ({type(exc).__name__}); {MALFORMED_URL_HINT}",
         ) from None
+    reason = malformed_url_reason(url)
+    if reason is not None:
+        raise CommandError(EXIT_USAGE, f"{what}: {reason}")
+    return url
 
 
 def check_driver(url: URL) -> None:

@@ -27,10 +27,28 @@ DEFAULT_SKIP: tuple[str, ...] = (
     "contextlib",
     "concurrent",
     "threading",
+    # Drivers.
     "asyncpg",
     "psycopg",
+    "psycopg2",
+    "pg8000",
     "aiosqlite",
     "sqlite3",
+    "pymysql",
+    "aiomysql",
+    "asyncmy",
+    "MySQLdb",
+    # Layers over SQLAlchemy that applications call instead of it: the call
+    # site is the application's line that called them, not their own session
+    # or repository code (SQLModel named sqlmodel/orm/session.py for 27 of 30
+    # records before they were skipped).
+    "sqlmodel",
+    "advanced_alchemy",
+    "flask_sqlalchemy",
+    "sqlakeyset",
+    "alembic",
+    "tenacity",
+    "anyio",
 )
 
 _getcurrent: Callable[[], Any] | None

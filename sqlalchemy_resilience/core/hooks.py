@@ -177,6 +177,32 @@ class HotSlots:
         self.in_flight: InFlightTracker | None = None
 
 
+class _Sink:
+    """What the dialect's wrappers call, held **weakly** by them and strongly by the hooks.
+
+    The dialect outlives its engine: SQLAlchemy's ORM keeps compiled
+    statements keyed by the dialect in caches that live as long as the mapped
+    classes. A wrapper on the dialect that held the parts (and through them
+    the engine) would keep every engine that ever ran a flush alive, pool and
+    connections included; through this weak reference a dropped engine is
+    freed, and its dialect's wrappers fall back to SQLAlchemy's own call.
+    """
+
+    __slots__ = ("__weakref__", "ended", "failed", "observed", "slots")
+
+    def __init__(
+        self,
+        slots: HotSlots,
+        observed: StatementObserved | None = None,
+        failed: StatementFailed | None = None,
+        ended: TransactionEnded | None = None,
+    ) -> None:
+        self.slots = slots
+        self.observed = observed
+        self.failed = failed
+        self.ended = ended
+
+
 @dataclass(frozen=True)
 class HookParts:
     """What one engine's hooks call; a None part is not wired at all.
@@ -240,6 +266,8 @@ class EngineHooks:
         self._patched: list[tuple[Any, str, Any]] = []
         self._parts: dict[type, object] = {}
         self._own_failures: set[str] = set()
+        # Strong references to what the dialect's wrappers reach weakly (_Sink).
+        self._sinks: list[_Sink] = []
 
     # -- finding parts ---------------------------------------------------------
 
@@ -316,8 +344,14 @@ class EngineHooks:
             if target.__dict__.get(name) is wrapper:
                 del target.__dict__[name]
         self._patched.clear()
+        self._sinks.clear()
         self.slots.in_flight = None
         self.attached = False
+
+    def _sink(self, **parts: Any) -> weakref.ref[_Sink]:
+        sink = _Sink(self.slots, **parts)
+        self._sinks.append(sink)
+        return weakref.ref(sink)
 
     def _patch_transaction_ends(self, tag: bool, ended: TransactionEnded | None) -> None:
         # Knowing that COMMIT was in flight needs no per-statement work: the
@@ -343,6 +377,8 @@ class EngineHooks:
             self._patch(dialect, "do_commit", do_commit)
             return
 
+        sink_ref = self._sink(ended=ended)
+
         def do_commit_timed(dbapi_connection: Any) -> None:
             start = perf()
             try:
@@ -351,9 +387,13 @@ class EngineHooks:
                 if tag:
                     with contextlib.suppress(AttributeError):
                         setattr(exc, COMMIT_TAG, True)
-                ended("COMMIT", perf() - start, exc)
+                sink = sink_ref()
+                if sink is not None and sink.ended is not None:
+                    sink.ended("COMMIT", perf() - start, exc)
                 raise
-            ended("COMMIT", perf() - start, None)
+            sink = sink_ref()
+            if sink is not None and sink.ended is not None:
+                sink.ended("COMMIT", perf() - start, None)
 
         rollback = dialect.do_rollback
 
@@ -362,9 +402,13 @@ class EngineHooks:
             try:
                 rollback(dbapi_connection)
             except BaseException as exc:
-                ended("ROLLBACK", perf() - start, exc)
+                sink = sink_ref()
+                if sink is not None and sink.ended is not None:
+                    sink.ended("ROLLBACK", perf() - start, exc)
                 raise
-            ended("ROLLBACK", perf() - start, None)
+            sink = sink_ref()
+            if sink is not None and sink.ended is not None:
+                sink.ended("ROLLBACK", perf() - start, None)
 
         self._patch(dialect, "do_commit", do_commit_timed)
         self._patch(dialect, "do_rollback", do_rollback_timed)
@@ -423,21 +467,15 @@ class EngineHooks:
     def _patch_execute(self, observed: StatementObserved, failed: StatementFailed) -> None:
         dialect = self.engine.dialect
         is_async = bool(dialect.is_async)
-        slots = self.slots
-        self._patch(
-            dialect, "do_execute", _timed(dialect.do_execute, observed, failed, slots, is_async)
-        )
-        self._patch(
-            dialect,
-            "do_executemany",
-            _timed(dialect.do_executemany, observed, failed, slots, is_async),
-        )
+        sink_ref = self._sink(observed=observed, failed=failed)
+        self._patch(dialect, "do_execute", _timed(dialect.do_execute, sink_ref, is_async))
+        self._patch(dialect, "do_executemany", _timed(dialect.do_executemany, sink_ref, is_async))
         original_no_params = dialect.do_execute_no_params
 
         def call_no_params(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
             original_no_params(cursor, statement, context)
 
-        wrapped = _timed(call_no_params, observed, failed, slots, is_async)
+        wrapped = _timed(call_no_params, sink_ref, is_async)
 
         def do_execute_no_params(cursor: Any, statement: str, context: Any = None) -> None:
             wrapped(cursor, statement, None, context)
@@ -446,11 +484,7 @@ class EngineHooks:
 
 
 def _timed(
-    original: Callable[..., None],
-    observed: StatementObserved,
-    failed: StatementFailed,
-    slots: HotSlots,
-    is_async: bool,
+    original: Callable[..., None], sink_ref: weakref.ref[_Sink], is_async: bool
 ) -> Callable[..., None]:
     # The one function every statement pays for, written to make as few
     # Python calls as possible: on this path each call costs about as much
@@ -458,17 +492,21 @@ def _timed(
     perf = time.perf_counter
 
     def wrapper(cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
-        tracker = slots.in_flight
+        sink = sink_ref()
+        if sink is None:  # the engine is gone; its dialect lives on in the ORM's caches
+            original(cursor, statement, parameters, context)
+            return
+        tracker = sink.slots.in_flight
         key = tracker.enter(statement, is_async) if tracker is not None else 0
         start = perf()
         try:
             original(cursor, statement, parameters, context)
         except BaseException as exc:
-            failed(cursor, statement, parameters, context, perf() - start, exc)
+            sink.failed(cursor, statement, parameters, context, perf() - start, exc)  # type: ignore[misc]
             raise
         finally:
             if tracker is not None:
                 tracker.running.pop(key, None)
-        observed(cursor, statement, parameters, context, perf() - start)
+        sink.observed(cursor, statement, parameters, context, perf() - start)  # type: ignore[misc]
 
     return wrapper

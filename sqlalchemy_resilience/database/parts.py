@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
+from sqlalchemy_resilience._util.urls import malformed_url_reason
 from sqlalchemy_resilience.core.engines import safe_url, sync_engine
 from sqlalchemy_resilience.deploy import (
     PasswordProvider,
@@ -158,15 +159,14 @@ class DatabaseCore:
                 if isinstance(breaker, Default)
                 else breaker
             )
+            # Checked with or without replicas: a bad value is a bad value.
+            lag = (
+                None if max_replica_lag is None else to_seconds("max_replica_lag", max_replica_lag)
+            )
             replica_engines = [
                 self._adopt(r, kind=kind, facade=facade, primary=False) for r in replicas
             ]
             if replica_engines:
-                lag = (
-                    None
-                    if max_replica_lag is None
-                    else to_seconds("max_replica_lag", max_replica_lag)
-                )
                 self.replica_set = ReplicaSet(self.engine, replica_engines, max_lag=lag)
             self._background_parts()
         except BaseException:
@@ -210,6 +210,9 @@ class DatabaseCore:
         what = "url_or_engine" if primary else "a replica"
         if isinstance(target, (str, URL)):
             url = make_url(target)
+            reason = malformed_url_reason(url)
+            if reason is not None:
+                raise ValueError(f"{what}: {reason}")
             engine = _engine_for(url, is_async=self.is_async, options=self._options_for(url))
             self._owned_engines.append(engine)
         elif isinstance(target, (Engine, AsyncEngine)):

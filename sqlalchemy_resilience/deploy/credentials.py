@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -73,9 +74,16 @@ class Credential:
             raise ValueError(
                 "Credential.expires_at must be timezone-aware (datetime.now(timezone.utc) + ...)"
             )
-        if when is not None and not isinstance(when, (datetime, int, float)):
+        if when is not None and (
+            isinstance(when, bool) or not isinstance(when, (datetime, int, float))
+        ):
             raise TypeError(
                 f"Credential.expires_at must be a datetime, a POSIX timestamp or None; got {when!r}"
+            )
+        if isinstance(when, (int, float)) and not (math.isfinite(when) and when >= 0):
+            raise ValueError(
+                "Credential.expires_at must be a finite POSIX timestamp >= 0 "
+                f"(seconds since 1970), got {when!r}"
             )
 
     def expiry(self) -> float | None:

@@ -26,6 +26,7 @@ from .hierarchy import InvalidCursor as InvalidCursor
 from .hierarchy import InvalidData as InvalidData
 from .hierarchy import InvalidStatement as InvalidStatement
 from .hierarchy import LockNotAvailable as LockNotAvailable
+from .hierarchy import NotAtomic as NotAtomic
 from .hierarchy import NotNullViolation as NotNullViolation
 from .hierarchy import NotSupported as NotSupported
 from .hierarchy import PermissionDenied as PermissionDenied
@@ -67,6 +68,7 @@ __all__ = [
     "InvalidData",
     "InvalidStatement",
     "LockNotAvailable",
+    "NotAtomic",
     "NotNullViolation",
     "NotSupported",
     "PermissionDenied",

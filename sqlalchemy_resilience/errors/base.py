@@ -22,6 +22,7 @@ __all__ = [
     "DatabaseFailure",
     "DurableTransactionError",
     "InvalidCursor",
+    "NotAtomic",
     "NotSupported",
     "PoolExhausted",
     "ResilienceError",
@@ -218,6 +219,40 @@ class DurableTransactionError(ResilienceError, RuntimeError):
             async with transaction(session, durable=True):   # raises
                 ...
     """
+
+
+class NotAtomic(ResilienceError, sa_exc.InvalidRequestError):
+    """A unit of work refused before it ran, because its statements would commit one by one.
+
+    ``run_transaction``, ``transaction()`` and the batch writers promise that
+    the work commits whole or not at all; on a connection in autocommit
+    (``isolation_level="AUTOCOMMIT"`` on the engine, the connection, the
+    session's bind, or the driver connection itself) each statement commits
+    on its own, so a failure half-way would leave half the work applied and
+    a re-run would apply the first half twice. Nothing was executed.
+
+    Attributes:
+        source: where the autocommit came from.
+
+    Example::
+
+        try:
+            await run_transaction(Session, transfer)
+        except NotAtomic as exc:
+            print(exc.source)   # create_engine(isolation_level='AUTOCOMMIT')
+    """
+
+    def __init__(self, what: str, source: str) -> None:
+        super().__init__(
+            f"{what} needs a transaction, but the connection commits every statement on its "
+            f"own ({source}); use an engine or connection without AUTOCOMMIT for units of work",
+            retryable=False,
+        )
+        self.what = what
+        self.source = source
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.source), {"error_id": self.error_id})
 
 
 class InvalidCursor(ResilienceError, ValueError):
@@ -448,14 +483,20 @@ class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
         state = dict(self.__dict__)
         state.pop("_invalidated_by", None)
         state["_connection_invalidated"] = self.connection_invalidated
-        return (_rebuild, (static, extra, state))
+        # ``args`` is not in __dict__: without it a copy or an unpickled error
+        # would lose SQLAlchemy's head line ("(sqlite3.IntegrityError) ...").
+        return (_rebuild, (static, extra, state, self.args))
 
 
 def _rebuild(
-    static: type[DatabaseFailure], extra: type[sa_exc.DBAPIError] | None, state: dict[str, Any]
+    static: type[DatabaseFailure],
+    extra: type[sa_exc.DBAPIError] | None,
+    state: dict[str, Any],
+    args: tuple[Any, ...] = (),
 ) -> DatabaseFailure:
     cls = combined_class(static, extra) if extra is not None else static
     obj = cls.__new__(cls)
+    obj.args = args
     obj.__dict__.update(state)
     return obj
 

@@ -17,6 +17,7 @@ subclasses both, so no existing ``except`` clause stops matching::
         ├── PoolExhausted                     (sqlalchemy.exc.TimeoutError) pool checkout timed out
         ├── NotSupported                      (NotImplementedError) an option this database lacks; .option
         ├── DurableTransactionError           (RuntimeError) transaction(durable=True) inside another
+        ├── NotAtomic                         (InvalidRequestError) a unit of work on an autocommit connection
         ├── InvalidCursor                     (ValueError) a pagination cursor not issued here; .reason
         └── DatabaseFailure                   (sqlalchemy.exc.DBAPIError) any translated driver error
             ├── DatabaseUnavailable           (OperationalError) 08001 08004 57P03 refused/timeout at connect
@@ -65,6 +66,7 @@ from .base import CircuitOpenError as CircuitOpenError
 from .base import DatabaseFailure as DatabaseFailure
 from .base import DurableTransactionError as DurableTransactionError
 from .base import InvalidCursor as InvalidCursor
+from .base import NotAtomic as NotAtomic
 from .base import NotSupported as NotSupported
 from .base import PoolExhausted as PoolExhausted
 from .base import ResilienceError as ResilienceError
@@ -92,6 +94,7 @@ __all__ = [
     "InvalidData",
     "InvalidStatement",
     "LockNotAvailable",
+    "NotAtomic",
     "NotNullViolation",
     "NotSupported",
     "PermissionDenied",

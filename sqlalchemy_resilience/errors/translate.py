@@ -20,6 +20,8 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import ExceptionContext
 
+from sqlalchemy_resilience._util.autocommit import autocommit_source, sql_reads_only
+
 from . import sqlite_legacy
 from .classify import CONNECT_FAILURES, Phase, build_error
 from .hierarchy import DatabaseFailure, PoolExhausted, ReadOnlyTransaction, ResilienceError
@@ -156,14 +158,18 @@ def _phase(context: ExceptionContext) -> Phase:
         return "connect"
     if context.statement is None and getattr(context.original_exception, COMMIT_TAG, False):
         return "commit"
+    if context.statement is not None and not _reads_only(context) and autocommit_source(conn):
+        # The statement commits on its own (AUTOCOMMIT, set on the engine, the
+        # connection or the driver): a lost reply leaves its outcome unknown.
+        return "commit"
+    return "statement"
+
+
+def _reads_only(context: ExceptionContext) -> bool:
     ctx = context.execution_context
     if ctx is not None and (ctx.isinsert or ctx.isupdate or getattr(ctx, "isdelete", False)):
-        options = conn.get_execution_options()
-        if options.get("isolation_level") == "AUTOCOMMIT":
-            # The driver commits a DML statement on its own: losing the
-            # connection mid-statement leaves the outcome unknown too.
-            return "commit"
-    return "statement"
+        return False
+    return sql_reads_only(context.statement or "")
 
 
 # What PostgreSQL (14 and later) reports to the client about the server's own

@@ -10,6 +10,7 @@ background parts and removes exactly the hooks it added.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -105,7 +106,13 @@ class Instrumentation:
             log_own_failure=log_own_failure,
             stats_call_sites=stats_call_sites,
             explainer=(
-                PlanExplainer(engine, interval=explain_interval) if explain_slow_queries else None
+                PlanExplainer(
+                    engine,
+                    interval=explain_interval,
+                    redact=not (log_parameters and not engine.hide_parameters),
+                )
+                if explain_slow_queries
+                else None
             ),
             show_parameters=log_parameters and not engine.hide_parameters,
             database=self.database,
@@ -204,11 +211,19 @@ class Instrumentation:
             raise
 
     def _attach_hooks(self, engine: Engine, checkouts: CheckoutObserver) -> None:
+        # handle_error listeners live on the dialect, which the ORM's caches
+        # keep for the life of the process: reach the engine weakly from there.
+        engine_ref = weakref.ref(engine)
+
+        def secrets() -> tuple[str, ...]:
+            found = engine_ref()
+            return () if found is None else secrets_of(found)
+
         self._hooks.attach(
             HookParts(
                 translate_errors=self.translate_errors,
                 log_parameters=self.log_parameters,
-                secrets=lambda: secrets_of(engine),
+                secrets=secrets,
                 statement_observed=self._statements.observed,
                 statement_failed=self._statements.failed,
                 before_checkout=checkouts.shed,

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import MetaData, func, pool, select
+from sqlalchemy import MetaData, event, func, pool, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlalchemy_resilience._util.seconds import to_seconds
+from sqlalchemy_resilience._util.urls import malformed_url_reason
 from sqlalchemy_resilience.deploy import check_pooler_sync
 from sqlalchemy_resilience.errors import LockNotAvailable, translate_error
 from sqlalchemy_resilience.errors.classify import build_error
@@ -115,7 +116,11 @@ def _database_url(url: str | URL | None, config: Any) -> URL:
     raw = url or os.environ.get("DATABASE_URL") or config.get_main_option("sqlalchemy.url")
     if not raw:
         raise SystemExit("set DATABASE_URL (or sqlalchemy.url in alembic.ini) to migrate")
-    return make_url(raw)
+    database = make_url(raw)
+    reason = malformed_url_reason(database)
+    if reason is not None:
+        raise SystemExit(reason)
+    return database
 
 
 def _milliseconds(seconds: float) -> str:
@@ -159,6 +164,54 @@ def _session_timeouts(connection: Connection, settings: MigrationSettings) -> It
             for key, value in previous.items():
                 connection.execute(select(func.set_config(key, value, False)))
             connection.commit()
+
+
+@contextlib.contextmanager
+def _transactional_ddl(connection: Connection) -> Iterator[None]:
+    """SQLite: every SQLAlchemy transaction on ``connection`` really begins (``BEGIN IMMEDIATE``).
+
+    pysqlite and aiosqlite send no ``BEGIN`` before DDL (only before DML), so
+    without this a revision's ``CREATE``/``ALTER`` commits on its own and a
+    revision killed or failing half-way leaves its DDL applied and the version
+    behind. SQLite's DDL is transactional once a ``BEGIN`` is sent: the driver
+    is put in autocommit mode for the migration and this connection's
+    transactions begin explicitly (SQLAlchemy's documented recipe, applied to
+    this one connection), so the revision, its version row and its checksum
+    commit together or not at all. A ``BEGIN`` the application's own recipe
+    already sent is left alone. The driver's mode is put back afterwards.
+    """
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    if connection.in_transaction():
+        connection.commit()
+    fairy = connection.connection
+    driver: Any = fairy.driver_connection
+    if getattr(driver, "autocommit", None) is False:
+        yield  # Python 3.12's autocommit=False: always inside a transaction already
+        return
+    previous = driver.isolation_level
+    if previous is not None:
+        # Through SQLAlchemy's adapter: aiosqlite's connection lives on its own thread.
+        fairy.dbapi_connection.isolation_level = None  # type: ignore[union-attr]
+
+    def begin(conn: Connection) -> None:
+        # Appended to the engine's listeners, so after an application's own
+        # BEGIN recipe; only the migrating connection is touched.
+        if conn is connection and not driver.in_transaction:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine = connection.engine
+    event.listen(engine, "begin", begin)
+    try:
+        yield
+    finally:
+        event.remove(engine, "begin", begin)
+        if previous is not None and not connection.closed and not connection.invalidated:
+            with contextlib.suppress(Exception):  # a broken connection is discarded anyway
+                if connection.in_transaction():
+                    connection.rollback()
+                fairy.dbapi_connection.isolation_level = previous  # type: ignore[union-attr]
 
 
 def _without_checksum_table(include_object: Callable[..., bool] | None) -> Callable[..., bool]:
@@ -262,33 +315,44 @@ def _migrate(
     with lock if settings.lock else contextlib.nullcontext(LockInfo("none", 0.0)) as info:
         if info.waited >= 0.1:
             log.info("waited %.1fs for the migration lock", info.waited)
+        with _transactional_ddl(connection):
+            _configure_and_run(connection, context, settings, version_table, configure)
+
+
+def _configure_and_run(
+    connection: Connection,
+    context: Any,
+    settings: MigrationSettings,
+    version_table: str,
+    configure: dict[str, Any],
+) -> None:
+    if connection.in_transaction():
+        connection.commit()
+    configure["include_object"] = _without_checksum_table(configure.pop("include_object", None))
+    callbacks = list(configure.pop("on_version_apply", None) or ())
+    progress = context.config.attributes.get(PROGRESS_ATTRIBUTE)
+    if callable(progress):
+        callbacks.append(lambda *, step, **_: progress(step))
+    if settings.checksums:
+        create_migration_tables(connection)
+        connection.commit()
+        callbacks.append(recorder(version_table))
+    with _session_timeouts(connection, settings):
+        context.configure(
+            connection=connection,
+            version_table=version_table,
+            transaction_per_migration=configure.pop("transaction_per_migration", True),
+            on_version_apply=callbacks,
+            **configure,
+        )
+
+        def run() -> None:
+            with context.begin_transaction():
+                context.run_migrations()
+
+        _run_with_lock_retries(connection, run, settings)
         if connection.in_transaction():
             connection.commit()
-        configure["include_object"] = _without_checksum_table(configure.pop("include_object", None))
-        callbacks = list(configure.pop("on_version_apply", None) or ())
-        progress = context.config.attributes.get(PROGRESS_ATTRIBUTE)
-        if callable(progress):
-            callbacks.append(lambda *, step, **_: progress(step))
-        if settings.checksums:
-            create_migration_tables(connection)
-            connection.commit()
-            callbacks.append(recorder(version_table))
-        with _session_timeouts(connection, settings):
-            context.configure(
-                connection=connection,
-                version_table=version_table,
-                transaction_per_migration=configure.pop("transaction_per_migration", True),
-                on_version_apply=callbacks,
-                **configure,
-            )
-
-            def run() -> None:
-                with context.begin_transaction():
-                    context.run_migrations()
-
-            _run_with_lock_retries(connection, run, settings)
-            if connection.in_transaction():
-                connection.commit()
 
 
 def _offline(

@@ -185,17 +185,28 @@ class MeterSet:
         return callback
 
 
-_sets: dict[int, tuple[object, MeterSet]] = {}
+# One MeterSet per provider (an instrument is created once per meter), held
+# weakly: an application's provider is freed when the application drops it,
+# whatever was instrumented with it.
+_sets: weakref.WeakKeyDictionary[Any, MeterSet] = weakref.WeakKeyDictionary()
+_global_set: MeterSet | None = None
 _sets_lock = threading.Lock()
 
 
 def meter_set_for(provider: MeterProvider | None) -> MeterSet:
-    """The shared :class:`MeterSet` of ``provider`` (None: the global provider)."""
-    key = id(provider)
+    """The shared :class:`MeterSet` of ``provider`` (None: the global provider).
+
+    Example::
+
+        meters = meter_set_for(None)   # the global provider's instruments
+    """
+    global _global_set
     with _sets_lock:
-        found = _sets.get(key)
-        if found is not None and found[0] is provider:
-            return found[1]
-        meter_set = MeterSet(provider)
-        _sets[key] = (provider, meter_set)
-        return meter_set
+        if provider is None:
+            if _global_set is None:
+                _global_set = MeterSet(None)
+            return _global_set
+        found = _sets.get(provider)
+        if found is None:
+            found = _sets[provider] = MeterSet(provider)
+        return found

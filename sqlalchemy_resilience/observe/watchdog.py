@@ -69,8 +69,6 @@ class Watchdog(Ticker):
         self.running[key] = item
         return key
 
-    thread_name = "sqlalchemy-resilience-watchdog"
-
     @property
     def interval(self) -> float:
         """Seconds between scans."""
@@ -91,6 +89,6 @@ class Watchdog(Ticker):
                     _log.exception("sqlalchemy_resilience: in-flight report failed")
 
     def stop(self) -> None:
-        """Stop the thread and forget what is running."""
+        """Stop being scanned and forget what is running."""
         super().stop()
         self.running.clear()

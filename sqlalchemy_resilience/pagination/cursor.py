@@ -83,6 +83,12 @@ def resolve_secret(secret: Secret | None) -> tuple[bytes, ...]:
         secret = from_env
     if isinstance(secret, str | bytes):
         return (_key_bytes(secret, 0),)
+    if not isinstance(secret, list | tuple):
+        raise TypeError(
+            "secret must be str or bytes of at least "
+            f"{MIN_SECRET_BYTES} bytes, or a list of them (newest first), "
+            f"got {type(secret).__name__}"
+        )
     keys = tuple(_key_bytes(key, index) for index, key in enumerate(secret))
     if not keys:
         raise ValueError("secret must hold at least one key")

@@ -145,8 +145,13 @@ class PoolAutosizer(Background):
             )
         self.shrink_after = int_option("shrink_after", shrink_after, 1)
         factor: object = grow_factor
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
-            raise ValueError(f"grow_factor must be a number > 1, got {grow_factor!r}")
+        if (
+            isinstance(factor, bool)
+            or not isinstance(factor, (int, float))
+            or not math.isfinite(factor)
+            or factor <= 1
+        ):
+            raise ValueError(f"grow_factor must be a finite number > 1, got {grow_factor!r}")
         self.grow_factor = float(factor)
         self._clock = clock
         self.server_cap: int | None = None

@@ -77,8 +77,6 @@ class LeakDetector(Ticker):
         clock: monotonic seconds (injectable for tests of the scanner itself).
     """
 
-    thread_name = "sqlalchemy-resilience-leaks"
-
     def __init__(
         self,
         threshold: float,

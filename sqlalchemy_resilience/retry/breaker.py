@@ -68,11 +68,13 @@ class _Outcome:
 class _Permit:
     """One admitted call; a half-open probe holds a probe slot until it reports."""
 
-    __slots__ = ("done", "probe", "started")
+    __slots__ = ("cycle", "done", "probe", "started")
 
-    def __init__(self, started: float, probe: bool, *, inert: bool = False) -> None:
+    def __init__(self, started: float, probe: bool, *, inert: bool = False, cycle: int = 0) -> None:
         self.started = started
         self.probe = probe
+        # The half-open cycle that admitted this probe: its outcome counts only there.
+        self.cycle = cycle
         # An inert permit (test mode) records nothing when it finishes.
         self.done = inert
 
@@ -182,6 +184,9 @@ class CircuitBreaker:
         )
         self._probes_in_flight = 0
         self._probe_successes = 0
+        # Counts half-open cycles: a probe admitted in one cycle reports to it
+        # only, never to a later one (after the breaker re-opened meanwhile).
+        self._cycle = 0
         self.transitions = 0
         self.rejected = 0
         observe_breaker(self)
@@ -214,6 +219,9 @@ class CircuitBreaker:
             transition = self._move_locked(BreakerState.CLOSED, "reset", self._clock())
             self._window.clear()
             self._consecutive = 0
+            self._cycle += 1
+            self._probes_in_flight = 0
+            self._probe_successes = 0
         self._notify(transition)
 
     def force_open(self) -> None:
@@ -222,6 +230,9 @@ class CircuitBreaker:
             now = self._clock()
             transition = self._move_locked(BreakerState.OPEN, "forced open", now)
             self._opened_at = now
+            self._cycle += 1
+            self._probes_in_flight = 0
+            self._probe_successes = 0
         self._notify(transition)
 
     # -- the call protocol ------------------------------------------------
@@ -256,7 +267,7 @@ class CircuitBreaker:
                 else:
                     self._probes_in_flight += 1
                     error = None
-                    permit = _Permit(now, probe=True)
+                    permit = _Permit(now, probe=True, cycle=self._cycle)
             else:
                 error = None
                 permit = _Permit(now, probe=False)
@@ -287,7 +298,7 @@ class CircuitBreaker:
             return
         with self._lock:
             permit.done = True
-            if permit.probe and self._probes_in_flight > 0:
+            if permit.probe and permit.cycle == self._cycle and self._probes_in_flight > 0:
                 self._probes_in_flight -= 1
 
     def _finish(self, permit: _Permit, *, failed: bool, neutral: bool = False) -> None:
@@ -301,7 +312,11 @@ class CircuitBreaker:
                 self.slow_call_duration is not None
                 and now - permit.started >= self.slow_call_duration
             )
-            if permit.probe:
+            if permit.probe and permit.cycle != self._cycle:
+                # A probe of an earlier half-open cycle: the breaker has opened
+                # again since it was admitted, so its outcome is stale news.
+                pass
+            elif permit.probe:
                 self._probes_in_flight = max(0, self._probes_in_flight - 1)
                 if self._state is BreakerState.HALF_OPEN:
                     if failed or slow:
@@ -354,10 +369,13 @@ class CircuitBreaker:
     def _open_locked(self, now: float, reason: str) -> BreakerTransition | None:
         self._opened_at = now
         self._probe_successes = 0
+        self._probes_in_flight = 0
+        self._cycle += 1  # probes still out belong to the cycle that just failed
         return self._move_locked(BreakerState.OPEN, reason, now)
 
     def _maybe_half_open_locked(self, now: float) -> BreakerTransition | None:
         if self._state is BreakerState.OPEN and now - self._opened_at >= self.recovery_timeout:
+            self._cycle += 1
             self._probes_in_flight = 0
             self._probe_successes = 0
             return self._move_locked(BreakerState.HALF_OPEN, "recovery timeout elapsed", now)

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import weakref
@@ -112,6 +113,9 @@ class RetryBudget:
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                # A NaN capacity or refill would silently turn the budget off.
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity!r}")
         if refill_per_second < 0:

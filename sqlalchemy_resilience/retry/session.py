@@ -16,6 +16,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sqlalchemy_resilience._util.autocommit import autocommit_source, statement_reads_only
+from sqlalchemy_resilience.transactions.atomic import routes_itself
+
 from .breaker import CircuitBreaker
 from .policy import RetryBudget, RetryPolicy
 from .unit import (
@@ -27,6 +30,13 @@ from .unit import (
 )
 
 __all__ = ["ResilientAsyncSession", "resilient_sessionmaker"]
+
+
+_NO_STATEMENT: Any = object()
+
+
+def _statement(args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    return args[0] if args else kw.get("statement", _NO_STATEMENT)
 
 
 class ResilientAsyncSession(AsyncSession):
@@ -54,19 +64,34 @@ class ResilientAsyncSession(AsyncSession):
     resilience_retry: RetryPolicy = _DEFAULT_POLICY
     resilience_breaker: CircuitBreaker | None = None
 
-    async def _resilient(self, call: Callable[[], Awaitable[Any]]) -> Any:
+    async def _resilient(
+        self, call: Callable[[], Awaitable[Any]], statement: Any = _NO_STATEMENT
+    ) -> Any:
         starts_transaction = not self.in_transaction() and not (
             self.new or self.dirty or self.deleted
         )
         breaker = self.resilience_breaker
         policy = self.resilience_retry
+        # A statement that may write, on a connection that commits it on its
+        # own (AUTOCOMMIT from any source): a lost reply is an unknown COMMIT.
+        autocommits = [False]
+        may_write = statement is not _NO_STATEMENT and not statement_reads_only(statement)
 
         async def once() -> Any:
             guard: AbstractAsyncContextManager[Any] = (
                 breaker.guard() if breaker is not None else nullcontext()
             )
             async with guard:
-                return await call()
+                if starts_transaction and may_write and not routes_itself(self.sync_session):
+                    sync = (await AsyncSession.connection(self)).sync_connection
+                    autocommits[0] = sync is not None and autocommit_source(sync) is not None
+                try:
+                    return await call()
+                except Exception as exc:
+                    failure = _commit_failure(exc) if autocommits[0] else exc
+                    if failure is exc:
+                        raise
+                    raise failure from exc
 
         try:
             return await once()
@@ -93,11 +118,15 @@ class ResilientAsyncSession(AsyncSession):
 
     async def execute(self, *args: Any, **kw: Any) -> Any:
         """``AsyncSession.execute``, retried when it starts the transaction."""
-        return await self._resilient(lambda: AsyncSession.execute(self, *args, **kw))
+        return await self._resilient(
+            lambda: AsyncSession.execute(self, *args, **kw), _statement(args, kw)
+        )
 
     async def scalar(self, *args: Any, **kw: Any) -> Any:
         """``AsyncSession.scalar``, retried when it starts the transaction."""
-        return await self._resilient(lambda: AsyncSession.scalar(self, *args, **kw))
+        return await self._resilient(
+            lambda: AsyncSession.scalar(self, *args, **kw), _statement(args, kw)
+        )
 
     async def get(self, *args: Any, **kw: Any) -> Any:
         """``AsyncSession.get``, retried when it starts the transaction."""
@@ -109,7 +138,9 @@ class ResilientAsyncSession(AsyncSession):
 
     async def stream(self, *args: Any, **kw: Any) -> Any:
         """``AsyncSession.stream``, retried when it starts the transaction."""
-        return await self._resilient(lambda: AsyncSession.stream(self, *args, **kw))
+        return await self._resilient(
+            lambda: AsyncSession.stream(self, *args, **kw), _statement(args, kw)
+        )
 
     async def connection(self, *args: Any, **kw: Any) -> Any:
         """``AsyncSession.connection`` (the checkout), retried when it starts the transaction."""

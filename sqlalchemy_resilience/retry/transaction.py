@@ -38,6 +38,7 @@ from sqlalchemy_resilience.errors.hierarchy import (
     QueryTimeout,
 )
 from sqlalchemy_resilience.errors.translate import describe, translate_error
+from sqlalchemy_resilience.transactions.atomic import require_atomic, routes_itself
 from sqlalchemy_resilience.transactions.options import Undo, prepare
 from sqlalchemy_resilience.transactions.scope import CommitScope
 
@@ -81,14 +82,20 @@ async def _attempt_async(
         conn: AsyncConnection | None = None
         undo: Undo | None = None
         try:
-            engine = _engine_of(session.get_bind())
+            bind = session.get_bind()
+            engine = _engine_of(bind)
             if unit.options.needs_connection(engine.dialect.name):
                 conn = await session.connection(
                     execution_options=unit.options.execution_options(engine)
                 )
+            elif unit.idempotency_key is not None or not routes_itself(session.sync_session):
+                conn = await session.connection()
+            require_atomic("run_transaction", None if conn is None else conn.sync_connection, bind)
+            if unit.options.needs_connection(engine.dialect.name):
+                assert conn is not None
                 undo = await conn.run_sync(prepare, unit.options, nested=False, engine=engine)
             if unit.idempotency_key is not None:
-                conn = await session.connection()
+                assert conn is not None
                 claimed = await conn.execute(unit.claim_statement(conn.dialect.name))
                 if claimed.first() is None:
                     if undo is not None:
@@ -341,12 +348,18 @@ def _attempt_sync(factory: Callable[[], Session], fn: Callable[[Session], T], un
         conn: Connection | None = None
         undo: Undo | None = None
         try:
-            engine = _engine_of(session.get_bind())
+            bind = session.get_bind()
+            engine = _engine_of(bind)
             if unit.options.needs_connection(engine.dialect.name):
                 conn = session.connection(execution_options=unit.options.execution_options(engine))
+            elif unit.idempotency_key is not None or not routes_itself(session):
+                conn = session.connection()
+            require_atomic("run_transaction_sync", conn, bind)
+            if unit.options.needs_connection(engine.dialect.name):
+                assert conn is not None
                 undo = prepare(conn, unit.options, nested=False, engine=engine)
             if unit.idempotency_key is not None:
-                conn = session.connection()
+                assert conn is not None
                 if conn.execute(unit.claim_statement(conn.dialect.name)).first() is None:
                     if undo is not None:
                         undo(conn, False)

@@ -49,7 +49,7 @@ _RERUN_NOTE = (
 )
 
 ISOLATION_LEVELS = frozenset(
-    {"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"}
+    {"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED"}
 )
 
 _DEFAULT_POLICY = RetryPolicy()
@@ -60,7 +60,14 @@ def _validate(
 ) -> None:
     if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
         raise ValueError(
-            f"isolation_level must be one of {sorted(ISOLATION_LEVELS)}, got {isolation_level!r}"
+            f"isolation_level must be one of {sorted(ISOLATION_LEVELS)} or None, "
+            f"got {isolation_level!r}"
+            + (
+                "; a unit of work cannot autocommit: each statement would commit on its own "
+                "and a re-run would apply the committed ones twice"
+                if isolation_level == "AUTOCOMMIT"
+                else ""
+            )
         )
     for name, value in (("read_only", read_only), ("idempotent", idempotent)):
         if not isinstance(value, bool):

@@ -370,7 +370,8 @@ async def _recover(
         definitions[saga.name] = saga
     if not definitions:
         raise ValueError("recover_sagas needs the Saga definitions to resume (sagas=[...])")
-    if limit is not None and (isinstance(limit, bool) or limit < 1):
+    given: object = limit  # untyped callers: check at run time
+    if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
         raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
     lease = min(s.definition.lease for s in definitions.values())
 

@@ -23,6 +23,7 @@ from sqlalchemy_resilience.errors.classify import build_error
 from sqlalchemy_resilience.errors.hierarchy import DurableTransactionError, ResilienceError
 from sqlalchemy_resilience.errors.translate import translate_error
 
+from .atomic import require_atomic, routes_itself
 from .options import TransactionOptions, Undo, prepare
 from .scope import CommitScope, owning_scope
 from .sqlite import BEGIN_OPTION
@@ -189,6 +190,12 @@ class TransactionContext(_ContextBase, Generic[W]):
                 self._conn = await session.connection(
                     execution_options=options.execution_options(plan.engine)
                 )
+            conn = self._conn
+            if conn is None and not routes_itself(session.sync_session):
+                conn = await session.connection()
+            require_atomic(
+                "transaction()", None if conn is None else conn.sync_connection, session.get_bind()
+            )
         if self._conn is not None:
             self._undo = await self._conn.run_sync(
                 prepare, options, nested=plan.nested, engine=plan.engine
@@ -205,6 +212,7 @@ class TransactionContext(_ContextBase, Generic[W]):
             if extra:
                 await conn.execution_options(**extra)
             self._tx = await conn.begin()
+            require_atomic("transaction()", conn.sync_connection)
         if plan.nested and not options.timeouts():
             return
         if options.needs_connection(plan.engine.dialect.name):
@@ -331,6 +339,10 @@ class SyncTransactionContext(_ContextBase, Generic[W]):
                 self._conn = session.connection(
                     execution_options=options.execution_options(plan.engine)
                 )
+            conn = self._conn
+            if conn is None and not routes_itself(session):
+                conn = session.connection()
+            require_atomic("transaction_sync()", conn, session.get_bind())
         if self._conn is not None:
             self._undo = prepare(self._conn, options, nested=plan.nested, engine=plan.engine)
 
@@ -345,6 +357,7 @@ class SyncTransactionContext(_ContextBase, Generic[W]):
             if extra:
                 conn.execution_options(**extra)
             self._tx = conn.begin()
+            require_atomic("transaction_sync()", conn)
         if plan.nested and not options.timeouts():
             return
         if options.needs_connection(plan.engine.dialect.name):

@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy, bulk_insert, bulk_update
+from sqlalchemy_resilience.batch.jobs import JobInputMismatch
 from sqlalchemy_resilience.testing import inject_fault
 
 metadata = MetaData()
@@ -175,6 +176,50 @@ async def test_resumable_job_skips_what_it_committed(engine: AsyncEngine) -> Non
     assert (again.rows, again.skipped_chunks) == (0, 4)  # finished: nothing written
     with pytest.raises(ValueError, match="same chunk_size"):
         await bulk_insert(engine, items, rows, chunk_size=20, job="backfill-1")
+
+
+async def test_resume_after_a_short_last_chunk_is_exact(engine: AsyncEngine) -> None:
+    """S32: 25 rows in chunks of 10 commit (the last one short), the run dies before it is marked
+    finished; resumed over an input grown to 40 rows it writes exactly rows 25-39."""
+    with (
+        inject_fault(engine, "disconnect", match="SET status"),
+        pytest.raises(sr.ConnectionLost),
+    ):
+        await bulk_insert(engine, items, _rows(25), chunk_size=10, job="grown-1")
+    assert await _count(engine) == 25
+    resumed = await bulk_insert(engine, items, _rows(40), chunk_size=10, job="grown-1")
+    assert (resumed.skipped_chunks, resumed.rows, resumed.chunks) == (3, 15, 2)
+    async with engine.connect() as conn:
+        ids = (await conn.execute(select(items.c.id).order_by(items.c.id))).scalars().all()
+    assert ids == list(range(40))  # no gap at 25-29, no duplicate
+
+
+async def test_resume_over_a_shorter_input_is_refused(engine: AsyncEngine) -> None:
+    """S32: an input shorter than the rows the job committed is not its input: refused, nothing written."""
+    rows = list(_rows(30))
+    rows[25]["name"] = None  # chunk 2 fails: 20 rows committed
+    with pytest.raises(sr.BatchChunkFailed):
+        await bulk_insert(engine, items, rows, chunk_size=10, job="shrunk-1")
+    with pytest.raises(JobInputMismatch, match="only 15 rows") as info:
+        await bulk_insert(engine, items, _rows(15), chunk_size=10, job="shrunk-1")
+    assert info.value.rows_done == 20 and isinstance(info.value, ValueError)
+    assert await _count(engine) == 20
+
+
+async def test_bulk_update_resume_after_a_short_last_chunk_is_exact(engine: AsyncEngine) -> None:
+    """S32 for bulk_update: 7 updates in chunks of 3, cut before finishing; resumed over 12, each row updated."""
+    await bulk_insert(engine, items, _rows(12))
+    updates = [{"id": i, "name": f"renamed {i}"} for i in range(12)]
+    with (
+        inject_fault(engine, "disconnect", match="SET status"),
+        pytest.raises(sr.ConnectionLost),
+    ):
+        await bulk_update(engine, items, updates[:7], chunk_size=3, job="rename-1")
+    resumed = await bulk_update(engine, items, updates, chunk_size=3, job="rename-1")
+    assert (resumed.skipped_chunks, resumed.rows) == (3, 5)
+    async with engine.connect() as conn:
+        names = (await conn.execute(select(items.c.name).order_by(items.c.id))).scalars().all()
+    assert names == [f"renamed {i}" for i in range(12)]
 
 
 async def test_targets(engine: AsyncEngine) -> None:

@@ -106,3 +106,34 @@ def test_hostile_identifiers_never_reach_sql(
         asyncio.run(attempt())
     assert not isinstance(info.value, sr.DatabaseFailure)
     assert ran == [], f"SQL ran for {name!r} in {where}: {ran}"
+
+
+@pytest.mark.parametrize("name", ["na\x00me", "fuzz_people\x00", "fuzz\npeople", "\x1b[31m"])
+def test_control_characters_in_a_reflected_table_name_never_reach_the_catalog(
+    engine_and_counter: Any, name: str
+) -> None:
+    """S38: a table given by name and reflected: NUL or a control character is refused, 0 statements."""
+    engine, ran = engine_and_counter
+    with pytest.raises(ValueError, match="NUL or control characters"):
+        asyncio.run(sr.bulk_insert(engine, name, [{"id": 1}]))
+    assert ran == []
+
+
+@pytest.mark.postgresql
+def test_a_nul_in_a_reflected_table_name_never_reaches_postgresql(
+    pg_server: Any, pg_database: str
+) -> None:
+    """S38 on PostgreSQL (asyncpg): refused before the catalog query, not a driver error."""
+    engine = create_async_engine(pg_server.app_url(pg_database, driver="asyncpg"))
+    ran: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda c, cur, s, *r: ran.append(s))
+
+    async def attempt() -> None:
+        try:
+            await sr.bulk_insert(engine, "na\x00me", [{"id": 1}])
+        finally:
+            await engine.dispose()
+
+    with pytest.raises(ValueError, match="NUL"):
+        asyncio.run(attempt())
+    assert ran == []

@@ -419,3 +419,38 @@ def test_with_the_demo_extra_no_part_of_the_tour_is_skipped(
         "ping_idle_connections",
     ):
         assert part in flat, part
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["health", "{url}"],
+        ["stats", "{url}"],
+        ["migrate", "{url}"],
+        ["check-migrations", "{url}"],
+        ["verify-migrations", "{url}"],
+        ["bench", "--url", "{url}"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_an_unescaped_at_in_the_password_is_one_line_showing_none_of_it(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """S34: postgresql://app:pa55@w0rd-tail@host/db: usage error, the escape named, no part shown."""
+    url = "postgresql+psycopg://app:pa55@w0rd-tail@db.example/app"
+    assert main([a.replace("{url}", url) for a in argv]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "%40" in err and "malformed" in err
+    for part in ("pa55", "w0rd", "tail", "db.example"):
+        assert part not in err
+
+
+def test_the_facade_refuses_an_unescaped_at_in_the_password() -> None:
+    """S34: Database(url) with an '@' in the password: ValueError naming the escape, not the URL."""
+    from sqlalchemy_resilience import Database, SyncDatabase
+
+    url = "sqlite+aiosqlite://app:pa55@w0rd@x/app"
+    for facade in (Database, SyncDatabase):
+        with pytest.raises(ValueError, match="%40") as info:
+            facade(url.replace("+aiosqlite", "") if facade is SyncDatabase else url)
+        assert "w0rd" not in str(info.value) and "pa55" not in str(info.value)

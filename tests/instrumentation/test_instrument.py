@@ -279,21 +279,24 @@ def _select_one(engine: Engine) -> None:
 
 
 def test_a_dropped_engine_is_freed_and_its_background_parts_stop(tmp_path: Path) -> None:
-    """An instrumented engine the app drops is garbage-collected; its watchdog and leak threads end."""
-    watchdogs = _threads_named("sqlalchemy-resilience-watchdog")
-    engine = create_engine(f"sqlite:///{tmp_path / 'drop.sqlite'}")
-    instrument(engine, long_running_threshold=0.05, leak_threshold=0.05)  # handle not kept
-    _select_one(engine)
-    assert instrumentation_of(engine) is not None
-    assert _threads_named("sqlalchemy-resilience-watchdog") == watchdogs + 1
-    engine.dispose()
-    ref = weakref.ref(engine)
-    del engine
+    """S41: 10 engines with the watchdog and leak detection share one background thread;
+    dropped, they are garbage-collected and the thread ends when none is left."""
+    ticker = "sqlalchemy-resilience-ticker"
+    engines = [create_engine(f"sqlite:///{tmp_path / f'drop{i}.sqlite'}") for i in range(10)]
+    for engine in engines:
+        instrument(engine, long_running_threshold=0.05, leak_threshold=0.05)  # handle not kept
+        _select_one(engine)
+        assert instrumentation_of(engine) is not None
+    assert _threads_named(ticker) == 1  # was: two threads per engine
+    refs = [weakref.ref(engine) for engine in engines]
+    for engine in engines:
+        engine.dispose()
+    del engine, engines
     gc.collect()
-    assert ref() is None
+    assert [ref() for ref in refs].count(None) == 10
     deadline = time.monotonic() + 10.0  # the thread notices at its next tick
-    while _threads_named("sqlalchemy-resilience-watchdog") > watchdogs:
-        assert time.monotonic() < deadline, "the watchdog thread outlived its engine"
+    while _threads_named(ticker):
+        assert time.monotonic() < deadline, "the background thread outlived its engines"
         time.sleep(0.02)
 
 

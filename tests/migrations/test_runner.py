@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Engine, make_url
 
 from sqlalchemy_resilience.cli.demo.migration_project import alembic, write_project
 from sqlalchemy_resilience.migrations import MigrationSettings, verify_migrations
@@ -270,3 +270,65 @@ def test_create_index_concurrently_in_an_autocommit_block(
     finally:
         engine.dispose()
         pg_server.drop_database(name)
+
+
+def _state(url: URL) -> tuple[str, list[str], list[str], list[str]]:
+    """(version, mig_items columns, checksummed revisions, tables) of a migrated database."""
+    engine = _engine(url.set(drivername="sqlite") if url.get_backend_name() == "sqlite" else url)
+    try:
+        with engine.connect() as conn:
+            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+            columns = [c["name"] for c in inspect(conn).get_columns("mig_items")]
+            checksums = sorted(conn.execute(select(migration_checksums.c.revision)).scalars())
+            tables = sorted(inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+    return version, columns, checksums, tables
+
+
+def _sqlite_url(database: URL, driver: str) -> URL:
+    return database.set(drivername=driver) if database.get_backend_name() == "sqlite" else database
+
+
+@pytest.mark.parametrize("sqlite_driver", ["sqlite", "sqlite+aiosqlite"])
+def test_a_revision_failing_half_way_leaves_nothing_of_itself(
+    database: URL, tmp_path: Path, sqlite_driver: str
+) -> None:
+    """S29: r2 adds its column, then raises: column, version and checksum rolled back together; the re-run succeeds."""
+    if database.get_backend_name() != "sqlite" and sqlite_driver != "sqlite":
+        pytest.skip("the SQLite driver parameter applies to SQLite only")
+    url = _sqlite_url(database, sqlite_driver)
+    ini = write_project(tmp_path)
+    code, out = _finish(alembic(ini, url, "upgrade", "head", fail_r2="1"))
+    assert code != 0 and "r2 failed half-way" in out, out
+    assert _state(url)[:3] == ("r1", ["id", "name"], ["r1"])
+    code, out = _finish(alembic(ini, url, "upgrade", "head"))
+    assert code == 0, out
+    version, columns, checksums, _ = _state(url)
+    assert (version, "note" in columns, checksums) == ("r3", True, ["r1", "r2", "r3"])
+
+
+@pytest.mark.parametrize("sqlite_driver", ["sqlite", "sqlite+aiosqlite"])
+def test_sqlite_sigkill_mid_migration_leaves_a_consistent_schema(
+    tmp_path: Path, sqlite_driver: str
+) -> None:
+    """S30: SIGKILL while r2 holds its DDL uncommitted (pysqlite, aiosqlite): after it, r1 and nothing of r2."""
+    url = make_url(f"{sqlite_driver}:///{tmp_path / 'killed.sqlite'}")
+    ini = write_project(tmp_path / "project")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    proc = alembic(ini, url, "upgrade", "head", sleep_r2="60", marker_dir=str(markers))
+    deadline = time.monotonic() + 60
+    while not (markers / "r2.sleeping").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"r2 never started: {_finish(proc)}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    # The next connection rolls the hot journal back: r2's column is gone.
+    assert _state(url)[:3] == ("r1", ["id", "name"], ["r1"])
+    code, out = _finish(alembic(ini, url, "upgrade", "head"))
+    assert code == 0, out
+    assert _state(url)[0] == "r3"
+    report = verify_migrations(str(ini), url=url.set(drivername="sqlite"))
+    assert report.ok and report.applied == ("r1", "r2", "r3"), report

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -391,3 +393,21 @@ def test_metric_options_are_validated(sync_engines: list[Engine]) -> None:
     for name in ("transaction_metrics", "row_metrics"):
         with pytest.raises(TypeError, match=name):
             instrument(engine, **{name: "yes"})  # type: ignore[arg-type]
+
+
+def test_a_meter_provider_is_freed_after_detach_dispose_and_shutdown() -> None:
+    """S39: 100 providers, each given to instrument(), then detach, dispose, shutdown: 0 alive."""
+    refs = []
+    for _ in range(100):
+        provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        engine = create_engine("sqlite://")
+        handle = instrument(engine, meter_provider=provider)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        handle.detach()
+        engine.dispose()
+        provider.shutdown()
+        refs.append(weakref.ref(provider))
+        del provider, engine, handle
+    gc.collect()
+    assert sum(ref() is not None for ref in refs) == 0

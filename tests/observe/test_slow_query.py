@@ -227,6 +227,81 @@ def test_explain_on_a_sync_engine_and_only_for_select(
     assert isinstance(_extra(select, "plan"), list)
 
 
+@pytest.mark.parametrize(
+    ("options", "shown"),
+    [
+        ({}, False),
+        ({"log_parameters": True, "hide_parameters": True}, False),
+        ({"log_parameters": True}, True),
+    ],
+    ids=["default", "hide_parameters", "log_parameters"],
+)
+def test_plans_hold_no_bound_value_unless_parameters_may_be_logged(
+    pg_server: PgServer,
+    pg_database: str,
+    caplog: pytest.LogCaptureFixture,
+    options: dict[str, bool],
+    shown: bool,
+) -> None:
+    """S33: PostgreSQL writes bound values into a plan's Filter; the record's plan folds them to ?."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    log_parameters = options.get("log_parameters", False)
+    engine = create_engine(
+        pg_server.app_url(pg_database, driver="psycopg"),
+        hide_parameters=options.get("hide_parameters", False),
+    )
+    try:
+        instrument(
+            engine,
+            slow_query_threshold=0.05,
+            explain_slow_queries=True,
+            log_parameters=log_parameters,
+        )
+        with engine.begin() as conn:
+            # A table the EXPLAIN's own connection sees (not a temporary one).
+            conn.execute(text("DROP TABLE IF EXISTS redacted"))
+            conn.execute(text("CREATE TABLE redacted (id int, v text)"))
+            conn.execute(text("INSERT INTO redacted VALUES (1, 'x')"))
+        with engine.connect() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_sleep(0.06), "
+                    "(SELECT count(*) FROM redacted WHERE v = :v AND id > :n)"
+                ),
+                {"v": SECRET, "n": 424242},
+            )
+        deadline = time.monotonic() + 10
+        while not [r for r in _records(caplog) if "sqlalchemy_resilience.plan" in r.__dict__]:
+            if time.monotonic() > deadline:
+                pytest.fail("no record with a plan")
+            time.sleep(0.02)
+    finally:
+        engine.dispose()
+    (record,) = [r for r in _records(caplog) if "sqlalchemy_resilience.plan" in r.__dict__]
+    plan = json.dumps(_extra(record, "plan"))
+    assert "Filter" in plan
+    assert (SECRET in plan, "424242" in plan) == (shown, shown)
+    assert (SECRET in _everything(record)) == shown
+
+
+def test_slow_records_are_logged_when_the_loop_ends_first(
+    pg_server: PgServer, pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S33: 8 slow SELECTs, the loop ends before their EXPLAINs do: 8 records (plan or no plan)."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    engine = create_async_engine(pg_server.app_url(pg_database, driver="asyncpg"))
+    instrument(engine, slow_query_threshold=0.01, explain_slow_queries=True)
+
+    async def main() -> None:
+        async with engine.connect() as conn:
+            for i in range(8):
+                await conn.execute(text(f"SELECT pg_sleep(0.02), {i} AS n{i}"))
+        await engine.dispose()
+
+    asyncio.run(main())
+    assert len(_records(caplog)) == 8
+
+
 def test_explain_needs_postgresql(sync_engines: list[Engine], tmp_path: Path) -> None:
     """explain_slow_queries on SQLite is refused with the dialect's name."""
     engine = create_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
@@ -250,3 +325,32 @@ def test_sqlite_slow_statement(
     assert str(_extra(record, "database")).endswith("slow.sqlite")
     assert str(_extra(record, "call_site")).endswith(" in test_sqlite_slow_statement")
     assert SECRET not in _everything(record)
+
+
+def test_sqlmodel_sessions_are_not_the_call_site(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S42: statements run through SQLModel's Session name the application's line, not sqlmodel/."""
+    sqlmodel = pytest.importorskip("sqlmodel")
+
+    class Hero(sqlmodel.SQLModel, table=True):  # type: ignore[call-arg,misc]
+        __tablename__ = "callsite_heroes"
+        id: int | None = sqlmodel.Field(default=None, primary_key=True)
+        name: str
+
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    engine = create_engine(f"sqlite:///{tmp_path / 'heroes.sqlite'}")
+    try:
+        sqlmodel.SQLModel.metadata.create_all(engine, tables=[Hero.__table__])  # type: ignore[attr-defined]
+        instrument(engine, slow_query_threshold=0.0)
+        with sqlmodel.Session(engine) as session:
+            session.add(Hero(name="a"))
+            session.commit()
+            session.exec(sqlmodel.select(Hero)).all()
+            session.get(Hero, 1)
+    finally:
+        engine.dispose()
+    sites = [str(_extra(r, "call_site")) for r in _records(caplog)]
+    assert len(sites) >= 3
+    assert [s for s in sites if "sqlmodel/" in s] == []
+    assert all(" in test_sqlmodel_sessions_are_not_the_call_site" in s for s in sites), sites

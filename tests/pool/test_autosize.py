@@ -101,7 +101,7 @@ def test_bad_autosizer_input(tmp_path: Path) -> None:
             PoolAutosizer(engine, min_size=0, max_size=4)
         with pytest.raises(ValueError, match="must be below high_utilization"):
             PoolAutosizer(engine, min_size=1, max_size=4, low_utilization=0.8)
-        with pytest.raises(ValueError, match="grow_factor must be a number > 1"):
+        with pytest.raises(ValueError, match="grow_factor must be a finite number > 1"):
             PoolAutosizer(engine, min_size=1, max_size=4, grow_factor=1)
         sizer = PoolAutosizer(engine, min_size=1, max_size=4)
         assert sizer.read_server_limits() is None  # SQLite has no server limit

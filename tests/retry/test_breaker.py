@@ -194,6 +194,65 @@ def test_probe_failure_reopens() -> None:
     assert b.retry_after() == pytest.approx(5.0)
 
 
+def test_a_probe_counts_only_in_the_half_open_cycle_that_admitted_it() -> None:
+    """S35: probes A and B admitted; B fails (re-open); the next cycle admits C. A's late
+    success neither closes the breaker nor frees C's slot; C's success does."""
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=1, recovery_timeout=5, half_open_max_calls=2, clock=clock)
+    fail(b)
+    clock.advance(5)
+    a, late = b.acquire(), b.acquire()
+    b.record_failure(late, lost())
+    assert b.state is BreakerState.OPEN
+    clock.advance(5)
+    assert b.state is BreakerState.HALF_OPEN
+    c, d = b.acquire(), b.acquire()
+    b.record_success(a)  # stale: admitted before the breaker re-opened
+    assert b.state is BreakerState.HALF_OPEN
+    with pytest.raises(sr.CircuitOpenError):
+        b.acquire()  # still two probes in flight in this cycle: no third
+    b.record_success(c)
+    assert b.state is BreakerState.HALF_OPEN  # one of two probes of this cycle so far
+    b.record_success(d)
+    assert b.state is BreakerState.CLOSED
+
+
+def test_a_stale_probe_failure_does_not_reopen_a_new_cycle() -> None:
+    """S35: a probe of an earlier cycle failing (or cancelled) late is no verdict on the current one."""
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=1, recovery_timeout=5, half_open_max_calls=2, clock=clock)
+    fail(b)
+    clock.advance(5)
+    a, late = b.acquire(), b.acquire()
+    b.record_failure(late, lost())
+    clock.advance(5)
+    c, d = b.acquire(), b.acquire()
+    b.record_failure(a, lost())  # stale
+    assert b.state is BreakerState.HALF_OPEN
+    with pytest.raises(sr.CircuitOpenError):
+        b.acquire()
+    b.record_success(c)
+    b.record_success(d)
+    assert b.state is BreakerState.CLOSED
+
+
+def test_a_stale_probe_cancelled_late_frees_no_slot_of_the_new_cycle() -> None:
+    """S35: releasing a probe of an earlier cycle leaves the current cycle's count alone."""
+    clock = FakeClock()
+    b = CircuitBreaker(failure_threshold=1, recovery_timeout=5, clock=clock)
+    fail(b)
+    clock.advance(5)
+    a = b.acquire()
+    b.force_open()
+    clock.advance(5)
+    c = b.acquire()
+    b.release(a)  # stale
+    with pytest.raises(sr.CircuitOpenError):
+        b.acquire()  # the one slot is still c's
+    b.record_success(c)
+    assert b.state is BreakerState.CLOSED
+
+
 async def test_cancelled_probe_releases_its_permit() -> None:
     """A probe cancelled mid-call frees its slot, so half-open never gets stuck."""
     clock = FakeClock()

@@ -4,7 +4,9 @@ Three revisions: ``r1`` creates ``mig_items`` and ``mig_log``, ``r2`` adds a
 column to ``mig_items`` (an ACCESS EXCLUSIVE lock on PostgreSQL), ``r3``
 creates ``mig_extra``. Each revision appends (revision, pid) to ``mig_log``,
 so a test can see who applied what, and sleeps ``-x sleep_<rev>=SECONDS``
-first (to overlap processes or to be killed mid-way). ``-x lock_timeout=...``,
+after its DDL (to overlap processes or to be killed mid-way; with ``-x
+marker_dir=DIR`` it first creates ``DIR/<rev>.sleeping``), then fails if
+``-x fail_<rev>=1`` (a revision failing half-way). ``-x lock_timeout=...``,
 ``lock_retries``, ``lock_wait``, ``retry_backoff`` are read by ``run_migrations``.
 """
 
@@ -58,14 +60,18 @@ depends_on = None
 
 
 def _pause():
-    seconds = float(context.get_x_argument(as_dictionary=True).get("sleep_{rev}", "0"))
-    if not seconds:
-        return
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(sa.select(sa.func.pg_sleep(seconds)))
-    else:
-        import time
-        time.sleep(seconds)
+    x = context.get_x_argument(as_dictionary=True)
+    seconds = float(x.get("sleep_{rev}", "0"))
+    if seconds:
+        if x.get("marker_dir"):
+            open(os.path.join(x["marker_dir"], "{rev}.sleeping"), "w").close()
+        if op.get_bind().dialect.name == "postgresql":
+            op.execute(sa.select(sa.func.pg_sleep(seconds)))
+        else:
+            import time
+            time.sleep(seconds)
+    if x.get("fail_{rev}"):
+        raise RuntimeError("{rev} failed half-way (injected by -x fail_{rev})")
 
 
 def _log():
