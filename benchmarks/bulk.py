@@ -30,7 +30,7 @@ import statistics
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, Table, Text, insert, text
@@ -61,7 +61,7 @@ class BenchRow(Base):
     __table__ = rows_table
 
 
-WHEN = datetime(2026, 12, 2, tzinfo=timezone.utc)
+WHEN = datetime(2026, 12, 2, tzinfo=UTC)
 
 
 def rows(n: int) -> Iterator[dict[str, Any]]:

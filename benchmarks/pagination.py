@@ -30,7 +30,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ KEY = "benchmark-key-0123456789abcdef"
 PAGE = 100
 CHECKPOINTS = [1, 10, 100, 1_000, 5_000, 10_000]
 WINDOW = 10  # pages each side of a checkpoint whose median is reported
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STMT = select(pages_table).order_by(pages_table.c.created.desc(), pages_table.c.id.desc())
 
 

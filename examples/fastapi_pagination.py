@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -70,7 +70,7 @@ def create_app(url: str, *, secret: str | None = None, seed: int = 0) -> FastAPI
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
             if seed:
-                start = datetime(2026, 12, 2, tzinfo=timezone.utc)
+                start = datetime(2026, 12, 2, tzinfo=UTC)
                 await conn.execute(
                     Person.__table__.insert(),
                     [

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import event
@@ -90,7 +90,7 @@ class Credential:
         """``expires_at`` as a POSIX timestamp."""
         when = self.expires_at
         if isinstance(when, datetime):
-            return when.astimezone(timezone.utc).timestamp()
+            return when.astimezone(UTC).timestamp()
         return None if when is None else float(when)
 
 

@@ -1,11 +1,9 @@
 """SQLite's result codes: by name, by number, and by message as the last resort.
 
-``sqlite3.Error`` carries ``sqlite_errorname`` and ``sqlite_errorcode`` from
-Python 3.11 on; the most specific one that names a code is used, an extended
-code no rule names falls back to its primary code, and SQLite's own English
-message is the last resort (Python 3.10, where
-:mod:`~sqlalchemy_resilience.errors.sqlite_legacy` supplies the code when the
-connection is at hand).
+``sqlite3.Error`` carries ``sqlite_errorname`` and ``sqlite_errorcode``; the
+most specific one that names a code is used, an extended code no rule names
+falls back to its primary code, and SQLite's own English message is the last
+resort (an exception made by hand, without a code).
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from sqlalchemy.engine import ExceptionContext
 
 from sqlalchemy_resilience._util.autocommit import autocommit_source, sql_reads_only
 
-from . import sqlite_legacy
 from .classify import CONNECT_FAILURES, Phase, build_error
 from .hierarchy import DatabaseFailure, PoolExhausted, ReadOnlyTransaction, ResilienceError
 
@@ -262,8 +261,6 @@ def translate_context(
         return None
     if not isinstance(original, sa_exc.DBAPIError):
         return None
-    if sqlite_legacy.ENABLED and original.orig is not None:
-        sqlite_legacy.annotate_sqlite_error(original.orig, _driver_connection(context))
     sqlstate = _sqlstate(original)
     read_only = _server_read_only(context) if sqlstate == "25006" else None
     phase = _phase(context)

@@ -20,7 +20,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.util import _repr_params
 
 from sqlalchemy_resilience.core.callsites import CallSites
-from sqlalchemy_resilience.errors import sqlite_legacy
 from sqlalchemy_resilience.errors.classify import classify, extract_facts
 
 from .explain import PlanExplainer
@@ -301,10 +300,6 @@ class StatementObserver:
         dialect = self.engine.dialect
         if not isinstance(exc, dialect.loaded_dbapi.Error):
             return type(exc).__name__, None
-        if sqlite_legacy.ENABLED:
-            # Python 3.10: read SQLite's code now, before anything else runs on
-            # the connection (handle_error comes after this).
-            sqlite_legacy.annotate_sqlite_error(_sqlite_error_of(exc), _driver_connection(context))
         facts = extract_facts(exc)
         try:
             lost = bool(dialect.is_disconnect(exc, None, cursor))

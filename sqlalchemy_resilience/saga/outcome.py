@@ -13,16 +13,10 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy_resilience.errors.hierarchy import ResilienceError
-
-if sys.version_info >= (3, 11):  # pragma: no cover - depends on the interpreter
-    from builtins import ExceptionGroup
-else:  # pragma: no cover
-    from exceptiongroup import ExceptionGroup
 
 __all__ = [
     "SagaCompensated",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ async def engine(any_engine: AsyncEngine) -> AsyncEngine:
 
 
 def _rows(n: int, start: int = 0) -> Iterator[dict[str, Any]]:
-    when = datetime(2026, 12, 2, tzinfo=timezone.utc)
+    when = datetime(2026, 12, 2, tzinfo=UTC)
     for i in range(start, start + n):
         yield {
             "id": i,

@@ -126,7 +126,6 @@ def test_busy_snapshot_is_serialization_failure(tmp_path: Path) -> None:
         eng.dispose()
     err = info.value
     assert err.retryable is True
-    # Python 3.10's sqlite3 exceptions carry no code: read from the connection (sqlite_legacy).
     assert isinstance(err, sr.SerializationFailure)
     assert err.driver_code == "SQLITE_BUSY_SNAPSHOT"
 

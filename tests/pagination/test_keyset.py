@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -55,7 +55,7 @@ class Person(Base):
     balance: Mapped[Decimal] = mapped_column(Numeric(10, 2))
 
 
-T0 = datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 
 
 def _people(n: int = 57) -> Iterator[dict[str, Any]]:

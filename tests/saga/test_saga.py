@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 import pytest
@@ -14,11 +13,6 @@ import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy, Saga, SagaContext, get_saga
 from sqlalchemy_resilience.saga.api import _recover
 from sqlalchemy_resilience.saga.store import TxRunner
-
-if sys.version_info >= (3, 11):
-    from builtins import ExceptionGroup
-else:  # pragma: no cover
-    from exceptiongroup import ExceptionGroup
 
 QUICK = RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.005, retry_on=lambda e: True)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TextIO
 
@@ -32,7 +32,7 @@ __all__ = ["ROWS", "batch_tour"]
 ROWS = 50_000
 CHUNK = 5_000
 PAGE = 4
-T0 = datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 
 _metadata = MetaData()
 _events = Table(
