@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .batch import BatchChunkFailed as BatchChunkFailed
 from .batch import BulkResult as BulkResult
-from .batch import JobConflict as JobConflict
 from .batch import bulk_insert as bulk_insert
 from .batch import bulk_insert_sync as bulk_insert_sync
 from .batch import bulk_update as bulk_update
@@ -37,6 +35,7 @@ from .deploy import use_password_provider as use_password_provider
 from .deploy import use_primary as use_primary
 from .errors import AlreadyApplied as AlreadyApplied
 from .errors import AuthenticationFailed as AuthenticationFailed
+from .errors import BatchChunkFailed as BatchChunkFailed
 from .errors import CheckViolation as CheckViolation
 from .errors import CircuitOpenError as CircuitOpenError
 from .errors import CommitOutcomeUnknown as CommitOutcomeUnknown
@@ -53,7 +52,11 @@ from .errors import InsufficientResources as InsufficientResources
 from .errors import InvalidCursor as InvalidCursor
 from .errors import InvalidData as InvalidData
 from .errors import InvalidStatement as InvalidStatement
+from .errors import JobConflict as JobConflict
+from .errors import JobInputMismatch as JobInputMismatch
 from .errors import LockNotAvailable as LockNotAvailable
+from .errors import MigrationLockTimeout as MigrationLockTimeout
+from .errors import MigrationThroughPooler as MigrationThroughPooler
 from .errors import NotAtomic as NotAtomic
 from .errors import NotNullViolation as NotNullViolation
 from .errors import NotSupported as NotSupported
@@ -65,6 +68,10 @@ from .errors import ReadOnlyServer as ReadOnlyServer
 from .errors import ReadOnlyTransaction as ReadOnlyTransaction
 from .errors import ResilienceError as ResilienceError
 from .errors import RetryExhausted as RetryExhausted
+from .errors import SagaCompensated as SagaCompensated
+from .errors import SagaCompensationFailed as SagaCompensationFailed
+from .errors import SagaInProgress as SagaInProgress
+from .errors import SagaLeaseLost as SagaLeaseLost
 from .errors import SerializationFailure as SerializationFailure
 from .errors import SnapshotTooOld as SnapshotTooOld
 from .errors import StorageFailure as StorageFailure
@@ -109,11 +116,7 @@ from .retry import run_transaction as run_transaction
 from .retry import run_transaction_sync as run_transaction_sync
 from .saga import RecoveryReport as RecoveryReport
 from .saga import Saga as Saga
-from .saga import SagaCompensated as SagaCompensated
-from .saga import SagaCompensationFailed as SagaCompensationFailed
 from .saga import SagaContext as SagaContext
-from .saga import SagaInProgress as SagaInProgress
-from .saga import SagaLeaseLost as SagaLeaseLost
 from .saga import SagaRecord as SagaRecord
 from .saga import get_saga as get_saga
 from .saga import get_saga_sync as get_saga_sync
@@ -163,8 +166,11 @@ __all__ = [
     "InvalidData",
     "InvalidStatement",
     "JobConflict",
+    "JobInputMismatch",
     "LockNotAvailable",
     "MaintenanceReport",
+    "MigrationLockTimeout",
+    "MigrationThroughPooler",
     "NotAtomic",
     "NotNullViolation",
     "NotSupported",

@@ -8,8 +8,10 @@ paths), ``tables`` resolves tables, columns and rows through SQLAlchemy,
 
 from __future__ import annotations
 
-from .jobs import JobConflict as JobConflict
-from .writes import BatchChunkFailed as BatchChunkFailed
+from sqlalchemy_resilience.errors.operations import BatchChunkFailed as BatchChunkFailed
+from sqlalchemy_resilience.errors.operations import JobConflict as JobConflict
+from sqlalchemy_resilience.errors.operations import JobInputMismatch as JobInputMismatch
+
 from .writes import BulkResult as BulkResult
 from .writes import bulk_insert as bulk_insert
 from .writes import bulk_insert_sync as bulk_insert_sync
@@ -20,6 +22,7 @@ __all__ = [
     "BatchChunkFailed",
     "BulkResult",
     "JobConflict",
+    "JobInputMismatch",
     "bulk_insert",
     "bulk_insert_sync",
     "bulk_update",

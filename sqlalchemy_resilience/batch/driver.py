@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
-from sqlalchemy_resilience.errors.hierarchy import ResilienceError
+from sqlalchemy_resilience.errors.operations import BatchChunkFailed, JobConflict
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 from sqlalchemy_resilience.retry.policy import RetryPolicy
 from sqlalchemy_resilience.schema import batch_jobs
@@ -32,7 +32,6 @@ from . import jobs
 from .tables import Chunk, check_table_name, chunks, resolve_table
 
 __all__ = [
-    "BatchChunkFailed",
     "BulkResult",
     "OnConflict",
     "Progress",
@@ -82,52 +81,6 @@ class BulkResult:
     def rows_per_second(self) -> float:
         """Rows written per second of this call."""
         return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-
-class BatchChunkFailed(ResilienceError):
-    """A chunk failed for good: the run stopped there; the chunks before it stay committed.
-
-    Attributes:
-        chunk: the chunk's index (0-based).
-        first_row, last_row: the input positions (0-based) of the chunk's rows.
-        bad_row: the input position of the first row that fails on its own, or
-            None when no single row does (the chunk failed as a whole: a lost
-            connection, a deadline, ...).
-        rows_committed: rows committed before this chunk (by this call and,
-            for a job, the runs before it).
-
-    The translated database error is ``__cause__``.
-
-    Example::
-
-        try:
-            await bulk_insert(engine, Event, rows)
-        except BatchChunkFailed as exc:
-            print(exc.chunk, exc.bad_row, exc.rows_committed, exc.error)
-    """
-
-    def __init__(
-        self,
-        *,
-        chunk: int,
-        first_row: int,
-        last_row: int,
-        bad_row: int | None,
-        rows_committed: int,
-        error: str,
-    ) -> None:
-        where = f"at row {bad_row}" if bad_row is not None else "(no single row fails alone)"
-        super().__init__(
-            f"chunk {chunk} (rows {first_row}-{last_row}) failed {where}: {error}; "
-            f"the {rows_committed} rows before it stay committed",
-            retryable=False,
-        )
-        self.chunk = chunk
-        self.first_row = first_row
-        self.last_row = last_row
-        self.bad_row = bad_row
-        self.rows_committed = rows_committed
-        self.error = error
 
 
 class _Rollback(Exception):
@@ -325,7 +278,7 @@ class Run:
                 with attempt:
                     retried[0] = attempt.retry_state.attempt_number > 1
                     result = await self.target.run(with_job, copy_with_job if copy else None)
-        except (jobs.JobConflict, asyncio.CancelledError):
+        except (JobConflict, asyncio.CancelledError):
             raise
         except Exception as exc:
             failure = translate_error(exc)

@@ -21,12 +21,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from sqlalchemy_resilience.errors.hierarchy import ResilienceError
+from sqlalchemy_resilience.errors.operations import JobConflict, JobInputMismatch
 from sqlalchemy_resilience.schema import JOB_NAME_MAX_LENGTH, batch_jobs
 
 __all__ = [
-    "JobConflict",
-    "JobInputMismatch",
     "JobState",
     "advance",
     "check_job_name",
@@ -39,63 +37,6 @@ RUNNING = "running"
 FINISHED = "finished"
 
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-
-
-class JobConflict(ResilienceError):
-    """Another run of the same job committed the chunk this run was about to commit.
-
-    Attributes:
-        job: the job name.
-        chunk: the chunk this run tried to commit.
-
-    Example::
-
-        try:
-            await bulk_insert(engine, Event, rows, job="backfill-1")
-        except JobConflict:
-            ...  # another instance runs this job now
-    """
-
-    def __init__(self, job: str, chunk: int) -> None:
-        super().__init__(
-            f"batch job {job!r}: chunk {chunk} was committed by another run of the same job; "
-            "stopping this one (run one instance of a job at a time)",
-            retryable=False,
-        )
-        self.job = job
-        self.chunk = chunk
-
-
-class JobInputMismatch(ResilienceError, ValueError):
-    """A resumed job's input cannot be the one it started with: nothing was written.
-
-    Raised when the input ends before the rows the job already committed, or
-    when the job's record is inconsistent with its chunk size.
-
-    Attributes:
-        job: the job name.
-        rows_done: rows the job committed before.
-
-    Example::
-
-        try:
-            await bulk_insert(engine, Event, rows, job="backfill-1")
-        except JobInputMismatch as exc:
-            print(exc.rows_done)   # the rows committed by the earlier run
-    """
-
-    def __init__(self, job: str, rows_done: int, detail: str) -> None:
-        super().__init__(
-            f"batch job {job!r} committed {rows_done} rows before; {detail}. Resume it with "
-            "the same rows in the same order (more may follow), or use another job name",
-            retryable=False,
-        )
-        self.job = job
-        self.rows_done = rows_done
-        self.detail = detail
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.job, self.rows_done, self.detail), {"error_id": self.error_id})
 
 
 def check_job_name(job: object) -> str:

@@ -30,7 +30,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy_resilience.retry.policy import RetryPolicy
 
 from .driver import (
-    BatchChunkFailed,
     BulkResult,
     OnConflict,
     Progress,
@@ -50,7 +49,6 @@ from .statements import (
 from .tables import column_names, resolve_columns, resolve_table
 
 __all__ = [
-    "BatchChunkFailed",
     "BulkResult",
     "bulk_insert",
     "bulk_insert_sync",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .hierarchy import AlreadyApplied as AlreadyApplied
 from .hierarchy import AuthenticationFailed as AuthenticationFailed
+from .hierarchy import BatchChunkFailed as BatchChunkFailed
 from .hierarchy import CheckViolation as CheckViolation
 from .hierarchy import CircuitOpenError as CircuitOpenError
 from .hierarchy import CommitOutcomeUnknown as CommitOutcomeUnknown
@@ -25,7 +26,11 @@ from .hierarchy import InsufficientResources as InsufficientResources
 from .hierarchy import InvalidCursor as InvalidCursor
 from .hierarchy import InvalidData as InvalidData
 from .hierarchy import InvalidStatement as InvalidStatement
+from .hierarchy import JobConflict as JobConflict
+from .hierarchy import JobInputMismatch as JobInputMismatch
 from .hierarchy import LockNotAvailable as LockNotAvailable
+from .hierarchy import MigrationLockTimeout as MigrationLockTimeout
+from .hierarchy import MigrationThroughPooler as MigrationThroughPooler
 from .hierarchy import NotAtomic as NotAtomic
 from .hierarchy import NotNullViolation as NotNullViolation
 from .hierarchy import NotSupported as NotSupported
@@ -37,6 +42,11 @@ from .hierarchy import ReadOnlyServer as ReadOnlyServer
 from .hierarchy import ReadOnlyTransaction as ReadOnlyTransaction
 from .hierarchy import ResilienceError as ResilienceError
 from .hierarchy import RetryExhausted as RetryExhausted
+from .hierarchy import SagaCompensated as SagaCompensated
+from .hierarchy import SagaCompensationFailed as SagaCompensationFailed
+from .hierarchy import SagaInProgress as SagaInProgress
+from .hierarchy import SagaLeaseLost as SagaLeaseLost
+from .hierarchy import SagaStepFailed as SagaStepFailed
 from .hierarchy import SerializationFailure as SerializationFailure
 from .hierarchy import SnapshotTooOld as SnapshotTooOld
 from .hierarchy import StorageFailure as StorageFailure
@@ -51,6 +61,7 @@ __all__ = [
     "MESSAGE_KEYS",
     "AlreadyApplied",
     "AuthenticationFailed",
+    "BatchChunkFailed",
     "CheckViolation",
     "CircuitOpenError",
     "CommitOutcomeUnknown",
@@ -67,7 +78,11 @@ __all__ = [
     "InvalidCursor",
     "InvalidData",
     "InvalidStatement",
+    "JobConflict",
+    "JobInputMismatch",
     "LockNotAvailable",
+    "MigrationLockTimeout",
+    "MigrationThroughPooler",
     "NotAtomic",
     "NotNullViolation",
     "NotSupported",
@@ -79,6 +94,11 @@ __all__ = [
     "ReadOnlyTransaction",
     "ResilienceError",
     "RetryExhausted",
+    "SagaCompensated",
+    "SagaCompensationFailed",
+    "SagaInProgress",
+    "SagaLeaseLost",
+    "SagaStepFailed",
     "SerializationFailure",
     "SnapshotTooOld",
     "StorageFailure",

@@ -28,10 +28,18 @@ __all__ = [
     "ResilienceError",
     "RetryExhausted",
     "combined_class",
+    "new_error_id",
 ]
 
 
-def _new_error_id() -> str:
+def new_error_id() -> str:
+    """A short random id for a new error (``error_id``).
+
+    Example::
+
+        >>> len(new_error_id())
+        8
+    """
     return secrets.token_hex(4)
 
 
@@ -63,7 +71,7 @@ class ResilienceError(sa_exc.SQLAlchemyError):
         super().__init__(message)
         self.retryable = self.default_retryable if retryable is None else retryable
         self.sqlstate = None
-        self.error_id = _new_error_id()
+        self.error_id = new_error_id()
 
     def user_message(self, locale: str = "en") -> str:
         """A message safe to show an end user, in ``locale`` (English fallback).
@@ -385,7 +393,7 @@ class DatabaseFailure(ResilienceError, sa_exc.DBAPIError):
             self.orig = None
             self.args = (summary,)
         self.retryable = self.default_retryable if retryable is None else retryable
-        self.error_id = _new_error_id()
+        self.error_id = new_error_id()
         self.summary = summary
         self.sqlstate = sqlstate
         self.driver_code = driver_code

@@ -19,6 +19,15 @@ subclasses both, so no existing ``except`` clause stops matching::
         ├── DurableTransactionError           (RuntimeError) transaction(durable=True) inside another
         ├── NotAtomic                         (InvalidRequestError) a unit of work on an autocommit connection
         ├── InvalidCursor                     (ValueError) a pagination cursor not issued here; .reason
+        ├── SagaCompensated                   a saga step failed, every completed step compensated
+        ├── SagaCompensationFailed            (ExceptionGroup) and a compensation failed too
+        ├── SagaInProgress                    the saga is being driven elsewhere; .retry_after
+        ├── SagaLeaseLost                     another instance took the saga over
+        ├── BatchChunkFailed                  a chunk failed for good; .chunk .bad_row .rows_committed
+        ├── JobConflict                       another run of the same job committed the chunk
+        ├── JobInputMismatch                  (ValueError) a resumed job's input is not its own
+        ├── MigrationThroughPooler            (RuntimeError) migrating through a transaction pooler
+        ├── MigrationLockTimeout              (TimeoutError) another instance kept migrating
         └── DatabaseFailure                   (sqlalchemy.exc.DBAPIError) any translated driver error
             ├── DatabaseUnavailable           (OperationalError) 08001 08004 57P03 refused/timeout at connect
             │   ├── TooManyConnections        53300
@@ -73,10 +82,21 @@ from .base import ResilienceError as ResilienceError
 from .base import RetryExhausted as RetryExhausted
 from .base import combined_class as combined_class
 from .messages import user_message as _catalogue_message
+from .operations import BatchChunkFailed as BatchChunkFailed
+from .operations import JobConflict as JobConflict
+from .operations import JobInputMismatch as JobInputMismatch
+from .operations import MigrationLockTimeout as MigrationLockTimeout
+from .operations import MigrationThroughPooler as MigrationThroughPooler
+from .operations import SagaCompensated as SagaCompensated
+from .operations import SagaCompensationFailed as SagaCompensationFailed
+from .operations import SagaInProgress as SagaInProgress
+from .operations import SagaLeaseLost as SagaLeaseLost
+from .operations import SagaStepFailed as SagaStepFailed
 
 __all__ = [
     "AlreadyApplied",
     "AuthenticationFailed",
+    "BatchChunkFailed",
     "CheckViolation",
     "CircuitOpenError",
     "CommitOutcomeUnknown",
@@ -93,7 +113,11 @@ __all__ = [
     "InvalidCursor",
     "InvalidData",
     "InvalidStatement",
+    "JobConflict",
+    "JobInputMismatch",
     "LockNotAvailable",
+    "MigrationLockTimeout",
+    "MigrationThroughPooler",
     "NotAtomic",
     "NotNullViolation",
     "NotSupported",
@@ -104,6 +128,11 @@ __all__ = [
     "ReadOnlyTransaction",
     "ResilienceError",
     "RetryExhausted",
+    "SagaCompensated",
+    "SagaCompensationFailed",
+    "SagaInProgress",
+    "SagaLeaseLost",
+    "SagaStepFailed",
     "SerializationFailure",
     "SnapshotTooOld",
     "StorageFailure",

@@ -8,6 +8,9 @@ comparison behind ``verify_migrations`` (``verify``), ``check`` the
 
 from __future__ import annotations
 
+from sqlalchemy_resilience.errors.operations import MigrationLockTimeout as MigrationLockTimeout
+from sqlalchemy_resilience.errors.operations import MigrationThroughPooler as MigrationThroughPooler
+
 from .check import CheckFinding as CheckFinding
 from .check import CheckReport as CheckReport
 from .check import check_migrations as check_migrations
@@ -16,8 +19,6 @@ from .checksums import Finding as Finding
 from .checksums import VerifyReport as VerifyReport
 from .checksums import file_checksum as file_checksum
 from .lock import LockInfo as LockInfo
-from .lock import MigrationLockTimeout as MigrationLockTimeout
-from .lock import MigrationThroughPooler as MigrationThroughPooler
 from .lock import lock_key as lock_key
 from .lock import migration_lock as migration_lock
 from .runner import MigrationSettings as MigrationSettings

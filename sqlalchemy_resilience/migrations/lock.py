@@ -22,17 +22,15 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from sqlalchemy_resilience.errors import ResilienceError
+from sqlalchemy_resilience.errors.operations import MigrationLockTimeout
 
 __all__ = [
     "LockInfo",
-    "MigrationLockTimeout",
-    "MigrationThroughPooler",
     "lock_key",
     "migration_lock",
 ]
@@ -41,56 +39,6 @@ log = logging.getLogger("sqlalchemy_resilience.migrations")
 
 _POLL_FIRST = 0.05
 _POLL_MAX = 1.0
-
-
-class MigrationThroughPooler(ResilienceError, RuntimeError):
-    """Refused: migrating through a transaction-mode pooler, where the lock would not hold.
-
-    The migration lock is a session-level advisory lock and the timeouts are
-    session settings; a transaction pooler (PgBouncer, RDS Proxy, Supavisor)
-    hands the server session to other clients between transactions, so the
-    lock would protect nothing and the settings would leak. Migrate through a
-    direct URL or a session-mode pool (``lock=False`` opts out of the lock and this check).
-
-    Example::
-
-        try:
-            run_migrations(target_metadata)
-        except MigrationThroughPooler:
-            sys.exit("set DATABASE_URL to the server, not the pooler, for migrations")
-    """
-
-    message_key = "service_unavailable"
-
-
-class MigrationLockTimeout(ResilienceError, TimeoutError):
-    """Another instance held the migration lock for longer than the wait allowed.
-
-    Attributes:
-        waited: seconds waited.
-        holder: the PostgreSQL backend pid holding the lock, when known.
-
-    Example::
-
-        try:
-            run_migrations(target_metadata, lock_wait=60)
-        except MigrationLockTimeout as exc:
-            sys.exit(f"another instance is still migrating (pid {exc.holder})")
-    """
-
-    message_key = "service_unavailable"
-    default_retryable = True
-
-    def __init__(self, waited: float, holder: int | None = None) -> None:
-        who = f" (held by backend pid {holder})" if holder is not None else ""
-        super().__init__(
-            f"waited {waited:.1f}s for the migration lock{who}; another instance is migrating"
-        )
-        self.waited = waited
-        self.holder = holder
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.waited, self.holder), {"error_id": self.error_id})
 
 
 @dataclass(frozen=True)

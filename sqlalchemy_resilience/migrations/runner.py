@@ -41,12 +41,13 @@ from sqlalchemy_resilience._util.urls import malformed_url_reason
 from sqlalchemy_resilience.deploy import check_pooler_sync
 from sqlalchemy_resilience.errors import LockNotAvailable, translate_error
 from sqlalchemy_resilience.errors.classify import build_error
+from sqlalchemy_resilience.errors.operations import MigrationLockTimeout, MigrationThroughPooler
 from sqlalchemy_resilience.retry import RetryPolicy
 from sqlalchemy_resilience.schema import create_migration_tables, migration_checksums
 from sqlalchemy_resilience.transactions.sqlite import restore_busy_timeout, set_busy_timeout
 
 from .checksums import recorder
-from .lock import LockInfo, MigrationLockTimeout, MigrationThroughPooler, lock_key, migration_lock
+from .lock import LockInfo, lock_key, migration_lock
 
 __all__ = ["DEFAULT_CONNECT_RETRY", "PROGRESS_ATTRIBUTE", "MigrationSettings", "run_migrations"]
 

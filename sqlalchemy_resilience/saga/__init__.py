@@ -8,6 +8,12 @@ errors a saga ends with, ``metrics`` its counters.
 
 from __future__ import annotations
 
+from sqlalchemy_resilience.errors.operations import SagaCompensated as SagaCompensated
+from sqlalchemy_resilience.errors.operations import SagaCompensationFailed as SagaCompensationFailed
+from sqlalchemy_resilience.errors.operations import SagaInProgress as SagaInProgress
+from sqlalchemy_resilience.errors.operations import SagaLeaseLost as SagaLeaseLost
+from sqlalchemy_resilience.errors.operations import SagaStepFailed as SagaStepFailed
+
 from .api import RecoveryReport as RecoveryReport
 from .api import Saga as Saga
 from .api import get_saga as get_saga
@@ -15,11 +21,6 @@ from .api import get_saga_sync as get_saga_sync
 from .api import recover_sagas as recover_sagas
 from .api import recover_sagas_sync as recover_sagas_sync
 from .definition import SagaContext as SagaContext
-from .outcome import SagaCompensated as SagaCompensated
-from .outcome import SagaCompensationFailed as SagaCompensationFailed
-from .outcome import SagaInProgress as SagaInProgress
-from .outcome import SagaLeaseLost as SagaLeaseLost
-from .outcome import SagaStepFailed as SagaStepFailed
 from .store import SagaRecord as SagaRecord
 from .store import StepRecord as StepRecord
 

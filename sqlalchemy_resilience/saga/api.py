@@ -17,13 +17,18 @@ from typing import Any
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session
 
+from sqlalchemy_resilience.errors.operations import (
+    SagaCompensated,
+    SagaCompensationFailed,
+    SagaInProgress,
+    SagaLeaseLost,
+)
 from sqlalchemy_resilience.retry.policy import RetryPolicy
 
 from . import store
 from .definition import Action, SagaDefinition, Step, check_name
 from .driver import Driver
 from .metrics import count
-from .outcome import SagaCompensated, SagaCompensationFailed, SagaInProgress, SagaLeaseLost
 from .store import SagaRecord, TxRunner
 
 __all__ = [

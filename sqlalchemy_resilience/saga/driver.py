@@ -19,19 +19,19 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from sqlalchemy_resilience.errors.hierarchy import RetryExhausted
-from sqlalchemy_resilience.errors.translate import describe, translate_error
-from sqlalchemy_resilience.retry.policy import RetryPolicy
-
-from . import store
-from .definition import Action, SagaContext, SagaDefinition, Step, decode, encode
-from .metrics import count
-from .outcome import (
+from sqlalchemy_resilience.errors.operations import (
     SagaCompensated,
     SagaCompensationFailed,
     SagaInProgress,
     SagaLeaseLost,
     SagaStepFailed,
 )
+from sqlalchemy_resilience.errors.translate import describe, translate_error
+from sqlalchemy_resilience.retry.policy import RetryPolicy
+
+from . import store
+from .definition import Action, SagaContext, SagaDefinition, Step, decode, encode
+from .metrics import count
 from .store import SagaRecord, StepRecord, TxRunner
 
 __all__ = ["Driver"]

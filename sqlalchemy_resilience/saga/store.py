@@ -25,12 +25,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from sqlalchemy_resilience.errors.operations import SagaLeaseLost
 from sqlalchemy_resilience.retry.policy import RetryPolicy
 from sqlalchemy_resilience.retry.transaction import run_transaction, run_transaction_sync
 from sqlalchemy_resilience.schema import saga_steps, sagas
 
 from .definition import decode
-from .outcome import SagaLeaseLost
 
 __all__ = ["SagaRecord", "StepRecord", "TxRunner"]
 

@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy, bulk_insert, bulk_update
-from sqlalchemy_resilience.batch.jobs import JobInputMismatch
+from sqlalchemy_resilience.errors import JobInputMismatch
 from sqlalchemy_resilience.testing import inject_fault
 
 metadata = MetaData()

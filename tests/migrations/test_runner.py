@@ -286,19 +286,23 @@ def _state(url: URL) -> tuple[str, list[str], list[str], list[str]]:
     return version, columns, checksums, tables
 
 
-def _sqlite_url(database: URL, driver: str) -> URL:
-    return database.set(drivername=driver) if database.get_backend_name() == "sqlite" else database
-
-
-@pytest.mark.parametrize("sqlite_driver", ["sqlite", "sqlite+aiosqlite"])
+@pytest.mark.parametrize(
+    "backend",
+    ["sqlite", "sqlite+aiosqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)],
+)
 def test_a_revision_failing_half_way_leaves_nothing_of_itself(
-    database: URL, tmp_path: Path, sqlite_driver: str
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """S29: r2 adds its column, then raises: column, version and checksum rolled back together; the re-run succeeds."""
-    if database.get_backend_name() != "sqlite" and sqlite_driver != "sqlite":
-        pytest.skip("the SQLite driver parameter applies to SQLite only")
-    url = _sqlite_url(database, sqlite_driver)
-    ini = write_project(tmp_path)
+    if backend == "postgresql":
+        server: PgServer = request.getfixturevalue("pg_server")
+        name = f"mig_half_{os.getpid()}_{time.monotonic_ns() % 10**9}"
+        server.create_database(name)
+        request.addfinalizer(lambda: server.drop_database(name))
+        url = server.app_url(name, driver="psycopg")
+    else:
+        url = make_url(f"{backend}:///{tmp_path / 'half.sqlite'}")
+    ini = write_project(tmp_path / "project")
     code, out = _finish(alembic(ini, url, "upgrade", "head", fail_r2="1"))
     assert code != 0 and "r2 failed half-way" in out, out
     assert _state(url)[:3] == ("r1", ["id", "name"], ["r1"])
