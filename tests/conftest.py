@@ -17,6 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .pgharness import PgServer
 
+# The package's pytest plugin is opt-in, as for any project that uses it.
+pytest_plugins = ["sqlalchemy_resilience.testing.pytest_plugin"]
+
 _PG_FIXTURES = {"pg_server", "pg_database", "pg_engine", "pg_driver", "fault_server", "pgbouncer"}
 
 

@@ -98,3 +98,29 @@ def test_the_package_revisions_round_trip(tmp_path: Path) -> None:
     report = check_migrations(str(ROOT / "alembic.ini"), url=f"sqlite:///{tmp_path / 'own.sqlite'}")
     assert report.revisions[0] == "0001_idempotency_keys"
     report.assert_ok()
+
+
+def test_an_application_runs_the_shipped_revisions_from_its_own_ini(tmp_path: Path) -> None:
+    """The revisions ship inside the package: a two-line alembic.ini anywhere runs them."""
+    ini = tmp_path / "resilience.ini"
+    ini.write_text(
+        "[alembic]\n"
+        "script_location = sqlalchemy_resilience:alembic\n"
+        "version_table = sqlalchemy_resilience_alembic_version\n"
+    )
+    db = tmp_path / "app.sqlite"
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["DATABASE_URL"] = f"sqlite:///{db}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"sqlalchemy_resilience_saga", "sqlalchemy_resilience_batch_job"} <= tables

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Select, TextClause
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import Select, TextClause
 
 __all__ = [
     "autocommit_source",

@@ -1,7 +1,12 @@
-"""The package's pytest plugin (loaded through the ``pytest11`` entry point): query-budget fixtures.
+"""The package's pytest plugin: query-budget fixtures. Opt-in, never loaded by itself.
 
-Only fixtures are defined here, so a test suite that does not ask for them
-sees no change; nothing is imported from SQLAlchemy until a fixture is used.
+Turn it on in a ``conftest.py``::
+
+    pytest_plugins = ["sqlalchemy_resilience.testing.pytest_plugin"]
+
+or for one run with ``pytest -p sqlalchemy_resilience.testing.pytest_plugin``.
+Only fixtures are defined here; nothing is imported from SQLAlchemy until a
+fixture is used.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def test_sessionmaker_targets_and_bad_arguments(engine: Engine) -> None:
 def test_the_pytest_fixtures(
     engine: Engine, assert_max_queries: object, count_queries: object
 ) -> None:
-    """The plugin's fixtures, loaded through the ``pytest11`` entry point."""
+    """The plugin's fixtures, loaded by ``pytest_plugins`` in the suite's conftest.py."""
     budget = assert_max_queries
     with budget(engine, 1), engine.connect() as conn:  # type: ignore[operator]
         conn.execute(text("SELECT 1"))
@@ -244,3 +244,11 @@ def test_the_pytest_fixtures(
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
     assert len(counter) == 1  # left running: the fixture stops it at teardown
+
+
+def test_the_plugin_is_not_loaded_into_other_projects() -> None:
+    """Installed, the package adds no pytest11 entry point: another project's run never loads it."""
+    from importlib.metadata import entry_points
+
+    plugins = [ep.value for ep in entry_points(group="pytest11")]
+    assert not [p for p in plugins if p.startswith("sqlalchemy_resilience")]

@@ -22,9 +22,14 @@ from sqlalchemy_resilience.migrations import run_migrations
 from sqlalchemy_resilience.schema import metadata
 
 config = context.config
-if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+if (
+    config.config_file_name is not None
+    and config.attributes.get("configure_logger", True)
+    and config.file_config.has_section("loggers")
+):
     # alembic.ini's [loggers]: "Running upgrade ..." on stderr, as users expect
-    # (not for in-process runs such as check_migrations, which keep theirs).
+    # (not for in-process runs such as check_migrations, which keep theirs; not
+    # for an application's minimal ini without logging sections).
     fileConfig(config.config_file_name)
 
 VERSION_TABLE = config.get_main_option("version_table") or "sqlalchemy_resilience_alembic_version"
