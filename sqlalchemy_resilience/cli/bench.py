@@ -27,9 +27,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table as RichTable
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, create_engine, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -42,8 +39,8 @@ from .common import (
     CommandError,
     check_driver,
     parse_url,
-    progress_bar,
 )
+from .output import print_table, progress_bar
 
 __all__ = ["add_bench_command"]
 
@@ -91,8 +88,8 @@ def _sdk_provider() -> Any | None:
     return MeterProvider(metric_readers=[InMemoryMetricReader()])
 
 
-def _progress(console: Console) -> Progress:
-    return progress_bar("measuring", "rounds", console)
+def _progress() -> Any:
+    return progress_bar("measuring", "rounds")
 
 
 def _measure(
@@ -100,13 +97,12 @@ def _measure(
     rounds: int,
     queries: int,
     run: Callable[[Any], Any],
-    console: Console,
 ) -> dict[str, list[float]]:
     for fn in variants.values():
         run(fn(max(20, queries // 4)))  # warm every path up
     gc.collect()
     results: dict[str, list[float]] = {name: [] for name in variants}
-    progress = _progress(console)
+    progress = _progress()
     with progress:
         task = progress.add_task("rounds", total=rounds)
         for _ in range(rounds):
@@ -254,35 +250,29 @@ def _machine() -> str:
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.queries < 10:
         raise CommandError(EXIT_USAGE, "--rounds must be >= 1 and --queries >= 10")
-    console = Console(stderr=True)  # the progress bar; the table goes to stdout
     if args.url or args.embedded_postgres:
-        rows, database = _bench_postgres(args, console)
+        rows, database = _bench_postgres(args)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             variants, close = _sqlite_variants(Path(tmp) / "bench.sqlite")
             try:
-                results = _measure(variants, args.rounds, args.queries, lambda r: r, console)
+                results = _measure(variants, args.rounds, args.queries, lambda r: r)
             finally:
                 close()
         rows, database = _rows(results), "SQLite (sqlite3)"
     if args.json:
         print(json.dumps({"database": database, "machine": _machine(), "variants": rows}, indent=2))
         return 0
-    table = RichTable(
-        title=f"{database}: point query, checkout each time; {args.rounds} rounds x {args.queries}"
+    print_table(
+        f"{database}: point query, checkout each time; {args.rounds} rounds x {args.queries}",
+        [("variant", "left"), ("median µs/query", "right"), (f"vs {BASE}", "right")],
+        [[row["variant"], f"{row['median_us']:.1f}", f"{row['ratio']:.3f}x"] for row in rows],
     )
-    table.add_column("variant")
-    table.add_column("median µs/query", justify="right")
-    table.add_column(f"vs {BASE}", justify="right")
-    for row in rows:
-        table.add_row(row["variant"], f"{row['median_us']:.1f}", f"{row['ratio']:.3f}x")
-    out = Console()
-    out.print(table)
-    out.print(f"machine: {_machine()}")
+    print(f"machine: {_machine()}")
     return 0
 
 
-def _bench_postgres(args: argparse.Namespace, console: Console) -> tuple[list[dict[str, Any]], str]:
+def _bench_postgres(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
     async def run(url: URL) -> list[dict[str, Any]]:
         variants, close = await _postgres_variants(url)
         loop_results: dict[str, list[float]] = {name: [] for name in variants}
@@ -290,7 +280,7 @@ def _bench_postgres(args: argparse.Namespace, console: Console) -> tuple[list[di
             for fn in variants.values():
                 await fn(max(20, args.queries // 4))
             gc.collect()
-            progress = _progress(console)
+            progress = _progress()
             with progress:
                 task = progress.add_task("rounds", total=args.rounds)
                 for _ in range(args.rounds):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from sqlalchemy.engine import URL, make_url
 
 from sqlalchemy_resilience._util.urls import MALFORMED_URL_HINT, malformed_url_reason
@@ -17,7 +15,6 @@ __all__ = [
     "CommandError",
     "check_driver",
     "parse_url",
-    "progress_bar",
 ]
 
 #: A migration (or a check) failed.
@@ -83,18 +80,3 @@ def check_driver(url: URL) -> None:
         raise CommandError(
             EXIT_USAGE, f"no SQLAlchemy dialect for {url.drivername!r} ({type(exc).__name__})"
         ) from None
-
-
-def progress_bar(label: str, unit: str, console: Console | None = None) -> Progress:
-    """A transient bar on stderr for long work: drawn only on a terminal, gone when done.
-
-    Output piped to a file or a CI log stays the command's own lines.
-    """
-    return Progress(
-        TextColumn(f"  {label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(unit),
-        console=console or Console(stderr=True),
-        transient=True,
-    )

@@ -35,8 +35,8 @@ from .common import (
     CommandError,
     check_driver,
     parse_url,
-    progress_bar,
 )
+from .output import progress_bar
 
 __all__ = ["add_migration_commands"]
 

@@ -17,8 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table as RichTable
 from sqlalchemy import (
     Column,
     Integer,
@@ -39,6 +37,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy_resilience.observe.stats import SortKey
 
 from .common import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE, CommandError, check_driver, parse_url
+from .output import TableColumn, print_table
 
 __all__ = ["add_stats_command"]
 
@@ -190,17 +189,14 @@ def _demo_statistics(top: int, by: str) -> list[dict[str, Any]]:
 
 
 def _print_table(rows: list[dict[str, Any]], title: str) -> None:
-    console = Console()  # colour and box drawing only on a terminal (and not with NO_COLOR)
-    table = RichTable(title=title)
-    columns = [
-        k for k in ("calls", "total_ms", "mean_ms", "p95_ms", "rows") if rows and k in rows[0]
-    ]
-    for name in columns:
-        table.add_column(name.replace("_ms", " ms"), justify="right")
-    table.add_column("statement", overflow="fold")
-    for row in rows:
-        table.add_row(*(f"{row[name]:,}" for name in columns), str(row["statement"]))
-    console.print(table)
+    names = [k for k in ("calls", "total_ms", "mean_ms", "p95_ms", "rows") if rows and k in rows[0]]
+    columns: list[TableColumn] = [(name.replace("_ms", " ms"), "right") for name in names]
+    columns.append(("statement", "left"))
+    print_table(
+        title,
+        columns,
+        [[*(f"{row[name]:,}" for name in names), str(row["statement"])] for row in rows],
+    )
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:

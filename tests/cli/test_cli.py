@@ -375,6 +375,8 @@ _DEMO_OPTIONAL = {
     "alembic": "alembic",
     "opentelemetry.sdk": "opentelemetry-sdk",
     "opentelemetry.exporter.prometheus": "opentelemetry-exporter-prometheus",
+    # The bulk_insert progress bar (the cli extra; without it the tour prints no bar).
+    "rich": "rich",
 }
 
 
@@ -454,3 +456,19 @@ def test_the_facade_refuses_an_unescaped_at_in_the_password() -> None:
         with pytest.raises(ValueError, match="%40") as info:
             facade(url.replace("+aiosqlite", "") if facade is SyncDatabase else url)
         assert "w0rd" not in str(info.value) and "pa55" not in str(info.value)
+
+
+def test_without_rich_the_commands_print_plain_text(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rich is the cli extra's: without it `stats --demo` prints an aligned plain table, bars draw nothing."""
+    from sqlalchemy_resilience.cli import output
+
+    monkeypatch.setattr(output, "HAVE_RICH", False)
+    with output.progress_bar("walk", "revisions") as bar:
+        bar.advance(bar.add_task("walk", total=3))
+    assert main(["stats", "--demo", "--top", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("top 3 statements of the demo workload")
+    assert out[1].split()[:2] == ["calls", "total"] and out[1].rstrip().endswith("statement")
+    assert len(out) == 5 and "\x1b[" not in "".join(out)

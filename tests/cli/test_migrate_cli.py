@@ -15,9 +15,9 @@ from sqlalchemy_resilience.cli.common import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
-    progress_bar,
 )
 from sqlalchemy_resilience.cli.demo.migration_project import write_project
+from sqlalchemy_resilience.cli.output import progress_bar
 from tests.pgharness import PgServer
 
 
@@ -126,7 +126,7 @@ def test_check_migrations_draws_a_progress_bar_on_a_terminal_only(
     screen = io.StringIO()
     terminal = Console(file=screen, force_terminal=True, width=100)
     monkeypatch.setattr(
-        migrate_cli, "progress_bar", lambda label, unit: progress_bar(label, unit, terminal)
+        migrate_cli, "progress_bar", lambda label, unit: progress_bar(label, unit, console=terminal)
     )
     ini = write_project(tmp_path / "project")
     assert main(["check-migrations", f"sqlite:///{tmp_path / 'a.sqlite'}", "-c", str(ini)]) == 0

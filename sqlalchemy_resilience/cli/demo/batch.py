@@ -16,13 +16,12 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TextIO
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, create_engine, select
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlalchemy_resilience.batch import bulk_insert, bulk_insert_sync
+from sqlalchemy_resilience.cli.output import progress_bar
 from sqlalchemy_resilience.errors import InvalidCursor
 from sqlalchemy_resilience.instrumentation import instrument
 from sqlalchemy_resilience.pagination import Page, paginate, paginate_sync
@@ -59,17 +58,6 @@ def _events_stream(n: int) -> Iterator[dict[str, Any]]:
         }
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("  bulk_insert"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("rows  {task.fields[rate]:>9} rows/s"),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-
 def _show(page: Page[Any], label: str, out: TextIO) -> None:
     rows = ", ".join(f"#{r.id} {r.kind} {r.at:%H:%M:%S}" for r in page.items)
     print(f"  {label:<16} {rows}", file=out)
@@ -88,7 +76,6 @@ async def batch_tour(url: URL, out: TextIO) -> bool:
     is_async = url.get_dialect().is_async
     engine: Any = create_async_engine(url) if is_async else create_engine(url)
     instrument(engine)
-    console = Console(file=out, highlight=False)
     key = secrets.token_urlsafe(32)  # an application's cursor key; any instance must share it
     try:
         if is_async:
@@ -99,7 +86,7 @@ async def batch_tour(url: URL, out: TextIO) -> bool:
             with engine.begin() as conn:
                 _metadata.drop_all(conn)
                 _metadata.create_all(conn)
-        with _progress(console) as bar:
+        with progress_bar("bulk_insert", "rows", file=out, transient=False, rate=True) as bar:
             task = bar.add_task("insert", total=ROWS, rate="")
 
             def progress(done: int, rate: float) -> None:
