@@ -18,6 +18,7 @@ connection's own attributes: no round trip.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Select, TextClause
@@ -71,10 +72,9 @@ def autocommit_source(conn: Connection) -> str | None:
         ...     autocommit_source(conn.execution_options(isolation_level="AUTOCOMMIT"))
         "execution_options(isolation_level='AUTOCOMMIT')"
     """
-    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-        return "execution_options(isolation_level='AUTOCOMMIT')"
-    if getattr(conn.dialect, "_on_connect_isolation_level", None) == "AUTOCOMMIT":
-        return "create_engine(isolation_level='AUTOCOMMIT')"
+    source = _settings_source(conn.get_execution_options(), conn.dialect)
+    if source is not None:
+        return source
     try:
         fairy = conn.connection
         dbapi_connection = fairy.dbapi_connection
@@ -102,9 +102,15 @@ def engine_autocommit_source(engine: Any) -> str | None:
     if isinstance(engine, Connection):
         return autocommit_source(engine)
     options = getattr(engine, "get_execution_options", None)
-    if callable(options) and options().get("isolation_level") == "AUTOCOMMIT":
+    return _settings_source(
+        options() if callable(options) else {}, getattr(engine, "dialect", None)
+    )
+
+
+def _settings_source(execution_options: Mapping[str, Any], dialect: Any) -> str | None:
+    """Autocommit set through SQLAlchemy: execution options, or ``create_engine``'s argument."""
+    if execution_options.get("isolation_level") == "AUTOCOMMIT":
         return "execution_options(isolation_level='AUTOCOMMIT')"
-    dialect = getattr(engine, "dialect", None)
     if getattr(dialect, "_on_connect_isolation_level", None) == "AUTOCOMMIT":
         return "create_engine(isolation_level='AUTOCOMMIT')"
     return None

@@ -219,20 +219,14 @@ class CircuitBreaker:
             transition = self._move_locked(BreakerState.CLOSED, "reset", self._clock())
             self._window.clear()
             self._consecutive = 0
-            self._cycle += 1
-            self._probes_in_flight = 0
-            self._probe_successes = 0
+            self._new_cycle_locked()
         self._notify(transition)
 
     def force_open(self) -> None:
         """Open the breaker now (maintenance); probes start after ``recovery_timeout``."""
         with self._lock:
             now = self._clock()
-            transition = self._move_locked(BreakerState.OPEN, "forced open", now)
-            self._opened_at = now
-            self._cycle += 1
-            self._probes_in_flight = 0
-            self._probe_successes = 0
+            transition = self._open_locked(now, "forced open")
         self._notify(transition)
 
     # -- the call protocol ------------------------------------------------
@@ -366,18 +360,20 @@ class CircuitBreaker:
                 return self._open_locked(now, f"slow-call rate {slow}/{calls}")
         return None
 
+    def _new_cycle_locked(self) -> None:
+        # Probes still out belong to the cycle that just ended: they report to no other.
+        self._cycle += 1
+        self._probes_in_flight = 0
+        self._probe_successes = 0
+
     def _open_locked(self, now: float, reason: str) -> BreakerTransition | None:
         self._opened_at = now
-        self._probe_successes = 0
-        self._probes_in_flight = 0
-        self._cycle += 1  # probes still out belong to the cycle that just failed
+        self._new_cycle_locked()
         return self._move_locked(BreakerState.OPEN, reason, now)
 
     def _maybe_half_open_locked(self, now: float) -> BreakerTransition | None:
         if self._state is BreakerState.OPEN and now - self._opened_at >= self.recovery_timeout:
-            self._cycle += 1
-            self._probes_in_flight = 0
-            self._probe_successes = 0
+            self._new_cycle_locked()
             return self._move_locked(BreakerState.HALF_OPEN, "recovery timeout elapsed", now)
         return None
 

@@ -10,8 +10,8 @@ pool, and its open connections) would stay alive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
-import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -115,13 +115,15 @@ def test_a_dropped_postgresql_engine_that_ran_a_flush_is_freed(
         hide_password=False
     )
     refs.append(_orm_round_trip_sync(sync_url, every))
+
     # A plan still being fetched in the background holds its engine until it
-    # ends (at most the EXPLAIN's 5 s timeout): poll for the state.
-    deadline = time.monotonic() + 15
-    while gc.collect() is not None and any(r() is not None for r in refs):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    # ends (at most the EXPLAIN's 5 s timeout): the harness polls for the state.
+    def freed() -> bool:
+        gc.collect()
+        return all(r() is None for r in refs)
+
+    with contextlib.suppress(TimeoutError):
+        pg_server.wait_for(freed, timeout=15)
     assert [r() for r in refs].count(None) == 4
     rows = pg_server.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename = 'app'",

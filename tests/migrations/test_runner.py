@@ -319,14 +319,14 @@ def test_sqlite_sigkill_mid_migration_leaves_a_consistent_schema(
     """S30: SIGKILL while r2 holds its DDL uncommitted (pysqlite, aiosqlite): after it, r1 and nothing of r2."""
     url = make_url(f"{sqlite_driver}:///{tmp_path / 'killed.sqlite'}")
     ini = write_project(tmp_path / "project")
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    proc = alembic(ini, url, "upgrade", "head", sleep_r2="60", marker_dir=str(markers))
-    deadline = time.monotonic() + 60
-    while not (markers / "r2.sleeping").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"r2 never started: {_finish(proc)}")
-        time.sleep(0.05)
+    proc = alembic(ini, url, "upgrade", "head", sleep_r2="60", announce="1")
+    assert proc.stdout is not None
+    # Waits on the revision's own line (printed after its DDL, before it sleeps).
+    for line in proc.stdout:
+        if line.strip() == "r2 sleeping":
+            break
+    else:
+        pytest.fail(f"r2 never started: {_finish(proc)}")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     # The next connection rolls the hot journal back: r2's column is gone.

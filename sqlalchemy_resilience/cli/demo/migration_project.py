@@ -5,8 +5,9 @@ column to ``mig_items`` (an ACCESS EXCLUSIVE lock on PostgreSQL), ``r3``
 creates ``mig_extra``. Each revision appends (revision, pid) to ``mig_log``,
 so a test can see who applied what, and sleeps ``-x sleep_<rev>=SECONDS``
 after its DDL (to overlap processes or to be killed mid-way; with ``-x
-marker_dir=DIR`` it first creates ``DIR/<rev>.sleeping``), then fails if
-``-x fail_<rev>=1`` (a revision failing half-way). ``-x lock_timeout=...``,
+announce=1`` it first prints ``<rev> sleeping`` on standard output, a line a
+test can wait for), then fails if ``-x fail_<rev>=1`` (a revision failing
+half-way). ``-x lock_timeout=...``,
 ``lock_retries``, ``lock_wait``, ``retry_backoff`` are read by ``run_migrations``.
 """
 
@@ -63,8 +64,8 @@ def _pause():
     x = context.get_x_argument(as_dictionary=True)
     seconds = float(x.get("sleep_{rev}", "0"))
     if seconds:
-        if x.get("marker_dir"):
-            open(os.path.join(x["marker_dir"], "{rev}.sleeping"), "w").close()
+        if x.get("announce"):
+            print("{rev} sleeping", flush=True)
         if op.get_bind().dialect.name == "postgresql":
             op.execute(sa.select(sa.func.pg_sleep(seconds)))
         else:
