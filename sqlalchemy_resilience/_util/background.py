@@ -68,13 +68,10 @@ class _TickerHub:
         with self._cond:
             if self.has(ticker):
                 return
-            key = id(ticker)
-
-            def forget(_: weakref.ref[Ticker]) -> None:
-                self._forget(key)
-
-            ref = weakref.ref(ticker, forget)
-            self._due[key] = (ref, time.monotonic() + ticker.interval)
+            # No weakref callback: it would run inside a garbage collection,
+            # possibly on this thread while it iterates ``_due`` under the
+            # (re-entrant) lock. A dead entry is dropped when it comes due.
+            self._due[id(ticker)] = (weakref.ref(ticker), time.monotonic() + ticker.interval)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name=Ticker.thread_name, daemon=True
@@ -87,16 +84,12 @@ class _TickerHub:
             entry = self._due.get(id(ticker))
             if entry is not None and entry[0]() is ticker:
                 del self._due[id(ticker)]
+            for key in [key for key, (ref, _) in self._due.items() if ref() is None]:
+                del self._due[key]
             waiting = self._scanning is ticker and threading.current_thread() is not self._thread
             self._cond.notify_all()
         if waiting:
             self._scan_done.wait(timeout=5)
-
-    def _forget(self, key: int) -> None:
-        with self._cond:
-            entry = self._due.get(key)
-            if entry is not None and entry[0]() is None:
-                del self._due[key]
 
     def _loop(self) -> None:
         while True:

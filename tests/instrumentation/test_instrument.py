@@ -393,3 +393,37 @@ def test_other_patches_of_raw_connection_stay_in_the_chain() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_a_scanner_collected_while_the_shared_thread_reads_its_schedule() -> None:
+    """A scanner garbage-collected while the shared thread walks its schedule (the
+    collection runs on that thread, inside its re-entrant lock) leaves the walk intact;
+    CI once saw the thread die of "dictionary changed size during iteration"."""
+    from sqlalchemy_resilience._util import background
+
+    class Idle(background.Ticker):
+        interval = 3600.0
+
+        def scan(self) -> None:
+            pass
+
+    hub = background._TickerHub()
+    kept, dropped = Idle(), Idle()
+    try:
+        hub.add(kept)
+        hub.add(dropped)
+        with hub._cond:  # as the thread's loop holds it while it picks the next due scanner
+            seen = []
+            for key in hub._due:
+                seen.append(key)
+                if len(seen) == 1:
+                    del dropped
+                    gc.collect()
+        assert len(seen) == 2
+        assert hub.has(kept)
+    finally:
+        thread = hub._thread
+        hub.remove(kept)  # and the dead entry with it: the thread has nothing left
+    assert thread is not None
+    thread.join(timeout=10.0)
+    assert not thread.is_alive()
