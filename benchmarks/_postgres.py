@@ -29,7 +29,7 @@ def postgres_url(args: argparse.Namespace) -> Iterator[URL | None]:
     if getattr(args, "postgres_url", None):
         yield make_url(args.postgres_url)
     elif getattr(args, "embedded_postgres", False):
-        from sqlalchemy_resilience.embedded import EmbeddedPostgres
+        from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 
         server = EmbeddedPostgres()
         server.start()

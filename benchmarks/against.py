@@ -223,7 +223,7 @@ def main() -> None:
             url = make_url(args.postgres_url)
             print(asyncio.run(bench_postgres(other, url, args.rounds, args.queries)))
         elif args.embedded_postgres:
-            from sqlalchemy_resilience.embedded import EmbeddedPostgres
+            from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 
             with EmbeddedPostgres() as pg:
                 url = pg.url(driver="asyncpg")

@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from sqlalchemy_resilience import ping_idle_connections
+from sqlalchemy_resilience.pool import ping_idle_connections
 
 from ._postgres import add_postgres_arguments, postgres_url
 from .overhead import measure_async, measure_sync, table

@@ -46,7 +46,8 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from sqlalchemy_resilience import QueryStats, instrument, normalize_statement
+from sqlalchemy_resilience import instrument
+from sqlalchemy_resilience.observe import QueryStats, normalize_statement
 
 ROWS = 1000
 TASKS = 50
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.postgres_url:
         print(asyncio.run(bench_postgres(make_url(args.postgres_url), args.rounds, args.queries)))
     elif args.embedded_postgres:
-        from sqlalchemy_resilience.embedded import EmbeddedPostgres
+        from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 
         # Eight engines with a pool of 10 each, plus the raw pool.
         with EmbeddedPostgres(settings={"max_connections": "200"}) as pg:

@@ -39,7 +39,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from benchmarks._postgres import add_postgres_arguments, postgres_url
-from sqlalchemy_resilience import bulk_insert, paginate, paginate_offset
+from sqlalchemy_resilience import bulk_insert, paginate
+from sqlalchemy_resilience.pagination import paginate_offset
 
 metadata = MetaData()
 pages_table = Table(

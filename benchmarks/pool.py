@@ -31,7 +31,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from sqlalchemy_resilience import PoolAutosizer, PoolMaintainer, instrument, pool_stats
+from sqlalchemy_resilience import instrument
+from sqlalchemy_resilience.pool import PoolAutosizer, PoolMaintainer, pool_stats
 
 from .overhead import measure_async, measure_sync, table
 
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.postgres_url:
         asyncio.run(postgres(make_url(args.postgres_url)))
     elif args.embedded_postgres:
-        from sqlalchemy_resilience.embedded import EmbeddedPostgres
+        from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 
         with EmbeddedPostgres(settings={"max_connections": "100"}) as pg:
             asyncio.run(postgres(pg.url(driver="asyncpg")))

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from sqlalchemy_resilience import RetryPolicy, instrument, run_transaction
-from sqlalchemy_resilience.embedded import EmbeddedPostgres
+from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 
 ACCOUNTS = 20
 SECONDS = 8.0

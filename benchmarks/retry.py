@@ -34,11 +34,11 @@ from sqlalchemy_resilience import (
     CircuitBreaker,
     CircuitOpenError,
     DatabaseUnavailable,
-    RetryBudget,
     RetryPolicy,
     instrument,
     run_transaction,
 )
+from sqlalchemy_resilience.retry import RetryBudget
 
 
 async def success_path(url: URL | str, rounds: int, transactions: int) -> str:
@@ -159,7 +159,7 @@ async def main_async(args: argparse.Namespace) -> None:
         print(await fail_fast(sqlite_url, 10_000))
     pg_url: URL | None = make_url(args.postgres_url) if args.postgres_url else None
     if args.embedded_postgres:
-        from sqlalchemy_resilience.embedded import EmbeddedPostgres
+        from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 
         pg = EmbeddedPostgres()
         pg.start()

@@ -44,14 +44,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from benchmarks._postgres import add_postgres_arguments, postgres_url
-from sqlalchemy_resilience import (
-    Saga,
-    SagaContext,
-    create_saga_tables,
-    instrument,
-    run_transaction,
-    transaction,
-)
+from sqlalchemy_resilience import Saga, instrument, run_transaction, transaction
+from sqlalchemy_resilience.saga import SagaContext
+from sqlalchemy_resilience.schema import create_saga_tables
 
 Variant = Callable[[int], Awaitable[None]]
 

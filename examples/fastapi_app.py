@@ -59,11 +59,11 @@ from sqlalchemy_resilience import (
     Database,
     DatabaseUnavailable,
     InvalidCursor,
-    Page,
     PoolExhausted,
     QueryTimeout,
     ResilienceError,
 )
+from sqlalchemy_resilience.pagination import Page
 from sqlalchemy_resilience.schema import metadata as package_tables
 
 

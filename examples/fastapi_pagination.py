@@ -34,7 +34,8 @@ from sqlalchemy import DateTime, String, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from sqlalchemy_resilience import InvalidCursor, Page, instrument, paginate
+from sqlalchemy_resilience import InvalidCursor, instrument, paginate
+from sqlalchemy_resilience.pagination import Page
 
 
 class Base(DeclarativeBase):

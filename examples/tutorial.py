@@ -41,9 +41,9 @@ from sqlalchemy_resilience import (
     UniqueViolation,
     health_check,
     instrument,
-    pool_stats,
     run_transaction,
 )
+from sqlalchemy_resilience.pool import pool_stats
 from sqlalchemy_resilience.schema import metadata as package_tables
 
 

@@ -1,6 +1,6 @@
 """Real-PostgreSQL test harness: the server, roles, databases and fault helpers.
 
-The suite's server is an :class:`~sqlalchemy_resilience.embedded.EmbeddedPostgres`
+The suite's server is an :class:`~sqlalchemy_resilience.testing.embedded.EmbeddedPostgres`
 (root-safe) unless ``SQLALCHEMY_RESILIENCE_TEST_URL`` names an existing server,
 given as a superuser URL. Tests connect as a non-superuser ``app`` role (role
 connection limits and most privileges only bite non-superusers) and use a
@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
-from sqlalchemy_resilience.embedded import EmbeddedPostgres
+from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 
 APP_ROLE = "app"
 

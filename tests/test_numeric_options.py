@@ -22,6 +22,22 @@ from sqlalchemy.pool import QueuePool
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import migrations, testing
+from sqlalchemy_resilience.batch import bulk_update_sync
+from sqlalchemy_resilience.database import PoolSettings
+from sqlalchemy_resilience.deploy import Credential, ReplicaSet, use_password_provider
+from sqlalchemy_resilience.observe import QueryStats
+from sqlalchemy_resilience.pagination import paginate_offset_sync
+from sqlalchemy_resilience.pool import (
+    PoolAutosizer,
+    PoolMaintainer,
+    ping_idle_connections,
+    resize_pool,
+    warm_up,
+)
+from sqlalchemy_resilience.retry import RetryBudget
+from sqlalchemy_resilience.saga import recover_sagas_sync
+from sqlalchemy_resilience.schema import create_saga_tables
+from sqlalchemy_resilience.transactions import SQLiteSettings
 
 _table = Table("sweep", MetaData(), Column("id", Integer, primary_key=True))
 
@@ -38,7 +54,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     async_engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
     # A second, instrumented engine for the parts that need the pool monitor.
     watched = create_engine(f"sqlite:///{path}", poolclass=QueuePool)
-    sr.create_saga_tables(sync)
+    create_saga_tables(sync)
     handle = sr.instrument(watched)
     try:
         yield {"sync": sync, "async": async_engine, "watched": watched}
@@ -54,7 +70,7 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
     sync, aeng, watched = e["sync"], e["async"], e["watched"]
     return {
         "RetryPolicy": (sr.RetryPolicy, ["attempts", "initial_backoff", "max_backoff", "deadline"]),
-        "RetryBudget": (sr.RetryBudget, ["capacity", "refill_per_second", "ratio"]),
+        "RetryBudget": (RetryBudget, ["capacity", "refill_per_second", "ratio"]),
         "CircuitBreaker": (
             sr.CircuitBreaker,
             [
@@ -73,9 +89,9 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
             ),
             ["slow_call_duration", "slow_call_rate_threshold"],
         ),
-        "Credential": (lambda **kw: sr.Credential("pw", **kw), ["expires_at"]),
+        "Credential": (lambda **kw: Credential("pw", **kw), ["expires_at"]),
         "PoolSettings": (
-            sr.PoolSettings,
+            PoolSettings,
             [
                 "size",
                 "max_overflow",
@@ -89,8 +105,8 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
                 "max_waiting",
             ],
         ),
-        "SQLiteSettings": (sr.SQLiteSettings, ["busy_timeout"]),
-        "QueryStats": (sr.QueryStats, ["max_statements"]),
+        "SQLiteSettings": (SQLiteSettings, ["busy_timeout"]),
+        "QueryStats": (QueryStats, ["max_statements"]),
         "Saga": (lambda **kw: sr.Saga("sweep", **kw), ["lease"]),
         "MigrationSettings": (
             migrations.MigrationSettings,
@@ -116,15 +132,15 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
             ["slow_query_threshold", "max_replica_lag"],
         ),
         "ping_idle_connections": (
-            lambda **kw: sr.ping_idle_connections(sync, **kw).detach(),
+            lambda **kw: ping_idle_connections(sync, **kw).detach(),
             ["after", "timeout"],
         ),
         "use_password_provider": (
-            lambda **kw: sr.use_password_provider(sync, lambda: "pw", **kw).detach(),
+            lambda **kw: use_password_provider(sync, lambda: "pw", **kw).detach(),
             ["refresh_margin", "ttl", "auth_retries", "retry_pause"],
         ),
         "PoolAutosizer": (
-            lambda **kw: sr.PoolAutosizer(watched, **{"min_size": 1, "max_size": 4, **kw}),
+            lambda **kw: PoolAutosizer(watched, **{"min_size": 1, "max_size": 4, **kw}),
             [
                 "min_size",
                 "max_size",
@@ -139,11 +155,11 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
             ],
         ),
         "PoolMaintainer": (
-            lambda **kw: sr.PoolMaintainer(sync, **kw),
+            lambda **kw: PoolMaintainer(sync, **kw),
             ["keepalive", "recycle", "jitter", "min_size", "interval"],
         ),
         "ReplicaSet": (
-            lambda **kw: sr.ReplicaSet(sync, [sync], **kw),
+            lambda **kw: ReplicaSet(sync, [sync], **kw),
             ["max_lag", "check_interval", "probe_timeout", "failure_threshold", "recovery_timeout"],
         ),
         "health_check": (
@@ -151,10 +167,10 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
             ["timeout", "slow_latency", "saturation", "slow_checkout", "slow_connect"],
         ),
         "warm_up": (
-            lambda **kw: _run(sr.warm_up(sync, **{"min_size": 1, **kw})),
+            lambda **kw: _run(warm_up(sync, **{"min_size": 1, **kw})),
             ["min_size", "timeout"],
         ),
-        "resize_pool": (lambda **kw: _run(sr.resize_pool(sync, **kw)), ["size", "max_overflow"]),
+        "resize_pool": (lambda **kw: _run(resize_pool(sync, **kw)), ["size", "max_overflow"]),
         "transaction": (
             lambda **kw: sr.transaction_sync(sessionmaker(sync), **kw),
             ["statement_timeout", "lock_timeout", "idle_in_transaction_timeout"],
@@ -168,7 +184,7 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
             ["chunk_size"],
         ),
         "bulk_update": (
-            lambda **kw: sr.bulk_update_sync(sync, _table, [], **kw),
+            lambda **kw: bulk_update_sync(sync, _table, [], **kw),
             ["chunk_size"],
         ),
         "paginate": (
@@ -176,11 +192,11 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
             ["page_size"],
         ),
         "paginate_offset": (
-            lambda **kw: sr.paginate_offset_sync(sync, select(_table).order_by(_table.c.id), **kw),
+            lambda **kw: paginate_offset_sync(sync, select(_table).order_by(_table.c.id), **kw),
             ["page", "page_size"],
         ),
         "recover_sagas": (
-            lambda **kw: sr.recover_sagas_sync(sessionmaker(sync), [sr.Saga("sweep")], **kw),
+            lambda **kw: recover_sagas_sync(sessionmaker(sync), [sr.Saga("sweep")], **kw),
             ["limit"],
         ),
         "inject_fault": (

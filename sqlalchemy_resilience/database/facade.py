@@ -78,10 +78,10 @@ class Database(FacadeBase):
         meter_provider: OpenTelemetry ``MeterProvider`` (default: the global one).
         locale: the default locale of :meth:`user_message` (``"en"``, ``"ja"``, ...).
         replicas: read replica URLs (or ``AsyncEngine``\\ s): reads are routed
-            to them (:func:`~sqlalchemy_resilience.routing_sessionmaker`).
+            to them (:func:`~sqlalchemy_resilience.deploy.routing_sessionmaker`).
         max_replica_lag: seconds a replica may be behind and still take reads.
         password_provider: a callable (sync or async) giving the password of
-            each new connection (:func:`~sqlalchemy_resilience.use_password_provider`).
+            each new connection (:func:`~sqlalchemy_resilience.deploy.use_password_provider`).
         pooler: ``"transaction"``/``"statement"`` when a transaction-mode pooler
             (PgBouncer, RDS Proxy, Supavisor) is in front: pooler-safe driver options.
         cursor_secret: the key :meth:`paginate` signs cursors with (default:
@@ -338,7 +338,7 @@ class Database(FacadeBase):
         )
 
     async def recover_sagas(self, sagas: Sequence[Saga], **options: Any) -> RecoveryReport:
-        """:func:`~sqlalchemy_resilience.recover_sagas` on this database."""
+        """:func:`~sqlalchemy_resilience.saga.recover_sagas` on this database."""
         return await recover_sagas(self.sessionmaker, sagas, **options)
 
     async def bulk_insert(self, table: Any, rows: Any, **options: Any) -> BulkResult:
@@ -376,7 +376,7 @@ class Database(FacadeBase):
         return replica_health(report, self._core.replica_set)
 
     def pool_stats(self) -> dict[str, Any]:
-        """:func:`~sqlalchemy_resilience.pool_stats` of the primary engine."""
+        """:func:`~sqlalchemy_resilience.pool.pool_stats` of the primary engine."""
         return dict(pool_stats(self.engine))
 
     def stats(self, *, top: int = 10) -> dict[str, Any]:

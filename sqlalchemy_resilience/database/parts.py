@@ -364,7 +364,7 @@ class FacadeBase:
 
     @property
     def replicas(self) -> ReplicaSet | None:
-        """The :class:`~sqlalchemy_resilience.ReplicaSet`, or None without replicas."""
+        """The :class:`~sqlalchemy_resilience.deploy.ReplicaSet`, or None without replicas."""
         return self._core.replica_set
 
     @property

@@ -48,7 +48,7 @@ class PoolSettings:
         keepalive: ping idle connections this often in the background (seconds;
             None: no keepalive).
         ping_after: ping a connection at checkout when idle this long (seconds;
-            None: never; see :func:`~sqlalchemy_resilience.ping_idle_connections`).
+            None: never; see :func:`~sqlalchemy_resilience.pool.ping_idle_connections`).
         ping_timeout: seconds a ping may take.
         require_writer: refuse connections to a read-only server at checkout
             (the failover writer check); None: on for PostgreSQL.

@@ -224,7 +224,7 @@ class SyncDatabase(FacadeBase):
         return replica_health(report, self._core.replica_set)
 
     def pool_stats(self) -> dict[str, Any]:
-        """:func:`~sqlalchemy_resilience.pool_stats` of the primary engine."""
+        """:func:`~sqlalchemy_resilience.pool.pool_stats` of the primary engine."""
         return dict(pool_stats(self.engine))
 
     def stats(self, *, top: int = 10) -> dict[str, Any]:

@@ -216,7 +216,7 @@ def _problem(
             f"a transaction-mode pooler is in the path and the {driver} connections keep "
             "prepared statements between transactions ('prepared statement ... does not "
             "exist / already exists' will follow): create the engine with "
-            "sqlalchemy_resilience.pooler_safe_options(url)"
+            "sqlalchemy_resilience.deploy.pooler_safe_options(url)"
         )
     return None
 
@@ -234,7 +234,7 @@ def _report(
         failure_text = (
             "a transaction-mode pooler is in the path: the check itself failed with "
             f"{type(translated).__name__} ({translated.sqlstate}); create the engine with "
-            "sqlalchemy_resilience.pooler_safe_options(url)"
+            "sqlalchemy_resilience.deploy.pooler_safe_options(url)"
         )
     report = PoolerReport(
         transaction_pooling=pooled,

@@ -512,7 +512,7 @@ class PoolerIncompatible(InvalidStatement):
     session to another client between transactions, and the driver's
     session-level prepared statements go with it. A setting, not a transient
     fault: not retried. Create the engine with
-    :func:`~sqlalchemy_resilience.pooler_safe_options` (asyncpg: statement
+    :func:`~sqlalchemy_resilience.deploy.pooler_safe_options` (asyncpg: statement
     caches off, unnamed statements; psycopg: ``prepare_threshold=None``).
 
     Example::
@@ -522,5 +522,5 @@ class PoolerIncompatible(InvalidStatement):
 
     advice = (
         "a transaction-mode pooler (PgBouncer, RDS Proxy, Supavisor) is in the path: "
-        "create the engine with sqlalchemy_resilience.pooler_safe_options(url)"
+        "create the engine with sqlalchemy_resilience.deploy.pooler_safe_options(url)"
     )

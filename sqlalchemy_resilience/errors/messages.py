@@ -8,7 +8,7 @@ any locale without a catalogue; applications add or override catalogues with
 
 Example::
 
-    >>> from sqlalchemy_resilience.messages import user_message
+    >>> from sqlalchemy_resilience.errors.messages import user_message
     >>> user_message("unique_violation", "ja")
     'このデータは既に登録されています。'
 """

@@ -94,9 +94,9 @@ def instrument(
             ``hide_parameters`` decides.
         translate_errors: translate driver errors into the typed hierarchy.
         sqlite: a SQLite engine only: install these
-            :class:`~sqlalchemy_resilience.SQLiteSettings` -- WAL, ``busy_timeout``
+            :class:`~sqlalchemy_resilience.transactions.SQLiteSettings` -- WAL, ``busy_timeout``
             and ``BEGIN IMMEDIATE`` for every transaction not declared
-            read-only (see :func:`~sqlalchemy_resilience.configure_sqlite`);
+            read-only (see :func:`~sqlalchemy_resilience.transactions.configure_sqlite`);
             removed again by ``detach()``. Off by default: it changes how the
             application's transactions lock, which only the application may decide.
 

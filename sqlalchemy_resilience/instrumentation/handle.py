@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
@@ -30,7 +29,11 @@ from sqlalchemy_resilience.observe.watchdog import Watchdog
 from sqlalchemy_resilience.pool.checkout import CheckoutObserver, check_max_waiting
 from sqlalchemy_resilience.pool.leaks import LeakDetector
 from sqlalchemy_resilience.pool.monitor import PoolMonitor, pool_name_of
-from sqlalchemy_resilience.transactions.sqlite import SQLiteSettings, configure_sqlite
+from sqlalchemy_resilience.transactions.sqlite import (
+    SQLiteConfiguration,
+    SQLiteSettings,
+    configure_sqlite,
+)
 
 __all__ = ["Instrumentation"]
 
@@ -40,7 +43,7 @@ class Instrumentation:
 
     Attributes:
         engine: the instrumented (sync) engine; for an ``AsyncEngine`` its ``sync_engine``.
-        stats: the :class:`~sqlalchemy_resilience.QueryStats` (None with ``query_stats=False``).
+        stats: the :class:`~sqlalchemy_resilience.observe.QueryStats` (None with ``query_stats=False``).
         pool: the :class:`~sqlalchemy_resilience.pool.PoolMonitor` behind :meth:`pool_stats`.
         log_parameters: whether errors and slow-query records may show bound parameters.
         database, host: what slow-query records name (never user or password).
@@ -79,7 +82,7 @@ class Instrumentation:
     ) -> None:
         self.engine = engine
         self._sqlite = sqlite
-        self._sqlite_undo: Callable[[], None] | None = None
+        self._sqlite_configured: SQLiteConfiguration | None = None
         self.log_parameters = log_parameters
         self.translate_errors = translate_errors
         self.database, self.host = database_and_host(engine)
@@ -189,7 +192,7 @@ class Instrumentation:
         return self.pool.min_size
 
     def pool_stats(self, *, pop: bool = False) -> dict[str, Any]:
-        """The engine's pool figures; see :func:`~sqlalchemy_resilience.pool_stats`."""
+        """The engine's pool figures; see :func:`~sqlalchemy_resilience.pool.pool_stats`."""
         return self.pool.stats(pop=pop)
 
     @property
@@ -242,7 +245,7 @@ class Instrumentation:
         self._hooks.provide(self.pool)
         self._hooks.provide(checkouts)
         if self._sqlite is not None:
-            self._sqlite_undo = configure_sqlite(engine, self._sqlite)
+            self._sqlite_configured = configure_sqlite(engine, self._sqlite)
         self.pool.attached = True
         if self._meters is not None:
             self._meters.sources.add(self.pool)
@@ -285,9 +288,9 @@ class Instrumentation:
         if explainer is not None:
             explainer.close()
         self._hooks.detach()
-        undo_sqlite, self._sqlite_undo = self._sqlite_undo, None
-        if undo_sqlite is not None:
-            undo_sqlite()
+        sqlite_configured, self._sqlite_configured = self._sqlite_configured, None
+        if sqlite_configured is not None:
+            sqlite_configured.detach()
         self.pool.attached = False
         unregister(self._hooks)
 

@@ -18,7 +18,7 @@ decides:
 ``max_size`` is also capped by a connection budget: the ``budget`` you give,
 and on PostgreSQL the server's ``max_connections`` minus
 ``superuser_reserved_connections`` minus ``reserve``, read when the autosizer
-starts. Resizing goes through :func:`~sqlalchemy_resilience.resize_pool`, so
+starts. Resizing goes through :func:`~sqlalchemy_resilience.pool.resize_pool`, so
 connections in use are never closed. The engine must be instrumented (the
 autosizer reads its pool figures).
 """

@@ -60,7 +60,7 @@ class HealthReport:
             in hand (getting the connection is judged separately); None when
             the probe failed.
         checked_at: epoch seconds.
-        pool: :func:`~sqlalchemy_resilience.pool_stats` at the time of the check.
+        pool: :func:`~sqlalchemy_resilience.pool.pool_stats` at the time of the check.
         breaker: the breaker's state (``closed``/``open``/``half_open``), when one was given.
         warnings: why the status is not ``healthy``, one sentence each.
         error: the (translated) error class name when the probe failed.

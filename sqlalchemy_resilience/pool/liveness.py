@@ -5,7 +5,7 @@ connection returned a moment ago is as alive as one can know; the ones at
 risk are those that sat idle long enough for a NAT, a firewall, a pooler's
 ``server_idle_timeout`` or a failover to drop them. :class:`IdlePing` pings a
 connection at checkout only when it has been idle (since its last checkin, or
-the last keepalive ping of a :class:`~sqlalchemy_resilience.PoolMaintainer`)
+the last keepalive ping of a :class:`~sqlalchemy_resilience.pool.PoolMaintainer`)
 for ``after`` seconds, with a ``timeout``: a silently dropped flow (no RST,
 no reply) would otherwise hang the request until TCP gives up, minutes later.
 
@@ -275,7 +275,7 @@ def ping_idle_connections(
     checkout): a connection used within the last ``after`` seconds is handed
     out as is; an older one is pinged first, with ``timeout``, and replaced by
     a fresh connection when the ping fails, before the request gets it. A
-    :class:`~sqlalchemy_resilience.PoolMaintainer` keepalive ping counts as use.
+    :class:`~sqlalchemy_resilience.pool.PoolMaintainer` keepalive ping counts as use.
 
     Args:
         engine: an ``Engine`` or ``AsyncEngine`` (its own settings are left alone).

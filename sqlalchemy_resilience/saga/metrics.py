@@ -2,7 +2,7 @@
 
 ``sqlalchemy_resilience.sagas.started``, ``.completed``, ``.compensated``,
 ``.failed`` (compensation failed: an operator must act) and ``.recovered``
-(taken over by :func:`~sqlalchemy_resilience.recover_sagas`), each with the
+(taken over by :func:`~sqlalchemy_resilience.saga.recover_sagas`), each with the
 attribute ``sqlalchemy_resilience.saga.name``. A no-op until the application
 installs a MeterProvider.
 """

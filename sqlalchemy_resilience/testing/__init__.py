@@ -9,7 +9,7 @@
   the real driver (:mod:`.faults`);
 * :class:`~sqlalchemy_resilience.testing.embedded.EmbeddedPostgres`: a
   throwaway server from the system's binaries or the ``pgserver`` wheel
-  (:mod:`.embedded`, also importable as ``sqlalchemy_resilience.embedded``).
+  (:mod:`.embedded`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ restart, crash (immediate stop), ``SIGSTOP``/``SIGCONT`` and the postmaster pid.
 
 Example::
 
-    from sqlalchemy_resilience.embedded import EmbeddedPostgres
+    from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
 
     with EmbeddedPostgres() as pg:
         url = pg.url(driver="asyncpg")  # postgresql+asyncpg://postgres:...@127.0.0.1:PORT/postgres

@@ -12,10 +12,12 @@ from .context import TransactionContext as TransactionContext
 from .context import transaction as transaction
 from .context import transaction_sync as transaction_sync
 from .scope import on_commit as on_commit
+from .sqlite import SQLiteConfiguration as SQLiteConfiguration
 from .sqlite import SQLiteSettings as SQLiteSettings
 from .sqlite import configure_sqlite as configure_sqlite
 
 __all__ = [
+    "SQLiteConfiguration",
     "SQLiteSettings",
     "SyncTransactionContext",
     "TransactionContext",

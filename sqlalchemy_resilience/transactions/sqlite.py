@@ -37,6 +37,7 @@ from sqlalchemy_resilience._util.seconds import to_seconds
 __all__ = [
     "BEGIN_OPTION",
     "BeginRequest",
+    "SQLiteConfiguration",
     "SQLiteSettings",
     "configure_sqlite",
     "ensure_begin",
@@ -210,10 +211,46 @@ def settings_of(engine: Engine) -> SQLiteSettings | None:
     return _configured.get(engine)
 
 
+class SQLiteConfiguration:
+    """The SQLite settings attached to one engine; :meth:`detach` removes them.
+
+    Returned by :func:`configure_sqlite` (never constructed directly), the same
+    verb pair as :func:`~sqlalchemy_resilience.instrument` and its handle.
+
+    Example::
+
+        configured = configure_sqlite(engine)
+        ...
+        configured.detach()   # new transactions begin as SQLAlchemy's default again
+    """
+
+    def __init__(
+        self, engine: Engine, settings: SQLiteSettings, remove: Callable[[], None]
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._remove: Callable[[], None] | None = remove
+
+    @property
+    def attached(self) -> bool:
+        """Whether the settings are still installed on the engine."""
+        return self._remove is not None
+
+    def detach(self) -> None:
+        """Remove the listeners (idempotent); connections keep the pragmas already set."""
+        remove, self._remove = self._remove, None
+        if remove is not None:
+            remove()
+
+    def __repr__(self) -> str:
+        state = "attached" if self.attached else "detached"
+        return f"<SQLiteConfiguration {self.settings.pragmas()} {state}>"
+
+
 def configure_sqlite(
     engine: Engine | AsyncEngine, settings: SQLiteSettings | None = None
-) -> Callable[[], None]:
-    """Install the SQLite settings on ``engine``; returns a function that removes them.
+) -> SQLiteConfiguration:
+    """Install the SQLite settings on ``engine``; ``.detach()`` on the result removes them.
 
     Each connection gets the pragmas once, when the pool first hands it out
     (also connections opened before this call), and every transaction begins
@@ -224,12 +261,12 @@ def configure_sqlite(
     Raises:
         TypeError: ``engine`` is not an engine or ``settings`` not a :class:`SQLiteSettings`.
         ValueError: the engine is not SQLite.
-        RuntimeError: the engine is already configured (call the returned function first).
+        RuntimeError: the engine is already configured (detach that configuration first).
 
     Example::
 
         engine = create_engine("sqlite:///app.db")
-        undo = configure_sqlite(engine)          # WAL, busy_timeout 5 s, BEGIN IMMEDIATE
+        configured = configure_sqlite(engine)    # WAL, busy_timeout 5 s, BEGIN IMMEDIATE
         with Session(engine) as session, session.begin():
             ...                                  # no "database is locked" from a read-then-write
     """
@@ -245,7 +282,7 @@ def configure_sqlite(
     if engine.dialect.name != "sqlite":
         raise ValueError(f"configure_sqlite needs a SQLite engine, not {engine.dialect.name!r}")
     if engine in _configured:
-        raise RuntimeError("this engine is already configured; remove the settings first")
+        raise RuntimeError("this engine is already configured; detach that configuration first")
     pragmas = settings.pragmas()
     token = object()  # marks the connections this configuration has set up
     default_mode: BeginMode = settings.begin
@@ -278,7 +315,7 @@ def configure_sqlite(
         event.remove(engine, "begin", on_begin)
         del _configured[engine]
 
-    return remove
+    return SQLiteConfiguration(engine, settings, remove)
 
 
 _PRAGMAS_KEY = "sqlalchemy_resilience.sqlite_pragmas"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select
 
-import sqlalchemy_resilience as sr
+from sqlalchemy_resilience.schema import create_batch_tables
 from tests.batch.backfill_worker import metadata, target
 from tests.pgharness import PgServer
 
@@ -26,7 +26,7 @@ def _crash_and_resume(url: str, sync_url: str) -> None:
         metadata.drop_all(conn)
         metadata.create_all(conn)
         conn.exec_driver_sql("DROP TABLE IF EXISTS sqlalchemy_resilience_batch_job")
-        sr.create_batch_tables(conn)
+        create_batch_tables(conn)
     rng = random.Random(1202)
     killed_at: list[int] = []
     for _ in range(3):

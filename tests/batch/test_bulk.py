@@ -27,8 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import RetryPolicy, bulk_insert, bulk_update
+from sqlalchemy_resilience import RetryPolicy, bulk_insert
+from sqlalchemy_resilience.batch import bulk_update, bulk_update_sync
 from sqlalchemy_resilience.errors import JobInputMismatch
+from sqlalchemy_resilience.schema import create_batch_tables
 from sqlalchemy_resilience.testing import inject_fault
 
 metadata = MetaData()
@@ -59,7 +61,7 @@ async def engine(any_engine: AsyncEngine) -> AsyncEngine:
         await conn.run_sync(metadata.drop_all)
         await conn.run_sync(metadata.create_all)
         await conn.execute(text("DROP TABLE IF EXISTS sqlalchemy_resilience_batch_job"))
-        await conn.run_sync(sr.create_batch_tables)
+        await conn.run_sync(create_batch_tables)
     return any_engine
 
 
@@ -277,11 +279,11 @@ def test_sync_twins(tmp_path: Path) -> None:
     """bulk_insert_sync / bulk_update_sync on a sync engine and a sessionmaker."""
     engine = create_engine(f"sqlite:///{tmp_path / 'sync.sqlite'}")
     metadata.create_all(engine)
-    sr.create_batch_tables(engine)
+    create_batch_tables(engine)
     try:
         result = sr.bulk_insert_sync(engine, items, _rows(30), chunk_size=8, job="sync-job")
         assert (result.rows, result.chunks) == (30, 4)
-        sr.bulk_update_sync(sessionmaker(engine), items, [{"id": 3, "name": "three"}])
+        bulk_update_sync(sessionmaker(engine), items, [{"id": 3, "name": "three"}])
         with engine.connect() as conn:
             assert conn.execute(select(items.c.name).where(items.c.id == 3)).scalar_one() == "three"
             assert conn.execute(select(func.count()).select_from(items)).scalar_one() == 30

@@ -29,7 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import bulk_insert, bulk_update
+from sqlalchemy_resilience import bulk_insert
+from sqlalchemy_resilience.batch import bulk_update, bulk_update_sync
+from sqlalchemy_resilience.schema import create_batch_tables
 from tests.pgharness import PgServer
 
 metadata = MetaData()
@@ -81,7 +83,7 @@ def _fresh(url: str) -> None:
             metadata.drop_all(conn)
             metadata.create_all(conn)
             conn.execute(text("DROP TABLE IF EXISTS sqlalchemy_resilience_batch_job"))
-            sr.create_batch_tables(conn)
+            create_batch_tables(conn)
     finally:
         engine.dispose()
 
@@ -169,7 +171,7 @@ def test_sync_twins_put_values_in_their_columns(
     sr.bulk_insert_sync(
         engine, keyed, _rows(4, 10, bump=5), on_conflict="update", conflict_columns=["label"]
     )
-    sr.bulk_update_sync(engine, Keyed, [{"id": 1, "a": 7, "b": 8}])
+    bulk_update_sync(engine, Keyed, [{"id": 1, "a": 7, "b": 8}])
     assert _stored(sync_url) == (
         [*_expected(1), (1, 8, 7, "l1"), *_expected(8, 2), *_expected(4, 10, bump=5)]
     )

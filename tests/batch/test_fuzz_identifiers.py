@@ -21,6 +21,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, event
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import sqlalchemy_resilience as sr
+from sqlalchemy_resilience.batch import bulk_update
 
 metadata = MetaData()
 people = Table(
@@ -98,7 +99,7 @@ def test_hostile_identifiers_never_reach_sql(
 
     async def attempt() -> None:
         if where == "key":
-            await sr.bulk_update(engine, table, [{"id": 1, "name": "b"}], key=[name])
+            await bulk_update(engine, table, [{"id": 1, "name": "b"}], key=[name])
         else:
             await sr.bulk_insert(engine, table, rows, **options)
 

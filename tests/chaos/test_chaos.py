@@ -31,14 +31,9 @@ from sqlalchemy.ext.asyncio import (
 )
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import (
-    CircuitBreaker,
-    RetryBudget,
-    RetryPolicy,
-    instrument,
-    resilient_sessionmaker,
-    run_transaction,
-)
+from sqlalchemy_resilience import CircuitBreaker, RetryPolicy, instrument, run_transaction
+from sqlalchemy_resilience.pool import PoolAutosizer
+from sqlalchemy_resilience.retry import BreakerState, RetryBudget, resilient_sessionmaker
 from tests.chaos.workload import (
     TOTAL,
     GcWarnings,
@@ -453,7 +448,7 @@ async def test_s18_breaker_while_database_unreachable(fault_server: PgServer) ->
         with pytest.raises(sr.DatabaseUnavailable):
             await run_transaction(Session, ping, retry=once, breaker=breaker)
         hang = time.monotonic() - started
-        assert breaker.state is sr.BreakerState.OPEN
+        assert breaker.state is BreakerState.OPEN
         before = len(connects)
         fast: list[float] = []
         for _ in range(50):
@@ -1414,7 +1409,7 @@ async def test_s17_adaptive_pool_follows_a_degraded_network(fault_server: PgServ
     )
     try:
         instrument(engine)
-        sizer = sr.PoolAutosizer(engine, min_size=2, max_size=10, interval=0.25, shrink_after=4)
+        sizer = PoolAutosizer(engine, min_size=2, max_size=10, interval=0.25, shrink_after=4)
         await sizer.astart()
         try:
             proxy.latency = 0.1

@@ -275,7 +275,7 @@ def test_stats_of_a_demo_workload(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.postgresql  # starts a server of its own
 def test_stats_reads_pg_stat_statements() -> None:
     """A server with pg_stat_statements preloaded: the top statements by calls, as JSON."""
-    from sqlalchemy_resilience.embedded import EmbeddedPostgresError
+    from sqlalchemy_resilience.testing.embedded import EmbeddedPostgresError
 
     try:
         server = PgServer.start_embedded(shared_preload_libraries="'pg_stat_statements'")

@@ -23,8 +23,9 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience.database import settings_from_env
+from sqlalchemy_resilience.database import PoolSettings, settings_from_env
 from sqlalchemy_resilience.instrumentation import instrumentation_of
+from sqlalchemy_resilience.saga import SagaContext
 from sqlalchemy_resilience.schema import create_saga_tables
 from tests.pgharness import PgServer
 
@@ -49,7 +50,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def db(url: str) -> AsyncIterator[sr.Database]:
     database = sr.Database(
-        url, pool=sr.PoolSettings(size=3, min_size=1, ping_after=60), cursor_secret="k" * 32
+        url, pool=PoolSettings(size=3, min_size=1, ping_after=60), cursor_secret="k" * 32
     )
     async with database:
         async with database.engine.begin() as conn:
@@ -98,7 +99,7 @@ async def test_bulk_insert_paginate_and_saga(db: sr.Database) -> None:
     )
     assert second.items[0].id == page.items[-1].id + 1
 
-    async def reserve(ctx: sr.SagaContext) -> str:
+    async def reserve(ctx: SagaContext) -> str:
         assert ctx.session is not None
         await ctx.session.execute(insert(items).values(name="reserved"))
         return "ok"
@@ -174,11 +175,11 @@ def test_wrong_settings_fail_at_construction(tmp_path: Path) -> None:
     ):
         sr.Database(f"sqlite:///{tmp_path / 'x.sqlite'}")
     with pytest.raises(ValueError, match="min_size must be <= size \\(2\\), got 3"):
-        sr.PoolSettings(size=2, min_size=3)
+        PoolSettings(size=2, min_size=3)
     with pytest.raises(ValueError, match="size must be >= 1, got 0"):
-        sr.PoolSettings(size=0)
+        PoolSettings(size=0)
     with pytest.raises(ValueError, match="ping_after"):
-        sr.PoolSettings(ping_after=-1)
+        PoolSettings(ping_after=-1)
     with pytest.raises(TypeError, match="breaker must be a CircuitBreaker or None"):
         sr.Database("sqlite+aiosqlite://", breaker="on")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="pool must be a PoolSettings"):
@@ -233,7 +234,7 @@ def sync_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def test_sync_database(sync_url: str) -> None:
     with sr.SyncDatabase(
-        sync_url, pool=sr.PoolSettings(size=2, min_size=1), cursor_secret="k" * 32
+        sync_url, pool=PoolSettings(size=2, min_size=1), cursor_secret="k" * 32
     ) as db:
         metadata.drop_all(db.engine)
         metadata.create_all(db.engine)
@@ -267,7 +268,7 @@ def test_sync_database(sync_url: str) -> None:
 async def test_an_async_engine_given_to_a_wrapping_engine_check(url: str) -> None:
     engine: AsyncEngine = create_async_engine(url)
     try:
-        db = sr.Database(engine, pool=sr.PoolSettings(ping_after=None))
+        db = sr.Database(engine, pool=PoolSettings(ping_after=None))
         async with db:
             assert await db.fetch_value("SELECT 1") == 1
     finally:

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
 import sqlalchemy_resilience as sr
+from sqlalchemy_resilience.deploy import Credential, use_password_provider
 from tests.pgharness import PgServer
 
 ROLE = "rotating_app"
@@ -102,11 +103,11 @@ async def test_rotation_under_traffic_surfaces_no_failure(
     engine = create_async_engine(_url(pg_server, pg_database, driver), poolclass=NullPool)
     sr.instrument(engine)
 
-    async def provider() -> sr.Credential:
+    async def provider() -> Credential:
         await asyncio.sleep(0)  # an IAM call would await here
-        return sr.Credential(store.current, expires_at=time.time() + 30)
+        return Credential(store.current, expires_at=time.time() + 30)
 
-    handle = sr.use_password_provider(engine, provider, refresh_margin=1)
+    handle = use_password_provider(engine, provider, refresh_margin=1)
     Session = async_sessionmaker(engine)
     errors: dict[str, int] = {}
     done = 0
@@ -157,7 +158,7 @@ async def test_a_wrong_token_is_one_authentication_failure(
         calls += 1
         return "not-the-password"
 
-    sr.use_password_provider(engine, wrong, auth_retries=2, retry_pause=0.01)
+    use_password_provider(engine, wrong, auth_retries=2, retry_pause=0.01)
     Session = async_sessionmaker(engine)
     started = time.monotonic()
     try:
@@ -202,7 +203,7 @@ async def test_concurrent_connects_of_an_async_engine_ask_the_provider_once(
         finally:
             in_flight -= 1
 
-    handle = sr.use_password_provider(engine, provider)  # no expiry, no ttl: never cached
+    handle = use_password_provider(engine, provider)  # no expiry, no ttl: never cached
 
     async def connect() -> str:
         async with engine.connect() as conn:
@@ -233,7 +234,7 @@ def test_sync_engine_with_an_async_provider_and_a_ttl(
         await asyncio.sleep(0)
         return store.current
 
-    handle = sr.use_password_provider(engine, provider, ttl=60)
+    handle = use_password_provider(engine, provider, ttl=60)
     try:
         for _ in range(5):
             with engine.connect() as conn:
@@ -254,14 +255,14 @@ def test_sync_engine_with_an_async_provider_and_a_ttl(
 def test_options_are_checked() -> None:
     engine = create_engine("sqlite://")
     with pytest.raises(TypeError, match="provider must be a callable"):
-        sr.use_password_provider(engine, "secret")  # type: ignore[arg-type]
+        use_password_provider(engine, "secret")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="auth_retries must be between 0 and 10, got 11"):
-        sr.use_password_provider(engine, lambda: "x", auth_retries=11)
+        use_password_provider(engine, lambda: "x", auth_retries=11)
     with pytest.raises(ValueError, match="refresh_margin"):
-        sr.use_password_provider(engine, lambda: "x", refresh_margin=-1)
+        use_password_provider(engine, lambda: "x", refresh_margin=-1)
     with pytest.raises(TypeError, match="non-empty str"):
-        sr.Credential("")
+        Credential("")
     naive = datetime(2030, 1, 1)
     with pytest.raises(ValueError, match="timezone-aware"):
-        sr.Credential("x", expires_at=naive)
-    assert "s3cr3t-token" not in repr(sr.Credential("s3cr3t-token", expires_at=5.0))
+        Credential("x", expires_at=naive)
+    assert "s3cr3t-token" not in repr(Credential("s3cr3t-token", expires_at=5.0))

@@ -18,6 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import sqlalchemy_resilience as sr
+from sqlalchemy_resilience.database import PoolSettings
+from sqlalchemy_resilience.deploy import Credential, PoolerWarning
 from tests.chaos.workload import check, run_bank, setup_bank
 from tests.pgbouncer import PgBouncer
 from tests.pgharness import PgServer
@@ -38,9 +40,9 @@ async def test_behind_pgbouncer_with_pooler_transaction(
 ) -> None:
     setup_bank(pg_server, pg_database)
     url = _url(pg_server, pg_database, port=pgbouncer.port)
-    db = sr.Database(url, pooler="transaction", pool=sr.PoolSettings(size=50, max_overflow=0))
+    db = sr.Database(url, pooler="transaction", pool=PoolSettings(size=50, max_overflow=0))
     with warnings.catch_warnings():
-        warnings.simplefilter("error", sr.PoolerWarning)
+        warnings.simplefilter("error", PoolerWarning)
         async with db:
             report = db.pooler_report
             assert report is not None and report.transaction_pooling and report.safe
@@ -50,7 +52,7 @@ async def test_behind_pgbouncer_with_pooler_transaction(
     assert history.errors == {}
     assert verdict.lost == 0 and verdict.ledger_consistent
     # Without the option the start-up check warns.
-    with pytest.warns(sr.PoolerWarning, match="pooler_safe_options"):
+    with pytest.warns(PoolerWarning, match="pooler_safe_options"):
         async with sr.Database(url) as unsafe:
             assert unsafe.pooler_report is not None and not unsafe.pooler_report.safe
 
@@ -73,10 +75,10 @@ async def test_password_provider(pg_server: PgServer, pg_database: str) -> None:
         )
     asked = 0
 
-    async def provider() -> sr.Credential:
+    async def provider() -> Credential:
         nonlocal asked
         asked += 1
-        return sr.Credential(password, expires_at=10**10)
+        return Credential(password, expires_at=10**10)
 
     url = pg_server.app_url(pg_database, driver="asyncpg", username=role).set(password=None)
     async with sr.Database(url, password_provider=provider) as db:

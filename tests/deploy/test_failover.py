@@ -26,6 +26,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 import sqlalchemy_resilience as sr
+from sqlalchemy_resilience.pool import ping_idle_connections
+from sqlalchemy_resilience.retry import RetryBudget
 from tests.chaos.workload import check, run_bank, setup_bank
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
@@ -131,7 +133,7 @@ async def test_the_first_write_after_an_idle_failover_does_not_fail(
     """No retry allowed (attempts=1): the writer check alone must route the write."""
     engine = create_async_engine(cluster.url(driver), pool_size=4, max_overflow=0)
     sr.instrument(engine)
-    checker = sr.ping_idle_connections(engine, after=0.3, timeout=2, require_writer=True)
+    checker = ping_idle_connections(engine, after=0.3, timeout=2, require_writer=True)
     once = sr.RetryPolicy(attempts=1)
     try:
         await _warm(engine, 4)
@@ -150,7 +152,7 @@ async def test_without_the_writer_check_that_write_fails(cluster: Cluster) -> No
     """The negative control: the idle ping alone passes (the old primary is alive) -> 25006."""
     engine = create_async_engine(cluster.url("asyncpg"), pool_size=4, max_overflow=0)
     sr.instrument(engine)
-    liveness = sr.ping_idle_connections(engine, after=0.3, timeout=2)
+    liveness = ping_idle_connections(engine, after=0.3, timeout=2)
     try:
         await _warm(engine, 4)
         await asyncio.sleep(0.4)
@@ -166,12 +168,12 @@ async def test_bank_workload_across_a_failover(cluster: Cluster) -> None:
     """20 clients through the failover: 0 lost, 0 duplicated, writes resume within 2 s."""
     engine = create_async_engine(cluster.url("asyncpg"), pool_size=20, max_overflow=0)
     sr.instrument(engine)
-    checker = sr.ping_idle_connections(engine, after=1, timeout=2, require_writer=True)
+    checker = ping_idle_connections(engine, after=1, timeout=2, require_writer=True)
     # The failover window (fence, catch-up, promotion) lasts a second or two;
     # 20 clients retrying through it need more than the default shared budget
     # (100 tokens), which is there to stop retry storms against a dead server.
     # With the default, a handful of transfers fail cleanly (refused, not applied).
-    budget = sr.RetryBudget(capacity=2000, refill_per_second=100)
+    budget = RetryBudget(capacity=2000, refill_per_second=100)
     policy = sr.RetryPolicy(
         attempts=60, initial_backoff=0.01, max_backoff=0.2, deadline=30, budget=budget
     )

@@ -21,7 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience.cli.demo.migration_project import alembic, write_project
-from sqlalchemy_resilience.deploy import keeps_prepared_statements, unnamed_statement
+from sqlalchemy_resilience.deploy import (
+    PoolerWarning,
+    check_pooler,
+    check_pooler_sync,
+    keeps_prepared_statements,
+    pooler_safe_options,
+    unnamed_statement,
+)
 from tests.chaos.workload import check, run_bank, setup_bank
 from tests.pgbouncer import PgBouncer
 from tests.pgharness import PgServer
@@ -43,7 +50,7 @@ def bank(pg_server: PgServer, pg_database: str) -> str:
 
 
 def test_options_per_driver() -> None:
-    asyncpg = sr.pooler_safe_options("postgresql+asyncpg://app@bouncer/app")
+    asyncpg = pooler_safe_options("postgresql+asyncpg://app@bouncer/app")
     assert asyncpg == {
         "connect_args": {
             "statement_cache_size": 0,
@@ -51,26 +58,26 @@ def test_options_per_driver() -> None:
             "prepared_statement_name_func": unnamed_statement,
         }
     }
-    assert sr.pooler_safe_options("postgresql+psycopg://app@b/app") == {
+    assert pooler_safe_options("postgresql+psycopg://app@b/app") == {
         "connect_args": {"prepare_threshold": None}
     }
-    assert sr.pooler_safe_options("postgresql+psycopg2://app@b/app") == {"connect_args": {}}
+    assert pooler_safe_options("postgresql+psycopg2://app@b/app") == {"connect_args": {}}
     # The application's own connect_args stay and win.
-    merged = sr.pooler_safe_options(
+    merged = pooler_safe_options(
         "postgresql+psycopg://b/app", connect_args={"prepare_threshold": None, "connect_timeout": 3}
     )
     assert merged == {"connect_args": {"prepare_threshold": None, "connect_timeout": 3}}
-    assert sr.pooler_safe_options("postgresql+asyncpg://b/app", pool_mode="session") == {
+    assert pooler_safe_options("postgresql+asyncpg://b/app", pool_mode="session") == {
         "connect_args": {}
     }
     with pytest.raises(
         ValueError, match="pool_mode must be one of session, transaction, statement; got 'tx'"
     ):
-        sr.pooler_safe_options("postgresql+asyncpg://b/app", pool_mode="tx")  # type: ignore[arg-type]
+        pooler_safe_options("postgresql+asyncpg://b/app", pool_mode="tx")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="for PostgreSQL URLs; got the 'sqlite' backend"):
-        sr.pooler_safe_options("sqlite://")
+        pooler_safe_options("sqlite://")
     with pytest.raises(ValueError, match="no pooler-safe options known for the 'asyncpgx' driver"):
-        sr.pooler_safe_options("postgresql+asyncpgx://b/app")
+        pooler_safe_options("postgresql+asyncpgx://b/app")
 
 
 @pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
@@ -111,7 +118,7 @@ async def test_bank_through_pgbouncer_with_the_options(
     pg_server: PgServer, bank: str, pgbouncer: PgBouncer, driver: str
 ) -> None:
     url = pgbouncer.url(pg_server.app_url(bank, driver=driver))
-    engine = _engine(url, sr.pooler_safe_options(url))
+    engine = _engine(url, pooler_safe_options(url))
     peak: list[int] = []
 
     async def watch_server_sessions() -> None:
@@ -141,21 +148,21 @@ async def test_check_pooler(pg_server: PgServer, pg_database: str, pgbouncer: Pg
     direct = create_async_engine(pg_server.app_url(pg_database, driver="asyncpg"))
     bounced_url = pgbouncer.url(pg_server.app_url(pg_database, driver="asyncpg"))
     unsafe = create_async_engine(bounced_url)
-    safe = create_async_engine(bounced_url, **sr.pooler_safe_options(bounced_url))
+    safe = create_async_engine(bounced_url, **pooler_safe_options(bounced_url))
     try:
-        report = await sr.check_pooler(direct)
+        report = await check_pooler(direct)
         assert not report.transaction_pooling and report.safe
         assert report.backend_pids[0] == report.backend_pids[2]
         assert report.keeps_prepared_statements  # asyncpg's default; harmless here
 
-        with pytest.warns(sr.PoolerWarning, match="pooler_safe_options"):
-            report = await sr.check_pooler(unsafe)
+        with pytest.warns(PoolerWarning, match="pooler_safe_options"):
+            report = await check_pooler(unsafe)
         assert report.transaction_pooling and not report.safe
         assert report.to_dict()["safe"] is False
 
         with warnings.catch_warnings():
-            warnings.simplefilter("error", sr.PoolerWarning)
-            report = await sr.check_pooler(safe)
+            warnings.simplefilter("error", PoolerWarning)
+            report = await check_pooler(safe)
         assert report.transaction_pooling and report.safe
         assert not report.keeps_prepared_statements
     finally:
@@ -168,11 +175,11 @@ def test_check_pooler_sync_with_psycopg(
 ) -> None:
     url = pgbouncer.url(pg_server.app_url(pg_database, driver="psycopg"))
     unsafe = create_engine(url)
-    safe = create_engine(url, **sr.pooler_safe_options(url))
+    safe = create_engine(url, **pooler_safe_options(url))
     try:
-        with pytest.warns(sr.PoolerWarning):
-            assert not sr.check_pooler_sync(unsafe).safe
-        report = sr.check_pooler_sync(safe, warn=False)
+        with pytest.warns(PoolerWarning):
+            assert not check_pooler_sync(unsafe).safe
+        report = check_pooler_sync(safe, warn=False)
         assert report.transaction_pooling and report.safe
         with safe.connect() as conn:
             assert not keeps_prepared_statements("psycopg", conn.connection.driver_connection)
@@ -180,7 +187,7 @@ def test_check_pooler_sync_with_psycopg(
         unsafe.dispose()
         safe.dispose()
     with pytest.raises(ValueError, match="needs a PostgreSQL engine"):
-        sr.check_pooler_sync(create_engine("sqlite://"))
+        check_pooler_sync(create_engine("sqlite://"))
 
 
 @pytest.fixture
@@ -188,7 +195,7 @@ async def safe_engine(
     pg_server: PgServer, pg_database: str, pgbouncer: PgBouncer
 ) -> AsyncIterator[AsyncEngine]:
     url = pgbouncer.url(pg_server.app_url(pg_database, driver="asyncpg"))
-    engine = _engine(url, sr.pooler_safe_options(url))
+    engine = _engine(url, pooler_safe_options(url))
     try:
         yield engine
     finally:

@@ -18,6 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 import sqlalchemy_resilience as sr
+from sqlalchemy_resilience.deploy import ReplicaSet, routing_sessionmaker
+from sqlalchemy_resilience.retry import RetryBudget
 from tests.pgharness import PgServer
 
 # These tests start servers of their own.
@@ -66,17 +68,17 @@ POLICY = sr.RetryPolicy(
     initial_backoff=0.01,
     max_backoff=0.2,
     deadline=20,
-    budget=sr.RetryBudget(capacity=1000, refill_per_second=100),
+    budget=RetryBudget(capacity=1000, refill_per_second=100),
 )
 
 
 async def test_write_then_read_with_a_replica_killed_and_restored(cluster: Cluster) -> None:
     primary = cluster.engine(cluster.primary)
     replicas = [cluster.engine(r) for r in cluster.replicas]
-    replica_set = sr.ReplicaSet(
+    replica_set = ReplicaSet(
         primary, replicas, check_interval=0.2, failure_threshold=1, recovery_timeout=0.5
     )
-    Session = sr.routing_sessionmaker(replica_set, expire_on_commit=False)
+    Session = routing_sessionmaker(replica_set, expire_on_commit=False)
     errors: dict[str, int] = {}
     stale = 0
     units = 0
@@ -156,8 +158,8 @@ async def test_write_then_read_with_a_replica_killed_and_restored(cluster: Clust
 async def test_lag_bound_sends_reads_to_the_primary(cluster: Cluster) -> None:
     primary = cluster.engine(cluster.primary)
     replicas = [cluster.engine(r) for r in cluster.replicas]
-    replica_set = sr.ReplicaSet(primary, replicas, max_lag=0.5, check_interval=0.1)
-    Session = sr.routing_sessionmaker(replica_set)
+    replica_set = ReplicaSet(primary, replicas, max_lag=0.5, check_interval=0.1)
+    Session = routing_sessionmaker(replica_set)
     try:
         async with replica_set:
             assert all(s.eligible for s in replica_set.status())
@@ -237,8 +239,8 @@ async def test_a_refused_replica_leaves_the_rotation_and_spares_the_primary_brea
     primary = cluster.engine(cluster.primary)
     dead = create_async_engine(cluster.primary.app_url(DB, driver="asyncpg").set(port=1))
     sr.instrument(dead)
-    replica_set = sr.ReplicaSet(primary, [dead], failure_threshold=2, recovery_timeout=30)
-    Session = sr.routing_sessionmaker(replica_set)
+    replica_set = ReplicaSet(primary, [dead], failure_threshold=2, recovery_timeout=30)
+    Session = routing_sessionmaker(replica_set)
     errors: list[BaseException] = []
     try:
         for _ in range(3):
@@ -275,7 +277,7 @@ def test_a_silent_replica_cannot_hold_the_sync_probe(cluster: Cluster) -> None:
     primary = create_engine(cluster.primary.app_url(DB, driver="psycopg"))
     healthy = create_engine(good.app_url(DB, driver="psycopg"))
     silent = create_engine(silent_server.app_url(DB, driver="psycopg").set(port=proxy.port))
-    replica_set = sr.ReplicaSet(
+    replica_set = ReplicaSet(
         primary, [healthy, silent], probe_timeout=1.0, failure_threshold=2, recovery_timeout=30
     )
     took: list[float] = []

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-import sqlalchemy_resilience as sr
+from sqlalchemy_resilience.deploy import ReplicaSet, routing_sessionmaker, use_primary
 
 metadata = MetaData()
 whoami = Table("whoami", metadata, Column("name", String, primary_key=True))
@@ -41,10 +41,10 @@ def _database(path: Path, name: str) -> Engine:
 
 
 @pytest.fixture
-def replica_set(tmp_path: Path) -> Iterator[sr.ReplicaSet]:
+def replica_set(tmp_path: Path) -> Iterator[ReplicaSet]:
     primary = _database(tmp_path / "primary.sqlite", "primary")
     replicas = [_database(tmp_path / f"r{i}.sqlite", f"r{i}") for i in (1, 2)]
-    rs = sr.ReplicaSet(primary, replicas, check_interval=0.05)
+    rs = ReplicaSet(primary, replicas, check_interval=0.05)
     with rs:
         yield rs
     rs.detach()
@@ -56,8 +56,8 @@ def _who(session: Session) -> str:
     return str(session.scalar(select(whoami.c.name)))
 
 
-def test_reads_spread_one_replica_per_transaction(replica_set: sr.ReplicaSet) -> None:
-    Session = sr.routing_sessionmaker(replica_set)
+def test_reads_spread_one_replica_per_transaction(replica_set: ReplicaSet) -> None:
+    Session = routing_sessionmaker(replica_set)
     seen = []
     for _ in range(6):
         with Session() as session:
@@ -68,8 +68,8 @@ def test_reads_spread_one_replica_per_transaction(replica_set: sr.ReplicaSet) ->
     assert replica_set.routed["primary"] == 0
 
 
-def test_a_write_sends_the_rest_of_the_session_to_the_primary(replica_set: sr.ReplicaSet) -> None:
-    Session = sr.routing_sessionmaker(replica_set)
+def test_a_write_sends_the_rest_of_the_session_to_the_primary(replica_set: ReplicaSet) -> None:
+    Session = routing_sessionmaker(replica_set)
     with Session() as session:
         assert _who(session) in ("r1", "r2")
         session.execute(insert(items).values(id=1, note="x"))
@@ -96,18 +96,18 @@ def test_a_write_sends_the_rest_of_the_session_to_the_primary(replica_set: sr.Re
         (text("UPDATE items SET note = 'y'"), "primary"),
     ],
 )
-def test_what_counts_as_a_write(replica_set: sr.ReplicaSet, statement: object, where: str) -> None:
-    Session = sr.routing_sessionmaker(replica_set)
+def test_what_counts_as_a_write(replica_set: ReplicaSet, statement: object, where: str) -> None:
+    Session = routing_sessionmaker(replica_set)
     with Session() as session:
         bind = session.get_bind(clause=statement)
         name = "primary" if bind is replica_set.primary_sync else "replica"
         assert name == where
 
 
-def test_use_primary_and_a_down_replica(replica_set: sr.ReplicaSet, tmp_path: Path) -> None:
-    Session = sr.routing_sessionmaker(replica_set)
+def test_use_primary_and_a_down_replica(replica_set: ReplicaSet, tmp_path: Path) -> None:
+    Session = routing_sessionmaker(replica_set)
     with Session() as session:
-        sr.use_primary(session)
+        use_primary(session)
         assert _who(session) == "primary"
     assert [s.eligible for s in replica_set.status()] == [True, True]
     # Both replicas' breakers open: every read goes to the primary.
@@ -122,21 +122,21 @@ def test_use_primary_and_a_down_replica(replica_set: sr.ReplicaSet, tmp_path: Pa
 def test_options_are_checked(tmp_path: Path) -> None:
     engine = create_engine("sqlite://")
     with pytest.raises(TypeError, match="replicas must be a sequence of engines"):
-        sr.ReplicaSet(engine, engine)  # type: ignore[arg-type]
+        ReplicaSet(engine, engine)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="failure_threshold must be >= 1, got 0"):
-        sr.ReplicaSet(engine, [engine], failure_threshold=0)
+        ReplicaSet(engine, [engine], failure_threshold=0)
     with pytest.raises(ValueError, match="max_lag"):
-        sr.ReplicaSet(engine, [engine], max_lag=-1)
+        ReplicaSet(engine, [engine], max_lag=-1)
     with pytest.raises(TypeError, match="replica_set must be a ReplicaSet"):
-        sr.routing_sessionmaker(engine)  # type: ignore[arg-type]
+        routing_sessionmaker(engine)  # type: ignore[arg-type]
     from sqlalchemy.ext.asyncio import create_async_engine
 
     with pytest.raises(TypeError, match="must be AsyncEngines when the primary is one"):
-        sr.ReplicaSet(create_async_engine("sqlite+aiosqlite://"), [engine])
+        ReplicaSet(create_async_engine("sqlite+aiosqlite://"), [engine])
 
 
 @pytest.mark.postgresql  # needs the psycopg driver, not a server
 def test_the_repr_hides_the_password() -> None:
     assert "password" not in repr(
-        sr.ReplicaSet(create_engine("postgresql+psycopg://u:password@h/db"), [])
+        ReplicaSet(create_engine("postgresql+psycopg://u:password@h/db"), [])
     )

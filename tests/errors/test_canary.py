@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument
+from sqlalchemy_resilience.saga import SagaContext, get_saga
+from sqlalchemy_resilience.schema import create_saga_tables
 from tests.pgharness import PgServer
 
 
@@ -114,9 +116,9 @@ async def test_no_canary_leaks(
             # A saga whose database step fails on the canary: its exception, its
             # log records and the saga log's stored error.
             async with engine.begin() as conn:
-                await conn.run_sync(sr.create_saga_tables)
+                await conn.run_sync(create_saga_tables)
 
-            async def duplicate(ctx: sr.SagaContext) -> None:
+            async def duplicate(ctx: SagaContext) -> None:
                 await ctx.session.execute(
                     text("INSERT INTO canary VALUES (:k, 2)"), {"k": param_canary}
                 )
@@ -129,7 +131,7 @@ async def test_no_canary_leaks(
                 failures += 1
                 texts += _chain_texts(err)
                 own += [*_own_texts(err), err.error]
-                record = await sr.get_saga(Session, err.saga_id)
+                record = await get_saga(Session, err.saga_id)
                 assert record is not None and record.error
                 own += [record.error, str(record.to_dict())]
             # transaction() with a scoped timeout, failing with the canary in flight.

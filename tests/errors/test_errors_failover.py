@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import (
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy, instrument, run_transaction
 from sqlalchemy_resilience.errors.translate import reported_read_only
+from sqlalchemy_resilience.retry import is_infrastructure_failure
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
 
@@ -101,7 +102,7 @@ async def test_write_on_read_only_server_is_read_only_server_and_discards_the_po
     err = info.value
     assert err.retryable is True and err.sqlstate == "25006"
     assert err.connection_invalidated is True
-    assert sr.is_infrastructure_failure(err)
+    assert is_infrastructure_failure(err)
     assert "try again in a moment" in err.user_message("en")
     _set_read_only(ledger, False)
     after = await _warm_pids(engine, 3)
@@ -152,7 +153,7 @@ async def test_read_only_transaction_of_the_app_is_not_retried(
     assert len(attempts) == 1
     assert info.value.retryable is False
     assert isinstance(info.value, sr.InvalidStatement)
-    assert not sr.is_infrastructure_failure(info.value)
+    assert not is_infrastructure_failure(info.value)
     assert await _warm_pids(engine, 1) == before
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument
+from sqlalchemy_resilience.retry import is_infrastructure_failure
 
 CANARY = "CANARY-param-sqlite-11aa"
 
@@ -223,7 +224,7 @@ def test_full_database_is_insufficient_resources(
         conn.execute(text("INSERT INTO blob VALUES (zeroblob(100000))"))
     assert info.value.driver_code == "SQLITE_FULL"
     assert info.value.retryable is False
-    assert sr.is_infrastructure_failure(info.value)
+    assert is_infrastructure_failure(info.value)
 
 
 def test_not_a_database_is_storage_failure(tmp_path: Path, sync_engines: list[Engine]) -> None:

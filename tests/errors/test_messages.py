@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience.messages import (
+from sqlalchemy_resilience.errors.messages import (
     MESSAGE_KEYS,
     available_locales,
     register_messages,

@@ -62,7 +62,7 @@ def test_units_of_work_health_and_stats(client: FlaskClient) -> None:
 
 
 def test_the_engine_is_left_as_the_application_made_it(app: Flask) -> None:
-    from sqlalchemy_resilience import instrumentation_of
+    from sqlalchemy_resilience.instrumentation import instrumentation_of
 
     engine = app.extensions["db"].engine
     assert engine.pool.size() == 5

@@ -18,7 +18,9 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import instrument, instrumentation_of, translate_error
+from sqlalchemy_resilience import instrument
+from sqlalchemy_resilience.errors import translate_error
+from sqlalchemy_resilience.instrumentation import instrumentation_of
 from tests.pgharness import PgServer
 
 
@@ -345,6 +347,7 @@ _PATCHES_SCRIPT = r"""
 import sys
 from sqlalchemy import Engine, create_engine, text
 import sqlalchemy_resilience as sr
+from sqlalchemy_resilience.pool import pool_stats
 
 calls = {"before": 0, "after": 0}
 below = Engine.raw_connection
@@ -361,7 +364,7 @@ for engine in (a, plain):
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
 assert calls["before"] == 2, calls
-assert sr.pool_stats(a)["checkouts"] == 1
+assert pool_stats(a)["checkouts"] == 1
 
 above = Engine.raw_connection
 
@@ -376,7 +379,7 @@ for engine in (a, b, plain):
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
 assert calls == {"before": 5, "after": 3}, calls
-assert sr.pool_stats(a)["checkouts"] == 2 and sr.pool_stats(b)["checkouts"] == 1
+assert pool_stats(a)["checkouts"] == 2 and pool_stats(b)["checkouts"] == 1
 print("ok")
 """
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Session
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument
+from sqlalchemy_resilience.instrumentation import instrumentation_of
 
 
 class Base(DeclarativeBase):
@@ -150,7 +151,7 @@ def test_a_copied_engine_draws_from_its_own_pool(engines: tuple[Engine, Engine])
     finally:
         twin.dispose()  # its own pool: closed here, or its sqlite3 connection is never closed
     opts = instrumented.execution_options(isolation_level="SERIALIZABLE")
-    stats = sr.instrumentation_of(instrumented)
+    stats = instrumentation_of(instrumented)
     assert stats is not None
     checkouts = stats.pool_stats()["checkouts"]
     with opts.connect() as conn:  # shares the parent's pool, so the parent counts it

@@ -16,7 +16,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from sqlalchemy_resilience import PoolExhausted, instrument, pool_stats
+from sqlalchemy_resilience import PoolExhausted, instrument
+from sqlalchemy_resilience.pool import pool_stats
 from tests.pgharness import PgServer
 
 metadata = MetaData()

@@ -11,7 +11,8 @@ import sqlalchemy.exc as sa_exc
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, create_engine, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sqlalchemy_resilience import QueryStats, instrument, normalize_statement
+from sqlalchemy_resilience import instrument
+from sqlalchemy_resilience.observe import QueryStats, normalize_statement
 
 metadata = MetaData()
 items = Table("items", metadata, Column("id", Integer, primary_key=True), Column("v", Integer))

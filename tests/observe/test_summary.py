@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sqlalchemy_resilience import normalize_statement
+from sqlalchemy_resilience.observe import normalize_statement
 from sqlalchemy_resilience.observe.summary import MAX_SUMMARY, summarize_statement
 
 

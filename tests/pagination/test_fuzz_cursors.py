@@ -34,7 +34,8 @@ from sqlalchemy import (
     select,
 )
 
-from sqlalchemy_resilience import InvalidCursor, Page, paginate_sync
+from sqlalchemy_resilience import InvalidCursor, paginate_sync
+from sqlalchemy_resilience.pagination import Page
 from sqlalchemy_resilience.pagination.cursor import CursorCodec, resolve_secret
 from sqlalchemy_resilience.pagination.ordering import ordering_of
 

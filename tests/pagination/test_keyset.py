@@ -27,7 +27,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.selectable import Select
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import InvalidCursor, Page, paginate, paginate_sync
+from sqlalchemy_resilience import InvalidCursor, paginate, paginate_sync
+from sqlalchemy_resilience.pagination import Page
 
 KEY = "test-key-0123456789abcdef"
 OLD_KEY = "old-key-0123456789abcdef"

@@ -21,7 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from sqlalchemy_resilience import OffsetPage, paginate_offset, paginate_offset_sync, paginate_sync
+from sqlalchemy_resilience import paginate_sync
+from sqlalchemy_resilience.pagination import OffsetPage, paginate_offset, paginate_offset_sync
 from tests.pgharness import PgServer
 
 KEY = "sync-key-0123456789abcdef"

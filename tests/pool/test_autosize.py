@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from sqlalchemy_resilience import PoolAutosizer, instrument
+from sqlalchemy_resilience import instrument
+from sqlalchemy_resilience.pool import PoolAutosizer
 from tests.pgharness import PgServer
 
 

@@ -19,7 +19,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from sqlalchemy_resilience import PoolAutosizer, health_check, instrument, pool_stats
+from sqlalchemy_resilience import health_check, instrument
+from sqlalchemy_resilience.pool import PoolAutosizer, pool_stats
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
 

@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import sqlalchemy_resilience as sr
+from sqlalchemy_resilience.pool import PoolMaintainer, ping_idle_connections
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
 
@@ -40,7 +41,7 @@ def _through(url: URL, proxy: FaultProxy) -> URL:
 
 def test_only_idle_connections_are_pinged(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'live.sqlite'}")
-    liveness = sr.ping_idle_connections(engine, after=0.3, timeout=1)
+    liveness = ping_idle_connections(engine, after=0.3, timeout=1)
     try:
         for _ in range(20):
             with engine.connect() as conn:
@@ -54,7 +55,7 @@ def test_only_idle_connections_are_pinged(tmp_path: Path) -> None:
         assert (liveness.checkouts, liveness.pinged, liveness.dead) == (22, 1, 0)
         # A keepalive ping of the maintainer counts as use.
         time.sleep(0.4)
-        maintainer = sr.PoolMaintainer(engine, keepalive=0.1, interval=1)
+        maintainer = PoolMaintainer(engine, keepalive=0.1, interval=1)
         assert maintainer.run_once().pinged == 1
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -63,9 +64,9 @@ def test_only_idle_connections_are_pinged(tmp_path: Path) -> None:
         liveness.detach()
         engine.dispose()
     with pytest.raises(ValueError, match="after"):
-        sr.ping_idle_connections(engine, after=0)
+        ping_idle_connections(engine, after=0)
     with pytest.raises(ValueError, match="timeout"):
-        sr.ping_idle_connections(engine, timeout=-1)
+        ping_idle_connections(engine, timeout=-1)
 
 
 async def _warm(engine: AsyncEngine) -> None:
@@ -99,7 +100,7 @@ async def test_a_nat_timeout_surfaces_no_error(
     url = _through(pg_server.app_url(pg_database, driver=driver), proxy)
     engine = create_async_engine(url, pool_size=POOL, max_overflow=0)
     sr.instrument(engine)
-    liveness = sr.ping_idle_connections(engine, after=0.3, timeout=1.0)
+    liveness = ping_idle_connections(engine, after=0.3, timeout=1.0)
     try:
         await _warm(engine)
         await asyncio.sleep(0.4)
@@ -127,7 +128,7 @@ def test_a_nat_timeout_surfaces_no_error_sync_psycopg(
 ) -> None:
     url = _through(pg_server.app_url(pg_database, driver="psycopg"), proxy)
     engine: Engine = create_engine(url, pool_size=2, max_overflow=0)
-    liveness = sr.ping_idle_connections(engine, after=0.3, timeout=1.0)
+    liveness = ping_idle_connections(engine, after=0.3, timeout=1.0)
     try:
         with engine.connect() as a, engine.connect() as b:
             a.execute(text("SELECT 1"))

@@ -25,13 +25,10 @@ from sqlalchemy_resilience import (
     CircuitBreaker,
     DatabaseUnavailable,
     PoolExhausted,
-    PoolMaintainer,
     health_check,
     instrument,
-    pool_stats,
-    resize_pool,
-    warm_up,
 )
+from sqlalchemy_resilience.pool import PoolMaintainer, pool_stats, resize_pool, warm_up
 from tests.pgharness import PgServer
 
 health_module = importlib.import_module("sqlalchemy_resilience.pool.health")

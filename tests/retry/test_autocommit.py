@@ -29,12 +29,12 @@ import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import (
     RetryPolicy,
     instrument,
-    resilient_sessionmaker,
     run_transaction,
     run_transaction_sync,
     transaction,
     transaction_sync,
 )
+from sqlalchemy_resilience.retry import resilient_sessionmaker
 from sqlalchemy_resilience.schema import metadata as package_metadata
 from tests.pgharness import PgServer
 

@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy.exc as sa_exc
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import BreakerState, BreakerTransition, CircuitBreaker
+from sqlalchemy_resilience import CircuitBreaker
+from sqlalchemy_resilience.retry import BreakerState, BreakerTransition, is_infrastructure_failure
 
 
 class FakeClock:
@@ -78,12 +79,12 @@ def test_success_resets_and_neutral_errors_do_not_count() -> None:
 
 def test_raw_socket_and_pool_errors_count() -> None:
     """Untranslated connection errors and pool timeouts count as infrastructure failures."""
-    assert sr.is_infrastructure_failure(ConnectionRefusedError())
-    assert sr.is_infrastructure_failure(TimeoutError())
-    assert sr.is_infrastructure_failure(sa_exc.TimeoutError("QueuePool limit"))
-    assert sr.is_infrastructure_failure(sr.TooManyConnections("53300"))
-    assert not sr.is_infrastructure_failure(sr.CheckViolation("23514"))
-    assert not sr.is_infrastructure_failure(asyncio.CancelledError())
+    assert is_infrastructure_failure(ConnectionRefusedError())
+    assert is_infrastructure_failure(TimeoutError())
+    assert is_infrastructure_failure(sa_exc.TimeoutError("QueuePool limit"))
+    assert is_infrastructure_failure(sr.TooManyConnections("53300"))
+    assert not is_infrastructure_failure(sr.CheckViolation("23514"))
+    assert not is_infrastructure_failure(asyncio.CancelledError())
 
 
 def test_failure_rate_over_count_window() -> None:

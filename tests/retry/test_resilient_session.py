@@ -9,7 +9,8 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import CircuitBreaker, RetryPolicy, instrument, resilient_sessionmaker
+from sqlalchemy_resilience import CircuitBreaker, RetryPolicy, instrument
+from sqlalchemy_resilience.retry import resilient_sessionmaker
 from sqlalchemy_resilience.testing import inject_fault
 from tests.pgharness import PgServer
 

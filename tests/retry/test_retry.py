@@ -12,7 +12,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import RetryBudget, RetryPolicy, run_transaction_sync
+from sqlalchemy_resilience import RetryPolicy, run_transaction_sync
+from sqlalchemy_resilience.retry import RetryBudget
 
 
 class FakeClock:

@@ -26,12 +26,12 @@ from sqlalchemy.orm import Session, sessionmaker
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import (
     CircuitBreaker,
-    RetryBudget,
     RetryPolicy,
     instrument,
     run_transaction,
     run_transaction_sync,
 )
+from sqlalchemy_resilience.retry import BreakerState, RetryBudget
 from tests.pgharness import PgServer
 
 FAST = RetryPolicy(attempts=5, initial_backoff=0.001, max_backoff=0.01, deadline=20)
@@ -213,7 +213,7 @@ async def test_killed_connection_is_retried_and_counted_by_breaker(
     await run_transaction(Session, work, retry=FAST, breaker=breaker)
     assert attempts == 2
     assert await _value(engine, 1) == 1
-    assert breaker.state is sr.BreakerState.CLOSED
+    assert breaker.state is BreakerState.CLOSED
     assert transitions == []
 
 

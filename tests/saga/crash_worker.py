@@ -29,12 +29,11 @@ from sqlalchemy_resilience import (
     RetryPolicy,
     Saga,
     SagaCompensated,
-    SagaContext,
     SagaInProgress,
     SagaLeaseLost,
     instrument,
-    recover_sagas,
 )
+from sqlalchemy_resilience.saga import SagaContext, recover_sagas
 
 LEASE = 1.0
 

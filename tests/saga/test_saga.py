@@ -10,9 +10,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import RetryPolicy, Saga, SagaContext, get_saga
+from sqlalchemy_resilience import RetryPolicy, Saga
+from sqlalchemy_resilience.saga import SagaContext, get_saga, recover_sagas
 from sqlalchemy_resilience.saga.api import _recover
 from sqlalchemy_resilience.saga.store import TxRunner
+from sqlalchemy_resilience.schema import create_saga_tables
 
 QUICK = RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.005, retry_on=lambda e: True)
 
@@ -29,7 +31,7 @@ async def engine(any_engine: AsyncEngine) -> AsyncEngine:
         await conn.execute(text("DROP TABLE IF EXISTS orders"))
         await conn.execute(text("DROP TABLE IF EXISTS sqlalchemy_resilience_saga_step"))
         await conn.execute(text("DROP TABLE IF EXISTS sqlalchemy_resilience_saga"))
-        await conn.run_sync(sr.create_saga_tables)
+        await conn.run_sync(create_saga_tables)
         await conn.execute(
             text(
                 "CREATE TABLE orders (saga_id varchar(200), step varchar(50), PRIMARY KEY (saga_id, step))"
@@ -250,9 +252,9 @@ async def test_crash_mid_saga_is_recovered_exactly_once(engine: AsyncEngine) -> 
     with pytest.raises(sr.SagaInProgress) as busy:
         await saga.run(saga_id="ord-6", sessionmaker=Session)
     assert 0 < busy.value.retry_after <= 2.0
-    assert (await sr.recover_sagas(Session, [saga])).recovered == []
+    assert (await recover_sagas(Session, [saga])).recovered == []
     await asyncio.sleep(2.1)
-    report = await sr.recover_sagas(Session, [saga])
+    report = await recover_sagas(Session, [saga])
     assert report.completed == ["ord-6"]
     assert world.calls == ["ord-6:charge", "ord-6:charge"]  # called twice, same key
     assert world.effects == {"ord-6:charge"}
@@ -280,7 +282,7 @@ async def test_database_step_commits_with_its_log_entry(engine: AsyncEngine) -> 
         await saga.run(saga_id="ord-7", sessionmaker=Session)
     assert await _rows(engine, "ord-7") == []
     await asyncio.sleep(0.2)
-    assert (await sr.recover_sagas(Session, [saga])).completed == ["ord-7"]
+    assert (await recover_sagas(Session, [saga])).completed == ["ord-7"]
     assert await _rows(engine, "ord-7") == ["reserve"]
 
 
@@ -352,7 +354,7 @@ async def test_lease_lost_stops_the_old_driver(engine: AsyncEngine) -> None:
     await asyncio.sleep(0.3)  # the lease runs out while the call is in flight
     # recover_sagas in the same process: the takeover is per driving, not per
     # process, so the slow driver is stopped all the same.
-    report = await sr.recover_sagas(Session, [saga])
+    report = await recover_sagas(Session, [saga])
     assert report.completed == ["ord-8"]
     release.set()  # the first driver's call returns; its next log write finds it lost the saga
     with pytest.raises(sr.SagaLeaseLost):

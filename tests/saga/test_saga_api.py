@@ -13,7 +13,15 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import RetryPolicy, Saga, SagaContext
+from sqlalchemy_resilience import RetryPolicy, Saga
+from sqlalchemy_resilience.saga import (
+    SagaContext,
+    get_saga,
+    get_saga_sync,
+    recover_sagas,
+    recover_sagas_sync,
+)
+from sqlalchemy_resilience.schema import create_saga_tables
 
 
 def test_definitions_are_validated() -> None:
@@ -43,7 +51,7 @@ async def test_run_arguments_are_validated(tmp_path: Path) -> None:
     """Bad saga ids, non-JSON data, a database step without a database, the wrong sessionmaker kind."""
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'v.sqlite'}")
     async with engine.begin() as conn:
-        await conn.run_sync(sr.create_saga_tables)
+        await conn.run_sync(create_saga_tables)
     statements: list[str] = []
     event.listen(
         engine.sync_engine, "before_cursor_execute", lambda c, cur, s, *r: statements.append(s)
@@ -66,13 +74,13 @@ async def test_run_arguments_are_validated(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="in async code await"):
             Saga("z").step("a", print, external=True).run_sync()
         with pytest.raises(TypeError, match="recover_sagas needs an async_sessionmaker"):
-            await sr.recover_sagas(sessionmaker(), [saga])  # type: ignore[arg-type]
+            await recover_sagas(sessionmaker(), [saga])  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="needs the Saga definitions"):
-            await sr.recover_sagas(Session, [])
+            await recover_sagas(Session, [])
         with pytest.raises(ValueError, match="two sagas are named"):
-            await sr.recover_sagas(Session, [saga, Saga("x").step("a", print)])
+            await recover_sagas(Session, [saga, Saga("x").step("a", print)])
         with pytest.raises(ValueError, match="limit must be"):
-            await sr.recover_sagas(Session, [saga], limit=0)
+            await recover_sagas(Session, [saga], limit=0)
         assert statements == []
         with pytest.raises(
             sr.SagaCompensated, match="result of step 'db' must be JSON-serializable"
@@ -82,7 +90,7 @@ async def test_run_arguments_are_validated(tmp_path: Path) -> None:
                 .step("db", lambda ctx: {1, 2})
                 .run(saga_id="bad-result", sessionmaker=Session)
             )
-        record = await sr.get_saga(Session, "bad-result")
+        record = await get_saga(Session, "bad-result")
         assert (
             record is not None and record.status == "compensated"
         )  # the step rolled back: nothing to undo
@@ -155,7 +163,7 @@ async def test_non_durable_saga_with_database_steps(tmp_path: Path) -> None:
 def test_sync_twin(tmp_path: Path) -> None:
     """run_sync with a sessionmaker and plain functions: durable, compensating, recoverable."""
     engine = create_engine(f"sqlite:///{tmp_path / 's.sqlite'}")
-    sr.create_saga_tables(engine)
+    create_saga_tables(engine)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (k varchar(200) PRIMARY KEY)"))
     Session = sessionmaker(engine)
@@ -181,9 +189,9 @@ def test_sync_twin(tmp_path: Path) -> None:
             saga.run_sync({"fail": True}, saga_id="s-2", sessionmaker=Session)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT k FROM t")).scalars().all() == ["s-1:a"]
-        record = sr.get_saga_sync(Session, "s-2")
+        record = get_saga_sync(Session, "s-2")
         assert record is not None and record.status == "compensated"
-        assert sr.recover_sagas_sync(Session, [saga]).recovered == []
+        assert recover_sagas_sync(Session, [saga]).recovered == []
 
         async def not_sync(ctx: SagaContext) -> None:
             pass
@@ -201,7 +209,7 @@ async def test_logs_and_counters(
     caplog.set_level(logging.DEBUG, logger="sqlalchemy_resilience.saga")
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'l.sqlite'}")
     async with engine.begin() as conn:
-        await conn.run_sync(sr.create_saga_tables)
+        await conn.run_sync(create_saga_tables)
     Session = async_sessionmaker(engine)
     quick = RetryPolicy(attempts=1)
     ok = Saga("counted").step("a", lambda ctx: 1, external=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-import sqlalchemy_resilience as sr
+from sqlalchemy_resilience.schema import create_saga_tables
 from tests.pgharness import PgServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
@@ -47,7 +47,7 @@ def _prepare(sync_url: str, external: Path) -> None:
             conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
         conn.execute(text("DROP TABLE IF EXISTS sqlalchemy_resilience_saga_step"))
         conn.execute(text("DROP TABLE IF EXISTS sqlalchemy_resilience_saga"))
-        sr.create_saga_tables(conn)
+        create_saga_tables(conn)
         # No unique constraints: a step applied twice must show up as two rows, not as an error.
         conn.execute(text("CREATE TABLE shop_orders (saga_id varchar(200) NOT NULL)"))
         conn.execute(text("CREATE TABLE shop_shipments (saga_id varchar(200) NOT NULL)"))

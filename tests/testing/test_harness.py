@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument
-from sqlalchemy_resilience.embedded import EmbeddedPostgres, find_pg_bin
+from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres, find_pg_bin
 from tests.pgharness import PgServer
 
 

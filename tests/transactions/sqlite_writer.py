@@ -21,7 +21,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.orm import Session
 
-from sqlalchemy_resilience import SQLiteSettings, instrument
+from sqlalchemy_resilience import instrument
+from sqlalchemy_resilience.transactions import SQLiteSettings
 
 
 def main(mode: str, db: str, worker: int, ops: int) -> None:

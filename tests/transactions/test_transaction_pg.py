@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument, run_transaction, transaction
+from sqlalchemy_resilience.transactions import SQLiteSettings, configure_sqlite
 from tests.pgharness import PgServer
 
 
@@ -296,10 +297,10 @@ async def test_pooled_connection_is_clean_after_failures(engine: AsyncEngine) ->
 async def test_sqlite_settings_refuse_a_postgresql_engine(engine: AsyncEngine) -> None:
     """configure_sqlite and instrument(sqlite=) on a PostgreSQL engine: a ValueError naming the dialect."""
     with pytest.raises(ValueError, match="needs a SQLite engine, not 'postgresql'"):
-        sr.configure_sqlite(engine)
+        configure_sqlite(engine)
     plain = create_async_engine(engine.url)
     try:
         with pytest.raises(ValueError, match="sqlite= needs a SQLite engine"):
-            instrument(plain, sqlite=sr.SQLiteSettings())
+            instrument(plain, sqlite=SQLiteSettings())
     finally:
         await plain.dispose()

@@ -14,14 +14,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import (
-    SQLiteSettings,
-    configure_sqlite,
     instrument,
     run_transaction,
     run_transaction_sync,
     transaction,
     transaction_sync,
 )
+from sqlalchemy_resilience.transactions import SQLiteSettings, configure_sqlite
 
 
 def _record(engine: Engine) -> list[str]:
@@ -147,9 +146,10 @@ def test_configure_sqlite_sets_up_every_connection(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'c.sqlite'}")
     with engine.connect() as conn:  # a connection pooled before configuration gets the pragmas too
         conn.execute(text("SELECT 1"))
-    undo = configure_sqlite(
+    configured = configure_sqlite(
         engine, SQLiteSettings(busy_timeout=2.5, synchronous="normal", foreign_keys=True)
     )
+    assert configured.attached and configured.engine is engine
     statements = _record(engine)
     try:
         with engine.connect() as conn:
@@ -174,7 +174,9 @@ def test_configure_sqlite_sets_up_every_connection(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="already configured"):
             configure_sqlite(engine)
     finally:
-        undo()
+        configured.detach()
+    assert not configured.attached
+    configured.detach()  # idempotent
     statements.clear()
     with Session(engine) as session, session.begin():
         session.execute(text("INSERT INTO t VALUES (2)"))

@@ -9,15 +9,58 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience.classify import ErrorFacts, extract_facts
-from sqlalchemy_resilience.embedded import EmbeddedPostgres
-from sqlalchemy_resilience.messages import register_messages, user_message
+from sqlalchemy_resilience.database import PoolSettings
+from sqlalchemy_resilience.deploy import (
+    Credential,
+    PasswordProvider,
+    PoolerReport,
+    ReplicaSet,
+    ReplicaStatus,
+    check_pooler,
+    check_pooler_sync,
+    pooler_safe_options,
+    routing_sessionmaker,
+    use_password_provider,
+)
+from sqlalchemy_resilience.errors import translate_error
+from sqlalchemy_resilience.errors.classify import ErrorFacts, extract_facts
+from sqlalchemy_resilience.errors.messages import register_messages, user_message
+from sqlalchemy_resilience.instrumentation import Instrumentation, instrumentation_of
+from sqlalchemy_resilience.observe import QueryStats, StatementStats, normalize_statement
+from sqlalchemy_resilience.pool import (
+    AutosizeDecision,
+    HealthReport,
+    IdlePing,
+    MaintenanceReport,
+    PoolAutosizer,
+    PoolMaintainer,
+    ResizeResult,
+    ping_idle_connections,
+    pool_stats,
+    resize_pool,
+    warm_up,
+)
+from sqlalchemy_resilience.retry import (
+    BreakerState,
+    ResilientAsyncSession,
+    RetryBudget,
+    resilient_sessionmaker,
+)
+from sqlalchemy_resilience.saga import (
+    RecoveryReport,
+    SagaContext,
+    SagaRecord,
+    get_saga,
+    recover_sagas,
+)
+from sqlalchemy_resilience.testing.embedded import EmbeddedPostgres
+from sqlalchemy_resilience.transactions import SQLiteConfiguration, SQLiteSettings, configure_sqlite
 
 
 def sync_usage() -> None:
     engine = create_engine("sqlite://")
-    instr: sr.Instrumentation = sr.instrument(engine, log_parameters=False)
-    assert sr.instrumentation_of(engine) is instr
+    instr: Instrumentation = sr.instrument(engine, log_parameters=False)
+    assert instrumentation_of(engine) is instr
     instr.detach()
     instr = sr.instrument(
         engine,
@@ -32,17 +75,17 @@ def sync_usage() -> None:
     )
     instr.slow_query_threshold = 0.5
     threshold: float | None = instr.slow_query_threshold
-    stats: sr.QueryStats | None = instr.stats
+    stats: QueryStats | None = instr.stats
     if stats is not None:
-        top: list[sr.StatementStats] = stats.top(5, by="p95")
+        top: list[StatementStats] = stats.top(5, by="p95")
         p99: float = top[0].p99
         errors: dict[str, int] = top[0].errors
         snapshot: dict[str, object] = stats.snapshot()
         stats.reset()
-    pool: Mapping[str, object] = sr.pool_stats(engine, pop=True)
+    pool: Mapping[str, object] = pool_stats(engine, pop=True)
     in_use: object = instr.pool_stats()["connections_in_use"]
-    normalized: str = sr.normalize_statement("SELECT 1")
-    translated: BaseException = sr.translate_error(ValueError("x"))
+    normalized: str = normalize_statement("SELECT 1")
+    translated: BaseException = translate_error(ValueError("x"))
     if isinstance(translated, sr.DatabaseFailure):
         state: str | None = translated.sqlstate
         retry: bool = translated.retryable
@@ -100,7 +143,7 @@ async def retry_usage() -> None:
     async def work(session: AsyncSession) -> int:
         return 1
 
-    policy = sr.RetryPolicy(attempts=3, initial_backoff=0.01, budget=sr.RetryBudget(capacity=5))
+    policy = sr.RetryPolicy(attempts=3, initial_backoff=0.01, budget=RetryBudget(capacity=5))
     breaker = sr.CircuitBreaker(failure_threshold=3, recovery_timeout=5.0)
     value: int = await sr.run_transaction(
         factory, work, retry=policy, breaker=breaker, isolation_level="SERIALIZABLE"
@@ -117,7 +160,7 @@ async def retry_usage() -> None:
     except sr.AlreadyApplied as exc:
         key: str = exc.idempotency_key
         del key
-    state: sr.BreakerState = breaker.state
+    state: BreakerState = breaker.state
     async with breaker.guard():
         pass
     retrying = policy.as_tenacity()
@@ -151,9 +194,9 @@ def testing_usage() -> None:
 
 async def resilient_session_usage() -> None:
     engine = create_async_engine("sqlite+aiosqlite://")
-    factory = sr.resilient_sessionmaker(engine, breaker=sr.CircuitBreaker(), expire_on_commit=False)
+    factory = resilient_sessionmaker(engine, breaker=sr.CircuitBreaker(), expire_on_commit=False)
     async with factory() as session:
-        typed: sr.ResilientAsyncSession = session
+        typed: ResilientAsyncSession = session
         await session.commit()
         del typed
 
@@ -163,30 +206,28 @@ async def pool_usage() -> None:
     instr = sr.instrument(engine, leak_threshold=30.0, max_waiting=10)
     leaks: int = instr.suspected_leaks
     instr.max_waiting = None
-    await sr.warm_up(engine, 3, timeout=5)
-    report: sr.HealthReport = await sr.health_check(
-        engine, timeout=1.0, breaker=sr.CircuitBreaker()
-    )
+    await warm_up(engine, 3, timeout=5)
+    report: HealthReport = await sr.health_check(engine, timeout=1.0, breaker=sr.CircuitBreaker())
     status: str = report.status
     payload: dict[str, object] = report.to_dict()
-    resized: sr.ResizeResult = await sr.resize_pool(engine, size=10, max_overflow=2)
-    maintainer = sr.PoolMaintainer(engine, keepalive=30, recycle=1800, jitter=0.2, min_size=2)
+    resized: ResizeResult = await resize_pool(engine, size=10, max_overflow=2)
+    maintainer = PoolMaintainer(engine, keepalive=30, recycle=1800, jitter=0.2, min_size=2)
     maintainer.start()
-    pass_report: sr.MaintenanceReport = await maintainer.arun_once()
+    pass_report: MaintenanceReport = await maintainer.arun_once()
     await maintainer.aclose()
-    sizer = sr.PoolAutosizer(engine, min_size=2, max_size=20, reserve=5)
+    sizer = PoolAutosizer(engine, min_size=2, max_size=20, reserve=5)
     await sizer.astart()
-    decisions: list[sr.AutosizeDecision] = sizer.decisions
+    decisions: list[AutosizeDecision] = sizer.decisions
     await sizer.aclose()
 
 
 def sync_pool_usage() -> None:
     engine = create_engine("sqlite:///x.db", pool_size=5)
     sr.instrument(engine)
-    sr.warm_up(engine, 2)
-    report: sr.HealthReport = sr.health_check(engine, timeout=1.0)
-    resized: sr.ResizeResult = sr.resize_pool(engine, size=3)
-    sizer = sr.PoolAutosizer(engine, min_size=1, max_size=5)
+    warm_up(engine, 2)
+    report: HealthReport = sr.health_check(engine, timeout=1.0)
+    resized: ResizeResult = resize_pool(engine, size=3)
+    sizer = PoolAutosizer(engine, min_size=1, max_size=5)
     sizer.start()
     sizer.close()
 
@@ -209,9 +250,9 @@ async def transaction_usage() -> None:
     async with sr.transaction(engine, isolation_level="SERIALIZABLE", read_only=True) as conn:
         typed_conn: AsyncConnection = conn
         assert typed_conn is not None
-    settings = sr.SQLiteSettings(journal_mode="wal", busy_timeout=5.0, begin="immediate")
-    undo = sr.configure_sqlite(engine, settings)
-    undo()
+    settings = SQLiteSettings(journal_mode="wal", busy_timeout=5.0, begin="immediate")
+    configured: SQLiteConfiguration = configure_sqlite(engine, settings)
+    configured.detach()
     sr.instrument(engine, sqlite=settings)
     try:
         async with sr.transaction(engine, statement_timeout=1):
@@ -242,12 +283,12 @@ async def saga_usage() -> None:
     engine = create_async_engine("sqlite+aiosqlite://")
     factory = async_sessionmaker(engine)
 
-    async def reserve(ctx: sr.SagaContext) -> dict[str, int]:
+    async def reserve(ctx: SagaContext) -> dict[str, int]:
         key: str = ctx.idempotency_key
         assert key and ctx.session is not None
         return {"n": 1}
 
-    def refund(ctx: sr.SagaContext) -> None:
+    def refund(ctx: SagaContext) -> None:
         previous: object = ctx.result
 
     saga: sr.Saga = (
@@ -264,9 +305,9 @@ async def saga_usage() -> None:
         failures: dict[str, str] = group.compensation_failures
     except sr.SagaInProgress as busy:
         wait: float = busy.retry_after
-    report: sr.RecoveryReport = await sr.recover_sagas(factory, [saga], limit=10)
+    report: RecoveryReport = await recover_sagas(factory, [saga], limit=10)
     ids: list[str] = report.recovered
-    record: sr.SagaRecord | None = await sr.get_saga(factory, "o-1")
+    record: SagaRecord | None = await get_saga(factory, "o-1")
     if record is not None:
         status: str = record.status
         as_json: dict[str, object] = record.to_dict()
@@ -279,7 +320,7 @@ async def database_usage() -> None:
 
     from sqlalchemy_resilience.database import ENV_VARIABLES, settings_from_env
 
-    pool = sr.PoolSettings(
+    pool = PoolSettings(
         size=20, max_overflow=5, timeout=timedelta(seconds=5), min_size=2, ping_after=30
     )
     db = sr.Database(
@@ -291,7 +332,7 @@ async def database_usage() -> None:
         locale="ja",
         replicas=["postgresql+asyncpg://app@replica/app"],
         max_replica_lag=2.0,
-        password_provider=lambda: sr.Credential("token", expires_at=1e10),
+        password_provider=lambda: Credential("token", expires_at=1e10),
         pooler="transaction",
         cursor_secret="k" * 32,
         name="main",
@@ -311,7 +352,7 @@ async def database_usage() -> None:
             s: AsyncSession = session
         async with db.session() as session2:
             pass
-        report: sr.HealthReport = await db.health(timeout=1)
+        report: HealthReport = await db.health(timeout=1)
         stats: dict[str, object] = db.stats(top=5)
         figures: dict[str, object] = db.pool_stats()
         message: str = db.user_message(ValueError("x"), "en")
@@ -325,7 +366,7 @@ async def database_usage() -> None:
             return "ok"
 
         done: str = sync_db.run_transaction(sync_work)
-        sync_report: sr.HealthReport = sync_db.health()
+        sync_report: HealthReport = sync_db.health()
 
 
 async def deploy_usage() -> None:
@@ -336,23 +377,23 @@ async def deploy_usage() -> None:
 
     engine: AsyncEngine = create_async_engine(
         "postgresql+asyncpg://app@bouncer/app",
-        **sr.pooler_safe_options("postgresql+asyncpg://app@bouncer/app"),
+        **pooler_safe_options("postgresql+asyncpg://app@bouncer/app"),
     )
-    report: sr.PoolerReport = await sr.check_pooler(engine, warn=False)
+    report: PoolerReport = await check_pooler(engine, warn=False)
     problem: str | None = report.problem
     ok: bool = report.safe
-    sync_report: sr.PoolerReport = sr.check_pooler_sync(create_engine("postgresql+psycopg://h/d"))
-    provider: sr.PasswordProvider = sr.use_password_provider(
+    sync_report: PoolerReport = check_pooler_sync(create_engine("postgresql+psycopg://h/d"))
+    provider: PasswordProvider = use_password_provider(
         engine, lambda: "secret", refresh_margin=30, ttl=None, auth_retries=1
     )
     provider.detach()
-    ping: sr.IdlePing = sr.ping_idle_connections(
+    ping: IdlePing = ping_idle_connections(
         engine, after=timedelta(seconds=30), timeout=2, require_writer=True
     )
     dead: int = ping.dead
-    replica_set = sr.ReplicaSet(engine, [engine], max_lag=1.0, check_interval=0.5)
-    statuses: list[sr.ReplicaStatus] = replica_set.status()
-    factory = sr.routing_sessionmaker(replica_set, expire_on_commit=False)
+    replica_set = ReplicaSet(engine, [engine], max_lag=1.0, check_interval=0.5)
+    statuses: list[ReplicaStatus] = replica_set.status()
+    factory = routing_sessionmaker(replica_set, expire_on_commit=False)
     sync: Engine = create_engine("sqlite://")
     with assert_max_queries(sync, 3, max_repeats=1) as counter:
         n: int = len(counter)
