@@ -66,6 +66,7 @@ from .instrumentation import instrument as instrument
 from .pagination import paginate as paginate
 from .pagination import paginate_sync as paginate_sync
 from .pool import health_check as health_check
+from .pool import health_check_sync as health_check_sync
 from .retry import CircuitBreaker as CircuitBreaker
 from .retry import RetryPolicy as RetryPolicy
 from .retry import run_transaction as run_transaction
@@ -135,6 +136,7 @@ __all__ = [
     "bulk_insert",
     "bulk_insert_sync",
     "health_check",
+    "health_check_sync",
     "instrument",
     "on_commit",
     "paginate",

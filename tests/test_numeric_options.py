@@ -30,9 +30,10 @@ from sqlalchemy_resilience.pagination import paginate_offset_sync
 from sqlalchemy_resilience.pool import (
     PoolAutosizer,
     PoolMaintainer,
+    health_check_sync,
     ping_idle_connections,
-    resize_pool,
-    warm_up,
+    resize_pool_sync,
+    warm_up_sync,
 )
 from sqlalchemy_resilience.retry import RetryBudget
 from sqlalchemy_resilience.saga import recover_sagas_sync
@@ -163,14 +164,14 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
             ["max_lag", "check_interval", "probe_timeout", "failure_threshold", "recovery_timeout"],
         ),
         "health_check": (
-            lambda **kw: _run(sr.health_check(sync, **kw)),
+            lambda **kw: health_check_sync(sync, **kw),
             ["timeout", "slow_latency", "saturation", "slow_checkout", "slow_connect"],
         ),
         "warm_up": (
-            lambda **kw: _run(warm_up(sync, **{"min_size": 1, **kw})),
+            lambda **kw: warm_up_sync(sync, **{"min_size": 1, **kw}),
             ["min_size", "timeout"],
         ),
-        "resize_pool": (lambda **kw: _run(resize_pool(sync, **kw)), ["size", "max_overflow"]),
+        "resize_pool": (lambda **kw: resize_pool_sync(sync, **kw), ["size", "max_overflow"]),
         "transaction": (
             lambda **kw: sr.transaction_sync(sessionmaker(sync), **kw),
             ["statement_timeout", "lock_timeout", "idle_in_transaction_timeout"],

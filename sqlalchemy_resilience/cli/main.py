@@ -136,7 +136,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from sqlalchemy_resilience.instrumentation import instrument
-    from sqlalchemy_resilience.pool import HealthReport, health_check
+    from sqlalchemy_resilience.pool import HealthReport, health_check, health_check_sync
 
     url = _parse_url(args.url, "URL")
     if args.timeout <= 0:
@@ -159,7 +159,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
         engine = create_engine(url)
         instrument(engine)
         try:
-            report = health_check(engine, timeout=args.timeout)
+            report = health_check_sync(engine, timeout=args.timeout)
         finally:
             engine.dispose()
     if args.json:

@@ -11,7 +11,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
+    "async_engine_for",
     "database_and_host",
+    "engine_for",
     "pool_status",
     "register_secrets",
     "safe_url",
@@ -45,6 +47,38 @@ def sync_engine(engine: Engine | AsyncEngine) -> Engine:
     raise TypeError(
         f"engine must be a sqlalchemy Engine or AsyncEngine, got {type(engine).__name__}"
     )
+
+
+def async_engine_for(name: str, engine: object) -> AsyncEngine:
+    """``engine`` if it is an ``AsyncEngine``; otherwise a TypeError naming the blocking twin.
+
+    The package's async functions take an ``AsyncEngine`` and their ``_sync``
+    twins an ``Engine``; the error says which one the caller wanted.
+
+    Example::
+
+        engine = async_engine_for("health_check", engine)
+    """
+    if isinstance(engine, AsyncEngine):
+        return engine
+    if isinstance(engine, Engine):
+        raise TypeError(f"{name} takes an AsyncEngine; for an Engine call {name}_sync()")
+    raise TypeError(f"{name} takes a sqlalchemy AsyncEngine, got {type(engine).__name__}")
+
+
+def engine_for(name: str, engine: object) -> Engine:
+    """``engine`` if it is an ``Engine``; otherwise a TypeError naming the async twin.
+
+    Example::
+
+        engine = engine_for("health_check_sync", engine)
+    """
+    if isinstance(engine, Engine):
+        return engine
+    if isinstance(engine, AsyncEngine):
+        twin = name.removesuffix("_sync")
+        raise TypeError(f"{name} takes an Engine; for an AsyncEngine await {twin}()")
+    raise TypeError(f"{name} takes a sqlalchemy Engine, got {type(engine).__name__}")
 
 
 def safe_url(engine: Engine) -> str:

@@ -16,7 +16,7 @@ from sqlalchemy_resilience.deploy import check_pooler_sync, routing_sessionmaker
 from sqlalchemy_resilience.deploy.credentials import Provider
 from sqlalchemy_resilience.pagination import Page, paginate_sync
 from sqlalchemy_resilience.pagination.cursor import Secret
-from sqlalchemy_resilience.pool import HealthReport, health_check, pool_stats, warm_up
+from sqlalchemy_resilience.pool import HealthReport, health_check_sync, pool_stats, warm_up_sync
 from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy, run_transaction_sync
 from sqlalchemy_resilience.saga import Saga
 from sqlalchemy_resilience.transactions import SyncTransactionContext, transaction_sync
@@ -111,7 +111,7 @@ class SyncDatabase(FacadeBase):
         permit = core.breaker.acquire() if core.breaker is not None else None
         try:
             if core.maintainer is not None or core.autosizer is not None:
-                warm_up(self.engine, max(1, core.settings.min_size), timeout=timeout)
+                warm_up_sync(self.engine, max(1, core.settings.min_size), timeout=timeout)
             else:
                 with self.engine.connect() as conn:
                     conn.exec_driver_sql("SELECT 1")
@@ -220,7 +220,7 @@ class SyncDatabase(FacadeBase):
 
     def health(self, *, timeout: Seconds = 2.0) -> HealthReport:
         """:func:`~sqlalchemy_resilience.health_check` with the breaker and the replicas."""
-        report = health_check(self.engine, timeout=timeout, breaker=self.breaker)
+        report = health_check_sync(self.engine, timeout=timeout, breaker=self.breaker)
         return replica_health(report, self._core.replica_set)
 
     def pool_stats(self) -> dict[str, Any]:

@@ -6,9 +6,12 @@ from .autosize import AutosizeDecision as AutosizeDecision
 from .autosize import PoolAutosizer as PoolAutosizer
 from .control import ResizeResult as ResizeResult
 from .control import resize_pool as resize_pool
+from .control import resize_pool_sync as resize_pool_sync
 from .control import warm_up as warm_up
+from .control import warm_up_sync as warm_up_sync
 from .health import HealthReport as HealthReport
 from .health import health_check as health_check
+from .health import health_check_sync as health_check_sync
 from .liveness import IdlePing as IdlePing
 from .liveness import ping_idle_connections as ping_idle_connections
 from .maintainer import MaintenanceReport as MaintenanceReport
@@ -26,8 +29,11 @@ __all__ = [
     "PoolMonitor",
     "ResizeResult",
     "health_check",
+    "health_check_sync",
     "ping_idle_connections",
     "pool_stats",
     "resize_pool",
+    "resize_pool_sync",
     "warm_up",
+    "warm_up_sync",
 ]

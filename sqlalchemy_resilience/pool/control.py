@@ -18,8 +18,8 @@ HikariCP and psycopg_pool users expect:
   and only while no request is waiting; a checked-out connection is never
   touched.
 
-All three work on a sync ``Engine`` (called directly) and an ``AsyncEngine``
-(awaited, or started from a running event loop).
+Each is written for an ``AsyncEngine`` and has a blocking ``_sync`` twin for
+an ``Engine`` (:func:`warm_up_sync`, :func:`resize_pool_sync`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -39,14 +38,23 @@ from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
-from sqlalchemy_resilience.core.engines import safe_url, sync_engine
+from sqlalchemy_resilience.core.engines import async_engine_for, engine_for, safe_url
 from sqlalchemy_resilience.core.registry import find_part
 from sqlalchemy_resilience.errors.hierarchy import DatabaseUnavailable
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 
 from .monitor import PoolMonitor
 
-__all__ = ["ResizeResult", "int_option", "queue_pool_of", "resize", "resize_pool", "warm_up"]
+__all__ = [
+    "ResizeResult",
+    "int_option",
+    "queue_pool_of",
+    "resize",
+    "resize_pool",
+    "resize_pool_sync",
+    "warm_up",
+    "warm_up_sync",
+]
 
 _log = logging.getLogger("sqlalchemy_resilience.pool")
 
@@ -74,28 +82,17 @@ def int_option(name: str, value: object, minimum: int) -> int:
 # -- warm-up ------------------------------------------------------------------------
 
 
-@overload
-def warm_up(
-    engine: AsyncEngine, min_size: int, *, timeout: Seconds = ...
-) -> Coroutine[Any, Any, None]: ...
-
-
-@overload
-def warm_up(engine: Engine, min_size: int, *, timeout: Seconds = ...) -> None: ...
-
-
-def warm_up(
-    engine: Engine | AsyncEngine, min_size: int, *, timeout: Seconds = 10.0
-) -> Coroutine[Any, Any, None] | None:
+async def warm_up(engine: AsyncEngine, min_size: int, *, timeout: Seconds = 10.0) -> None:
     """Open and verify ``min_size`` pooled connections now; fail fast if the database is unreachable.
 
     Each connection runs ``SELECT 1`` and goes back to the pool idle, so the
     first requests find them ready (HikariCP ``minimumIdle`` with
     ``initializationFailTimeout``, psycopg_pool ``wait()``). An instrumented
     engine reports ``min_size`` as ``db.client.connection.idle.min``.
+    :func:`warm_up_sync` is the blocking twin, for an ``Engine``.
 
     Args:
-        engine: an ``Engine`` (called directly) or ``AsyncEngine`` (awaited).
+        engine: the ``AsyncEngine``.
         min_size: connections to open (0 .. the pool size).
         timeout: the most the whole warm-up may take, seconds or ``timedelta``.
 
@@ -112,8 +109,27 @@ def warm_up(
         await warm_up(engine, 5, timeout=3)   # at application start-up
     """
     seconds = to_seconds("timeout", timeout, allow_zero=False)
-    sync = sync_engine(engine)
-    pool = queue_pool_of(sync, "warm_up")
+    engine = async_engine_for("warm_up", engine)
+    size = _warm_up_size(engine.sync_engine, min_size, "warm_up")
+    await _warm_up_async(engine, size, seconds)
+
+
+def warm_up_sync(engine: Engine, min_size: int, *, timeout: Seconds = 10.0) -> None:
+    """The blocking twin of :func:`warm_up`, for an ``Engine``.
+
+    Example::
+
+        engine = create_engine(url, pool_size=10)
+        warm_up_sync(engine, 5, timeout=3)
+    """
+    seconds = to_seconds("timeout", timeout, allow_zero=False)
+    engine = engine_for("warm_up_sync", engine)
+    size = _warm_up_size(engine, min_size, "warm_up_sync")
+    _warm_up_sync(engine, size, seconds)
+
+
+def _warm_up_size(sync: Engine, min_size: int, what: str) -> int:
+    pool = queue_pool_of(sync, what)
     size = int_option("min_size", min_size, 0)
     if size > pool.size():
         raise ValueError(
@@ -123,10 +139,7 @@ def warm_up(
     monitor = find_part(sync, PoolMonitor)
     if monitor is not None:
         monitor.min_size = size
-    if isinstance(engine, AsyncEngine):
-        return _warm_up_async(engine, size, seconds)
-    _warm_up_sync(sync, size, seconds)
-    return None
+    return size
 
 
 def _warm_up_failed(engine: Engine, size: int, seconds: float, cause: BaseException) -> None:
@@ -240,29 +253,18 @@ class ResizeResult:
     opened: int
 
 
-@overload
-def resize_pool(
-    engine: AsyncEngine, *, size: int | None = ..., max_overflow: int | None = ...
-) -> Coroutine[Any, Any, ResizeResult]: ...
-
-
-@overload
-def resize_pool(
-    engine: Engine, *, size: int | None = ..., max_overflow: int | None = ...
-) -> ResizeResult: ...
-
-
-def resize_pool(
-    engine: Engine | AsyncEngine, *, size: int | None = None, max_overflow: int | None = None
-) -> ResizeResult | Coroutine[Any, Any, ResizeResult]:
+async def resize_pool(
+    engine: AsyncEngine, *, size: int | None = None, max_overflow: int | None = None
+) -> ResizeResult:
     """Change the pool's ``pool_size`` and/or ``max_overflow`` while it is in use.
 
     Connections in use are never closed: a shrink closes surplus *idle*
     connections now, and the rest as they are returned; a grow lets waiting
     requests proceed at once (connections are opened for them).
+    :func:`resize_pool_sync` is the blocking twin, for an ``Engine``.
 
     Args:
-        engine: an ``Engine`` (called directly) or ``AsyncEngine`` (awaited).
+        engine: the ``AsyncEngine``.
         size: the new ``pool_size`` (>= 1); None keeps it.
         max_overflow: the new ``max_overflow`` (>= 0, or -1 for no limit); None keeps it.
 
@@ -270,15 +272,36 @@ def resize_pool(
 
         await resize_pool(engine, size=20, max_overflow=5)
     """
-    sync = sync_engine(engine)
-    pool = queue_pool_of(sync, "resize_pool")
+    sync = async_engine_for("resize_pool", engine).sync_engine
+    pool, new_size, new_overflow = _new_bounds(sync, size, max_overflow, "resize_pool")
+    result: ResizeResult = await greenlet_spawn(resize, sync, pool, new_size, new_overflow)
+    return result
+
+
+def resize_pool_sync(
+    engine: Engine, *, size: int | None = None, max_overflow: int | None = None
+) -> ResizeResult:
+    """The blocking twin of :func:`resize_pool`, for an ``Engine``.
+
+    Example::
+
+        result = resize_pool_sync(engine, size=20)
+        print(result.previous_size, "->", result.size)
+    """
+    sync = engine_for("resize_pool_sync", engine)
+    pool, new_size, new_overflow = _new_bounds(sync, size, max_overflow, "resize_pool_sync")
+    return resize(sync, pool, new_size, new_overflow)
+
+
+def _new_bounds(
+    sync: Engine, size: int | None, max_overflow: int | None, what: str
+) -> tuple[QueuePool, int, int]:
+    pool = queue_pool_of(sync, what)
     new_size = pool.size() if size is None else int_option("size", size, 1)
     new_overflow = (
         pool._max_overflow if max_overflow is None else int_option("max_overflow", max_overflow, -1)
     )
-    if isinstance(engine, AsyncEngine):
-        return greenlet_spawn(resize, sync, pool, new_size, new_overflow)
-    return resize(sync, pool, new_size, new_overflow)
+    return pool, new_size, new_overflow
 
 
 def _set_queue_size(pool: QueuePool, size: int) -> None:

@@ -23,16 +23,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
-from sqlalchemy_resilience.core.engines import sync_engine
+from sqlalchemy_resilience.core.engines import async_engine_for, engine_for, sync_engine
 from sqlalchemy_resilience.core.registry import find_part
 from sqlalchemy_resilience.errors.hierarchy import ConnectionLost
 from sqlalchemy_resilience.errors.translate import describe, translate_error
@@ -41,7 +41,13 @@ from sqlalchemy_resilience.retry.breaker import BreakerState, CircuitBreaker
 from .checkout import CheckoutObserver
 from .monitor import PoolMonitor, pool_stats
 
-__all__ = ["HealthCheckTimeout", "HealthReport", "HealthStatus", "health_check"]
+__all__ = [
+    "HealthCheckTimeout",
+    "HealthReport",
+    "HealthStatus",
+    "health_check",
+    "health_check_sync",
+]
 
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 
@@ -110,34 +116,8 @@ class _Options:
     breaker: CircuitBreaker | None
 
 
-@overload
-def health_check(
+async def health_check(
     engine: AsyncEngine,
-    *,
-    timeout: Seconds = ...,
-    breaker: CircuitBreaker | None = ...,
-    slow_latency: Seconds | None = ...,
-    saturation: float = ...,
-    slow_checkout: Seconds = ...,
-    slow_connect: Seconds = ...,
-) -> Coroutine[Any, Any, HealthReport]: ...
-
-
-@overload
-def health_check(
-    engine: Engine,
-    *,
-    timeout: Seconds = ...,
-    breaker: CircuitBreaker | None = ...,
-    slow_latency: Seconds | None = ...,
-    saturation: float = ...,
-    slow_checkout: Seconds = ...,
-    slow_connect: Seconds = ...,
-) -> HealthReport: ...
-
-
-def health_check(
-    engine: Engine | AsyncEngine,
     *,
     timeout: Seconds = 2.0,
     breaker: CircuitBreaker | None = None,
@@ -145,14 +125,14 @@ def health_check(
     saturation: float = 0.9,
     slow_checkout: Seconds = 0.1,
     slow_connect: Seconds = 1.0,
-) -> HealthReport | Coroutine[Any, Any, HealthReport]:
+) -> HealthReport:
     """Probe the database and report ``healthy | degraded | unhealthy`` within ``timeout``.
 
-    Awaited for an ``AsyncEngine``; called directly for an ``Engine``.
+    :func:`health_check_sync` is the blocking twin, for an ``Engine``.
 
     Args:
-        engine: the engine to check (instrumented engines report their full
-            pool figures and suspected leaks).
+        engine: the ``AsyncEngine`` to check (instrumented engines report their
+            full pool figures and suspected leaks).
         timeout: the most the check may take, seconds or ``timedelta`` (> 0).
         breaker: a :class:`~sqlalchemy_resilience.CircuitBreaker` whose state
             is part of the verdict (open: unhealthy; half-open: degraded).
@@ -175,6 +155,39 @@ def health_check(
             report = await health_check(engine, timeout=1.0, breaker=breaker)
             return JSONResponse(report.to_dict(), status_code=200 if report.ok else 503)
     """
+    options = _options(timeout, breaker, slow_latency, saturation, slow_checkout, slow_connect)
+    return await _check_async(async_engine_for("health_check", engine), options)
+
+
+def health_check_sync(
+    engine: Engine,
+    *,
+    timeout: Seconds = 2.0,
+    breaker: CircuitBreaker | None = None,
+    slow_latency: Seconds | None = None,
+    saturation: float = 0.9,
+    slow_checkout: Seconds = 0.1,
+    slow_connect: Seconds = 1.0,
+) -> HealthReport:
+    """The blocking twin of :func:`health_check`, for an ``Engine``.
+
+    Example::
+
+        report = health_check_sync(engine, timeout=1.0)
+        status = 200 if report.ok else 503
+    """
+    options = _options(timeout, breaker, slow_latency, saturation, slow_checkout, slow_connect)
+    return _check_sync(engine_for("health_check_sync", engine), options)
+
+
+def _options(
+    timeout: Seconds,
+    breaker: CircuitBreaker | None,
+    slow_latency: Seconds | None,
+    saturation: float,
+    slow_checkout: Seconds,
+    slow_connect: Seconds,
+) -> _Options:
     seconds = to_seconds("timeout", timeout, allow_zero=False)
     slow = seconds / 2 if slow_latency is None else to_seconds("slow_latency", slow_latency)
     ratio: object = saturation
@@ -182,20 +195,13 @@ def health_check(
         raise ValueError(f"saturation must be a number in (0, 1], got {saturation!r}")
     if breaker is not None and not isinstance(breaker, CircuitBreaker):
         raise TypeError(f"breaker must be a CircuitBreaker or None, got {breaker!r}")
-    options = _Options(
+    return _Options(
         timeout=seconds,
         slow_latency=slow,
         saturation=float(ratio),
         slow_checkout=to_seconds("slow_checkout", slow_checkout),
         slow_connect=to_seconds("slow_connect", slow_connect),
         breaker=breaker,
-    )
-    if isinstance(engine, AsyncEngine):
-        return _check_async(engine, options)
-    if isinstance(engine, Engine):
-        return _check_sync(engine, options)
-    raise TypeError(
-        f"engine must be a sqlalchemy Engine or AsyncEngine, got {type(engine).__name__}"
     )
 
 

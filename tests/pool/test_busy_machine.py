@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from sqlalchemy_resilience import health_check, instrument
+from sqlalchemy_resilience import health_check, health_check_sync, instrument
 from sqlalchemy_resilience.pool import PoolAutosizer, pool_stats
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
@@ -108,10 +108,10 @@ def test_uninstrumented_engine_judges_the_probes_own_checkout(tmp_path: Path) ->
         time.sleep(0.3)
 
     try:
-        report = health_check(engine, timeout=5, slow_connect=0.1)
+        report = health_check_sync(engine, timeout=5, slow_connect=0.1)
         assert report.status == "degraded"
         assert any("the probe waited" in w for w in report.warnings), report.warnings
-        assert health_check(engine, timeout=5, slow_connect=0.1).status == "healthy"  # reused
+        assert health_check_sync(engine, timeout=5, slow_connect=0.1).status == "healthy"  # reused
     finally:
         engine.dispose()
 

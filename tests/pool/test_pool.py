@@ -28,7 +28,15 @@ from sqlalchemy_resilience import (
     health_check,
     instrument,
 )
-from sqlalchemy_resilience.pool import PoolMaintainer, pool_stats, resize_pool, warm_up
+from sqlalchemy_resilience.pool import (
+    PoolMaintainer,
+    health_check_sync,
+    pool_stats,
+    resize_pool,
+    resize_pool_sync,
+    warm_up,
+    warm_up_sync,
+)
 from tests.pgharness import PgServer
 
 health_module = importlib.import_module("sqlalchemy_resilience.pool.health")
@@ -234,11 +242,11 @@ def test_bad_pool_arguments(tmp_path: Path) -> None:
     null = create_engine(f"sqlite:///{tmp_path / 'p.sqlite'}", poolclass=NullPool)
     try:
         with pytest.raises(ValueError, match="size must be >= 1, got 0"):
-            resize_pool(engine, size=0)
+            resize_pool_sync(engine, size=0)
         with pytest.raises(TypeError, match="max_overflow must be an int"):
-            resize_pool(engine, max_overflow=1.5)  # type: ignore[arg-type]
+            resize_pool_sync(engine, max_overflow=1.5)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match=r"needs a QueuePool .* uses NullPool"):
-            resize_pool(null, size=2)
+            resize_pool_sync(null, size=2)
         with pytest.raises(ValueError, match="jitter must be a fraction"):
             PoolMaintainer(engine, jitter=1.5)
         with pytest.raises(ValueError, match="min_size must be <= the pool size"):
@@ -246,11 +254,11 @@ def test_bad_pool_arguments(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="keepalive must be > 0"):
             PoolMaintainer(engine, keepalive=0)
         with pytest.raises(ValueError, match="min_size must be >= 0"):
-            warm_up(engine, -1)
+            warm_up_sync(engine, -1)
         with pytest.raises(ValueError, match="timeout must be > 0"):
-            health_check(engine, timeout=0)
+            health_check_sync(engine, timeout=0)
         with pytest.raises(ValueError, match=r"saturation must be a number in \(0, 1\]"):
-            health_check(engine, saturation=2)
+            health_check_sync(engine, saturation=2)
         with pytest.raises(TypeError, match="leak_threshold must be seconds"):
             instrument(engine, leak_threshold="5s")  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="max_waiting must be an int or None"):
@@ -462,7 +470,7 @@ async def test_health_check_never_hangs_on_a_frozen_server(fault_server: PgServe
             assert report.error == "HealthCheckTimeout"
             assert 0.45 <= elapsed < 2.0  # bounded by the timeout (0.5 s), with slack
             start = time.monotonic()
-            sync_report = await asyncio.to_thread(health_check, sync_engine, timeout=0.5)
+            sync_report = await asyncio.to_thread(health_check_sync, sync_engine, timeout=0.5)
             assert time.monotonic() - start < 2.0
             assert sync_report.status == "unhealthy"
         for _ in range(100):
@@ -505,7 +513,7 @@ def test_health_check_sync_sqlite(tmp_path: Path) -> None:
     """A sync Engine is checked directly (no await)."""
     engine: Engine = create_engine(f"sqlite:///{tmp_path / 'h.sqlite'}")
     try:
-        report = health_check(engine, timeout=1)
+        report = health_check_sync(engine, timeout=1)
         assert report.status == "healthy"
         assert report.pool["pool_class"] == "QueuePool"
     finally:

@@ -38,7 +38,9 @@ from sqlalchemy_resilience.pool import (
     ping_idle_connections,
     pool_stats,
     resize_pool,
+    resize_pool_sync,
     warm_up,
+    warm_up_sync,
 )
 from sqlalchemy_resilience.retry import (
     BreakerState,
@@ -224,9 +226,9 @@ async def pool_usage() -> None:
 def sync_pool_usage() -> None:
     engine = create_engine("sqlite:///x.db", pool_size=5)
     sr.instrument(engine)
-    warm_up(engine, 2)
-    report: HealthReport = sr.health_check(engine, timeout=1.0)
-    resized: ResizeResult = resize_pool(engine, size=3)
+    warm_up_sync(engine, 2)
+    report: HealthReport = sr.health_check_sync(engine, timeout=1.0)
+    resized: ResizeResult = resize_pool_sync(engine, size=3)
     sizer = PoolAutosizer(engine, min_size=1, max_size=5)
     sizer.start()
     sizer.close()

@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TextIO, TypeVar
 
 from sqlalchemy import create_engine, text
@@ -22,7 +22,16 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlalchemy_resilience.errors import PoolExhausted
 from sqlalchemy_resilience.instrumentation import instrument
-from sqlalchemy_resilience.pool import health_check, pool_stats, resize_pool, warm_up
+from sqlalchemy_resilience.pool import (
+    HealthReport,
+    health_check,
+    health_check_sync,
+    pool_stats,
+    resize_pool,
+    resize_pool_sync,
+    warm_up,
+    warm_up_sync,
+)
 
 __all__ = ["observability_tour"]
 
@@ -42,6 +51,16 @@ async def _maybe(value: T | Awaitable[T]) -> T:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+async def _sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return fn(*args, **kwargs)
+
+
+async def _health(engine: Any, is_async: bool) -> HealthReport:
+    if is_async:
+        return await health_check(engine, timeout=1)
+    return health_check_sync(engine, timeout=1)
 
 
 def _slow_sql(url: URL) -> str:
@@ -78,7 +97,11 @@ async def observability_tour(url: URL, out: TextIO) -> bool:
                 return conn.execute(text(sql)).all()
 
         print("\nobservability: slow-query log, statistics, pool and health", file=out)
-        await _maybe(warm_up(engine, 3, timeout=10))
+        await (
+            warm_up(engine, 3, timeout=10)
+            if is_async
+            else _sync(warm_up_sync, engine, 3, timeout=10)
+        )
         print(
             f"  warm_up(engine, 3): {pool_stats(engine)['connections_idle']} verified idle connections",
             file=out,
@@ -147,17 +170,19 @@ async def observability_tour(url: URL, out: TextIO) -> bool:
                 f"{(time.perf_counter() - start) * 1000:.1f} ms with {type(exc).__name__}",
                 file=out,
             )
-        report = await _maybe(health_check(engine, timeout=1))
+        report = await _health(engine, is_async)
         print(f"  health while saturated: {report.status} ({'; '.join(report.warnings)})", file=out)
         for conn in held:
             await _maybe(conn.close())
         instr.max_waiting = None
-        resized = await _maybe(resize_pool(engine, size=5))
+        resized = await (
+            resize_pool(engine, size=5) if is_async else _sync(resize_pool_sync, engine, size=5)
+        )
         print(
             f"  resize_pool(size=5): {resized.previous_size} -> {resized.size}, nothing in use dropped",
             file=out,
         )
-        report = await _maybe(health_check(engine, timeout=1))
+        report = await _health(engine, is_async)
         latency = f"{report.latency * 1000:.1f} ms" if report.latency is not None else "-"
         print(f"  health: {report.status}, round trip {latency}", file=out)
         for warning in report.warnings:  # a loaded machine may be slow: said, not failed
