@@ -50,9 +50,9 @@ def bench_sqlite_checkout(rounds: int, ops: int) -> str:
         background = []
         for engine in (features, no_leaks):
             maintainer = PoolMaintainer(engine, keepalive=30, recycle=1800, min_size=2, interval=1)
-            maintainer.start()
+            maintainer.start_sync()
             sizer = PoolAutosizer(engine, min_size=2, max_size=POOL, interval=1)
-            sizer.start()
+            sizer.start_sync()
             background += [maintainer, sizer]
 
         def checkout(engine: Engine) -> Callable[[int], None]:
@@ -70,7 +70,7 @@ def bench_sqlite_checkout(rounds: int, ops: int) -> str:
         }
         results = measure_sync(variants, rounds, ops)
         for worker in background:
-            worker.close()
+            worker.detach()
         for engine in (plain, features, no_leaks):
             engine.dispose()
     return table(
@@ -88,9 +88,9 @@ async def bench_postgres_checkout(url: URL, rounds: int, ops: int) -> str:
     sizers = []
     for engine in (features, no_leaks):
         maintainer = PoolMaintainer(engine, keepalive=30, recycle=1800, min_size=2, interval=1)
-        maintainer.start()
+        await maintainer.start()
         sizer = PoolAutosizer(engine, min_size=2, max_size=POOL, interval=1)
-        await sizer.astart()
+        await sizer.start()
         maintainers.append(maintainer)
         sizers.append(sizer)
     probe = text("SELECT 1")
@@ -117,9 +117,9 @@ async def bench_postgres_checkout(url: URL, rounds: int, ops: int) -> str:
             await conn.close()
     results = await measure_async(variants, rounds, ops)
     for maintainer in maintainers:
-        await maintainer.aclose()
+        maintainer.detach()
     for sizer in sizers:
-        await sizer.aclose()
+        sizer.detach()
     for engine in (plain, features, no_leaks):
         await engine.dispose()
     return table(
@@ -209,10 +209,10 @@ async def bench_autosizer(url: URL, bursts: int, plot: Path | None = None) -> st
         sizer = None
         if auto:
             sizer = PoolAutosizer(engine, min_size=2, max_size=24, interval=0.2, shrink_after=4)
-            await sizer.astart()
+            await sizer.start()
         result = await _bursty(engine, bursts, lambda p=pool: p.checkedin() + p.checkedout())  # type: ignore[misc]
         if sizer is not None:
-            await sizer.aclose()
+            sizer.detach()
             result["decisions"] = len(sizer.decisions)
         await engine.dispose()
         rows.append((name, result))

@@ -128,7 +128,8 @@ class Background:
     """A loop run either as a task on the running event loop or in a daemon thread.
 
     Subclasses implement ``_loop_async`` and ``_loop_sync`` (which returns
-    when ``self._stop`` is set); ``close``/``aclose`` stop either.
+    when ``self._stop`` is set); :meth:`detach` stops either, and the
+    private ``_halted`` also waits for a task to end.
     """
 
     thread_name = "sqlalchemy-resilience-background"
@@ -161,8 +162,11 @@ class Background:
             )
             self._thread.start()
 
-    def close(self) -> None:
-        """Stop (for a thread: wait for the running pass, at most 30 s)."""
+    def detach(self) -> None:
+        """Stop (idempotent): a task is cancelled; a thread's running pass is waited for (at most 30 s)."""
+        self._halt()
+
+    def _halt(self) -> None:
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
@@ -171,11 +175,11 @@ class Background:
         if task is not None:
             task.cancel()
 
-    async def aclose(self) -> None:
-        """Stop and, for a task, wait until it has ended."""
+    async def _halted(self) -> None:
+        # Stop and, for a task, wait until it has ended (a facade's close()).
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.close()
+        self._halt()

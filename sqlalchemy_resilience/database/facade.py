@@ -193,12 +193,12 @@ class Database(FacadeBase):
         if self.engine.sync_engine.dialect.name == "postgresql":
             core.pooler_report = await check_pooler(self.engine)
         if core.maintainer is not None:
-            core.maintainer.start()
+            await core.maintainer.start()
         if core.autosizer is not None:
-            await core.autosizer.astart()
+            await core.autosizer.start()
         if core.replica_set is not None:
-            core.replica_set.start()
-            await core.replica_set.aprobe()
+            await core.replica_set.start()
+            await core.replica_set.probe()
         self._started = True
 
     async def close(self) -> None:
@@ -210,12 +210,9 @@ class Database(FacadeBase):
             return
         self._closed = True
         core = self._core
-        if core.maintainer is not None:
-            await core.maintainer.aclose()
-        if core.autosizer is not None:
-            await core.autosizer.aclose()
-        if core.replica_set is not None:
-            await core.replica_set.aclose()
+        for part in (core.maintainer, core.autosizer, core.replica_set):
+            if part is not None:
+                await part._halted()  # a task: wait until it has ended
         core.detach_all()
         for engine in core.owned_engines:
             assert isinstance(engine, AsyncEngine)

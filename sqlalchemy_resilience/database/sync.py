@@ -124,12 +124,12 @@ class SyncDatabase(FacadeBase):
         if self.engine.dialect.name == "postgresql":
             core.pooler_report = check_pooler_sync(self.engine)
         if core.maintainer is not None:
-            core.maintainer.start()
+            core.maintainer.start_sync()
         if core.autosizer is not None:
-            core.autosizer.start()
+            core.autosizer.start_sync()
         if core.replica_set is not None:
-            core.replica_set.start()
-            core.replica_set.probe()
+            core.replica_set.start_sync()
+            core.replica_set.probe_sync()
         self._started = True
 
     def close(self) -> None:
@@ -140,7 +140,7 @@ class SyncDatabase(FacadeBase):
         core = self._core
         for part in (core.maintainer, core.autosizer, core.replica_set):
             if part is not None:
-                part.close()
+                part.detach()
         core.detach_all()
         for engine in core.owned_engines:
             assert isinstance(engine, Engine)

@@ -305,30 +305,39 @@ class ReplicaSet(Background):
         except RuntimeError:  # an async set used outside a running loop
             _log.debug("sqlalchemy_resilience: replica probe not started (no running loop)")
 
-    def start(self) -> None:
-        """Start probing every ``check_interval`` (a task for async engines, else a thread).
+    async def start(self) -> None:
+        """Start probing every ``check_interval`` in a task on the running loop (``AsyncEngine`` replicas).
 
         Example::
 
-            replica_set.start()  # from the running loop for AsyncEngines
+            await replica_set.start()   # replica_set.start_sync() for Engine replicas
         """
-        self._start(in_loop=self.is_async)
+        if not self.is_async:
+            raise TypeError("ReplicaSet.start takes AsyncEngines; for Engines call start_sync()")
+        self._start(in_loop=True)
+
+    def start_sync(self) -> None:
+        """The blocking twin of :meth:`start`: probing runs in a daemon thread (``Engine`` replicas)."""
+        if self.is_async:
+            raise TypeError("ReplicaSet.start_sync takes Engines; for AsyncEngines await start()")
+        self._start(in_loop=False)
 
     async def __aenter__(self) -> ReplicaSet:
-        self.start()
-        await self.aprobe()
+        await self.start()
+        await self.probe()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        await self._halted()
+        self.detach()
 
     def __enter__(self) -> ReplicaSet:
-        self.start()
-        self.probe()
+        self.start_sync()
+        self.probe_sync()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.detach()
 
     def _measure_sync(self, replica: _Replica) -> float:
         with replica.sync.connect() as conn:
@@ -410,8 +419,8 @@ class ReplicaSet(Background):
         replica.lag = lag
         replica.checked_at = time.monotonic()
 
-    def probe(self) -> None:
-        """Probe every replica once now, concurrently (sync engines).
+    def probe_sync(self) -> None:
+        """The blocking twin of :meth:`probe`: every replica once now, concurrently (``Engine`` replicas).
 
         Returns within about ``probe_timeout`` even when a replica does not
         answer at all.
@@ -425,14 +434,14 @@ class ReplicaSet(Background):
         for thread in rounds:
             thread.join()
 
-    async def aprobe(self) -> None:
-        """Probe every replica once now, concurrently (async engines)."""
+    async def probe(self) -> None:
+        """Probe every replica once now, concurrently (``AsyncEngine`` replicas)."""
         await asyncio.gather(*(self._probe_one_async(r) for r in self._replicas))
 
     async def _loop_async(self) -> None:
         while True:
             try:
-                await self.aprobe()
+                await self.probe()
             except Exception:
                 _log.exception("sqlalchemy_resilience: replica probe failed")
             await asyncio.sleep(self.check_interval)
@@ -440,14 +449,15 @@ class ReplicaSet(Background):
     def _loop_sync(self) -> None:
         while True:
             try:
-                self.probe()
+                self.probe_sync()
             except Exception:
                 _log.exception("sqlalchemy_resilience: replica probe failed")
             if self._stop.wait(self.check_interval):
                 return
 
     def detach(self) -> None:
-        """Remove the error listeners from the replica engines (after :meth:`close`)."""
+        """Stop probing and remove the error listeners from the replica engines (idempotent)."""
+        self._halt()
         for replica in self._replicas:
             if event.contains(replica.sync, "handle_error", self._on_error):
                 event.remove(replica.sync, "handle_error", self._on_error)

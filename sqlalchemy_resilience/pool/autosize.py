@@ -39,7 +39,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from sqlalchemy_resilience._util.background import Background
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
-from sqlalchemy_resilience.core.engines import sync_engine
+from sqlalchemy_resilience.core.engines import async_engine_for, engine_for, sync_engine
 from sqlalchemy_resilience.core.registry import find_part
 
 from .control import int_option, queue_pool_of, resize
@@ -96,9 +96,9 @@ class PoolAutosizer(Background):
 
         instrument(engine)
         sizer = PoolAutosizer(engine, min_size=2, max_size=40, reserve=10)
-        await sizer.astart()   # AsyncEngine; sizer.start() for an Engine
+        await sizer.start()    # AsyncEngine; sizer.start_sync() for an Engine
         ...
-        await sizer.aclose()
+        sizer.detach()
     """
 
     thread_name = "sqlalchemy-resilience-autosizer"
@@ -249,8 +249,8 @@ class PoolAutosizer(Background):
         self._calm_peak = 0
         return None
 
-    def tick(self) -> AutosizeDecision | None:
-        """Decide and, if the size changes, resize (sync; an AsyncEngine uses :meth:`atick`)."""
+    def tick_sync(self) -> AutosizeDecision | None:
+        """The blocking twin of :meth:`tick`: decide and, if the size changes, resize (an ``Engine``)."""
         previous = self._pool.size()
         measured = (self._peak_in_use, self._peak_waiting)
         new = self.decide()
@@ -268,14 +268,16 @@ class PoolAutosizer(Background):
         _log.info("pool autosizer: size %d -> %d (%s)", previous, new, reason)
         return decision
 
-    async def atick(self) -> AutosizeDecision | None:
-        """:meth:`tick` for an ``AsyncEngine``."""
-        return await greenlet_spawn(self.tick)
+    async def tick(self) -> AutosizeDecision | None:
+        """Decide and, if the size changes, resize (an ``AsyncEngine``)."""
+        decision: AutosizeDecision | None = await greenlet_spawn(self.tick_sync)
+        return decision
 
     # -- running -----------------------------------------------------------------------
 
-    async def astart(self) -> None:
-        """Read the server's limits and start deciding in a task on the running loop."""
+    async def start(self) -> None:
+        """Read the server's limits and start deciding in a task on the running loop (an ``AsyncEngine``)."""
+        async_engine_for("PoolAutosizer.start", self.engine)
         if self.running:
             return
         await greenlet_spawn(self.read_server_limits)
@@ -288,12 +290,13 @@ class PoolAutosizer(Background):
                 await asyncio.sleep(step)
                 self.sample()
             try:
-                await self.atick()
+                await self.tick()
             except Exception:
                 _log.exception("sqlalchemy_resilience: pool autosizer decision failed")
 
-    def start(self) -> None:
-        """Read the server's limits and start deciding in a daemon thread (sync ``Engine``)."""
+    def start_sync(self) -> None:
+        """The blocking twin of :meth:`start`: decide in a daemon thread (an ``Engine``)."""
+        engine_for("PoolAutosizer.start_sync", self.engine)
         if self.running:
             return
         self.read_server_limits()
@@ -307,7 +310,7 @@ class PoolAutosizer(Background):
                     return
                 self.sample()
             try:
-                self.tick()
+                self.tick_sync()
             except Exception:
                 _log.exception("sqlalchemy_resilience: pool autosizer decision failed")
 

@@ -25,7 +25,7 @@ from sqlalchemy.util import greenlet_spawn
 
 from sqlalchemy_resilience._util.background import Background
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
-from sqlalchemy_resilience.core.engines import safe_url, sync_engine
+from sqlalchemy_resilience.core.engines import async_engine_for, engine_for, safe_url, sync_engine
 from sqlalchemy_resilience.core.registry import find_part
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 
@@ -54,7 +54,7 @@ class MaintenanceReport:
 
     Example::
 
-        report = await maintainer.arun_once()
+        report = await maintainer.run_once()
         if report.dead:
             log.warning("%d idle connections were dead and replaced", report.dead)
     """
@@ -82,9 +82,9 @@ class PoolMaintainer(Background):
     Example::
 
         maintainer = PoolMaintainer(engine, keepalive=30, recycle=1800, jitter=0.2, min_size=5)
-        maintainer.start()          # from the running event loop for an AsyncEngine
+        await maintainer.start()    # an AsyncEngine; maintainer.start_sync() for an Engine
         ...
-        await maintainer.aclose()   # or maintainer.close() for a sync Engine
+        maintainer.detach()
     """
 
     thread_name = "sqlalchemy-resilience-maintainer"
@@ -126,8 +126,8 @@ class PoolMaintainer(Background):
         monitor = find_part(self._sync, PoolMonitor)
         return monitor.waiting if monitor is not None else 0
 
-    def run_once(self) -> MaintenanceReport:
-        """One pass over the idle connections (sync; an AsyncEngine uses :meth:`arun_once`)."""
+    def run_once_sync(self) -> MaintenanceReport:
+        """The blocking twin of :meth:`run_once`: one pass over the idle connections (an ``Engine``)."""
         pool = self._pool
         if self._waiting():
             return MaintenanceReport(skipped=True)
@@ -176,9 +176,10 @@ class PoolMaintainer(Background):
         )
         return report
 
-    async def arun_once(self) -> MaintenanceReport:
-        """One pass for an ``AsyncEngine`` (the driver needs SQLAlchemy's greenlet)."""
-        return await greenlet_spawn(self.run_once)
+    async def run_once(self) -> MaintenanceReport:
+        """One pass over the idle connections (an ``AsyncEngine``; the driver needs SQLAlchemy's greenlet)."""
+        report: MaintenanceReport = await greenlet_spawn(self.run_once_sync)
+        return report
 
     def _maintain(self, record: Any, now: float) -> tuple[int, int, int]:
         if record.dbapi_connection is None:
@@ -219,25 +220,27 @@ class PoolMaintainer(Background):
 
     # -- running in the background ------------------------------------------------
 
-    def start(self) -> None:
-        """Start passes every ``interval`` seconds (idempotent).
+    async def start(self) -> None:
+        """Start passes every ``interval`` seconds in a task on the running loop (idempotent; an ``AsyncEngine``)."""
+        async_engine_for("PoolMaintainer.start", self.engine)
+        self._start(in_loop=True)
 
-        For an ``AsyncEngine`` call it from the running event loop (a task is
-        created on it); for an ``Engine`` a daemon thread runs the passes.
-        """
-        self._start(in_loop=isinstance(self.engine, AsyncEngine))
+    def start_sync(self) -> None:
+        """The blocking twin of :meth:`start`: passes run in a daemon thread (an ``Engine``)."""
+        engine_for("PoolMaintainer.start_sync", self.engine)
+        self._start(in_loop=False)
 
     async def _loop_async(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                await self.arun_once()
+                await self.run_once()
             except Exception:
                 _log.exception("sqlalchemy_resilience: pool maintenance pass failed")
 
     def _loop_sync(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.run_once()
+                self.run_once_sync()
             except Exception:
                 _log.exception("sqlalchemy_resilience: pool maintenance pass failed")

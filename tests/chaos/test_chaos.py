@@ -1410,7 +1410,7 @@ async def test_s17_adaptive_pool_follows_a_degraded_network(fault_server: PgServ
     try:
         instrument(engine)
         sizer = PoolAutosizer(engine, min_size=2, max_size=10, interval=0.25, shrink_after=4)
-        await sizer.astart()
+        await sizer.start()
         try:
             proxy.latency = 0.1
             slow, _ = await run_bank(engine, seconds=4.0, retry=_policy(), workers=8)
@@ -1419,7 +1419,7 @@ async def test_s17_adaptive_pool_follows_a_degraded_network(fault_server: PgServ
             calm_from = time.monotonic()
             light, _ = await run_bank(engine, seconds=3.0, retry=_policy(), workers=1)
         finally:
-            await sizer.aclose()
+            sizer.detach()
         back_at = next(
             (d.at - calm_from for d in sizer.decisions if d.at > calm_from and d.size == 2), None
         )

@@ -44,7 +44,7 @@ async def test_step_change_converges_without_oscillating(
         sizer = PoolAutosizer(
             engine, min_size=2, max_size=12, interval=0.2, shrink_after=4, reserve=3
         )
-        await sizer.astart()
+        await sizer.start()
         try:
             await _load(engine, 2, 1.0)
             assert sizer.decisions == []  # 2 workers fit in 2 connections
@@ -57,7 +57,7 @@ async def test_step_change_converges_without_oscillating(
             assert max(d.size for d in sizer.decisions) <= 12
             await _load(engine, 2, 4.0)
         finally:
-            await sizer.aclose()
+            sizer.detach()
         sizes = [2] + [d.size for d in sizer.decisions]
         directions = [b > a for a, b in itertools.pairwise(sizes)]
         changes = sum(1 for a, b in itertools.pairwise(directions) if a != b)
@@ -79,8 +79,8 @@ async def test_server_budget_caps_max_size(pg_server: PgServer, pg_database: str
                 (await conn.execute(text("SHOW superuser_reserved_connections"))).scalar_one()
             )
         sizer = PoolAutosizer(engine, min_size=1, max_size=100_000, reserve=7, budget=50_000)
-        await sizer.astart()
-        await sizer.aclose()
+        await sizer.start()
+        sizer.detach()
         assert sizer.server_cap == max_connections - reserved - 7
         assert sizer.effective_max == max_connections - reserved - 7 - 2  # overflow counts too
         sizer.budget = 10

@@ -56,7 +56,7 @@ def test_only_idle_connections_are_pinged(tmp_path: Path) -> None:
         # A keepalive ping of the maintainer counts as use.
         time.sleep(0.4)
         maintainer = PoolMaintainer(engine, keepalive=0.1, interval=1)
-        assert maintainer.run_once().pinged == 1
+        assert maintainer.run_once_sync().pinged == 1
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         assert liveness.pinged == 1

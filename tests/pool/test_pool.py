@@ -282,7 +282,7 @@ async def test_keepalive_replaces_dead_idle_connections(
         assert len(before) == 3
         assert pg_server.terminate_backends(database=pg_database) == 3
         maintainer = PoolMaintainer(engine, keepalive=0.001, interval=60)
-        report = await maintainer.arun_once()
+        report = await maintainer.run_once()
         assert (report.pinged, report.dead, report.replaced) == (3, 3, 3)
         after = set(pg_server.backend_pids(database=pg_database))
         assert len(after) == 3 and not after & before
@@ -304,9 +304,9 @@ async def test_jittered_recycle_never_touches_a_checked_out_connection(
         async with engine.connect() as busy:
             busy_pid = (await busy.execute(text("SELECT pg_backend_pid()"))).scalar_one()
             maintainer = PoolMaintainer(engine, keepalive=None, recycle=0.5, jitter=0.4, min_size=4)
-            assert (await maintainer.arun_once()).replaced == 0  # young connections stay
+            assert (await maintainer.run_once()).replaced == 0  # young connections stay
             await asyncio.sleep(0.55)
-            report = await maintainer.arun_once()
+            report = await maintainer.run_once()
             assert report.replaced == 3
             assert (await busy.execute(text("SELECT pg_backend_pid()"))).scalar_one() == busy_pid
         pool = engine.sync_engine.pool
@@ -326,14 +326,14 @@ async def test_maintainer_keeps_min_size_and_runs_in_the_background(
     async with engine_on(pg_server, pg_database, pool_size=3) as engine:
         instrument(engine)
         maintainer = PoolMaintainer(engine, min_size=3, interval=0.05)
-        maintainer.start()
+        await maintainer.start()
         try:
             for _ in range(200):
                 if pool_stats(engine)["connections_idle"] == 3:
                     break
                 await asyncio.sleep(0.01)
         finally:
-            await maintainer.aclose()
+            maintainer.detach()
         assert pool_stats(engine)["connections_idle"] == 3
         assert maintainer.totals.opened == 3
 
@@ -343,11 +343,11 @@ def test_sync_maintainer_thread(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'm.sqlite'}", pool_size=2)
     try:
         maintainer = PoolMaintainer(engine, min_size=2, keepalive=0.01, interval=0.02)
-        maintainer.start()
+        maintainer.start_sync()
         deadline = time.monotonic() + 5
         while maintainer.totals.pinged < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        maintainer.close()
+        maintainer.detach()
         assert maintainer.totals.opened == 2
         assert maintainer.totals.pinged >= 2
         assert maintainer.totals.dead == 0

@@ -214,13 +214,13 @@ async def pool_usage() -> None:
     payload: dict[str, object] = report.to_dict()
     resized: ResizeResult = await resize_pool(engine, size=10, max_overflow=2)
     maintainer = PoolMaintainer(engine, keepalive=30, recycle=1800, jitter=0.2, min_size=2)
-    maintainer.start()
-    pass_report: MaintenanceReport = await maintainer.arun_once()
-    await maintainer.aclose()
+    await maintainer.start()
+    pass_report: MaintenanceReport = await maintainer.run_once()
+    maintainer.detach()
     sizer = PoolAutosizer(engine, min_size=2, max_size=20, reserve=5)
-    await sizer.astart()
+    await sizer.start()
     decisions: list[AutosizeDecision] = sizer.decisions
-    await sizer.aclose()
+    sizer.detach()
 
 
 def sync_pool_usage() -> None:
@@ -230,8 +230,8 @@ def sync_pool_usage() -> None:
     report: HealthReport = sr.health_check_sync(engine, timeout=1.0)
     resized: ResizeResult = resize_pool_sync(engine, size=3)
     sizer = PoolAutosizer(engine, min_size=1, max_size=5)
-    sizer.start()
-    sizer.close()
+    sizer.start_sync()
+    sizer.detach()
 
 
 async def transaction_usage() -> None:
