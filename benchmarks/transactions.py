@@ -191,7 +191,7 @@ async def saga_cost(url: URL, rounds: int, n: int) -> str:
     async def durable_saga(k: int) -> None:
         for _ in range(k):
             counter[0] += 1
-            await saga.run(saga_id=f"bench-{counter[0]}", sessionmaker=Session)
+            await saga.execute(saga_id=f"bench-{counter[0]}", sessionmaker=Session)
 
     variants: dict[str, Variant] = {
         "3 INSERTs in one run_transaction()": one_transaction,

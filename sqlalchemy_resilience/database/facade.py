@@ -330,7 +330,7 @@ class Database(FacadeBase):
 
             results = await db.saga(place_order, {"order": 42}, saga_id="order-42")
         """
-        return await saga.run(
+        return await saga.execute(
             data, saga_id=saga_id, sessionmaker=self.sessionmaker, durable=durable
         )
 

@@ -205,7 +205,9 @@ class SyncDatabase(FacadeBase):
         durable: bool | None = None,
     ) -> dict[str, Any]:
         """Run ``saga`` (plain-function steps) with this database's sessions."""
-        return saga.run_sync(data, saga_id=saga_id, sessionmaker=self.sessionmaker, durable=durable)
+        return saga.execute_sync(
+            data, saga_id=saga_id, sessionmaker=self.sessionmaker, durable=durable
+        )
 
     def bulk_insert(self, table: Any, rows: Any, **options: Any) -> BulkResult:
         """:func:`~sqlalchemy_resilience.bulk_insert_sync` with the retry policy."""

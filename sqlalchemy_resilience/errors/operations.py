@@ -50,7 +50,7 @@ class SagaCompensated(ResilienceError):
     Example::
 
         try:
-            await place_order.run({"sku": "A1", "qty": 2}, saga_id=order_id, sessionmaker=Session)
+            await place_order.execute({"sku": "A1", "qty": 2}, saga_id=order_id, sessionmaker=Session)
         except SagaCompensated as exc:
             log.info("order %s rolled back at %s", exc.saga_id, exc.failed_step)
     """

@@ -338,7 +338,7 @@ async def _run_callbacks_async(unit: _Unit) -> None:
     # Outside the retry loop: a failing callback must not re-run committed work.
     scope, unit.scope = unit.scope, None
     if scope is not None and scope.callbacks:
-        await scope.run_async()
+        await scope.run_callbacks()
 
 
 def _attempt_sync(factory: Callable[[], Session], fn: Callable[[Session], T], unit: _Unit) -> T:
@@ -449,7 +449,7 @@ def run_transaction_sync(
 def _run_callbacks_sync(unit: _Unit) -> None:
     scope, unit.scope = unit.scope, None
     if scope is not None and scope.callbacks:
-        scope.run_sync()
+        scope.run_callbacks_sync()
 
 
 # -- resilient_sessionmaker ---------------------------------------------------------

@@ -119,7 +119,7 @@ class Saga:
             .step("charge", charge_card, compensate=refund_card, external=True)
             .step("ship", create_shipment, compensate=cancel_shipment)
         )
-        results = await place_order.run({"sku": "A1", "qty": 2}, saga_id=f"order-{order_id}",
+        results = await place_order.execute({"sku": "A1", "qty": 2}, saga_id=f"order-{order_id}",
                                         sessionmaker=Session)
         # at start-up, and every minute or so:
         await recover_sagas(Session, [place_order])
@@ -205,15 +205,15 @@ class Saga:
                 for fn in (step.action, step.compensation):
                     if fn is not None and inspect.iscoroutinefunction(fn):
                         raise TypeError(
-                            f"step {step.name!r}: a run_sync saga's actions must be plain "
-                            "functions, not async ones (use run())"
+                            f"step {step.name!r}: an execute_sync saga's actions must be plain "
+                            "functions, not async ones (use execute())"
                         )
         runner = None
         if sessionmaker is not None:
             factory_async = _is_async_factory(sessionmaker)
             if factory_async != is_async:
                 raise TypeError(
-                    "run() needs an async_sessionmaker and run_sync() a sessionmaker, got "
+                    "execute() needs an async_sessionmaker and execute_sync() a sessionmaker, got "
                     f"{type(sessionmaker).__name__}"
                 )
             runner = TxRunner(sessionmaker, is_async=is_async, retry=self._definition.retry)
@@ -228,7 +228,7 @@ class Saga:
                 )
         return Driver(self._definition, runner, owner=driver_token(), durable=durable)
 
-    async def run(
+    async def execute(
         self,
         data: Any = None,
         *,
@@ -256,7 +256,7 @@ class Saga:
         driver = self._driver(sessionmaker, durable, is_async=True)
         return await driver.start(saga_id, data)
 
-    def run_sync(
+    def execute_sync(
         self,
         data: Any = None,
         *,
@@ -264,11 +264,11 @@ class Saga:
         sessionmaker: Callable[[], Session] | None = None,
         durable: bool | None = None,
     ) -> dict[str, Any]:
-        """The synchronous twin of :meth:`run`: plain-function steps, a ``sessionmaker``.
+        """The blocking twin of :meth:`execute`: plain-function steps, a ``sessionmaker``.
 
         Example::
 
-            results = signup.run_sync({"email": email}, saga_id=request_id, sessionmaker=Session)
+            results = signup.execute_sync({"email": email}, saga_id=request_id, sessionmaker=Session)
         """
         saga_id = check_name("saga_id", saga_id) if saga_id is not None else str(uuid.uuid4())
         durable = sessionmaker is not None if durable is None else durable
@@ -282,7 +282,7 @@ class Saga:
         """Run again the compensations of a ``compensation_failed`` saga that have not succeeded.
 
         Also resumes an interrupted saga whose lease ran out. The outcome is
-        what :meth:`run` would give: :class:`SagaCompensated` when every
+        what :meth:`execute` would give: :class:`SagaCompensated` when every
         compensation now succeeded.
 
         Raises:
@@ -458,7 +458,7 @@ async def recover_sagas(
 def recover_sagas_sync(
     sessionmaker: Callable[[], Session], sagas: Iterable[Saga], *, limit: int | None = None
 ) -> RecoveryReport:
-    """The synchronous twin of :func:`recover_sagas` (for sagas run with ``run_sync``).
+    """The synchronous twin of :func:`recover_sagas` (for sagas run with ``execute_sync``).
 
     Example::
 

@@ -68,7 +68,7 @@ class SagaContext:
         results: the results of the steps before this one, by step name.
         result: in a compensation, this step's own action result; else None.
         session: a database step's session (``AsyncSession``, or ``Session`` for
-            ``run_sync``), in the transaction that also records the step; None
+            ``execute_sync``), in the transaction that also records the step; None
             for external steps.
         compensating: True in a compensation.
         attempt: 1 on the first try of this action in this process, 2 after a retry...

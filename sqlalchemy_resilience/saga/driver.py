@@ -2,7 +2,7 @@
 
 The same code drives a new saga, resumes one after a crash (the log says
 where it stood) and re-drives one whose compensations failed. Durable or
-not, async or ``run_sync``, only the :class:`~.store.TxRunner` differs.
+not, async or ``execute_sync``, only the :class:`~.store.TxRunner` differs.
 
 What each step costs in durable mode: a database step is **one** transaction
 (lease renewal, the action's own statements, the step's record); an external

@@ -10,7 +10,7 @@ machines with skewed clocks agree on when a lease has run out.
 
 :class:`TxRunner` runs these functions: in an ``AsyncSession`` through
 ``run_sync`` under :func:`run_transaction` (async sagas), or in a ``Session``
-under :func:`run_transaction_sync` (``run_sync`` sagas).
+under :func:`run_transaction_sync` (``execute_sync`` sagas).
 """
 
 from __future__ import annotations
@@ -385,7 +385,9 @@ class TxRunner:
             value = call(session, prior)
             if inspect.isawaitable(value):
                 _close(value)
-                raise TypeError("a run_sync saga's actions must be plain functions, not async ones")
+                raise TypeError(
+                    "an execute_sync saga's actions must be plain functions, not async ones"
+                )
             return after(session, prior, value)
 
         return run_transaction_sync(self.sessionmaker, sync_unit, retry=self.retry, idempotent=True)

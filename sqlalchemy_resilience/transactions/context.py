@@ -246,7 +246,7 @@ class TransactionContext(_ContextBase, Generic[W]):
             if nested:
                 scope.release()
             else:
-                await scope.run_async()
+                await scope.run_callbacks()
         return False
 
     async def _rollback_quietly(self, *, undo: bool) -> None:
@@ -389,7 +389,7 @@ class SyncTransactionContext(_ContextBase, Generic[W]):
             if nested:
                 scope.release()
             else:
-                scope.run_sync()
+                scope.run_callbacks_sync()
         return False
 
     def _rollback_quietly(self, *, undo: bool) -> None:

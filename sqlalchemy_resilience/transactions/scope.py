@@ -85,7 +85,7 @@ class CommitScope:
 
     # -- running ----------------------------------------------------------------
 
-    def run_sync(self) -> None:
+    def run_callbacks_sync(self) -> None:
         """Run the callbacks of a committed transaction, in order (sync twin)."""
         callbacks, self.callbacks = self.callbacks, []
         for callback, robust in callbacks:
@@ -102,7 +102,7 @@ class CommitScope:
                     raise
                 _log.exception("on_commit callback %s failed (robust=True)", _name(callback))
 
-    async def run_async(self) -> None:
+    async def run_callbacks(self) -> None:
         """Run the callbacks of a committed transaction, in order, awaiting async ones."""
         callbacks, self.callbacks = self.callbacks, []
         for callback, robust in callbacks:

@@ -126,7 +126,7 @@ async def test_no_canary_leaks(
             saga = sr.Saga("canary").step("dup", duplicate)
             Session = async_sessionmaker(engine)
             try:
-                await saga.run(saga_id=f"canary-{uuid.uuid4().hex[:8]}", sessionmaker=Session)
+                await saga.execute(saga_id=f"canary-{uuid.uuid4().hex[:8]}", sessionmaker=Session)
             except sr.SagaCompensated as err:
                 failures += 1
                 texts += _chain_texts(err)

@@ -147,7 +147,7 @@ async def main(url: str, external: str, count: int, wait_first: float) -> None:
         saga = order4 if i % 2 == 0 else order3
         while True:
             try:
-                await saga.run({"i": i}, saga_id=f"s{i:03d}", sessionmaker=Session)
+                await saga.execute({"i": i}, saga_id=f"s{i:03d}", sessionmaker=Session)
             except SagaCompensated:
                 pass
             except SagaInProgress as busy:

@@ -90,7 +90,7 @@ async def test_completes_and_passes_results(engine: AsyncEngine) -> None:
     """Every step runs in order and sees the earlier results; the log says completed."""
     world = World()
     Session = async_sessionmaker(engine)
-    results = await _saga(world).run({"sku": "A1"}, saga_id="ord-1", sessionmaker=Session)
+    results = await _saga(world).execute({"sku": "A1"}, saga_id="ord-1", sessionmaker=Session)
     assert results == {
         "reserve": {"step": "reserve", "seen": []},
         "charge": {"key": "ord-1:charge"},
@@ -114,7 +114,7 @@ async def test_failure_compensates_completed_steps_in_reverse(engine: AsyncEngin
 
     saga = _saga(world).step("confirm", refuse, compensate=world.delete)
     with pytest.raises(sr.SagaCompensated) as info:
-        await saga.run(saga_id="ord-2", sessionmaker=Session)
+        await saga.execute(saga_id="ord-2", sessionmaker=Session)
     assert world.order == [
         "do reserve",
         "do charge",
@@ -151,7 +151,7 @@ async def test_compensation_is_retried(engine: AsyncEngine) -> None:
         .step("fail", lambda ctx: 1 / 0, external=True)
     )
     with pytest.raises(sr.SagaCompensated):
-        await saga.run(saga_id="ord-3", sessionmaker=Session)
+        await saga.execute(saga_id="ord-3", sessionmaker=Session)
     assert attempts == [1, 2, 3]
 
 
@@ -182,7 +182,7 @@ async def test_failed_compensations_are_raised_together_and_can_be_redriven(
         )
 
     with pytest.raises(sr.SagaCompensationFailed) as info:
-        await build().run(saga_id="ord-4", sessionmaker=Session)
+        await build().execute(saga_id="ord-4", sessionmaker=Session)
     group = info.value
     assert isinstance(group, ExceptionGroup)
     assert group.saga_id == "ord-4" and group.failed_step == "fail"
@@ -195,7 +195,7 @@ async def test_failed_compensations_are_raised_together_and_can_be_redriven(
     # A second start returns the same outcome, without running anything again.
     calls = len(world.calls)
     with pytest.raises(sr.SagaCompensationFailed) as again:
-        await build().run(saga_id="ord-4", sessionmaker=Session)
+        await build().execute(saga_id="ord-4", sessionmaker=Session)
     assert sorted(again.value.compensation_failures) == ["charge", "reserve"]
     assert len(world.calls) == calls
     # The operator fixes the cause and re-drives.
@@ -213,13 +213,13 @@ async def test_same_saga_id_returns_the_first_outcome(engine: AsyncEngine) -> No
     """Starting a saga id again returns its results (or raises its failure) without running a step."""
     world = World()
     Session = async_sessionmaker(engine)
-    first = await _saga(world).run({"n": 1}, saga_id="ord-5", sessionmaker=Session)
-    second = await _saga(world).run({"n": 2}, saga_id="ord-5", sessionmaker=Session)
+    first = await _saga(world).execute({"n": 1}, saga_id="ord-5", sessionmaker=Session)
+    second = await _saga(world).execute({"n": 2}, saga_id="ord-5", sessionmaker=Session)
     assert second == first
     assert world.calls == ["ord-5:charge"]
     other = Saga("other").step("x", world.call, external=True)
     with pytest.raises(ValueError, match="belongs to saga 'order'"):
-        await other.run(saga_id="ord-5", sessionmaker=Session)
+        await other.execute(saga_id="ord-5", sessionmaker=Session)
 
 
 async def test_crash_mid_saga_is_recovered_exactly_once(engine: AsyncEngine) -> None:
@@ -244,13 +244,13 @@ async def test_crash_mid_saga_is_recovered_exactly_once(engine: AsyncEngine) -> 
         .step("ship", world.insert, compensate=world.delete)
     )
     with pytest.raises(Crash):
-        await saga.run(saga_id="ord-6", sessionmaker=Session)
+        await saga.execute(saga_id="ord-6", sessionmaker=Session)
     record = await get_saga(Session, "ord-6")
     assert record is not None and (record.status, record.position) == ("running", 1)
     assert record.steps["charge"].status == "running"
     # Still leased: a start of the same id says so instead of running it twice.
     with pytest.raises(sr.SagaInProgress) as busy:
-        await saga.run(saga_id="ord-6", sessionmaker=Session)
+        await saga.execute(saga_id="ord-6", sessionmaker=Session)
     assert 0 < busy.value.retry_after <= 2.0
     assert (await recover_sagas(Session, [saga])).recovered == []
     await asyncio.sleep(2.1)
@@ -279,7 +279,7 @@ async def test_database_step_commits_with_its_log_entry(engine: AsyncEngine) -> 
 
     saga = Saga("order", lease=0.1).step("reserve", reserve, compensate=world.delete)
     with pytest.raises(Crash):
-        await saga.run(saga_id="ord-7", sessionmaker=Session)
+        await saga.execute(saga_id="ord-7", sessionmaker=Session)
     assert await _rows(engine, "ord-7") == []
     await asyncio.sleep(0.2)
     assert (await recover_sagas(Session, [saga])).completed == ["ord-7"]
@@ -308,7 +308,7 @@ async def test_two_recoverers_never_take_the_same_saga(engine: AsyncEngine) -> N
     ids = [f"bulk-{i:02d}" for i in range(20)]
     for saga_id in ids:
         with pytest.raises(Crash):
-            await saga.run(saga_id=saga_id, sessionmaker=Session)
+            await saga.execute(saga_id=saga_id, sessionmaker=Session)
     await asyncio.sleep(1.6)
 
     async def instance(owner: str) -> list[str]:
@@ -349,7 +349,7 @@ async def test_lease_lost_stops_the_old_driver(engine: AsyncEngine) -> None:
         .step("charge", slow_charge, external=True)
         .step("ship", world.insert, compensate=world.delete)
     )
-    first = asyncio.create_task(saga.run(saga_id="ord-8", sessionmaker=Session))
+    first = asyncio.create_task(saga.execute(saga_id="ord-8", sessionmaker=Session))
     await in_flight.wait()
     await asyncio.sleep(0.3)  # the lease runs out while the call is in flight
     # recover_sagas in the same process: the takeover is per driving, not per

@@ -60,19 +60,19 @@ async def test_run_arguments_are_validated(tmp_path: Path) -> None:
     saga = Saga("x").step("db", lambda ctx: None).step("api", lambda ctx: None, external=True)
     try:
         with pytest.raises(ValueError, match="saga_id may hold"):
-            await saga.run(saga_id="x' OR 1=1 --", sessionmaker=Session)
+            await saga.execute(saga_id="x' OR 1=1 --", sessionmaker=Session)
         with pytest.raises(TypeError, match="the saga's data must be JSON-serializable"):
-            await saga.run({"when": object()}, sessionmaker=Session)
+            await saga.execute({"when": object()}, sessionmaker=Session)
         with pytest.raises(ValueError, match="is a database step"):
-            await saga.run()
+            await saga.execute()
         with pytest.raises(ValueError, match="durable saga needs sessionmaker"):
-            await saga.run(durable=True)
-        with pytest.raises(TypeError, match="run\\(\\) needs an async_sessionmaker"):
-            await saga.run(sessionmaker=sessionmaker())  # type: ignore[arg-type]
+            await saga.execute(durable=True)
+        with pytest.raises(TypeError, match="execute\\(\\) needs an async_sessionmaker"):
+            await saga.execute(sessionmaker=sessionmaker())  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="has no steps"):
-            await Saga("empty").run()
+            await Saga("empty").execute()
         with pytest.raises(RuntimeError, match="in async code await"):
-            Saga("z").step("a", print, external=True).run_sync()
+            Saga("z").step("a", print, external=True).execute_sync()
         with pytest.raises(TypeError, match="recover_sagas needs an async_sessionmaker"):
             await recover_sagas(sessionmaker(), [saga])  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="needs the Saga definitions"):
@@ -88,7 +88,7 @@ async def test_run_arguments_are_validated(tmp_path: Path) -> None:
             await (
                 Saga("y")
                 .step("db", lambda ctx: {1, 2})
-                .run(saga_id="bad-result", sessionmaker=Session)
+                .execute(saga_id="bad-result", sessionmaker=Session)
             )
         record = await get_saga(Session, "bad-result")
         assert (
@@ -117,9 +117,9 @@ async def test_in_memory_saga_without_a_database() -> None:
         .step("b", step, compensate=undo, external=True)
         .step("c", step, compensate=undo, external=True)
     )
-    assert await Saga("ok").step("a", step, external=True).run() == {"a": 0}
+    assert await Saga("ok").step("a", step, external=True).execute() == {"a": 0}
     with pytest.raises(sr.SagaCompensated) as info:
-        await saga.run(saga_id="m-1")
+        await saga.execute(saga_id="m-1")
     assert done == ["a", "a", "b", "c", "undo b (1)", "undo a (0)"]
     assert info.value.compensated == ("b", "a")
 
@@ -146,7 +146,7 @@ async def test_non_durable_saga_with_database_steps(tmp_path: Path) -> None:
     )
     try:
         with pytest.raises(sr.SagaCompensated) as info:
-            await saga.run(saga_id="nd-1", sessionmaker=Session, durable=False)
+            await saga.execute(saga_id="nd-1", sessionmaker=Session, durable=False)
         assert info.value.compensated == ("b", "a")
         async with engine.connect() as conn:
             assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar_one() == 0
@@ -161,7 +161,7 @@ async def test_non_durable_saga_with_database_steps(tmp_path: Path) -> None:
 
 
 def test_sync_twin(tmp_path: Path) -> None:
-    """run_sync with a sessionmaker and plain functions: durable, compensating, recoverable."""
+    """execute_sync with a sessionmaker and plain functions: durable, compensating, recoverable."""
     engine = create_engine(f"sqlite:///{tmp_path / 's.sqlite'}")
     create_saga_tables(engine)
     with engine.begin() as conn:
@@ -181,12 +181,12 @@ def test_sync_twin(tmp_path: Path) -> None:
 
     saga = Saga("sync").step("a", insert, compensate=delete).step("b", fail)
     try:
-        assert saga.run_sync({"fail": False}, saga_id="s-1", sessionmaker=Session) == {
+        assert saga.execute_sync({"fail": False}, saga_id="s-1", sessionmaker=Session) == {
             "a": "s-1:a",
             "b": None,
         }
         with pytest.raises(sr.SagaCompensated):
-            saga.run_sync({"fail": True}, saga_id="s-2", sessionmaker=Session)
+            saga.execute_sync({"fail": True}, saga_id="s-2", sessionmaker=Session)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT k FROM t")).scalars().all() == ["s-1:a"]
         record = get_saga_sync(Session, "s-2")
@@ -197,7 +197,7 @@ def test_sync_twin(tmp_path: Path) -> None:
             pass
 
         with pytest.raises(TypeError, match="plain functions"):
-            Saga("bad").step("a", not_sync).run_sync(saga_id="s-3", sessionmaker=Session)
+            Saga("bad").step("a", not_sync).execute_sync(saga_id="s-3", sessionmaker=Session)
     finally:
         engine.dispose()
 
@@ -219,9 +219,9 @@ async def test_logs_and_counters(
         .step("b", lambda ctx: 1 / 0, external=True)
     )
     try:
-        await ok.run(saga_id="c-1", sessionmaker=Session)
+        await ok.execute(saga_id="c-1", sessionmaker=Session)
         with pytest.raises(sr.SagaCompensationFailed):
-            await bad.run(saga_id="c-2", sessionmaker=Session)
+            await bad.execute(saga_id="c-2", sessionmaker=Session)
     finally:
         await engine.dispose()
     ids = {getattr(r, "sqlalchemy_resilience.saga_id", None) for r in caplog.records}

@@ -299,7 +299,9 @@ async def saga_usage() -> None:
         .step("charge", lambda ctx: None, compensate=refund, external=True)
     )
     try:
-        results: dict[str, object] = await saga.run({"a": 1}, saga_id="o-1", sessionmaker=factory)
+        results: dict[str, object] = await saga.execute(
+            {"a": 1}, saga_id="o-1", sessionmaker=factory
+        )
     except sr.SagaCompensated as exc:
         step: str = exc.failed_step
         undone: tuple[str, ...] = exc.compensated

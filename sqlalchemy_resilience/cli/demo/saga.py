@@ -76,7 +76,7 @@ class Payments:
 
 
 def build(payments: Payments, *, is_async: bool, crash: bool = False) -> Saga:
-    """``place_order`` with async or plain step functions (for ``run`` / ``run_sync``)."""
+    """``place_order`` with async or plain step functions (for ``execute`` / ``execute_sync``)."""
 
     def charge(ctx: SagaContext) -> dict[str, str]:
         payment = payments.charge(ctx.idempotency_key)
@@ -146,7 +146,7 @@ def _child(url: str, payments_path: str) -> None:
         engine = create_async_engine(parsed)
         saga = build(payments, is_async=True, crash=True)
         asyncio.run(
-            saga.run(
+            saga.execute(
                 {"courier": "kuroneko"},
                 saga_id="demo-order-2",
                 sessionmaker=async_sessionmaker(engine),
@@ -154,7 +154,7 @@ def _child(url: str, payments_path: str) -> None:
         )
     else:
         saga = build(payments, is_async=False, crash=True)
-        saga.run_sync(
+        saga.execute_sync(
             {"courier": "kuroneko"},
             saga_id="demo-order-2",
             sessionmaker=sessionmaker(create_engine(parsed)),
@@ -197,12 +197,14 @@ async def _tour(url: URL, out: TextIO) -> bool:
             # 1. Shipping fails: the charge is refunded and the stock released, in reverse.
             try:
                 if is_async:
-                    await saga.run({"courier": None}, saga_id="demo-order-1", sessionmaker=factory)
+                    await saga.execute(
+                        {"courier": None}, saga_id="demo-order-1", sessionmaker=factory
+                    )
                 else:
                     # The sync API blocks and runs its own loop: off this one, in a thread.
                     await asyncio.to_thread(
                         partial(
-                            saga.run_sync,
+                            saga.execute_sync,
                             {"courier": None},
                             saga_id="demo-order-1",
                             sessionmaker=factory,
