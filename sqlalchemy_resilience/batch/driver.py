@@ -134,17 +134,11 @@ class Target:
             return bind.sync_engine if isinstance(bind, AsyncEngine) else _sync_bind(bind)
         return _sync_bind(target.get_bind())
 
-    async def run(
-        self,
-        body: Callable[[Connection], Any],
-        copy: Callable[[AsyncConnection], Awaitable[Any]] | None = None,
-    ) -> Any:
-        """One transaction: ``copy(async_conn)`` or ``body(sync_conn)``, committed."""
+    async def run(self, body: Callable[[Connection], Any]) -> Any:
+        """One transaction running ``body(sync_conn)``, committed (async: in ``run_sync``'s greenlet)."""
         if self.is_async:
             async with transaction(self.target) as handle:
                 conn = await handle.connection() if isinstance(handle, AsyncSession) else handle
-                if copy is not None:
-                    return await copy(conn)
                 return await conn.run_sync(body)
         with transaction_sync(self.target) as sync_handle:
             sync_conn = (
@@ -250,7 +244,6 @@ class Run:
         self,
         chunk: Chunk,
         body: Callable[[Connection], Any],
-        copy: Callable[[AsyncConnection], Awaitable[Any]] | None,
         probe: Callable[[Connection, dict[str, Any]], Any],
     ) -> Any:
         """Commit one chunk (with its job record), retried; a permanent failure is located and raised."""
@@ -264,20 +257,11 @@ class Run:
                 jobs.advance(conn, job, chunk.index, len(chunk.rows))
             return body(conn)
 
-        async def copy_with_job(conn: AsyncConnection) -> Any:
-            assert copy is not None
-            if job is not None:
-                if retried[0] and await conn.run_sync(_committed_before, job, chunk.index):
-                    return None
-                # Also makes asyncpg begin the transaction the COPY must be part of.
-                await conn.run_sync(jobs.advance, job, chunk.index, len(chunk.rows))
-            return await copy(conn)
-
         try:
             async for attempt in self.policy.as_tenacity(idempotent=self.idempotent):
                 with attempt:
                     retried[0] = attempt.retry_state.attempt_number > 1
-                    result = await self.target.run(with_job, copy_with_job if copy else None)
+                    result = await self.target.run(with_job)
         except (JobConflict, asyncio.CancelledError):
             raise
         except Exception as exc:

@@ -9,21 +9,24 @@ compiled by SQLAlchemy's identifier preparer), then one ``INSERT ... SELECT
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Column, MetaData, Table, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import DDLElement
+from sqlalchemy.util import await_only
 
 from .driver import OnConflict
 
 __all__ = [
     "copy_chunk",
     "copy_merge_chunk",
+    "copy_possible",
     "copy_records",
+    "copy_rows",
     "insert_statement",
     "merge_statement",
     "update_parameters",
@@ -80,23 +83,72 @@ def insert_statement(
 
 def copy_chunk(
     table: Table, columns: list[Column[Any]], processors: list[Any], rows: list[dict[str, Any]]
-) -> Callable[[AsyncConnection], Awaitable[None]]:
+) -> Callable[[Connection], None]:
     """COPY the chunk's rows (mappings by column key) into ``table``'s columns (by name)."""
     keys = [c.key for c in columns]
     names = [c.name for c in columns]
 
-    async def copy(conn: AsyncConnection) -> None:
-        raw = await conn.get_raw_connection()
-        driver: Any = raw.driver_connection
-        # asyncpg quotes the identifiers itself; nothing is formatted here.
-        await driver.copy_records_to_table(
-            table.name,
-            records=copy_records(keys, processors, rows),
-            columns=names,
-            schema_name=table.schema,
-        )
+    def copy(conn: Connection) -> None:
+        copy_rows(conn, table, names, copy_records(keys, processors, rows))
 
     return copy
+
+
+def copy_rows(
+    conn: Connection, table: Table, names: list[str], records: list[tuple[Any, ...]]
+) -> None:
+    """``COPY table (names) FROM STDIN`` through the driver's own COPY support.
+
+    Runs on SQLAlchemy's sync ``Connection``: for an async engine this is the
+    greenlet of ``run_sync``, and the driver's coroutines are awaited with
+    SQLAlchemy's ``await_only`` -- one implementation for both twins.
+    """
+    driver: Any = conn.connection.driver_connection
+    if conn.dialect.driver == "asyncpg":
+        # asyncpg quotes the identifiers itself; nothing is formatted here.
+        await_only(
+            driver.copy_records_to_table(
+                table.name, records=records, columns=names, schema_name=table.schema
+            )
+        )
+        return
+    # psycopg 3: the statement is compiled by SQLAlchemy (identifiers quoted
+    # by the dialect's preparer), the values streamed by the driver.
+    statement = str(_CopyFromStdin(table, names).compile(dialect=conn.dialect))
+    if conn.dialect.is_async:
+        await_only(_copy_psycopg_async(driver, statement, records))
+        return
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for record in records:
+            copy.write_row(record)
+
+
+async def _copy_psycopg_async(driver: Any, statement: str, records: list[tuple[Any, ...]]) -> None:
+    async with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for record in records:
+            await copy.write_row(record)
+
+
+class _CopyFromStdin(DDLElement):
+    """``COPY <table> (<columns>) FROM STDIN``, compiled by SQLAlchemy."""
+
+    inherit_cache = False
+
+    def __init__(self, table: Table, names: list[str]) -> None:
+        self.table = table
+        self.names = names
+
+
+@compiles(_CopyFromStdin, "postgresql")
+def _compile_copy(element: _CopyFromStdin, compiler: Any, **kw: Any) -> str:
+    preparer = compiler.preparer
+    columns = ", ".join(preparer.quote(name) for name in element.names)
+    return f"COPY {preparer.format_table(element.table)} ({columns}) FROM STDIN"
+
+
+def copy_possible(dialect: Any) -> bool:
+    """Whether the engine's driver can COPY here: asyncpg, or psycopg 3 (sync or async)."""
+    return bool(dialect.name == "postgresql" and dialect.driver in ("asyncpg", "psycopg"))
 
 
 class _TempLike(DDLElement):
@@ -144,19 +196,16 @@ def copy_merge_chunk(
     processors: list[Any],
     rows: list[dict[str, Any]],
     merge: Any,
-) -> Callable[[AsyncConnection], Awaitable[None]]:
+) -> Callable[[Connection], None]:
     """COPY the chunk into a temporary copy of the table, then insert it with ON CONFLICT."""
     keys = [c.key for c in columns]
     names = [c.name for c in columns]
+    staging = Table(_MERGE_TABLE, MetaData(), *(Column(c.name, c.type) for c in columns))
 
-    async def copy(conn: AsyncConnection) -> None:
-        await conn.execute(_TempLike(_MERGE_TABLE, table))
-        raw = await conn.get_raw_connection()
-        driver: Any = raw.driver_connection
-        await driver.copy_records_to_table(
-            _MERGE_TABLE, records=copy_records(keys, processors, rows), columns=names
-        )
-        await conn.execute(merge)
+    def copy(conn: Connection) -> None:
+        conn.execute(_TempLike(_MERGE_TABLE, table))
+        copy_rows(conn, staging, names, copy_records(keys, processors, rows))
+        conn.execute(merge)
 
     return copy
 

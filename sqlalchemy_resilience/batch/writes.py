@@ -8,18 +8,19 @@ transient errors. A chunk that fails for good stops the run with
 chunk row by row under savepoints, rolled back -- the first row that fails;
 the chunks before it stay committed.
 
-Paths: PostgreSQL through asyncpg with no conflict handling and no
-``returning`` uses ``COPY`` (asyncpg's ``copy_records_to_table`` on the raw
-connection, values passed through the columns' own bind processors);
-everything else SQLAlchemy's ``insertmanyvalues`` (multi-row ``INSERT ...
-VALUES``, batched by the dialect) or ``executemany`` for updates. The path
+Paths: PostgreSQL through asyncpg or psycopg 3 (either twin) without
+``returning`` uses ``COPY`` (asyncpg's ``copy_records_to_table``, psycopg's
+``cursor.copy``, values passed through the columns' own bind processors), and
+with conflict handling COPY into a temporary table merged by one ``INSERT ...
+ON CONFLICT``; everything else SQLAlchemy's ``insertmanyvalues`` (multi-row
+``INSERT ... VALUES``, batched by the dialect) or ``executemany`` for updates. The path
 taken is in the result and in the log record.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Column, MetaData, Table, and_, bindparam, update
@@ -42,6 +43,7 @@ from .driver import (
 from .statements import (
     copy_chunk,
     copy_merge_chunk,
+    copy_possible,
     insert_statement,
     merge_statement,
     update_parameters,
@@ -104,17 +106,13 @@ async def _bulk_insert(
         None if returning is None else resolve_columns(resolved, returning, what="returning column")
     )
     dialect = target.engine.dialect
-    copy_possible = (
-        target.is_async
-        and dialect.name == "postgresql"
-        and dialect.driver == "asyncpg"
-        and not returned_columns
-    )
-    if use_copy is True and not copy_possible:
+    can_copy = copy_possible(dialect) and not returned_columns
+    if use_copy is True and not can_copy:
         raise ValueError(
-            "use_copy=True needs an async PostgreSQL target through asyncpg and no returning"
+            "use_copy=True needs PostgreSQL through asyncpg or psycopg and no returning, got "
+            f"{dialect.name}+{dialect.driver}{' with returning' if returned_columns else ''}"
         )
-    if copy_possible and use_copy is not False:
+    if can_copy and use_copy is not False:
         # With conflict handling: COPY into a temporary table, then one
         # INSERT ... SELECT ... ON CONFLICT per chunk (benchmarks/bulk.py).
         path = "copy" if on_conflict == "error" else "copy+merge"
@@ -150,22 +148,24 @@ async def _bulk_insert(
                 conflict_columns=conflict,
                 returning=returned_columns,
             )
-            processors = [c.type.bind_processor(dialect) for c in cols]
+            # The dialect's own type (psycopg wraps JSON in Json/Jsonb; asyncpg serializes it).
+            processors = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in cols]
         check_keys(chunk, names, resolved)
         stmt = statement
 
-        def body(
+        def insert_rows(
             conn: Connection, rows_: list[dict[str, Any]] = chunk.rows, stmt_: Any = stmt
         ) -> Any:
             result = conn.execute(stmt_, rows_)
             return result.all() if returned_columns else None
 
+        body: Callable[[Connection], Any] = insert_rows
+
         def probe(conn: Connection, row: dict[str, Any], stmt_: Any = stmt) -> None:
             conn.execute(stmt_, [row])
 
-        copy = None
         if path == "copy":
-            copy = copy_chunk(resolved, cols, processors, chunk.rows)
+            body = copy_chunk(resolved, cols, processors, chunk.rows)
         elif path == "copy+merge":
             if merge is None:
                 merge = merge_statement(
@@ -174,8 +174,8 @@ async def _bulk_insert(
                     on_conflict=on_conflict,  # type: ignore[arg-type]
                     conflict_columns=conflict,
                 )
-            copy = copy_merge_chunk(resolved, cols, processors, chunk.rows, merge)
-        out = await run.chunk(chunk, body, copy, probe)
+            body = copy_merge_chunk(resolved, cols, processors, chunk.rows, merge)
+        out = await run.chunk(chunk, body, probe)
         if returned is not None and out:
             returned.extend(out)
     await run.finish()
@@ -257,7 +257,7 @@ async def _bulk_update(
         ) -> None:
             conn.execute(stmt_, [of(row)])
 
-        await run.chunk(chunk, body, None, probe)
+        await run.chunk(chunk, body, probe)
     await run.finish()
     return run.result("executemany", None, skip)
 
@@ -347,8 +347,9 @@ def bulk_insert_sync(
     job: str | None = None,
     metadata: MetaData | None = None,
     columns: Sequence[str | Column[Any]] | None = None,
+    use_copy: bool | None = None,
 ) -> BulkResult:
-    """The synchronous twin of :func:`bulk_insert` (``insertmanyvalues``; COPY is asyncpg's).
+    """The blocking twin of :func:`bulk_insert` (COPY through psycopg 3 where it can).
 
     Example::
 
@@ -368,7 +369,7 @@ def bulk_insert_sync(
             job=job,
             metadata=metadata,
             columns=columns,
-            use_copy=False,
+            use_copy=use_copy,
         )
     )
 

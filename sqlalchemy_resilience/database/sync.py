@@ -18,7 +18,7 @@ from sqlalchemy_resilience.pagination import Page, paginate_sync
 from sqlalchemy_resilience.pagination.cursor import Secret
 from sqlalchemy_resilience.pool import HealthReport, health_check_sync, pool_stats, warm_up_sync
 from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy, run_transaction_sync
-from sqlalchemy_resilience.saga import Saga
+from sqlalchemy_resilience.saga import RecoveryReport, Saga, recover_sagas_sync
 from sqlalchemy_resilience.transactions import SyncTransactionContext, transaction_sync
 
 from .facade import Statement, as_statement, reads_only
@@ -208,6 +208,16 @@ class SyncDatabase(FacadeBase):
         return saga.execute_sync(
             data, saga_id=saga_id, sessionmaker=self.sessionmaker, durable=durable
         )
+
+    def recover_sagas(self, sagas: Sequence[Saga], **options: Any) -> RecoveryReport:
+        """:func:`~sqlalchemy_resilience.saga.recover_sagas_sync` on this database.
+
+        Example::
+
+            with SyncDatabase("sqlite:///app.db") as db:
+                report = db.recover_sagas([place_order])
+        """
+        return recover_sagas_sync(self.sessionmaker, sagas, **options)
 
     def bulk_insert(self, table: Any, rows: Any, **options: Any) -> BulkResult:
         """:func:`~sqlalchemy_resilience.bulk_insert_sync` with the retry policy."""

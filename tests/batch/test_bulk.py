@@ -32,6 +32,7 @@ from sqlalchemy_resilience.batch import bulk_update, bulk_update_sync
 from sqlalchemy_resilience.errors import JobInputMismatch
 from sqlalchemy_resilience.schema import create_batch_tables
 from sqlalchemy_resilience.testing import inject_fault
+from tests.pgharness import PgServer
 
 metadata = MetaData()
 items = Table(
@@ -312,3 +313,33 @@ async def test_transient_chunk_failure_is_retried(engine: AsyncEngine, fault: st
     assert await _count(engine) == 30
     # chunks 0, 1 (failed), 1 again, 2, and the job's finish record
     assert len(statements) == 5
+
+
+@pytest.mark.postgresql
+def test_sync_twin_copies_through_psycopg(pg_server: PgServer, pg_database: str) -> None:
+    """bulk_insert_sync takes psycopg's COPY by default: timestamps, JSON and NULLs land as
+    written, the job record commits with each chunk; use_copy=False takes INSERT."""
+    engine = create_engine(pg_server.app_url(pg_database, driver="psycopg"))
+    try:
+        with engine.begin() as conn:
+            metadata.drop_all(conn)
+            metadata.create_all(conn)
+            conn.execute(text("DROP TABLE IF EXISTS sqlalchemy_resilience_batch_job"))
+            create_batch_tables(conn)
+        rows = list(_rows(23))
+        rows[3]["doc"] = None
+        rows[4]["seen"] = None
+        result = sr.bulk_insert_sync(engine, items, rows, chunk_size=5, job="sync-copy")
+        assert (result.path, result.rows, result.chunks) == ("copy", 23, 5)
+        more = sr.bulk_insert_sync(engine, items, _rows(2, 23), use_copy=False)
+        assert more.path == "insertmanyvalues"
+        with engine.connect() as conn:
+            stored = [tuple(r) for r in conn.execute(select(items).order_by(items.c.id))]
+            job = conn.execute(
+                text("SELECT rows_done, chunks_done FROM sqlalchemy_resilience_batch_job")
+            ).one()
+        expected = [*rows, *_rows(2, 23)]
+        assert stored == [(r["id"], r["name"], r["seen"], r["doc"], r["code"]) for r in expected]
+        assert tuple(job) == (23, 5)
+    finally:
+        engine.dispose()

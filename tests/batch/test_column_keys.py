@@ -93,7 +93,8 @@ ASYNC_CASES = [
     ("sqlite+aiosqlite", None, "insertmanyvalues"),
     pytest.param("postgresql+asyncpg", None, "copy", marks=pytest.mark.postgresql),
     pytest.param("postgresql+asyncpg", False, "insertmanyvalues", marks=pytest.mark.postgresql),
-    pytest.param("postgresql+psycopg", None, "insertmanyvalues", marks=pytest.mark.postgresql),
+    pytest.param("postgresql+psycopg", None, "copy", marks=pytest.mark.postgresql),
+    pytest.param("postgresql+psycopg", False, "insertmanyvalues", marks=pytest.mark.postgresql),
 ]
 
 
@@ -159,18 +160,30 @@ async def test_insert_and_upsert_put_values_in_their_columns(
 
 
 @pytest.mark.parametrize(
-    "driver", ["sqlite", pytest.param("postgresql+psycopg", marks=pytest.mark.postgresql)]
+    ("driver", "use_copy", "path"),
+    [
+        ("sqlite", None, "insertmanyvalues"),
+        pytest.param("postgresql+psycopg", None, "copy", marks=pytest.mark.postgresql),
+        pytest.param("postgresql+psycopg", False, "insertmanyvalues", marks=pytest.mark.postgresql),
+    ],
 )
 def test_sync_twins_put_values_in_their_columns(
-    sync_url: str, driver: str, sync_engines: list[Engine]
+    sync_url: str, driver: str, use_copy: bool | None, path: str, sync_engines: list[Engine]
 ) -> None:
-    """bulk_insert_sync / bulk_update_sync with renamed and swapped keys."""
+    """bulk_insert_sync (COPY through psycopg's cursor.copy, or INSERT) / bulk_update_sync with renamed and swapped keys."""
     engine = create_engine(sync_url)
     sync_engines.append(engine)
-    sr.bulk_insert_sync(engine, keyed, _rows(12), chunk_size=5)
-    sr.bulk_insert_sync(
-        engine, keyed, _rows(4, 10, bump=5), on_conflict="update", conflict_columns=["label"]
+    result = sr.bulk_insert_sync(engine, keyed, _rows(12), chunk_size=5, use_copy=use_copy)
+    assert result.path == path and result.rows == 12
+    upsert = sr.bulk_insert_sync(
+        engine,
+        keyed,
+        _rows(4, 10, bump=5),
+        on_conflict="update",
+        conflict_columns=["label"],
+        use_copy=use_copy,
     )
+    assert upsert.path == ("copy+merge" if path == "copy" else path)
     bulk_update_sync(engine, Keyed, [{"id": 1, "a": 7, "b": 8}])
     assert _stored(sync_url) == (
         [*_expected(1), (1, 8, 7, "l1"), *_expected(8, 2), *_expected(4, 10, bump=5)]

@@ -257,7 +257,11 @@ def test_sync_database(sync_url: str) -> None:
             ctx.session.execute(insert(items).values(name="saga"))
             return 7
 
-        assert db.saga(sr.Saga("facade-sync").step("mark", mark), saga_id="s1") == {"mark": 7}
+        saga = sr.Saga("facade-sync").step("mark", mark)
+        assert db.saga(saga, saga_id="s1") == {"mark": 7}
+        assert db.saga(saga, saga_id="s1") == {"mark": 7}  # once
+        assert db.fetch_value(select(func.count()).where(items.c.name == "saga")) == 1
+        assert db.recover_sagas([saga]).recovered == []
         assert db.health().status == "healthy"
         assert db.stats()["pool"]["pool_size"] == 2
         with pytest.raises(sr.UniqueViolation):
