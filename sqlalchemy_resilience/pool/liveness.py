@@ -25,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -38,6 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
+from sqlalchemy_resilience._util.cut import shutdown
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import sync_engine
 from sqlalchemy_resilience.errors import ReadOnlyServer
@@ -54,16 +53,6 @@ _READ_ONLY_QUERY = (
 )
 
 _log = logging.getLogger("sqlalchemy_resilience.pool")
-
-
-def _shutdown(fd: int) -> None:
-    """Shut the connection's socket down from another thread: its blocked read returns EOF."""
-    with contextlib.suppress(OSError):
-        dup = socket.socket(fileno=os.dup(fd))
-        try:
-            dup.shutdown(socket.SHUT_RDWR)
-        finally:
-            dup.close()
 
 
 async def _bounded(ping: Coroutine[Any, Any, Any], timeout: float, kill: Callable[[], Any]) -> None:
@@ -153,14 +142,14 @@ class IdlePing:
                     if not was:
                         await raw.set_autocommit(False)
 
-                await_only(_bounded(ping(), timeout, lambda: _shutdown(raw.pgconn.socket)))
+                await_only(_bounded(ping(), timeout, lambda: shutdown(raw.pgconn.socket)))
 
             return ping_psycopg_async
         if driver == "psycopg":
 
             def ping_psycopg(dbapi_connection: Any) -> None:
                 raw = dbapi_connection  # a sync driver's connection is the DBAPI one
-                timer = threading.Timer(timeout, _shutdown, (raw.pgconn.socket,))
+                timer = threading.Timer(timeout, shutdown, (raw.pgconn.socket,))
                 timer.daemon = True
                 was = raw.autocommit
                 timer.start()

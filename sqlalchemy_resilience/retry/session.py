@@ -9,10 +9,11 @@ re-run the unit of work (:func:`~.transaction.run_transaction` does that).
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -116,43 +117,55 @@ class ResilientAsyncSession(AsyncSession):
         budget.refund(charged[0])
         return result
 
-    async def execute(self, *args: Any, **kw: Any) -> Any:
-        """``AsyncSession.execute``, retried when it starts the transaction."""
-        return await self._resilient(
-            lambda: AsyncSession.execute(self, *args, **kw), _statement(args, kw)
-        )
+    if not TYPE_CHECKING:
+        # At run time these wrap AsyncSession's methods (their signatures are
+        # copied below); a type checker sees AsyncSession's own, overloads
+        # included: ``await session.get(User, 1)`` is ``User | None``.
 
-    async def scalar(self, *args: Any, **kw: Any) -> Any:
-        """``AsyncSession.scalar``, retried when it starts the transaction."""
-        return await self._resilient(
-            lambda: AsyncSession.scalar(self, *args, **kw), _statement(args, kw)
-        )
+        async def execute(self, *args: Any, **kw: Any) -> Any:
+            """``AsyncSession.execute``, retried when it starts the transaction."""
+            return await self._resilient(
+                lambda: AsyncSession.execute(self, *args, **kw), _statement(args, kw)
+            )
 
-    async def get(self, *args: Any, **kw: Any) -> Any:
-        """``AsyncSession.get``, retried when it starts the transaction."""
-        return await self._resilient(lambda: AsyncSession.get(self, *args, **kw))
+        async def scalar(self, *args: Any, **kw: Any) -> Any:
+            """``AsyncSession.scalar``, retried when it starts the transaction."""
+            return await self._resilient(
+                lambda: AsyncSession.scalar(self, *args, **kw), _statement(args, kw)
+            )
 
-    async def get_one(self, *args: Any, **kw: Any) -> Any:
-        """``AsyncSession.get_one``, retried when it starts the transaction."""
-        return await self._resilient(lambda: AsyncSession.get_one(self, *args, **kw))
+        async def get(self, *args: Any, **kw: Any) -> Any:
+            """``AsyncSession.get``, retried when it starts the transaction."""
+            return await self._resilient(lambda: AsyncSession.get(self, *args, **kw))
 
-    async def stream(self, *args: Any, **kw: Any) -> Any:
-        """``AsyncSession.stream``, retried when it starts the transaction."""
-        return await self._resilient(
-            lambda: AsyncSession.stream(self, *args, **kw), _statement(args, kw)
-        )
+        async def get_one(self, *args: Any, **kw: Any) -> Any:
+            """``AsyncSession.get_one``, retried when it starts the transaction."""
+            return await self._resilient(lambda: AsyncSession.get_one(self, *args, **kw))
 
-    async def connection(self, *args: Any, **kw: Any) -> Any:
-        """``AsyncSession.connection`` (the checkout), retried when it starts the transaction."""
-        return await self._resilient(lambda: AsyncSession.connection(self, *args, **kw))
+        async def stream(self, *args: Any, **kw: Any) -> Any:
+            """``AsyncSession.stream``, retried when it starts the transaction."""
+            return await self._resilient(
+                lambda: AsyncSession.stream(self, *args, **kw), _statement(args, kw)
+            )
 
-    async def flush(self, *args: Any, **kw: Any) -> None:
-        """``AsyncSession.flush`` through the breaker (never retried: it writes)."""
-        await self._resilient(lambda: AsyncSession.flush(self, *args, **kw))
+        async def connection(self, *args: Any, **kw: Any) -> Any:
+            """``AsyncSession.connection`` (the checkout), retried when it starts the transaction."""
+            return await self._resilient(lambda: AsyncSession.connection(self, *args, **kw))
 
-    async def commit(self) -> None:
-        """``AsyncSession.commit`` through the breaker (never retried: see CommitOutcomeUnknown)."""
-        await self._resilient(lambda: _commit_classified(self))
+        async def flush(self, *args: Any, **kw: Any) -> None:
+            """``AsyncSession.flush`` through the breaker (never retried: it writes)."""
+            await self._resilient(lambda: AsyncSession.flush(self, *args, **kw))
+
+        async def commit(self) -> None:
+            """``AsyncSession.commit`` through the breaker (never retried: see CommitOutcomeUnknown)."""
+            await self._resilient(lambda: _commit_classified(self))
+
+
+# What introspection (help(), IDEs, inspect.signature) shows is AsyncSession's.
+for _name in ("execute", "scalar", "get", "get_one", "stream", "connection", "flush", "commit"):
+    _method = vars(ResilientAsyncSession)[_name]
+    _method.__signature__ = inspect.signature(getattr(AsyncSession, _name))
+del _name, _method
 
 
 async def _commit_classified(session: AsyncSession) -> None:

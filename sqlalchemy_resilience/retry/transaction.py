@@ -22,19 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from typing import Any, cast
 
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.util import await_only, greenlet_spawn
 
+from sqlalchemy_resilience._util.cut import cut
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.errors.hierarchy import (
     CommitOutcomeUnknown,
-    ConnectionLost,
     QueryTimeout,
 )
 from sqlalchemy_resilience.errors.translate import describe, translate_error
@@ -51,6 +54,7 @@ from .unit import (
     _bind_of,
     _current_xid,
     _raise_translated,
+    _resolved,
     _retry_async,
     _retry_sync,
     _retrying_kwargs,
@@ -68,6 +72,78 @@ def _engine_of(bind: Any) -> Any:
     return bind.engine if isinstance(bind, Connection) else bind
 
 
+def _attempt(session: Session, unit: _Unit, call: Callable[[], T], name: str) -> T:
+    """One attempt's logic, written once, on SQLAlchemy's sync ``Session``.
+
+    The blocking twin calls it directly; the async one runs it on the
+    ``AsyncSession``'s ``sync_session`` inside SQLAlchemy's greenlet
+    (``greenlet_spawn``, as ``AsyncSession`` itself does), where ``call``
+    awaits the user's coroutine with ``await_only``.
+    """
+    conn: Connection | None = None
+    undo: Undo | None = None
+    try:
+        bind = session.get_bind()
+        engine = _engine_of(bind)
+        if unit.options.needs_connection(engine.dialect.name):
+            conn = session.connection(execution_options=unit.options.execution_options(engine))
+        elif unit.idempotency_key is not None or not routes_itself(session):
+            conn = session.connection()
+        require_atomic(name, conn, bind)
+        if unit.options.needs_connection(engine.dialect.name):
+            assert conn is not None
+            undo = prepare(conn, unit.options, nested=False, engine=engine)
+        if unit.idempotency_key is not None:
+            assert conn is not None
+            if conn.execute(unit.claim_statement(conn.dialect.name)).first() is None:
+                if undo is not None:
+                    undo(conn, False)
+                    undo = None
+                session.rollback()
+                return cast(T, unit.key_taken())
+        result = call()
+        unit.xid = None
+        if unit.resolve:
+            unit.xid = _current_xid(session)
+        if undo is not None and conn is not None:
+            undo(conn, True)
+            undo = None
+        unit.committing = True
+        unit.pending = result
+        try:
+            session.commit()
+        except Exception as exc:
+            unit.committing = False
+            failure = unit.commit_failed(exc, result)
+            if failure is exc:
+                raise
+            raise failure from exc
+        # Cancellation leaves `committing` set on purpose: the deadline
+        # wrapper reads it to tell an unknown COMMIT from a stuck statement.
+        unit.committing = False
+        unit.scope = unit.attempt_scope  # committed: its on_commit callbacks run
+        return result
+    except BaseException:
+        if undo is not None and conn is not None:
+            _undo_quietly(conn, undo)
+        raise
+
+
+def _undo_quietly(conn: Connection, undo: Undo) -> None:
+    try:
+        undo(conn, False)
+    except Exception as exc:
+        # A connection whose settings could not be put back must not be reused.
+        _log.warning(
+            "could not restore the connection's settings; invalidating it: %s",
+            describe(translate_error(exc)),
+        )
+        try:
+            conn.invalidate()
+        except Exception:
+            _log.debug("invalidate after failed restore failed", exc_info=True)
+
+
 async def _attempt_async(
     factory: Callable[[], AsyncSession],
     fn: Callable[[AsyncSession], Awaitable[T]],
@@ -79,73 +155,28 @@ async def _attempt_async(
     unit.committing = False
     async with guard, factory() as session:
         scope = unit.attempt_scope = CommitScope(session, parent=None, is_async=True).enter()
-        conn: AsyncConnection | None = None
-        undo: Undo | None = None
         try:
-            bind = session.get_bind()
-            engine = _engine_of(bind)
-            if unit.options.needs_connection(engine.dialect.name):
-                conn = await session.connection(
-                    execution_options=unit.options.execution_options(engine)
-                )
-            elif unit.idempotency_key is not None or not routes_itself(session.sync_session):
-                conn = await session.connection()
-            require_atomic("run_transaction", None if conn is None else conn.sync_connection, bind)
-            if unit.options.needs_connection(engine.dialect.name):
-                assert conn is not None
-                undo = await conn.run_sync(prepare, unit.options, nested=False, engine=engine)
-            if unit.idempotency_key is not None:
-                assert conn is not None
-                claimed = await conn.execute(unit.claim_statement(conn.dialect.name))
-                if claimed.first() is None:
-                    if undo is not None:
-                        await conn.run_sync(undo, False)
-                        undo = None
-                    await session.rollback()
-                    return cast(T, unit.key_taken())
-            result = await fn(session)
-            unit.xid = None
-            if unit.resolve:
-                unit.xid = await _current_xid(session)
-            if undo is not None and conn is not None:
-                await conn.run_sync(undo, True)
-                undo = None
-            unit.committing = True
-            unit.pending = result
-            try:
-                await session.commit()
-            except Exception as exc:
-                unit.committing = False
-                failure = unit.commit_failed(exc, result)
-                if failure is exc:
-                    raise
-                raise failure from exc
-            # Cancellation leaves `committing` set on purpose: the deadline
-            # wrapper reads it to tell an unknown COMMIT from a stuck statement.
-            unit.committing = False
-            unit.scope = scope
+            result: T = await greenlet_spawn(
+                _attempt,
+                session.sync_session,
+                unit,
+                lambda: await_only(fn(session)),
+                "run_transaction",
+            )
             return result
-        except BaseException:
-            if undo is not None and conn is not None:
-                await _undo_quietly_async(conn, undo)
-            raise
         finally:
             scope.leave()
 
 
-async def _undo_quietly_async(conn: AsyncConnection, undo: Undo) -> None:
-    try:
-        await conn.run_sync(undo, False)
-    except Exception as exc:
-        # A connection whose settings could not be put back must not be reused.
-        _log.warning(
-            "could not restore the connection's settings; invalidating it: %s",
-            describe(translate_error(exc)),
-        )
+def _attempt_sync(factory: Callable[[], Session], fn: Callable[[Session], T], unit: _Unit) -> T:
+    guard: AbstractContextManager[Any] = unit.breaker.guard() if unit.breaker else nullcontext()
+    unit.committing = False
+    with guard, factory() as session:
+        scope = unit.attempt_scope = CommitScope(session, parent=None, is_async=False).enter()
         try:
-            await conn.invalidate()
-        except Exception:
-            _log.debug("invalidate after failed restore failed", exc_info=True)
+            return _attempt(session, unit, lambda: fn(session), "run_transaction_sync")
+        finally:
+            scope.leave()
 
 
 async def _resolving_attempt(
@@ -159,20 +190,26 @@ async def _resolving_attempt(
     except CommitOutcomeUnknown as exc:
         if not unit.resolve or unit.xid is None:
             raise
-        xid = unit.xid
-        status = await _xact_status(factory, xid, timeout=_RESOLUTION_TIMEOUT)
-        if status == "committed":
-            _log.info("commit outcome resolved: transaction %s committed", xid)
-            unit.scope = unit.pending_scope
-            return cast(T, unit.pending)
-        if status == "aborted":
-            _log.info("commit outcome resolved: transaction %s aborted; re-running", xid)
-            raise ConnectionLost(
-                f"COMMIT was lost and transaction {xid} did not commit (pg_xact_status)",
-                retryable=True,
-                connection_invalidated=True,
-            ) from exc
-        raise
+        status = await greenlet_spawn(
+            _xact_status,
+            lambda: factory().sync_session,
+            unit.xid,
+            timeout=_RESOLUTION_TIMEOUT,
+            sleep=lambda delay: await_only(asyncio.sleep(delay)),
+        )
+        return cast(T, _resolved(unit, status, exc))
+
+
+def _resolving_attempt_sync(
+    factory: Callable[[], Session], fn: Callable[[Session], T], unit: _Unit, timeout: float | None
+) -> T:
+    try:
+        return _timed_attempt_sync(factory, fn, unit, timeout)
+    except CommitOutcomeUnknown as exc:
+        if not unit.resolve or unit.xid is None:
+            raise
+        status = _xact_status(factory, unit.xid, timeout=_RESOLUTION_TIMEOUT, sleep=time.sleep)
+        return cast(T, _resolved(unit, status, exc))
 
 
 # How long a timed-out attempt may spend cleaning up before the caller moves
@@ -226,6 +263,103 @@ async def _timed_attempt(
         retryable=True,
         connection_invalidated=True,
     )
+
+
+class _Watch:
+    """The deadline of one blocking attempt: the connections it began on, cut when it expires."""
+
+    __slots__ = ("committing", "connections", "done", "expired", "lock", "unit")
+
+    def __init__(self, unit: _Unit) -> None:
+        self.unit = unit
+        self.lock = threading.Lock()
+        self.connections: list[Any] = []
+        self.done = False
+        self.expired = False
+        self.committing = False
+
+    def began(self, session: Session, transaction: Any, connection: Connection) -> None:
+        with self.lock:
+            self.connections.append(connection.connection.dbapi_connection)
+
+    def committed(self, session: Session) -> None:
+        with self.lock:
+            self.done = True  # COMMIT answered: nothing left to cut
+
+    def expire(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.expired = True
+            self.committing = self.unit.committing
+            connections = list(self.connections)
+        # Outside the lock: a cancel request to the server may take a moment.
+        for dbapi_connection in connections:
+            if dbapi_connection is not None and not cut(dbapi_connection):
+                _log.warning(
+                    "attempt_timeout: no way to interrupt a %s connection; "
+                    "the attempt runs until the driver returns",
+                    type(dbapi_connection).__name__,
+                )
+
+    def finish(self) -> bool:
+        """Stop watching; True when the deadline had expired."""
+        with self.lock:
+            self.done = True
+            return self.expired
+
+
+def _timed_attempt_sync(
+    factory: Callable[[], Session], fn: Callable[[Session], T], unit: _Unit, timeout: float | None
+) -> T:
+    if timeout is None:
+        return _attempt_sync(factory, fn, unit)
+    watch = _Watch(unit)
+
+    def watched() -> Session:
+        session = factory()
+        event.listen(session, "after_begin", watch.began)
+        event.listen(session, "after_commit", watch.committed)
+        return session
+
+    timer = threading.Timer(timeout, watch.expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        result = _attempt_sync(watched, fn, unit)
+    except Exception as exc:
+        if not watch.finish():
+            raise
+        if watch.committing:
+            unit.unknown_commit = True
+            unit.pending_scope = unit.attempt_scope
+            raise CommitOutcomeUnknown(
+                f"attempt_timeout of {timeout:g}s expired while COMMIT was in flight",
+                connection_invalidated=True,
+            ) from exc
+        raise QueryTimeout(
+            f"attempt_timeout of {timeout:g}s expired; the connection was discarded",
+            retryable=True,
+            connection_invalidated=True,
+        ) from exc
+    finally:
+        timer.cancel()
+    watch.finish()  # succeeded: a deadline that passed meanwhile changes nothing
+    return result
+
+
+def _seconds_or_none(attempt_timeout: Seconds | None) -> float | None:
+    if attempt_timeout is None:
+        return None
+    return to_seconds("attempt_timeout", attempt_timeout, allow_zero=False)
+
+
+def _check_resolve(resolve_commit_outcome: object) -> bool:
+    if not isinstance(resolve_commit_outcome, bool):
+        raise TypeError(
+            f"resolve_commit_outcome must be True or False, got {resolve_commit_outcome!r}"
+        )
+    return resolve_commit_outcome
 
 
 async def run_transaction(
@@ -298,19 +432,11 @@ async def run_transaction(
                               idempotency_key=request.headers["Idempotency-Key"])
     """
     _validate(isolation_level, read_only, idempotent, idempotency_key)
-    timeout = (
-        None
-        if attempt_timeout is None
-        else to_seconds("attempt_timeout", attempt_timeout, allow_zero=False)
-    )
+    timeout = _seconds_or_none(attempt_timeout)
     policy = retry or _DEFAULT_POLICY
     budget = policy.budget or RetryBudget.for_engine(_bind_of(sessionmaker))
-    if not isinstance(resolve_commit_outcome, bool):
-        raise TypeError(
-            f"resolve_commit_outcome must be True or False, got {resolve_commit_outcome!r}"
-        )
     unit = _Unit(breaker, isolation_level, read_only, idempotency_key)
-    unit.resolve = resolve_commit_outcome
+    unit.resolve = _check_resolve(resolve_commit_outcome)
     idempotent = idempotent or idempotency_key is not None
     started = time.monotonic()
     try:
@@ -341,66 +467,6 @@ async def _run_callbacks_async(unit: _Unit) -> None:
         await scope.run_callbacks()
 
 
-def _attempt_sync(factory: Callable[[], Session], fn: Callable[[Session], T], unit: _Unit) -> T:
-    guard: AbstractContextManager[Any] = unit.breaker.guard() if unit.breaker else nullcontext()
-    with guard, factory() as session:
-        scope = unit.attempt_scope = CommitScope(session, parent=None, is_async=False).enter()
-        conn: Connection | None = None
-        undo: Undo | None = None
-        try:
-            bind = session.get_bind()
-            engine = _engine_of(bind)
-            if unit.options.needs_connection(engine.dialect.name):
-                conn = session.connection(execution_options=unit.options.execution_options(engine))
-            elif unit.idempotency_key is not None or not routes_itself(session):
-                conn = session.connection()
-            require_atomic("run_transaction_sync", conn, bind)
-            if unit.options.needs_connection(engine.dialect.name):
-                assert conn is not None
-                undo = prepare(conn, unit.options, nested=False, engine=engine)
-            if unit.idempotency_key is not None:
-                assert conn is not None
-                if conn.execute(unit.claim_statement(conn.dialect.name)).first() is None:
-                    if undo is not None:
-                        undo(conn, False)
-                        undo = None
-                    session.rollback()
-                    return cast(T, unit.key_taken())
-            result = fn(session)
-            if undo is not None and conn is not None:
-                undo(conn, True)
-                undo = None
-            try:
-                session.commit()
-            except Exception as exc:
-                failure = unit.commit_failed(exc, result)
-                if failure is exc:
-                    raise
-                raise failure from exc
-            unit.scope = scope
-            return result
-        except BaseException:
-            if undo is not None and conn is not None:
-                _undo_quietly_sync(conn, undo)
-            raise
-        finally:
-            scope.leave()
-
-
-def _undo_quietly_sync(conn: Connection, undo: Undo) -> None:
-    try:
-        undo(conn, False)
-    except Exception as exc:
-        _log.warning(
-            "could not restore the connection's settings; invalidating it: %s",
-            describe(translate_error(exc)),
-        )
-        try:
-            conn.invalidate()
-        except Exception:
-            _log.debug("invalidate after failed restore failed", exc_info=True)
-
-
 def run_transaction_sync(
     sessionmaker: Callable[[], Session],
     fn: Callable[[Session], T],
@@ -411,8 +477,16 @@ def run_transaction_sync(
     read_only: bool = False,
     idempotent: bool = False,
     idempotency_key: str | None = None,
+    attempt_timeout: Seconds | None = None,
+    resolve_commit_outcome: bool = False,
 ) -> T:
-    """The synchronous twin of :func:`run_transaction`, for ``sessionmaker`` and ``Session``.
+    """The blocking twin of :func:`run_transaction`, for ``sessionmaker`` and ``Session``.
+
+    The same parameters and guarantees. ``attempt_timeout`` cuts a blocked
+    attempt from a timer thread: the connection's socket is shut down
+    (psycopg, psycopg2, PyMySQL) or ``sqlite3``'s ``interrupt()`` is called,
+    so the driver returns at once and SQLAlchemy discards the connection; a
+    connect still in progress is bounded by the driver's own connect timeout.
 
     Example::
 
@@ -420,13 +494,15 @@ def run_transaction_sync(
                                      read_only=True)
     """
     _validate(isolation_level, read_only, idempotent, idempotency_key)
+    timeout = _seconds_or_none(attempt_timeout)
     policy = retry or _DEFAULT_POLICY
     budget = policy.budget or RetryBudget.for_engine(_bind_of(sessionmaker))
     unit = _Unit(breaker, isolation_level, read_only, idempotency_key)
+    unit.resolve = _check_resolve(resolve_commit_outcome)
     idempotent = idempotent or idempotency_key is not None
     started = time.monotonic()
     try:
-        result = _attempt_sync(sessionmaker, fn, unit)
+        result = _resolving_attempt_sync(sessionmaker, fn, unit, timeout)
     except Exception as first:
         if policy.attempts == 1 or not policy.is_retryable(first, idempotent=idempotent):
             _raise_translated(first)
@@ -439,7 +515,7 @@ def run_transaction_sync(
     result = _retry_sync(
         _retrying_kwargs(policy, budget, errors, started, idempotent, charged),
         errors[0],
-        lambda: _attempt_sync(sessionmaker, fn, unit),
+        lambda: _resolving_attempt_sync(sessionmaker, fn, unit, timeout),
     )
     budget.refund(charged[0])  # the retries paid off: the database is serving
     _run_callbacks_sync(unit)

@@ -21,12 +21,13 @@ import tenacity
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from sqlalchemy_resilience.errors.classify import RETRY_ONCE, build_error
 from sqlalchemy_resilience.errors.hierarchy import (
     AlreadyApplied,
     CommitOutcomeUnknown,
+    ConnectionLost,
     ResilienceError,
     RetryExhausted,
     TransactionConflict,
@@ -194,31 +195,38 @@ class _Unit:
         return failure
 
 
-async def _current_xid(session: AsyncSession) -> str | None:
-    conn = await session.connection()
+def _current_xid(session: Session) -> str | None:
+    conn = session.connection()
     if conn.dialect.name != "postgresql":
         raise ValueError(
             f"resolve_commit_outcome needs PostgreSQL (pg_xact_status), not {conn.dialect.name!r}"
         )
     # NULL when the transaction wrote nothing: then there is nothing to resolve.
-    value = (await session.execute(text("SELECT pg_current_xact_id_if_assigned()::text"))).scalar()
+    value = session.execute(text("SELECT pg_current_xact_id_if_assigned()::text")).scalar()
     return None if value is None else str(value)
 
 
-async def _xact_status(
-    factory: Callable[[], AsyncSession], xid: str, *, timeout: float
+def _xact_status(
+    open_session: Callable[[], Session],
+    xid: str,
+    *,
+    timeout: float,
+    sleep: Callable[[float], object],
 ) -> str | None:
-    """Ask the server what became of ``xid``: committed, aborted, or None (still unknown)."""
+    """Ask the server what became of ``xid``: committed, aborted, or None (still unknown).
+
+    Written once on the sync ``Session``: the async twin runs it in
+    SQLAlchemy's greenlet with an ``AsyncSession``'s ``sync_session`` and an
+    ``asyncio.sleep`` awaited through ``await_only``.
+    """
     deadline = time.monotonic() + timeout
     delay = 0.05
     while True:
         try:
-            async with factory() as session:
-                status = (
-                    await session.execute(
-                        text("SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8))"),
-                        {"xid": xid},
-                    )
+            with open_session() as session:
+                status = session.execute(
+                    text("SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8))"),
+                    {"xid": xid},
                 ).scalar()
         except Exception:
             status = None  # the server may still be coming back
@@ -228,8 +236,24 @@ async def _xact_status(
         if time.monotonic() + delay > deadline:
             return None
         # "in progress": the backend has not finished dying yet.
-        await asyncio.sleep(delay)
+        sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+def _resolved(unit: _Unit, status: str | None, exc: CommitOutcomeUnknown) -> Any:
+    """The outcome pg_xact_status gave: the pending result, a retryable loss, or ``exc`` again."""
+    if status == "committed":
+        _log.info("commit outcome resolved: transaction %s committed", unit.xid)
+        unit.scope = unit.pending_scope
+        return unit.pending
+    if status == "aborted":
+        _log.info("commit outcome resolved: transaction %s aborted; re-running", unit.xid)
+        raise ConnectionLost(
+            f"COMMIT was lost and transaction {unit.xid} did not commit (pg_xact_status)",
+            retryable=True,
+            connection_invalidated=True,
+        ) from exc
+    raise exc
 
 
 # How long the resolver asks pg_xact_status before it gives up (server restarting...).

@@ -7,21 +7,24 @@ synchronous-replication wait; the client only sees the connection drop.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session, sessionmaker
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import RetryPolicy, instrument, run_transaction
+from sqlalchemy_resilience import RetryPolicy, instrument, run_transaction, run_transaction_sync
 from tests.pgharness import PgServer
 
 FAST = RetryPolicy(attempts=4, initial_backoff=0.001, max_backoff=0.01, deadline=30)
@@ -264,3 +267,113 @@ async def test_resolve_commit_outcome_needs_postgresql(tmp_path: object) -> None
             await run_transaction(async_sessionmaker(engine), work, resolve_commit_outcome=True)
     finally:
         await engine.dispose()
+
+
+# -- the blocking twin: the same guarantees ------------------------------------------
+
+
+def test_sync_attempt_timeout_retries_a_stuck_statement(fault_server: PgServer) -> None:
+    """run_transaction_sync: an attempt stuck past attempt_timeout has its socket cut
+    (connection discarded) and is re-run."""
+    engine = create_engine(fault_server.app_url("faults", driver="psycopg"))
+    instrument(engine)
+    attempts = 0
+
+    def work(session: Session) -> int:
+        nonlocal attempts
+        attempts += 1
+        seconds = 5 if attempts == 1 else 0
+        session.execute(text("SELECT pg_sleep(:s)"), {"s": seconds})
+        return attempts
+
+    started = time.monotonic()
+    try:
+        result = run_transaction_sync(sessionmaker(engine), work, retry=FAST, attempt_timeout=0.3)
+    finally:
+        engine.dispose()
+    elapsed = time.monotonic() - started
+    assert result == 2
+    assert 0.27 <= elapsed < 3.0
+
+
+def test_sync_attempt_timeout_during_commit_is_unknown(syncrep: PgServer) -> None:
+    """run_transaction_sync: attempt_timeout expiring while COMMIT waits (SyncRep) gives
+    CommitOutcomeUnknown, never a blind retry; the server had committed."""
+    engine = create_engine(syncrep.app_url("faults", driver="psycopg"))
+    key = uuid.uuid4()
+    attempts = 0
+
+    def work(session: Session) -> None:
+        nonlocal attempts
+        attempts += 1
+        session.execute(text("SET LOCAL synchronous_commit = 'on'"))
+        session.execute(text("INSERT INTO ledger VALUES (:k)"), {"k": key})
+
+    try:
+        with pytest.raises(sr.CommitOutcomeUnknown) as info:
+            run_transaction_sync(sessionmaker(engine), work, retry=FAST, attempt_timeout=0.5)
+    finally:
+        engine.dispose()
+    assert attempts == 1
+    assert "attempt_timeout" in str(info.value)
+    syncrep.wait_for(lambda: syncrep.ledger_rows(key) == 1, timeout=5)
+
+
+@pytest.mark.parametrize("instrumented", [True, False])
+def test_sync_resolver_reports_a_lost_commit_that_committed(
+    syncrep: PgServer, instrumented: bool
+) -> None:
+    """run_transaction_sync(resolve_commit_outcome=True): COMMIT lost in the SyncRep wait;
+    pg_xact_status says committed; the result is returned, fn ran once."""
+    engine = create_engine(syncrep.app_url("faults", driver="psycopg"))
+    if instrumented:
+        instrument(engine)
+    key = uuid.uuid4()
+    attempts = 0
+
+    def work(session: Session) -> str:
+        nonlocal attempts
+        attempts += 1
+        session.execute(text("SET LOCAL synchronous_commit = 'on'"))
+        session.execute(text("INSERT INTO ledger VALUES (:k)"), {"k": key})
+        return "booked"
+
+    killer = threading.Thread(target=syncrep.kill_first_syncrep_waiter)
+    killer.start()
+    try:
+        result = run_transaction_sync(
+            sessionmaker(engine), work, retry=FAST, resolve_commit_outcome=True
+        )
+    finally:
+        killer.join()
+        engine.dispose()
+    assert result == "booked"
+    assert attempts == 1
+    assert syncrep.ledger_rows(key) == 1
+
+
+def test_sync_attempt_timeout_interrupts_sqlite(tmp_path: Path) -> None:
+    """On SQLite the deadline calls sqlite3's interrupt(): an endless query ends as a QueryTimeout."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'endless.sqlite'}")
+
+    def endless(session: Session) -> int:
+        query = (
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+        )
+        return int(session.execute(text(query)).scalar_one())
+
+    try:
+        with pytest.raises(sr.QueryTimeout, match=r"attempt_timeout of 0\.2s expired"):
+            run_transaction_sync(
+                sessionmaker(engine), endless, retry=RetryPolicy(attempts=1), attempt_timeout=0.2
+            )
+        assert (
+            run_transaction_sync(
+                sessionmaker(engine),
+                lambda s: s.execute(text("SELECT 7")).scalar_one(),
+                attempt_timeout=5,
+            )
+            == 7
+        )
+    finally:
+        engine.dispose()
