@@ -11,12 +11,10 @@ Example::
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .batch import bulk_insert as bulk_insert
-from .batch import bulk_insert_sync as bulk_insert_sync
-from .database import Database as Database
-from .database import SyncDatabase as SyncDatabase
+from ._version import __version__
 from .errors import AlreadyApplied as AlreadyApplied
 from .errors import AuthenticationFailed as AuthenticationFailed
 from .errors import BatchChunkFailed as BatchChunkFailed
@@ -62,24 +60,61 @@ from .errors import StorageFailure as StorageFailure
 from .errors import TooManyConnections as TooManyConnections
 from .errors import TransactionConflict as TransactionConflict
 from .errors import UniqueViolation as UniqueViolation
-from .instrumentation import instrument as instrument
-from .pagination import paginate as paginate
-from .pagination import paginate_sync as paginate_sync
-from .pool import health_check as health_check
-from .pool import health_check_sync as health_check_sync
-from .retry import CircuitBreaker as CircuitBreaker
-from .retry import RetryPolicy as RetryPolicy
-from .retry import run_transaction as run_transaction
-from .retry import run_transaction_sync as run_transaction_sync
-from .saga import Saga as Saga
-from .transactions import on_commit as on_commit
-from .transactions import transaction as transaction
-from .transactions import transaction_sync as transaction_sync
 
-try:
-    __version__ = version("sqlalchemy-resilience")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    from ._version import __version__
+if TYPE_CHECKING:
+    from .batch import bulk_insert as bulk_insert
+    from .batch import bulk_insert_sync as bulk_insert_sync
+    from .database import Database as Database
+    from .database import SyncDatabase as SyncDatabase
+    from .instrumentation import instrument as instrument
+    from .pagination import paginate as paginate
+    from .pagination import paginate_sync as paginate_sync
+    from .pool import health_check as health_check
+    from .pool import health_check_sync as health_check_sync
+    from .retry import CircuitBreaker as CircuitBreaker
+    from .retry import RetryPolicy as RetryPolicy
+    from .retry import run_transaction as run_transaction
+    from .retry import run_transaction_sync as run_transaction_sync
+    from .saga import Saga as Saga
+    from .transactions import on_commit as on_commit
+    from .transactions import transaction as transaction
+    from .transactions import transaction_sync as transaction_sync
+
+# The verbs are imported when first used: ``import sqlalchemy_resilience``
+# (for the error tree, say) loads neither the ORM nor asyncio nor tenacity.
+_LAZY = {
+    "bulk_insert": ".batch",
+    "bulk_insert_sync": ".batch",
+    "Database": ".database",
+    "SyncDatabase": ".database",
+    "instrument": ".instrumentation",
+    "paginate": ".pagination",
+    "paginate_sync": ".pagination",
+    "health_check": ".pool",
+    "health_check_sync": ".pool",
+    "CircuitBreaker": ".retry",
+    "RetryPolicy": ".retry",
+    "run_transaction": ".retry",
+    "run_transaction_sync": ".retry",
+    "Saga": ".saga",
+    "on_commit": ".transactions",
+    "transaction": ".transactions",
+    "transaction_sync": ".transactions",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AlreadyApplied",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any, Literal, assert_type
 
 from sqlalchemy import create_engine
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience.database import PoolSettings
@@ -61,7 +63,7 @@ from sqlalchemy_resilience.transactions import SQLiteConfiguration, SQLiteSettin
 
 def sync_usage() -> None:
     engine = create_engine("sqlite://")
-    instr: Instrumentation = sr.instrument(engine, log_parameters=False)
+    instr = assert_type(sr.instrument(engine, log_parameters=False), Instrumentation)
     assert instrumentation_of(engine) is instr
     instr.detach()
     instr = sr.instrument(
@@ -75,24 +77,24 @@ def sync_usage() -> None:
         pool_name="main",
         call_site_skip=("myapp.db",),
     )
+    threshold = assert_type(instr.slow_query_threshold, float | None)
     instr.slow_query_threshold = 0.5
-    threshold: float | None = instr.slow_query_threshold
-    stats: QueryStats | None = instr.stats
+    stats = assert_type(instr.stats, QueryStats | None)
     if stats is not None:
-        top: list[StatementStats] = stats.top(5, by="p95")
-        p99: float = top[0].p99
-        errors: dict[str, int] = top[0].errors
-        snapshot: dict[str, object] = stats.snapshot()
+        top = assert_type(stats.top(5, by="p95"), list[StatementStats])
+        p99 = assert_type(top[0].p99, float)
+        errors = assert_type(top[0].errors, dict[str, int])
+        snapshot = assert_type(stats.snapshot(), dict[str, Any])
         stats.reset()
-    pool: Mapping[str, object] = pool_stats(engine, pop=True)
-    in_use: object = instr.pool_stats()["connections_in_use"]
-    normalized: str = normalize_statement("SELECT 1")
-    translated: BaseException = translate_error(ValueError("x"))
+    pool = assert_type(pool_stats(engine, pop=True), Mapping[str, Any])
+    in_use = assert_type(instr.pool_stats()["connections_in_use"], Any)
+    normalized = assert_type(normalize_statement("SELECT 1"), str)
+    translated = assert_type(translate_error(ValueError("x")), BaseException)
     if isinstance(translated, sr.DatabaseFailure):
-        state: str | None = translated.sqlstate
-        retry: bool = translated.retryable
-        label: str | None = translated.code_label
-        text: str = translated.user_message("ja")
+        state = assert_type(translated.sqlstate, str | None)
+        retry = assert_type(translated.retryable, bool)
+        label = assert_type(translated.code_label, str | None)
+        text = assert_type(translated.user_message("ja"), str)
         names: tuple[str | None, ...] = (
             translated.constraint_name,
             translated.table_name,
@@ -109,35 +111,35 @@ async def async_usage() -> None:
         async with engine.begin():
             pass
     except sr.UniqueViolation as exc:
-        message: str = exc.user_message()
-        error_id: str = exc.error_id
+        message = assert_type(exc.user_message(), str)
+        error_id = assert_type(exc.error_id, str)
         del message, error_id
     except sr.CircuitOpenError as exc:
-        wait: float = exc.retry_after
+        wait = assert_type(exc.retry_after, float)
         del wait
     except sr.PoolExhausted as exc:
-        status: dict[str, object] = exc.pool_status
+        status = assert_type(exc.pool_status, dict[str, Any])
         del status
     finally:
         instr.detach()
 
 
 def helpers() -> None:
-    facts: ErrorFacts = extract_facts(ValueError("x"))
+    facts = assert_type(extract_facts(ValueError("x")), ErrorFacts)
     del facts
     register_messages("de", {"unique_violation": "Existiert bereits."})
-    msg: str = user_message("unique_violation", "de")
+    msg = assert_type(user_message("unique_violation", "de"), str)
     del msg
     with EmbeddedPostgres() as pg:
         url = pg.url(driver="asyncpg")
         del url
     err = sr.RetryExhausted([sr.ConnectionLost("x")])
-    attempts: int = err.attempts
+    attempts = assert_type(err.attempts, int)
     del attempts
 
 
 async def retry_usage() -> None:
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import async_sessionmaker
 
     engine = create_async_engine("sqlite+aiosqlite://")
     factory = async_sessionmaker(engine)
@@ -160,9 +162,9 @@ async def retry_usage() -> None:
         )
         del keyed
     except sr.AlreadyApplied as exc:
-        key: str = exc.idempotency_key
+        key = assert_type(exc.idempotency_key, str)
         del key
-    state: BreakerState = breaker.state
+    state = assert_type(breaker.state, BreakerState)
     async with breaker.guard():
         pass
     retrying = policy.as_tenacity()
@@ -177,7 +179,7 @@ def sync_retry_usage() -> None:
     def work(session: Session) -> str:
         return "x"
 
-    text_value: str = sr.run_transaction_sync(factory, work, read_only=True)
+    text_value = assert_type(sr.run_transaction_sync(factory, work, read_only=True), str)
     with sr.CircuitBreaker().guard():
         pass
     del text_value
@@ -188,8 +190,10 @@ def testing_usage() -> None:
 
     engine = create_engine("sqlite://")
     with in_test_mode(attempts=2):
-        injector: FaultInjector = inject_fault(engine, "busy", nth=1, times=2, match="insert")
-        fired: int = injector.fired
+        injector = assert_type(
+            inject_fault(engine, "busy", nth=1, times=2, match="insert"), FaultInjector
+        )
+        fired = assert_type(injector.fired, int)
         injector.detach()
         del fired
 
@@ -198,28 +202,49 @@ async def resilient_session_usage() -> None:
     engine = create_async_engine("sqlite+aiosqlite://")
     factory = resilient_sessionmaker(engine, breaker=sr.CircuitBreaker(), expire_on_commit=False)
     async with factory() as session:
-        typed: ResilientAsyncSession = session
+        typed = assert_type(session, ResilientAsyncSession)
+        # SQLAlchemy's overloads survive the wrapper: no Any leaks out.
+        user = assert_type(await session.get(User, 1), User | None)
+        one = assert_type(await session.get_one(User, 1), User)
         await session.commit()
-        del typed
+        del typed, user, one
+
+    async def rename(session: AsyncSession) -> User | None:
+        return await session.get(User, 1)
+
+    renamed = assert_type(await sr.run_transaction(factory, rename), User | None)
+    del renamed
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class User(_Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
 
 
 async def pool_usage() -> None:
     engine = create_async_engine("postgresql+asyncpg://app@db/app", pool_size=5)
     instr = sr.instrument(engine, leak_threshold=30.0, max_waiting=10)
-    leaks: int = instr.suspected_leaks
+    leaks = assert_type(instr.suspected_leaks, int)
     instr.max_waiting = None
     await warm_up(engine, 3, timeout=5)
-    report: HealthReport = await sr.health_check(engine, timeout=1.0, breaker=sr.CircuitBreaker())
-    status: str = report.status
-    payload: dict[str, object] = report.to_dict()
-    resized: ResizeResult = await resize_pool(engine, size=10, max_overflow=2)
+    report = assert_type(
+        await sr.health_check(engine, timeout=1.0, breaker=sr.CircuitBreaker()), HealthReport
+    )
+    status = assert_type(report.status, Literal["healthy", "degraded", "unhealthy"])
+    payload = assert_type(report.to_dict(), dict[str, Any])
+    resized = assert_type(await resize_pool(engine, size=10, max_overflow=2), ResizeResult)
     maintainer = PoolMaintainer(engine, keepalive=30, recycle=1800, jitter=0.2, min_size=2)
     await maintainer.start()
-    pass_report: MaintenanceReport = await maintainer.run_once()
+    pass_report = assert_type(await maintainer.run_once(), MaintenanceReport)
     maintainer.detach()
     sizer = PoolAutosizer(engine, min_size=2, max_size=20, reserve=5)
     await sizer.start()
-    decisions: list[AutosizeDecision] = sizer.decisions
+    decisions = assert_type(sizer.decisions, list[AutosizeDecision])
     sizer.detach()
 
 
@@ -227,8 +252,8 @@ def sync_pool_usage() -> None:
     engine = create_engine("sqlite:///x.db", pool_size=5)
     sr.instrument(engine)
     warm_up_sync(engine, 2)
-    report: HealthReport = sr.health_check_sync(engine, timeout=1.0)
-    resized: ResizeResult = resize_pool_sync(engine, size=3)
+    report = assert_type(sr.health_check_sync(engine, timeout=1.0), HealthReport)
+    resized = assert_type(resize_pool_sync(engine, size=3), ResizeResult)
     sizer = PoolAutosizer(engine, min_size=1, max_size=5)
     sizer.start_sync()
     sizer.detach()
@@ -240,7 +265,7 @@ async def transaction_usage() -> None:
     engine = create_async_engine("sqlite+aiosqlite://")
     factory = async_sessionmaker(engine)
     async with sr.transaction(factory, lock_timeout=timedelta(seconds=1)) as session:
-        typed_session: AsyncSession = session
+        typed_session = assert_type(session, AsyncSession)
         sr.on_commit(lambda: None)
 
         async def notify() -> None:
@@ -250,17 +275,17 @@ async def transaction_usage() -> None:
         async with sr.transaction(typed_session, statement_timeout=2.5):
             pass
     async with sr.transaction(engine, isolation_level="SERIALIZABLE", read_only=True) as conn:
-        typed_conn: AsyncConnection = conn
+        typed_conn = assert_type(conn, AsyncConnection)
         assert typed_conn is not None
     settings = SQLiteSettings(journal_mode="wal", busy_timeout=5.0, begin="immediate")
-    configured: SQLiteConfiguration = configure_sqlite(engine, settings)
+    configured = assert_type(configure_sqlite(engine, settings), SQLiteConfiguration)
     configured.detach()
     sr.instrument(engine, sqlite=settings)
     try:
         async with sr.transaction(engine, statement_timeout=1):
             pass
     except sr.NotSupported as exc:
-        option: str = exc.option
+        option = assert_type(exc.option, str)
         assert option
     except sr.DurableTransactionError:
         pass
@@ -272,10 +297,10 @@ def sync_transaction_usage() -> None:
 
     engine = create_engine("sqlite://")
     with sr.transaction_sync(sessionmaker(engine), durable=True) as session:
-        typed_session: Session = session
+        typed_session = assert_type(session, Session)
         assert typed_session is not None
     with sr.transaction_sync(engine) as conn:
-        typed_conn: Connection = conn
+        typed_conn = assert_type(conn, Connection)
         assert typed_conn is not None
 
 
@@ -286,12 +311,12 @@ async def saga_usage() -> None:
     factory = async_sessionmaker(engine)
 
     async def reserve(ctx: SagaContext) -> dict[str, int]:
-        key: str = ctx.idempotency_key
+        key = assert_type(ctx.idempotency_key, str)
         assert key and ctx.session is not None
         return {"n": 1}
 
     def refund(ctx: SagaContext) -> None:
-        previous: object = ctx.result
+        previous = assert_type(ctx.result, Any)
 
     saga: sr.Saga = (
         sr.Saga("order", retry=sr.RetryPolicy(attempts=2), lease=timedelta(seconds=30))
@@ -303,18 +328,18 @@ async def saga_usage() -> None:
             {"a": 1}, saga_id="o-1", sessionmaker=factory
         )
     except sr.SagaCompensated as exc:
-        step: str = exc.failed_step
-        undone: tuple[str, ...] = exc.compensated
+        step = assert_type(exc.failed_step, str)
+        undone = assert_type(exc.compensated, tuple[str, ...])
     except sr.SagaCompensationFailed as group:
-        failures: dict[str, str] = group.compensation_failures
+        failures = assert_type(group.compensation_failures, dict[str, str])
     except sr.SagaInProgress as busy:
-        wait: float = busy.retry_after
-    report: RecoveryReport = await recover_sagas(factory, [saga], limit=10)
-    ids: list[str] = report.recovered
-    record: SagaRecord | None = await get_saga(factory, "o-1")
+        wait = assert_type(busy.retry_after, float)
+    report = assert_type(await recover_sagas(factory, [saga], limit=10), RecoveryReport)
+    ids = assert_type(report.recovered, list[str])
+    record = assert_type(await get_saga(factory, "o-1"), SagaRecord | None)
     if record is not None:
-        status: str = record.status
-        as_json: dict[str, object] = record.to_dict()
+        status = assert_type(record.status, str)
+        as_json = assert_type(record.to_dict(), dict[str, Any])
 
 
 async def database_usage() -> None:
@@ -343,34 +368,34 @@ async def database_usage() -> None:
         echo=False,
     )
     async with db:
-        rows: list[Row[object]] = await db.fetch_all(select(text("1")))
-        row: Row[object] | None = await db.fetch_one("SELECT 1")
-        value: object = await db.fetch_value("SELECT 1")
-        count: int = await db.execute("UPDATE t SET x = 1", idempotent=True)
+        rows = assert_type(await db.fetch_all(select(text("1"))), list[Row[Any]])
+        row = assert_type(await db.fetch_one("SELECT 1"), Row[Any] | None)
+        value = assert_type(await db.fetch_value("SELECT 1"), Any)
+        count = assert_type(await db.execute("UPDATE t SET x = 1", idempotent=True), int)
 
         async def work(session: AsyncSession) -> int:
             return 1
 
-        n: int = await db.run_transaction(work, idempotency_key="k-1")
+        n = assert_type(await db.run_transaction(work, idempotency_key="k-1"), int)
         async with db.transaction(statement_timeout=2) as session:
-            s: AsyncSession = session
+            s = assert_type(session, AsyncSession)
         async with db.session() as session2:
             pass
-        report: HealthReport = await db.health(timeout=1)
-        stats: dict[str, object] = db.stats(top=5)
-        figures: dict[str, object] = db.pool_stats()
-        message: str = db.user_message(ValueError("x"), "en")
-    env_db: sr.Database = sr.Database.from_env({"DATABASE_URL": "sqlite+aiosqlite://"})
-    settings: dict[str, object] = settings_from_env({"DATABASE_URL": "sqlite://"})
-    names: dict[str, str] = ENV_VARIABLES
+        report = assert_type(await db.health(timeout=1), HealthReport)
+        stats = assert_type(db.stats(top=5), dict[str, Any])
+        figures = assert_type(db.pool_stats(), dict[str, Any])
+        message = assert_type(db.user_message(ValueError("x"), "en"), str)
+    env_db = assert_type(sr.Database.from_env({"DATABASE_URL": "sqlite+aiosqlite://"}), sr.Database)
+    settings = assert_type(settings_from_env({"DATABASE_URL": "sqlite://"}), dict[str, Any])
+    names = assert_type(ENV_VARIABLES, dict[str, str])
     with sr.SyncDatabase("sqlite://") as sync_db:
-        sync_rows: list[Row[object]] = sync_db.fetch_all("SELECT 1")
+        sync_rows = assert_type(sync_db.fetch_all("SELECT 1"), list[Row[Any]])
 
         def sync_work(session: Session) -> str:
             return "ok"
 
-        done: str = sync_db.run_transaction(sync_work)
-        sync_report: HealthReport = sync_db.health()
+        done = assert_type(sync_db.run_transaction(sync_work), str)
+        sync_report = assert_type(sync_db.health(), HealthReport)
 
 
 async def deploy_usage() -> None:
@@ -383,10 +408,12 @@ async def deploy_usage() -> None:
         "postgresql+asyncpg://app@bouncer/app",
         **pooler_safe_options("postgresql+asyncpg://app@bouncer/app"),
     )
-    report: PoolerReport = await check_pooler(engine, warn=False)
-    problem: str | None = report.problem
-    ok: bool = report.safe
-    sync_report: PoolerReport = check_pooler_sync(create_engine("postgresql+psycopg://h/d"))
+    report = assert_type(await check_pooler(engine, warn=False), PoolerReport)
+    problem = assert_type(report.problem, str | None)
+    ok = assert_type(report.safe, bool)
+    sync_report = assert_type(
+        check_pooler_sync(create_engine("postgresql+psycopg://h/d")), PoolerReport
+    )
     provider: PasswordProvider = use_password_provider(
         engine, lambda: "secret", refresh_margin=30, ttl=None, auth_retries=1
     )
@@ -394,17 +421,17 @@ async def deploy_usage() -> None:
     ping: IdlePing = ping_idle_connections(
         engine, after=timedelta(seconds=30), timeout=2, require_writer=True
     )
-    dead: int = ping.dead
+    dead = assert_type(ping.dead, int)
     replica_set = ReplicaSet(engine, [engine], max_lag=1.0, check_interval=0.5)
-    statuses: list[ReplicaStatus] = replica_set.status()
+    statuses = assert_type(replica_set.status(), list[ReplicaStatus])
     factory = routing_sessionmaker(replica_set, expire_on_commit=False)
-    sync: Engine = create_engine("sqlite://")
+    sync = assert_type(create_engine("sqlite://"), Engine)
     with assert_max_queries(sync, 3, max_repeats=1) as counter:
-        n: int = len(counter)
+        n = assert_type(len(counter), int)
     with count_queries(sync) as counted:
-        text_report: str = counted.report()
+        text_report = assert_type(counted.report(), str)
     try:
         pass
     except QueryBudgetExceeded as exc:
-        statements: int = len(exc.counter)
+        statements = assert_type(len(exc.counter), int)
     _ = select
