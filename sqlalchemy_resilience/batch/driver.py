@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,12 +21,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.util import await_only
 
 from sqlalchemy_resilience.errors.operations import BatchChunkFailed, JobConflict
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 from sqlalchemy_resilience.retry.policy import RetryPolicy
 from sqlalchemy_resilience.schema import batch_jobs
-from sqlalchemy_resilience.transactions.context import transaction, transaction_sync
+from sqlalchemy_resilience.transactions.context import transaction_sync
 
 from . import jobs
 from .tables import Chunk, check_table_name, chunks, resolve_table
@@ -39,7 +40,6 @@ __all__ = [
     "Target",
     "check_keys",
     "reflect_table",
-    "run_blocking",
 ]
 
 _log = logging.getLogger("sqlalchemy_resilience.batch")
@@ -134,17 +134,49 @@ class Target:
             return bind.sync_engine if isinstance(bind, AsyncEngine) else _sync_bind(bind)
         return _sync_bind(target.get_bind())
 
-    async def run(self, body: Callable[[Connection], Any]) -> Any:
-        """One transaction running ``body(sync_conn)``, committed (async: in ``run_sync``'s greenlet)."""
+    def run(self, body: Callable[[Connection], Any]) -> Any:
+        """One transaction running ``body(conn)`` on SQLAlchemy's sync ``Connection``, committed.
+
+        For an async target this runs inside SQLAlchemy's greenlet (the
+        async functions call the whole write through ``greenlet_spawn``):
+        the sync counterpart of the target is used, as ``AsyncSession`` and
+        ``AsyncConnection`` do themselves.
+        """
+        with transaction_sync(self._sync_target()) as handle:
+            conn = handle.connection() if isinstance(handle, Session) else handle
+            return body(conn)
+
+    def _sync_target(self) -> Any:
+        target = self.target
+        if isinstance(target, AsyncEngine):
+            return target.sync_engine
+        if isinstance(target, AsyncConnection):
+            return target.sync_connection
+        if isinstance(target, AsyncSession):
+            return target.sync_session
+        if isinstance(target, async_sessionmaker):
+            # The chunk's own session, closed with the transaction.
+            return _SyncSessions(target)
+        return target
+
+    def sleep(self, seconds: float) -> None:
+        """The retry backoff: ``asyncio.sleep`` awaited from the greenlet for an async target."""
         if self.is_async:
-            async with transaction(self.target) as handle:
-                conn = await handle.connection() if isinstance(handle, AsyncSession) else handle
-                return await conn.run_sync(body)
-        with transaction_sync(self.target) as sync_handle:
-            sync_conn = (
-                sync_handle.connection() if isinstance(sync_handle, Session) else sync_handle
-            )
-            return body(sync_conn)
+            await_only(asyncio.sleep(seconds))
+        else:
+            time.sleep(seconds)
+
+
+class _SyncSessions(sessionmaker[Session]):
+    """A ``sessionmaker`` whose sessions are an ``async_sessionmaker``'s ``sync_session``."""
+
+    def __init__(self, factory: async_sessionmaker[Any]) -> None:
+        super().__init__(**factory.kw)
+        self._factory = factory
+
+    def __call__(self, **local_kw: Any) -> Session:
+        session: Session = self._factory(**local_kw).sync_session
+        return session
 
 
 def _sync_bind(bind: Any) -> Engine:
@@ -206,12 +238,12 @@ class Run:
         self.chunks = 0
         self.rows_before = 0
 
-    async def open(self, table: Table) -> jobs.JobState | None:
+    def open(self, table: Table) -> jobs.JobState | None:
         if self.job is None:
             return None
         name, size = self.job, self.chunk_size
         table_name = f"{table.schema}.{table.name}" if table.schema else table.name
-        state: jobs.JobState = await self.target.run(
+        state: jobs.JobState = self.target.run(
             lambda conn: jobs.open_job(conn, name, table_name, size)
         )
         self.rows_before = state.rows_done
@@ -240,7 +272,7 @@ class Run:
             on_short_input=jobs.short_input(self.job, state.rows_done),
         )
 
-    async def chunk(
+    def chunk(
         self,
         chunk: Chunk,
         body: Callable[[Connection], Any],
@@ -258,15 +290,18 @@ class Run:
             return body(conn)
 
         try:
-            async for attempt in self.policy.as_tenacity(idempotent=self.idempotent):
+            retrying = self.policy.as_tenacity_sync(
+                idempotent=self.idempotent, sleep=self.target.sleep
+            )
+            for attempt in retrying:
                 with attempt:
                     retried[0] = attempt.retry_state.attempt_number > 1
-                    result = await self.target.run(with_job)
+                    result = self.target.run(with_job)
         except (JobConflict, asyncio.CancelledError):
             raise
         except Exception as exc:
             failure = translate_error(exc)
-            bad = await self._locate(chunk, probe) if _row_level(failure) else None
+            bad = self._locate(chunk, probe) if _row_level(failure) else None
             raise BatchChunkFailed(
                 chunk=chunk.index,
                 first_row=chunk.start,
@@ -282,7 +317,7 @@ class Run:
             self.progress(self.rows_before + self.rows, self.rows / elapsed if elapsed > 0 else 0.0)
         return result
 
-    async def _locate(
+    def _locate(
         self, chunk: Chunk, probe: Callable[[Connection, dict[str, Any]], Any]
     ) -> int | None:
         """Replay the chunk row by row under savepoints, then roll back: the first failing row."""
@@ -297,17 +332,17 @@ class Run:
             raise _Rollback(None)
 
         try:
-            await self.target.run(replay)
+            self.target.run(replay)
         except _Rollback as found:
             return found.found
         except Exception:
             _log.debug("could not replay chunk %d to find the bad row", chunk.index, exc_info=True)
         return None
 
-    async def finish(self) -> None:
+    def finish(self) -> None:
         if self.job is not None:
             name = self.job
-            await self.target.run(lambda conn: jobs.finish(conn, name))
+            self.target.run(lambda conn: jobs.finish(conn, name))
 
     def result(self, path: str, returned: list[Row[Any]] | None, skipped: int) -> BulkResult:
         seconds = time.monotonic() - self.started
@@ -342,22 +377,11 @@ def _row_level(failure: BaseException) -> bool:
     return isinstance(failure, (sa_exc.IntegrityError, sa_exc.DataError, ValueError))
 
 
-async def reflect_table(target: Target, name: str) -> Table:
+def reflect_table(target: Target, name: str) -> Table:
     check_table_name(name)  # before the transaction the reflection runs in
 
     def reflect(conn: Connection) -> Table:
         return resolve_table(name, connection=conn)
 
-    resolved: Table = await target.run(reflect)
+    resolved: Table = target.run(reflect)
     return resolved
-
-
-def run_blocking(coro: Awaitable[BulkResult]) -> BulkResult:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    close = getattr(coro, "close", None)
-    if callable(close):
-        close()
-    raise RuntimeError("bulk_*_sync blocks; in async code await bulk_insert / bulk_update")

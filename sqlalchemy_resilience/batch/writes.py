@@ -27,6 +27,7 @@ from sqlalchemy import Column, MetaData, Table, and_, bindparam, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.util import greenlet_spawn
 
 from sqlalchemy_resilience.retry.policy import RetryPolicy
 
@@ -38,7 +39,6 @@ from .driver import (
     Target,
     check_keys,
     reflect_table,
-    run_blocking,
 )
 from .statements import (
     copy_chunk,
@@ -61,7 +61,7 @@ __all__ = [
 _log = logging.getLogger("sqlalchemy_resilience.batch")
 
 
-async def _bulk_insert(
+def _bulk_insert(
     target: Target,
     table: object,
     rows: Iterable[object],
@@ -89,7 +89,7 @@ async def _bulk_insert(
         idempotent=on_conflict != "error",
     )
     if isinstance(table, str) and metadata is None:
-        resolved = await reflect_table(target, table)
+        resolved = reflect_table(target, table)
     else:
         resolved = resolve_table(table, metadata=metadata)
     tuple_columns = None if columns is None else resolve_columns(resolved, columns)
@@ -118,7 +118,7 @@ async def _bulk_insert(
         path = "copy" if on_conflict == "error" else "copy+merge"
     else:
         path = "insertmanyvalues"
-    state = await run.open(resolved)
+    state = run.open(resolved)
     skip = 0 if state is None else state.chunks_done
     returned: list[Row[Any]] | None = [] if returned_columns else None
     if state is not None and state.finished:
@@ -175,14 +175,14 @@ async def _bulk_insert(
                     conflict_columns=conflict,
                 )
             body = copy_merge_chunk(resolved, cols, processors, chunk.rows, merge)
-        out = await run.chunk(chunk, body, probe)
+        out = run.chunk(chunk, body, probe)
         if returned is not None and out:
             returned.extend(out)
-    await run.finish()
+    run.finish()
     return run.result(path, returned, skip)
 
 
-async def _bulk_update(
+def _bulk_update(
     target: Target,
     table: object,
     rows: Iterable[object],
@@ -205,7 +205,7 @@ async def _bulk_update(
         idempotent=True,  # setting the same values twice is the same
     )
     if isinstance(table, str) and metadata is None:
-        resolved = await reflect_table(target, table)
+        resolved = reflect_table(target, table)
     else:
         resolved = resolve_table(table, metadata=metadata)
     key_columns = (
@@ -216,7 +216,7 @@ async def _bulk_update(
     if not key_columns:
         raise ValueError(f"table {resolved.name!r} has no primary key: pass key=[...]")
     tuple_columns = None if columns is None else resolve_columns(resolved, columns)
-    state = await run.open(resolved)
+    state = run.open(resolved)
     skip = 0 if state is None else state.chunks_done
     if state is not None and state.finished:
         return run.result("executemany", None, skip)
@@ -257,8 +257,8 @@ async def _bulk_update(
         ) -> None:
             conn.execute(stmt_, [of(row)])
 
-        await run.chunk(chunk, body, probe)
-    await run.finish()
+        run.chunk(chunk, body, probe)
+    run.finish()
     return run.result("executemany", None, skip)
 
 
@@ -316,7 +316,8 @@ async def bulk_insert(
         result = await bulk_insert(engine, Event, ({"id": i, "kind": "click"} for i in range(1_000_000)),
                                    chunk_size=10_000, job="backfill-events-2026-12")
     """
-    return await _bulk_insert(
+    result: BulkResult = await greenlet_spawn(
+        _bulk_insert,
         Target(target, is_async=True),
         table,
         rows,
@@ -331,6 +332,7 @@ async def bulk_insert(
         columns=columns,
         use_copy=use_copy,
     )
+    return result
 
 
 def bulk_insert_sync(
@@ -355,22 +357,20 @@ def bulk_insert_sync(
 
         bulk_insert_sync(engine, "events", rows, metadata=metadata, on_conflict="ignore")
     """
-    return run_blocking(
-        _bulk_insert(
-            Target(target, is_async=False),
-            table,
-            rows,
-            chunk_size=chunk_size,
-            on_conflict=on_conflict,
-            conflict_columns=conflict_columns,
-            returning=returning,
-            progress=progress,
-            retry=retry,
-            job=job,
-            metadata=metadata,
-            columns=columns,
-            use_copy=use_copy,
-        )
+    return _bulk_insert(
+        Target(target, is_async=False),
+        table,
+        rows,
+        chunk_size=chunk_size,
+        on_conflict=on_conflict,
+        conflict_columns=conflict_columns,
+        returning=returning,
+        progress=progress,
+        retry=retry,
+        job=job,
+        metadata=metadata,
+        columns=columns,
+        use_copy=use_copy,
     )
 
 
@@ -397,7 +397,8 @@ async def bulk_update(
 
         await bulk_update(engine, users, ({"id": uid, "tier": "gold"} for uid in gold_ids))
     """
-    return await _bulk_update(
+    result: BulkResult = await greenlet_spawn(
+        _bulk_update,
         Target(target, is_async=True),
         table,
         rows,
@@ -409,6 +410,7 @@ async def bulk_update(
         metadata=metadata,
         columns=columns,
     )
+    return result
 
 
 def bulk_update_sync(
@@ -430,17 +432,15 @@ def bulk_update_sync(
 
         bulk_update_sync(engine, users, [{"id": 1, "tier": "gold"}], key=["id"])
     """
-    return run_blocking(
-        _bulk_update(
-            Target(target, is_async=False),
-            table,
-            rows,
-            key=key,
-            chunk_size=chunk_size,
-            progress=progress,
-            retry=retry,
-            job=job,
-            metadata=metadata,
-            columns=columns,
-        )
+    return _bulk_update(
+        Target(target, is_async=False),
+        table,
+        rows,
+        key=key,
+        chunk_size=chunk_size,
+        progress=progress,
+        retry=retry,
+        job=job,
+        metadata=metadata,
+        columns=columns,
     )

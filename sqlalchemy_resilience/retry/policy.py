@@ -344,9 +344,21 @@ class RetryPolicy:
             kwargs["sleep"] = sleep
         return tenacity.AsyncRetrying(**kwargs)
 
-    def as_tenacity_sync(self, *, idempotent: bool = False) -> tenacity.Retrying:
-        """This policy as a synchronous ``tenacity.Retrying``."""
-        return tenacity.Retrying(**self._tenacity_kwargs(idempotent))
+    def as_tenacity_sync(
+        self, *, idempotent: bool = False, sleep: Callable[[float], Any] | None = None
+    ) -> tenacity.Retrying:
+        """The blocking twin of :meth:`as_tenacity`: a ``tenacity.Retrying``.
+
+        Example::
+
+            for attempt in RetryPolicy(attempts=3).as_tenacity_sync():
+                with attempt:
+                    do_work()
+        """
+        kwargs = self._tenacity_kwargs(idempotent)
+        if sleep is not None:
+            kwargs["sleep"] = sleep
+        return tenacity.Retrying(**kwargs)
 
     def _tenacity_kwargs(self, idempotent: bool) -> dict[str, Any]:
         return {
