@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import os
@@ -16,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session
+from sqlalchemy.util import greenlet_spawn
 
 from sqlalchemy_resilience.errors.operations import (
     SagaCompensated,
@@ -70,15 +70,6 @@ def _is_async_factory(sessionmaker: Any) -> bool:
     raise TypeError(
         f"sessionmaker must be an async_sessionmaker or a sessionmaker, got {sessionmaker!r}"
     )
-
-
-def _run_blocking(coro: Any) -> Any:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    coro.close()
-    raise RuntimeError("the *_sync saga functions block; in async code await the async ones")
 
 
 class Saga:
@@ -226,7 +217,9 @@ class Saga:
                     f"step {database_steps[0]!r} is a database step: run the saga with "
                     "sessionmaker= (or declare the step external=True)"
                 )
-        return Driver(self._definition, runner, owner=driver_token(), durable=durable)
+        return Driver(
+            self._definition, runner, owner=driver_token(), durable=durable, is_async=is_async
+        )
 
     async def execute(
         self,
@@ -254,7 +247,8 @@ class Saga:
         saga_id = check_name("saga_id", saga_id) if saga_id is not None else str(uuid.uuid4())
         durable = sessionmaker is not None if durable is None else durable
         driver = self._driver(sessionmaker, durable, is_async=True)
-        return await driver.start(saga_id, data)
+        result: dict[str, Any] = await greenlet_spawn(driver.start, saga_id, data)
+        return result
 
     def execute_sync(
         self,
@@ -273,8 +267,7 @@ class Saga:
         saga_id = check_name("saga_id", saga_id) if saga_id is not None else str(uuid.uuid4())
         durable = sessionmaker is not None if durable is None else durable
         driver = self._driver(sessionmaker, durable, is_async=False)
-        result: dict[str, Any] = _run_blocking(driver.start(saga_id, data))
-        return result
+        return driver.start(saga_id, data)
 
     async def redrive(
         self, saga_id: str, *, sessionmaker: async_sessionmaker[Any]
@@ -289,16 +282,18 @@ class Saga:
             LookupError: no saga ``saga_id`` of this name is waiting to be re-driven.
         """
         driver = self._driver(sessionmaker, True, is_async=True)
-        return await _redrive(driver, check_name("saga_id", saga_id))
+        result: dict[str, Any] = await greenlet_spawn(
+            _redrive, driver, check_name("saga_id", saga_id)
+        )
+        return result
 
     def redrive_sync(self, saga_id: str, *, sessionmaker: Callable[[], Session]) -> dict[str, Any]:
         """The synchronous twin of :meth:`redrive`."""
         driver = self._driver(sessionmaker, True, is_async=False)
-        result: dict[str, Any] = _run_blocking(_redrive(driver, check_name("saga_id", saga_id)))
-        return result
+        return _redrive(driver, check_name("saga_id", saga_id))
 
 
-async def _redrive(driver: Driver, saga_id: str) -> dict[str, Any]:
+def _redrive(driver: Driver, saga_id: str) -> dict[str, Any]:
     assert driver.runner is not None
     name, owner, lease = driver.definition.name, driver.owner, driver.definition.lease
 
@@ -320,13 +315,13 @@ async def _redrive(driver: Driver, saga_id: str) -> dict[str, Any]:
             store.set_saga(session, saga_id, status=store.RUNNING)
         return record
 
-    record = await driver.runner.log(take)
+    record = driver.runner.log(take)
     if record is None:
         raise LookupError(
             f"no saga {saga_id!r} of {name!r} is compensation_failed or interrupted (lease run out)"
         )
     _log.info("saga %s (%s): re-driven by an operator", saga_id, name)
-    return await driver.drive(record)
+    return driver.drive(record)
 
 
 @dataclass
@@ -363,7 +358,7 @@ class RecoveryReport:
         ]
 
 
-async def _recover(
+def _recover(
     runner: TxRunner, sagas: Iterable[Saga], *, limit: int | None, owner: str
 ) -> RecoveryReport:
     definitions = {}
@@ -389,7 +384,7 @@ async def _recover(
     report = RecoveryReport()
     while limit is None or len(report.recovered) < limit:
         token = driver_token(owner)
-        record = await runner.log(lambda session, token=token: take(session, token))  # type: ignore[misc]
+        record = runner.log(lambda session, token=token: take(session, token))  # type: ignore[misc]
         if record is None:
             break
         saga = definitions[record.name]
@@ -398,6 +393,7 @@ async def _recover(
             TxRunner(runner.sessionmaker, is_async=runner.is_async, retry=saga.definition.retry),
             owner=token,
             durable=True,
+            is_async=runner.is_async,
         )
         count("recovered", record.name)
         _log.info(
@@ -408,7 +404,7 @@ async def _recover(
             record.position,
         )
         try:
-            await driver.drive(record)
+            driver.drive(record)
             report.completed.append(record.saga_id)
         except SagaCompensated:
             report.compensated.append(record.saga_id)
@@ -452,7 +448,10 @@ async def recover_sagas(
     definitions = list(sagas)
     retry = definitions[0].definition.retry if definitions else RetryPolicy(attempts=3)
     runner = TxRunner(sessionmaker, is_async=True, retry=retry)
-    return await _recover(runner, definitions, limit=limit, owner=INSTANCE_ID)
+    report: RecoveryReport = await greenlet_spawn(
+        _recover, runner, definitions, limit=limit, owner=INSTANCE_ID
+    )
+    return report
 
 
 def recover_sagas_sync(
@@ -469,10 +468,7 @@ def recover_sagas_sync(
     definitions = list(sagas)
     retry = definitions[0].definition.retry if definitions else RetryPolicy(attempts=3)
     runner = TxRunner(sessionmaker, is_async=False, retry=retry)
-    report: RecoveryReport = _run_blocking(
-        _recover(runner, definitions, limit=limit, owner=INSTANCE_ID)
-    )
-    return report
+    return _recover(runner, definitions, limit=limit, owner=INSTANCE_ID)
 
 
 async def get_saga(sessionmaker: async_sessionmaker[Any], saga_id: str) -> SagaRecord | None:
@@ -484,7 +480,7 @@ async def get_saga(sessionmaker: async_sessionmaker[Any], saga_id: str) -> SagaR
         print(record.status, record.to_dict())
     """
     runner = TxRunner(sessionmaker, is_async=True, retry=RetryPolicy(attempts=3))
-    record: SagaRecord | None = await runner.log(lambda s: store.load(s, saga_id))
+    record: SagaRecord | None = await greenlet_spawn(runner.log, lambda s: store.load(s, saga_id))
     return record
 
 
@@ -497,5 +493,5 @@ def get_saga_sync(sessionmaker: Callable[[], Session], saga_id: str) -> SagaReco
         print(record.status if record else "unknown")
     """
     runner = TxRunner(sessionmaker, is_async=False, retry=RetryPolicy(attempts=3))
-    record: SagaRecord | None = _run_blocking(runner.log(lambda s: store.load(s, saga_id)))
+    record: SagaRecord | None = runner.log(lambda s: store.load(s, saga_id))
     return record

@@ -11,12 +11,15 @@ step is two (mark started; record the result) around the call.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
+from sqlalchemy.util import await_only
 
 from sqlalchemy_resilience.errors.hierarchy import RetryExhausted
 from sqlalchemy_resilience.errors.operations import (
@@ -88,19 +91,28 @@ class Driver:
         *,
         owner: str,
         durable: bool,
+        is_async: bool,
     ) -> None:
         self.definition = definition
         self.runner = runner
         self.owner = owner
         self.durable = durable
+        self.is_async = is_async
+
+    def sleep(self, seconds: float) -> None:
+        """A retry's backoff: ``asyncio.sleep`` awaited from the greenlet for an async saga."""
+        if self.is_async:
+            await_only(asyncio.sleep(seconds))
+        else:
+            time.sleep(seconds)
 
     # -- log helpers -------------------------------------------------------------
 
-    async def _log(self, fn: Callable[[Session], Any]) -> Any:
+    def _log(self, fn: Callable[[Session], Any]) -> Any:
         if not self.durable:
             return None
         assert self.runner is not None
-        return await self.runner.log(fn)
+        return self.runner.log(fn)
 
     def _record(
         self, record: SagaRecord, message: str, *args: Any, level: int = logging.INFO
@@ -120,25 +132,25 @@ class Driver:
 
     # -- starting ----------------------------------------------------------------
 
-    async def start(self, saga_id: str, data: Any) -> dict[str, Any]:
+    def start(self, saga_id: str, data: Any) -> dict[str, Any]:
         """Run a new saga, or return (raise) the outcome of the one with this id."""
         definition = self.definition
         data_json = encode("the saga's data", data)
         record = SagaRecord(saga_id, definition.name, store.RUNNING, 0, decode(data_json))
         if self.durable:
             owner, lease = self.owner, definition.lease
-            inserted = await self._log(
+            inserted = self._log(
                 lambda s: store.insert_saga(s, saga_id, definition.name, data_json, owner, lease)
             )
             if not inserted:
-                return await self._existing(saga_id)
+                return self._existing(saga_id)
         count("started", definition.name)
         self._record(record, "started")
-        return await self.drive(record)
+        return self.drive(record)
 
-    async def _existing(self, saga_id: str) -> dict[str, Any]:
+    def _existing(self, saga_id: str) -> dict[str, Any]:
         definition, owner, lease = self.definition, self.owner, self.definition.lease
-        existing: SagaRecord | None = await self._log(lambda s: store.load(s, saga_id))
+        existing: SagaRecord | None = self._log(lambda s: store.load(s, saga_id))
         if existing is None:  # pragma: no cover - deleted between the two statements
             raise SagaInProgress(saga_id, 0.0)
         if existing.name != definition.name:
@@ -148,16 +160,16 @@ class Driver:
         if existing.status in store.TERMINAL:
             self._record(existing, "already %s: returning its outcome", existing.status)
             return self.outcome(existing)
-        claimed = await self._log(
+        claimed = self._log(
             lambda s: store.claim(
                 s, owner=owner, lease=lease, names=[definition.name], saga_id=saga_id
             )
         )
         if not claimed:
             raise SagaInProgress(saga_id, existing.lease_remaining or 0.0)
-        resumed: SagaRecord = await self._log(lambda s: store.load(s, saga_id))
+        resumed: SagaRecord = self._log(lambda s: store.load(s, saga_id))
         self._record(resumed, "interrupted earlier; resuming at step %d", resumed.position)
-        return await self.drive(resumed)
+        return self.drive(resumed)
 
     def outcome(self, record: SagaRecord) -> dict[str, Any]:
         """A finished saga's outcome: its results, or the error it ended with."""
@@ -183,7 +195,7 @@ class Driver:
 
     # -- driving -----------------------------------------------------------------
 
-    async def drive(self, record: SagaRecord) -> dict[str, Any]:
+    def drive(self, record: SagaRecord) -> dict[str, Any]:
         """Take ``record`` from where it stands to a terminal state."""
         results = record.results()
         failure: Exception | None = None
@@ -195,12 +207,12 @@ class Driver:
             for position in range(record.position, len(steps)):
                 step = steps[position]
                 try:
-                    value = await self._forward(record, step, position, results)
+                    value = self._forward(record, step, position, results)
                 except (SagaLeaseLost, SagaInProgress):
                     raise
                 except Exception as exc:
                     failure = _unwrap(exc.cause if isinstance(exc, _RanButFailed) else exc)
-                    await self._failed(
+                    self._failed(
                         record, step, position, failure, ran=isinstance(exc, _RanButFailed)
                     )
                     break
@@ -208,12 +220,12 @@ class Driver:
                 record.position = position + 1
             else:
                 if not ended_by_last_step:
-                    await self._finish(record, store.COMPLETED)
+                    self._finish(record, store.COMPLETED)
                 record.status = store.COMPLETED
                 count("completed", record.name)
                 self._record(record, "completed")
                 return results
-        return await self._compensate(record, results, failure)
+        return self._compensate(record, results, failure)
 
     def _context(
         self, record: SagaRecord, step: Step, results: dict[str, Any], **kw: Any
@@ -226,19 +238,19 @@ class Driver:
             **kw,
         )
 
-    async def _forward(
+    def _forward(
         self, record: SagaRecord, step: Step, position: int, results: dict[str, Any]
     ) -> Any:
         self._record(record, "step %s started", step.name, level=logging.DEBUG)
         if not step.external:
-            value = await self._database_step(record, step, position, results)
+            value = self._database_step(record, step, position, results)
         else:
-            value = await self._external_step(record, step, position, results)
+            value = self._external_step(record, step, position, results)
         record.steps[step.name] = StepRecord(step.name, position, store.DONE, value)
         self._record(record, "step %s completed", step.name)
         return value
 
-    async def _database_step(
+    def _database_step(
         self, record: SagaRecord, step: Step, position: int, results: dict[str, Any]
     ) -> Any:
         if self.runner is None:
@@ -292,9 +304,9 @@ class Driver:
                 store.set_saga(session, saga_id, **_advance(position, last))
             return decode(text)
 
-        return await self.runner.step(before, call, after)
+        return self.runner.step(before, call, after)
 
-    async def _external_step(
+    def _external_step(
         self, record: SagaRecord, step: Step, position: int, results: dict[str, Any]
     ) -> Any:
         saga_id, owner, lease = record.saga_id, self.owner, self.definition.lease
@@ -315,10 +327,10 @@ class Driver:
                 )
             return prior
 
-        prior = await self._log(started)
+        prior = self._log(started)
         if prior is not None and prior[0] == store.DONE:  # pragma: no cover - position lags status
             return decode(prior[1])
-        value = await self._call(step.action, record, step, results, self.definition.retry)
+        value = self._call(step.action, record, step, results, self.definition.retry)
         try:
             text: str | None = encode(f"the result of step {step.name!r}", value)
             bad: Exception | None = None
@@ -332,13 +344,13 @@ class Driver:
             )
             store.set_saga(session, saga_id, **_advance(position, last and bad is None))
 
-        await self._log(completed)
+        self._log(completed)
         if bad is not None:
             record.steps[step.name] = StepRecord(step.name, position, store.DONE, None)
             raise _RanButFailed(bad)
         return decode(text)
 
-    async def _call(
+    def _call(
         self,
         fn: Action,
         record: SagaRecord,
@@ -350,7 +362,7 @@ class Driver:
         compensating: bool = False,
     ) -> Any:
         """An external action or compensation, retried under ``policy``."""
-        async for attempt in policy.as_tenacity():
+        for attempt in policy.as_tenacity_sync(sleep=self.sleep):
             with attempt:
                 ctx = self._context(
                     record,
@@ -362,11 +374,11 @@ class Driver:
                 )
                 value = fn(ctx)
                 if inspect.isawaitable(value):
-                    value = await value
+                    value = await_only(value)  # an async saga: in SQLAlchemy's greenlet
                 return value
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _failed(
+    def _failed(
         self, record: SagaRecord, step: Step, position: int, failure: BaseException, *, ran: bool
     ) -> None:
         saga_id, owner, lease = record.saga_id, self.owner, self.definition.lease
@@ -382,7 +394,7 @@ class Driver:
                 session, saga_id, status=store.COMPENSATING, failed_step=step.name, error=error
             )
 
-        await self._log(mark)
+        self._log(mark)
         record.status, record.failed_step, record.error = store.COMPENSATING, step.name, error
         if not ran:
             record.steps[step.name] = StepRecord(step.name, position, store.FAILED, None, error)
@@ -392,7 +404,7 @@ class Driver:
 
     # -- compensating ------------------------------------------------------------
 
-    async def _compensate(
+    def _compensate(
         self, record: SagaRecord, results: dict[str, Any], failure: Exception | None
     ) -> dict[str, Any]:
         by_name = {s.name: s for s in self.definition.steps}
@@ -406,13 +418,13 @@ class Driver:
         for entry in todo:
             step = by_name[entry.name]
             try:
-                await self._compensate_one(record, step, entry, results)
+                self._compensate_one(record, step, entry, results)
             except (SagaLeaseLost, SagaInProgress):
                 raise
             except Exception as exc:
                 error = _unwrap(exc)
                 failures[step.name] = error
-                await self._compensation_failed(record, step, entry, error)
+                self._compensation_failed(record, step, entry, error)
                 continue
             entry.status = store.COMPENSATED
             compensated.append(step.name)
@@ -420,7 +432,7 @@ class Driver:
         failed_step = record.failed_step or "?"
         if failures:
             summary = {name: _one_line(exc) for name, exc in failures.items()}
-            await self._finish(record, store.COMPENSATION_FAILED)
+            self._finish(record, store.COMPENSATION_FAILED)
             count("failed", record.name)
             self._record(
                 record,
@@ -436,14 +448,14 @@ class Driver:
                     error.add_note(f"while compensating step {name!r} of saga {record.saga_id!r}")
                 errors.append(error)
             raise SagaCompensationFailed(record.saga_id, failed_step, errors, summary)
-        await self._finish(record, store.COMPENSATED)
+        self._finish(record, store.COMPENSATED)
         count("compensated", record.name)
         self._record(record, "compensated (%s)", ", ".join(compensated) or "nothing to undo")
         raise SagaCompensated(
             record.saga_id, failed_step, record.error or "", compensated
         ) from failure
 
-    async def _compensate_one(
+    def _compensate_one(
         self, record: SagaRecord, step: Step, entry: StepRecord, results: dict[str, Any]
     ) -> None:
         saga_id, owner, lease, durable = (
@@ -461,7 +473,7 @@ class Driver:
                     session, saga_id, step.name, entry.position, store.COMPENSATED, owner=owner
                 )
 
-            await self._log(nothing)
+            self._log(nothing)
             return
         compensation = step.compensation
         if not step.external:
@@ -496,9 +508,9 @@ class Driver:
                     )
 
             runner = TxRunner(self.runner.sessionmaker, is_async=self.runner.is_async, retry=policy)
-            await runner.step(before, call, after)
+            runner.step(before, call, after)
             return
-        await self._call(
+        self._call(
             compensation, record, step, results, policy, result=entry.result, compensating=True
         )
 
@@ -508,9 +520,9 @@ class Driver:
                 session, saga_id, step.name, entry.position, store.COMPENSATED, owner=owner
             )
 
-        await self._log(done)
+        self._log(done)
 
-    async def _compensation_failed(
+    def _compensation_failed(
         self, record: SagaRecord, step: Step, entry: StepRecord, exc: BaseException
     ) -> None:
         saga_id, owner, lease = record.saga_id, self.owner, self.definition.lease
@@ -529,17 +541,17 @@ class Driver:
                 error=error,
             )
 
-        await self._log(mark)
+        self._log(mark)
         self._record(
             record, "compensation of %s failed: %s", step.name, error, level=logging.WARNING
         )
 
-    async def _finish(self, record: SagaRecord, status: str) -> None:
+    def _finish(self, record: SagaRecord, status: str) -> None:
         saga_id, owner, lease = record.saga_id, self.owner, self.definition.lease
 
         def finish(session: Session) -> None:
             store.own(session, saga_id, owner, lease)
             store.set_saga(session, saga_id, status=status, owner=None, lease_until=None)
 
-        await self._log(finish)
+        self._log(finish)
         record.status = status

@@ -24,6 +24,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.util import await_only
 
 from sqlalchemy_resilience.errors.operations import SagaLeaseLost
 from sqlalchemy_resilience.retry.policy import RetryPolicy
@@ -351,17 +352,25 @@ class TxRunner:
         self.is_async = is_async
         self.retry = retry
 
-    async def log(self, fn: Callable[[Session], T]) -> T:
-        """Run ``fn(session)`` -- log statements only -- in one transaction."""
+    def log(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn(session)`` -- log statements only -- in one transaction.
+
+        Called from the saga driver, which for an async saga runs in
+        SQLAlchemy's greenlet: the async ``run_transaction`` is awaited there
+        with ``await_only``.
+        """
         if self.is_async:
 
             async def unit(session: AsyncSession) -> T:
                 return await session.run_sync(fn)
 
-            return await run_transaction(self.sessionmaker, unit, retry=self.retry, idempotent=True)
+            result: T = await_only(
+                run_transaction(self.sessionmaker, unit, retry=self.retry, idempotent=True)
+            )
+            return result
         return run_transaction_sync(self.sessionmaker, fn, retry=self.retry, idempotent=True)
 
-    async def step(
+    def step(
         self,
         before: Callable[[Session], Any],
         call: Callable[[Any, Any], Any],
@@ -378,7 +387,10 @@ class TxRunner:
                     value = await value
                 return await session.run_sync(after, prior, value)
 
-            return await run_transaction(self.sessionmaker, unit, retry=self.retry, idempotent=True)
+            result: T = await_only(
+                run_transaction(self.sessionmaker, unit, retry=self.retry, idempotent=True)
+            )
+            return result
 
         def sync_unit(session: Session) -> T:
             prior = before(session)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.util import greenlet_spawn
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy, Saga
@@ -315,7 +316,7 @@ async def test_two_recoverers_never_take_the_same_saga(engine: AsyncEngine) -> N
         runner = TxRunner(Session, is_async=True, retry=RetryPolicy(attempts=5))
         taken: list[str] = []
         while True:
-            report = await _recover(runner, [saga], limit=5, owner=owner)
+            report = await greenlet_spawn(_recover, runner, [saga], limit=5, owner=owner)
             if not report.recovered:
                 return taken
             assert not report.errors and not report.lost
