@@ -17,6 +17,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.util import greenlet_spawn
 
 from sqlalchemy_resilience._util.seconds import Seconds
 from sqlalchemy_resilience.errors.classify import build_error
@@ -103,195 +104,13 @@ _TARGETS_ASYNC = (AsyncSession, AsyncConnection, AsyncEngine, async_sessionmaker
 _TARGETS_SYNC = (Session, Connection, Engine, sessionmaker)
 
 
-class _ContextBase:
-    """What the async and sync context managers share: their state, plan and commit scope."""
-
-    __slots__ = ("_conn", "_options", "_owned", "_plan", "_scope", "_target", "_tx", "_undo")
-
-    def __init__(self, target: Any, options: TransactionOptions) -> None:
-        self._target = target
-        self._options = options
-        self._owned: Any = None  # a session or connection this context opened, and closes
-        self._conn: Any = None
-        self._tx: Any = None
-        self._undo: Undo | None = None
-        self._scope: CommitScope | None = None
-        self._plan: _Plan | None = None
-
-    def _open(self, owner: Any, *, is_async: bool) -> _Plan:
-        if self._plan is not None:
-            raise RuntimeError(
-                "a transaction() context can be entered once; call transaction() again"
-            )
-        plan = self._plan = _plan(owner, self._options)
-        self._scope = CommitScope(
-            owner, parent=plan.parent, is_async=is_async, managed=plan.managed
-        ).enter()
-        return plan
-
-    def _clears_begin_option(self, connection_type: type) -> bool:
-        # A caller's SQLite connection got the package's begin option for this
-        # transaction only; take it off again.
-        plan = self._plan
-        return (
-            isinstance(self._target, connection_type)
-            and plan is not None
-            and not plan.nested
-            and plan.engine.dialect.name == "sqlite"
-        )
-
-
-class TransactionContext(_ContextBase, Generic[W]):
-    """What :func:`transaction` returns: ``async with`` it to get the session or connection.
-
-    Example::
-
-        async with transaction(Session, isolation_level="SERIALIZABLE") as session:
-            session.add(order)
-    """
-
-    __slots__ = ()
-
-    def __init__(self, target: Any, options: TransactionOptions) -> None:
-        if not isinstance(target, _TARGETS_ASYNC):
-            raise TypeError(
-                "transaction() takes an AsyncSession, AsyncConnection, AsyncEngine or "
-                f"async_sessionmaker, got {type(target).__name__}"
-                + ("; use transaction_sync()" if isinstance(target, _TARGETS_SYNC) else "")
-            )
-        super().__init__(target, options)
-
-    async def __aenter__(self) -> W:
-        target = self._target
-        if isinstance(target, async_sessionmaker):
-            target = self._owned = target()
-        elif isinstance(target, AsyncEngine):
-            target = self._owned = await target.connect()
-        try:
-            if isinstance(target, AsyncSession):
-                await self._enter_session(target)
-            else:
-                await self._enter_connection(target)
-        except BaseException:
-            await self._abort()
-            raise
-        return target  # type: ignore[no-any-return]
-
-    async def _enter_session(self, session: AsyncSession) -> None:
-        plan = self._open(session, is_async=True)
-        options = self._options
-        if plan.nested:
-            self._tx = await session.begin_nested()
-            if options.timeouts():
-                self._conn = await session.connection()
-        else:
-            self._tx = await session.begin()
-            if options.needs_connection(plan.engine.dialect.name):
-                self._conn = await session.connection(
-                    execution_options=options.execution_options(plan.engine)
-                )
-            conn = self._conn
-            if conn is None and not routes_itself(session.sync_session):
-                conn = await session.connection()
-            require_atomic(
-                "transaction()", None if conn is None else conn.sync_connection, session.get_bind()
-            )
-        if self._conn is not None:
-            self._undo = await self._conn.run_sync(
-                prepare, options, nested=plan.nested, engine=plan.engine
-            )
-
-    async def _enter_connection(self, conn: AsyncConnection) -> None:
-        plan = self._open(conn, is_async=True)
-        options = self._options
-        self._conn = conn
-        if plan.nested:
-            self._tx = await conn.begin_nested()
-        else:
-            extra = options.execution_options(plan.engine)
-            if extra:
-                await conn.execution_options(**extra)
-            self._tx = await conn.begin()
-            require_atomic("transaction()", conn.sync_connection)
-        if plan.nested and not options.timeouts():
-            return
-        if options.needs_connection(plan.engine.dialect.name):
-            self._undo = await conn.run_sync(
-                prepare, options, nested=plan.nested, engine=plan.engine
-            )
-
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
-        scope = self._scope
-        assert scope is not None and self._plan is not None
-        nested = self._plan.nested
-        committed = False
-        try:
-            if exc is None:
-                try:
-                    if self._undo is not None and self._conn is not None:
-                        await self._conn.run_sync(self._undo, True)
-                    await self._tx.commit()
-                except BaseException as failure:
-                    scope.discard()
-                    await self._rollback_quietly(undo=False)
-                    _reraise(failure, outermost=not nested)
-                committed = True
-            else:
-                scope.discard()
-                await self._rollback_quietly(undo=True)
-        finally:
-            scope.leave()
-            await self._finish()
-        if committed:
-            if nested:
-                scope.release()
-            else:
-                await scope.run_callbacks()
-        return False
-
-    async def _rollback_quietly(self, *, undo: bool) -> None:
-        # The error that got us here is what the caller must see; a rollback
-        # on a dead connection fails too, and SQLAlchemy discards it.
-        try:
-            if undo and self._undo is not None and self._conn is not None:
-                await self._conn.run_sync(self._undo, False)
-        except Exception:
-            _log.debug("could not restore settings before rollback", exc_info=True)
-            await self._invalidate_quietly()
-        try:
-            if self._tx is not None:
-                await self._tx.rollback()
-        except Exception:
-            _log.debug("rollback after a failed transaction failed", exc_info=True)
-
-    async def _invalidate_quietly(self) -> None:
-        try:
-            if self._conn is not None and not self._conn.closed:
-                await self._conn.invalidate()
-        except Exception:
-            _log.debug("invalidate failed", exc_info=True)
-
-    async def _abort(self) -> None:
-        if self._scope is not None:
-            self._scope.discard()
-            self._scope.leave()
-        await self._rollback_quietly(undo=True)
-        await self._finish()
-
-    async def _finish(self) -> None:
-        target = self._target
-        if self._clears_begin_option(AsyncConnection):
-            try:
-                await target.execution_options(**{BEGIN_OPTION: None})
-            except Exception:
-                _log.debug("could not clear the begin option", exc_info=True)
-        owned, self._owned = self._owned, None
-        if owned is not None:
-            await owned.close()
-
-
-class SyncTransactionContext(_ContextBase, Generic[W]):
+class SyncTransactionContext(Generic[W]):
     """What :func:`transaction_sync` returns: ``with`` it to get the session or connection.
+
+    It is also the one implementation of :func:`transaction`: the async
+    context runs it on the ``AsyncSession``'s ``sync_session`` (or the
+    ``AsyncConnection``'s ``sync_connection``) inside SQLAlchemy's greenlet,
+    with the async object as the owner of the commit scope.
 
     Example::
 
@@ -299,16 +118,46 @@ class SyncTransactionContext(_ContextBase, Generic[W]):
             session.add(order)
     """
 
-    __slots__ = ()
+    __slots__ = (
+        "_conn",
+        "_is_async",
+        "_name",
+        "_options",
+        "_owned",
+        "_owner",
+        "_plan",
+        "_scope",
+        "_target",
+        "_tx",
+        "_undo",
+    )
 
-    def __init__(self, target: Any, options: TransactionOptions) -> None:
-        if not isinstance(target, _TARGETS_SYNC):
+    def __init__(
+        self,
+        target: Any,
+        options: TransactionOptions,
+        *,
+        owner: Any = None,
+        name: str = "transaction_sync()",
+    ) -> None:
+        if owner is None and not isinstance(target, _TARGETS_SYNC):
             raise TypeError(
                 "transaction_sync() takes a Session, Connection, Engine or sessionmaker, "
                 f"got {type(target).__name__}"
                 + ("; use transaction()" if isinstance(target, _TARGETS_ASYNC) else "")
             )
-        super().__init__(target, options)
+        self._target = target
+        self._options = options
+        # The async object whose sync side this is (the scope's owner), or None.
+        self._owner: Any = owner
+        self._is_async = owner is not None
+        self._name = name
+        self._owned: Any = None  # a session or connection this context opened, and closes
+        self._conn: Any = None
+        self._tx: Any = None
+        self._undo: Undo | None = None
+        self._scope: CommitScope | None = None
+        self._plan: _Plan | None = None
 
     def __enter__(self) -> W:
         target = self._target
@@ -326,8 +175,20 @@ class SyncTransactionContext(_ContextBase, Generic[W]):
             raise
         return target  # type: ignore[no-any-return]
 
+    def _open(self, owner: Any) -> _Plan:
+        if self._plan is not None:
+            raise RuntimeError(
+                "a transaction() context can be entered once; call transaction() again"
+            )
+        owner = self._owner if self._owner is not None else owner
+        plan = self._plan = _plan(owner, self._options)
+        self._scope = CommitScope(
+            owner, parent=plan.parent, is_async=self._is_async, managed=plan.managed
+        ).enter()
+        return plan
+
     def _enter_session(self, session: Session) -> None:
-        plan = self._open(session, is_async=False)
+        plan = self._open(session)
         options = self._options
         if plan.nested:
             self._tx = session.begin_nested()
@@ -342,12 +203,12 @@ class SyncTransactionContext(_ContextBase, Generic[W]):
             conn = self._conn
             if conn is None and not routes_itself(session):
                 conn = session.connection()
-            require_atomic("transaction_sync()", conn, session.get_bind())
+            require_atomic(self._name, conn, session.get_bind())
         if self._conn is not None:
             self._undo = prepare(self._conn, options, nested=plan.nested, engine=plan.engine)
 
     def _enter_connection(self, conn: Connection) -> None:
-        plan = self._open(conn, is_async=False)
+        plan = self._open(conn)
         options = self._options
         self._conn = conn
         if plan.nested:
@@ -357,13 +218,24 @@ class SyncTransactionContext(_ContextBase, Generic[W]):
             if extra:
                 conn.execution_options(**extra)
             self._tx = conn.begin()
-            require_atomic("transaction_sync()", conn)
+            require_atomic(self._name, conn)
         if plan.nested and not options.timeouts():
             return
         if options.needs_connection(plan.engine.dialect.name):
             self._undo = prepare(conn, options, nested=plan.nested, engine=plan.engine)
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
+        scope = self._end(exc)
+        if scope is not None:
+            scope.run_callbacks_sync()
+        return False
+
+    def _end(self, exc: BaseException | None) -> CommitScope | None:
+        """Commit (no ``exc``) or roll back; the scope whose callbacks now run, if it committed.
+
+        The async context calls this in SQLAlchemy's greenlet and awaits the
+        callbacks itself (they may be coroutines).
+        """
         scope = self._scope
         assert scope is not None and self._plan is not None
         nested = self._plan.nested
@@ -385,14 +257,16 @@ class SyncTransactionContext(_ContextBase, Generic[W]):
         finally:
             scope.leave()
             self._finish()
-        if committed:
-            if nested:
-                scope.release()
-            else:
-                scope.run_callbacks_sync()
-        return False
+        if not committed:
+            return None
+        if nested:
+            scope.release()
+            return None
+        return scope
 
     def _rollback_quietly(self, *, undo: bool) -> None:
+        # The error that got us here is what the caller must see; a rollback
+        # on a dead connection fails too, and SQLAlchemy discards it.
         try:
             if undo and self._undo is not None and self._conn is not None:
                 self._undo(self._conn, False)
@@ -421,7 +295,15 @@ class SyncTransactionContext(_ContextBase, Generic[W]):
 
     def _finish(self) -> None:
         target = self._target
-        if self._clears_begin_option(Connection):
+        plan = self._plan
+        # A caller's SQLite connection got the package's begin option for this
+        # transaction only; take it off again.
+        if (
+            isinstance(target, Connection)
+            and plan is not None
+            and not plan.nested
+            and plan.engine.dialect.name == "sqlite"
+        ):
             try:
                 target.execution_options(**{BEGIN_OPTION: None})
             except Exception:
@@ -429,6 +311,71 @@ class SyncTransactionContext(_ContextBase, Generic[W]):
         owned, self._owned = self._owned, None
         if owned is not None:
             owned.close()
+
+
+class TransactionContext(Generic[W]):
+    """What :func:`transaction` returns: ``async with`` it to get the session or connection.
+
+    Example::
+
+        async with transaction(Session, isolation_level="SERIALIZABLE") as session:
+            session.add(order)
+    """
+
+    __slots__ = ("_options", "_owned", "_sync", "_target")
+
+    def __init__(self, target: Any, options: TransactionOptions) -> None:
+        if not isinstance(target, _TARGETS_ASYNC):
+            raise TypeError(
+                "transaction() takes an AsyncSession, AsyncConnection, AsyncEngine or "
+                f"async_sessionmaker, got {type(target).__name__}"
+                + ("; use transaction_sync()" if isinstance(target, _TARGETS_SYNC) else "")
+            )
+        self._target = target
+        self._options = options
+        self._owned: AsyncSession | AsyncConnection | None = None
+        self._sync: SyncTransactionContext[Any] | None = None
+
+    async def __aenter__(self) -> W:
+        if self._sync is not None:
+            raise RuntimeError(
+                "a transaction() context can be entered once; call transaction() again"
+            )
+        target = self._target
+        if isinstance(target, async_sessionmaker):
+            target = self._owned = target()
+        elif isinstance(target, AsyncEngine):
+            target = self._owned = await target.connect()
+        if isinstance(target, AsyncSession):
+            sync_target: Any = target.sync_session
+        else:
+            if target.sync_connection is None:
+                await target.start()
+            sync_target = target.sync_connection
+        self._sync = SyncTransactionContext(
+            sync_target, self._options, owner=target, name="transaction()"
+        )
+        try:
+            await greenlet_spawn(self._sync.__enter__)
+        except BaseException:
+            await self._close_owned()
+            raise
+        return target  # type: ignore[return-value]
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
+        assert self._sync is not None
+        try:
+            scope: CommitScope | None = await greenlet_spawn(self._sync._end, exc)
+        finally:
+            await self._close_owned()
+        if scope is not None:
+            await scope.run_callbacks()
+        return False
+
+    async def _close_owned(self) -> None:
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            await owned.close()
 
 
 @overload
