@@ -17,7 +17,7 @@ What it shows:
   the existing ``except`` clause), the slow-query log, statistics and metrics;
 * ``SyncDatabase(engine)`` wraps that same engine, leaving its settings alone,
   for what the application did not have: ``run_transaction`` (a deadlock or a
-  restart re-runs the unit of work), ``health()`` and ``stats()``;
+  restart re-runs the unit of work), ``health()`` and ``snapshot()``;
 * errors answered with ``user_message`` in the client's language, never SQL.
 """
 
@@ -110,7 +110,7 @@ def create_app(url: str) -> Flask:
 
     @app.get("/stats")
     def stats() -> Any:
-        return jsonify(db.stats(top=5))
+        return jsonify(db.snapshot(top=5))
 
     return app
 

@@ -376,12 +376,12 @@ class Database(FacadeBase):
         """:func:`~sqlalchemy_resilience.pool.pool_stats` of the primary engine."""
         return dict(pool_stats(self.engine))
 
-    def stats(self, *, top: int = 10) -> dict[str, Any]:
+    def snapshot(self, *, top: int = 10) -> dict[str, Any]:
         """JSON-ready figures: top statements, pool, breaker, replicas, pooler check.
 
         Example::
 
-            print(json.dumps(db.stats(top=5), indent=2))
+            print(json.dumps(db.snapshot(top=5), indent=2))
         """
         return database_stats(self._core, top=top)
 

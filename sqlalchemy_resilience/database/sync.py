@@ -239,6 +239,6 @@ class SyncDatabase(FacadeBase):
         """:func:`~sqlalchemy_resilience.pool.pool_stats` of the primary engine."""
         return dict(pool_stats(self.engine))
 
-    def stats(self, *, top: int = 10) -> dict[str, Any]:
+    def snapshot(self, *, top: int = 10) -> dict[str, Any]:
         """JSON-ready figures: top statements, pool, breaker, replicas, pooler check."""
         return database_stats(self._core, top=top)

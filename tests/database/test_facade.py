@@ -116,7 +116,7 @@ async def test_health_stats_and_pool(db: sr.Database) -> None:
     await db.fetch_all(select(items))
     report = await db.health()
     assert report.status == "healthy" and report.breaker == "closed"
-    stats = db.stats(top=50)
+    stats = db.snapshot(top=50)
     json.dumps(stats)
     assert stats["breaker"]["state"] == "closed"
     assert any("facade_items" in s["statement"] for s in stats["statements"])
@@ -263,7 +263,7 @@ def test_sync_database(sync_url: str) -> None:
         assert db.fetch_value(select(func.count()).where(items.c.name == "saga")) == 1
         assert db.recover_sagas([saga]).recovered == []
         assert db.health().status == "healthy"
-        assert db.stats()["pool"]["pool_size"] == 2
+        assert db.snapshot()["pool"]["pool_size"] == 2
         with pytest.raises(sr.UniqueViolation):
             db.execute(insert(items).values(name="a"))
     assert instrumentation_of(db.engine) is None

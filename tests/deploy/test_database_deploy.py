@@ -47,7 +47,7 @@ async def test_behind_pgbouncer_with_pooler_transaction(
             report = db.pooler_report
             assert report is not None and report.transaction_pooling and report.safe
             history, _ = await run_bank(db.engine, seconds=2.0, workers=50, retry=db.retry)
-            assert db.stats()["pooler"]["transaction_pooling"] is True
+            assert db.snapshot()["pooler"]["transaction_pooling"] is True
     verdict = check(pg_server, pg_database, history, [])
     assert history.errors == {}
     assert verdict.lost == 0 and verdict.ledger_consistent
@@ -83,7 +83,7 @@ async def test_password_provider(pg_server: PgServer, pg_database: str) -> None:
     url = pg_server.app_url(pg_database, driver="asyncpg", username=role).set(password=None)
     async with sr.Database(url, password_provider=provider) as db:
         assert await db.fetch_value("SELECT current_user") == role
-        everything = json.dumps([db.stats(), (await db.health()).to_dict(), repr(db)])
+        everything = json.dumps([db.snapshot(), (await db.health()).to_dict(), repr(db)])
     assert asked >= 1
     assert password not in everything
 
@@ -122,7 +122,7 @@ async def test_replicas(primary_and_replica: tuple[PgServer, PgServer]) -> None:
             return int(found or 0)
 
         assert await db.run_transaction(write_then_read) == 1  # primary, read-your-writes
-        routed = db.stats()["replicas"]["routed"]
+        routed = db.snapshot()["replicas"]["routed"]
         replica_name = db.replicas.status()[0].name
         assert routed[replica_name] == 5 and routed["primary"] == 1
         assert (await db.health()).status == "healthy"

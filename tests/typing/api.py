@@ -382,7 +382,7 @@ async def database_usage() -> None:
         async with db.session() as session2:
             pass
         report = assert_type(await db.health(timeout=1), HealthReport)
-        stats = assert_type(db.stats(top=5), dict[str, Any])
+        stats = assert_type(db.snapshot(top=5), dict[str, Any])
         figures = assert_type(db.pool_stats(), dict[str, Any])
         message = assert_type(db.user_message(ValueError("x"), "en"), str)
     env_db = assert_type(sr.Database.from_env({"DATABASE_URL": "sqlite+aiosqlite://"}), sr.Database)

@@ -173,7 +173,7 @@ async def _replica_part(server: EmbeddedPostgres, url: URL, out: TextIO) -> bool
                 return int(seen or 0)
 
             seen = await db.run_transaction(write_then_read)
-            routed = db.stats()["replicas"]["routed"]
+            routed = db.snapshot()["replicas"]["routed"]
         replica_reads = sum(n for name, n in routed.items() if name != "primary")
         print(
             f"  Database(replicas=[...]): 2 reads went to the replica ({replica_reads}); a unit "
