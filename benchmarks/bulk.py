@@ -53,6 +53,17 @@ rows_table = Table(
 )
 
 
+# A light table: the per-chunk cost of a write shows here, where the server's
+# own work per row (JSONB parsing, wide rows) does not hide it.
+light_table = Table(
+    "sr_bench_bulk_light",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("n", BigInteger, nullable=False),
+)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -156,6 +167,78 @@ async def throughput(url: URL, n: int, rounds: int) -> str:
     return "\n".join(lines)
 
 
+def light_rows(n: int) -> Iterator[dict[str, Any]]:
+    for i in range(n):
+        yield {"id": i, "name": f"row number {i}", "n": i * 7}
+
+
+SWEEP_SIZES = (1_000, 5_000, 10_000, 25_000, 50_000, 100_000)
+
+
+async def chunk_sweep(url: URL, n: int, rounds: int) -> str:
+    """bulk_insert's COPY path by chunk size, on the light and the heavy table, vs raw COPY."""
+    import asyncpg
+
+    engine = create_async_engine(url)
+    instrument(engine)
+    tables = {
+        "light (bigint, text, bigint)": (
+            light_table,
+            light_rows,
+            lambda r: (r["id"], r["name"], r["n"]),
+        ),
+        "heavy (bigint, text, timestamptz, jsonb)": (
+            rows_table,
+            rows,
+            lambda r: (r["id"], r["name"], r["created"], json.dumps(r["doc"])),
+        ),
+    }
+    lines = [
+        "| table | chunk_size | median rows/s | time vs raw COPY |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, (table, make, as_record) in tables.items():
+
+        async def raw(table: Table = table, make: Any = make, as_record: Any = as_record) -> None:
+            conn: Any = await asyncpg.connect(
+                host=url.host,
+                port=url.port,
+                user=url.username,
+                password=url.password,
+                database=url.database,
+            )
+            try:
+                await conn.copy_records_to_table(
+                    table.name,
+                    records=[as_record(r) for r in make(n)],
+                    columns=[c.name for c in table.columns],
+                )
+            finally:
+                await conn.close()
+
+        variants: dict[str, Callable[[], Awaitable[Any]]] = {"raw": raw}
+        for size in SWEEP_SIZES:
+            variants[str(size)] = lambda size=size, table=table, make=make: bulk_insert(
+                engine, table, make(n), chunk_size=size
+            )
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(rounds):
+            order = list(variants.items())
+            random.shuffle(order)
+            for name, fn in order:
+                await _reset(engine)
+                start = time.perf_counter()
+                await fn()
+                samples[name].append(n / (time.perf_counter() - start))
+        base = statistics.median(samples["raw"])
+        for name, values in samples.items():
+            med = statistics.median(values)
+            shown = "raw copy_records_to_table" if name == "raw" else f"{int(name):,}"
+            lines.append(f"| {label} | {shown} | {med:,.0f} | {base / med:.2f} |")
+    await engine.dispose()
+    return "\n".join(lines)
+
+
 async def memory(url: URL, sizes: list[int]) -> str:
     engine = create_async_engine(url)
     instrument(engine)
@@ -179,6 +262,10 @@ async def main_async(args: argparse.Namespace) -> None:
             raise SystemExit(
                 "give --embedded-postgres or --postgres-url (the COPY path is PostgreSQL's)"
             )
+        if args.sweep:
+            print(f"\nCOPY path by chunk size, {args.rows:,} rows x {args.rounds} rounds")
+            print(await chunk_sweep(url, args.rows, args.rounds))
+            return
         print(f"\nPostgreSQL (asyncpg), {args.rows:,} rows x {args.rounds} rounds")
         print(await throughput(url, args.rows, args.rounds))
         print("\nbulk_insert streaming from a generator, chunks of 10,000 (tracemalloc)")
@@ -189,6 +276,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="bulk_insert throughput and memory")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="only the COPY path by chunk size, on a light and a heavy table",
+    )
     add_postgres_arguments(parser)
     args = parser.parse_args(argv)
     if args.rows < 1 or args.rounds < 1:
