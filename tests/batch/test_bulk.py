@@ -333,12 +333,17 @@ def test_sync_twin_copies_through_psycopg(pg_server: PgServer, pg_database: str)
         assert (result.path, result.rows, result.chunks) == ("copy", 23, 5)
         more = sr.bulk_insert_sync(engine, items, _rows(2, 23), use_copy=False)
         assert more.path == "insertmanyvalues"
+        # Default chunking: 10,000 rows a chunk on COPY, 1,000 on INSERT ... VALUES.
+        copied = sr.bulk_insert_sync(engine, items, _rows(12_000, 1_000))
+        inserted = sr.bulk_insert_sync(engine, items, _rows(2_500, 20_000), use_copy=False)
+        assert (copied.path, copied.chunks) == ("copy", 2)
+        assert (inserted.path, inserted.chunks) == ("insertmanyvalues", 3)
         with engine.connect() as conn:
             stored = [tuple(r) for r in conn.execute(select(items).order_by(items.c.id))]
             job = conn.execute(
                 text("SELECT rows_done, chunks_done FROM sqlalchemy_resilience_batch_job")
             ).one()
-        expected = [*rows, *_rows(2, 23)]
+        expected = [*rows, *_rows(2, 23), *_rows(12_000, 1_000), *_rows(2_500, 20_000)]
         assert stored == [(r["id"], r["name"], r["seen"], r["doc"], r["code"]) for r in expected]
         assert tuple(job) == (23, 5)
     finally:
