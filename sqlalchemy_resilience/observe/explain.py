@@ -182,11 +182,22 @@ class PlanExplainer:
         with self._lock:
             self._busy = False
 
+    async def _explain_quietly(self, statement: str, parameters: Any) -> Any:
+        # The task wait_for runs this in ends with a result, never an error: an
+        # EXPLAIN cut short when the loop shuts down (its connection closed
+        # under it) would otherwise be logged by asyncio.run as an unhandled
+        # exception, and that record's traceback would keep the engine alive.
+        try:
+            return await greenlet_spawn(self._explain, statement, parameters)
+        except Exception:
+            _log.debug("EXPLAIN of a slow query failed", exc_info=True)
+            return None
+
     async def _run_async(self, statement: str, parameters: Any, ticket: int) -> None:
         plan = None
         try:
             plan = await asyncio.wait_for(
-                greenlet_spawn(self._explain, statement, parameters), self.timeout
+                self._explain_quietly(statement, parameters), self.timeout
             )
         except Exception:
             _log.debug("EXPLAIN of a slow query failed", exc_info=True)
