@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
@@ -39,3 +40,16 @@ def postgres_url(args: argparse.Namespace) -> Iterator[URL | None]:
             server.stop(cleanup=True)
     else:
         yield None
+
+
+async def asyncpg_connect(url: URL) -> Any:
+    """A raw asyncpg connection to ``url`` (the baseline every benchmark compares with)."""
+    import asyncpg
+
+    return await asyncpg.connect(
+        host=url.host,
+        port=url.port,
+        user=url.username,
+        password=url.password,
+        database=url.database,
+    )

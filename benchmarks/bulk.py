@@ -39,7 +39,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
-from benchmarks._postgres import add_postgres_arguments, postgres_url
+from benchmarks._postgres import add_postgres_arguments, asyncpg_connect, postgres_url
 from sqlalchemy_resilience import bulk_insert, instrument
 
 metadata = MetaData()
@@ -92,15 +92,8 @@ async def throughput(url: URL, n: int, rounds: int) -> str:
     Session = async_sessionmaker(engine)
 
     async def raw_copy() -> None:
-        import asyncpg
 
-        conn: Any = await asyncpg.connect(
-            host=url.host,
-            port=url.port,
-            user=url.username,
-            password=url.password,
-            database=url.database,
-        )
+        conn: Any = await asyncpg_connect(url)
         try:
             await conn.copy_records_to_table(
                 "sr_bench_bulk",
@@ -177,7 +170,6 @@ SWEEP_SIZES = (1_000, 5_000, 10_000, 25_000, 50_000, 100_000)
 
 async def chunk_sweep(url: URL, n: int, rounds: int) -> str:
     """bulk_insert's COPY path by chunk size, on the light and the heavy table, vs raw COPY."""
-    import asyncpg
 
     engine = create_async_engine(url)
     instrument(engine)
@@ -200,13 +192,7 @@ async def chunk_sweep(url: URL, n: int, rounds: int) -> str:
     for label, (table, make, as_record) in tables.items():
 
         async def raw(table: Table = table, make: Any = make, as_record: Any = as_record) -> None:
-            conn: Any = await asyncpg.connect(
-                host=url.host,
-                port=url.port,
-                user=url.username,
-                password=url.password,
-                database=url.database,
-            )
+            conn: Any = await asyncpg_connect(url)
             try:
                 await conn.copy_records_to_table(
                     table.name,

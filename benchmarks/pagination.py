@@ -38,7 +38,7 @@ from sqlalchemy import BigInteger, Column, DateTime, Index, MetaData, Table, Tex
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from benchmarks._postgres import add_postgres_arguments, postgres_url
+from benchmarks._postgres import add_postgres_arguments, asyncpg_connect, postgres_url
 from sqlalchemy_resilience import bulk_insert, paginate
 from sqlalchemy_resilience.pagination import paginate_offset
 
@@ -144,15 +144,8 @@ async def sqlakeyset_pages(engine: AsyncEngine, starts: dict[int, Any]) -> dict[
 
 async def raw_driver(url: URL, starts: dict[int, Any]) -> dict[int, float]:
     """The same pages through asyncpg directly."""
-    import asyncpg
 
-    conn: Any = await asyncpg.connect(
-        host=url.host,
-        port=url.port,
-        user=url.username,
-        password=url.password,
-        database=url.database,
-    )
+    conn: Any = await asyncpg_connect(url)
     first_sql = "SELECT id, created, title, body FROM sr_bench_pages ORDER BY created DESC, id DESC LIMIT $1"
     next_sql = (
         "SELECT id, created, title, body FROM sr_bench_pages WHERE (created, id) < ($1, $2) "

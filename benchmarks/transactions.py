@@ -43,7 +43,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from benchmarks._postgres import add_postgres_arguments, postgres_url
+from benchmarks._postgres import add_postgres_arguments, asyncpg_connect, postgres_url
 from sqlalchemy_resilience import Saga, instrument, run_transaction, transaction
 from sqlalchemy_resilience.saga import SagaContext
 from sqlalchemy_resilience.schema import create_saga_tables
@@ -56,15 +56,7 @@ UPDATE = "UPDATE sr_bench_tx SET v = v + 1 WHERE id = 1"
 
 async def _raw_variant(url: URL) -> tuple[Variant, Callable[[], Awaitable[None]]]:
     if url.get_backend_name() == "postgresql":
-        import asyncpg
-
-        conn: Any = await asyncpg.connect(
-            host=url.host,
-            port=url.port,
-            user=url.username,
-            password=url.password,
-            database=url.database,
-        )
+        conn: Any = await asyncpg_connect(url)
 
         async def raw_pg(n: int) -> None:
             for _ in range(n):
