@@ -86,6 +86,22 @@ async def _reset(engine: AsyncEngine) -> None:
         await conn.run_sync(metadata.create_all)
 
 
+async def _interleaved(
+    engine: AsyncEngine, variants: dict[str, Callable[[], Awaitable[Any]]], n: int, rounds: int
+) -> dict[str, list[float]]:
+    """rows/s of each variant per round, the variants in a new shuffled order each round."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        order = list(variants.items())
+        random.shuffle(order)
+        for name, fn in order:
+            await _reset(engine)
+            start = time.perf_counter()
+            await fn()
+            samples[name].append(n / (time.perf_counter() - start))
+    return samples
+
+
 async def throughput(url: URL, n: int, rounds: int) -> str:
     engine = create_async_engine(url)
     instrument(engine)
@@ -142,15 +158,7 @@ async def throughput(url: URL, n: int, rounds: int) -> str:
         "ORM add_all + flush": orm_add_all,
         "hand-written chunked executemany (1000)": hand_written,
     }
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        order = list(variants.items())
-        random.shuffle(order)
-        for name, fn in order:
-            await _reset(engine)
-            start = time.perf_counter()
-            await fn()
-            samples[name].append(n / (time.perf_counter() - start))
+    samples = await _interleaved(engine, variants, n, rounds)
     await engine.dispose()
     base = statistics.median(samples["raw asyncpg copy_records_to_table"])
     lines = ["| variant | median rows/s | time vs raw COPY |", "|---|---:|---:|"]
@@ -207,15 +215,7 @@ async def chunk_sweep(url: URL, n: int, rounds: int) -> str:
             variants[str(size)] = lambda size=size, table=table, make=make: bulk_insert(
                 engine, table, make(n), chunk_size=size
             )
-        samples: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(rounds):
-            order = list(variants.items())
-            random.shuffle(order)
-            for name, fn in order:
-                await _reset(engine)
-                start = time.perf_counter()
-                await fn()
-                samples[name].append(n / (time.perf_counter() - start))
+        samples = await _interleaved(engine, variants, n, rounds)
         base = statistics.median(samples["raw"])
         for name, values in samples.items():
             med = statistics.median(values)
