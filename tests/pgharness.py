@@ -191,18 +191,18 @@ class PgServer:
 
     def kill_first_syncrep_waiter(self) -> int:
         """Wait for an app backend whose COMMIT waits for the (ghost) sync standby; terminate it."""
-
-        def waiting() -> list[int]:
-            rows = self.execute(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND usename = %s",
-                (APP_ROLE,),
-            )
-            return [r[0] for r in rows]
-
-        self.wait_for(lambda: bool(waiting()), timeout=20)
-        pid = waiting()[0]
+        self.wait_for(lambda: bool(self.syncrep_waiters()), timeout=20)
+        pid = self.syncrep_waiters()[0]
         self.execute("SELECT pg_terminate_backend(%s)", (pid,))
         return pid
+
+    def syncrep_waiters(self) -> list[int]:
+        """Backends of the app role whose COMMIT waits for the (ghost) synchronous standby."""
+        rows = self.execute(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND usename = %s",
+            (APP_ROLE,),
+        )
+        return [r[0] for r in rows]
 
     def ledger_rows(self, key: object) -> int:
         """Rows of the ``syncrep`` fixture's ``ledger`` table with key ``key``."""

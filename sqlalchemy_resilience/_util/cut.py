@@ -10,8 +10,12 @@ has ``interrupt()`` for the same purpose.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import select
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["cut", "shutdown"]
@@ -58,21 +62,64 @@ def cut(dbapi_connection: Any) -> bool:
     fd = _socket_of(dbapi_connection)
     if fd is None:
         return False
+    # Prepared while the connection is still open: once the socket is shut,
+    # the blocked thread reads EOF and the driver marks the connection
+    # closed, after which its own cancel() and cancel_safe() do nothing —
+    # and the backend would wait on (a COMMIT's synchronous-replication wait
+    # never notices a closed socket), its row invisible and its locks held.
+    cancel = _server_cancel(dbapi_connection)
     shutdown(fd)
-    _cancel_on_server(dbapi_connection)
+    if cancel is not None:
+        with contextlib.suppress(Exception):
+            cancel()
     return True
 
 
-def _cancel_on_server(dbapi_connection: Any) -> None:
-    # The server does not notice a closed socket while the backend waits
-    # (pg_sleep, a lock, the synchronous-replication wait of a COMMIT): a
-    # cancel request, sent on a connection of its own, ends the wait, as an
-    # async driver's cancellation does. Best effort, bounded.
-    cancel_safe = getattr(dbapi_connection, "cancel_safe", None)  # psycopg >= 3.2
-    with contextlib.suppress(Exception):
-        if callable(cancel_safe):
-            cancel_safe(timeout=2.0)
-            return
-        cancel = getattr(dbapi_connection, "cancel", None)  # psycopg2, older psycopg
-        if callable(cancel):
-            cancel()
+_CANCEL_TIMEOUT = 2.0
+
+
+def _server_cancel(dbapi_connection: Any) -> Callable[[], None] | None:
+    """A PostgreSQL cancel request for the connection's current work, sent on a connection of its own.
+
+    The server does not notice a closed socket while the backend waits
+    (pg_sleep, a lock, the synchronous-replication wait of a COMMIT): the
+    cancel request ends the wait, as an async driver's cancellation does.
+    Best effort, bounded where libpq allows (17 and later).
+    """
+    pgconn = getattr(dbapi_connection, "pgconn", None)  # psycopg 3
+    if pgconn is not None:
+        with contextlib.suppress(Exception):
+            make_cancel_conn = getattr(pgconn, "cancel_conn", None)
+            if callable(make_cancel_conn):
+                with contextlib.suppress(Exception):  # libpq < 17: NotSupportedError
+                    return functools.partial(_send_bounded, make_cancel_conn())
+            send: Callable[[], None] = pgconn.get_cancel().cancel
+            return send
+        return None
+    cancel = getattr(dbapi_connection, "cancel", None)  # psycopg2
+    return cancel if callable(cancel) else None
+
+
+def _send_bounded(cancel_conn: Any) -> None:
+    # libpq's non-blocking cancel connection (PQcancelStart/PQcancelPoll),
+    # polled here so that an unreachable server costs _CANCEL_TIMEOUT, not a
+    # TCP timeout.
+    from psycopg import pq
+
+    deadline = time.monotonic() + _CANCEL_TIMEOUT
+    try:
+        cancel_conn.start()
+        while True:
+            status = cancel_conn.poll()
+            if status in (pq.PollingStatus.OK, pq.PollingStatus.FAILED):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            fd = cancel_conn.socket
+            if status == pq.PollingStatus.READING:
+                select.select([fd], [], [], left)
+            else:
+                select.select([], [fd], [], left)
+    finally:
+        cancel_conn.finish()

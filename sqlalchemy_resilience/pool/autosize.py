@@ -7,7 +7,9 @@ decides:
 
 * **grow** at once when requests queued (a request waiting while every
   connection was in use, or a p95 wait above ``target_wait`` in an interval
-  that opened no connection): to ``max(size * grow_factor, peak in use + peak waiting)``,
+  that opened no connection and in which every connection was seen in use —
+  a wait while connections sit idle is the machine's, not the pool's, and
+  more connections would not shorten it): to ``max(size * grow_factor, peak in use + peak waiting)``,
   capped by ``max_size``;
 * **shrink** only after ``shrink_after`` consecutive calm intervals in which
   the peak in use stayed at or below ``low_utilization`` of the size: to the
@@ -230,7 +232,12 @@ class PoolAutosizer(Background):
         self._peak_in_use = self._peak_waiting = 0
         p95 = self._recent_wait_p95()
         top = self.effective_max
-        if peak_waiting > 0 or p95 > self.target_wait:
+        capacity = size + max(self._pool._max_overflow, 0)
+        # A slow checkout counts as pressure only when the pool was full: with
+        # a connection idle at every sample, the wait was the CPU or the
+        # pre-ping, and growing would not shorten it (it would only undo the
+        # last shrink on a busy machine).
+        if peak_waiting > 0 or (peak_in_use >= capacity and p95 > self.target_wait):
             self._calm = 0
             self._calm_peak = 0
             wanted = max(math.ceil(size * self.grow_factor), peak_in_use + peak_waiting)

@@ -20,7 +20,9 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlalchemy_resilience import health_check, health_check_sync, instrument
+from sqlalchemy_resilience.core.registry import find_part
 from sqlalchemy_resilience.pool import PoolAutosizer, pool_stats
+from sqlalchemy_resilience.pool.monitor import PoolMonitor
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
 
@@ -151,4 +153,38 @@ def test_a_stalled_checkout_is_not_queueing(tmp_path: Path) -> None:
             stalled.join()
             held.close()
     finally:
+        engine.dispose()
+
+
+def test_slow_checkouts_beside_an_idle_connection_do_not_grow_the_pool(tmp_path: Path) -> None:
+    """Checkout waits over ``target_wait`` while a connection sat idle at every sample (a
+    busy CPU, not the pool) do not grow it; the same waits with every connection in use do.
+    (The autosizer grew back right after a shrink on a loaded CI machine.)"""
+    engine = create_engine(f"sqlite:///{tmp_path / 'q.sqlite'}", pool_size=3, max_overflow=0)
+    instrument(engine)
+    monitor = find_part(engine, PoolMonitor)
+    assert monitor is not None
+    sizer = PoolAutosizer(engine, min_size=2, max_size=8, interval=1)
+
+    def slow_checkouts(count: int, seconds: float) -> None:
+        # What the checkout hook records for answered requests that waited.
+        for _ in range(count):
+            next(monitor.answered)
+            monitor.waits.append(seconds)
+
+    held = [engine.connect() for _ in range(3)]
+    try:
+        held.pop().close()  # 2 of 3 in use, one idle
+        assert sizer.decide() is None  # the interval that opened them: not queueing
+        sizer.sample()
+        slow_checkouts(20, 0.05)
+        assert sizer.decide() is None
+        assert engine.pool.size() == 3
+        held.append(engine.connect())  # every connection in use
+        sizer.sample()
+        slow_checkouts(20, 0.05)
+        assert sizer.decide() == 5  # 3 x grow_factor 1.5, rounded up
+    finally:
+        for conn in held:
+            conn.close()
         engine.dispose()

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy, instrument, run_transaction, run_transaction_sync
+from sqlalchemy_resilience._util import cut as cut_module
 from tests.pgharness import PgServer
 
 FAST = RetryPolicy(attempts=4, initial_backoff=0.001, max_backoff=0.01, deadline=30)
@@ -317,6 +318,50 @@ def test_sync_attempt_timeout_during_commit_is_unknown(syncrep: PgServer) -> Non
     assert attempts == 1
     assert "attempt_timeout" in str(info.value)
     syncrep.wait_for(lambda: syncrep.ledger_rows(key) == 1, timeout=5)
+
+
+def test_cut_reaches_the_server_after_the_driver_closed_the_connection(
+    syncrep: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut shuts the socket, the blocked thread reads EOF and psycopg marks the connection
+    closed — after which its cancel_safe() does nothing — before the cut sends its cancel
+    request. The cancel must still reach the server, or the backend waits in SyncRep for
+    ever, its committed row invisible. (Seen once in CI as the test above failing.)"""
+    engine = create_engine(syncrep.app_url("faults", driver="psycopg"))
+    key = uuid.uuid4()
+    raw = engine.raw_connection()
+    driver = raw.driver_connection
+    failed: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            driver.commit()  # type: ignore[union-attr]
+        except Exception as exc:
+            failed.append(exc)
+
+    try:
+        cursor = raw.cursor()
+        cursor.execute("SET LOCAL synchronous_commit = 'on'")
+        cursor.execute("INSERT INTO ledger VALUES (%s)", (key,))
+        committing = threading.Thread(target=commit)
+        committing.start()
+        syncrep.wait_for(lambda: syncrep.syncrep_waiters() != [], timeout=20)
+
+        real_shutdown = cut_module.shutdown
+
+        def shutdown_and_lose_the_race(fd: int) -> None:
+            real_shutdown(fd)
+            committing.join()  # the blocked thread has seen EOF: the connection is closed
+
+        monkeypatch.setattr(cut_module, "shutdown", shutdown_and_lose_the_race)
+        assert cut_module.cut(driver)
+        assert driver.closed  # type: ignore[union-attr]
+        assert len(failed) == 1
+        syncrep.wait_for(lambda: syncrep.ledger_rows(key) == 1, timeout=10)
+        assert syncrep.syncrep_waiters() == []
+    finally:
+        raw.invalidate()
+        engine.dispose()
 
 
 @pytest.mark.parametrize("instrumented", [True, False])
