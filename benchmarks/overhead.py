@@ -12,6 +12,8 @@ checkout per query, and 50 concurrent tasks sharing a pool of 10. Variants:
   the metric set the straightforward design records);
 * ``instrument()`` with everything on (statistics with sampled call sites,
   in-flight watchdog, slow-query log, metrics), without and with an SDK;
+* plain SQLAlchemy with two empty ``before/after_cursor_execute`` listeners: what
+  SQLAlchemy's event path costs per statement before a listener does any work;
 * the straightforward design: ``before/after_cursor_execute`` and pool
   ``checkout``/``checkin`` listeners feeding the same statistics and SDK histograms;
 * ``opentelemetry-instrumentation-sqlalchemy`` with SDK tracer and meter
@@ -149,6 +151,10 @@ def _straightforward(engine: Engine, meter_provider: Any) -> None:
             use.record(time.perf_counter() - out, attrs)
 
 
+def _nothing(*args: Any) -> None:
+    pass
+
+
 def _variants_of(make: Callable[[], Any]) -> dict[str, Any]:
     """Build every SQLAlchemy variant from an engine factory (Engine or AsyncEngine)."""
     sdk = _sdk_meter_provider()
@@ -173,6 +179,12 @@ def _variants_of(make: Callable[[], Any]) -> dict[str, Any]:
             stats_call_sites=True,
             slow_query_threshold=1.0,
         )
+    # What the public-events design pays before doing any work: SQLAlchemy's
+    # event path for every statement once a Connection-level listener exists
+    # (the lower bound of timing statements with them instead of the wrap).
+    events = variants["plain + empty cursor_execute listeners"] = make()
+    event.listen(_sync(events), "before_cursor_execute", _nothing)
+    event.listen(_sync(events), "after_cursor_execute", _nothing)
     straightforward = make()
     _straightforward(_sync(straightforward), sdk)
     variants["straightforward listeners, SDK"] = straightforward

@@ -32,7 +32,13 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sqlalchemy_resilience import instrument
-from sqlalchemy_resilience.pool import PoolAutosizer, PoolMaintainer, pool_stats
+from sqlalchemy_resilience.pool import (
+    AsyncResizableQueuePool,
+    PoolAutosizer,
+    PoolMaintainer,
+    ResizableQueuePool,
+    pool_stats,
+)
 
 from .overhead import measure_async, measure_sync, table
 
@@ -43,9 +49,9 @@ def bench_sqlite_checkout(rounds: int, ops: int) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'pool.sqlite'}"
         plain = create_engine(url, pool_size=POOL)
-        features = create_engine(url, pool_size=POOL)
+        features = create_engine(url, poolclass=ResizableQueuePool, pool_size=POOL)
         instrument(features, leak_threshold=30, max_waiting=100)
-        no_leaks = create_engine(url, pool_size=POOL)
+        no_leaks = create_engine(url, poolclass=ResizableQueuePool, pool_size=POOL)
         instrument(no_leaks, max_waiting=100)
         background = []
         for engine in (features, no_leaks):
@@ -80,9 +86,9 @@ def bench_sqlite_checkout(rounds: int, ops: int) -> str:
 
 async def bench_postgres_checkout(url: URL, rounds: int, ops: int) -> str:
     plain = create_async_engine(url, pool_size=POOL)
-    features = create_async_engine(url, pool_size=POOL)
+    features = create_async_engine(url, poolclass=AsyncResizableQueuePool, pool_size=POOL)
     instrument(features, leak_threshold=30, max_waiting=100)
-    no_leaks = create_async_engine(url, pool_size=POOL)
+    no_leaks = create_async_engine(url, poolclass=AsyncResizableQueuePool, pool_size=POOL)
     instrument(no_leaks, max_waiting=100)
     maintainers = []
     sizers = []
@@ -203,7 +209,13 @@ async def bench_autosizer(url: URL, bursts: int, plot: Path | None = None) -> st
         ("fixed pool of 24", 24, False),
         ("autosizer 2..24", 2, True),
     ):
-        engine = create_async_engine(url, pool_size=size, max_overflow=0, pool_timeout=60)
+        engine = create_async_engine(
+            url,
+            poolclass=AsyncResizableQueuePool,
+            pool_size=size,
+            max_overflow=0,
+            pool_timeout=60,
+        )
         instrument(engine)
         pool = engine.sync_engine.pool
         sizer = None

@@ -18,7 +18,6 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, create_engine, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
-from sqlalchemy.pool import QueuePool
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import migrations, testing
@@ -30,6 +29,7 @@ from sqlalchemy_resilience.pagination import paginate_offset_sync
 from sqlalchemy_resilience.pool import (
     PoolAutosizer,
     PoolMaintainer,
+    ResizableQueuePool,
     health_check_sync,
     ping_idle_connections,
     resize_pool_sync,
@@ -50,11 +50,11 @@ def _run(value: Any) -> Any:
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     path = tmp_path_factory.mktemp("sweep") / "sweep.sqlite"
-    # A file and a QueuePool: the pool tools refuse SQLite's memory pools.
-    sync = create_engine(f"sqlite:///{path}", poolclass=QueuePool)
+    # A file and a resizable QueuePool: the pool tools refuse SQLite's memory pools.
+    sync = create_engine(f"sqlite:///{path}", poolclass=ResizableQueuePool)
     async_engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
     # A second, instrumented engine for the parts that need the pool monitor.
-    watched = create_engine(f"sqlite:///{path}", poolclass=QueuePool)
+    watched = create_engine(f"sqlite:///{path}", poolclass=ResizableQueuePool)
     create_saga_tables(sync)
     handle = sr.instrument(watched)
     try:

@@ -17,9 +17,11 @@ Where each hook sits, and why there:
 * the dialect's ``do_commit`` tags what it raises, so error translation knows
   COMMIT was in flight without a per-transaction listener;
 * checkouts are timed, and what never reaches ``handle_error`` is translated
-  (see :mod:`~sqlalchemy_resilience.errors.translate`), by a per-engine
-  checkout wrapper that ``Engine.raw_connection`` dispatches to (see
-  :func:`_dispatching_raw_connection`);
+  (see :mod:`~sqlalchemy_resilience.errors.translate`), by a wrapper of this
+  engine's pool's ``connect`` (an attribute of that pool instance, put on the
+  new pool again after ``engine.dispose()`` by an ``engine_disposed``
+  listener): no class is changed, and an engine never instrumented runs
+  exactly SQLAlchemy's code;
 * ``handle_error`` (retval) translates every DBAPI error, connect-time ones too;
 * pool ``connect`` / ``close`` / ``invalidate`` listeners feed the pool figures.
 """
@@ -36,7 +38,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, ExceptionContext
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import Pool, PoolProxiedConnection
 
 from sqlalchemy_resilience.errors.translate import (
     COMMIT_TAG,
@@ -58,65 +60,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("sqlalchemy_resilience")
-
-# The engine attribute that holds its checkout wrapper (and, through it, its hooks).
-_CHECKOUT_ATTR = "_sqlalchemy_resilience_checkout"
-# What Engine.raw_connection was before the dispatcher went in: SQLAlchemy's
-# method, or another library's patch of it, which keeps running under ours.
-_previous: list[Callable[[Engine], PoolProxiedConnection]] = [Engine.raw_connection]
-
-
-class _Checkout:
-    """One engine's checkout wrapper; knows its engine, so a copy can tell it is not its own."""
-
-    __slots__ = ("call", "engine_ref", "hooks")
-
-    def __init__(
-        self,
-        engine: Engine,
-        call: Callable[[Engine], PoolProxiedConnection],
-        hooks: EngineHooks,
-    ) -> None:
-        self.engine_ref = weakref.ref(engine)
-        self.call = call
-        self.hooks = hooks  # the engine keeps its hooks alive through this
-
-
-def _dispatching_raw_connection(self: Engine) -> PoolProxiedConnection:
-    """``Engine.raw_connection``, dispatching to the engine's own checkout wrapper if it has one.
-
-    An instance attribute closing over the engine would be copied by
-    ``copy.copy(engine)`` and keep drawing from the original's pool, even
-    after the copy's ``dispose()``; a class-level method always gets the
-    engine it is called on. Without a wrapper of its own it is exactly
-    SQLAlchemy's method (or whatever was installed before it). An
-    ``execution_options()`` engine shares its parent's pool, so it uses its
-    parent's wrapper.
-    """
-    owner: Engine = self.__dict__.get("_proxied", self)
-    checkout: _Checkout | None = owner.__dict__.get(_CHECKOUT_ATTR)
-    if checkout is not None and checkout.engine_ref() is owner:
-        return checkout.call(self)
-    return _previous[0](self)
-
-
-_installed: list[bool] = [False]
-
-
-def _install_dispatcher() -> None:
-    # Once per process. A patch installed before it (another library,
-    # another copy of this package) stays in the chain below the dispatcher;
-    # one installed after it wraps the dispatcher and is left alone (putting
-    # the dispatcher back on top would make the two call each other).
-    if _installed[0]:
-        return
-    current: Callable[[Engine], PoolProxiedConnection] = Engine.__dict__.get(
-        "raw_connection", Engine.raw_connection
-    )
-    _previous[0] = current
-    _dispatching_raw_connection.__doc__ = current.__doc__
-    Engine.raw_connection = _dispatching_raw_connection  # type: ignore[method-assign]
-    _installed[0] = True
 
 
 class StatementObserved(Protocol):
@@ -264,6 +207,7 @@ class EngineHooks:
         self.attached = False
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
         self._patched: list[tuple[Any, str, Any]] = []
+        self._pool_patches: list[tuple[weakref.ref[Pool], str, Any]] = []
         self._parts: dict[type, object] = {}
         self._own_failures: set[str] = set()
         # Strong references to what the dialect's wrappers reach weakly (_Sink).
@@ -322,7 +266,7 @@ class EngineHooks:
             self._listen(engine, "handle_error", on_handle_error, retval=True)
         if parts.translate_errors or parts.transaction_ended is not None:
             self._patch_transaction_ends(parts.translate_errors, parts.transaction_ended)
-        self._patch_raw_connection(parts)
+        self._wrap_checkouts(parts)
         if parts.statement_observed is not None and parts.statement_failed is not None:
             self._patch_execute(parts.statement_observed, parts.statement_failed)
         for name, fn in (
@@ -344,9 +288,21 @@ class EngineHooks:
             if target.__dict__.get(name) is wrapper:
                 del target.__dict__[name]
         self._patched.clear()
+        for pool_ref, name, wrapper in reversed(self._pool_patches):
+            pool = pool_ref()
+            if pool is not None and pool.__dict__.get(name) is wrapper:
+                del pool.__dict__[name]
+        self._pool_patches.clear()
         self._sinks.clear()
         self.slots.in_flight = None
         self.attached = False
+
+    def _patch_pool(self, pool: Pool, name: str, wrapper: Any) -> None:
+        # Held weakly: every pool dispose() replaced stays listed until it is
+        # freed, and is cleaned on detach if it is still alive.
+        self._pool_patches = [entry for entry in self._pool_patches if entry[0]() is not None]
+        setattr(pool, name, wrapper)
+        self._pool_patches.append((weakref.ref(pool), name, wrapper))
 
     def _sink(self, **parts: Any) -> weakref.ref[_Sink]:
         sink = _Sink(self.slots, **parts)
@@ -413,9 +369,8 @@ class EngineHooks:
         self._patch(dialect, "do_commit", do_commit_timed)
         self._patch(dialect, "do_rollback", do_rollback_timed)
 
-    def _patch_raw_connection(self, parts: HookParts) -> None:
+    def _wrap_checkouts(self, parts: HookParts) -> None:
         engine = self.engine
-        previous = _previous
         gate, checked_out, failed = parts.before_checkout, parts.checked_out, parts.checkout_failed
         translate: Callable[[BaseException], BaseException | None] | None = None
         if parts.translate_errors:
@@ -437,32 +392,53 @@ class EngineHooks:
                 )
 
         perf = time.perf_counter
+        hooks = self
 
-        def raw_connection(target: Engine) -> PoolProxiedConnection:
-            if gate is not None:
-                gate()
-            start = perf()
-            try:
-                fairy = previous[0](target)
-            except BaseException as exc:
-                if failed is not None:
-                    failed(exc)
-                if translate is None:
-                    raise
-                translated = translate(exc)
-                if translated is None:
-                    raise
-                raise translated from exc
-            if checked_out is not None:
-                checked_out(fairy, start)
-            return fairy
+        def wrap(pool: Pool) -> None:
+            # The pool's own methods, reached weakly: the pool holds these
+            # wrappers, and a strong reference back would only make a cycle.
+            connect, recreate = type(pool).connect, type(pool).recreate
+            pool_ref = weakref.ref(pool)
 
-        # The engine keeps its hooks alive through this wrapper; nothing else
-        # holds them strongly, so dropping the engine frees both. An instance
-        # attribute survives engine.dispose() (which replaces the pool) and is
-        # removed on detach.
-        _install_dispatcher()
-        self._patch(engine, _CHECKOUT_ATTR, _Checkout(engine, raw_connection, self))
+            def checkout() -> PoolProxiedConnection:
+                # Keeps the hooks alive exactly as long as the pool: nothing
+                # else holds them strongly, so dropping the engine frees both.
+                _ = hooks
+                if gate is not None:
+                    gate()
+                start = perf()
+                try:
+                    fairy = connect(pool_ref())  # type: ignore[arg-type]
+                except BaseException as exc:
+                    if failed is not None:
+                        failed(exc)
+                    if translate is None:
+                        raise
+                    translated = translate(exc)
+                    if translated is None:
+                        raise
+                    raise translated from exc
+                if checked_out is not None:
+                    checked_out(fairy, start)
+                return fairy
+
+            def recreated() -> Pool:
+                # engine.dispose() puts pool.recreate() in the old pool's
+                # place: the new pool is wrapped before anyone can use it
+                # (an engine_disposed listener would come later, and as a
+                # Connection-level listener it would take every statement of
+                # the engine off SQLAlchemy's listener-free path). The old
+                # pool keeps its wrappers: a copy.copy() of the engine that
+                # was disposed may have been the one to call this, and the
+                # engine itself still draws from it.
+                new = recreate(pool_ref())  # type: ignore[arg-type]
+                wrap(new)
+                return new
+
+            self._patch_pool(pool, "connect", checkout)
+            self._patch_pool(pool, "recreate", recreated)
+
+        wrap(engine.pool)
 
     def _patch_execute(self, observed: StatementObserved, failed: StatementFailed) -> None:
         dialect = self.engine.dialect

@@ -35,11 +35,14 @@ from sqlalchemy_resilience.errors import ResilienceError
 from sqlalchemy_resilience.errors.messages import available_locales, user_message
 from sqlalchemy_resilience.instrumentation import Instrumentation, instrument, instrumentation_of
 from sqlalchemy_resilience.pool import (
+    AsyncResizableQueuePool,
     IdlePing,
     PoolAutosizer,
     PoolMaintainer,
+    ResizableQueuePool,
     ping_idle_connections,
 )
+from sqlalchemy_resilience.pool.queue import resizable_pool_of
 from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy, is_infrastructure_failure
 
 from .settings import PoolSettings
@@ -184,6 +187,18 @@ class DatabaseCore:
             isinstance(poolclass, type) and issubclass(poolclass, QueuePool)
         )
         if sized and not memory:
+            if poolclass is None:
+                # The package's own QueuePool: the maintainer and the
+                # autosizer change it through its methods. Chosen by the
+                # driver, so a sync driver given to Database still gets
+                # SQLAlchemy's own "not an asyncio driver" refusal.
+                try:
+                    driver_is_async = bool(url.get_dialect().is_async)
+                except Exception:
+                    driver_is_async = self.is_async  # create_*engine reports the bad URL
+                options["poolclass"] = (
+                    AsyncResizableQueuePool if driver_is_async else ResizableQueuePool
+                )
             options.update(
                 pool_size=settings.size,
                 max_overflow=settings.max_overflow,
@@ -258,7 +273,12 @@ class DatabaseCore:
 
     def _background_parts(self) -> None:
         settings = self.settings
-        queue_pool = isinstance(sync_engine(self.engine).pool, QueuePool)
+        pool = sync_engine(self.engine).pool
+        queue_pool = isinstance(pool, QueuePool)
+        if queue_pool and (
+            settings.seconds("keepalive") is not None or settings.min_size or settings.autosize
+        ):
+            resizable_pool_of(pool, "PoolSettings(keepalive=, min_size=, autosize=)")
         if queue_pool and (settings.seconds("keepalive") is not None or settings.min_size):
             self.maintainer = PoolMaintainer(
                 self.engine,

@@ -127,7 +127,7 @@ def translate_checkout_failure(
     """The translation of what a checkout raised, or None to let it through.
 
     Args:
-        exc: what ``Engine.raw_connection`` raised.
+        exc: what the pool's ``connect()`` raised.
         dbapi_error: the driver's ``Error`` class; those are routed through
             ``handle_error`` by SQLAlchemy and are left alone here.
         status: a callable returning the pool's status, read only on a timeout.

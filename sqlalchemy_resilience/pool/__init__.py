@@ -1,4 +1,4 @@
-"""Pool management: figures, health, leak detection, load shedding, warm-up, resize, autosizing, liveness."""
+"""Pool management: figures, health, leak detection, load shedding, warm-up, the resizable pool classes, resize, autosizing, liveness."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ from .maintainer import MaintenanceReport as MaintenanceReport
 from .maintainer import PoolMaintainer as PoolMaintainer
 from .monitor import PoolMonitor as PoolMonitor
 from .monitor import pool_stats as pool_stats
+from .queue import AsyncResizableQueuePool as AsyncResizableQueuePool
+from .queue import ResizableQueuePool as ResizableQueuePool
 
 __all__ = [
+    "AsyncResizableQueuePool",
     "AutosizeDecision",
     "HealthReport",
     "IdlePing",
@@ -27,6 +30,7 @@ __all__ = [
     "PoolAutosizer",
     "PoolMaintainer",
     "PoolMonitor",
+    "ResizableQueuePool",
     "ResizeResult",
     "health_check",
     "health_check_sync",

@@ -44,8 +44,9 @@ from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import async_engine_for, engine_for, sync_engine
 from sqlalchemy_resilience.core.registry import find_part
 
-from .control import int_option, queue_pool_of, resize
+from .control import int_option, resize
 from .monitor import PoolMonitor, _value
+from .queue import AsyncResizableQueuePool, ResizableQueuePool, resizable_pool_of
 
 __all__ = ["AutosizeDecision", "PoolAutosizer"]
 
@@ -83,7 +84,9 @@ class PoolAutosizer(Background):
     """Sizes one engine's pool between ``min_size`` and ``max_size`` from observed demand.
 
     Args:
-        engine: an instrumented ``Engine`` or ``AsyncEngine`` with a queue pool.
+        engine: an instrumented ``Engine`` or ``AsyncEngine`` whose pool is the
+            package's (``poolclass=ResizableQueuePool`` /
+            ``AsyncResizableQueuePool``; ``Database`` uses it).
         min_size, max_size: the bounds of ``pool_size`` (1 <= min <= max).
         budget: the most connections this pool may hold, overflow included (None: no extra cap).
         reserve: connections left free on the server (PostgreSQL) for others.
@@ -96,6 +99,7 @@ class PoolAutosizer(Background):
 
     Example::
 
+        engine = create_async_engine(url, poolclass=AsyncResizableQueuePool)
         instrument(engine)
         sizer = PoolAutosizer(engine, min_size=2, max_size=40, reserve=10)
         await sizer.start()    # AsyncEngine; sizer.start_sync() for an Engine
@@ -123,7 +127,7 @@ class PoolAutosizer(Background):
     ) -> None:
         self.engine = engine
         self._sync = sync_engine(engine)
-        self._pool = queue_pool_of(self._sync, "PoolAutosizer")
+        resizable_pool_of(self._sync.pool, "PoolAutosizer")
         monitor = find_part(self._sync, PoolMonitor)
         if monitor is None:
             raise ValueError(
@@ -166,13 +170,18 @@ class PoolAutosizer(Background):
         self._created = self._monitor.created
         super().__init__()
 
+    @property
+    def _pool(self) -> ResizableQueuePool | AsyncResizableQueuePool:
+        # Read each time: engine.dispose() puts a new pool in place.
+        return resizable_pool_of(self._sync.pool, "PoolAutosizer")
+
     # -- limits ------------------------------------------------------------------------
 
     @property
     def effective_max(self) -> int:
         """``max_size`` after the budget and the server's limit."""
         cap = self.max_size
-        overflow = max(self._pool._max_overflow, 0)
+        overflow = max(self._pool.max_overflow, 0)
         if self.budget is not None:
             cap = min(cap, self.budget - overflow)
         if self.server_cap is not None:
@@ -204,7 +213,7 @@ class PoolAutosizer(Background):
             self._peak_in_use = in_use
         # A request counts as queued only beyond the pool's capacity; before
         # that it is opening a connection, which more size would not speed up.
-        capacity = pool.size() + max(pool._max_overflow, 0)
+        capacity = pool.size() + max(pool.max_overflow, 0)
         waiting = self._monitor.queued(capacity)
         if waiting > self._peak_waiting:
             self._peak_waiting = waiting
@@ -232,7 +241,7 @@ class PoolAutosizer(Background):
         self._peak_in_use = self._peak_waiting = 0
         p95 = self._recent_wait_p95()
         top = self.effective_max
-        capacity = size + max(self._pool._max_overflow, 0)
+        capacity = size + max(self._pool.max_overflow, 0)
         # A slow checkout counts as pressure only when the pool was full: with
         # a connection idle at every sample, the wait was the CPU or the
         # pre-ping, and growing would not shorten it (it would only undo the
@@ -263,7 +272,7 @@ class PoolAutosizer(Background):
         new = self.decide()
         if new is None:
             return None
-        resize(self._sync, self._pool, new, self._pool._max_overflow)
+        resize(self._sync, self._pool, new, self._pool.max_overflow)
         reason = (
             f"peak {measured[0]} in use, {measured[1]} waiting"
             if new > previous

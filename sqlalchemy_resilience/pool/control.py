@@ -44,6 +44,9 @@ from sqlalchemy_resilience.errors.hierarchy import DatabaseUnavailable
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 
 from .monitor import PoolMonitor
+from .queue import AsyncResizableQueuePool, ResizableQueuePool, resizable_pool_of
+
+Resizable = ResizableQueuePool | AsyncResizableQueuePool
 
 __all__ = [
     "ResizeResult",
@@ -258,7 +261,9 @@ async def resize_pool(
 ) -> ResizeResult:
     """Change the pool's ``pool_size`` and/or ``max_overflow`` while it is in use.
 
-    Connections in use are never closed: a shrink closes surplus *idle*
+    The engine's pool must be the package's
+    (``poolclass=AsyncResizableQueuePool``; ``Database`` uses it): SQLAlchemy's
+    own ``QueuePool`` keeps its size for life. Connections in use are never closed: a shrink closes surplus *idle*
     connections now, and the rest as they are returned; a grow lets waiting
     requests proceed at once (connections are opened for them).
     :func:`resize_pool_sync` is the blocking twin, for an ``Engine``.
@@ -268,8 +273,12 @@ async def resize_pool(
         size: the new ``pool_size`` (>= 1); None keeps it.
         max_overflow: the new ``max_overflow`` (>= 0, or -1 for no limit); None keeps it.
 
+    Raises:
+        TypeError: the engine's pool is not a resizable one.
+
     Example::
 
+        engine = create_async_engine(url, poolclass=AsyncResizableQueuePool)
         await resize_pool(engine, size=20, max_overflow=5)
     """
     sync = async_engine_for("resize_pool", engine).sync_engine
@@ -285,6 +294,7 @@ def resize_pool_sync(
 
     Example::
 
+        engine = create_engine(url, poolclass=ResizableQueuePool)
         result = resize_pool_sync(engine, size=20)
         print(result.previous_size, "->", result.size)
     """
@@ -295,55 +305,21 @@ def resize_pool_sync(
 
 def _new_bounds(
     sync: Engine, size: int | None, max_overflow: int | None, what: str
-) -> tuple[QueuePool, int, int]:
-    pool = queue_pool_of(sync, what)
+) -> tuple[Resizable, int, int]:
+    pool = resizable_pool_of(sync.pool, what)
     new_size = pool.size() if size is None else int_option("size", size, 1)
     new_overflow = (
-        pool._max_overflow if max_overflow is None else int_option("max_overflow", max_overflow, -1)
+        pool.max_overflow if max_overflow is None else int_option("max_overflow", max_overflow, -1)
     )
     return pool, new_size, new_overflow
 
 
-def _set_queue_size(pool: QueuePool, size: int) -> None:
-    queue = pool._pool
-    queue.maxsize = size
-    # AsyncAdaptedQueue keeps an asyncio.Queue created with the old maxsize.
-    inner = queue.__dict__.get("_queue")
-    if isinstance(inner, asyncio.Queue):
-        inner._maxsize = size  # type: ignore[attr-defined]
-
-
-def resize(engine: Engine, pool: QueuePool, size: int, max_overflow: int) -> ResizeResult:
+def resize(engine: Engine, pool: Resizable, size: int, max_overflow: int) -> ResizeResult:
     """Resize ``pool`` now (the caller is in the pool's thread or greenlet)."""
-    previous_size, previous_overflow = pool.size(), pool._max_overflow
-    with pool._overflow_lock:
-        delta = size - previous_size
-        _set_queue_size(pool, size)
-        # Open connections = maxsize + _overflow; keep that number unchanged.
-        pool._overflow -= delta
-        pool._max_overflow = max_overflow
-    closed = 0
-    while pool._pool.qsize() > size:
-        try:
-            record = pool._pool.get(False)
-        except Exception:
-            break
-        try:
-            record.close()
-            closed += 1
-        finally:
-            pool._dec_overflow()
-    opened = 0
+    previous_size, previous_overflow = pool.size(), pool.max_overflow
     monitor = find_part(engine, PoolMonitor)
     waiting = monitor.waiting if monitor is not None else 0
-    while opened < waiting and pool._inc_overflow():
-        try:
-            record = pool._create_connection()
-        except BaseException:
-            pool._dec_overflow()
-            raise
-        pool._pool.put(record, False)
-        opened += 1
+    closed, opened = pool.resize(size, max_overflow, open_for=waiting)
     _log.info(
         "pool of %s resized: size %d -> %d, max_overflow %d -> %d (%d idle closed, %d opened)",
         safe_url(engine),

@@ -29,8 +29,9 @@ from sqlalchemy_resilience.core.engines import async_engine_for, engine_for, saf
 from sqlalchemy_resilience.core.registry import find_part
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 
-from .control import int_option, queue_pool_of
+from .control import int_option
 from .monitor import PoolMonitor
+from .queue import resizable_pool_of
 
 __all__ = ["ALIVE_AT_KEY", "MaintenanceReport", "PoolMaintainer"]
 
@@ -70,7 +71,9 @@ class PoolMaintainer(Background):
     """Background keepalive, jittered recycle and minimum size for one engine's pool.
 
     Args:
-        engine: an ``Engine`` or ``AsyncEngine`` with a queue pool.
+        engine: an ``Engine`` or ``AsyncEngine`` whose pool is the package's
+            (``poolclass=ResizableQueuePool`` / ``AsyncResizableQueuePool``;
+            ``Database`` uses it).
         keepalive: ping each idle connection at least this often (seconds; None: never).
         recycle: replace a connection older than this (seconds; None: never),
             earlier by a random fraction up to ``jitter`` so connections
@@ -101,7 +104,7 @@ class PoolMaintainer(Background):
     ) -> None:
         self.engine = engine
         self._sync = sync_engine(engine)
-        self._pool = queue_pool_of(self._sync, "PoolMaintainer")
+        pool = resizable_pool_of(self._sync.pool, "PoolMaintainer")
         self.keepalive = (
             None if keepalive is None else to_seconds("keepalive", keepalive, allow_zero=False)
         )
@@ -111,10 +114,8 @@ class PoolMaintainer(Background):
             raise ValueError(f"jitter must be a fraction in [0, 1), got {jitter!r}")
         self.jitter = float(share)
         self.min_size = int_option("min_size", min_size, 0)
-        if self.min_size > self._pool.size():
-            raise ValueError(
-                f"min_size must be <= the pool size ({self._pool.size()}), got {min_size!r}"
-            )
+        if self.min_size > pool.size():
+            raise ValueError(f"min_size must be <= the pool size ({pool.size()}), got {min_size!r}")
         self.interval = to_seconds("interval", interval, allow_zero=False)
         super().__init__()
         self.passes = 0
@@ -128,34 +129,25 @@ class PoolMaintainer(Background):
 
     def run_once_sync(self) -> MaintenanceReport:
         """The blocking twin of :meth:`run_once`: one pass over the idle connections (an ``Engine``)."""
-        pool = self._pool
+        # Read each pass: engine.dispose() puts a new pool in place.
+        pool = resizable_pool_of(self._sync.pool, "PoolMaintainer")
         if self._waiting():
             return MaintenanceReport(skipped=True)
         pinged = replaced = dead = opened = 0
         now = time.time()
-        for _ in range(pool._pool.qsize()):
-            if self._waiting():
-                break
-            try:
-                record = pool._pool.get(False)
-            except Exception:
-                break  # taken by a request meanwhile
-            try:
+        with pool.idle_connections() as idle:
+            for record in idle:
                 outcome = self._maintain(record, now)
-            finally:
-                pool._pool.put(record, False)
-            pinged += outcome[0]
-            replaced += outcome[1]
-            dead += outcome[2]
-        while (
-            self.min_size
-            and pool.checkedin() + pool.checkedout() < self.min_size
-            and pool._inc_overflow()
-        ):
+                pinged += outcome[0]
+                replaced += outcome[1]
+                dead += outcome[2]
+                if self._waiting():
+                    break
+        while self.min_size and pool.checkedin() + pool.checkedout() < self.min_size:
             try:
-                record = pool._create_connection()
+                if not pool.open_idle():
+                    break
             except Exception as exc:
-                pool._dec_overflow()
                 # describe(), not exc_info: a traceback would print SQLAlchemy's
                 # text, parameters and all, into the package's own record.
                 _log.warning(
@@ -163,7 +155,6 @@ class PoolMaintainer(Background):
                     describe(translate_error(exc)),
                 )
                 break
-            pool._pool.put(record, False)
             opened += 1
         report = MaintenanceReport(pinged, replaced, dead, opened)
         self.passes += 1

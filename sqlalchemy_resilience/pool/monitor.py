@@ -7,8 +7,8 @@ in use, idle, overflow) are read from the pool itself when asked. The same
 object feeds :func:`pool_stats` and the ``db.client.connection.*`` metrics, so
 both always agree.
 
-Cost per checkout: the checkout is timed inside the ``Engine.raw_connection``
-wrapper the instrumentation already has, and the checkin by a one-shot
+Cost per checkout: the checkout is timed inside the wrapper of the pool's
+``connect`` the instrumentation already has, and the checkin by a one-shot
 callback on the connection record (SQLAlchemy's ``finalize_callback``, which
 runs at checkin without the cost of event dispatch); nothing runs per
 statement and nothing takes a lock.

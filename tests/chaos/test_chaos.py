@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import (
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import CircuitBreaker, RetryPolicy, instrument, run_transaction
-from sqlalchemy_resilience.pool import PoolAutosizer
+from sqlalchemy_resilience.pool import AsyncResizableQueuePool, PoolAutosizer
 from sqlalchemy_resilience.retry import BreakerState, RetryBudget, resilient_sessionmaker
 from tests.chaos.workload import (
     TOTAL,
@@ -1403,6 +1403,7 @@ async def test_s17_adaptive_pool_follows_a_degraded_network(fault_server: PgServ
     proxy = FaultProxy("127.0.0.1", fault_server.port)
     engine = create_async_engine(
         fault_server.app_url(DB, driver="asyncpg").set(port=proxy.port),
+        poolclass=AsyncResizableQueuePool,
         pool_size=2,
         max_overflow=0,
         pool_timeout=30,

@@ -87,20 +87,43 @@ def test_detach_removes_only_its_own_listeners(db: str) -> None:
 
 
 def test_detach_restores_engine_state(db: str) -> None:
-    """raw_connection and do_commit are back to what they were after detach; hide_parameters is never touched."""
+    """The pool's connect/recreate and the dialect's do_* wrappers are instance attributes,
+    gone after detach; hide_parameters is never touched."""
     engine = make(db)
     assert engine.hide_parameters is False
     instr = instrument(engine)
     assert engine.hide_parameters is False
     patched = ("do_commit", "do_execute", "do_executemany", "do_execute_no_params")
-    assert "_sqlalchemy_resilience_checkout" in engine.__dict__
+    assert {"connect", "recreate"} <= engine.pool.__dict__.keys()
     assert all(name in engine.dialect.__dict__ for name in patched)
     pool_listeners = len(engine.pool.dispatch.connect) + len(engine.pool.dispatch.close)
     instr.detach()
     assert engine.hide_parameters is False
-    assert "_sqlalchemy_resilience_checkout" not in engine.__dict__
+    assert not {"connect", "recreate"} & engine.pool.__dict__.keys()
     assert not any(name in engine.dialect.__dict__ for name in patched)
     assert len(engine.pool.dispatch.connect) + len(engine.pool.dispatch.close) == pool_listeners - 2
+
+
+def test_dispose_keeps_checkouts_observed_on_the_new_pool(db: str) -> None:
+    """engine.dispose() replaces the pool: the new one is wrapped before its first checkout,
+    the replaced ones are not kept alive, and detach() cleans the new one."""
+    engine = make(db)
+    instr = instrument(engine)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    old = engine.pool
+    for _ in range(3):
+        engine.dispose()
+    assert engine.pool is not old
+    checkouts = instr.pool_stats()["checkouts"]
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    assert instr.pool_stats()["checkouts"] == checkouts + 1
+    del old
+    gc.collect()
+    assert len([e for e in instr._hooks._pool_patches if e[0]() is not None]) == 2
+    instr.detach()
+    assert not {"connect", "recreate"} & engine.pool.__dict__.keys()
 
 
 def test_detach_keeps_a_later_wrapper_of_someone_else(db: str) -> None:
@@ -343,52 +366,51 @@ def test_the_password_object_is_not_read_at_instrument_time(
     assert password.reads == connected + 1  # read once more, when the error was translated
 
 
-_PATCHES_SCRIPT = r"""
-import sys
+_CLASSES_SCRIPT = r"""
+import sqlalchemy
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import Pool, QueuePool
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience.pool import pool_stats
 
-calls = {"before": 0, "after": 0}
+def class_state():
+    return {
+        cls: dict(vars(cls))
+        for cls in (Engine, Pool, QueuePool, type(create_engine("sqlite://").dialect))
+    }
+
+calls = []
 below = Engine.raw_connection
 
-def patched_before(self):  # another library, patched before the first instrument()
-    calls["before"] += 1
+def theirs(self):  # another library's patch of the class
+    calls.append(self)
     return below(self)
 
-Engine.raw_connection = patched_before
+Engine.raw_connection = theirs
+before = class_state()
 a = create_engine("sqlite://")
 instr = sr.instrument(a)
 plain = create_engine("sqlite://")
+assert class_state() == before, "instrument() changed a class"
+assert not {"connect", "recreate"} & plain.pool.__dict__.keys()
+assert not {"do_execute", "do_commit"} & plain.dialect.__dict__.keys()
 for engine in (a, plain):
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
-assert calls["before"] == 2, calls
+assert calls == [a, plain], calls
 assert pool_stats(a)["checkouts"] == 1
-
-above = Engine.raw_connection
-
-def patched_after(self):  # another library, patched after it: wraps the dispatcher
-    calls["after"] += 1
-    return above(self)
-
-Engine.raw_connection = patched_after
-b = create_engine("sqlite://")
-sr.instrument(b)  # must not put the dispatcher back on top (the two would call each other)
-for engine in (a, b, plain):
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
-assert calls == {"before": 5, "after": 3}, calls
-assert pool_stats(a)["checkouts"] == 2 and pool_stats(b)["checkouts"] == 1
+instr.detach()
+assert class_state() == before
 print("ok")
 """
 
 
-def test_other_patches_of_raw_connection_stay_in_the_chain() -> None:
-    """Another library's patch of Engine.raw_connection, made before or after the first
-    instrument(), keeps running for instrumented and plain engines; nothing recurses."""
+def test_instrument_changes_no_class() -> None:
+    """instrument() changes no class (Engine, Pool, QueuePool, the dialect's): an engine never
+    instrumented runs exactly SQLAlchemy's code, and another library's class patch of
+    Engine.raw_connection keeps running for instrumented and plain engines alike."""
     proc = subprocess.run(
-        [sys.executable, "-c", _PATCHES_SCRIPT],
+        [sys.executable, "-c", _CLASSES_SCRIPT],
         capture_output=True,
         text=True,
         timeout=60,

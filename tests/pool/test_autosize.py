@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sqlalchemy_resilience import instrument
-from sqlalchemy_resilience.pool import PoolAutosizer
+from sqlalchemy_resilience.pool import AsyncResizableQueuePool, PoolAutosizer, ResizableQueuePool
 from tests.pgharness import PgServer
 
 
@@ -37,7 +37,11 @@ async def test_step_change_converges_without_oscillating(
 ) -> None:
     """2 -> 10 -> 2 workers: the pool grows to serve 10 within a second, then shrinks back; no back-and-forth."""
     engine = create_async_engine(
-        pg_server.app_url(pg_database), pool_size=2, max_overflow=0, pool_timeout=30
+        pg_server.app_url(pg_database),
+        poolclass=AsyncResizableQueuePool,
+        pool_size=2,
+        max_overflow=0,
+        pool_timeout=30,
     )
     try:
         instrument(engine)
@@ -70,7 +74,12 @@ async def test_step_change_converges_without_oscillating(
 
 async def test_server_budget_caps_max_size(pg_server: PgServer, pg_database: str) -> None:
     """max_size is capped by max_connections - superuser_reserved_connections - reserve, read at start."""
-    engine = create_async_engine(pg_server.app_url(pg_database), pool_size=1, max_overflow=2)
+    engine = create_async_engine(
+        pg_server.app_url(pg_database),
+        poolclass=AsyncResizableQueuePool,
+        pool_size=1,
+        max_overflow=2,
+    )
     try:
         instrument(engine)
         async with engine.connect() as conn:
@@ -90,8 +99,14 @@ async def test_server_budget_caps_max_size(pg_server: PgServer, pg_database: str
 
 
 def test_bad_autosizer_input(tmp_path: Path) -> None:
-    """Bounds, fractions and an uninstrumented engine are refused with clear errors."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    """Bounds, fractions, SQLAlchemy's own QueuePool and an uninstrumented engine are refused
+    with clear errors."""
+    plain = create_engine(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    instrument(plain)
+    with pytest.raises(TypeError, match="poolclass=ResizableQueuePool"):
+        PoolAutosizer(plain, min_size=1, max_size=4)
+    plain.dispose()
+    engine = create_engine(f"sqlite:///{tmp_path / 'a.sqlite'}", poolclass=ResizableQueuePool)
     try:
         with pytest.raises(ValueError, match="needs an instrumented engine"):
             PoolAutosizer(engine, min_size=1, max_size=4)

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlalchemy_resilience import health_check, health_check_sync, instrument
 from sqlalchemy_resilience.core.registry import find_part
-from sqlalchemy_resilience.pool import PoolAutosizer, pool_stats
+from sqlalchemy_resilience.pool import PoolAutosizer, ResizableQueuePool, pool_stats
 from sqlalchemy_resilience.pool.monitor import PoolMonitor
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
@@ -131,7 +131,12 @@ def _slow_checkout(engine: Engine, seconds: float, armed: threading.Event) -> No
 def test_a_stalled_checkout_is_not_queueing(tmp_path: Path) -> None:
     """Every connection in use, one checkout stalled after getting its connection: the
     autosizer sees no queue and does not grow."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'q.sqlite'}", pool_size=2, max_overflow=0)
+    engine = create_engine(
+        f"sqlite:///{tmp_path / 'q.sqlite'}",
+        poolclass=ResizableQueuePool,
+        pool_size=2,
+        max_overflow=0,
+    )
     instrument(engine)
     armed = threading.Event()
     _slow_checkout(engine, 0.6, armed)
@@ -160,7 +165,12 @@ def test_slow_checkouts_beside_an_idle_connection_do_not_grow_the_pool(tmp_path:
     """Checkout waits over ``target_wait`` while a connection sat idle at every sample (a
     busy CPU, not the pool) do not grow it; the same waits with every connection in use do.
     (The autosizer grew back right after a shrink on a loaded CI machine.)"""
-    engine = create_engine(f"sqlite:///{tmp_path / 'q.sqlite'}", pool_size=3, max_overflow=0)
+    engine = create_engine(
+        f"sqlite:///{tmp_path / 'q.sqlite'}",
+        poolclass=ResizableQueuePool,
+        pool_size=3,
+        max_overflow=0,
+    )
     instrument(engine)
     monitor = find_part(engine, PoolMonitor)
     assert monitor is not None

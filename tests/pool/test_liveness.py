@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience.pool import PoolMaintainer, ping_idle_connections
+from sqlalchemy_resilience.pool import PoolMaintainer, ResizableQueuePool, ping_idle_connections
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
 
@@ -40,7 +40,7 @@ def _through(url: URL, proxy: FaultProxy) -> URL:
 
 
 def test_only_idle_connections_are_pinged(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'live.sqlite'}")
+    engine = create_engine(f"sqlite:///{tmp_path / 'live.sqlite'}", poolclass=ResizableQueuePool)
     liveness = ping_idle_connections(engine, after=0.3, timeout=1)
     try:
         for _ in range(20):

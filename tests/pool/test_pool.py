@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from sqlalchemy_resilience import (
     CircuitBreaker,
@@ -29,7 +29,9 @@ from sqlalchemy_resilience import (
     instrument,
 )
 from sqlalchemy_resilience.pool import (
+    AsyncResizableQueuePool,
     PoolMaintainer,
+    ResizableQueuePool,
     health_check_sync,
     pool_stats,
     resize_pool,
@@ -48,6 +50,7 @@ POOL_LOGGER = "sqlalchemy_resilience.pool"
 async def engine_on(
     server: PgServer, database: str, **kwargs: object
 ) -> AsyncIterator[AsyncEngine]:
+    kwargs.setdefault("poolclass", AsyncResizableQueuePool)  # resizable, maintainable
     engine = create_async_engine(server.app_url(database), **kwargs)  # type: ignore[arg-type]
     try:
         yield engine
@@ -238,15 +241,26 @@ async def test_warm_up_fails_fast_when_unreachable(pg_server: PgServer) -> None:
 
 def test_bad_pool_arguments(tmp_path: Path) -> None:
     """Sizes, fractions and pool kinds are validated with errors naming the value."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'p.sqlite'}", pool_size=3)
+    engine = create_engine(
+        f"sqlite:///{tmp_path / 'p.sqlite'}", poolclass=ResizableQueuePool, pool_size=3
+    )
     null = create_engine(f"sqlite:///{tmp_path / 'p.sqlite'}", poolclass=NullPool)
+    queue = create_engine(f"sqlite:///{tmp_path / 'p.sqlite'}", poolclass=QueuePool)
     try:
         with pytest.raises(ValueError, match="size must be >= 1, got 0"):
             resize_pool_sync(engine, size=0)
         with pytest.raises(TypeError, match="max_overflow must be an int"):
             resize_pool_sync(engine, max_overflow=1.5)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match=r"needs a QueuePool .* uses NullPool"):
+        with pytest.raises(
+            TypeError, match=r"SQLAlchemy's NullPool .* poolclass=ResizableQueuePool"
+        ):
             resize_pool_sync(null, size=2)
+        with pytest.raises(
+            TypeError, match=r"SQLAlchemy's QueuePool .* poolclass=ResizableQueuePool"
+        ):
+            resize_pool_sync(queue, size=2)
+        with pytest.raises(TypeError, match=r"PoolMaintainer .* poolclass=ResizableQueuePool"):
+            PoolMaintainer(queue)
         with pytest.raises(ValueError, match="jitter must be a fraction"):
             PoolMaintainer(engine, jitter=1.5)
         with pytest.raises(ValueError, match="min_size must be <= the pool size"):
@@ -266,6 +280,7 @@ def test_bad_pool_arguments(tmp_path: Path) -> None:
     finally:
         engine.dispose()
         null.dispose()
+        queue.dispose()
 
 
 # -- background maintenance ---------------------------------------------------------------
@@ -340,7 +355,9 @@ async def test_maintainer_keeps_min_size_and_runs_in_the_background(
 
 def test_sync_maintainer_thread(tmp_path: Path) -> None:
     """On a sync engine the maintainer runs in a thread and keeps min_size (SQLite)."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'm.sqlite'}", pool_size=2)
+    engine = create_engine(
+        f"sqlite:///{tmp_path / 'm.sqlite'}", poolclass=ResizableQueuePool, pool_size=2
+    )
     try:
         maintainer = PoolMaintainer(engine, min_size=2, keepalive=0.01, interval=0.02)
         maintainer.start_sync()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Literal, assert_type
+from typing import Any, Literal, assert_type, cast
 
 from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -30,12 +30,14 @@ from sqlalchemy_resilience.errors.messages import register_messages, user_messag
 from sqlalchemy_resilience.instrumentation import Instrumentation, instrumentation_of
 from sqlalchemy_resilience.observe import QueryStats, StatementStats, normalize_statement
 from sqlalchemy_resilience.pool import (
+    AsyncResizableQueuePool,
     AutosizeDecision,
     HealthReport,
     IdlePing,
     MaintenanceReport,
     PoolAutosizer,
     PoolMaintainer,
+    ResizableQueuePool,
     ResizeResult,
     ping_idle_connections,
     pool_stats,
@@ -227,7 +229,9 @@ class User(_Base):
 
 
 async def pool_usage() -> None:
-    engine = create_async_engine("postgresql+asyncpg://app@db/app", pool_size=5)
+    engine = create_async_engine(
+        "postgresql+asyncpg://app@db/app", poolclass=AsyncResizableQueuePool, pool_size=5
+    )
     instr = sr.instrument(engine, leak_threshold=30.0, max_waiting=10)
     leaks = assert_type(instr.suspected_leaks, int)
     instr.max_waiting = None
@@ -249,9 +253,12 @@ async def pool_usage() -> None:
 
 
 def sync_pool_usage() -> None:
-    engine = create_engine("sqlite:///x.db", pool_size=5)
+    engine = create_engine("sqlite:///x.db", poolclass=ResizableQueuePool, pool_size=5)
     sr.instrument(engine)
     warm_up_sync(engine, 2)
+    own = cast(ResizableQueuePool, engine.pool)  # SQLAlchemy types engine.pool as Pool
+    assert_type(own.resize(3, 0), tuple[int, int])
+    assert_type(own.max_overflow, int)
     report = assert_type(sr.health_check_sync(engine, timeout=1.0), HealthReport)
     resized = assert_type(resize_pool_sync(engine, size=3), ResizeResult)
     sizer = PoolAutosizer(engine, min_size=1, max_size=5)

@@ -23,7 +23,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy_resilience.errors import PoolExhausted
 from sqlalchemy_resilience.instrumentation import instrument
 from sqlalchemy_resilience.pool import (
+    AsyncResizableQueuePool,
     HealthReport,
+    ResizableQueuePool,
     health_check,
     health_check_sync,
     pool_stats,
@@ -76,7 +78,12 @@ def _slow_sql(url: URL) -> str:
 async def observability_tour(url: URL, out: TextIO) -> bool:
     """Run the tour against ``url``; True when every step showed what it should."""
     is_async = url.get_dialect().is_async
-    options: dict[str, Any] = {"pool_size": 3, "max_overflow": 0, "pool_timeout": 2}
+    options: dict[str, Any] = {
+        "poolclass": AsyncResizableQueuePool if is_async else ResizableQueuePool,  # resize_pool
+        "pool_size": 3,
+        "max_overflow": 0,
+        "pool_timeout": 2,
+    }
     engine: Any = create_async_engine(url, **options) if is_async else create_engine(url, **options)
     collect = _Collect()
     watched = [
