@@ -317,9 +317,7 @@ def _new_bounds(
 def resize(engine: Engine, pool: Resizable, size: int, max_overflow: int) -> ResizeResult:
     """Resize ``pool`` now (the caller is in the pool's thread or greenlet)."""
     previous_size, previous_overflow = pool.size(), pool.max_overflow
-    monitor = find_part(engine, PoolMonitor)
-    waiting = monitor.waiting if monitor is not None else 0
-    closed, opened = pool.resize(size, max_overflow, open_for=waiting)
+    closed, opened = pool.resize(size, max_overflow, open_for=pool.waiting)
     _log.info(
         "pool of %s resized: size %d -> %d, max_overflow %d -> %d (%d idle closed, %d opened)",
         safe_url(engine),

@@ -26,12 +26,10 @@ from sqlalchemy.util import greenlet_spawn
 from sqlalchemy_resilience._util.background import Background
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import async_engine_for, engine_for, safe_url, sync_engine
-from sqlalchemy_resilience.core.registry import find_part
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 
 from .control import int_option
-from .monitor import PoolMonitor
-from .queue import resizable_pool_of
+from .queue import AsyncResizableQueuePool, ResizableQueuePool, resizable_pool_of
 
 __all__ = ["ALIVE_AT_KEY", "MaintenanceReport", "PoolMaintainer"]
 
@@ -65,6 +63,11 @@ class MaintenanceReport:
     dead: int = 0
     opened: int = 0
     skipped: bool = False
+
+
+def _queueing(pool: ResizableQueuePool | AsyncResizableQueuePool) -> bool:
+    # Requests come first: a pass stops as soon as one waits.
+    return pool.waiting > 0
 
 
 class PoolMaintainer(Background):
@@ -123,15 +126,11 @@ class PoolMaintainer(Background):
 
     # -- one pass --------------------------------------------------------------
 
-    def _waiting(self) -> int:
-        monitor = find_part(self._sync, PoolMonitor)
-        return monitor.waiting if monitor is not None else 0
-
     def run_once_sync(self) -> MaintenanceReport:
         """The blocking twin of :meth:`run_once`: one pass over the idle connections (an ``Engine``)."""
         # Read each pass: engine.dispose() puts a new pool in place.
         pool = resizable_pool_of(self._sync.pool, "PoolMaintainer")
-        if self._waiting():
+        if _queueing(pool):
             return MaintenanceReport(skipped=True)
         pinged = replaced = dead = opened = 0
         now = time.time()
@@ -141,7 +140,7 @@ class PoolMaintainer(Background):
                 pinged += outcome[0]
                 replaced += outcome[1]
                 dead += outcome[2]
-                if self._waiting():
+                if _queueing(pool):
                     break
         while self.min_size and pool.checkedin() + pool.checkedout() < self.min_size:
             try:

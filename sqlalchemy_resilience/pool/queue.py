@@ -24,6 +24,7 @@ size it has at that moment.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -31,11 +32,38 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
+from .monitor import _value
+
 __all__ = ["AsyncResizableQueuePool", "ResizableQueuePool", "resizable_pool_of"]
 
 
 class _Resizable:
     """What both classes add to their ``QueuePool`` parent (state is the parent's)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Demand the pool sees itself, so what depends on it does not
+        # depend on whether instrument() ran: next() on a count is atomic.
+        self._requested = itertools.count()
+        self._answered = itertools.count()
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        next(self._requested)
+        try:
+            return super()._do_get()  # type: ignore[misc,no-any-return]
+        finally:
+            next(self._answered)
+
+    @property
+    def waiting(self) -> int:
+        """Requests for a connection this pool has not answered yet.
+
+        Example::
+
+            if engine.pool.waiting:
+                print("requests are queueing")
+        """
+        return max(0, _value(self._requested) - _value(self._answered))
 
     if TYPE_CHECKING:
         _pool: Any

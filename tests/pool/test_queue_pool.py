@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -120,3 +122,40 @@ async def test_database_uses_the_resizable_class(tmp_path: Path) -> None:
         assert isinstance(db.engine.sync_engine.pool, AsyncResizableQueuePool)
     with sr.SyncDatabase(f"sqlite:///{tmp_path / 'q.sqlite'}") as sync_db:
         assert isinstance(sync_db.engine.pool, ResizableQueuePool)
+
+
+def test_a_grow_serves_waiting_requests_without_instrument(tmp_path: Path) -> None:
+    """The pool counts its own waiting requests: resize opens a connection for the one
+    waiting whether or not instrument() ran."""
+    engine = create_engine(
+        f"sqlite:///{tmp_path / 'q.sqlite'}",
+        poolclass=ResizableQueuePool,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=30,
+    )
+    pool = engine.pool
+    assert isinstance(pool, ResizableQueuePool)
+    served = threading.Event()
+
+    def request() -> None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            served.set()
+
+    held = engine.connect()
+    waiter = threading.Thread(target=request)
+    try:
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while pool.waiting == 0:  # the thread is queued for the only connection
+            assert time.monotonic() < deadline, "the request never queued"
+            time.sleep(0.005)
+        result = resize_pool_sync(engine, size=2)
+        assert result.opened == 1
+        assert served.wait(30)  # served while the first connection is still held
+        assert pool.waiting == 0
+    finally:
+        held.close()
+        waiter.join()
+        engine.dispose()
