@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
@@ -63,6 +64,8 @@ from sqlalchemy_resilience import (
     QueryTimeout,
     ResilienceError,
 )
+from sqlalchemy_resilience.database import settings_from_env
+from sqlalchemy_resilience.instrumentation import InstrumentOptions
 from sqlalchemy_resilience.pagination import Page
 from sqlalchemy_resilience.schema import metadata as package_tables
 
@@ -148,12 +151,12 @@ def create_app(url: str | None = None, *, cursor_secret: str | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        options: dict[str, Any] = {
-            "meter_provider": METER_PROVIDER,
-            "cursor_secret": cursor_secret,
-            "name": "shop",
-        }
-        db = Database(url, **options) if url else Database.from_env(**options)
+        # The environment's settings (SQLALCHEMY_RESILIENCE_*), with this
+        # process's MeterProvider added to what instrument() attaches.
+        settings = {"url_or_engine": url} if url else settings_from_env()
+        instrumentation = settings.get("instrumentation", InstrumentOptions())
+        settings["instrumentation"] = replace(instrumentation, meter_provider=METER_PROVIDER)
+        db = Database(**settings, cursor_secret=cursor_secret, name="shop")
         async with db:
             async with db.engine.begin() as conn:
                 # For the example only: a real service runs its migrations

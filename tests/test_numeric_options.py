@@ -24,6 +24,7 @@ from sqlalchemy_resilience import migrations, testing
 from sqlalchemy_resilience.batch import bulk_update_sync
 from sqlalchemy_resilience.database import PoolSettings
 from sqlalchemy_resilience.deploy import Credential, ReplicaSet, use_password_provider
+from sqlalchemy_resilience.instrumentation import InstrumentOptions
 from sqlalchemy_resilience.observe import QueryStats
 from sqlalchemy_resilience.pagination import paginate_offset_sync
 from sqlalchemy_resilience.pool import (
@@ -102,6 +103,15 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
                 "keepalive",
                 "ping_after",
                 "ping_timeout",
+            ],
+        ),
+        "InstrumentOptions": (
+            InstrumentOptions,
+            [
+                "slow_query_threshold",
+                "long_running_threshold",
+                "explain_interval",
+                "max_statements",
                 "leak_threshold",
                 "max_waiting",
             ],
@@ -126,11 +136,11 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
         ),
         "Database": (
             lambda **kw: sr.Database("sqlite+aiosqlite://", **kw),
-            ["slow_query_threshold", "max_replica_lag"],
+            ["max_replica_lag"],
         ),
         "SyncDatabase": (
             lambda **kw: sr.SyncDatabase("sqlite://", **kw),
-            ["slow_query_threshold", "max_replica_lag"],
+            ["max_replica_lag"],
         ),
         "ping_idle_connections": (
             lambda **kw: ping_idle_connections(sync, **kw).detach(),

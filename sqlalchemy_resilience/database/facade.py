@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from opentelemetry.metrics import MeterProvider
 from sqlalchemy import Row, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -26,6 +25,7 @@ from sqlalchemy_resilience.batch import BulkResult, bulk_insert
 from sqlalchemy_resilience.deploy import check_pooler, routing_sessionmaker
 from sqlalchemy_resilience.deploy.credentials import Provider
 from sqlalchemy_resilience.deploy.routing import is_write_statement
+from sqlalchemy_resilience.instrumentation import InstrumentOptions
 from sqlalchemy_resilience.pagination import Page, paginate
 from sqlalchemy_resilience.pagination.cursor import Secret
 from sqlalchemy_resilience.pool import HealthReport, health_check, pool_stats, warm_up
@@ -74,8 +74,10 @@ class Database(FacadeBase):
             of work (default ``RetryPolicy()``).
         breaker: a :class:`~sqlalchemy_resilience.CircuitBreaker`; None for
             none; default: one named after the database.
-        slow_query_threshold: seconds over which a statement is logged (None: off).
-        meter_provider: OpenTelemetry ``MeterProvider`` (default: the global one).
+        instrumentation: what ``instrument()`` attaches to every engine of the
+            database, an :class:`~sqlalchemy_resilience.instrumentation.InstrumentOptions`
+            (slow-query threshold, metrics and ``meter_provider``, leak
+            threshold, ``max_waiting``, ...; default: its defaults).
         locale: the default locale of :meth:`user_message` (``"en"``, ``"ja"``, ...).
         replicas: read replica URLs (or ``AsyncEngine``\\ s): reads are routed
             to them (:func:`~sqlalchemy_resilience.deploy.routing_sessionmaker`).
@@ -108,8 +110,7 @@ class Database(FacadeBase):
         pool: PoolSettings | None = None,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | Default | None = DEFAULT,
-        slow_query_threshold: Seconds | None = 1.0,
-        meter_provider: MeterProvider | None = None,
+        instrumentation: InstrumentOptions | None = None,
         locale: str = "en",
         replicas: Sequence[str | URL | AsyncEngine] = (),
         max_replica_lag: Seconds | None = None,
@@ -125,8 +126,7 @@ class Database(FacadeBase):
             pool=pool,
             retry=retry,
             breaker=breaker,
-            slow_query_threshold=slow_query_threshold,
-            meter_provider=meter_provider,
+            instrumentation=instrumentation,
             locale=locale,
             replicas=replicas,
             max_replica_lag=max_replica_lag,

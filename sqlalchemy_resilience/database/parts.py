@@ -13,7 +13,6 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-from opentelemetry.metrics import MeterProvider
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -33,7 +32,12 @@ from sqlalchemy_resilience.deploy.credentials import Provider
 from sqlalchemy_resilience.deploy.replicas import primary_failure
 from sqlalchemy_resilience.errors import ResilienceError
 from sqlalchemy_resilience.errors.messages import available_locales, user_message
-from sqlalchemy_resilience.instrumentation import Instrumentation, instrument, instrumentation_of
+from sqlalchemy_resilience.instrumentation import (
+    Instrumentation,
+    InstrumentOptions,
+    instrument,
+    instrumentation_of,
+)
 from sqlalchemy_resilience.pool import (
     AsyncResizableQueuePool,
     IdlePing,
@@ -89,8 +93,7 @@ class DatabaseCore:
         pool: PoolSettings | None,
         retry: RetryPolicy | None,
         breaker: CircuitBreaker | Default | None,
-        slow_query_threshold: Seconds | None,
-        meter_provider: MeterProvider | None,
+        instrumentation: InstrumentOptions | None,
         locale: str,
         replicas: Sequence[str | URL | Engine | AsyncEngine],
         max_replica_lag: Seconds | None,
@@ -103,6 +106,10 @@ class DatabaseCore:
         facade = "Database" if is_async else "SyncDatabase"
         if pool is not None and not isinstance(pool, PoolSettings):
             raise TypeError(f"pool must be a PoolSettings or None, got {pool!r}")
+        if instrumentation is not None and not isinstance(instrumentation, InstrumentOptions):
+            raise TypeError(
+                f"instrumentation must be an InstrumentOptions or None, got {instrumentation!r}"
+            )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
         if (
@@ -143,9 +150,8 @@ class DatabaseCore:
         self._pings: list[IdlePing] = []
         self._providers: list[PasswordProvider] = []
         self._password_provider = password_provider
-        self._slow = slow_query_threshold
         self._given_name = name
-        self._meter_provider = meter_provider
+        self.instrument_options = instrumentation or InstrumentOptions()
         self.maintainer: PoolMaintainer | None = None
         self.autosizer: PoolAutosizer | None = None
         self.replica_set: ReplicaSet | None = None
@@ -245,12 +251,12 @@ class DatabaseCore:
             self._instrumentations.append(
                 instrument(
                     engine,
-                    slow_query_threshold=self._slow,
-                    meter_provider=self._meter_provider,
-                    leak_threshold=settings.seconds("leak_threshold"),
-                    max_waiting=settings.max_waiting,
-                    # The database's own name, when given, names its pool in metrics.
-                    pool_name=self._given_name if primary else None,
+                    self.instrument_options,
+                    # The database's own name, when given, names its pool in
+                    # metrics; a replica's pool is named after its own URL.
+                    pool_name=(self.instrument_options.pool_name or self._given_name)
+                    if primary
+                    else None,
                 )
             )
         require_writer = settings.require_writer

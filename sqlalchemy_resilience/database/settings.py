@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
+from sqlalchemy_resilience.instrumentation import InstrumentOptions
 from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy
 
 __all__ = ["ENV_PREFIX", "ENV_VARIABLES", "PoolSettings", "settings_from_env"]
@@ -52,8 +53,6 @@ class PoolSettings:
         ping_timeout: seconds a ping may take.
         require_writer: refuse connections to a read-only server at checkout
             (the failover writer check); None: on for PostgreSQL.
-        leak_threshold: report a connection held longer than this (seconds; None: off).
-        max_waiting: refuse a request at once when this many already wait (None: no limit).
         autosize: resize the pool between ``min_size`` and ``size`` from demand.
 
     Raises:
@@ -61,7 +60,7 @@ class PoolSettings:
 
     Example::
 
-        Database(url, pool=PoolSettings(size=20, min_size=5, ping_after=30, leak_threshold=60))
+        Database(url, pool=PoolSettings(size=20, min_size=5, ping_after=30))
     """
 
     size: int = 10
@@ -73,8 +72,6 @@ class PoolSettings:
     ping_after: Seconds | None = 30.0
     ping_timeout: Seconds = 5.0
     require_writer: bool | None = None
-    leak_threshold: Seconds | None = None
-    max_waiting: int | None = None
     autosize: bool = False
     _checked: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -94,9 +91,6 @@ class PoolSettings:
             raise TypeError(
                 f"require_writer must be True, False or None, got {self.require_writer!r}"
             )
-        checked["leak_threshold"] = _seconds_or_none("leak_threshold", self.leak_threshold)
-        if self.max_waiting is not None:
-            _count("max_waiting", self.max_waiting, minimum=0)
         if not isinstance(self.autosize, bool):
             raise TypeError(f"autosize must be True or False, got {self.autosize!r}")
 
@@ -149,10 +143,15 @@ _POOL_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "POOL_MIN_SIZE": ("min_size", _env_int),
     "POOL_KEEPALIVE": ("keepalive", _env_seconds),
     "POOL_PING_AFTER": ("ping_after", _env_seconds),
-    "POOL_LEAK_THRESHOLD": ("leak_threshold", _env_seconds),
-    "POOL_MAX_WAITING": ("max_waiting", _env_int),
     "POOL_REQUIRE_WRITER": ("require_writer", _env_bool),
     "POOL_AUTOSIZE": ("autosize", _env_bool),
+}
+
+# What instrument() attaches; the pool's leak and queue limits keep their POOL_ names.
+_INSTRUMENT_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "SLOW_QUERY_THRESHOLD": ("slow_query_threshold", _env_seconds),
+    "POOL_LEAK_THRESHOLD": ("leak_threshold", _env_seconds),
+    "POOL_MAX_WAITING": ("max_waiting", _env_int),
 }
 
 #: Every variable :func:`settings_from_env` reads, after ``DATABASE_URL``, with its meaning.
@@ -163,7 +162,10 @@ ENV_VARIABLES: dict[str, str] = {
     f"{ENV_PREFIX}BREAKER": "on/off: a circuit breaker",
     f"{ENV_PREFIX}BREAKER_FAILURE_THRESHOLD": "CircuitBreaker.failure_threshold",
     f"{ENV_PREFIX}BREAKER_RECOVERY_TIMEOUT": "CircuitBreaker.recovery_timeout (seconds)",
-    f"{ENV_PREFIX}SLOW_QUERY_THRESHOLD": "slow_query_threshold (seconds, or off)",
+    **{
+        f"{ENV_PREFIX}{key}": f"InstrumentOptions.{attr}"
+        for key, (attr, _) in _INSTRUMENT_VARIABLES.items()
+    },
     f"{ENV_PREFIX}LOCALE": "locale of user messages (en, ja)",
     f"{ENV_PREFIX}REPLICA_URLS": "read replica URLs, comma-separated",
     f"{ENV_PREFIX}MAX_REPLICA_LAG": "max_replica_lag (seconds)",
@@ -231,8 +233,18 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any
             settings["breaker"] = CircuitBreaker(name="database", **breaker)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{ENV_PREFIX}BREAKER_*: {exc}") from None
-    if (raw := env.get(f"{ENV_PREFIX}SLOW_QUERY_THRESHOLD")) is not None:
-        settings["slow_query_threshold"] = _env_seconds(f"{ENV_PREFIX}SLOW_QUERY_THRESHOLD", raw)
+    instrumentation: dict[str, Any] = {}
+    for key, (attr, parse) in _INSTRUMENT_VARIABLES.items():
+        raw = env.get(ENV_PREFIX + key)
+        if raw is not None:
+            instrumentation[attr] = parse(ENV_PREFIX + key, raw)
+    if instrumentation:
+        try:
+            settings["instrumentation"] = InstrumentOptions(**instrumentation)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{ENV_PREFIX}{{SLOW_QUERY_THRESHOLD,POOL_LEAK_THRESHOLD,POOL_MAX_WAITING}}: {exc}"
+            ) from None
     if (raw := env.get(f"{ENV_PREFIX}LOCALE")) is not None:
         settings["locale"] = raw.strip()
     if (raw := env.get(f"{ENV_PREFIX}REPLICA_URLS")) is not None:

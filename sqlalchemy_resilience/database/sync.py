@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from opentelemetry.metrics import MeterProvider
 from sqlalchemy import Row
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,6 +13,7 @@ from sqlalchemy_resilience._util.seconds import Seconds
 from sqlalchemy_resilience.batch import BulkResult, bulk_insert_sync
 from sqlalchemy_resilience.deploy import check_pooler_sync, routing_sessionmaker
 from sqlalchemy_resilience.deploy.credentials import Provider
+from sqlalchemy_resilience.instrumentation import InstrumentOptions
 from sqlalchemy_resilience.pagination import Page, paginate_sync
 from sqlalchemy_resilience.pagination.cursor import Secret
 from sqlalchemy_resilience.pool import HealthReport, health_check_sync, pool_stats, warm_up_sync
@@ -52,8 +52,7 @@ class SyncDatabase(FacadeBase):
         pool: PoolSettings | None = None,
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | Default | None = DEFAULT,
-        slow_query_threshold: Seconds | None = 1.0,
-        meter_provider: MeterProvider | None = None,
+        instrumentation: InstrumentOptions | None = None,
         locale: str = "en",
         replicas: Sequence[str | URL | Engine] = (),
         max_replica_lag: Seconds | None = None,
@@ -69,8 +68,7 @@ class SyncDatabase(FacadeBase):
             pool=pool,
             retry=retry,
             breaker=breaker,
-            slow_query_threshold=slow_query_threshold,
-            meter_provider=meter_provider,
+            instrumentation=instrumentation,
             locale=locale,
             replicas=replicas,
             max_replica_lag=max_replica_lag,

@@ -13,7 +13,6 @@ import math
 import weakref
 from typing import Any
 
-from opentelemetry.metrics import MeterProvider
 from sqlalchemy.engine import Engine
 
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
@@ -29,11 +28,9 @@ from sqlalchemy_resilience.observe.watchdog import Watchdog
 from sqlalchemy_resilience.pool.checkout import CheckoutObserver, check_max_waiting
 from sqlalchemy_resilience.pool.leaks import LeakDetector
 from sqlalchemy_resilience.pool.monitor import PoolMonitor, pool_name_of
-from sqlalchemy_resilience.transactions.sqlite import (
-    SQLiteConfiguration,
-    SQLiteSettings,
-    configure_sqlite,
-)
+from sqlalchemy_resilience.transactions.sqlite import SQLiteConfiguration, configure_sqlite
+
+from .options import InstrumentOptions
 
 __all__ = ["Instrumentation"]
 
@@ -57,34 +54,22 @@ class Instrumentation:
         instr.detach()                      # engine behaves exactly as before
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        log_parameters: bool,
-        translate_errors: bool,
-        slow_query_threshold: float | None,
-        long_running_threshold: float | None,
-        explain_slow_queries: bool,
-        explain_interval: float,
-        query_stats: bool,
-        max_statements: int,
-        stats_call_sites: bool,
-        metrics: bool,
-        meter_provider: MeterProvider | None,
-        pool_name: str | None,
-        call_site_skip: tuple[str, ...],
-        leak_threshold: float | None = None,
-        max_waiting: int | None = None,
-        transaction_metrics: bool = True,
-        row_metrics: bool = True,
-        sqlite: SQLiteSettings | None = None,
-    ) -> None:
+    def __init__(self, engine: Engine, options: InstrumentOptions) -> None:
+        self.options = options
+        log_parameters = options.log_parameters
+        slow_query_threshold = options.seconds("slow_query_threshold")
+        long_running_threshold = options.seconds("long_running_threshold")
+        explain_interval = options.seconds("explain_interval")
+        assert explain_interval is not None
+        leak_threshold = options.seconds("leak_threshold")
+        meter_provider, metrics = options.meter_provider, options.metrics
+        transaction_metrics, row_metrics = options.transaction_metrics, options.row_metrics
+        sqlite = options.sqlite
         self.engine = engine
         self._sqlite = sqlite
         self._sqlite_configured: SQLiteConfiguration | None = None
         self.log_parameters = log_parameters
-        self.translate_errors = translate_errors
+        self.translate_errors = options.translate_errors
         self.database, self.host = database_and_host(engine)
         self._hooks = EngineHooks(engine, owner=self)
         self._transaction_metrics = transaction_metrics
@@ -92,13 +77,13 @@ class Instrumentation:
         self._watchdog: Watchdog | None = None
         self._leak_threshold = leak_threshold
         self._meters: MeterSet | None = meter_set_for(meter_provider) if metrics else None
-        self._call_sites = CallSites(call_site_skip)
+        self._call_sites = CallSites(options.call_site_skip)
         log_own_failure = self._hooks.log_own_failure
         self.stats: QueryStats | None = (
-            QueryStats(max_statements=max_statements) if query_stats else None
+            QueryStats(max_statements=options.max_statements) if options.query_stats else None
         )
         self.pool = PoolMonitor(
-            engine, name=pool_name or pool_name_of(engine), log_own_failure=log_own_failure
+            engine, name=options.pool_name or pool_name_of(engine), log_own_failure=log_own_failure
         )
         self._statements = StatementObserver(
             engine,
@@ -107,14 +92,14 @@ class Instrumentation:
             slow_query_threshold=slow_query_threshold,
             call_sites=self._call_sites,
             log_own_failure=log_own_failure,
-            stats_call_sites=stats_call_sites,
+            stats_call_sites=options.stats_call_sites,
             explainer=(
                 PlanExplainer(
                     engine,
                     interval=explain_interval,
                     redact=not (log_parameters and not engine.hide_parameters),
                 )
-                if explain_slow_queries
+                if options.explain_slow_queries
                 else None
             ),
             show_parameters=log_parameters and not engine.hide_parameters,
@@ -129,7 +114,7 @@ class Instrumentation:
             self.pool,
             meters=self._meters,
             log_own_failure=log_own_failure,
-            max_waiting=max_waiting,
+            max_waiting=options.max_waiting,
         )
 
     # -- runtime settings ----------------------------------------------------

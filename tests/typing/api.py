@@ -27,7 +27,11 @@ from sqlalchemy_resilience.deploy import (
 from sqlalchemy_resilience.errors import translate_error
 from sqlalchemy_resilience.errors.classify import ErrorFacts, extract_facts
 from sqlalchemy_resilience.errors.messages import register_messages, user_message
-from sqlalchemy_resilience.instrumentation import Instrumentation, instrumentation_of
+from sqlalchemy_resilience.instrumentation import (
+    Instrumentation,
+    InstrumentOptions,
+    instrumentation_of,
+)
 from sqlalchemy_resilience.observe import QueryStats, StatementStats, normalize_statement
 from sqlalchemy_resilience.pool import (
     AsyncResizableQueuePool,
@@ -80,6 +84,10 @@ def sync_usage() -> None:
         call_site_skip=("myapp.db",),
     )
     threshold = assert_type(instr.slow_query_threshold, float | None)
+    options = InstrumentOptions(slow_query_threshold=0.25, max_waiting=10)
+    assert_type(sr.instrument(create_engine("sqlite://"), options, pool_name="b"), Instrumentation)
+    assert_type(options.seconds("slow_query_threshold"), float | None)
+    assert_type(options.max_waiting, int | None)
     instr.slow_query_threshold = 0.5
     stats = assert_type(instr.stats, QueryStats | None)
     if stats is not None:
@@ -364,7 +372,7 @@ async def database_usage() -> None:
         pool=pool,
         retry=sr.RetryPolicy(attempts=4),
         breaker=None,
-        slow_query_threshold=0.5,
+        instrumentation=InstrumentOptions(slow_query_threshold=0.5, leak_threshold=60),
         locale="ja",
         replicas=["postgresql+asyncpg://app@replica/app"],
         max_replica_lag=2.0,
