@@ -225,6 +225,7 @@ class Instrumentation:
                     if self._meters is not None and self._transaction_metrics
                     else None
                 ),
+                transaction_timed=self._statements.transaction_timed,
             )
         )
         self._hooks.provide(self.pool)

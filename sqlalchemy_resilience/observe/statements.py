@@ -212,10 +212,15 @@ class StatementObserver:
                     # itself reads, picked up from the context when the next
                     # statement comes (QueryStats._rows_slot); SQLAlchemy has
                     # closed that cursor by then.
-                    try:
-                        previous = slot_pop()
-                    except IndexError:
-                        previous = None
+                    # Empty after every statement that returned rows: test it
+                    # first, as a raise of IndexError each time costs more than
+                    # the rest of this (a reader's flush may still empty it).
+                    previous = None
+                    if slot:
+                        try:  # noqa: SIM105 (suppress() costs a context manager per statement)
+                            previous = slot_pop()
+                        except IndexError:
+                            pass
                     if previous is not None:
                         rows = getattr(previous[1], "_rowcount", None)
                         if rows.__class__ is int and rows > 0:
@@ -307,6 +312,11 @@ class StatementObserver:
             lost = False
         cls, _ = classify(facts, phase="statement", is_disconnect=lost)
         return cls.__name__, facts.sqlstate or facts.driver_code
+
+    def transaction_timed(self) -> bool:
+        """Whether a COMMIT or ROLLBACK would be recorded now (an SDK is behind the histogram)."""
+        hist = self.histogram
+        return hist is not None and getattr(hist, "_real_instrument", hist) is not None
 
     def transaction_ended(self, operation: str, duration: float, exc: BaseException | None) -> None:
         """Record a COMMIT or ROLLBACK as an operation (``db.client.operation.duration``).

@@ -45,7 +45,9 @@ def test_bad_options_are_refused_before_anything_is_attached(tmp_path: Path) -> 
     engine is left uninstrumented."""
     engine = create_engine(f"sqlite:///{tmp_path / 'c.sqlite'}")
     try:
-        with pytest.raises(TypeError, match=r"unknown option\(s\) slow_query_treshold; the options"):
+        with pytest.raises(
+            TypeError, match=r"unknown option\(s\) slow_query_treshold; the options"
+        ):
             sr.instrument(engine, slow_query_treshold=1)  # type: ignore[call-arg]
         with pytest.raises(ValueError, match="max_statements must be >= 1, got 0"):
             sr.instrument(engine, InstrumentOptions(), max_statements=0)
