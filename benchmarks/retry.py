@@ -123,7 +123,7 @@ async def database_down(driver: str, callers: int, seconds: float) -> str:
     connects: list[float] = []
     event.listen(engine.sync_engine, "do_connect", lambda *a: connects.append(time.monotonic()))
     Session = async_sessionmaker(engine)
-    budget = RetryBudget(capacity=20, refill_per_second=2, ratio=0.1)
+    budget = RetryBudget(ratio=0.1, min_per_second=2)
     policy = RetryPolicy(budget=budget, deadline=seconds)
 
     async def work(session: AsyncSession) -> None:

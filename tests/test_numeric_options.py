@@ -72,7 +72,7 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
     sync, aeng, watched = e["sync"], e["async"], e["watched"]
     return {
         "RetryPolicy": (sr.RetryPolicy, ["attempts", "initial_backoff", "max_backoff", "deadline"]),
-        "RetryBudget": (RetryBudget, ["capacity", "refill_per_second", "ratio"]),
+        "RetryBudget": (RetryBudget, ["ratio", "min_per_second", "window"]),
         "CircuitBreaker": (
             sr.CircuitBreaker,
             [
@@ -82,6 +82,8 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
                 "window_duration",
                 "minimum_calls",
                 "recovery_timeout",
+                "max_recovery_timeout",
+                "failover_window",
                 "half_open_max_calls",
             ],
         ),

@@ -41,7 +41,12 @@ def database_stats(core: DatabaseCore, *, top: int = 10) -> dict[str, Any]:
             "state": breaker.state.name.lower(),
             "retry_after": breaker.retry_after(),
         },
-        "retry_budget": {"tokens": round(budget.tokens, 3), "capacity": budget.capacity},
+        "retry_budget": {
+            "available": round(budget.available, 3),
+            "ratio": budget.ratio,
+            "min_per_second": budget.min_per_second,
+            "denied": budget.denied,
+        },
         "replicas": None,
         "pooler": None if core.pooler_report is None else core.pooler_report.to_dict(),
     }

@@ -121,6 +121,10 @@ _LIBPQ_CONNECT_STATES: tuple[tuple[str, str], ...] = (
 # PREPARE keeps its plain InvalidStatement.
 _DRIVER_STATEMENT = re.compile(r'prepared statement "(?:__asyncpg_|_pg3_)')
 
+# asyncpg refuses to start an operation while another (a cancelled one, say)
+# is still in flight on the connection: raised before anything is sent.
+_ANOTHER_OPERATION = re.compile(r"another operation(?: \(\d+\))? is in progress")
+
 _SQLITE_TARGET = re.compile(r"constraint failed: (?:([\w$]+)\.)?([\w$]+)")
 
 
@@ -303,6 +307,14 @@ def classify(
                 return e.DatabaseUnavailable, True
             return cls, cls.default_retryable if retry is None else retry
         return e.DatabaseUnavailable, True
+    if (
+        phase == "commit"
+        and facts.driver_class in ("InternalClientError", "InterfaceError")
+        and _ANOTHER_OPERATION.search(facts.primary_message)
+    ):
+        # The COMMIT never left the client: the transaction is not committed,
+        # and ends with the connection. A re-run is safe.
+        return e.ConnectionLost, True
     if phase == "commit" and (
         ((lost or client_side_state) and not facts.server_reported)
         or facts.sqlstate in _UNKNOWN_AT_COMMIT

@@ -4,11 +4,21 @@ The breaker counts only **infrastructure** failures -- the database is
 unreachable, connections die, the server shuts down or runs out of
 connections, operations time out -- and never a constraint violation, a data
 error or a transaction conflict, which say nothing about the database's
-health. It trips on consecutive failures, or on a failure rate (or slow-call
-rate) over a count- or time-based sliding window (Resilience4j semantics).
-While open it refuses calls with :class:`CircuitOpenError` before any pool
-checkout or network attempt; after ``recovery_timeout`` it lets a limited
-number of probes through (half-open) and closes when they succeed.
+health. By default it trips on a failure rate: half of the last 20 calls, once 10
+have been seen (Resilience4j semantics; consecutive failures and slow calls
+are rules to opt into), so the handful of in-flight attempts one failover
+kills at once does not open it on a busy engine. While open it refuses calls
+with :class:`CircuitOpenError` before any pool checkout or network attempt;
+after ``recovery_timeout`` (0.5 s) it lets one probe through (half-open),
+closes when it succeeds, and after a failed probe waits twice as long, up to
+``max_recovery_timeout`` (2 s): recovery is seen soon, and an outage costs
+one connection attempt every 2 s, not a storm.
+
+Callers can wait at an open breaker instead of failing (:meth:`CircuitBreaker.admit`,
+``guard(wait=...)``; ``run_transaction`` does by default): the breaker keeps
+the database from being hammered, and the caller keeps its chance to succeed
+once a failover is over. Waiting stops when the caller's time runs out and
+once the outage has lasted ``failover_window`` (30 s): past that, fail fast.
 
 The breaker is safe to share between asyncio tasks and threads: its state
 lives under a lock that is never held across an ``await``.
@@ -24,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -57,6 +68,12 @@ __all__ = [
 
 _log = logging.getLogger("sqlalchemy_resilience.breaker")
 
+# Callers waiting for a half-open probe's verdict look again after this long,
+# doubling up to the cap (the verdict has no event to wait on across threads
+# and event loops).
+_FIRST_POLL = 0.02
+_MAX_POLL = 0.25
+
 
 @dataclass(slots=True)
 class _Outcome:
@@ -84,16 +101,21 @@ class CircuitBreaker:
 
     Args:
         name: for logs, metrics and :class:`CircuitOpenError`.
-        failure_threshold: consecutive failures that open the breaker (None: rule off).
+        failure_threshold: consecutive failures that open the breaker (None,
+            the default: rule off).
         failure_rate_threshold: fraction of failed calls in the window (0 < x <= 1)
-            that opens the breaker (None: rule off).
+            that opens the breaker (default 0.5; None: rule off).
         slow_call_duration: a call taking at least this long counts as slow.
         slow_call_rate_threshold: fraction of slow calls in the window that
             opens the breaker (needs ``slow_call_duration``).
         window_size: the count-based window's number of calls.
         window_duration: use a time-based window of this many seconds instead.
         minimum_calls: rate rules apply only once the window holds this many calls.
-        recovery_timeout: seconds open before probes are allowed.
+        recovery_timeout: seconds open before the first probe is allowed.
+        max_recovery_timeout: after each failed probe the wait doubles, up to
+            this (default: the larger of ``recovery_timeout`` and 2 s).
+        failover_window: callers wait at an open breaker (:meth:`admit`) only
+            while the outage has lasted less than this; past it they fail fast.
         half_open_max_calls: probes admitted at once in half-open; all must
             succeed to close.
         is_failure: which exceptions count (default :func:`is_infrastructure_failure`).
@@ -109,20 +131,24 @@ class CircuitBreaker:
         breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=timedelta(seconds=5))
         with breaker.guard():       # sync code
             engine.connect().close()
+        async with breaker.guard(wait=10):   # wait up to 10 s while it is open
+            ...
     """
 
     def __init__(
         self,
         *,
         name: str = "default",
-        failure_threshold: int | None = 5,
-        failure_rate_threshold: float | None = None,
+        failure_threshold: int | None = None,
+        failure_rate_threshold: float | None = 0.5,
         slow_call_duration: Seconds | None = None,
         slow_call_rate_threshold: float | None = None,
         window_size: int = 20,
         window_duration: Seconds | None = None,
         minimum_calls: int = 10,
-        recovery_timeout: Seconds = 10.0,
+        recovery_timeout: Seconds = 0.5,
+        max_recovery_timeout: Seconds | None = None,
+        failover_window: Seconds = 30.0,
         half_open_max_calls: int = 1,
         is_failure: Callable[[BaseException], bool] = is_infrastructure_failure,
         shadow: bool = False,
@@ -166,6 +192,17 @@ class CircuitBreaker:
         )
         self.minimum_calls = positive_int("minimum_calls", minimum_calls)
         self.recovery_timeout = to_seconds("recovery_timeout", recovery_timeout, allow_zero=False)
+        self.max_recovery_timeout = (
+            max(self.recovery_timeout, 2.0)
+            if max_recovery_timeout is None
+            else to_seconds("max_recovery_timeout", max_recovery_timeout, allow_zero=False)
+        )
+        if self.max_recovery_timeout < self.recovery_timeout:
+            raise ValueError(
+                f"max_recovery_timeout ({max_recovery_timeout!r}) must be >= "
+                f"recovery_timeout ({recovery_timeout!r})"
+            )
+        self.failover_window = to_seconds("failover_window", failover_window)
         self.half_open_max_calls = positive_int("half_open_max_calls", half_open_max_calls)
         if not callable(is_failure):
             raise TypeError(f"is_failure must be callable, got {is_failure!r}")
@@ -178,6 +215,10 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._state = BreakerState.CLOSED
         self._opened_at = 0.0
+        # The wait before the next probe: recovery_timeout, doubled per failed probe.
+        self._recovery = self.recovery_timeout
+        # When the breaker last opened from CLOSED: how long the outage has lasted.
+        self._outage_since: float | None = None
         self._consecutive = 0
         self._window: deque[_Outcome] = deque(
             maxlen=None if self.window_duration is not None else self.window_size
@@ -205,7 +246,14 @@ class CircuitBreaker:
         with self._lock:
             if self._state is not BreakerState.OPEN:
                 return 0.0
-            return max(0.0, self._opened_at + self.recovery_timeout - self._clock())
+            return max(0.0, self._opened_at + self._recovery - self._clock())
+
+    def outage_seconds(self) -> float:
+        """Seconds since the breaker opened from closed (0 while closed)."""
+        with self._lock:
+            if self._outage_since is None:
+                return 0.0
+            return max(0.0, self._clock() - self._outage_since)
 
     def add_listener(self, listener: Callable[[BreakerTransition], None]) -> None:
         """Call ``listener`` with every :class:`BreakerTransition` from now on."""
@@ -246,7 +294,7 @@ class CircuitBreaker:
             if self._state is BreakerState.OPEN:
                 if not self.shadow:
                     self.rejected += 1
-                    retry_after = max(0.0, self._opened_at + self.recovery_timeout - now)
+                    retry_after = max(0.0, self._opened_at + self._recovery - now)
                     error: CircuitOpenError | None = CircuitOpenError(
                         retry_after, breaker=self.name
                     )
@@ -269,6 +317,68 @@ class CircuitBreaker:
         if error is not None:
             raise error
         return permit
+
+    async def admit(self, *, timeout: Seconds | None = None) -> _Permit:
+        """Admit one call, waiting while the breaker is open; raise :class:`CircuitOpenError` when waiting cannot help.
+
+        Waits for the next probe's verdict instead of failing at once, while
+        ``timeout`` (seconds from now; None: no limit of the caller's own)
+        leaves time for it and the outage has lasted less than
+        ``failover_window``. The wait is sleeping: no connection attempt, no
+        retry budget. :meth:`admit_sync` is the blocking twin.
+
+        Example::
+
+            permit = await breaker.admit(timeout=5)
+            try:
+                await do_work()
+            except Exception as exc:
+                breaker.record_failure(permit, exc)
+                raise
+            breaker.record_success(permit)
+        """
+        until = None if timeout is None else self._clock() + to_seconds("timeout", timeout)
+        poll = _FIRST_POLL
+        while True:
+            try:
+                return self.acquire()
+            except CircuitOpenError as exc:
+                delay = self._wait_or_raise(exc, until, poll)
+            await asyncio.sleep(delay)
+            poll = min(poll * 2, _MAX_POLL)
+
+    def admit_sync(self, *, timeout: Seconds | None = None) -> _Permit:
+        """The blocking twin of :meth:`admit`.
+
+        Example::
+
+            permit = breaker.admit_sync(timeout=5)
+        """
+        until = None if timeout is None else self._clock() + to_seconds("timeout", timeout)
+        poll = _FIRST_POLL
+        while True:
+            try:
+                return self.acquire()
+            except CircuitOpenError as exc:
+                delay = self._wait_or_raise(exc, until, poll)
+            time.sleep(delay)
+            poll = min(poll * 2, _MAX_POLL)
+
+    def _wait_or_raise(self, exc: CircuitOpenError, until: float | None, poll: float) -> float:
+        """How long to wait before asking again, or ``exc`` raised when waiting cannot help."""
+        now = self._clock()
+        outage = self.outage_seconds()
+        if outage >= self.failover_window:
+            exc.add_note(
+                f"the outage has lasted {outage:.1f} s, longer than failover_window "
+                f"({self.failover_window:g} s): failing fast"
+            )
+            raise exc
+        # Open: until the probe is allowed; half-open with its probe out: the verdict.
+        delay = exc.retry_after if exc.retry_after > 0 else poll
+        if until is not None and now + delay >= until:
+            raise exc
+        return delay
 
     def record_success(self, permit: _Permit) -> None:
         """The admitted call succeeded."""
@@ -367,12 +477,18 @@ class CircuitBreaker:
         self._probe_successes = 0
 
     def _open_locked(self, now: float, reason: str) -> BreakerTransition | None:
+        if self._state is BreakerState.HALF_OPEN:
+            # A failed probe: the outage goes on; look again later, not sooner.
+            self._recovery = min(self.max_recovery_timeout, self._recovery * 2)
+        elif self._state is BreakerState.CLOSED:
+            self._recovery = self.recovery_timeout
+            self._outage_since = now
         self._opened_at = now
         self._new_cycle_locked()
         return self._move_locked(BreakerState.OPEN, reason, now)
 
     def _maybe_half_open_locked(self, now: float) -> BreakerTransition | None:
-        if self._state is BreakerState.OPEN and now - self._opened_at >= self.recovery_timeout:
+        if self._state is BreakerState.OPEN and now - self._opened_at >= self._recovery:
             self._new_cycle_locked()
             return self._move_locked(BreakerState.HALF_OPEN, "recovery timeout elapsed", now)
         return None
@@ -381,6 +497,8 @@ class CircuitBreaker:
         if new is self._state:
             return None
         old, self._state = self._state, new
+        if new is BreakerState.CLOSED:
+            self._outage_since = None
         self.transitions += 1
         return BreakerTransition(self.name, old, new, reason, now)
 
@@ -410,10 +528,12 @@ class CircuitBreaker:
 
     # -- context manager ----------------------------------------------------
 
-    def guard(self) -> BreakerGuard:
+    def guard(self, *, wait: Seconds | None = None, waits: bool = False) -> BreakerGuard:
         """A context manager (``with`` or ``async with``) admitting one call.
 
-        Entering raises :class:`CircuitOpenError` when open; leaving records
+        Entering raises :class:`CircuitOpenError` when open — or, with
+        ``waits=True``, first waits as :meth:`admit` does, up to ``wait``
+        seconds (None: as long as ``failover_window`` allows); leaving records
         success, a failure (counted when :attr:`is_failure` says so) or, for
         cancellation, releases the permit.
 
@@ -421,8 +541,10 @@ class CircuitBreaker:
 
             async with breaker.guard():
                 await session.execute(select(User))
+            async with breaker.guard(waits=True, wait=10):
+                await session.execute(select(User))
         """
-        return BreakerGuard(self)
+        return BreakerGuard(self, waits=waits, wait=wait)
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self.state.name}>"
@@ -431,16 +553,24 @@ class CircuitBreaker:
 class BreakerGuard:
     """One call through a :class:`CircuitBreaker`; see :meth:`CircuitBreaker.guard`."""
 
-    __slots__ = ("_breaker", "_permit")
+    __slots__ = ("_breaker", "_permit", "_wait", "_waits")
 
-    def __init__(self, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self, breaker: CircuitBreaker, *, waits: bool = False, wait: Seconds | None = None
+    ) -> None:
         self._breaker = breaker
         self._permit: _Permit | None = None
+        self._waits = waits
+        self._wait = wait
 
-    def __enter__(self) -> BreakerGuard:
+    def _check_unused(self) -> None:
         if self._permit is not None:
             raise RuntimeError("a BreakerGuard admits one call; use breaker.guard() per call")
-        self._permit = self._breaker.acquire()
+
+    def __enter__(self) -> BreakerGuard:
+        self._check_unused()
+        breaker = self._breaker
+        self._permit = breaker.admit_sync(timeout=self._wait) if self._waits else breaker.acquire()
         return self
 
     def __exit__(
@@ -460,7 +590,10 @@ class BreakerGuard:
             self._breaker.release(permit)
 
     async def __aenter__(self) -> BreakerGuard:
-        return self.__enter__()
+        self._check_unused()
+        breaker = self._breaker
+        self._permit = await breaker.admit(timeout=self._wait) if self._waits else breaker.acquire()
+        return self
 
     async def __aexit__(
         self,

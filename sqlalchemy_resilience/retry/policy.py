@@ -71,15 +71,16 @@ def default_retry_on(exc: BaseException) -> bool:
 
 
 class RetryBudget:
-    """A token bucket shared by every caller of one engine, so retries cannot multiply load.
+    """A share of traffic that retries may add, with a floor, shared by every caller of one engine.
 
-    Each retry after an infrastructure failure (a lost connection, a refused
-    connect, a timeout) takes a token. Tokens come back at
-    ``refill_per_second``, with every first attempt that succeeds (``ratio``
-    of a token each), and in full when a unit of work that took them then
-    succeeds (the AWS SDKs' retry quota does the same), up to ``capacity``.
-    When the database is down, first attempts fail, tokens run out, and
-    callers get the error at once instead of retrying in a storm.
+    Finagle's and Linkerd's retry budget (Envoy's is the same idea): over the
+    last ``window`` seconds, retries after infrastructure failures (a lost
+    connection, a refused connect, a timeout) may number ``ratio`` of the
+    units of work started, plus ``min_per_second`` per second whatever the
+    traffic — the floor lets a quiet service retry at all. When the database
+    is down, retries stop at that share instead of multiplying the load;
+    callers waiting at an open circuit breaker make no attempt and spend
+    nothing.
 
     Contention (SQLSTATE 40001 serialization failures, 40P01 deadlocks) is
     not charged: the server is healthy and re-running is how SERIALIZABLE is
@@ -87,76 +88,87 @@ class RetryBudget:
     backoff and deadline.
 
     Args:
-        capacity: tokens when full (also the start).
-        refill_per_second: tokens regained per second regardless of traffic.
-        ratio: tokens regained per successful first attempt.
+        ratio: retries allowed per unit of work started in the window (0 .. 1; default 0.2).
+        min_per_second: retries allowed per second regardless of traffic (default 10).
+        window: the seconds the counts cover (default 10).
         clock: monotonic clock (tests inject one).
 
     Example::
 
-        budget = RetryBudget(capacity=20, refill_per_second=2, ratio=0.1)
+        budget = RetryBudget(ratio=0.1, min_per_second=5)
         policy = RetryPolicy(budget=budget)
     """
+
+    _BUCKETS = 10
 
     def __init__(
         self,
         *,
-        capacity: float = 100.0,
-        refill_per_second: float = 2.0,
-        ratio: float = 0.1,
+        ratio: float = 0.2,
+        min_per_second: float = 10.0,
+        window: Seconds = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        for name, value in (
-            ("capacity", capacity),
-            ("refill_per_second", refill_per_second),
-            ("ratio", ratio),
-        ):
+        for name, value in (("ratio", ratio), ("min_per_second", min_per_second)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a number, got {value!r}")
             if not math.isfinite(value):
-                # A NaN capacity or refill would silently turn the budget off.
+                # A NaN share or floor would silently turn the budget off.
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity!r}")
-        if refill_per_second < 0:
-            raise ValueError(f"refill_per_second must be >= 0, got {refill_per_second!r}")
         if not 0 <= ratio <= 1:
             raise ValueError(f"ratio must be between 0 and 1, got {ratio!r}")
-        self.capacity = float(capacity)
-        self.refill_per_second = float(refill_per_second)
+        if min_per_second < 0:
+            raise ValueError(f"min_per_second must be >= 0, got {min_per_second!r}")
         self.ratio = float(ratio)
+        self.min_per_second = float(min_per_second)
+        self.window = to_seconds("window", window, allow_zero=False)
         self._clock = clock
-        self._tokens = self.capacity
-        self._last = clock()
+        self._width = self.window / self._BUCKETS
+        # Per bucket of window/10 seconds: units started, retries taken.
+        self._started = [0] * self._BUCKETS
+        self._retries = [0] * self._BUCKETS
+        self._tick = int(clock() // self._width)
         self._lock = threading.Lock()
         self.denied = 0
         self._denied_reported = 0
         self._last_report = float("-inf")
 
-    def _refill_locked(self) -> None:
-        now = self._clock()
-        self._tokens = min(
-            self.capacity, self._tokens + (now - self._last) * self.refill_per_second
-        )
-        self._last = now
+    def _advance_locked(self) -> int:
+        tick = int(self._clock() // self._width)
+        passed = tick - self._tick
+        if passed > 0:
+            for step in range(1, min(passed, self._BUCKETS) + 1):
+                slot = (self._tick + step) % self._BUCKETS
+                self._started[slot] = 0
+                self._retries[slot] = 0
+            self._tick = tick
+        return tick % self._BUCKETS
+
+    def _allowed_locked(self) -> float:
+        return self.min_per_second * self.window + self.ratio * sum(self._started)
 
     @property
-    def tokens(self) -> float:
-        """Tokens available now."""
+    def available(self) -> float:
+        """Retries the budget allows now."""
         with self._lock:
-            self._refill_locked()
-            return self._tokens
+            self._advance_locked()
+            return max(0.0, self._allowed_locked() - sum(self._retries))
+
+    def deposit(self) -> None:
+        """A unit of work starts: it earns ``ratio`` of a retry for the window."""
+        with self._lock:
+            self._started[self._advance_locked()] += 1
 
     def try_acquire(self) -> bool:
-        """Take a token for one retry; False (and count a denial) when none is left.
+        """Take one retry; False (and count a denial) when the budget is spent.
 
         A denial is logged at WARNING at most every 5 s, with the count since
         the last record: a database that is down must not flood the log.
         """
         with self._lock:
-            self._refill_locked()
-            if self._tokens >= 1:
-                self._tokens -= 1
+            slot = self._advance_locked()
+            if sum(self._retries) + 1 <= self._allowed_locked():
+                self._retries[slot] += 1
                 return True
             self.denied += 1
             now = self._clock()
@@ -173,20 +185,6 @@ class RetryBudget:
                 extra={"sqlalchemy_resilience.retries_denied": newly},
             )
         return False
-
-    def refund(self, tokens: int) -> None:
-        """Give back the tokens a unit of work took for retries that then succeeded."""
-        if tokens > 0:
-            with self._lock:
-                self._refill_locked()
-                self._tokens = min(self.capacity, self._tokens + tokens)
-
-    def record_success(self) -> None:
-        """A first attempt succeeded: earn back ``ratio`` of a token."""
-        if self.ratio:
-            with self._lock:
-                self._refill_locked()
-                self._tokens = min(self.capacity, self._tokens + self.ratio)
 
     @classmethod
     def for_engine(cls, engine: Any) -> RetryBudget:
@@ -226,25 +224,34 @@ class RetryPolicy:
         retry_lock_timeouts: also retry :class:`LockNotAvailable` (55P03).
         retry_query_timeouts: also retry :class:`QueryTimeout` (57014).
         budget: the :class:`RetryBudget` to draw from; the engine's shared one when None.
+        wait_at_breaker: while the unit's circuit breaker is open, wait for its
+            verdict (:meth:`CircuitBreaker.admit`) until the deadline instead of
+            failing with :class:`CircuitOpenError` at once; waiting takes no
+            attempt and no budget. False: fail fast.
 
-    The defaults ride out a server restart of a few seconds: 10 attempts,
-    backoff from 50 ms doubling to at most 2 s (about 5 s of waiting in the
-    worst case before jitter), within 30 s.
+    The defaults ride out a failover: 30 attempts, backoff from 50 ms doubling
+    to at most 2 s, within 45 s, waiting at an open breaker meanwhile. 45 s
+    outlasts a Patroni failover with its defaults (``ttl`` 30 s before the
+    leader key expires, ``loop_wait`` 10 s before a replica notices, about a
+    second to promote) plus a proxy's health checks; a server restart of a
+    few seconds is ridden out by the first attempts. Lower ``deadline`` to
+    what your callers can wait.
 
     Example::
 
         RetryPolicy(attempts=3, initial_backoff=timedelta(milliseconds=20), deadline=5)
     """
 
-    attempts: int = 10
+    attempts: int = 30
     initial_backoff: Seconds = 0.05
     max_backoff: Seconds = 2.0
     jitter: bool = True
-    deadline: Seconds | None = 30.0
+    deadline: Seconds | None = 45.0
     retry_on: Callable[[BaseException], bool] | None = None
     retry_lock_timeouts: bool = False
     retry_query_timeouts: bool = False
     budget: RetryBudget | None = field(default=None, compare=False)
+    wait_at_breaker: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
@@ -259,7 +266,7 @@ class RetryPolicy:
             )
         if self.deadline is not None:
             to_seconds("deadline", self.deadline, allow_zero=False)
-        for name in ("jitter", "retry_lock_timeouts", "retry_query_timeouts"):
+        for name in ("jitter", "retry_lock_timeouts", "retry_query_timeouts", "wait_at_breaker"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.retry_on is not None and not callable(self.retry_on):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -28,6 +28,8 @@ from .unit import (
     _raise_translated,
     _retry_async,
     _retrying_kwargs,
+    breaker_guard,
+    breaker_wait_until,
 )
 
 __all__ = ["ResilientAsyncSession", "resilient_sessionmaker"]
@@ -78,10 +80,12 @@ class ResilientAsyncSession(AsyncSession):
         autocommits = [False]
         may_write = statement is not _NO_STATEMENT and not statement_reads_only(statement)
 
+        # Before its transaction starts, a statement may wait at an open
+        # breaker as a unit of work does; inside one, it fails fast.
+        wait_until = breaker_wait_until(policy, time.monotonic()) if starts_transaction else None
+
         async def once() -> Any:
-            guard: AbstractAsyncContextManager[Any] = (
-                breaker.guard() if breaker is not None else nullcontext()
-            )
+            guard: AbstractAsyncContextManager[Any] = breaker_guard(breaker, wait_until)
             async with guard:
                 if starts_transaction and may_write and not routes_itself(self.sync_session):
                     sync = (await AsyncSession.connection(self)).sync_connection
@@ -94,6 +98,9 @@ class ResilientAsyncSession(AsyncSession):
                         raise
                     raise failure from exc
 
+        budget = policy.budget or RetryBudget.for_engine(self.bind)
+        if starts_transaction:
+            budget.deposit()  # a unit of work starts: it earns its share of retries
         try:
             return await once()
         except Exception as first:
@@ -101,21 +108,17 @@ class ResilientAsyncSession(AsyncSession):
             if not (starts_transaction and retryable and policy.attempts > 1):
                 _raise_translated(first, rerun_note=retryable and not starts_transaction)
             errors: list[BaseException] = [first]
-        budget = policy.budget or RetryBudget.for_engine(self.bind)
 
         async def again() -> Any:
             # Discard the broken transaction and its connection first.
             await self.rollback()
             return await once()
 
-        charged = [0]
-        result = await _retry_async(
-            _retrying_kwargs(policy, budget, errors, time.monotonic(), False, charged),
+        return await _retry_async(
+            _retrying_kwargs(policy, budget, errors, time.monotonic(), False),
             errors[0],
             again,
         )
-        budget.refund(charged[0])
-        return result
 
     if not TYPE_CHECKING:
         # At run time these wrap AsyncSession's methods (their signatures are

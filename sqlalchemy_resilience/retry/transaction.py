@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, cast
 
 from sqlalchemy import event
@@ -39,6 +39,7 @@ from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.errors.hierarchy import (
     CommitOutcomeUnknown,
     QueryTimeout,
+    RetryExhausted,
 )
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 from sqlalchemy_resilience.transactions.atomic import require_atomic, routes_itself
@@ -61,6 +62,8 @@ from .unit import (
     _Unit,
     _validate,
     _xact_status,
+    breaker_guard,
+    breaker_wait_until,
 )
 
 __all__ = ["run_transaction", "run_transaction_sync"]
@@ -149,9 +152,7 @@ async def _attempt_async(
     fn: Callable[[AsyncSession], Awaitable[T]],
     unit: _Unit,
 ) -> T:
-    guard: AbstractAsyncContextManager[Any] = (
-        unit.breaker.guard() if unit.breaker else nullcontext()
-    )
+    guard: AbstractAsyncContextManager[Any] = breaker_guard(unit.breaker, unit.breaker_wait_until)
     unit.committing = False
     async with guard, factory() as session:
         scope = unit.attempt_scope = CommitScope(session, parent=None, is_async=True).enter()
@@ -169,7 +170,7 @@ async def _attempt_async(
 
 
 def _attempt_sync(factory: Callable[[], Session], fn: Callable[[Session], T], unit: _Unit) -> T:
-    guard: AbstractContextManager[Any] = unit.breaker.guard() if unit.breaker else nullcontext()
+    guard: AbstractContextManager[Any] = breaker_guard(unit.breaker, unit.breaker_wait_until)
     unit.committing = False
     with guard, factory() as session:
         scope = unit.attempt_scope = CommitScope(session, parent=None, is_async=False).enter()
@@ -439,6 +440,8 @@ async def run_transaction(
     unit.resolve = _check_resolve(resolve_commit_outcome)
     idempotent = idempotent or idempotency_key is not None
     started = time.monotonic()
+    unit.breaker_wait_until = breaker_wait_until(policy, started)
+    budget.deposit()
     try:
         result = await _resolving_attempt(sessionmaker, fn, unit, timeout)
     except Exception as first:
@@ -446,18 +449,35 @@ async def run_transaction(
             _raise_translated(first)
         errors: list[BaseException] = [first]
     else:
-        budget.record_success()
         await _run_callbacks_async(unit)
         return result
-    charged = [0]
-    result = await _retry_async(
-        _retrying_kwargs(policy, budget, errors, started, idempotent, charged),
-        errors[0],
-        lambda: _resolving_attempt(sessionmaker, fn, unit, timeout),
-    )
-    budget.refund(charged[0])  # the retries paid off: the database is serving
+    try:
+        result = await _retry_async(
+            _retrying_kwargs(policy, budget, errors, started, idempotent),
+            errors[0],
+            lambda: _resolving_attempt(sessionmaker, fn, unit, timeout),
+        )
+    except Exception as exc:
+        _still_unknown(unit, exc)
+        raise
     await _run_callbacks_async(unit)
     return result
+
+
+def _still_unknown(unit: _Unit, exc: BaseException) -> None:
+    """An earlier attempt's COMMIT outcome stays unknown when a re-run ends in another error.
+
+    The re-run of idempotent work after a lost COMMIT can be refused before
+    it learns anything (an open breaker, a denied retry, a refused connect):
+    reporting that error alone would tell the caller the work was not
+    applied, when the earlier COMMIT may have been.
+    """
+    if unit.unknown_commit and not isinstance(exc, (CommitOutcomeUnknown, RetryExhausted)):
+        raise CommitOutcomeUnknown(
+            f"an earlier attempt's COMMIT was in flight when its connection was lost, and the "
+            f"re-run then failed with {type(exc).__name__}: the work may or may not be applied",
+            connection_invalidated=False,
+        ) from exc
 
 
 async def _run_callbacks_async(unit: _Unit) -> None:
@@ -501,6 +521,8 @@ def run_transaction_sync(
     unit.resolve = _check_resolve(resolve_commit_outcome)
     idempotent = idempotent or idempotency_key is not None
     started = time.monotonic()
+    unit.breaker_wait_until = breaker_wait_until(policy, started)
+    budget.deposit()
     try:
         result = _resolving_attempt_sync(sessionmaker, fn, unit, timeout)
     except Exception as first:
@@ -508,16 +530,17 @@ def run_transaction_sync(
             _raise_translated(first)
         errors: list[BaseException] = [first]
     else:
-        budget.record_success()
         _run_callbacks_sync(unit)
         return result
-    charged = [0]
-    result = _retry_sync(
-        _retrying_kwargs(policy, budget, errors, started, idempotent, charged),
-        errors[0],
-        lambda: _resolving_attempt_sync(sessionmaker, fn, unit, timeout),
-    )
-    budget.refund(charged[0])  # the retries paid off: the database is serving
+    try:
+        result = _retry_sync(
+            _retrying_kwargs(policy, budget, errors, started, idempotent),
+            errors[0],
+            lambda: _resolving_attempt_sync(sessionmaker, fn, unit, timeout),
+        )
+    except Exception as exc:
+        _still_unknown(unit, exc)
+        raise
     _run_callbacks_sync(unit)
     return result
 

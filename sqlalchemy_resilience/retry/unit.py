@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import tenacity
@@ -37,7 +39,7 @@ from sqlalchemy_resilience.schema import IDEMPOTENCY_KEY_MAX_LENGTH, idempotency
 from sqlalchemy_resilience.transactions.options import TransactionOptions
 from sqlalchemy_resilience.transactions.scope import CommitScope
 
-from .breaker import CircuitBreaker
+from .breaker import BreakerGuard, CircuitBreaker
 from .policy import RetryBudget, RetryPolicy, log_retry
 
 T = TypeVar("T")
@@ -116,12 +118,35 @@ def _raise_translated(exc: BaseException, *, rerun_note: bool = False) -> None:
 _UPSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
+def breaker_guard(
+    breaker: CircuitBreaker | None, wait_until: float | None
+) -> BreakerGuard | nullcontext[None]:
+    """The breaker's guard for one attempt: waiting at an open breaker until
+    ``wait_until`` (``time.monotonic()``; inf: no limit of the caller's), or
+    failing fast when None."""
+    if breaker is None:
+        return nullcontext()
+    if wait_until is None:
+        return breaker.guard()
+    wait = None if math.isinf(wait_until) else max(0.0, wait_until - time.monotonic())
+    return breaker.guard(waits=True, wait=wait)
+
+
+def breaker_wait_until(policy: RetryPolicy, started: float) -> float | None:
+    """Until when a unit of work started at ``started`` waits at an open breaker (see :func:`breaker_guard`)."""
+    if not policy.wait_at_breaker:
+        return None
+    deadline = policy.deadline_seconds
+    return math.inf if deadline is None else started + deadline
+
+
 class _Unit:
     """One run_transaction call: its options and what earlier attempts left behind."""
 
     __slots__ = (
         "attempt_scope",
         "breaker",
+        "breaker_wait_until",
         "committing",
         "idempotency_key",
         "isolation_level",
@@ -143,6 +168,9 @@ class _Unit:
         idempotency_key: str | None,
     ) -> None:
         self.breaker = breaker
+        # Wait at an open breaker until this time.monotonic() (inf: as long
+        # as its failover_window allows); None: fail fast.
+        self.breaker_wait_until: float | None = None
         self.isolation_level = isolation_level
         self.read_only = read_only
         # Applied like transaction()'s: SET TRANSACTION READ ONLY, or on SQLite
@@ -315,9 +343,8 @@ def _retrying_kwargs(
     errors: list[BaseException],
     started: float,
     idempotent: bool,
-    charged: list[int],
 ) -> dict[str, Any]:
-    """tenacity's arguments; ``charged[0]`` counts the budget tokens taken (refunded on success)."""
+    """tenacity's arguments for the retries after ``errors[0]``."""
 
     def should_retry(exc: BaseException) -> bool:
         if exc is not errors[-1]:
@@ -329,10 +356,7 @@ def _retrying_kwargs(
             return False  # the same failure twice in a row: it will not go away
         if _is_contention(exc):
             return True  # bounded by attempts, backoff and deadline, not the budget
-        if budget.try_acquire():
-            charged[0] += 1
-            return True
-        return False
+        return budget.try_acquire()
 
     def exhausted(state: tenacity.RetryCallState) -> Any:
         raise RetryExhausted(errors) from errors[-1]

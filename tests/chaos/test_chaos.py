@@ -94,13 +94,13 @@ def _policy() -> RetryPolicy:
         initial_backoff=0.01,
         max_backoff=0.5,
         deadline=40,
-        budget=RetryBudget(capacity=500, refill_per_second=50),
+        budget=RetryBudget(min_per_second=50),
     )
 
 
 # S7 injects a lost COMMIT into every request on purpose; the engine's default
 # retry budget (built to stop retry storms) would rightly refuse some retries.
-_BIG_BUDGET = RetryBudget(capacity=10_000, refill_per_second=1_000)
+_BIG_BUDGET = RetryBudget(min_per_second=1_000)
 
 
 # Seconds from "the server accepts connections again" to the next committed transfer.
@@ -431,7 +431,8 @@ async def test_s18_breaker_while_database_unreachable(fault_server: PgServer) ->
     breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=0.5)
     breaker.add_listener(lambda t: transitions.append(t.current.name))
     Session = async_sessionmaker(engine)
-    once = RetryPolicy(attempts=1)
+    # The fail-fast leg: waiting at the open breaker (the default) is S45's.
+    once = RetryPolicy(attempts=1, wait_at_breaker=False)
 
     async def ping(session: AsyncSession) -> int:
         return int((await session.execute(text("SELECT 1"))).scalar_one())
@@ -565,7 +566,7 @@ async def test_s9_s10_s11_contention(
         max_backoff=0.1,
         deadline=30,
         retry_lock_timeouts=True,
-        budget=RetryBudget(capacity=10_000, refill_per_second=1000),
+        budget=RetryBudget(min_per_second=1_000),
     )
     history, audits = await run_bank(
         bank,
@@ -801,7 +802,8 @@ async def test_s15_server_hang(fault_server: PgServer, gc_warnings: GcWarnings) 
         breaker = CircuitBreaker(failure_threshold=2, recovery_timeout=1.0)
         transitions: list[str] = []
         breaker.add_listener(lambda t: transitions.append(t.current.name))
-        once = RetryPolicy(attempts=1)
+        # Fail fast at the open breaker: this leg measures the refusals.
+        once = RetryPolicy(attempts=1, wait_at_breaker=False)
 
         async def ping(session: AsyncSession) -> int:
             return int((await session.execute(text("SELECT 1"))).scalar_one())
@@ -1023,7 +1025,7 @@ def test_s20_sqlite(tmp_path: object) -> None:
         initial_backoff=0.001,
         max_backoff=0.02,
         deadline=60,
-        budget=RetryBudget(capacity=100_000, refill_per_second=10_000),
+        budget=RetryBudget(min_per_second=10_000),
     )
     retried: dict[str, int] = {}
     lock = threading.Lock()

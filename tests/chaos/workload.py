@@ -227,6 +227,9 @@ async def run_bank(
     async def worker(n: int) -> None:
         rng = random.Random(seed * 1000 + n)
         while running():
+            # A caller refused at once (an open breaker told to fail fast)
+            # must still let the loop run the others, and the chaos.
+            await asyncio.sleep(0)
             await transfer(
                 Session,
                 history,

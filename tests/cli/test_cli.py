@@ -353,6 +353,7 @@ def test_demo_shows_the_breaker_and_the_prometheus_exposition(
     assert "3 units of work lost their connection: breaker OPEN" in out
     assert "CircuitOpenError in" in out and "no pool checkout" in out
     assert "CLOSED -> OPEN -> HALF_OPEN -> CLOSED" in out
+    assert "the default waits at the open breaker" in out
     if importlib.util.find_spec("opentelemetry.exporter.prometheus") is not None:
         assert 'db_client_connection_count{db_client_connection_pool_name="demo"' in out
     else:

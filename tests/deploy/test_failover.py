@@ -173,7 +173,7 @@ async def test_bank_workload_across_a_failover(cluster: Cluster) -> None:
     # 20 clients retrying through it need more than the default shared budget
     # (100 tokens), which is there to stop retry storms against a dead server.
     # With the default, a handful of transfers fail cleanly (refused, not applied).
-    budget = RetryBudget(capacity=2000, refill_per_second=100)
+    budget = RetryBudget(min_per_second=200)
     policy = sr.RetryPolicy(
         attempts=60, initial_backoff=0.01, max_backoff=0.2, deadline=30, budget=budget
     )

@@ -68,7 +68,7 @@ POLICY = sr.RetryPolicy(
     initial_backoff=0.01,
     max_backoff=0.2,
     deadline=20,
-    budget=RetryBudget(capacity=1000, refill_per_second=100),
+    budget=RetryBudget(min_per_second=100),
 )
 
 

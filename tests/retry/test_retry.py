@@ -97,20 +97,37 @@ async def test_as_tenacity_retries_then_reraises() -> None:
     assert calls == 2
 
 
-def test_budget_refills_and_earns_tokens() -> None:
-    """Tokens are spent per retry, refill over time and are earned back by successes."""
+def test_budget_is_a_share_of_traffic_with_a_floor() -> None:
+    """Retries in the window: min_per_second x window, plus ratio of the units started;
+    what leaves the window comes back."""
     clock = FakeClock()
-    budget = RetryBudget(capacity=2, refill_per_second=1, ratio=0.5, clock=clock)
-    assert budget.try_acquire() and budget.try_acquire()
+    budget = RetryBudget(ratio=0.2, min_per_second=0.2, window=10, clock=clock)
+    assert budget.try_acquire() and budget.try_acquire()  # the floor: 0.2/s x 10 s
     assert not budget.try_acquire()
     assert budget.denied == 1
-    clock.now += 1.0
-    assert budget.try_acquire()
-    budget.record_success()
-    budget.record_success()
-    assert budget.tokens == pytest.approx(1.0)
-    clock.now += 100
-    assert budget.tokens == pytest.approx(2.0)  # capped
+    for _ in range(10):
+        budget.deposit()  # ten units of work started: two more retries
+    assert budget.available == pytest.approx(2.0)
+    assert budget.try_acquire() and budget.try_acquire()
+    assert not budget.try_acquire()
+    clock.now += 10.0  # the window has moved past all of it
+    assert budget.available == pytest.approx(2.0)
+
+
+def test_a_quiet_service_still_retries_and_a_busy_one_cannot_storm() -> None:
+    """No traffic: the floor alone (10/s by default). 1,000 units a second while every
+    first attempt fails: at most a fifth of them, plus the floor, are retried."""
+    clock = FakeClock()
+    budget = RetryBudget(clock=clock)
+    assert budget.available == pytest.approx(100.0)
+    granted = 0
+    for _ in range(10):  # ten seconds
+        for _ in range(1000):
+            budget.deposit()
+            granted += budget.try_acquire()
+        clock.now += 1.0
+    assert granted <= 0.2 * 10_000 + 100 + 0.2 * 1000  # the share, the floor, one bucket's slack
+    assert granted >= 0.2 * 9_000
 
 
 def test_budget_denials_are_logged_at_most_every_five_seconds(
@@ -118,7 +135,7 @@ def test_budget_denials_are_logged_at_most_every_five_seconds(
 ) -> None:
     """A database that is down produces one budget warning per 5 s, not one per request."""
     clock = FakeClock()
-    budget = RetryBudget(capacity=1, refill_per_second=0, ratio=0, clock=clock)
+    budget = RetryBudget(ratio=0, min_per_second=0.1, window=10, clock=clock)
     budget.try_acquire()
     with caplog.at_level(logging.WARNING, logger="sqlalchemy_resilience.retry"):
         for _ in range(100):
@@ -146,9 +163,9 @@ def test_budget_is_shared_per_engine() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"capacity": 0}, "capacity must be >= 1"),
-        ({"refill_per_second": -1}, "refill_per_second must be >= 0"),
+        ({"min_per_second": -1}, "min_per_second must be >= 0"),
         ({"ratio": 2}, "ratio must be between 0 and 1"),
+        ({"window": 0}, "window must be > 0"),
     ],
 )
 def test_budget_validation(kwargs: dict[str, float], match: str) -> None:
@@ -157,10 +174,10 @@ def test_budget_validation(kwargs: dict[str, float], match: str) -> None:
         RetryBudget(**kwargs)
 
 
-def test_contention_is_not_charged_and_a_success_refunds(tmp_path: Path) -> None:
-    """40001/40P01 retries take no budget token; infrastructure retries that then succeed are refunded."""
+def test_contention_is_not_charged(tmp_path: Path) -> None:
+    """40001/40P01 retries take nothing from the budget; infrastructure retries do."""
     engine = create_engine(f"sqlite:///{tmp_path / 'budget.sqlite'}")
-    budget = RetryBudget(capacity=1, refill_per_second=0, ratio=0)
+    budget = RetryBudget(ratio=0, min_per_second=0.1, window=10)  # one retry in 10 s
     policy = RetryPolicy(attempts=8, initial_backoff=0.0001, max_backoff=0.0002, budget=budget)
     conflicts = [sr.SerializationFailure("could not serialize", sqlstate="40001")] * 3 + [
         sr.DeadlockDetected("deadlock detected", sqlstate="40P01")
@@ -174,7 +191,7 @@ def test_contention_is_not_charged_and_a_success_refunds(tmp_path: Path) -> None
     try:
         # Six contention retries on a budget of one token: none charged.
         assert run_transaction_sync(sessionmaker(engine), contended, retry=policy) == "committed"
-        assert budget.tokens == 1 and budget.denied == 0
+        assert budget.available == 1 and budget.denied == 0
         lost = [sr.ConnectionLost("server closed the connection", sqlstate="08006")]
 
         def flaky(session: Session) -> str:
@@ -183,10 +200,10 @@ def test_contention_is_not_charged_and_a_success_refunds(tmp_path: Path) -> None
             return "committed"
 
         assert run_transaction_sync(sessionmaker(engine), flaky, retry=policy) == "committed"
-        assert budget.tokens == 1  # the token the retry took came back with the success
+        assert budget.available == 0  # that retry was charged
         lost += [sr.ConnectionLost("server closed the connection", sqlstate="08006")] * 2
 
-        with pytest.raises(sr.ConnectionLost):  # a second infrastructure retry finds no token
+        with pytest.raises(sr.ConnectionLost):  # a second infrastructure retry: budget spent
             run_transaction_sync(sessionmaker(engine), flaky, retry=policy)
         assert budget.denied == 1
     finally:

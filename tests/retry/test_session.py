@@ -303,7 +303,7 @@ async def test_retry_budget_stops_retry_storms(pg_driver: str) -> None:
     instrument(engine)
     connects: list[object] = []
     event.listen(engine.sync_engine, "do_connect", lambda *a: connects.append(a))
-    budget = RetryBudget(capacity=2, refill_per_second=0, ratio=0)
+    budget = RetryBudget(ratio=0, min_per_second=0.2, window=10)  # two retries in 10 s
     policy = RetryPolicy(attempts=10, initial_backoff=0.001, max_backoff=0.002, budget=budget)
 
     async def work(session: AsyncSession) -> None:

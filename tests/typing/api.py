@@ -157,7 +157,9 @@ async def retry_usage() -> None:
     async def work(session: AsyncSession) -> int:
         return 1
 
-    policy = sr.RetryPolicy(attempts=3, initial_backoff=0.01, budget=RetryBudget(capacity=5))
+    policy = sr.RetryPolicy(
+        attempts=3, initial_backoff=0.01, budget=RetryBudget(ratio=0.1, min_per_second=0.5)
+    )
     breaker = sr.CircuitBreaker(failure_threshold=3, recovery_timeout=5.0)
     value: int = await sr.run_transaction(
         factory, work, retry=policy, breaker=breaker, isolation_level="SERIALIZABLE"

@@ -166,7 +166,7 @@ async def restart_tour(
         initial_backoff=0.02,
         max_backoff=0.5,
         deadline=30,
-        budget=RetryBudget(capacity=500, refill_per_second=50),
+        budget=RetryBudget(min_per_second=50),
     )
     acked: set[uuid.UUID] = set()
     failed = 0
