@@ -335,31 +335,24 @@ class EngineHooks:
         perf = time.perf_counter
         commit = dialect.do_commit
 
+        def tagged_commit(dbapi_connection: Any) -> None:
+            try:
+                commit(dbapi_connection)
+            except BaseException as exc:
+                with contextlib.suppress(AttributeError):
+                    setattr(exc, COMMIT_TAG, True)
+                raise
+
         if ended is None:
-
-            def do_commit(dbapi_connection: Any) -> None:
-                try:
-                    commit(dbapi_connection)
-                except BaseException as exc:
-                    with contextlib.suppress(AttributeError):
-                        setattr(exc, COMMIT_TAG, True)
-                    raise
-
-            self._patch(dialect, "do_commit", do_commit)
+            self._patch(dialect, "do_commit", tagged_commit)
             return
-
+        untimed_commit = tagged_commit if tag else commit
         sink_ref = self._sink(ended=ended, timed=timed)
 
         def do_commit_timed(dbapi_connection: Any) -> None:
             sink = sink_ref()
             if sink is None or not sink.timed():
-                try:
-                    commit(dbapi_connection)
-                except BaseException as exc:
-                    if tag:
-                        with contextlib.suppress(AttributeError):
-                            setattr(exc, COMMIT_TAG, True)
-                    raise
+                untimed_commit(dbapi_connection)
                 return
             start = perf()
             try:
