@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
+import sys
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "async_engine_for",
     "database_and_host",
     "engine_for",
+    "is_async_engine",
     "pool_status",
     "register_secrets",
     "safe_url",
@@ -30,6 +34,20 @@ _SECRET_SOURCES: weakref.WeakKeyDictionary[Engine, Callable[[], tuple[str, ...]]
 _log = logging.getLogger("sqlalchemy_resilience")
 
 
+def is_async_engine(engine: object) -> TypeGuard[AsyncEngine]:
+    """Whether ``engine`` is an ``AsyncEngine``, without importing SQLAlchemy's asyncio extension.
+
+    That extension loads the ORM (≈ 100 ms); an application that never
+    imported it cannot hold an ``AsyncEngine``.
+
+    Example::
+
+        is_async_engine(create_engine("sqlite://"))   # False
+    """
+    module = sys.modules.get("sqlalchemy.ext.asyncio.engine")
+    return module is not None and isinstance(engine, module.AsyncEngine)
+
+
 def sync_engine(engine: Engine | AsyncEngine) -> Engine:
     """The sync ``Engine`` behind ``engine`` (itself for an ``Engine``).
 
@@ -40,7 +58,7 @@ def sync_engine(engine: Engine | AsyncEngine) -> Engine:
 
         sync_engine(create_async_engine("sqlite+aiosqlite://")).dialect.name  # "sqlite"
     """
-    if isinstance(engine, AsyncEngine):
+    if is_async_engine(engine):
         return engine.sync_engine
     if isinstance(engine, Engine):
         return engine
@@ -59,7 +77,7 @@ def async_engine_for(name: str, engine: object) -> AsyncEngine:
 
         engine = async_engine_for("health_check", engine)
     """
-    if isinstance(engine, AsyncEngine):
+    if is_async_engine(engine):
         return engine
     if isinstance(engine, Engine):
         raise TypeError(f"{name} takes an AsyncEngine; for an Engine call {name}_sync()")
@@ -75,7 +93,7 @@ def engine_for(name: str, engine: object) -> Engine:
     """
     if isinstance(engine, Engine):
         return engine
-    if isinstance(engine, AsyncEngine):
+    if is_async_engine(engine):
         twin = name.removesuffix("_sync")
         raise TypeError(f"{name} takes an Engine; for an AsyncEngine await {twin}()")
     raise TypeError(f"{name} takes a sqlalchemy Engine, got {type(engine).__name__}")

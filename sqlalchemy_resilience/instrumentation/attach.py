@@ -9,16 +9,18 @@ application's own listeners) stay. An engine can be instrumented once at a time.
 
 from __future__ import annotations
 
-from typing import Unpack
+from typing import TYPE_CHECKING, Unpack
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sqlalchemy_resilience.core.engines import sync_engine
 from sqlalchemy_resilience.core.registry import hooks_of
 
 from .handle import Instrumentation
 from .options import InstrumentChanges, InstrumentOptions, options_with
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["instrument", "instrumentation_of"]
 

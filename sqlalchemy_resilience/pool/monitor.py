@@ -21,14 +21,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool
 
 from sqlalchemy_resilience.core.engines import sync_engine
 from sqlalchemy_resilience.core.registry import find_part
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["PoolMonitor", "pool_name_of", "pool_stats"]
 

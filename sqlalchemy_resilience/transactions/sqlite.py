@@ -26,13 +26,16 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sqlalchemy_resilience._util.seconds import to_seconds
+from sqlalchemy_resilience.core.engines import is_async_engine
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "BEGIN_OPTION",
@@ -270,7 +273,7 @@ def configure_sqlite(
         with Session(engine) as session, session.begin():
             ...                                  # no "database is locked" from a read-then-write
     """
-    if isinstance(engine, AsyncEngine):
+    if is_async_engine(engine):
         engine = engine.sync_engine
     if not isinstance(engine, Engine):
         raise TypeError(
