@@ -46,6 +46,7 @@ from sqlalchemy_resilience.pool import (
     ResizableQueuePool,
     ping_idle_connections,
 )
+from sqlalchemy_resilience.pool.monitor import pool_name_of
 from sqlalchemy_resilience.pool.queue import resizable_pool_of
 from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy, is_infrastructure_failure
 
@@ -162,7 +163,9 @@ class DatabaseCore:
             # it must not stop the writes the primary can still take.
             self.breaker: CircuitBreaker | None = (
                 CircuitBreaker(
-                    name=self.name,
+                    # Short, and never the URL: a multi-host URL's query string
+                    # would otherwise ride along in every CircuitOpenError.
+                    name=name or pool_name_of(sync_engine(self.engine)),
                     is_failure=primary_failure if replicas else is_infrastructure_failure,
                 )
                 if isinstance(breaker, Default)

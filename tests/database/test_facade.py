@@ -285,3 +285,22 @@ def test_every_environment_variable_is_documented() -> None:
     page = (Path(__file__).parents[2] / "docs" / "database.md").read_text()
     missing = [name for name in ENV_VARIABLES if f"`{name}`" not in page]
     assert missing == []
+
+
+async def test_the_breaker_is_named_short_never_after_the_url() -> None:
+    """A multi-host URL's query string stays out of the breaker's name (and so out of every
+    CircuitOpenError): host/database, or the database's own name when given."""
+    url = (
+        "postgresql+asyncpg://app:secret@/shop?host=db1:5432&host=db2:5432"
+        "&target_session_attrs=read-write"
+    )
+    db = sr.Database(url)
+    named = sr.Database(url, name="shop")
+    try:
+        assert db.breaker is not None and named.breaker is not None
+        assert "host=" not in db.breaker.name and "secret" not in db.breaker.name
+        assert db.breaker.name == "postgresql:shop"
+        assert named.breaker.name == "shop"
+    finally:
+        await db.close()
+        await named.close()
