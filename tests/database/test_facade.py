@@ -287,6 +287,7 @@ def test_every_environment_variable_is_documented() -> None:
     assert missing == []
 
 
+@pytest.mark.postgresql  # needs the asyncpg driver, not a server
 async def test_the_breaker_is_named_short_never_after_the_url() -> None:
     """A multi-host URL's query string stays out of the breaker's name (and so out of every
     CircuitOpenError): host/database, or the database's own name when given."""
