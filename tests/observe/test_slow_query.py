@@ -323,7 +323,10 @@ def test_slow_records_are_logged_when_the_loop_ends_first(
         await engine.dispose()
 
     asyncio.run(main())
-    assert len(_records(caplog)) == 8
+    # Only this test's statements: an earlier test's EXPLAIN may end, and log
+    # its record, while this one runs (CI saw 9 records once).
+    mine = [r for r in _records(caplog) if " AS n" in str(_extra(r, "statement"))]
+    assert len(mine) == 8
 
 
 def test_explain_needs_postgresql(sync_engines: list[Engine], tmp_path: Path) -> None:
