@@ -50,14 +50,14 @@ def bench_sqlite_checkout(rounds: int, ops: int) -> str:
         url = f"sqlite:///{Path(tmp) / 'pool.sqlite'}"
         plain = create_engine(url, pool_size=POOL)
         features = create_engine(url, poolclass=ResizableQueuePool, pool_size=POOL)
-        instrument(features, leak_threshold=30, max_waiting=100)
+        monitors = [instrument(features, leak_threshold=30, max_waiting=100).pool]
         no_leaks = create_engine(url, poolclass=ResizableQueuePool, pool_size=POOL)
-        instrument(no_leaks, max_waiting=100)
+        monitors.append(instrument(no_leaks, max_waiting=100).pool)
         background = []
-        for engine in (features, no_leaks):
+        for engine, monitor in zip((features, no_leaks), monitors, strict=True):
             maintainer = PoolMaintainer(engine, keepalive=30, recycle=1800, min_size=2, interval=1)
             maintainer.start_sync()
-            sizer = PoolAutosizer(engine, min_size=2, max_size=POOL, interval=1)
+            sizer = PoolAutosizer(engine, monitor=monitor, min_size=2, max_size=POOL, interval=1)
             sizer.start_sync()
             background += [maintainer, sizer]
 
@@ -87,15 +87,15 @@ def bench_sqlite_checkout(rounds: int, ops: int) -> str:
 async def bench_postgres_checkout(url: URL, rounds: int, ops: int) -> str:
     plain = create_async_engine(url, pool_size=POOL)
     features = create_async_engine(url, poolclass=AsyncResizableQueuePool, pool_size=POOL)
-    instrument(features, leak_threshold=30, max_waiting=100)
+    monitors = [instrument(features, leak_threshold=30, max_waiting=100).pool]
     no_leaks = create_async_engine(url, poolclass=AsyncResizableQueuePool, pool_size=POOL)
-    instrument(no_leaks, max_waiting=100)
+    monitors.append(instrument(no_leaks, max_waiting=100).pool)
     maintainers = []
     sizers = []
-    for engine in (features, no_leaks):
+    for engine, monitor in zip((features, no_leaks), monitors, strict=True):
         maintainer = PoolMaintainer(engine, keepalive=30, recycle=1800, min_size=2, interval=1)
         await maintainer.start()
-        sizer = PoolAutosizer(engine, min_size=2, max_size=POOL, interval=1)
+        sizer = PoolAutosizer(engine, monitor=monitor, min_size=2, max_size=POOL, interval=1)
         await sizer.start()
         maintainers.append(maintainer)
         sizers.append(sizer)
@@ -216,11 +216,13 @@ async def bench_autosizer(url: URL, bursts: int, plot: Path | None = None) -> st
             max_overflow=0,
             pool_timeout=60,
         )
-        instrument(engine)
+        monitor = instrument(engine).pool
         pool = engine.sync_engine.pool
         sizer = None
         if auto:
-            sizer = PoolAutosizer(engine, min_size=2, max_size=24, interval=0.2, shrink_after=4)
+            sizer = PoolAutosizer(
+                engine, monitor=monitor, min_size=2, max_size=24, interval=0.2, shrink_after=4
+            )
             await sizer.start()
         result = await _bursty(engine, bursts, lambda p=pool: p.checkedin() + p.checkedout())  # type: ignore[misc]
         if sizer is not None:

@@ -104,7 +104,8 @@ _SLOW = {
 async def main(url: str) -> int:
     # 1. Plug it into the engine you have: nothing else about the engine changes.
     engine = create_async_engine(url)
-    stats = instrument(engine, slow_query_threshold=0.25).stats
+    instr = instrument(engine, slow_query_threshold=0.25)
+    stats = instr.stats
     assert stats is not None  # statistics are on by default (query_stats=True)
     Session = async_sessionmaker(engine, expire_on_commit=False)
     async with engine.begin() as conn:
@@ -158,7 +159,8 @@ async def main(url: str) -> int:
             )
         pool = pool_stats(engine)
         print(f"   pool: {pool['connections_in_use']} in use, {pool['connections_idle']} idle")
-        print(f"   health: {(await health_check(engine, timeout=1)).status}")
+        report = await health_check(engine, timeout=1, monitor=instr.pool)
+        print(f"   health: {report.status}")
     finally:
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)

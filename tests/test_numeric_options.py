@@ -59,7 +59,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     create_saga_tables(sync)
     handle = sr.instrument(watched)
     try:
-        yield {"sync": sync, "async": async_engine, "watched": watched}
+        yield {"sync": sync, "async": async_engine, "watched": watched, "monitor": handle.pool}
     finally:
         handle.detach()
         watched.dispose()
@@ -69,7 +69,7 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
 # name -> (call taking the options, the numeric options to sweep)
 def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]:
-    sync, aeng, watched = e["sync"], e["async"], e["watched"]
+    sync, aeng, watched, monitor = e["sync"], e["async"], e["watched"], e["monitor"]
     return {
         "RetryPolicy": (sr.RetryPolicy, ["attempts", "initial_backoff", "max_backoff", "deadline"]),
         "RetryBudget": (RetryBudget, ["ratio", "min_per_second", "window"]),
@@ -153,7 +153,9 @@ def _cases(e: dict[str, Any]) -> dict[str, tuple[Callable[..., Any], list[str]]]
             ["refresh_margin", "ttl", "auth_retries", "retry_pause"],
         ),
         "PoolAutosizer": (
-            lambda **kw: PoolAutosizer(watched, **{"min_size": 1, "max_size": 4, **kw}),
+            lambda **kw: PoolAutosizer(
+                watched, monitor=monitor, **{"min_size": 1, "max_size": 4, **kw}
+            ),
             [
                 "min_size",
                 "max_size",

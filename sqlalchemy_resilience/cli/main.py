@@ -147,9 +147,9 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
         async def check() -> HealthReport:
             engine = create_async_engine(url)
-            instrument(engine)
+            instr = instrument(engine)
             try:
-                return await health_check(engine, timeout=args.timeout)
+                return await health_check(engine, timeout=args.timeout, monitor=instr.pool)
             finally:
                 # Never wait on a server that does not answer.
                 await asyncio.wait({asyncio.ensure_future(engine.dispose())}, timeout=1)
@@ -157,9 +157,9 @@ def _cmd_health(args: argparse.Namespace) -> int:
         report = asyncio.run(check())
     else:
         engine = create_engine(url)
-        instrument(engine)
+        instr = instrument(engine)
         try:
-            report = health_check_sync(engine, timeout=args.timeout)
+            report = health_check_sync(engine, timeout=args.timeout, monitor=instr.pool)
         finally:
             engine.dispose()
     if args.json:

@@ -180,7 +180,12 @@ class Database(FacadeBase):
         permit = core.breaker.acquire() if core.breaker is not None else None
         try:
             if core.maintainer is not None or core.autosizer is not None:
-                await warm_up(self.engine, max(1, core.settings.min_size), timeout=timeout)
+                await warm_up(
+                    self.engine,
+                    max(1, core.settings.min_size),
+                    timeout=timeout,
+                    monitor=core.monitor,
+                )
             else:
                 async with self.engine.connect() as conn:
                     await conn.exec_driver_sql("SELECT 1")
@@ -369,7 +374,13 @@ class Database(FacadeBase):
             report = await db.health()
             status = 200 if report.ok else 503
         """
-        report = await health_check(self.engine, timeout=timeout, breaker=self.breaker)
+        instr = self._core.instrumentation()
+        report = await health_check(
+            self.engine,
+            timeout=timeout,
+            breaker=self.breaker,
+            monitor=instr.pool if instr is not None else None,
+        )
         return replica_health(report, self._core.replica_set)
 
     def pool_stats(self) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from sqlalchemy_resilience.pool import (
     ResizableQueuePool,
     ping_idle_connections,
 )
-from sqlalchemy_resilience.pool.monitor import pool_name_of
+from sqlalchemy_resilience.pool.monitor import PoolMonitor, pool_name_of
 from sqlalchemy_resilience.pool.queue import resizable_pool_of
 from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy, is_infrastructure_failure
 
@@ -148,6 +148,7 @@ class DatabaseCore:
         self._engine_options = dict(engine_options)
         self._owned_engines: list[Engine | AsyncEngine] = []
         self._instrumentations: list[Instrumentation] = []
+        self._primary_instrumentation: Instrumentation | None = None
         self._pings: list[IdlePing] = []
         self._providers: list[PasswordProvider] = []
         self._password_provider = password_provider
@@ -250,18 +251,23 @@ class DatabaseCore:
             raise TypeError(f"{what} must be a URL or an {kind}, got {type(target).__name__}")
         sync = sync_engine(engine)
         settings = self.settings
-        if instrumentation_of(engine) is None:
-            self._instrumentations.append(
-                instrument(
-                    engine,
-                    self.instrument_options,
-                    # The database's own name, when given, names its pool in
-                    # metrics; a replica's pool is named after its own URL.
-                    pool_name=(self.instrument_options.pool_name or self._given_name)
-                    if primary
-                    else None,
-                )
+        # The application's own instrumentation of an engine it hands in is
+        # reused (once, here); the parts that need its figures get them from
+        # this core, never by looking them up later.
+        instr = instrumentation_of(engine)
+        if instr is None:
+            instr = instrument(
+                engine,
+                self.instrument_options,
+                # The database's own name, when given, names its pool in
+                # metrics; a replica's pool is named after its own URL.
+                pool_name=(self.instrument_options.pool_name or self._given_name)
+                if primary
+                else None,
             )
+            self._instrumentations.append(instr)
+        if primary:
+            self._primary_instrumentation = instr
         require_writer = settings.require_writer
         if require_writer is None:
             require_writer = sync.dialect.name == "postgresql"
@@ -297,7 +303,10 @@ class DatabaseCore:
             )
         if queue_pool and settings.autosize:
             self.autosizer = PoolAutosizer(
-                self.engine, min_size=max(1, settings.min_size), max_size=settings.size
+                self.engine,
+                monitor=self.monitor,
+                min_size=max(1, settings.min_size),
+                max_size=settings.size,
             )
 
     # -- closing ---------------------------------------------------------
@@ -322,8 +331,16 @@ class DatabaseCore:
         return list(self._owned_engines)
 
     def instrumentation(self) -> Instrumentation | None:
-        """The primary engine's instrumentation (the facade's or the application's own)."""
-        return instrumentation_of(self.engine)
+        """The primary engine's instrumentation (the facade's or the application's own), while attached."""
+        instr = self._primary_instrumentation
+        return instr if instr is not None and instr.attached else None
+
+    @property
+    def monitor(self) -> PoolMonitor:
+        """The primary engine's pool figures, passed to health checks, warm-up and the autosizer."""
+        instr = self._primary_instrumentation
+        assert instr is not None  # set by __init__ before any part is built
+        return instr.pool
 
     def user_message(self, exc: BaseException, locale: str | None = None) -> str:
         """An end-user message for ``exc`` in ``locale`` (the facade's by default)."""

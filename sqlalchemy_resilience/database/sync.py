@@ -109,7 +109,12 @@ class SyncDatabase(FacadeBase):
         permit = core.breaker.acquire() if core.breaker is not None else None
         try:
             if core.maintainer is not None or core.autosizer is not None:
-                warm_up_sync(self.engine, max(1, core.settings.min_size), timeout=timeout)
+                warm_up_sync(
+                    self.engine,
+                    max(1, core.settings.min_size),
+                    timeout=timeout,
+                    monitor=core.monitor,
+                )
             else:
                 with self.engine.connect() as conn:
                     conn.exec_driver_sql("SELECT 1")
@@ -230,7 +235,13 @@ class SyncDatabase(FacadeBase):
 
     def health(self, *, timeout: Seconds = 2.0) -> HealthReport:
         """:func:`~sqlalchemy_resilience.health_check` with the breaker and the replicas."""
-        report = health_check_sync(self.engine, timeout=timeout, breaker=self.breaker)
+        instr = self._core.instrumentation()
+        report = health_check_sync(
+            self.engine,
+            timeout=timeout,
+            breaker=self.breaker,
+            monitor=instr.pool if instr is not None else None,
+        )
         return replica_health(report, self._core.replica_set)
 
     def pool_stats(self) -> dict[str, Any]:

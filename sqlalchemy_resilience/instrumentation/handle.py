@@ -229,7 +229,6 @@ class Instrumentation:
             )
         )
         self._hooks.provide(self.pool)
-        self._hooks.provide(checkouts)
         if self._sqlite is not None:
             self._sqlite_configured = configure_sqlite(engine, self._sqlite)
         self.pool.attached = True
@@ -245,7 +244,7 @@ class Instrumentation:
                 is_async=bool(engine.dialect.is_async),
             )
             leaks.start()
-            checkouts.leaks = leaks
+            checkouts.leaks = self.pool.leaks = leaks
 
     def _start_watchdog(self, threshold: float) -> None:
         watchdog = Watchdog(threshold, self._statements.report_in_flight)
@@ -268,6 +267,7 @@ class Instrumentation:
             return
         self._stop_watchdog()
         leaks, self._checkouts.leaks = self._checkouts.leaks, None
+        self.pool.leaks = None
         if leaks is not None:
             leaks.stop()
         explainer = self._statements.explainer

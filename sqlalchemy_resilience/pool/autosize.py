@@ -21,8 +21,9 @@ decides:
 and on PostgreSQL the server's ``max_connections`` minus
 ``superuser_reserved_connections`` minus ``reserve``, read when the autosizer
 starts. Resizing goes through :func:`~sqlalchemy_resilience.pool.resize_pool`, so
-connections in use are never closed. The engine must be instrumented (the
-autosizer reads its pool figures).
+connections in use are never closed. The engine must be instrumented: the
+autosizer reads the pool figures of the ``monitor`` it is given
+(``instrument(engine).pool``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from sqlalchemy.util import greenlet_spawn
 from sqlalchemy_resilience._util.background import Background
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import async_engine_for, engine_for, sync_engine
-from sqlalchemy_resilience.core.registry import find_part
 
 from .control import int_option, resize
 from .monitor import PoolMonitor, _value
@@ -87,6 +87,8 @@ class PoolAutosizer(Background):
         engine: an instrumented ``Engine`` or ``AsyncEngine`` whose pool is the
             package's (``poolclass=ResizableQueuePool`` /
             ``AsyncResizableQueuePool``; ``Database`` uses it).
+        monitor: the engine's :class:`~sqlalchemy_resilience.pool.PoolMonitor`,
+            ``instrument(engine).pool``: the figures decisions are made from.
         min_size, max_size: the bounds of ``pool_size`` (1 <= min <= max).
         budget: the most connections this pool may hold, overflow included (None: no extra cap).
         reserve: connections left free on the server (PostgreSQL) for others.
@@ -100,8 +102,8 @@ class PoolAutosizer(Background):
     Example::
 
         engine = create_async_engine(url, poolclass=AsyncResizableQueuePool)
-        instrument(engine)
-        sizer = PoolAutosizer(engine, min_size=2, max_size=40, reserve=10)
+        instr = instrument(engine)
+        sizer = PoolAutosizer(engine, monitor=instr.pool, min_size=2, max_size=40, reserve=10)
         await sizer.start()    # AsyncEngine; sizer.start_sync() for an Engine
         ...
         sizer.detach()
@@ -113,6 +115,7 @@ class PoolAutosizer(Background):
         self,
         engine: Engine | AsyncEngine,
         *,
+        monitor: PoolMonitor,
         min_size: int,
         max_size: int,
         budget: int | None = None,
@@ -128,10 +131,14 @@ class PoolAutosizer(Background):
         self.engine = engine
         self._sync = sync_engine(engine)
         resizable_pool_of(self._sync.pool, "PoolAutosizer")
-        monitor = find_part(self._sync, PoolMonitor)
-        if monitor is None:
+        if not isinstance(monitor, PoolMonitor):
+            raise TypeError(
+                f"monitor must be the engine's PoolMonitor (instrument(engine).pool), got {monitor!r}"
+            )
+        if monitor.engine is not self._sync:
             raise ValueError(
-                "PoolAutosizer needs an instrumented engine: call instrument(engine) first"
+                f"monitor counts the pool of {monitor.name!r}, not this engine's: pass "
+                "instrument(engine).pool of the engine being sized"
             )
         self._monitor: PoolMonitor = monitor
         self.min_size = int_option("min_size", min_size, 1)

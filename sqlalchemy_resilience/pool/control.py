@@ -39,7 +39,6 @@ from sqlalchemy.util import greenlet_spawn
 
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import async_engine_for, engine_for, safe_url
-from sqlalchemy_resilience.core.registry import find_part
 from sqlalchemy_resilience.errors.hierarchy import DatabaseUnavailable
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 
@@ -85,19 +84,27 @@ def int_option(name: str, value: object, minimum: int) -> int:
 # -- warm-up ------------------------------------------------------------------------
 
 
-async def warm_up(engine: AsyncEngine, min_size: int, *, timeout: Seconds = 10.0) -> None:
+async def warm_up(
+    engine: AsyncEngine,
+    min_size: int,
+    *,
+    timeout: Seconds = 10.0,
+    monitor: PoolMonitor | None = None,
+) -> None:
     """Open and verify ``min_size`` pooled connections now; fail fast if the database is unreachable.
 
     Each connection runs ``SELECT 1`` and goes back to the pool idle, so the
     first requests find them ready (HikariCP ``minimumIdle`` with
-    ``initializationFailTimeout``, psycopg_pool ``wait()``). An instrumented
-    engine reports ``min_size`` as ``db.client.connection.idle.min``.
+    ``initializationFailTimeout``, psycopg_pool ``wait()``).
     :func:`warm_up_sync` is the blocking twin, for an ``Engine``.
 
     Args:
         engine: the ``AsyncEngine``.
         min_size: connections to open (0 .. the pool size).
         timeout: the most the whole warm-up may take, seconds or ``timedelta``.
+        monitor: the engine's :class:`~sqlalchemy_resilience.pool.PoolMonitor`
+            (``instrument(engine).pool``), which then reports ``min_size``
+            as ``db.client.connection.idle.min``.
 
     Raises:
         DatabaseUnavailable: not every connection could be opened and
@@ -108,16 +115,22 @@ async def warm_up(engine: AsyncEngine, min_size: int, *, timeout: Seconds = 10.0
     Example::
 
         engine = create_async_engine(url, pool_size=10)
-        instrument(engine)
-        await warm_up(engine, 5, timeout=3)   # at application start-up
+        instr = instrument(engine)
+        await warm_up(engine, 5, timeout=3, monitor=instr.pool)   # at application start-up
     """
     seconds = to_seconds("timeout", timeout, allow_zero=False)
     engine = async_engine_for("warm_up", engine)
-    size = _warm_up_size(engine.sync_engine, min_size, "warm_up")
+    size = _warm_up_size(engine.sync_engine, min_size, "warm_up", monitor)
     await _warm_up_async(engine, size, seconds)
 
 
-def warm_up_sync(engine: Engine, min_size: int, *, timeout: Seconds = 10.0) -> None:
+def warm_up_sync(
+    engine: Engine,
+    min_size: int,
+    *,
+    timeout: Seconds = 10.0,
+    monitor: PoolMonitor | None = None,
+) -> None:
     """The blocking twin of :func:`warm_up`, for an ``Engine``.
 
     Example::
@@ -127,11 +140,11 @@ def warm_up_sync(engine: Engine, min_size: int, *, timeout: Seconds = 10.0) -> N
     """
     seconds = to_seconds("timeout", timeout, allow_zero=False)
     engine = engine_for("warm_up_sync", engine)
-    size = _warm_up_size(engine, min_size, "warm_up_sync")
+    size = _warm_up_size(engine, min_size, "warm_up_sync", monitor)
     _warm_up_sync(engine, size, seconds)
 
 
-def _warm_up_size(sync: Engine, min_size: int, what: str) -> int:
+def _warm_up_size(sync: Engine, min_size: int, what: str, monitor: PoolMonitor | None) -> int:
     pool = queue_pool_of(sync, what)
     size = int_option("min_size", min_size, 0)
     if size > pool.size():
@@ -139,8 +152,11 @@ def _warm_up_size(sync: Engine, min_size: int, what: str) -> int:
             f"min_size must be <= the pool size ({pool.size()}), got {min_size!r}: "
             "connections beyond the pool size are closed when they are returned"
         )
-    monitor = find_part(sync, PoolMonitor)
     if monitor is not None:
+        if monitor.engine is not sync:
+            raise ValueError(
+                f"monitor must be this engine's PoolMonitor (instrument(engine).pool), got {monitor!r}"
+            )
         monitor.min_size = size
     return size
 

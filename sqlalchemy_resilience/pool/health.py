@@ -33,13 +33,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import async_engine_for, engine_for, sync_engine
-from sqlalchemy_resilience.core.registry import find_part
 from sqlalchemy_resilience.errors.hierarchy import ConnectionLost
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 from sqlalchemy_resilience.retry.breaker import BreakerState, CircuitBreaker
 
-from .checkout import CheckoutObserver
-from .monitor import PoolMonitor, pool_stats
+from .monitor import PoolMonitor, pool_name_of
 
 __all__ = [
     "HealthCheckTimeout",
@@ -66,7 +64,9 @@ class HealthReport:
             in hand (getting the connection is judged separately); None when
             the probe failed.
         checked_at: epoch seconds.
-        pool: :func:`~sqlalchemy_resilience.pool.pool_stats` at the time of the check.
+        pool: the pool's figures at the time of the check: the ``monitor``'s
+            counted ones (see :func:`~sqlalchemy_resilience.pool.pool_stats`),
+            else its gauges alone.
         breaker: the breaker's state (``closed``/``open``/``half_open``), when one was given.
         warnings: why the status is not ``healthy``, one sentence each.
         error: the (translated) error class name when the probe failed.
@@ -114,6 +114,7 @@ class _Options:
     slow_checkout: float
     slow_connect: float
     breaker: CircuitBreaker | None
+    monitor: PoolMonitor | None
 
 
 async def health_check(
@@ -121,6 +122,7 @@ async def health_check(
     *,
     timeout: Seconds = 2.0,
     breaker: CircuitBreaker | None = None,
+    monitor: PoolMonitor | None = None,
     slow_latency: Seconds | None = None,
     saturation: float = 0.9,
     slow_checkout: Seconds = 0.1,
@@ -131,11 +133,17 @@ async def health_check(
     :func:`health_check_sync` is the blocking twin, for an ``Engine``.
 
     Args:
-        engine: the ``AsyncEngine`` to check (instrumented engines report their
-            full pool figures and suspected leaks).
+        engine: the ``AsyncEngine`` to check.
         timeout: the most the check may take, seconds or ``timedelta`` (> 0).
         breaker: a :class:`~sqlalchemy_resilience.CircuitBreaker` whose state
             is part of the verdict (open: unhealthy; half-open: degraded).
+        monitor: the engine's :class:`~sqlalchemy_resilience.pool.PoolMonitor`
+            (``instrument(engine).pool``): with it the report holds the
+            counted pool figures and judges waits, timeouts, refused requests,
+            slow checkouts and connects and suspected leaks; without it, only
+            the pool's gauges and the probe's own checkout. Passed, never
+            looked up: the verdict does not change with whether
+            ``instrument()`` happened to run.
         slow_latency: a probe slower than this is degraded (default: half the timeout).
         saturation: in-use / maximum connections at or above this is degraded (0 < x <= 1).
         slow_checkout: a p99 wait **for a free connection** above this many
@@ -152,11 +160,21 @@ async def health_check(
 
         @app.get("/healthz")
         async def healthz():
-            report = await health_check(engine, timeout=1.0, breaker=breaker)
+            report = await health_check(engine, timeout=1.0, breaker=breaker, monitor=instr.pool)
             return JSONResponse(report.to_dict(), status_code=200 if report.ok else 503)
     """
-    options = _options(timeout, breaker, slow_latency, saturation, slow_checkout, slow_connect)
-    return await _check_async(async_engine_for("health_check", engine), options)
+    engine = async_engine_for("health_check", engine)
+    options = _options(
+        engine.sync_engine,
+        timeout,
+        breaker,
+        monitor,
+        slow_latency,
+        saturation,
+        slow_checkout,
+        slow_connect,
+    )
+    return await _check_async(engine, options)
 
 
 def health_check_sync(
@@ -164,6 +182,7 @@ def health_check_sync(
     *,
     timeout: Seconds = 2.0,
     breaker: CircuitBreaker | None = None,
+    monitor: PoolMonitor | None = None,
     slow_latency: Seconds | None = None,
     saturation: float = 0.9,
     slow_checkout: Seconds = 0.1,
@@ -173,16 +192,21 @@ def health_check_sync(
 
     Example::
 
-        report = health_check_sync(engine, timeout=1.0)
+        report = health_check_sync(engine, timeout=1.0, monitor=instrument(engine).pool)
         status = 200 if report.ok else 503
     """
-    options = _options(timeout, breaker, slow_latency, saturation, slow_checkout, slow_connect)
-    return _check_sync(engine_for("health_check_sync", engine), options)
+    engine = engine_for("health_check_sync", engine)
+    options = _options(
+        engine, timeout, breaker, monitor, slow_latency, saturation, slow_checkout, slow_connect
+    )
+    return _check_sync(engine, options)
 
 
 def _options(
+    engine: Engine,
     timeout: Seconds,
     breaker: CircuitBreaker | None,
+    monitor: PoolMonitor | None,
     slow_latency: Seconds | None,
     saturation: float,
     slow_checkout: Seconds,
@@ -195,6 +219,15 @@ def _options(
         raise ValueError(f"saturation must be a number in (0, 1], got {saturation!r}")
     if breaker is not None and not isinstance(breaker, CircuitBreaker):
         raise TypeError(f"breaker must be a CircuitBreaker or None, got {breaker!r}")
+    if monitor is not None and not isinstance(monitor, PoolMonitor):
+        raise TypeError(
+            f"monitor must be a PoolMonitor (instrument(engine).pool) or None, got {monitor!r}"
+        )
+    if monitor is not None and monitor.engine is not engine:
+        raise ValueError(
+            f"monitor counts the pool of {monitor.name!r}, not this engine's: pass the "
+            "PoolMonitor of the engine being checked (instrument(engine).pool)"
+        )
     return _Options(
         timeout=seconds,
         slow_latency=slow,
@@ -202,6 +235,7 @@ def _options(
         slow_checkout=to_seconds("slow_checkout", slow_checkout),
         slow_connect=to_seconds("slow_connect", slow_connect),
         breaker=breaker,
+        monitor=monitor,
     )
 
 
@@ -317,7 +351,12 @@ def _report(
     checkout: float | None = None,
 ) -> HealthReport:
     sync = sync_engine(engine)
-    stats = dict(pool_stats(sync))
+    monitor = options.monitor
+    stats = (
+        monitor.stats()
+        if monitor is not None
+        else PoolMonitor(sync, name=pool_name_of(sync)).gauges()
+    )
     warnings: list[str] = []
     status: HealthStatus = "healthy"
     error_name = detail = None
@@ -347,7 +386,6 @@ def _report(
             f"pool saturated: {in_use} of {pool_max} connections in use "
             f"(threshold {options.saturation:.0%})"
         )
-    monitor = find_part(sync, PoolMonitor)
     if monitor is None and checkout is not None and checkout > options.slow_connect:
         # Without the package's pool figures the probe's own checkout is the
         # only sample, and waiting and opening cannot be told apart in it.
@@ -366,9 +404,7 @@ def _report(
             warnings.append(f"{timeouts} pool timeouts since the last health check")
         if shed:
             warnings.append(f"{shed} requests refused by max_waiting since the last health check")
-        checkouts = find_part(sync, CheckoutObserver)
-        leak_detector = checkouts.leaks if checkouts is not None else None
-        leaks = leak_detector.suspected if leak_detector is not None else 0
+        leaks = monitor.suspected_leaks
         if leaks:
             warnings.append(f"{leaks} connections held past leak_threshold")
         p99 = stats.get("queue_wait_time_p99") or 0.0

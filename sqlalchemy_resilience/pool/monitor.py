@@ -32,6 +32,8 @@ from sqlalchemy_resilience.core.registry import find_part
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from .leaks import LeakDetector
+
 __all__ = ["PoolMonitor", "pool_name_of", "pool_stats"]
 
 
@@ -81,11 +83,13 @@ class PoolMonitor:
 
     Attributes:
         name: the pool name reported in metrics and stats.
+        leaks: the leak detector while ``leak_threshold`` is set, else None.
 
     Example::
 
         instr = instrument(engine)
         print(instr.pool_stats()["checkouts"])
+        report = await health_check(engine, monitor=instr.pool)
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class PoolMonitor:
         self.name = name
         self.attached = False
         self.min_size = 0
+        self.leaks: LeakDetector | None = None
         self._log_own_failure = log_own_failure
         self._last_health = (0, 0)
         self._lock = threading.Lock()
@@ -119,6 +124,12 @@ class PoolMonitor:
         self.created = 0
         self.closed = 0
         self.invalidated = 0
+
+    @property
+    def suspected_leaks(self) -> int:
+        """Connections held past the leak threshold and not returned yet (0 without one)."""
+        leaks = self.leaks
+        return leaks.suspected if leaks is not None else 0
 
     @property
     def waiting(self) -> int:

@@ -1411,8 +1411,10 @@ async def test_s17_adaptive_pool_follows_a_degraded_network(fault_server: PgServ
         pool_timeout=30,
     )
     try:
-        instrument(engine)
-        sizer = PoolAutosizer(engine, min_size=2, max_size=10, interval=0.25, shrink_after=4)
+        instr = instrument(engine)
+        sizer = PoolAutosizer(
+            engine, monitor=instr.pool, min_size=2, max_size=10, interval=0.25, shrink_after=4
+        )
         await sizer.start()
         try:
             proxy.latency = 0.1

@@ -44,9 +44,15 @@ async def test_step_change_converges_without_oscillating(
         pool_timeout=30,
     )
     try:
-        instrument(engine)
+        instr = instrument(engine)
         sizer = PoolAutosizer(
-            engine, min_size=2, max_size=12, interval=0.2, shrink_after=4, reserve=3
+            engine,
+            monitor=instr.pool,
+            min_size=2,
+            max_size=12,
+            interval=0.2,
+            shrink_after=4,
+            reserve=3,
         )
         await sizer.start()
         try:
@@ -81,13 +87,15 @@ async def test_server_budget_caps_max_size(pg_server: PgServer, pg_database: str
         max_overflow=2,
     )
     try:
-        instrument(engine)
+        instr = instrument(engine)
         async with engine.connect() as conn:
             max_connections = int((await conn.execute(text("SHOW max_connections"))).scalar_one())
             reserved = int(
                 (await conn.execute(text("SHOW superuser_reserved_connections"))).scalar_one()
             )
-        sizer = PoolAutosizer(engine, min_size=1, max_size=100_000, reserve=7, budget=50_000)
+        sizer = PoolAutosizer(
+            engine, monitor=instr.pool, min_size=1, max_size=100_000, reserve=7, budget=50_000
+        )
         await sizer.start()
         sizer.detach()
         assert sizer.server_cap == max_connections - reserved - 7
@@ -99,27 +107,29 @@ async def test_server_budget_caps_max_size(pg_server: PgServer, pg_database: str
 
 
 def test_bad_autosizer_input(tmp_path: Path) -> None:
-    """Bounds, fractions, SQLAlchemy's own QueuePool and an uninstrumented engine are refused
-    with clear errors."""
+    """Bounds, fractions, SQLAlchemy's own QueuePool and a monitor that is not the engine's
+    are refused with clear errors."""
     plain = create_engine(f"sqlite:///{tmp_path / 'a.sqlite'}")
-    instrument(plain)
+    other = instrument(plain).pool
     with pytest.raises(TypeError, match="poolclass=ResizableQueuePool"):
-        PoolAutosizer(plain, min_size=1, max_size=4)
-    plain.dispose()
+        PoolAutosizer(plain, monitor=other, min_size=1, max_size=4)
     engine = create_engine(f"sqlite:///{tmp_path / 'a.sqlite'}", poolclass=ResizableQueuePool)
     try:
-        with pytest.raises(ValueError, match="needs an instrumented engine"):
-            PoolAutosizer(engine, min_size=1, max_size=4)
-        instrument(engine)
+        with pytest.raises(TypeError, match=r"instrument\(engine\)\.pool"):
+            PoolAutosizer(engine, monitor=None, min_size=1, max_size=4)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="not this engine's"):
+            PoolAutosizer(engine, monitor=other, min_size=1, max_size=4)
+        plain.dispose()
+        monitor = instrument(engine).pool
         with pytest.raises(ValueError, match=r"min_size \(5\) must be <= max_size \(4\)"):
-            PoolAutosizer(engine, min_size=5, max_size=4)
+            PoolAutosizer(engine, monitor=monitor, min_size=5, max_size=4)
         with pytest.raises(ValueError, match="min_size must be >= 1"):
-            PoolAutosizer(engine, min_size=0, max_size=4)
+            PoolAutosizer(engine, monitor=monitor, min_size=0, max_size=4)
         with pytest.raises(ValueError, match="must be below high_utilization"):
-            PoolAutosizer(engine, min_size=1, max_size=4, low_utilization=0.8)
+            PoolAutosizer(engine, monitor=monitor, min_size=1, max_size=4, low_utilization=0.8)
         with pytest.raises(ValueError, match="grow_factor must be a finite number > 1"):
-            PoolAutosizer(engine, min_size=1, max_size=4, grow_factor=1)
-        sizer = PoolAutosizer(engine, min_size=1, max_size=4)
+            PoolAutosizer(engine, monitor=monitor, min_size=1, max_size=4, grow_factor=1)
+        sizer = PoolAutosizer(engine, monitor=monitor, min_size=1, max_size=4)
         assert sizer.read_server_limits() is None  # SQLite has no server limit
         assert sizer.effective_max == 4
     finally:

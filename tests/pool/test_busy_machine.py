@@ -20,9 +20,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlalchemy_resilience import health_check, health_check_sync, instrument
-from sqlalchemy_resilience.core.registry import find_part
 from sqlalchemy_resilience.pool import PoolAutosizer, ResizableQueuePool, pool_stats
-from sqlalchemy_resilience.pool.monitor import PoolMonitor
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
 
@@ -43,9 +41,9 @@ async def test_a_distant_database_is_healthy_not_slow_checkouts(
     create time, not a wait for a free connection: healthy."""
     proxy.latency = 0.05
     engine = create_async_engine(pg_server.app_url(pg_database).set(port=proxy.port))
-    instrument(engine)
+    instr = instrument(engine)
     try:
-        report = await health_check(engine, timeout=5)
+        report = await health_check(engine, timeout=5, monitor=instr.pool)
         stats = pool_stats(engine)
     finally:
         await engine.dispose()
@@ -61,7 +59,7 @@ async def test_queueing_for_a_free_connection_is_still_slow_checkouts(
 ) -> None:
     """A request that waits 300 ms for the only connection is degraded: slow checkouts."""
     engine = create_async_engine(pg_server.app_url(pg_database), pool_size=1, max_overflow=0)
-    instrument(engine)
+    instr = instrument(engine)
     holding = asyncio.Event()
 
     async def holder() -> None:
@@ -77,7 +75,7 @@ async def test_queueing_for_a_free_connection_is_still_slow_checkouts(
 
     try:
         await asyncio.gather(holder(), waiter())
-        report = await health_check(engine, timeout=5)
+        report = await health_check(engine, timeout=5, monitor=instr.pool)
     finally:
         await engine.dispose()
     assert report.status == "degraded"
@@ -91,9 +89,9 @@ async def test_slow_connection_opening_has_its_own_rule(
     """Opening a connection slower than slow_connect is degraded as slow connects, not checkouts."""
     proxy.latency = 0.1
     engine = create_async_engine(pg_server.app_url(pg_database).set(port=proxy.port))
-    instrument(engine)
+    instr = instrument(engine)
     try:
-        report = await health_check(engine, timeout=10, slow_connect=0.2)
+        report = await health_check(engine, timeout=10, slow_connect=0.2, monitor=instr.pool)
     finally:
         await engine.dispose()
     assert report.status == "degraded"
@@ -118,14 +116,17 @@ def test_uninstrumented_engine_judges_the_probes_own_checkout(tmp_path: Path) ->
         engine.dispose()
 
 
-def _slow_checkout(engine: Engine, seconds: float, armed: threading.Event) -> None:
+def _slow_checkout(
+    engine: Engine, seconds: float, armed: threading.Event, stalled: threading.Event
+) -> None:
     """A checkout that already has its connection and then stalls, as on a loaded machine."""
 
     @event.listens_for(engine, "checkout")
     def _stall(dbapi_connection: object, record: object, proxy: object) -> None:
         if armed.is_set():
             armed.clear()
-            time.sleep(seconds)
+            stalled.set()
+            time.sleep(seconds)  # the stall itself (a busy thread), not a wait for something
 
 
 def test_a_stalled_checkout_is_not_queueing(tmp_path: Path) -> None:
@@ -137,16 +138,16 @@ def test_a_stalled_checkout_is_not_queueing(tmp_path: Path) -> None:
         pool_size=2,
         max_overflow=0,
     )
-    instrument(engine)
-    armed = threading.Event()
-    _slow_checkout(engine, 0.6, armed)
-    sizer = PoolAutosizer(engine, min_size=2, max_size=8, interval=1)
+    instr = instrument(engine)
+    armed, stalled_now = threading.Event(), threading.Event()
+    _slow_checkout(engine, 0.6, armed, stalled_now)
+    sizer = PoolAutosizer(engine, monitor=instr.pool, min_size=2, max_size=8, interval=1)
     try:
         held = engine.connect()
         armed.set()
         stalled = threading.Thread(target=lambda: engine.connect().close())
         stalled.start()
-        time.sleep(0.2)  # the second checkout has its connection and is stalled
+        assert stalled_now.wait(10)  # the second checkout has its connection and is stalled
         try:
             assert engine.pool.checkedout() == 2
             sizer.sample()
@@ -171,10 +172,8 @@ def test_slow_checkouts_beside_an_idle_connection_do_not_grow_the_pool(tmp_path:
         pool_size=3,
         max_overflow=0,
     )
-    instrument(engine)
-    monitor = find_part(engine, PoolMonitor)
-    assert monitor is not None
-    sizer = PoolAutosizer(engine, min_size=2, max_size=8, interval=1)
+    monitor = instrument(engine).pool
+    sizer = PoolAutosizer(engine, monitor=monitor, min_size=2, max_size=8, interval=1)
 
     def slow_checkouts(count: int, seconds: float) -> None:
         # What the checkout hook records for answered requests that waited.

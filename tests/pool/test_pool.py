@@ -210,7 +210,7 @@ async def test_warm_up_opens_and_verifies_min_size(pg_server: PgServer, pg_datab
     """warm_up(engine, 4) leaves 4 verified idle connections; the first requests create none."""
     async with engine_on(pg_server, pg_database, pool_size=5) as engine:
         instr = instrument(engine)
-        await warm_up(engine, 4, timeout=5)
+        await warm_up(engine, 4, timeout=5, monitor=instr.pool)
         stats = pool_stats(engine)
         assert stats["connections_idle"] == 4
         assert stats["connections_created"] == 4
@@ -428,8 +428,8 @@ async def test_resize_under_load(pg_server: PgServer, pg_database: str) -> None:
 async def test_health_check_healthy_and_json(pg_server: PgServer, pg_database: str) -> None:
     """A live server: healthy, latency measured, JSON-ready, no password anywhere."""
     async with engine_on(pg_server, pg_database) as engine:
-        instrument(engine)
-        report = await health_check(engine, timeout=2)
+        instr = instrument(engine)
+        report = await health_check(engine, timeout=2, monitor=instr.pool)
         assert report.status == "healthy", report.warnings
         assert report.ok
         assert report.latency is not None and 0 < report.latency < 2
@@ -444,29 +444,29 @@ async def test_health_check_degraded_and_breaker(pg_server: PgServer, pg_databas
     async with engine_on(
         pg_server, pg_database, pool_size=2, max_overflow=0, pool_timeout=0.1
     ) as engine:
-        instrument(engine, leak_threshold=0.05)
+        monitor = instrument(engine, leak_threshold=0.05).pool
         held = await engine.connect()
         await held.execute(text("SELECT 1"))
         await asyncio.sleep(0.3)  # past leak_threshold
-        report = await health_check(engine, timeout=2)
+        report = await health_check(engine, timeout=2, monitor=monitor)
         assert report.status == "degraded"
         assert any("held past leak_threshold" in w for w in report.warnings)
         await held.close()
         blockers = [await engine.connect() for _ in range(2)]
         with pytest.raises(PoolExhausted):
             await engine.connect()
-        report = await health_check(engine, timeout=1)
+        report = await health_check(engine, timeout=1, monitor=monitor)
         assert report.status == "unhealthy"  # the probe itself cannot get a connection
         assert report.error == "PoolExhausted"
         assert any("saturated: 2 of 2" in w for w in report.warnings)
         assert any("pool timeouts since the last health check" in w for w in report.warnings)
         for conn in blockers:
             await conn.close()
-        again = await health_check(engine, timeout=1)
+        again = await health_check(engine, timeout=1, monitor=monitor)
         assert again.status == "healthy", again.warnings  # timeouts are counted once
         breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=60)
         breaker.force_open()
-        opened = await health_check(engine, timeout=1, breaker=breaker)
+        opened = await health_check(engine, timeout=1, breaker=breaker, monitor=monitor)
         assert (opened.status, opened.breaker, opened.latency) == ("unhealthy", "open", None)
 
 
@@ -535,3 +535,26 @@ def test_health_check_sync_sqlite(tmp_path: Path) -> None:
         assert report.pool["pool_class"] == "QueuePool"
     finally:
         engine.dispose()
+
+
+def test_health_check_judges_by_the_monitor_it_is_given(tmp_path: Path) -> None:
+    """The counted figures come from the monitor passed in, never from a lookup: an
+    instrumented engine checked without its monitor reports the gauges alone, and a
+    monitor of another engine is refused."""
+    engine: Engine = create_engine(f"sqlite:///{tmp_path / 'h.sqlite'}")
+    other: Engine = create_engine(f"sqlite:///{tmp_path / 'o.sqlite'}")
+    try:
+        instr = instrument(engine)
+        without = health_check_sync(engine, timeout=1)
+        assert "checkouts" not in without.pool and "connections_in_use" in without.pool
+        with_monitor = health_check_sync(engine, timeout=1, monitor=instr.pool)
+        assert with_monitor.pool["checkouts"] >= 1
+        with pytest.raises(ValueError, match="not this engine's"):
+            health_check_sync(other, timeout=1, monitor=instr.pool)
+        with pytest.raises(TypeError, match=r"PoolMonitor \(instrument\(engine\)\.pool\)"):
+            health_check_sync(engine, timeout=1, monitor=instr)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="this engine's PoolMonitor"):
+            warm_up_sync(other, 1, monitor=instr.pool)
+    finally:
+        engine.dispose()
+        other.dispose()

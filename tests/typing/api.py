@@ -256,7 +256,7 @@ async def pool_usage() -> None:
     await maintainer.start()
     pass_report = assert_type(await maintainer.run_once(), MaintenanceReport)
     maintainer.detach()
-    sizer = PoolAutosizer(engine, min_size=2, max_size=20, reserve=5)
+    sizer = PoolAutosizer(engine, monitor=instr.pool, min_size=2, max_size=20, reserve=5)
     await sizer.start()
     decisions = assert_type(sizer.decisions, list[AutosizeDecision])
     sizer.detach()
@@ -264,14 +264,16 @@ async def pool_usage() -> None:
 
 def sync_pool_usage() -> None:
     engine = create_engine("sqlite:///x.db", poolclass=ResizableQueuePool, pool_size=5)
-    sr.instrument(engine)
-    warm_up_sync(engine, 2)
+    instr = sr.instrument(engine)
+    warm_up_sync(engine, 2, monitor=instr.pool)
     own = cast(ResizableQueuePool, engine.pool)  # SQLAlchemy types engine.pool as Pool
     assert_type(own.resize(3, 0), tuple[int, int])
     assert_type(own.max_overflow, int)
-    report = assert_type(sr.health_check_sync(engine, timeout=1.0), HealthReport)
+    report = assert_type(
+        sr.health_check_sync(engine, timeout=1.0, monitor=instr.pool), HealthReport
+    )
     resized = assert_type(resize_pool_sync(engine, size=3), ResizeResult)
-    sizer = PoolAutosizer(engine, min_size=1, max_size=5)
+    sizer = PoolAutosizer(engine, monitor=instr.pool, min_size=1, max_size=5)
     sizer.start_sync()
     sizer.detach()
 

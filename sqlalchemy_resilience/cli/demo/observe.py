@@ -25,6 +25,7 @@ from sqlalchemy_resilience.instrumentation import instrument
 from sqlalchemy_resilience.pool import (
     AsyncResizableQueuePool,
     HealthReport,
+    PoolMonitor,
     ResizableQueuePool,
     health_check,
     health_check_sync,
@@ -59,10 +60,10 @@ async def _sync(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return fn(*args, **kwargs)
 
 
-async def _health(engine: Any, is_async: bool) -> HealthReport:
+async def _health(engine: Any, is_async: bool, monitor: PoolMonitor) -> HealthReport:
     if is_async:
-        return await health_check(engine, timeout=1)
-    return health_check_sync(engine, timeout=1)
+        return await health_check(engine, timeout=1, monitor=monitor)
+    return health_check_sync(engine, timeout=1, monitor=monitor)
 
 
 def _slow_sql(url: URL) -> str:
@@ -105,9 +106,9 @@ async def observability_tour(url: URL, out: TextIO) -> bool:
 
         print("\nobservability: slow-query log, statistics, pool and health", file=out)
         await (
-            warm_up(engine, 3, timeout=10)
+            warm_up(engine, 3, timeout=10, monitor=instr.pool)
             if is_async
-            else _sync(warm_up_sync, engine, 3, timeout=10)
+            else _sync(warm_up_sync, engine, 3, timeout=10, monitor=instr.pool)
         )
         print(
             f"  warm_up(engine, 3): {pool_stats(engine)['connections_idle']} verified idle connections",
@@ -177,7 +178,7 @@ async def observability_tour(url: URL, out: TextIO) -> bool:
                 f"{(time.perf_counter() - start) * 1000:.1f} ms with {type(exc).__name__}",
                 file=out,
             )
-        report = await _health(engine, is_async)
+        report = await _health(engine, is_async, instr.pool)
         print(f"  health while saturated: {report.status} ({'; '.join(report.warnings)})", file=out)
         for conn in held:
             await _maybe(conn.close())
@@ -189,7 +190,7 @@ async def observability_tour(url: URL, out: TextIO) -> bool:
             f"  resize_pool(size=5): {resized.previous_size} -> {resized.size}, nothing in use dropped",
             file=out,
         )
-        report = await _health(engine, is_async)
+        report = await _health(engine, is_async, instr.pool)
         latency = f"{report.latency * 1000:.1f} ms" if report.latency is not None else "-"
         print(f"  health: {report.status}, round trip {latency}", file=out)
         for warning in report.warnings:  # a loaded machine may be slow: said, not failed
