@@ -138,7 +138,8 @@ class ErrorFacts:
         server_reported: the server sent this error (an ErrorResponse with a
             severity); False for client-side failures such as EOF or a reset socket.
         primary_message: the server's or driver's first message line, unredacted.
-        driver: ``asyncpg``, ``psycopg``, ``sqlite`` or ``other``.
+        driver: ``asyncpg``, ``psycopg``, ``sqlite``, ``aws_advanced_python_wrapper``
+            (a failover the AWS Advanced Python Wrapper reports) or ``other``.
         invalidated: SQLAlchemy reported the connection as invalidated.
         server_read_only: what the server last reported of itself
             (``in_hot_standby`` or ``default_transaction_read_only`` on),
@@ -171,6 +172,27 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         else:
             nxt = current.__cause__ or current.__context__
         current = nxt
+
+
+# The AWS Advanced Python Wrapper reports a failover it handled with its own
+# classes, known here by name (the wrapper is not a dependency), carrying the
+# SQLSTATEs its JDBC sibling uses: 08S02 the connection moved to the new
+# writer and the statement did not run; 08007 the failover happened inside a
+# transaction; 08001 no writer could be reached.
+_AWS_WRAPPER = "aws_advanced_python_wrapper"
+_AWS_FAILOVER_STATES = {
+    "FailoverSuccessError": "08S02",
+    "TransactionResolutionUnknownError": "08007",
+    "FailoverFailedError": "08001",
+}
+
+
+def _aws_failover_state(item: BaseException) -> str | None:
+    for klass in type(item).__mro__:
+        state = _AWS_FAILOVER_STATES.get(klass.__name__)
+        if state is not None and klass.__module__.startswith(_AWS_WRAPPER):
+            return state
+    return None
 
 
 def _first_line(text: str) -> str:
@@ -214,6 +236,16 @@ def extract_facts(exc: BaseException) -> ErrorFacts:
     generic_message = ""
     for item in _chain(exc):
         module = type(item).__module__
+        if module.startswith(_AWS_WRAPPER):
+            state = _aws_failover_state(item)
+            if state is not None:
+                return ErrorFacts(
+                    sqlstate=state,
+                    primary_message=_first_line(str(item)),
+                    driver=_AWS_WRAPPER,
+                    driver_class=type(item).__name__,
+                    invalidated=invalidated,
+                )
         if isinstance(item, sqlite3.Error):
             facts = _sqlite_facts(item)
             return replace(facts, invalidated=invalidated)
@@ -307,6 +339,11 @@ def classify(
                 return e.DatabaseUnavailable, True
             return cls, cls.default_retryable if retry is None else retry
         return e.DatabaseUnavailable, True
+    if facts.driver == _AWS_WRAPPER and facts.sqlstate == "08007" and phase == "statement":
+        # The wrapper says "unknown" for a failover anywhere inside a
+        # transaction; before COMMIT was sent nothing of it can have
+        # committed, and the wrapper has already moved the connection on.
+        return e.ConnectionLost, True
     if (
         phase == "commit"
         and facts.driver_class in ("InternalClientError", "InterfaceError")

@@ -33,7 +33,7 @@ subclasses both, so no existing ``except`` clause stops matching::
             │   ├── TooManyConnections        53300
             │   ├── AuthenticationFailed      28000 28P01
             │   └── DatabaseNotFound          3D000 57P04, SQLITE_CANTOPEN
-            ├── ConnectionLost                (OperationalError) 08000 08003 08006 08P01 57P01 57P02 57P05 25P03
+            ├── ConnectionLost                (OperationalError) 08000 08003 08006 08P01 57P01 57P02 57P05 25P03 08S02
             ├── ReadOnlyServer                (OperationalError) 25006 from a standby or read-only server
             ├── CommitOutcomeUnknown          (OperationalError) disconnect while COMMIT was in flight, 08007
             ├── QueryTimeout                  (OperationalError) 57014 25P04, SQLITE_INTERRUPT

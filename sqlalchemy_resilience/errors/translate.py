@@ -42,9 +42,11 @@ COMMIT_TAG = "_sqlalchemy_resilience_commit"
 
 
 def is_driver_exception(exc: BaseException) -> bool:
-    """Whether ``exc`` comes from one of the supported drivers' own modules."""
+    """Whether ``exc`` comes from one of the supported drivers' own modules (or the AWS wrapper's)."""
     module = type(exc).__module__
-    return module.startswith(("asyncpg", "psycopg", "sqlite3", "aiosqlite", "_sqlite3"))
+    return module.startswith(
+        ("asyncpg", "psycopg", "sqlite3", "aiosqlite", "_sqlite3", "aws_advanced_python_wrapper")
+    )
 
 
 def describe(exc: BaseException) -> str:

@@ -27,7 +27,6 @@ from sqlalchemy.ext.asyncio import (
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience.pool import ping_idle_connections
-from sqlalchemy_resilience.retry import RetryBudget
 from tests.chaos.workload import check, run_bank, setup_bank
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
@@ -165,18 +164,14 @@ async def test_without_the_writer_check_that_write_fails(cluster: Cluster) -> No
 
 
 async def test_bank_workload_across_a_failover(cluster: Cluster) -> None:
-    """20 clients through the failover: 0 lost, 0 duplicated, writes resume within 2 s."""
+    """20 clients through the failover with the default retry policy, budget and breaker:
+    0 lost, 0 duplicated, 0 errors, writes resume within 2 s."""
     engine = create_async_engine(cluster.url("asyncpg"), pool_size=20, max_overflow=0)
     sr.instrument(engine)
     checker = ping_idle_connections(engine, after=1, timeout=2, require_writer=True)
-    # The failover window (fence, catch-up, promotion) lasts a second or two;
-    # 20 clients retrying through it need more than the default shared budget
-    # (100 tokens), which is there to stop retry storms against a dead server.
-    # With the default, a handful of transfers fail cleanly (refused, not applied).
-    budget = RetryBudget(min_per_second=200)
-    policy = sr.RetryPolicy(
-        attempts=60, initial_backoff=0.01, max_backoff=0.2, deadline=30, budget=budget
-    )
+    # The package's defaults: 30 attempts within 45 s, the shared budget
+    # (20 % of units started plus 10/s), waiting at an open breaker.
+    policy = sr.RetryPolicy()
 
     async def chaos() -> None:
         await asyncio.sleep(2.0)
@@ -184,7 +179,13 @@ async def test_bank_workload_across_a_failover(cluster: Cluster) -> None:
 
     try:
         history, _ = await run_bank(
-            engine, seconds=6.0, workers=20, retry=policy, chaos=chaos, after_chaos=3.0
+            engine,
+            seconds=6.0,
+            workers=20,
+            retry=policy,
+            breaker=sr.CircuitBreaker(),
+            chaos=chaos,
+            after_chaos=3.0,
         )
     finally:
         checker.detach()
@@ -204,3 +205,77 @@ async def test_bank_workload_across_a_failover(cluster: Cluster) -> None:
     assert verdict.ledger_consistent and verdict.total_balance == 50 * 1000
     assert history.errors == {}
     assert resumed < 2.0
+
+
+# -- multi-host URLs (#31 section 2) ----------------------------------------------------------
+
+
+def _multi_host_url(cluster: Cluster, driver: str) -> object:
+    """Both servers listed, the primary first, as SQLAlchemy spells it for asyncpg and psycopg."""
+    base = cluster.primary.app_url(DB, driver=driver)
+    query = dict(base.query)
+    query["host"] = (f"127.0.0.1:{cluster.primary.port}", f"127.0.0.1:{cluster.standby.port}")
+    query["target_session_attrs"] = "read-write"
+    return base.set(host=None, port=None, query=query)
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_multi_host_url_rides_a_failover_with_the_defaults(
+    cluster: Cluster, driver: str
+) -> None:
+    """10 clients on a multi-host URL (``?host=..&host=..&target_session_attrs=read-write``),
+    the package's default retry policy and breaker, the primary fenced and its standby
+    promoted mid-run: 0 errors surfaced, 0 lost, 0 phantom; afterwards every connection
+    the pool hands out leads to the new primary (the 25006 that found the old one
+    discarded the pool's older connections before they were handed out)."""
+    engine = create_async_engine(_multi_host_url(cluster, driver), pool_size=10, max_overflow=0)
+    sr.instrument(engine)
+    breaker = sr.CircuitBreaker(name="multi-host")
+    ports: list[int] = []
+
+    async def chaos() -> None:
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(cluster.fail_over)
+
+    async def hold_all() -> None:
+        # Every pooled connection at once: none may still lead to the old primary.
+        held = [await engine.connect() for _ in range(10)]
+        try:
+            for conn in held:
+                row = (
+                    await conn.execute(text("SELECT inet_server_port(), pg_is_in_recovery()"))
+                ).one()
+                assert row[1] is False
+                ports.append(int(row[0]))
+        finally:
+            for conn in held:
+                await conn.close()
+
+    try:
+        history, _ = await run_bank(
+            engine,
+            seconds=4.0,
+            workers=10,
+            retry=sr.RetryPolicy(),
+            breaker=breaker,
+            chaos=chaos,
+            after_chaos=2.0,
+        )
+        await hold_all()
+    finally:
+        await engine.dispose()
+    assert cluster.new_primary_at is not None
+    verdict = check(cluster.standby, DB, history, [])
+    after = sorted(t for t in history.successes_at if t > cluster.new_primary_at)
+    print(
+        f"\nmulti-host URL ({driver}) across a failover: {verdict.line()}; errors "
+        f"{history.errors}; {len(after)} transfers after the promotion, the first "
+        f"{(after[0] - cluster.new_primary_at) * 1000:.0f} ms after it; breaker "
+        f"{breaker.state.name}"
+    )
+    assert verdict.lost == 0 and verdict.phantom == 0
+    assert verdict.ledger_consistent and verdict.total_balance == 50 * 1000
+    assert history.errors == {}
+    assert after, "no transfer committed after the promotion"
+    assert set(ports) == {cluster.standby.port}
+    assert breaker.name == "multi-host" and "host=" not in str(breaker.name)
