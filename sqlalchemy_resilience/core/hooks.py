@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -120,10 +121,6 @@ class HotSlots:
         self.in_flight: InFlightTracker | None = None
 
 
-def _always() -> bool:
-    return True
-
-
 class _Sink:
     """What the dialect's wrappers call, held **weakly** by them and strongly by the hooks.
 
@@ -135,7 +132,7 @@ class _Sink:
     freed, and its dialect's wrappers fall back to SQLAlchemy's own call.
     """
 
-    __slots__ = ("__weakref__", "ended", "failed", "observed", "slots", "timed")
+    __slots__ = ("__weakref__", "ended", "failed", "observed", "slots")
 
     def __init__(
         self,
@@ -143,13 +140,11 @@ class _Sink:
         observed: StatementObserved | None = None,
         failed: StatementFailed | None = None,
         ended: TransactionEnded | None = None,
-        timed: Callable[[], bool] | None = None,
     ) -> None:
         self.slots = slots
         self.observed = observed
         self.failed = failed
         self.ended = ended
-        self.timed = timed if timed is not None else _always
 
 
 @dataclass(frozen=True)
@@ -170,10 +165,11 @@ class HookParts:
             ``invalidate`` events, as SQLAlchemy passes them.
         transaction_ended: called after each COMMIT and ROLLBACK the dialect
             sends (``"COMMIT"`` or ``"ROLLBACK"``, seconds, the exception or None).
-        transaction_timed: whether COMMIT and ROLLBACK are timed right now
-            (read before the clock is; None: always): with no metrics SDK
-            behind the histogram, the pool's reset-on-return ROLLBACK of every
-            checkout costs one call, not two clock reads and a record.
+        transaction_timed: whether a metrics SDK is behind the histogram at
+            attach time (None: assume so). If not, COMMIT and ROLLBACK run
+            untimed (SQLAlchemy's own methods; COMMIT tagged) until
+            :meth:`EngineHooks.time_transactions` is called: the pool's
+            reset-on-return ROLLBACK of every checkout costs nothing extra.
     """
 
     translate_errors: bool = True
@@ -223,6 +219,8 @@ class EngineHooks:
         self._own_failures: set[str] = set()
         # Strong references to what the dialect's wrappers reach weakly (_Sink).
         self._sinks: list[_Sink] = []
+        self._install_timing: Callable[[], None] | None = None
+        self._timing_lock = threading.Lock()
 
     # -- finding parts ---------------------------------------------------------
 
@@ -307,6 +305,8 @@ class EngineHooks:
                 del pool.__dict__[name]
         self._pool_patches.clear()
         self._sinks.clear()
+        with self._timing_lock:
+            self._install_timing = None
         self.slots.in_flight = None
         self.attached = False
 
@@ -346,14 +346,9 @@ class EngineHooks:
         if ended is None:
             self._patch(dialect, "do_commit", tagged_commit)
             return
-        untimed_commit = tagged_commit if tag else commit
-        sink_ref = self._sink(ended=ended, timed=timed)
+        sink_ref = self._sink(ended=ended)
 
         def do_commit_timed(dbapi_connection: Any) -> None:
-            sink = sink_ref()
-            if sink is None or not sink.timed():
-                untimed_commit(dbapi_connection)
-                return
             start = perf()
             try:
                 commit(dbapi_connection)
@@ -372,10 +367,6 @@ class EngineHooks:
         rollback = dialect.do_rollback
 
         def do_rollback_timed(dbapi_connection: Any) -> None:
-            sink = sink_ref()
-            if sink is None or not sink.timed():
-                rollback(dbapi_connection)
-                return
             start = perf()
             try:
                 rollback(dbapi_connection)
@@ -388,8 +379,32 @@ class EngineHooks:
             if sink is not None and sink.ended is not None:
                 sink.ended("ROLLBACK", perf() - start, None)
 
-        self._patch(dialect, "do_commit", do_commit_timed)
-        self._patch(dialect, "do_rollback", do_rollback_timed)
+        def install_timing() -> None:
+            self._patch(dialect, "do_commit", do_commit_timed)
+            self._patch(dialect, "do_rollback", do_rollback_timed)
+
+        if timed is None or timed():
+            install_timing()
+            return
+        # No metrics SDK behind the histogram yet (the API's proxy meter):
+        # COMMIT and ROLLBACK run SQLAlchemy's own methods (tagged), and the
+        # timing wrappers go in when the first record shows an SDK is there
+        # (time_transactions). The pool's reset-on-return ROLLBACK of every
+        # checkout pays nothing until then.
+        if tag:
+            self._patch(dialect, "do_commit", tagged_commit)
+        self._install_timing = install_timing
+
+    def time_transactions(self) -> None:
+        """Start timing COMMIT and ROLLBACK now, if they were left untimed at attach.
+
+        Called by the statement observer the first time it records into an
+        SDK's histogram; idempotent and safe from any thread.
+        """
+        with self._timing_lock:
+            install, self._install_timing = self._install_timing, None
+            if install is not None and self.attached:
+                install()
 
     def _wrap_checkouts(self, parts: HookParts) -> None:
         engine = self.engine

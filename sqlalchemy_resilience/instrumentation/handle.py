@@ -228,6 +228,8 @@ class Instrumentation:
                 transaction_timed=self._statements.transaction_timed,
             )
         )
+        if self._meters is not None and self._transaction_metrics:
+            self._statements.sdk_seen = self._hooks.time_transactions
         self._hooks.provide(self.pool)
         if self._sqlite is not None:
             self._sqlite_configured = configure_sqlite(engine, self._sqlite)
@@ -266,6 +268,7 @@ class Instrumentation:
         if not self.attached:
             return
         self._stop_watchdog()
+        self._statements.sdk_seen = None
         leaks, self._checkouts.leaks = self._checkouts.leaks, None
         self.pool.leaks = None
         if leaks is not None:

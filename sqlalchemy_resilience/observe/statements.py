@@ -174,6 +174,9 @@ class StatementObserver:
         self.host = host
         self._log_own_failure = log_own_failure
         self._call_site_counter = 0
+        # Called once, the first time a statement is recorded into an SDK's
+        # histogram (the handle starts timing COMMIT and ROLLBACK then).
+        self.sdk_seen: Callable[[], None] | None = None
         self.observed = self._build_observed()
 
     def _build_observed(
@@ -243,6 +246,8 @@ class StatementObserver:
                 # A proxy instrument without an SDK behind it does nothing:
                 # skip the call (the check is an attribute read).
                 if hist is not None and getattr(hist, "_real_instrument", hist) is not None:
+                    if observer.sdk_seen is not None:
+                        observer._first_sdk_record()
                     attrs = info.attrs
                     if context is not None and context.executemany:
                         attrs = info.batch_attrs
@@ -312,6 +317,11 @@ class StatementObserver:
             lost = False
         cls, _ = classify(facts, phase="statement", is_disconnect=lost)
         return cls.__name__, facts.sqlstate or facts.driver_code
+
+    def _first_sdk_record(self) -> None:
+        callback, self.sdk_seen = self.sdk_seen, None
+        if callback is not None:
+            callback()
 
     def transaction_timed(self) -> bool:
         """Whether a COMMIT or ROLLBACK would be recorded now (an SDK is behind the histogram)."""

@@ -20,10 +20,18 @@ from sqlalchemy_resilience.cli.main import EXIT_DRIVER_MISSING, EXIT_UNAVAILABLE
 from tests.pgharness import PgServer
 
 
-def test_demo_on_embedded_default(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture(scope="module")
+def demo_out() -> str:
+    """The whole default tour (about 7 s), run once for the tests that read its parts."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(["demo"]) == 0
+    return buffer.getvalue()
+
+
+def test_demo_on_embedded_default(demo_out: str) -> None:
     """`demo` with no options runs on SQLite and shows all three translations in en and ja."""
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
+    out = demo_out
     for expected in ("UniqueViolation", "ForeignKeyViolation", "LockNotAvailable", "3/3"):
         assert expected in out
     assert "このデータは既に登録されています。" in out
@@ -44,12 +52,9 @@ def test_demo_on_sync_sqlite_url(tmp_path: object) -> None:
     assert "recover_sagas completed ['demo-order-2']" in out.getvalue()
 
 
-def test_demo_shows_a_compensating_saga_and_a_crash_recovery(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_demo_shows_a_compensating_saga_and_a_crash_recovery(demo_out: str) -> None:
     """A saga compensating in reverse, and one whose process dies after the payment call, recovered once."""
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
+    out = demo_out
     for expected in (
         "compensated charge, reserve -> SagaCompensated",
         "rows left behind: 0",
@@ -60,12 +65,9 @@ def test_demo_shows_a_compensating_saga_and_a_crash_recovery(
         assert expected in out, expected
 
 
-def test_demo_shows_a_bulk_insert_with_progress_and_keyset_pages(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_demo_shows_a_bulk_insert_with_progress_and_keyset_pages(demo_out: str) -> None:
     """50,000 rows with a progress bar, three pages forwards, one back, an edited cursor refused."""
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
+    out = demo_out
     for expected in (
         "50000/50000 rows",
         "50,000 rows in 10 transactions by the 'insertmanyvalues' path",
@@ -79,10 +81,9 @@ def test_demo_shows_a_bulk_insert_with_progress_and_keyset_pages(
     assert "\x1b[" not in out  # no colour codes when the output is not a terminal
 
 
-def test_demo_shows_two_instances_migrating_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_shows_two_instances_migrating_at_once(demo_out: str) -> None:
     """One instance applies r1-r3 under the lock, the other applies nothing; verify sees an edit."""
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
+    out = demo_out
     assert "applied r1, r2, r3" in out and "applied nothing (already at head)" in out
     assert "verify_migrations: 3 revisions, checksums match" in out
     assert "after editing r2.py: edited r2" in out
@@ -161,10 +162,9 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert __version__ in capsys.readouterr().out
 
 
-def test_demo_shows_observability_and_pool(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_shows_observability_and_pool(demo_out: str) -> None:
     """The default demo logs a slow query, folds statistics, reports a leak, sheds load and checks health."""
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
+    out = demo_out
     for expected in (
         "warm_up(engine, 3): 3 verified idle connections",
         "slow query logged:",
@@ -399,15 +399,12 @@ def test_the_demo_extra_installs_what_every_part_of_the_tour_imports() -> None:
     assert set(_DEMO_OPTIONAL.values()) <= names, names
 
 
-def test_with_the_demo_extra_no_part_of_the_tour_is_skipped(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_with_the_demo_extra_no_part_of_the_tour_is_skipped(demo_out: str) -> None:
     """Installed as the README says, the whole tour runs: no part says what to install."""
     missing = [m for m in _DEMO_OPTIONAL if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"not installed here: {', '.join(missing)} (pip install '.[demo]')")
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
+    out = demo_out
     assert "pip install" not in out and "skipped" not in out, out
     flat = " ".join(out.split())  # findings are wrapped at word boundaries
     for part in (

@@ -412,3 +412,36 @@ def test_a_meter_provider_is_freed_after_detach_dispose_and_shutdown() -> None:
         del provider, engine, handle
     gc.collect()
     assert sum(ref() is not None for ref in refs) == 0
+
+
+def test_commit_and_rollback_are_timed_from_the_first_record_into_an_sdk(
+    tmp_path: Path, reader: InMemoryMetricReader, provider: MeterProvider
+) -> None:
+    """With the API's proxy meter provider and no SDK behind it yet (the global provider
+    before the application installs one), COMMIT and ROLLBACK run SQLAlchemy's own methods
+    (COMMIT tagged): nothing extra per checkout. Once an SDK is set, the first statement
+    recorded into it turns their timing on, and detach takes it off again."""
+    from opentelemetry.metrics._internal import _ProxyMeterProvider
+
+    proxy = _ProxyMeterProvider()
+    engine = create_engine(f"sqlite:///{tmp_path / 'lazy.sqlite'}")
+    instr = instrument(engine, meter_provider=proxy)
+    dialect = engine.dialect
+    try:
+        assert "do_rollback" not in dialect.__dict__  # SQLAlchemy's own
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (i INTEGER)"))
+        assert "do_rollback" not in dialect.__dict__
+        proxy.on_set_meter_provider(provider)  # the application installs its SDK
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (1)"))  # first record: timing goes on
+        with engine.connect() as conn:
+            conn.execute(text("SELECT i FROM t"))  # closed without commit: ROLLBACK
+        assert "do_rollback" in dialect.__dict__
+        found = points(reader, "db.client.operation.duration")
+        assert sum(p.count for p in by_attrs(found, **{"db.operation.name": "COMMIT"})) == 1
+        assert by_attrs(found, **{"db.operation.name": "ROLLBACK"})
+    finally:
+        instr.detach()
+        engine.dispose()
+    assert not {"do_commit", "do_rollback", "do_execute"} & set(dialect.__dict__)
