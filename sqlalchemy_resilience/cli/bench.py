@@ -64,7 +64,11 @@ def add_bench_command(sub: Any) -> None:
     bench = sub.add_parser(
         "bench",
         help="what instrument() costs per query: ratios to plain SQLAlchemy and the raw driver",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description=(
+            "What instrument() costs per query: plain SQLAlchemy, instrument() with its "
+            "defaults, with an OpenTelemetry SDK, and the raw driver, measured in one run "
+            "as ratios to plain SQLAlchemy."
+        ),
     )
     target = bench.add_mutually_exclusive_group()
     target.add_argument(

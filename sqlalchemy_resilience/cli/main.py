@@ -37,6 +37,8 @@ from .common import EXIT_USAGE as EXIT_USAGE
 from .common import CommandError as CommandError
 from .common import check_driver as _check_driver
 from .common import parse_url as _parse_url
+from .common import require_module as _require_module
+from .common import seconds_arg as _seconds_arg
 
 __all__ = [
     "EXIT_DRIVER_MISSING",
@@ -49,9 +51,10 @@ __all__ = [
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse with the package's usage errors: one line naming the command, exit 64."""
+
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _embedded_driver() -> str:
@@ -139,8 +142,6 @@ def _cmd_health(args: argparse.Namespace) -> int:
     from sqlalchemy_resilience.pool import HealthReport, health_check, health_check_sync
 
     url = _parse_url(args.url, "URL")
-    if args.timeout <= 0:
-        raise CommandError(EXIT_USAGE, f"--timeout must be > 0 seconds, got {args.timeout}")
     _check_driver(url)
     report: HealthReport
     if url.get_dialect().is_async:
@@ -214,10 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser(
         "health",
         help="check a database: healthy / degraded / unhealthy (exit 0 / 1 / 2)",
-        description="Probe a database with SELECT 1 within a timeout and print the health report.",
+        description=(
+            "Probe a database with SELECT 1 within a timeout and print the health report. "
+            "Exit codes: 0 healthy, 1 degraded, 2 unhealthy, 64 usage, 78 driver missing."
+        ),
     )
     health.add_argument("url", help="a SQLAlchemy URL (the password is never printed)")
-    health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
+    health.add_argument(
+        "--timeout", type=_seconds_arg(positive=True), default=2.0, help="seconds (default 2)"
+    )
     health.add_argument("--json", action="store_true", help="print the report as JSON")
     health.set_defaults(func=_cmd_health)
     from .bench import add_bench_command
@@ -230,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:  # argparse keeps its subparsers here, and nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sqlalchemy-resilience`` command; returns the exit code.
 
@@ -238,8 +251,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.exit(main(["health", "sqlite:///app.db"]))
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Said by the command that was given them, not by the top level.
+        command = _subcommands(parser).get(args.command, parser)
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        for module, package_extra in getattr(args, "needs", {}).items():
+            _require_module(module, package_extra, args.command)
         code: int = args.func(args)
     except CommandError as exc:
         print(f"{parser.prog}: {exc.message}", file=sys.stderr)

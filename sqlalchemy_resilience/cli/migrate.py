@@ -35,6 +35,7 @@ from .common import (
     CommandError,
     check_driver,
     parse_url,
+    seconds_arg,
 )
 from .output import progress_bar
 
@@ -296,15 +297,15 @@ def add_migration_commands(sub: Any) -> None:
     )
     migrate.add_argument(
         "--lock-wait",
-        type=float,
+        type=seconds_arg(positive=False),
         help="seconds to wait for another instance (env.py with run_migrations)",
     )
     migrate.add_argument(
         "--lock-timeout",
-        type=float,
+        type=seconds_arg(positive=False),
         help="lock_timeout per migration, seconds (env.py with run_migrations)",
     )
-    migrate.set_defaults(func=_cmd_migrate)
+    migrate.set_defaults(func=_cmd_migrate, needs={"alembic": "alembic"})
     verify = sub.add_parser(
         "verify-migrations",
         help="compare applied revisions with their files (edited, unknown, missing)",
@@ -315,7 +316,7 @@ def add_migration_commands(sub: Any) -> None:
         "-c", "--config", default="alembic.ini", help="the Alembic config (default ./alembic.ini)"
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
-    verify.set_defaults(func=_cmd_verify)
+    verify.set_defaults(func=_cmd_verify, needs={"alembic": "alembic"})
     check = sub.add_parser(
         "check-migrations",
         help="walk every revision up, down and up again on an empty database; compare schemas",
@@ -329,7 +330,7 @@ def add_migration_commands(sub: Any) -> None:
         "-c", "--config", default="alembic.ini", help="the Alembic config (default ./alembic.ini)"
     )
     check.add_argument("--minimum-downgrade-revision", help="do not downgrade below this revision")
-    check.set_defaults(func=_cmd_check)
+    check.set_defaults(func=_cmd_check, needs={"alembic": "alembic"})
     lint = sub.add_parser(
         "lint-migrations",
         help="find unsafe operations in each revision (squawk, plus checks against the models)",
@@ -347,7 +348,7 @@ def add_migration_commands(sub: Any) -> None:
     lint.add_argument(
         "--all-rules", action="store_true", help="keep squawk's style and timeout rules too"
     )
-    lint.set_defaults(func=_cmd_lint)
+    lint.set_defaults(func=_cmd_lint, needs={"alembic": "alembic"})
     init = sub.add_parser(
         "init-migrations",
         help="create an Alembic environment whose env.py runs run_migrations",
@@ -357,4 +358,4 @@ def add_migration_commands(sub: Any) -> None:
     init.add_argument(
         "--ini", default="alembic.ini", help="where to write the config (default ./alembic.ini)"
     )
-    init.set_defaults(func=_cmd_init)
+    init.set_defaults(func=_cmd_init, needs={"alembic": "alembic"})

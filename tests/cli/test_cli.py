@@ -201,10 +201,92 @@ def test_health_command_rejects_bad_input(capsys: pytest.CaptureFixture[str]) ->
     """A malformed URL or a non-positive timeout is a one-line usage error (64)."""
     assert main(["health", "::::"]) == EXIT_USAGE
     assert "URL is not a SQLAlchemy URL" in capsys.readouterr().err
-    assert main(["health", "sqlite://", "--timeout", "0"]) == EXIT_USAGE
-    assert "--timeout must be > 0" in capsys.readouterr().err
     assert main(["health", "nosuchdb://x"]) == EXIT_USAGE
     assert "no SQLAlchemy dialect for 'nosuchdb'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (
+            ["health", "sqlite://", "--timeout", "0"],
+            "--timeout: must be a finite number of seconds > 0, got 0",
+        ),
+        (
+            ["health", "sqlite://", "--timeout", "nan"],
+            "--timeout: must be a finite number of seconds > 0, got nan",
+        ),
+        (
+            ["health", "sqlite://", "--timeout", "inf"],
+            "--timeout: must be a finite number of seconds > 0, got inf",
+        ),
+        (
+            ["health", "sqlite://", "--timeout", "abc"],
+            "--timeout: must be a number of seconds > 0, got 'abc'",
+        ),
+        (
+            ["migrate", "sqlite://", "--lock-wait", "-1"],
+            "--lock-wait: must be a finite number of seconds >= 0, got -1",
+        ),
+        (
+            ["migrate", "sqlite://", "--lock-timeout", "inf"],
+            "--lock-timeout: must be a finite number",
+        ),
+        (["health", "sqlite://", "--nosuch"], "health: unrecognized arguments: --nosuch"),
+        (["health"], "health: the following arguments are required: url"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+    ],
+)
+def test_a_bad_argument_is_one_line_before_anything_runs(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every usage error is one line on stderr naming the command, exit 64, no traceback,
+    and nothing has started (no "migrating ..." line)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1, captured.err
+    assert says in captured.err and "Traceback" not in captured.err
+    assert captured.err.startswith(
+        f"sqlalchemy-resilience{' ' + argv[0] if argv[0] != 'nosuch' else ''}"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["migrate", "sqlite://"],
+        ["verify-migrations", "sqlite://"],
+        ["check-migrations", "sqlite://"],
+        ["lint-migrations"],
+        ["init-migrations", "somewhere"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_the_migration_commands_without_alembic_are_one_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alembic not installed: one line naming the extra (78), as for a missing driver."""
+    monkeypatch.setitem(sys.modules, "alembic", None)  # import alembic now raises ImportError
+    assert main(argv) == EXIT_DRIVER_MISSING
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"sqlalchemy-resilience: {argv[0]} needs alembic, which is not installed: "
+        'pip install "sqlalchemy-resilience[alembic]"'
+    ]
+
+
+def test_help_texts_are_plain_and_name_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    """No reST markup in a --help; health's lists its exit codes."""
+    for command in ("bench", "health", "migrate", "stats"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "``" not in out and ":func:" not in out, (command, out)
+        if command == "health":
+            assert "0 healthy, 1 degraded, 2 unhealthy" in " ".join(out.split())
 
 
 def test_a_missing_driver_is_one_line_naming_what_to_install(
@@ -221,6 +303,9 @@ def test_a_missing_driver_is_one_line_naming_what_to_install(
     assert "pw" not in err
     assert main(["demo", "--url", "mysql+pymysql://app:pw@127.0.0.1/app"]) == EXIT_DRIVER_MISSING
     assert "pip install pymysql" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "MySQLdb", None)
+    assert main(["health", "mysql://app:pw@127.0.0.1/app"]) == EXIT_DRIVER_MISSING
+    assert "pip install mysqlclient" in capsys.readouterr().err  # the distribution, not the module
 
 
 def test_demo_on_a_sqlite_path_that_cannot_be_opened(
