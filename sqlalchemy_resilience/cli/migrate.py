@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
+from sqlalchemy_resilience._util.masking import mask_secret
 from sqlalchemy_resilience.migrations.runner import PROGRESS_ATTRIBUTE
 
 from .common import (
@@ -117,9 +118,7 @@ def _one_line(exc: BaseException, url: URL) -> str:
     else:
         lines = str(exc).strip().splitlines()
         text = lines[0] if lines else type(exc).__name__
-    if url.password:
-        text = text.replace(str(url.password), "***")
-    return text
+    return mask_secret(text, None if url.password is None else str(url.password))
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -220,6 +219,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 config,
                 url=url,
                 minimum_downgrade_revision=args.minimum_downgrade_revision,
+                model_check=args.model_check,
                 progress=lambda _revision: bar.advance(task),
             )
     except ValueError as exc:
@@ -274,7 +274,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
         raise CommandError(EXIT_USAGE, str(exc)) from None
     print(f"wrote {args.directory}/ (env.py runs run_migrations) and {ini}")
     print(
-        f"next: set target_metadata in {args.directory}/env.py, then: alembic revision -m 'first'"
+        f"next: set target_metadata in {args.directory}/env.py; point it at the database "
+        f"(export DATABASE_URL=..., or sqlalchemy.url in {ini}); then "
+        "alembic revision --autogenerate -m 'first' and sqlalchemy-resilience migrate \"$DATABASE_URL\""
     )
     return 0
 
@@ -330,6 +332,12 @@ def add_migration_commands(sub: Any) -> None:
         "-c", "--config", default="alembic.ini", help="the Alembic config (default ./alembic.ini)"
     )
     check.add_argument("--minimum-downgrade-revision", help="do not downgrade below this revision")
+    check.add_argument(
+        "--no-model-check",
+        dest="model_check",
+        action="store_false",
+        help="do not compare the models with the migrated DDL (env.py without target_metadata)",
+    )
     check.set_defaults(func=_cmd_check, needs={"alembic": "alembic"})
     lint = sub.add_parser(
         "lint-migrations",

@@ -21,6 +21,8 @@ from typing import Literal
 
 from sqlalchemy import exc as sa_exc
 
+from sqlalchemy_resilience._util.masking import mask_secret
+
 from . import hierarchy as e
 from .sqlite_codes import Rule as _Rule
 from .sqlite_codes import sqlite_code_name, sqlite_rule
@@ -415,8 +417,7 @@ def redact_text(
         out = _QUOTED.sub('"…"', out)
         out = _VALUE_AFTER_COLON.sub(r"\1…", out)
     for secret in secrets:
-        if secret:
-            out = out.replace(secret, "***")
+        out = mask_secret(out, secret)
     return out
 
 

@@ -396,7 +396,8 @@ def check_migrations(
                     if "does not provide a MetaData" in detail:
                         message = (
                             "env.py gives no target_metadata, so the models cannot be "
-                            "compared (or pass model_check=False)"
+                            "compared (set it, or pass model_check=False; on the command "
+                            "line --no-model-check)"
                         )
                     findings.append(CheckFinding("model_ddl", None, message, detail))
         finally:

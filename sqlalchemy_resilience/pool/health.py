@@ -31,6 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sqlalchemy_resilience._util.masking import mask_secret
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import async_engine_for, engine_for, sync_engine
 from sqlalchemy_resilience.errors.hierarchy import ConnectionLost
@@ -435,4 +436,4 @@ def _report(
 
 def _scrub(text_: str, engine: Engine) -> str:
     password = engine.url.password
-    return text_.replace(str(password), "***") if password else text_
+    return mask_secret(text_, None if password is None else str(password))

@@ -61,12 +61,18 @@ def test_a_new_environment_migrates_under_run_migrations(tmp_path: Path) -> None
         engine.dispose()
     checked = check_migrations(str(ini), url=f"sqlite:///{tmp_path / 'check.sqlite'}")
     assert [f.message for f in checked.findings] == [
-        "env.py gives no target_metadata, so the models cannot be compared (or pass model_check=False)"
+        "env.py gives no target_metadata, so the models cannot be compared (set it, or pass "
+        "model_check=False; on the command line --no-model-check)"
     ]
     unmodelled = check_migrations(
         str(ini), url=f"sqlite:///{tmp_path / 'check2.sqlite'}", model_check=False
     )
     assert unmodelled.ok
+    # The same from the command line, as the finding says.
+    from sqlalchemy_resilience.cli import main
+
+    url3 = f"sqlite:///{tmp_path / 'check3.sqlite'}"
+    assert main(["check-migrations", url3, "-c", str(ini), "--no-model-check"]) == 0
 
 
 def test_the_command_refuses_to_overwrite(
