@@ -1,8 +1,8 @@
 """The five steps of docs/getting-started.md as one program you can run.
 
-Run it::
+Run it, from a clone of the repository (until the first release is on PyPI)::
 
-    pip install "sqlalchemy-resilience[aiosqlite]"
+    pip install ".[aiosqlite]"
     python examples/tutorial.py                      # SQLite in a temporary directory
     DATABASE_URL=postgresql+asyncpg://app:pw@localhost/app python examples/tutorial.py
 
@@ -64,6 +64,7 @@ class Account(Base):
     balance: Mapped[int]
 
 
+# [typed-errors]
 async def register(Session: async_sessionmaker[AsyncSession], email: str) -> dict[str, str]:
     """Step 2: the handler a web framework would call."""
     try:
@@ -78,6 +79,10 @@ async def register(Session: async_sessionmaker[AsyncSession], email: str) -> dic
     return {"status": "registered"}
 
 
+# [/typed-errors]
+
+
+# [unit-of-work]
 def transfer_of(amount: int, source: int, target: int) -> Callable[[AsyncSession], Awaitable[int]]:
     """Step 3: a unit of work that may run more than once (no commit: run_transaction commits)."""
 
@@ -92,6 +97,9 @@ def transfer_of(amount: int, source: int, target: int) -> Callable[[AsyncSession
     return transfer
 
 
+# [/unit-of-work]
+
+
 # A statement well over the 0.25 s threshold: on SQLite, counting to six million
 # (about 1 s on a 2-core VM; SQLite has no sleep), on PostgreSQL a 0.3 s sleep.
 _SLOW = {
@@ -103,11 +111,13 @@ _SLOW = {
 
 async def main(url: str) -> int:
     # 1. Plug it into the engine you have: nothing else about the engine changes.
+    # [plug-in]
     engine = create_async_engine(url)
     instr = instrument(engine, slow_query_threshold=0.25)
     stats = instr.stats
     assert stats is not None  # statistics are on by default (query_stats=True)
     Session = async_sessionmaker(engine, expire_on_commit=False)
+    # [/plug-in]
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
         await conn.run_sync(package_tables.create_all)  # the idempotency keys' table
@@ -130,6 +140,7 @@ async def main(url: str) -> int:
                     Account(id=2, owner_id=owner, balance=0),
                 ]
             )
+        # [run-transaction]
         breaker = CircuitBreaker(name="tutorial")
         request_id = str(uuid.uuid4())
         work = transfer_of(30, 1, 2)
@@ -138,6 +149,7 @@ async def main(url: str) -> int:
             await run_transaction(Session, work, breaker=breaker, idempotency_key=request_id)
         except AlreadyApplied:
             again = "AlreadyApplied, nothing changed"
+        # [/run-transaction]
         else:
             print("   the same request was applied twice")
             return 1
@@ -149,6 +161,7 @@ async def main(url: str) -> int:
 
         # 4. See what the database is doing.
         # Logged on sqlalchemy_resilience.slow_query with this line as its call site.
+        # [observe]
         slow = _SLOW.get(engine.dialect.name, _SLOW["postgresql"])
         async with engine.connect() as conn:
             await conn.execute(text(slow))
@@ -161,12 +174,14 @@ async def main(url: str) -> int:
         print(f"   pool: {pool['connections_in_use']} in use, {pool['connections_idle']} idle")
         report = await health_check(engine, timeout=1, monitor=instr.pool)
         print(f"   health: {report.status}")
+        # [/observe]
     finally:
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.drop_all)
         await engine.dispose()
 
     # 5. Or let one object hold it all.
+    # [database]
     async with Database(url, name="tutorial") as db:
         async with db.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
@@ -179,6 +194,7 @@ async def main(url: str) -> int:
         finally:
             async with db.engine.begin() as conn:
                 await conn.run_sync(Base.metadata.drop_all)
+    # [/database]
     return 0
 
 
