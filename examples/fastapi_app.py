@@ -36,6 +36,7 @@ What it shows:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -67,6 +68,7 @@ from sqlalchemy_resilience import (
 from sqlalchemy_resilience.database import settings_from_env
 from sqlalchemy_resilience.instrumentation import InstrumentOptions
 from sqlalchemy_resilience.pagination import Page
+from sqlalchemy_resilience.pagination.cursor import resolve_secret
 from sqlalchemy_resilience.schema import metadata as package_tables
 
 
@@ -146,11 +148,24 @@ Tx = Annotated[AsyncSession, Depends(transaction)]
 METER_PROVIDER = MeterProvider(metric_readers=[PrometheusMetricReader()])
 
 
+#: Where the service runs without DATABASE_URL (it says so at start).
+DEFAULT_URL = "sqlite+aiosqlite:///example_shop.sqlite"
+_log = logging.getLogger("examples.fastapi_app")
+
+
 def create_app(url: str | None = None, *, cursor_secret: str | None = None) -> FastAPI:
     """The service on ``url`` (default: ``DATABASE_URL`` and the ``SQLALCHEMY_RESILIENCE_*`` settings)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # /products pages sign their cursors: without a key, fail here, with
+        # the reason, rather than answer the first page with a 500.
+        resolve_secret(cursor_secret)
+        if url == DEFAULT_URL:
+            _log.warning(
+                "DATABASE_URL is not set: using SQLite in ./example_shop.sqlite "
+                "(set DATABASE_URL=postgresql+asyncpg://... for PostgreSQL)"
+            )
         # The environment's settings (SQLALCHEMY_RESILIENCE_*), with this
         # process's MeterProvider added to what instrument() attaches.
         settings = {"url_or_engine": url} if url else settings_from_env()
@@ -241,4 +256,4 @@ def create_app(url: str | None = None, *, cursor_secret: str | None = None) -> F
     return app
 
 
-app = create_app(os.environ.get("DATABASE_URL") or "sqlite+aiosqlite:///example_shop.sqlite")
+app = create_app(os.environ.get("DATABASE_URL") or DEFAULT_URL)

@@ -6,7 +6,7 @@ Run it::
     SQLALCHEMY_RESILIENCE_CURSOR_SECRET=$(python -c "import secrets; print(secrets.token_urlsafe(32))") \\
         uvicorn examples.fastapi_pagination:app
 
-    curl -i 'http://127.0.0.1:8000/people?page_size=5&sort=-joined'
+    curl -i 'http://127.0.0.1:8000/people?page_size=5&sort=-joined'   # 42 people, seeded at start
 
 What it shows:
 
@@ -36,6 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from sqlalchemy_resilience import InvalidCursor, instrument, paginate
 from sqlalchemy_resilience.pagination import Page
+from sqlalchemy_resilience.pagination.cursor import resolve_secret
 
 
 class Base(DeclarativeBase):
@@ -62,15 +63,19 @@ async def session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 def create_app(url: str, *, secret: str | None = None, seed: int = 0) -> FastAPI:
-    """The app on ``url``; ``seed`` people are inserted at start-up (for the demo and the tests)."""
+    """The app on ``url``; ``seed`` people are inserted at start-up into an empty table."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Cursors are signed: without a key, fail here with the reason, not
+        # with a 500 on the first page.
+        resolve_secret(secret)
         engine = create_async_engine(url)
         instrument(engine)
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
-            if seed:
+            empty = not await conn.scalar(select(func.count()).select_from(Person))
+            if seed and empty:
                 start = datetime(2026, 12, 2, tzinfo=UTC)
                 await conn.execute(
                     Person.__table__.insert(),
@@ -127,6 +132,7 @@ def create_app(url: str, *, secret: str | None = None, seed: int = 0) -> FastAPI
     return app
 
 
+# Run as the docstring says: 42 people to page through (once: a restart finds them there).
 app = create_app(
-    os.environ.get("DATABASE_URL", "sqlite+aiosqlite:///example_people.sqlite"), seed=0
+    os.environ.get("DATABASE_URL", "sqlite+aiosqlite:///example_people.sqlite"), seed=42
 )

@@ -93,3 +93,26 @@ def test_bad_cursors_are_400_in_the_clients_language(client: TestClient) -> None
         body = response.json()
         assert body["error"] == "このページのリンクは無効です。最初のページからやり直してください。"
         assert "SELECT" not in response.text and "example_people" not in response.text
+
+
+def test_run_as_its_docstring_says_there_are_people_to_page_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The module's own ``app`` seeds 42 people into an empty table (once: a restart keeps
+    them), and refuses to start without a cursor key."""
+    import importlib
+
+    import examples.fastapi_pagination as module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("SQLALCHEMY_RESILIENCE_CURSOR_SECRET", KEY)
+    fresh = importlib.reload(module)
+    for _ in range(2):  # a restart finds them and adds none
+        with TestClient(fresh.app) as client:
+            people = client.get("/people", params={"page_size": 100}).json()["items"]
+        assert len(people) == 42
+    monkeypatch.delenv("SQLALCHEMY_RESILIENCE_CURSOR_SECRET")
+    with pytest.raises(ValueError, match="SQLALCHEMY_RESILIENCE_CURSOR_SECRET"):
+        with TestClient(fresh.app):
+            pass
