@@ -101,9 +101,8 @@ def test_without_a_cursor_key_the_service_does_not_start(
     """No key for the signed cursors: start-up fails with the reason, not a 500 later."""
     monkeypatch.delenv("SQLALCHEMY_RESILIENCE_CURSOR_SECRET", raising=False)
     app = create_app(f"sqlite+aiosqlite:///{tmp_path / 'shop.sqlite'}")
-    with pytest.raises(ValueError, match="SQLALCHEMY_RESILIENCE_CURSOR_SECRET"):
-        with TestClient(app):
-            pass
+    with pytest.raises(ValueError, match="SQLALCHEMY_RESILIENCE_CURSOR_SECRET"), TestClient(app):
+        pass
     assert not (tmp_path / "shop.sqlite").exists()  # nothing was started
 
 
@@ -114,8 +113,10 @@ def test_the_default_database_is_announced(
     from examples.fastapi_app import DEFAULT_URL
 
     monkeypatch.chdir(tmp_path)
-    with caplog.at_level("WARNING", logger="examples.fastapi_app"):
-        with TestClient(create_app(DEFAULT_URL, cursor_secret=KEY)) as client:
-            assert client.get("/healthz").status_code == 200
+    with (
+        caplog.at_level("WARNING", logger="examples.fastapi_app"),
+        TestClient(create_app(DEFAULT_URL, cursor_secret=KEY)) as client,
+    ):
+        assert client.get("/healthz").status_code == 200
     assert any("DATABASE_URL is not set" in r.getMessage() for r in caplog.records)
     assert (tmp_path / "example_shop.sqlite").exists()

@@ -113,6 +113,8 @@ def test_run_as_its_docstring_says_there_are_people_to_page_through(
             people = client.get("/people", params={"page_size": 100}).json()["items"]
         assert len(people) == 42
     monkeypatch.delenv("SQLALCHEMY_RESILIENCE_CURSOR_SECRET")
-    with pytest.raises(ValueError, match="SQLALCHEMY_RESILIENCE_CURSOR_SECRET"):
-        with TestClient(fresh.app):
-            pass
+    with (
+        pytest.raises(ValueError, match="SQLALCHEMY_RESILIENCE_CURSOR_SECRET"),
+        TestClient(fresh.app),
+    ):
+        pass
