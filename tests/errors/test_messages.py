@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import sqlalchemy_resilience as sr
+from sqlalchemy_resilience.errors import messages as _messages
 from sqlalchemy_resilience.errors.messages import (
     MESSAGE_KEYS,
     available_locales,
@@ -12,12 +13,22 @@ from sqlalchemy_resilience.errors.messages import (
     user_message,
 )
 
+# The catalogues the package ships, before any test registers its own.
+_SHIPPED = {locale: dict(catalogue) for locale, catalogue in _messages._catalogues.items()}
+
 
 def test_every_key_has_english_and_japanese() -> None:
     """Both shipped catalogues cover every key, and say something different."""
     for key in MESSAGE_KEYS:
         en, ja = user_message(key, "en"), user_message(key, "ja")
         assert en and ja and en != ja
+
+
+def test_every_shipped_catalogue_is_complete() -> None:
+    """A catalogue added beside en and ja must cover every key itself (no silent fallback)."""
+    for locale, catalogue in _SHIPPED.items():
+        missing = [key for key in MESSAGE_KEYS if not catalogue.get(key)]
+        assert not missing, (locale, missing)
 
 
 def test_locale_fallback() -> None:
