@@ -12,11 +12,11 @@ what was applied once.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy import exc as sa_exc
@@ -32,24 +32,31 @@ pytestmark = pytest.mark.postgresql
 FAST = sr.RetryPolicy(attempts=5, initial_backoff=0.01, max_backoff=0.05)
 
 
-class _WrapperError(psycopg.OperationalError):
-    __module__ = "aws_advanced_python_wrapper"
+@functools.cache
+def _wrapper_classes() -> dict[str, type[BaseException]]:
+    """The wrapper's three failover errors, as its SQLAlchemy dialect raises them.
+
+    Built on first use: psycopg is a PostgreSQL-env dependency, and this module is
+    collected everywhere.
+    """
+    import psycopg
+
+    base = type("FailoverError", (psycopg.OperationalError,), {"__module__": _MODULE})
+    return {
+        name: type(name, (base,), {"__module__": _MODULE})
+        for name in (
+            "FailoverSuccessError",
+            "TransactionResolutionUnknownError",
+            "FailoverFailedError",
+        )
+    }
 
 
-class FailoverError(_WrapperError):
-    __module__ = "aws_advanced_python_wrapper"
+_MODULE = "aws_advanced_python_wrapper"
 
 
-class FailoverSuccessError(FailoverError):
-    __module__ = "aws_advanced_python_wrapper"
-
-
-class TransactionResolutionUnknownError(FailoverError):
-    __module__ = "aws_advanced_python_wrapper"
-
-
-class FailoverFailedError(FailoverError):
-    __module__ = "aws_advanced_python_wrapper"
+def _wrapper_error(name: str) -> type[BaseException]:
+    return _wrapper_classes()[name]
 
 
 class _Faults:
@@ -127,7 +134,7 @@ def test_failover_success_re_runs_the_unit_on_the_same_connection(
     """FailoverSuccessError (08S02): the connection already leads to the new writer; the
     unit is re-run, nothing is invalidated, the row is there once."""
     engine, faults = wrapped
-    faults.on_statement = ("INSERT INTO aws_orders", FailoverSuccessError)
+    faults.on_statement = ("INSERT INTO aws_orders", _wrapper_error("FailoverSuccessError"))
     calls: list[int] = []
     with engine.connect() as conn:
         first = conn.connection.dbapi_connection
@@ -145,7 +152,7 @@ def test_resolution_unknown_before_commit_is_known_not_committed(
     engine, faults = wrapped
     faults.on_statement = (
         "SELECT count(*) FROM aws_orders WHERE",
-        TransactionResolutionUnknownError,
+        _wrapper_error("TransactionResolutionUnknownError"),
     )
     calls: list[int] = []
     sr.run_transaction_sync(sessionmaker(engine), _order(calls), retry=FAST)
@@ -160,14 +167,14 @@ def test_resolution_unknown_at_commit_is_resolved_by_the_idempotency_key(
     CommitOutcomeUnknown and nothing is re-run; with one the key says what happened and the
     unit is applied exactly once either way."""
     engine, faults = wrapped
-    faults.on_commit = (applied, TransactionResolutionUnknownError)
+    faults.on_commit = (applied, _wrapper_error("TransactionResolutionUnknownError"))
     calls: list[int] = []
     with pytest.raises(sr.CommitOutcomeUnknown) as caught:
         sr.run_transaction_sync(sessionmaker(engine), _order(calls), retry=FAST)
     assert caught.value.sqlstate == "08007"
     assert (len(calls), _count(engine)) == (1, 1 if applied else 0)
 
-    faults.on_commit = (applied, TransactionResolutionUnknownError)
+    faults.on_commit = (applied, _wrapper_error("TransactionResolutionUnknownError"))
     keyed: list[int] = []
     key = f"aws-{uuid.uuid4()}"
     before = _count(engine)
@@ -182,7 +189,7 @@ def test_failover_failed_is_unavailable_and_retryable(wrapped: tuple[Engine, _Fa
     """FailoverFailedError (no writer reachable) on a statement: retryable, re-run once the
     wrapper has a writer again."""
     engine, faults = wrapped
-    faults.on_statement = ("INSERT INTO aws_orders", FailoverFailedError)
+    faults.on_statement = ("INSERT INTO aws_orders", _wrapper_error("FailoverFailedError"))
     calls: list[int] = []
     sr.run_transaction_sync(sessionmaker(engine), _order(calls), retry=FAST)
     assert (len(calls), _count(engine)) == (2, 1)
@@ -191,16 +198,16 @@ def test_failover_failed_is_unavailable_and_retryable(wrapped: tuple[Engine, _Fa
 @pytest.mark.parametrize(
     ("cls", "expected", "retryable", "sqlstate"),
     [
-        (FailoverSuccessError, sr.ConnectionLost, True, "08S02"),
-        (TransactionResolutionUnknownError, sr.ConnectionLost, True, "08007"),
-        (FailoverFailedError, sr.DatabaseUnavailable, True, "08001"),
+        ("FailoverSuccessError", sr.ConnectionLost, True, "08S02"),
+        ("TransactionResolutionUnknownError", sr.ConnectionLost, True, "08007"),
+        ("FailoverFailedError", sr.DatabaseUnavailable, True, "08001"),
     ],
 )
 def test_translated_by_hand_too(
-    cls: type[BaseException], expected: type[BaseException], retryable: bool, sqlstate: str
+    cls: str, expected: type[BaseException], retryable: bool, sqlstate: str
 ) -> None:
     """``translate_error`` on the wrapped error or the wrapper's own exception."""
-    raw = cls("[Failover] the active SQL connection has changed")
+    raw = _wrapper_error(cls)("[Failover] the active SQL connection has changed")
     for exc in (raw, sa_exc.OperationalError("SELECT 1", {}, raw)):
         err = translate_error(exc)
         assert isinstance(err, expected), err
@@ -209,6 +216,8 @@ def test_translated_by_hand_too(
 
 def test_a_class_of_that_name_elsewhere_is_not_taken_for_the_wrappers() -> None:
     """Recognised by the wrapper's module, not by name alone."""
+
+    import psycopg
 
     class Other(psycopg.OperationalError):
         pass
@@ -239,9 +248,12 @@ async def test_async_engine_the_same(pg_server: PgServer, pg_database: str) -> N
                 text("INSERT INTO aws_orders (id) VALUES (:id)"), {"id": order_id}
             )
 
-        faults.on_statement = ("INSERT INTO aws_orders", TransactionResolutionUnknownError)
+        faults.on_statement = (
+            "INSERT INTO aws_orders",
+            _wrapper_error("TransactionResolutionUnknownError"),
+        )
         await sr.run_transaction(async_sessionmaker(engine), work, retry=FAST)
-        faults.on_commit = (True, TransactionResolutionUnknownError)
+        faults.on_commit = (True, _wrapper_error("TransactionResolutionUnknownError"))
         with pytest.raises(sr.CommitOutcomeUnknown):
             await sr.run_transaction(
                 async_sessionmaker(engine), lambda s: s.execute(text("SELECT 1")), retry=FAST
