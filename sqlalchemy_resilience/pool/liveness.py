@@ -100,8 +100,10 @@ class IdlePing:
         after: float,
         timeout: float,
         require_writer: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = sync_engine(engine)
+        self._clock = clock
         self.after = after
         self.timeout = timeout
         self.require_writer = require_writer
@@ -173,16 +175,16 @@ class IdlePing:
     # -- pool events -----------------------------------------------------
 
     def _on_connect(self, dbapi_connection: Any, record: Any) -> None:
-        record.info[ALIVE_AT_KEY] = time.time()
+        record.info[ALIVE_AT_KEY] = self._clock()
         record.info[_FRESH_KEY] = True
 
     def _on_checkin(self, dbapi_connection: Any, record: Any) -> None:
         if dbapi_connection is not None:
-            record.info[ALIVE_AT_KEY] = time.time()
+            record.info[ALIVE_AT_KEY] = self._clock()
 
     def _on_checkout(self, dbapi_connection: Any, record: Any, proxy: Any) -> None:
         self.checkouts += 1
-        now = time.time()
+        now = self._clock()
         idle = now - record.info.get(ALIVE_AT_KEY, record.starttime)
         if idle >= self.after:
             self.pinged += 1
@@ -199,7 +201,7 @@ class IdlePing:
                 raise sa_exc.DisconnectionError(
                     f"idle connection failed its liveness ping: {type(exc).__name__}"
                 ) from exc
-            record.info[ALIVE_AT_KEY] = time.time()
+            record.info[ALIVE_AT_KEY] = self._clock()
         fresh = record.info.pop(_FRESH_KEY, False)
         if self.require_writer and self._read_only(dbapi_connection, pinged=idle >= self.after):
             self.read_only += 1
@@ -257,6 +259,7 @@ def ping_idle_connections(
     after: Seconds = 30.0,
     timeout: Seconds = 5.0,
     require_writer: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> IdlePing:
     """Ping a connection at checkout only when it has been idle ``after`` seconds or more.
 
@@ -284,6 +287,9 @@ def ping_idle_connections(
             a retryable :class:`~sqlalchemy_resilience.ReadOnlyServer`, which
             ``run_transaction`` backs off and retries. Before PostgreSQL 14 an
             idle connection's ping asks ``pg_is_in_recovery()`` instead.
+        clock: wall-clock seconds (``time.time``'s scale, which SQLAlchemy's
+            connection records use too); injectable, so that a test makes a
+            connection idle by moving the clock instead of sleeping.
 
     Returns:
         The :class:`IdlePing` (counters, ``detach()``).
@@ -307,4 +313,6 @@ def ping_idle_connections(
             "require_writer needs PostgreSQL; this engine's dialect is "
             f"{sync_engine(engine).dialect.name!r}"
         )
-    return IdlePing(engine, after=after_s, timeout=timeout_s, require_writer=require_writer)
+    return IdlePing(
+        engine, after=after_s, timeout=timeout_s, require_writer=require_writer, clock=clock
+    )

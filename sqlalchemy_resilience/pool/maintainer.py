@@ -16,6 +16,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,9 @@ class PoolMaintainer(Background):
         jitter: 0 .. 1, the fraction of ``recycle`` by which a connection may expire early.
         min_size: keep at least this many connections open.
         interval: seconds between passes.
+        clock: wall-clock seconds (``time.time``'s scale, as SQLAlchemy's
+            connection records): when a connection was last known alive;
+            injectable for tests.
 
     Example::
 
@@ -104,8 +108,10 @@ class PoolMaintainer(Background):
         jitter: float = 0.1,
         min_size: int = 0,
         interval: Seconds = 5.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
+        self._clock = clock
         self._sync = sync_engine(engine)
         pool = resizable_pool_of(self._sync.pool, "PoolMaintainer")
         self.keepalive = (
@@ -133,7 +139,7 @@ class PoolMaintainer(Background):
         if _queueing(pool):
             return MaintenanceReport(skipped=True)
         pinged = replaced = dead = opened = 0
-        now = time.time()
+        now = self._clock()
         with pool.idle_connections() as idle:
             for record in idle:
                 outcome = self._maintain(record, now)
@@ -193,7 +199,7 @@ class PoolMaintainer(Background):
             if not alive:
                 self._replace(record, None)
                 return (1, 1, 1)
-            info[ALIVE_AT_KEY] = time.time()
+            info[ALIVE_AT_KEY] = self._clock()
             return (1, 0, 0)
         return (0, 0, 0)
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience.pool import PoolMaintainer, ResizableQueuePool, ping_idle_connections
+from tests.clock import FakeClock
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
 
@@ -41,21 +42,22 @@ def _through(url: URL, proxy: FaultProxy) -> URL:
 
 def test_only_idle_connections_are_pinged(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'live.sqlite'}", poolclass=ResizableQueuePool)
-    liveness = ping_idle_connections(engine, after=0.3, timeout=1)
+    clock = FakeClock.wall()
+    liveness = ping_idle_connections(engine, after=0.3, timeout=1, clock=clock)
     try:
         for _ in range(20):
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         assert (liveness.checkouts, liveness.pinged, liveness.dead) == (20, 0, 0)
-        time.sleep(0.4)
+        clock.advance(0.4)
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         with engine.connect() as conn:  # used a moment ago: no ping
             conn.execute(text("SELECT 1"))
         assert (liveness.checkouts, liveness.pinged, liveness.dead) == (22, 1, 0)
         # A keepalive ping of the maintainer counts as use.
-        time.sleep(0.4)
-        maintainer = PoolMaintainer(engine, keepalive=0.1, interval=1)
+        clock.advance(0.4)
+        maintainer = PoolMaintainer(engine, keepalive=0.1, interval=1, clock=clock)
         assert maintainer.run_once_sync().pinged == 1
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -70,10 +72,13 @@ def test_only_idle_connections_are_pinged(tmp_path: Path) -> None:
 
 
 async def _warm(engine: AsyncEngine) -> None:
+    # Every connection of the pool open at once: each holder waits for the others.
+    together = asyncio.Barrier(POOL)
+
     async def hold() -> None:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-            await asyncio.sleep(0.2)
+            await together.wait()
 
     await asyncio.gather(*(hold() for _ in range(POOL)))
     assert engine.sync_engine.pool.checkedin() == POOL  # type: ignore[attr-defined]
@@ -100,14 +105,15 @@ async def test_a_nat_timeout_surfaces_no_error(
     url = _through(pg_server.app_url(pg_database, driver=driver), proxy)
     engine = create_async_engine(url, pool_size=POOL, max_overflow=0)
     sr.instrument(engine)
-    liveness = ping_idle_connections(engine, after=0.3, timeout=1.0)
+    clock = FakeClock.wall()
+    liveness = ping_idle_connections(engine, after=0.3, timeout=1.0, clock=clock)
     try:
         await _warm(engine)
-        await asyncio.sleep(0.4)
+        clock.advance(0.4)
         assert await _requests(engine, 1) == {}  # idle, pinged, alive: kept
         assert (liveness.pinged, liveness.dead) == (1, 0)
         await _warm(engine)
-        await asyncio.sleep(0.4)
+        clock.advance(0.4)
         assert proxy.forget_flows() == POOL
         started = time.monotonic()
         errors = await asyncio.wait_for(_requests(engine, 20), timeout=60)
@@ -128,19 +134,20 @@ def test_a_nat_timeout_surfaces_no_error_sync_psycopg(
 ) -> None:
     url = _through(pg_server.app_url(pg_database, driver="psycopg"), proxy)
     engine: Engine = create_engine(url, pool_size=2, max_overflow=0)
-    liveness = ping_idle_connections(engine, after=0.3, timeout=1.0)
+    clock = FakeClock.wall()
+    liveness = ping_idle_connections(engine, after=0.3, timeout=1.0, clock=clock)
     try:
         with engine.connect() as a, engine.connect() as b:
             a.execute(text("SELECT 1"))
             b.execute(text("SELECT 1"))
-        time.sleep(0.4)
+        clock.advance(0.4)
         with engine.connect() as conn:  # idle, pinged, alive: kept
             conn.execute(text("SELECT 1"))
         assert (liveness.pinged, liveness.dead) == (1, 0)
         with engine.connect() as a, engine.connect() as b:
             a.execute(text("SELECT 1"))
             b.execute(text("SELECT 1"))
-        time.sleep(0.4)
+        clock.advance(0.4)
         assert proxy.forget_flows() == 2
         for _ in range(5):
             with engine.connect() as conn:

@@ -12,17 +12,7 @@ import sqlalchemy.exc as sa_exc
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import CircuitBreaker
 from sqlalchemy_resilience.retry import BreakerState, BreakerTransition, is_infrastructure_failure
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.clock import FakeClock
 
 
 def lost() -> sr.ConnectionLost:

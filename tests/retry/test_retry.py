@@ -14,14 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy, run_transaction_sync
 from sqlalchemy_resilience.retry import RetryBudget
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import FakeClock
 
 
 def test_default_classifier_follows_the_safety_table() -> None:
@@ -100,7 +93,7 @@ async def test_as_tenacity_retries_then_reraises() -> None:
 def test_budget_is_a_share_of_traffic_with_a_floor() -> None:
     """Retries in the window: min_per_second x window, plus ratio of the units started;
     what leaves the window comes back."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     budget = RetryBudget(ratio=0.2, min_per_second=0.2, window=10, clock=clock)
     assert budget.try_acquire() and budget.try_acquire()  # the floor: 0.2/s x 10 s
     assert not budget.try_acquire()
@@ -117,7 +110,7 @@ def test_budget_is_a_share_of_traffic_with_a_floor() -> None:
 def test_a_quiet_service_still_retries_and_a_busy_one_cannot_storm() -> None:
     """No traffic: the floor alone (10/s by default). 1,000 units a second while every
     first attempt fails: at most a fifth of them, plus the floor, are retried."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     budget = RetryBudget(clock=clock)
     assert budget.available == pytest.approx(100.0)
     granted = 0
@@ -134,7 +127,7 @@ def test_budget_denials_are_logged_at_most_every_five_seconds(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A database that is down produces one budget warning per 5 s, not one per request."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     budget = RetryBudget(ratio=0, min_per_second=0.1, window=10, clock=clock)
     budget.try_acquire()
     with caplog.at_level(logging.WARNING, logger="sqlalchemy_resilience.retry"):
