@@ -15,6 +15,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -100,6 +101,12 @@ def cluster() -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+def _assert_nothing_lost_and_no_error(verdict: Any, history: Any) -> None:
+    assert verdict.lost == 0 and verdict.phantom == 0
+    assert verdict.ledger_consistent and verdict.total_balance == 50 * 1000
+    assert history.errors == {}
 
 
 async def _one_transfer(Session: async_sessionmaker[AsyncSession], policy: sr.RetryPolicy) -> None:
@@ -201,9 +208,7 @@ async def test_bank_workload_across_a_failover(cluster: Cluster) -> None:
         f"{resumed * 1000:.0f} ms after the new primary answered; "
         f"{checker.read_only} read-only checkouts discarded"
     )
-    assert verdict.lost == 0 and verdict.phantom == 0
-    assert verdict.ledger_consistent and verdict.total_balance == 50 * 1000
-    assert history.errors == {}
+    _assert_nothing_lost_and_no_error(verdict, history)
     assert resumed < 2.0
 
 
@@ -273,9 +278,7 @@ async def test_multi_host_url_rides_a_failover_with_the_defaults(
         f"{(after[0] - cluster.new_primary_at) * 1000:.0f} ms after it; breaker "
         f"{breaker.state.name}"
     )
-    assert verdict.lost == 0 and verdict.phantom == 0
-    assert verdict.ledger_consistent and verdict.total_balance == 50 * 1000
-    assert history.errors == {}
+    _assert_nothing_lost_and_no_error(verdict, history)
     assert after, "no transfer committed after the promotion"
     assert set(ports) == {cluster.standby.port}
     assert breaker.name == "multi-host" and "host=" not in str(breaker.name)
