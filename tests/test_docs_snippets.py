@@ -25,8 +25,6 @@ NOT_YET_INCLUDED = {
     "observability.md": 4,
     "migrations.md": 4,
     "deployments.md": 4,
-    "errors.md": 2,
-    "index.md": 1,
     "database.md": 1,
 }
 

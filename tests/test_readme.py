@@ -55,6 +55,9 @@ def test_the_readmes_program_runs_as_copied(tmp_path: Path) -> None:
     """The program in both READMEs is the same and runs as it is, in a fresh directory."""
     program = _program("README.md")
     assert _program("README.ja.md") == program
+    # The docs include it from the example, which must be the same program.
+    example = (ROOT / "examples" / "first_program.py").read_text(encoding="utf-8")
+    assert example.split("# [program]\n", 1)[1] == program
     (tmp_path / "first.py").write_text(program, encoding="utf-8")
     done = subprocess.run(
         [sys.executable, "first.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
