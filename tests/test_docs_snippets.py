@@ -25,7 +25,6 @@ NOT_YET_INCLUDED = {
     "observability.md": 4,
     "migrations.md": 4,
     "deployments.md": 4,
-    "database.md": 1,
 }
 
 
