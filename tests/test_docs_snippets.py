@@ -21,7 +21,6 @@ NOT_YET_INCLUDED = {
     "transactions.md": 4,
     "sagas.md": 4,
     "pool.md": 4,
-    "observability.md": 4,
     "migrations.md": 4,
     "deployments.md": 4,
 }
