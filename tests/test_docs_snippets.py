@@ -20,7 +20,6 @@ NOT_YET_INCLUDED = {
     "batch.md": 5,
     "transactions.md": 4,
     "sagas.md": 4,
-    "pool.md": 4,
     "migrations.md": 4,
     "deployments.md": 4,
 }
