@@ -40,7 +40,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
 
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
@@ -56,6 +55,12 @@ from .breaker_state import (
     optional_positive_int,
     positive_int,
     record_transition,
+)
+from .breaker_state import (
+    Outcome as _Outcome,
+)
+from .breaker_state import (
+    Permit as _Permit,
 )
 
 __all__ = [
@@ -73,27 +78,6 @@ _log = logging.getLogger("sqlalchemy_resilience.breaker")
 # and event loops).
 _FIRST_POLL = 0.02
 _MAX_POLL = 0.25
-
-
-@dataclass(slots=True)
-class _Outcome:
-    at: float
-    failed: bool
-    slow: bool
-
-
-class _Permit:
-    """One admitted call; a half-open probe holds a probe slot until it reports."""
-
-    __slots__ = ("cycle", "done", "probe", "started")
-
-    def __init__(self, started: float, probe: bool, *, inert: bool = False, cycle: int = 0) -> None:
-        self.started = started
-        self.probe = probe
-        # The half-open cycle that admitted this probe: its outcome counts only there.
-        self.cycle = cycle
-        # An inert permit (test mode) records nothing when it finishes.
-        self.done = inert
 
 
 class CircuitBreaker:

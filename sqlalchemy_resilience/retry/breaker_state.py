@@ -188,3 +188,26 @@ def _meters() -> Any:
             description="Circuit breaker state transitions",
         )
     return _transition_counter
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One finished call in the breaker's window."""
+
+    at: float
+    failed: bool
+    slow: bool
+
+
+class Permit:
+    """One admitted call; a half-open probe holds a probe slot until it reports."""
+
+    __slots__ = ("cycle", "done", "probe", "started")
+
+    def __init__(self, started: float, probe: bool, *, inert: bool = False, cycle: int = 0) -> None:
+        self.started = started
+        self.probe = probe
+        # The half-open cycle that admitted this probe: its outcome counts only there.
+        self.cycle = cycle
+        # An inert permit (test mode) records nothing when it finishes.
+        self.done = inert

@@ -215,6 +215,10 @@ async def test_bank_workload_across_a_failover(cluster: Cluster) -> None:
 # -- multi-host URLs (#31 section 2) ----------------------------------------------------------
 
 
+def _committed(cluster: Cluster) -> int:
+    return int(cluster.primary.execute("SELECT count(*) FROM transfers", database=DB)[0][0])
+
+
 def _multi_host_url(cluster: Cluster, driver: str) -> object:
     """Both servers listed, the primary first, as SQLAlchemy spells it for asyncpg and psycopg."""
     base = cluster.primary.app_url(DB, driver=driver)
@@ -230,16 +234,20 @@ async def test_multi_host_url_rides_a_failover_with_the_defaults(
 ) -> None:
     """10 clients on a multi-host URL (``?host=..&host=..&target_session_attrs=read-write``),
     the package's default retry policy and breaker, the primary fenced and its standby
-    promoted mid-run: 0 errors surfaced, 0 lost, 0 phantom; afterwards every connection
-    the pool hands out leads to the new primary (the 25006 that found the old one
-    discarded the pool's older connections before they were handed out)."""
+    promoted once 200 transfers have committed: 0 errors surfaced, 0 lost, 0 phantom;
+    afterwards every connection the pool hands out leads to the new primary (the 25006
+    that found the old one discarded the pool's older connections before they were
+    handed out)."""
     engine = create_async_engine(_multi_host_url(cluster, driver), pool_size=10, max_overflow=0)
     sr.instrument(engine)
     breaker = sr.CircuitBreaker(name="multi-host")
     ports: list[int] = []
 
     async def chaos() -> None:
-        await asyncio.sleep(1.5)
+        # The failover comes once the workload is under way: 200 transfers committed.
+        await asyncio.to_thread(
+            cluster.primary.wait_for, lambda: _committed(cluster) >= 200, timeout=30
+        )
         await asyncio.to_thread(cluster.fail_over)
 
     async def hold_all() -> None:

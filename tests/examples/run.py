@@ -1,0 +1,29 @@
+"""Run an example as a user would: its own process, in a directory of the test's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_example(name: str, cwd: Path, database_url: str | None = None) -> str:
+    """``python examples/<name>`` in ``cwd``; its stdout. ``DATABASE_URL`` is set to
+    ``database_url``, or removed (the example's SQLite default)."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
