@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, text
+from sqlalchemy import Row, Select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Executable
@@ -52,6 +52,17 @@ def as_statement(statement: Statement) -> Executable:
             f"statement must be a SQLAlchemy statement or a SQL string, got {statement!r}"
         )
     return statement
+
+
+def as_write(statement: Statement) -> Executable:
+    """:func:`as_statement` for ``execute()``, which returns a row count: a ``select()`` is refused."""
+    stmt = as_statement(statement)
+    if isinstance(stmt, Select):
+        raise TypeError(
+            "execute() runs a write and returns its row count; "
+            "read a select() with fetch_all(), fetch_one() or fetch_value()"
+        )
+    return stmt
 
 
 def reads_only(statement: Executable) -> bool:
@@ -290,7 +301,7 @@ class Database(FacadeBase):
 
             await db.execute(update(Item).where(Item.id == 1).values(stock=Item.stock - 1))
         """
-        return await self._one_statement(statement, params, idempotent, _rowcount)
+        return await self._one_statement(as_write(statement), params, idempotent, _rowcount)
 
     async def fetch_all(self, statement: Statement, params: Any = None) -> list[Row[Any]]:
         """All rows of a query (retried: a read can be re-run).

@@ -21,7 +21,7 @@ from sqlalchemy_resilience.retry import CircuitBreaker, RetryPolicy, run_transac
 from sqlalchemy_resilience.saga import RecoveryReport, Saga, recover_sagas_sync
 from sqlalchemy_resilience.transactions import SyncTransactionContext, transaction_sync
 
-from .facade import Statement, as_statement, reads_only
+from .facade import Statement, as_statement, as_write, reads_only
 from .parts import DEFAULT, DatabaseCore, Default, FacadeBase, PoolerMode, start_failure
 from .settings import PoolSettings, settings_from_env
 from .stats import database_stats, replica_health
@@ -184,7 +184,9 @@ class SyncDatabase(FacadeBase):
 
     def execute(self, statement: Statement, params: Any = None, *, idempotent: bool = False) -> int:
         """Run one statement in its own retried transaction; returns the row count."""
-        return self._one_statement(statement, params, idempotent, lambda r: int(r.rowcount))
+        return self._one_statement(
+            as_write(statement), params, idempotent, lambda r: int(r.rowcount)
+        )
 
     def fetch_all(self, statement: Statement, params: Any = None) -> list[Row[Any]]:
         """All rows of a query."""

@@ -69,6 +69,9 @@ async def test_the_everyday_calls(db: sr.Database) -> None:
     assert (await db.fetch_one(select(items.c.name).where(items.c.name == "a"))) is not None
     assert await db.fetch_one(select(items.c.name).where(items.c.name == "zz")) is None
     assert await db.fetch_value(select(func.count()).select_from(items)) == 2
+    # execute() returns a row count: a select() is refused before anything runs.
+    with pytest.raises(TypeError, match=r"fetch_all\(\), fetch_one\(\) or fetch_value\(\)"):
+        await db.execute(select(items.c.name))
 
     async def add(session: AsyncSession) -> int:
         await session.execute(insert(items).values(name="d"))
@@ -245,6 +248,8 @@ def test_sync_database(sync_url: str) -> None:
             "b",
         ]
         assert db.fetch_value(select(func.count()).select_from(items)) == 2
+        with pytest.raises(TypeError, match="read a select"):
+            db.execute(select(items.c.name))
         db.run_transaction(lambda s: s.execute(insert(items).values(name="c")))
         with db.transaction() as session:
             session.execute(insert(items).values(name="d"))
