@@ -94,6 +94,7 @@ def create_app(url: str, *, secret: str | None = None, seed: int = 0) -> FastAPI
 
     app = FastAPI(lifespan=lifespan)
 
+    # [people]
     @app.exception_handler(InvalidCursor)
     async def invalid_cursor(request: Request, exc: InvalidCursor) -> JSONResponse:
         locale = request.headers.get("accept-language", "en")[:2]
@@ -128,6 +129,8 @@ def create_app(url: str, *, secret: str | None = None, seed: int = 0) -> FastAPI
         if links:
             response.headers["Link"] = ", ".join(links)
         return page
+
+    # [/people]
 
     return app
 
