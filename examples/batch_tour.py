@@ -12,7 +12,7 @@ import asyncio
 import os
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 CURSOR_KEY = "a-key-of-at-least-32-characters-for-the-cursors"
-START = datetime(2026, 12, 1, tzinfo=timezone.utc)
+START = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -146,7 +146,12 @@ async def main(url: str) -> None:
                 session, stmt, page_size=50, after=page.next_cursor, secret=CURSOR_KEY
             )
             # [/keyset]
-            print("keyset: page 2 starts at order", more.items[0].id, "has_previous", more.has_previous)
+            print(
+                "keyset: page 2 starts at order",
+                more.items[0].id,
+                "has_previous",
+                more.has_previous,
+            )
             # [offset]
             from sqlalchemy_resilience.pagination import paginate_offset
 

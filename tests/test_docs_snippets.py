@@ -16,7 +16,6 @@ DOCS = ROOT / "docs"
 # Pages whose inline ```python snippets are not yet included from a program.
 NOT_YET_INCLUDED = {
     "testing.md": 6,
-    "sagas.md": 4,
     "migrations.md": 4,
     "deployments.md": 4,
 }

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only
 
@@ -77,7 +78,12 @@ def _advance(position: int, last: bool) -> dict[str, Any]:
     return {"position": position + 1}
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, *, external: bool = False) -> str:
+    # An external step's socket error is the other system's (its HTTP call),
+    # not a database outage: there only SQLAlchemy's own errors (the saga log's
+    # writes) are translated.
+    if external and not isinstance(exc, sa_exc.SQLAlchemyError):
+        return describe(exc)[:2000]
     return describe(translate_error(exc))[:2000]
 
 
@@ -382,7 +388,7 @@ class Driver:
         self, record: SagaRecord, step: Step, position: int, failure: BaseException, *, ran: bool
     ) -> None:
         saga_id, owner, lease = record.saga_id, self.owner, self.definition.lease
-        error = _one_line(failure)
+        error = _one_line(failure, external=step.external)
 
         def mark(session: Session) -> None:
             store.own(session, saga_id, owner, lease)
@@ -431,7 +437,10 @@ class Driver:
             self._record(record, "step %s compensated", step.name)
         failed_step = record.failed_step or "?"
         if failures:
-            summary = {name: _one_line(exc) for name, exc in failures.items()}
+            summary = {
+                name: _one_line(exc, external=by_name[name].external)
+                for name, exc in failures.items()
+            }
             self._finish(record, store.COMPENSATION_FAILED)
             count("failed", record.name)
             self._record(
@@ -526,7 +535,7 @@ class Driver:
         self, record: SagaRecord, step: Step, entry: StepRecord, exc: BaseException
     ) -> None:
         saga_id, owner, lease = record.saga_id, self.owner, self.definition.lease
-        error = _one_line(exc)
+        error = _one_line(exc, external=step.external)
         entry.status, entry.error = store.COMPENSATION_FAILED, error
 
         def mark(session: Session) -> None:

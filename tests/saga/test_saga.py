@@ -165,8 +165,8 @@ async def test_failed_compensations_are_raised_together_and_can_be_redriven(
     broken = {"charge", "reserve"}
 
     def refund(ctx: SagaContext) -> None:
-        if ctx.step in broken:
-            raise RuntimeError(f"{ctx.step} undo is down")
+        if ctx.step in broken:  # the payment API's socket error: not a database outage
+            raise ConnectionError(f"{ctx.step} undo is down")
         world.call(ctx)
 
     async def release(ctx: SagaContext) -> None:
@@ -192,6 +192,8 @@ async def test_failed_compensations_are_raised_together_and_can_be_redriven(
     assert [str(e) for e in group.exceptions[1:]] == ["charge undo is down", "reserve undo is down"]
     record = await get_saga(Session, "ord-4")
     assert record is not None and record.status == "compensation_failed"
+    assert record.steps["charge"].error == "ConnectionError: charge undo is down"
+    assert record.steps["reserve"].error == "RuntimeError: reserve undo is down"
     assert await _rows(engine, "ord-4") == ["reserve"]
     # A second start returns the same outcome, without running anything again.
     calls = len(world.calls)
