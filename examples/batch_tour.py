@@ -9,6 +9,7 @@ Run it::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -102,7 +103,7 @@ async def main(url: str) -> None:
         async with engine.begin() as conn:
             await conn.run_sync(create_batch_tables)  # or the Alembic revision 0003_batch_jobs
         # [/resumable]
-        try:  # the first run dies after 7,500 rows: chunks 1 and 2 committed
+        with contextlib.suppress(Crash):  # the first run dies after 7,500 rows: 2 chunks done
             await bulk_insert(
                 engine,
                 events,
@@ -110,8 +111,6 @@ async def main(url: str) -> None:
                 chunk_size=5000,
                 job="import-2026-12-02",
             )
-        except Crash:
-            pass
         # [resume]
         await bulk_insert(
             engine, events, rows_from_the_export(), chunk_size=5000, job="import-2026-12-02"
@@ -137,15 +136,18 @@ async def main(url: str) -> None:
             stmt = select(Order).where(Order.customer_id == cid).order_by(Order.created_at.desc())
 
             page = await paginate(session, stmt, page_size=50, secret=CURSOR_KEY)
-            page.items  # [Order, ...] -- rows as the session returns them
-            page.next_cursor  # "AUlQ3sYh...": pass as after= for the next page (None on the last)
-            page.previous_cursor  # pass as before= for the page before (None on the first)
-            page.has_next, page.has_previous
+            orders = page.items  # [Order, ...] -- rows as the session returns them
+            after = page.next_cursor  # "AUlQ3sYh...": after= for the next page (None on the last)
+            before = page.previous_cursor  # before= for the page before (None on the first)
+            more_either_side = page.has_next, page.has_previous
 
             more = await paginate(
                 session, stmt, page_size=50, after=page.next_cursor, secret=CURSOR_KEY
             )
             # [/keyset]
+            assert (
+                len(orders) == 50 and after and before is None and more_either_side == (True, False)
+            )
             print(
                 "keyset: page 2 starts at order",
                 more.items[0].id,
@@ -156,9 +158,9 @@ async def main(url: str) -> None:
             from sqlalchemy_resilience.pagination import paginate_offset
 
             page = await paginate_offset(session, stmt, page=3, page_size=20, with_total=True)
-            page.items, page.page, page.total, page.pages, page.has_next, page.has_previous
+            orders, number, total, pages = page.items, page.page, page.total, page.pages
             # [/offset]
-            print("offset: page", page.page, "of", page.pages, "total", page.total)
+            print("offset: page", number, "of", pages, "total", total, "rows", len(orders))
     finally:
         from sqlalchemy_resilience.schema import batch_jobs
 

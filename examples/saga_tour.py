@@ -12,6 +12,7 @@ key once, as Stripe and most payment APIs do; everything else is real.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class PaymentService:
 
 
 payments = PaymentService()
+log = logging.getLogger("shop")
 alerts: list[str] = []
 
 
@@ -155,8 +157,8 @@ async def main(url: str) -> None:
                 saga_id=f"order-{order_id}",
                 sessionmaker=Session,
             )
-        except SagaCompensated:
-            ...  # exc.failed_step, exc.error; nothing is left behind
+        except SagaCompensated as exc:  # nothing is left behind
+            log.warning("order %s undone after %s: %s", order_id, exc.failed_step, exc.error)
         # [/execute]
         print("order-1:", results["charge"], "stock", await stock())
 

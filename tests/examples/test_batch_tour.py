@@ -13,7 +13,7 @@ AFTER_THE_WRITE = [
     "gold users: 10",
     "after the crash and the re-run: 12000 rows, each once",
     "keyset: page 2 starts at order 152 has_previous True",
-    "offset: page 3 of 10 total 200",
+    "offset: page 3 of 10 total 200 rows 20",
 ]
 
 
