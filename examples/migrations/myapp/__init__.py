@@ -1,0 +1,1 @@
+"""The application whose models the migrations create."""
