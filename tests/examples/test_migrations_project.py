@@ -72,7 +72,7 @@ def test_the_lint_ignore_marker_silences_only_its_line(project: Path, tmp_path: 
     assert "1 finding(s) silenced by lint: ignore[...] markers" in marked.stdout
     revision = project / "migrations" / "versions" / "0002_lookup_index.py"
     revision.write_text(
-        revision.read_text().replace("  # lint: ignore[require-concurrent-index-creation]", "")
+        revision.read_text().replace("# lint: ignore[require-concurrent-index-creation]", "#")
     )
     unmarked = _run(project, *lint, database=tmp_path / "unused.db")
     assert unmarked.returncode == 1

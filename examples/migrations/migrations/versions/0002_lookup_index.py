@@ -19,9 +19,8 @@ def upgrade() -> None:
     # The table holds a few dozen rows: the lock of a plain CREATE INDEX lasts
     # milliseconds, and CONCURRENTLY cannot run in the migration's transaction.
     # [ignore]
-    op.create_index(
-        "ix_small", "lookup", ["code"]
-    )  # lint: ignore[require-concurrent-index-creation]
+    # lint: ignore[require-concurrent-index-creation]
+    op.create_index("ix_small", "lookup", ["code"])
     # [/ignore]
 
 
