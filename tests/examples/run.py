@@ -10,12 +10,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_example(name: str, cwd: Path, database_url: str | None = None) -> str:
+def run_example(
+    name: str,
+    cwd: Path,
+    database_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> str:
     """``python examples/<name>`` in ``cwd``; its stdout. ``DATABASE_URL`` is set to
-    ``database_url``, or removed (the example's SQLite default)."""
+    ``database_url``, or removed (the example's SQLite default); ``extra_env`` is added."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     if database_url is not None:
         env["DATABASE_URL"] = database_url
+    env.update(extra_env or {})
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / name)],
         cwd=cwd,
