@@ -26,9 +26,10 @@ import random
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
+
+from tests import waiting
 
 
 class FaultProxy:
@@ -310,9 +311,4 @@ def _rst(writer: asyncio.StreamWriter) -> None:
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll every 5 ms (FAULTS.md H2) until ``predicate`` holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise TimeoutError(f"condition not met within {timeout}s")
+    waiting.wait_until(predicate, timeout=timeout)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -218,16 +217,11 @@ class PgServer:
         )
         return [row[0] for row in rows]
 
-    def wait_for(
-        self, predicate: Callable[[], bool], *, timeout: float = 10.0, interval: float = 0.01
-    ) -> None:
+    def wait_for(self, predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
         """Poll ``predicate`` until true (event-driven waits instead of sleeps)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(interval)
-        raise TimeoutError(f"condition not met within {timeout}s")
+        from tests.waiting import wait_until
+
+        wait_until(predicate, timeout=timeout)
 
     def require_owned(self) -> EmbeddedPostgres:
         import pytest

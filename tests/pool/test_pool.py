@@ -39,7 +39,9 @@ from sqlalchemy_resilience.pool import (
     warm_up,
     warm_up_sync,
 )
+from tests.clock import FakeClock
 from tests.pgharness import PgServer
+from tests.waiting import until, wait_until
 
 health_module = importlib.import_module("sqlalchemy_resilience.pool.health")
 
@@ -118,11 +120,7 @@ async def test_max_waiting_sheds_load_at_once(pg_server: PgServer, pg_database: 
                 return int((await conn.execute(text("SELECT 7"))).scalar_one())
 
         waiters = [asyncio.create_task(wait_for_one()) for _ in range(2)]
-        for _ in range(200):
-            if instr.pool.waiting == 2:
-                break
-            await asyncio.sleep(0.005)
-        assert instr.pool.waiting == 2
+        await until(lambda: instr.pool.waiting == 2, what="two queued requests")
         start = time.monotonic()
         with pytest.raises(PoolExhausted, match=r"2 requests already waiting .*max_waiting=2"):
             await engine.connect()
@@ -155,7 +153,7 @@ async def test_leak_is_reported_while_held_and_on_return(
         async def holds_too_long() -> None:
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-                await asyncio.sleep(0.9)
+                await until(lambda: instr.suspected_leaks == 1, what="the leak report")
                 reports = [r for r in caplog.records if r.name == POOL_LOGGER]
                 assert len(reports) == 1  # reported while still held
                 assert instr.suspected_leaks == 1
@@ -165,16 +163,20 @@ async def test_leak_is_reported_while_held_and_on_return(
     held, returned = [r for r in caplog.records if r.name == POOL_LOGGER]
     assert held.__dict__["sqlalchemy_resilience.returned"] is False
     assert held.__dict__["sqlalchemy_resilience.holder"] == "task 'export-job'"
-    assert 0.3 <= held.__dict__["sqlalchemy_resilience.held_for"] < 0.9
+    assert held.__dict__["sqlalchemy_resilience.held_for"] >= 0.3
     stack = held.__dict__["sqlalchemy_resilience.checkout_stack"]
     assert stack[0].startswith("tests/pool/test_pool.py:") and stack[0].endswith(
         " in holds_too_long"
     )
     assert "in holds_too_long" in held.getMessage()
-    # Where the holder is at report time: still inside holds_too_long, sleeping.
-    assert held.__dict__["sqlalchemy_resilience.holder_stack"][0].endswith(" in holds_too_long")
+    # Where the holder is at report time: still inside holds_too_long, waiting.
+    holder_stack = held.__dict__["sqlalchemy_resilience.holder_stack"]
+    assert any(frame.endswith(" in holds_too_long") for frame in holder_stack)
     assert returned.__dict__["sqlalchemy_resilience.returned"] is True
-    assert returned.__dict__["sqlalchemy_resilience.held_for"] >= 0.9
+    assert (
+        returned.__dict__["sqlalchemy_resilience.held_for"]
+        >= held.__dict__["sqlalchemy_resilience.held_for"]
+    )
     assert instr.suspected_leaks == 0
 
 
@@ -185,12 +187,12 @@ def test_leak_on_a_sync_engine_names_the_thread(
     caplog.set_level(logging.WARNING, logger=POOL_LOGGER)
     engine = create_engine(pg_server.app_url(pg_database, driver="psycopg"))
     try:
-        instrument(engine, leak_threshold=0.2)
+        instr = instrument(engine, leak_threshold=0.2)
 
         def report_builder() -> None:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-                time.sleep(0.5)
+                wait_until(lambda: instr.suspected_leaks == 1, what="the leak report")
 
         worker = threading.Thread(target=report_builder, name="reports-1")
         worker.start()
@@ -200,7 +202,8 @@ def test_leak_on_a_sync_engine_names_the_thread(
     held = next(r for r in caplog.records if r.name == POOL_LOGGER)
     assert held.__dict__["sqlalchemy_resilience.holder"] == "thread 'reports-1'"
     assert held.__dict__["sqlalchemy_resilience.checkout_stack"][0].endswith(" in report_builder")
-    assert held.__dict__["sqlalchemy_resilience.holder_stack"][0].endswith(" in report_builder")
+    holder_stack = held.__dict__["sqlalchemy_resilience.holder_stack"]
+    assert any(frame.endswith(" in report_builder") for frame in holder_stack)
 
 
 # -- warm-up -------------------------------------------------------------------------------
@@ -318,9 +321,12 @@ async def test_jittered_recycle_never_touches_a_checked_out_connection(
         await warm_up(engine, 4)
         async with engine.connect() as busy:
             busy_pid = (await busy.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-            maintainer = PoolMaintainer(engine, keepalive=None, recycle=0.5, jitter=0.4, min_size=4)
+            clock = FakeClock.wall()  # SQLAlchemy stamps connections with time.time()
+            maintainer = PoolMaintainer(
+                engine, keepalive=None, recycle=0.5, jitter=0.4, min_size=4, clock=clock
+            )
             assert (await maintainer.run_once()).replaced == 0  # young connections stay
-            await asyncio.sleep(0.55)
+            clock.advance(0.55)
             report = await maintainer.run_once()
             assert report.replaced == 3
             assert (await busy.execute(text("SELECT pg_backend_pid()"))).scalar_one() == busy_pid
@@ -343,10 +349,7 @@ async def test_maintainer_keeps_min_size_and_runs_in_the_background(
         maintainer = PoolMaintainer(engine, min_size=3, interval=0.05)
         await maintainer.start()
         try:
-            for _ in range(200):
-                if pool_stats(engine)["connections_idle"] == 3:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: pool_stats(engine)["connections_idle"] == 3, what="3 idle")
         finally:
             maintainer.detach()
         assert pool_stats(engine)["connections_idle"] == 3
@@ -361,9 +364,7 @@ def test_sync_maintainer_thread(tmp_path: Path) -> None:
     try:
         maintainer = PoolMaintainer(engine, min_size=2, keepalive=0.01, interval=0.02)
         maintainer.start_sync()
-        deadline = time.monotonic() + 5
-        while maintainer.totals.pinged < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: maintainer.totals.pinged >= 2, what="two pings")
         maintainer.detach()
         assert maintainer.totals.opened == 2
         assert maintainer.totals.pinged >= 2
@@ -400,17 +401,19 @@ async def test_resize_under_load(pg_server: PgServer, pg_database: str) -> None:
                     return
 
         workers = [asyncio.create_task(worker()) for _ in range(8)]
-        await asyncio.sleep(0.3)
+        await until(
+            lambda: peak == 2 and instr.pool.waiting >= 6, what="six requests queued behind two"
+        )
         assert peak == 2
         result = await resize_pool(engine, size=8)
         assert (result.previous_size, result.size) == (2, 8)
         assert result.opened >= 1  # requests that were waiting got a connection at once
-        await asyncio.sleep(0.3)
-        assert peak == 8
+        await until(lambda: peak == 8, what="eight connections in use at once")
         assert pool_stats(engine)["pool_size"] == 8
         shrink = await resize_pool(engine, size=2)
         assert shrink.previous_size == 8
-        await asyncio.sleep(0.3)
+        # The surplus closes as it comes back (nothing in use is closed).
+        await until(lambda: pool_stats(engine)["connections_closed"] >= 6, what="6 closed")
         stop.set()
         await asyncio.gather(*workers)
         assert errors == []
@@ -447,7 +450,7 @@ async def test_health_check_degraded_and_breaker(pg_server: PgServer, pg_databas
         monitor = instrument(engine, leak_threshold=0.05).pool
         held = await engine.connect()
         await held.execute(text("SELECT 1"))
-        await asyncio.sleep(0.3)  # past leak_threshold
+        await until(lambda: monitor.suspected_leaks == 1, what="past leak_threshold")
         report = await health_check(engine, timeout=2, monitor=monitor)
         assert report.status == "degraded"
         assert any("held past leak_threshold" in w for w in report.warnings)
@@ -490,21 +493,18 @@ async def test_health_check_never_hangs_on_a_frozen_server(fault_server: PgServe
             sync_report = await asyncio.to_thread(health_check_sync, sync_engine, timeout=0.5)
             assert time.monotonic() - start < 2.0
             assert sync_report.status == "unhealthy"
-        for _ in range(100):
-            if (await health_check(async_engine, timeout=2)).status == "healthy":
-                break
-            await asyncio.sleep(0.05)
-        assert (await health_check(async_engine, timeout=2)).status == "healthy"
+
+        async def healthy() -> bool:
+            return (await health_check(async_engine, timeout=2)).status == "healthy"
+
+        await until(healthy, what="healthy again once the server answers")
     finally:
         # The abandoned probes finish once the server runs again; let them
         # return their connections before the engines are disposed.
         for thread in threading.enumerate():
             if thread.name == "sqlalchemy-resilience-health":
                 await asyncio.to_thread(thread.join, 30)
-        for _ in range(600):
-            if not health_module._abandoned:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: not health_module._abandoned, what="the abandoned probes' return")
         await async_engine.dispose()
         sync_engine.dispose()
 
