@@ -18,6 +18,7 @@ from sqlalchemy_resilience.cli.demo.migration_project import alembic, write_proj
 from sqlalchemy_resilience.migrations import MigrationSettings, verify_migrations
 from sqlalchemy_resilience.schema import migration_checksums
 from tests.pgharness import PgServer
+from tests.waiting import wait_until
 
 
 def _engine(url: URL) -> Engine:
@@ -152,20 +153,19 @@ def test_sigkill_mid_migration_leaves_a_consistent_schema(
     engine = create_engine(url)
     try:
         proc = alembic(ini, url, "upgrade", "head", sleep_r2="30")
-        deadline = time.monotonic() + 30
         with engine.connect() as conn:
-            while time.monotonic() < deadline:
+
+            def r2_running() -> bool:
                 sleeping = conn.execute(
                     text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()"
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()"
                     )
                 ).scalar()
                 conn.rollback()
-                if sleeping:
-                    break
-                time.sleep(0.1)
-            else:
-                pytest.fail("r2 never started")
+                return bool(sleeping)
+
+            wait_until(r2_running, timeout=30, what="r2's statement on the server")
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         with engine.connect() as conn:
@@ -238,8 +238,8 @@ def test_settings_are_validated() -> None:
 def test_waiting_longer_than_lock_wait_is_one_clear_line(database: URL, tmp_path: Path) -> None:
     """A second instance with lock_wait=0.5 while the first migrates for 4 s: exit 1, one FAILED line."""
     ini = write_project(tmp_path)
-    first = alembic(ini, database, "upgrade", "head", sleep_r1="4")
-    time.sleep(1.5)  # the first holds the lock by now
+    first = alembic(ini, database, "upgrade", "head", sleep_r1="4", announce="1")
+    assert first.stdout.readline() == "r1 sleeping\n"  # it holds the lock now
     code, out = _finish(alembic(ini, database, "upgrade", "head", lock_wait="0.5"))
     assert _finish(first)[0] == 0
     assert code != 0 and "Traceback" not in out, out

@@ -255,7 +255,7 @@ async def test_cancelled_probe_releases_its_permit() -> None:
     async def probe() -> None:
         async with b.guard():
             entered.set()
-            await asyncio.sleep(10)
+            await asyncio.Event().wait()  # until cancelled
 
     task = asyncio.create_task(probe())
     await entered.wait()

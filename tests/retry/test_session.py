@@ -254,7 +254,16 @@ async def test_cancellation_is_not_retried_and_leaks_nothing(
 
     task = asyncio.create_task(run_transaction(Session, slow, retry=FAST))
     await started.wait()
-    await asyncio.sleep(0.1)
+
+    def sleeping_on_the_server() -> bool:
+        rows = pg_server.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename = 'app'"
+            " AND state = 'active' AND query LIKE '%%pg_sleep(5)%%'",
+            (pg_database,),
+        )
+        return rows[0][0] == 1
+
+    await asyncio.to_thread(pg_server.wait_for, sleeping_on_the_server, timeout=10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

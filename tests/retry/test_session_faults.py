@@ -12,9 +12,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -222,6 +223,12 @@ async def test_resolver_reruns_a_lost_commit_that_aborted(fault_server: PgServer
     )
     instrument(engine)
     attempts = 0
+    asked = threading.Event()
+
+    @event.listens_for(engine.sync_engine, "after_cursor_execute")
+    def _resolver_asked(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "pg_xact_status" in statement:
+            asked.set()
 
     async def work(session: AsyncSession) -> int:
         nonlocal attempts
@@ -235,7 +242,8 @@ async def test_resolver_reruns_a_lost_commit_that_aborted(fault_server: PgServer
             lambda: proxy.commits_swallowed == 1 and bool(fault_server.pids_sleeping_in_commit()),
             timeout=20,
         )
-        time.sleep(0.5)  # the resolver sees "in progress" first
+        # The resolver has asked once, while the COMMIT still sleeps: "in progress".
+        assert asked.wait(timeout=20)
         pid = fault_server.pids_sleeping_in_commit()[0]
         fault_server.execute("SELECT pg_terminate_backend(%s)", (pid,))
 

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.util import greenlet_spawn
 
@@ -15,7 +15,7 @@ from sqlalchemy_resilience import RetryPolicy, Saga
 from sqlalchemy_resilience.saga import SagaContext, get_saga, recover_sagas
 from sqlalchemy_resilience.saga.api import _recover
 from sqlalchemy_resilience.saga.store import TxRunner
-from sqlalchemy_resilience.schema import create_saga_tables
+from sqlalchemy_resilience.schema import create_saga_tables, sagas
 
 QUICK = RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.005, retry_on=lambda e: True)
 
@@ -39,6 +39,16 @@ async def engine(any_engine: AsyncEngine) -> AsyncEngine:
             )
         )
     return eng
+
+
+async def _lease_runs_out(engine: AsyncEngine, *saga_ids: str) -> None:
+    """End each saga's lease now: what waiting past it does, in the database's clock."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(sagas)
+            .where(sagas.c.id.in_(saga_ids))
+            .values(lease_until=sagas.c.lease_until - 3600)
+        )
 
 
 class World:
@@ -256,7 +266,7 @@ async def test_crash_mid_saga_is_recovered_exactly_once(engine: AsyncEngine) -> 
         await saga.execute(saga_id="ord-6", sessionmaker=Session)
     assert 0 < busy.value.retry_after <= 2.0
     assert (await recover_sagas(Session, [saga])).recovered == []
-    await asyncio.sleep(2.1)
+    await _lease_runs_out(engine, "ord-6")
     report = await recover_sagas(Session, [saga])
     assert report.completed == ["ord-6"]
     assert world.calls == ["ord-6:charge", "ord-6:charge"]  # called twice, same key
@@ -284,7 +294,7 @@ async def test_database_step_commits_with_its_log_entry(engine: AsyncEngine) -> 
     with pytest.raises(Crash):
         await saga.execute(saga_id="ord-7", sessionmaker=Session)
     assert await _rows(engine, "ord-7") == []
-    await asyncio.sleep(0.2)
+    await _lease_runs_out(engine, "ord-7")
     assert (await recover_sagas(Session, [saga])).completed == ["ord-7"]
     assert await _rows(engine, "ord-7") == ["reserve"]
 
@@ -312,7 +322,7 @@ async def test_two_recoverers_never_take_the_same_saga(engine: AsyncEngine) -> N
     for saga_id in ids:
         with pytest.raises(Crash):
             await saga.execute(saga_id=saga_id, sessionmaker=Session)
-    await asyncio.sleep(1.6)
+    await _lease_runs_out(engine, *ids)
 
     async def instance(owner: str) -> list[str]:
         runner = TxRunner(Session, is_async=True, retry=RetryPolicy(attempts=5))
@@ -354,7 +364,7 @@ async def test_lease_lost_stops_the_old_driver(engine: AsyncEngine) -> None:
     )
     first = asyncio.create_task(saga.execute(saga_id="ord-8", sessionmaker=Session))
     await in_flight.wait()
-    await asyncio.sleep(0.3)  # the lease runs out while the call is in flight
+    await _lease_runs_out(engine, "ord-8")  # while the call is in flight
     # recover_sagas in the same process: the takeover is per driving, not per
     # process, so the slow driver is stopped all the same.
     report = await recover_sagas(Session, [saga])
