@@ -162,6 +162,11 @@ class PgServer:
         )
         return [row[0] for row in rows]
 
+    def backend_exists(self, pid: int) -> bool:
+        """Whether the server still has the backend ``pid`` (gone once the server ended it)."""
+        rows = self.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+        return bool(rows[0][0])
+
     def terminate_backends(self, *, database: str | None = None, usename: str = APP_ROLE) -> int:
         rows = self.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s"

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument
 from tests.pgharness import PgServer
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -134,12 +135,20 @@ async def test_shutting_down_server_refuses_with_57p03(
     await holder.execute(text("SELECT 1"))
     stopper = asyncio.create_task(asyncio.to_thread(pg.stop, mode="smart", timeout=30))
     try:
-        await asyncio.sleep(0.3)
-        with pytest.raises(sr.DatabaseUnavailable) as info:
-            async with engine.connect():
-                pass
-        assert info.value.retryable is True
-        assert info.value.sqlstate == "57P03"
+        refusals: list[sr.DatabaseUnavailable] = []
+
+        async def refused() -> bool:
+            try:
+                async with engine.connect() as conn:
+                    await conn.invalidate()  # the shutdown has not begun: connect anew next time
+                    return False
+            except sr.DatabaseUnavailable as exc:
+                refusals.append(exc)
+                return True
+
+        await until(refused, what="the smart shutdown refusing connections")
+        assert refusals[-1].retryable is True
+        assert refusals[-1].sqlstate == "57P03"
     finally:
         await holder.close()
         await engine.dispose()

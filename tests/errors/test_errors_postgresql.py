@@ -270,14 +270,14 @@ async def test_statement_timeout_keeps_connection(engine: AsyncEngine) -> None:
     assert (info.value.sqlstate, info.value.retryable) == ("57014", False)
 
 
-async def test_idle_in_transaction_timeout(engine: AsyncEngine) -> None:
+async def test_idle_in_transaction_timeout(engine: AsyncEngine, pg_server: PgServer) -> None:
     """25P03 (recipe e8): the server killed the session, so ConnectionLost, retryable."""
     async with engine.connect() as conn:
         await conn.execute(text("SET idle_in_transaction_session_timeout = '100ms'"))
         await conn.commit()
         await conn.begin()
-        await conn.execute(text("SELECT 1"))
-        await asyncio.sleep(0.4)
+        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        await asyncio.to_thread(pg_server.wait_for, lambda: not pg_server.backend_exists(pid))
         with pytest.raises(sr.ConnectionLost) as info:
             await conn.execute(text("SELECT 2"))
     err = info.value

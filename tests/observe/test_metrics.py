@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy_resilience import PoolExhausted, instrument
 from sqlalchemy_resilience.pool import pool_stats
 from tests.pgharness import PgServer
+from tests.waiting import until
 
 metadata = MetaData()
 things = Table("things", metadata, Column("id", Integer, primary_key=True))
@@ -157,11 +158,7 @@ async def test_pool_gauges_follow_checkouts_and_checkins(
         assert gauge(reader, "db.client.connection.idle.min", **name) == 0
 
         waiter = asyncio.create_task(engine.connect().start())
-        for _ in range(200):
-            if gauge(reader, "db.client.connection.pending_requests", **name) == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert gauge(reader, "db.client.connection.pending_requests", **name) == 1
+        await until(lambda: gauge(reader, "db.client.connection.pending_requests", **name) == 1)
         assert pool_stats(engine)["requests_waiting"] == 1
         await held.pop().close()
         held.append(await waiter)

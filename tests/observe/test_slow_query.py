@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sqlalchemy_resilience import QueryTimeout, instrument
 from tests.pgharness import PgServer
+from tests.waiting import until, wait_until
 
 LOGGER = "sqlalchemy_resilience.slow_query"
 SECRET = "canary-parameter-8731"
@@ -211,9 +212,7 @@ async def test_explain_attaches_the_plan_of_a_slow_select(
         await conn.execute(query, {"id": 7})
         await conn.execute(query, {"id": 8})  # same statement inside the interval: no plan
 
-    deadline = time.monotonic() + 10
-    while len(_records(caplog)) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - a record logged by a task
-        await asyncio.sleep(0.02)
+    await until(lambda: len(_records(caplog)) >= 2, what="two slow-query records")
     records = _records(caplog)
     assert len(records) == 2
     with_plan = [r for r in records if "sqlalchemy_resilience.plan" in r.__dict__]
@@ -239,9 +238,7 @@ def test_explain_on_a_sync_engine_and_only_for_select(
             conn.execute(text("INSERT INTO tmp_e VALUES (0)"))
             conn.execute(text("UPDATE tmp_e SET id = 1 WHERE pg_sleep(0.06) IS NOT NULL"))
             conn.execute(text("SELECT pg_sleep(0.06)"))
-        deadline = time.monotonic() + 10
-        while len(_records(caplog)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: len(_records(caplog)) >= 2, what="two slow-query records")
     finally:
         engine.dispose()
     select, update = sorted(_records(caplog), key=lambda r: str(_extra(r, "statement")))

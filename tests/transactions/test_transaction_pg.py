@@ -142,12 +142,14 @@ async def test_statement_and_lock_timeouts_fire(
     assert waited < 10  # the lock was held for as long as the test ran: the timeout ended the wait
 
 
-async def test_idle_in_transaction_timeout_ends_the_session(engine: AsyncEngine) -> None:
+async def test_idle_in_transaction_timeout_ends_the_session(
+    engine: AsyncEngine, pg_server: PgServer
+) -> None:
     """The server ends a transaction left idle past the timeout; the next statement reports a lost connection."""
     with pytest.raises(sr.ConnectionLost):
         async with transaction(engine, idle_in_transaction_timeout=0.2) as conn:
-            await conn.execute(text("SELECT 1"))
-            await asyncio.sleep(1.0)
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            await asyncio.to_thread(pg_server.wait_for, lambda: not pg_server.backend_exists(pid))
             await conn.execute(text("SELECT 1"))
     async with transaction(engine) as conn:  # the pool replaced the dead connection
         assert (await conn.execute(text("SELECT 1"))).scalar() == 1
