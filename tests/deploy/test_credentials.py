@@ -64,13 +64,17 @@ class SecretStore:
                 )
             )
 
+    def rotate(self) -> None:
+        """One rotation: the server has the new password before it is published."""
+        new = f"rot{self.rotations}-" + secrets.token_hex(8)
+        self._set(new)
+        self.current = new
+        self.rotations += 1
+
     def rotate_every(self, seconds: float) -> None:
         def run() -> None:
             while not self._stop.wait(seconds):
-                new = f"rot{self.rotations}-" + secrets.token_hex(8)
-                self._set(new)
-                self.current = new  # published after the server has it
-                self.rotations += 1
+                self.rotate()
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
@@ -241,9 +245,7 @@ def test_sync_engine_with_an_async_provider_and_a_ttl(
                 assert conn.scalar(text("SELECT current_user")) == ROLE
         assert handle.calls == 1  # reused for the ttl
         # Rotated by hand: the cached one is refused, asked again, connected.
-        store.rotate_every(0.01)
-        time.sleep(0.3)
-        store.stop()
+        store.rotate()
         with engine.connect() as conn:
             assert conn.scalar(text("SELECT 1")) == 1
         assert handle.calls == 2 and handle.auth_retries_used == 1

@@ -6,7 +6,6 @@ conftest, a role whose password the provider supplies, a streaming replica.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import uuid
@@ -23,6 +22,7 @@ from sqlalchemy_resilience.deploy import Credential, PoolerWarning
 from tests.chaos.workload import check, run_bank, setup_bank
 from tests.pgbouncer import PgBouncer
 from tests.pgharness import PgServer
+from tests.waiting import until
 
 
 def _url(server: PgServer, database: str, **changes: object) -> str:
@@ -131,10 +131,7 @@ async def test_replicas(primary_and_replica: tuple[PgServer, PgServer]) -> None:
         try:
             for _ in range(3):
                 assert await db.fetch_value("SELECT count(*) FROM notes") >= 1
-            for _ in range(50):
-                if not db.replicas.status()[0].eligible:
-                    break
-                await asyncio.sleep(0.1)
+            await until(lambda: not db.replicas.status()[0].eligible, what="out of rotation")
             report = await db.health()
             assert report.status == "degraded"
             assert any("out of rotation" in w for w in report.warnings)

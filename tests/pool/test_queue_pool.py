@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -17,6 +16,7 @@ from sqlalchemy_resilience.pool import (
     resize_pool,
     resize_pool_sync,
 )
+from tests.waiting import wait_until
 
 
 def test_a_resize_survives_dispose(tmp_path: Path) -> None:
@@ -147,10 +147,7 @@ def test_a_grow_serves_waiting_requests_without_instrument(tmp_path: Path) -> No
     waiter = threading.Thread(target=request)
     try:
         waiter.start()
-        deadline = time.monotonic() + 30
-        while pool.waiting == 0:  # the thread is queued for the only connection
-            assert time.monotonic() < deadline, "the request never queued"
-            time.sleep(0.005)
+        wait_until(lambda: pool.waiting > 0, what="the request queued for the only connection")
         result = resize_pool_sync(engine, size=2)
         assert result.opened == 1
         assert served.wait(30)  # served while the first connection is still held
