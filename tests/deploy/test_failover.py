@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience.pool import ping_idle_connections
 from tests.chaos.workload import check, run_bank, setup_bank
+from tests.clock import FakeClock
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
 
@@ -62,27 +63,27 @@ class Cluster:
         # Fencing is complete only when no transaction begun before it can still
         # commit: those stay read-write. Wait them out, then catch the standby up
         # (with asynchronous replication, promoting earlier loses their commits).
-        time.sleep(0.3)  # the postmaster passes the SIGHUP on to every backend
+        # A backend takes the SIGHUP at its next command: there is no event that says
+        # every one has, so this one pause stays (a transaction begun before it is
+        # waited out below, one begun after it is read-only).
+        time.sleep(0.3)
         cutoff = self.primary.execute("SELECT now()")[0][0]
-        deadline = time.monotonic() + 30
-        while self.primary.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND xact_start < %s",
-            (cutoff,),
-        )[0][0]:
-            if time.monotonic() > deadline:  # pragma: no cover - a stuck transaction
-                raise AssertionError("transactions begun before the fence did not end in 30 s")
-            time.sleep(0.01)
+        self.primary.wait_for(
+            lambda: (
+                not self.primary.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND xact_start < %s",
+                    (cutoff,),
+                )[0][0]
+            ),
+            timeout=30,
+        )
         target = self.primary.execute("SELECT pg_current_wal_lsn()")[0][0]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            replayed = self.standby.execute(
+        self.standby.wait_for(
+            lambda: self.standby.execute(
                 "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (str(target),)
-            )[0][0]
-            if replayed:
-                break
-            time.sleep(0.02)
-        else:  # pragma: no cover - the standby stalled
-            raise AssertionError("the standby did not catch up within 30 s")
+            )[0][0],
+            timeout=30,
+        )
         self.standby.require_owned().promote()
         self.proxy.target = ("127.0.0.1", self.standby.port)  # the DNS flip
         self.new_primary_at = time.monotonic()
@@ -124,10 +125,12 @@ async def _one_transfer(Session: async_sessionmaker[AsyncSession], policy: sr.Re
 
 
 async def _warm(engine: AsyncEngine, n: int) -> None:
+    all_held = asyncio.Barrier(n)
+
     async def hold() -> None:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-            await asyncio.sleep(0.1)
+            await all_held.wait()  # n connections at once: n distinct ones in the pool
 
     await asyncio.gather(*(hold() for _ in range(n)))
 
@@ -139,11 +142,12 @@ async def test_the_first_write_after_an_idle_failover_does_not_fail(
     """No retry allowed (attempts=1): the writer check alone must route the write."""
     engine = create_async_engine(cluster.url(driver), pool_size=4, max_overflow=0)
     sr.instrument(engine)
-    checker = ping_idle_connections(engine, after=0.3, timeout=2, require_writer=True)
+    clock = FakeClock.wall()
+    checker = ping_idle_connections(engine, after=0.3, timeout=2, require_writer=True, clock=clock)
     once = sr.RetryPolicy(attempts=1)
     try:
         await _warm(engine, 4)
-        await asyncio.sleep(0.4)
+        clock.advance(0.4)  # the pooled connections are idle past `after`
         await asyncio.to_thread(cluster.fail_over)
         await _one_transfer(async_sessionmaker(engine), once)
     finally:
@@ -158,10 +162,11 @@ async def test_without_the_writer_check_that_write_fails(cluster: Cluster) -> No
     """The negative control: the idle ping alone passes (the old primary is alive) -> 25006."""
     engine = create_async_engine(cluster.url("asyncpg"), pool_size=4, max_overflow=0)
     sr.instrument(engine)
-    liveness = ping_idle_connections(engine, after=0.3, timeout=2)
+    clock = FakeClock.wall()
+    liveness = ping_idle_connections(engine, after=0.3, timeout=2, clock=clock)
     try:
         await _warm(engine, 4)
-        await asyncio.sleep(0.4)
+        clock.advance(0.4)  # the pooled connections are idle past `after`
         await asyncio.to_thread(cluster.fail_over)
         with pytest.raises(sr.ReadOnlyServer):
             await _one_transfer(async_sessionmaker(engine), sr.RetryPolicy(attempts=1))
@@ -181,7 +186,10 @@ async def test_bank_workload_across_a_failover(cluster: Cluster) -> None:
     policy = sr.RetryPolicy()
 
     async def chaos() -> None:
-        await asyncio.sleep(2.0)
+        # Once the workload is under way: 200 transfers committed.
+        await asyncio.to_thread(
+            cluster.primary.wait_for, lambda: _committed(cluster) >= 200, timeout=30
+        )
         await asyncio.to_thread(cluster.fail_over)
 
     try:
