@@ -21,6 +21,7 @@ import sqlalchemy_resilience as sr
 from sqlalchemy_resilience.deploy import ReplicaSet, routing_sessionmaker
 from sqlalchemy_resilience.retry import RetryBudget
 from tests.pgharness import PgServer
+from tests.waiting import until
 
 # These tests start servers of their own.
 pytestmark = pytest.mark.postgresql
@@ -114,22 +115,27 @@ async def test_write_then_read_with_a_replica_killed_and_restored(cluster: Clust
     def snapshot(label: str) -> None:
         phases[label] = {name: replica_set.routed[name] for name in [*names, "primary"]}
 
+    async def units_done(n: int) -> None:
+        # Phases are measured in work done, not in seconds: the same on a busy machine.
+        target = units + n
+        await until(lambda: units >= target, timeout=60, what=f"{n} more units of work")
+
     async def chaos() -> None:
         victim = cluster.replicas[0].require_owned()
-        await asyncio.sleep(1.5)
+        await units_done(1500)
         snapshot("before kill")
         await asyncio.to_thread(victim.stop, mode="immediate")
-        await asyncio.sleep(1.5)
+        await units_done(1500)
         snapshot("killed")
         await asyncio.to_thread(victim.start)
-        # Back in rotation once a probe gets an answer: seconds on a busy
-        # machine, so wait for it rather than for a fixed time.
-        deadline = time.monotonic() + 60
-        while not next(s for s in replica_set.status() if s.name == names[0]).eligible:
-            assert time.monotonic() < deadline, replica_set.status()
-            await asyncio.sleep(0.05)
+        # Back in rotation once a probe gets an answer.
+        await until(
+            lambda: next(s for s in replica_set.status() if s.name == names[0]).eligible,
+            timeout=60,
+            what="the restarted replica back in rotation",
+        )
         snapshot("restored")
-        await asyncio.sleep(2.0)
+        await units_done(1500)
         stop.set()
 
     try:
@@ -166,15 +172,18 @@ async def test_lag_bound_sends_reads_to_the_primary(cluster: Cluster) -> None:
             for replica in cluster.replicas:
                 replica.execute("SELECT pg_wal_replay_pause()")
             key = uuid.uuid4()
-            deadline = time.monotonic() + 20
-            while any(s.eligible for s in replica_set.status()):
+
+            async def behind() -> bool:
+                # Writes go on while the replicas do not replay them, until the
+                # measured lag takes both out of rotation.
                 async with primary.begin() as conn:
                     await conn.execute(
                         text("INSERT INTO notes (id, body) VALUES (:k, 'lag')"),
                         {"k": uuid.uuid4()},
                     )
-                await asyncio.sleep(0.05)
-                assert time.monotonic() < deadline, replica_set.status()
+                return not any(s.eligible for s in replica_set.status())
+
+            await until(behind, what="both replicas out of rotation for lag")
             async with primary.begin() as conn:
                 await conn.execute(
                     text("INSERT INTO notes (id, body) VALUES (:k, 'latest')"), {"k": key}
@@ -189,10 +198,9 @@ async def test_lag_bound_sends_reads_to_the_primary(cluster: Cluster) -> None:
             assert replica_set.routed["primary"] == before + 1
             for replica in cluster.replicas:
                 replica.execute("SELECT pg_wal_replay_resume()")
-            deadline = time.monotonic() + 20
-            while not all(s.eligible for s in replica_set.status()):
-                assert time.monotonic() < deadline, replica_set.status()
-                await asyncio.sleep(0.05)
+            await until(
+                lambda: all(s.eligible for s in replica_set.status()), what="caught up again"
+            )
     finally:
         for replica in cluster.replicas:
             replica.execute("SELECT pg_wal_replay_resume()")
