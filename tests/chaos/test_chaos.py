@@ -44,8 +44,10 @@ from tests.chaos.workload import (
     run_bank,
     setup_bank,
 )
+from tests.clock import FakeClock
 from tests.faultproxy import FaultProxy
 from tests.pgharness import PgServer
+from tests.waiting import until
 
 pytestmark = pytest.mark.chaos
 
@@ -428,7 +430,10 @@ async def test_s18_breaker_while_database_unreachable(fault_server: PgServer) ->
     connects: list[float] = []
     event.listen(engine.sync_engine, "do_connect", lambda *a: connects.append(time.monotonic()))
     transitions: list[str] = []
-    breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=0.5)
+    # The breaker's time moves when the test says: a busy machine cannot make
+    # the 50 refusals below outlast recovery_timeout.
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=0.5, clock=clock)
     breaker.add_listener(lambda t: transitions.append(t.current.name))
     Session = async_sessionmaker(engine)
     # The fail-fast leg: waiting at the open breaker (the default) is S45's.
@@ -459,7 +464,7 @@ async def test_s18_breaker_while_database_unreachable(fault_server: PgServer) ->
             fast.append(time.perf_counter() - t0)
         assert len(connects) == before
         proxy.up()  # (c) restored
-        await asyncio.sleep(0.55)
+        clock.advance(0.55)  # past recovery_timeout
         assert await run_transaction(Session, ping, retry=once, breaker=breaker) == 1
         _figure(
             "S18",
@@ -782,11 +787,14 @@ async def test_s15_server_hang(fault_server: PgServer, gc_warnings: GcWarnings) 
         # (a) the backend of a checked-out connection stops for 3 s.
         attempts = 0
 
+        stopped: list[int] = []
+
         async def work(session: AsyncSession) -> int:
             nonlocal attempts
             attempts += 1
             pid = int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
             if attempts == 1:
+                stopped.append(pid)
                 os.kill(pid, signal.SIGSTOP)
                 asyncio.get_running_loop().call_later(3.0, os.kill, pid, signal.SIGCONT)
             await session.execute(text("UPDATE accounts SET balance = balance WHERE id = 1"))
@@ -795,11 +803,15 @@ async def test_s15_server_hang(fault_server: PgServer, gc_warnings: GcWarnings) 
         t0 = time.monotonic()
         await run_transaction(Session, work, retry=_policy(), attempt_timeout=1.0)
         call_a = time.monotonic() - t0
-        await asyncio.sleep(3.2)  # let the stopped backend resume and exit
+        # The stopped backend resumes (SIGCONT after 3 s) and exits.
+        await asyncio.to_thread(
+            fault_server.wait_for, lambda: not fault_server.backend_exists(stopped[0]), timeout=30
+        )
 
         # (b) the postmaster stops: new connects hang.
         await engine.dispose()
-        breaker = CircuitBreaker(failure_threshold=2, recovery_timeout=1.0)
+        clock = FakeClock()
+        breaker = CircuitBreaker(failure_threshold=2, recovery_timeout=1.0, clock=clock)
         transitions: list[str] = []
         breaker.add_listener(lambda t: transitions.append(t.current.name))
         # Fail fast at the open breaker: this leg measures the refusals.
@@ -820,7 +832,7 @@ async def test_s15_server_hang(fault_server: PgServer, gc_warnings: GcWarnings) 
                 with pytest.raises(sr.CircuitOpenError):
                     await run_transaction(Session, ping, retry=once, breaker=breaker)
             fail_fast = (time.monotonic() - t2) / 20
-        await asyncio.sleep(1.05)
+        clock.advance(1.05)  # past recovery_timeout
         assert await run_transaction(Session, ping, retry=once, breaker=breaker) == 1
         _figure(
             "S15",
@@ -1372,7 +1384,7 @@ async def test_s19c_one_leak_report_under_load(
         async def leaky() -> None:
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-                await asyncio.sleep(1.5)
+                await until(lambda: instr.suspected_leaks == 1, what="the leak report")
 
         with _Records("sqlalchemy_resilience.pool") as records:
             leak = asyncio.create_task(leaky(), name="s19c-leaky")
@@ -1382,7 +1394,7 @@ async def test_s19c_one_leak_report_under_load(
         returned = [r for r in records if r.__dict__["sqlalchemy_resilience.returned"]]
         _figure(
             "S19c",
-            f"{len(result.ok)} transfers by 4 workers alongside one connection held 1.5 s "
+            f"{len(result.ok)} transfers by 4 workers alongside one connection held until reported "
             f"(leak_threshold 0.5 s): {len(held)} leak report(s), {len(returned)} return record(s), "
             f"checkout stack {held[0].__dict__['sqlalchemy_resilience.checkout_stack'][:1] if held else '-'}",
         )
