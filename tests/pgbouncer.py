@@ -16,10 +16,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from sqlalchemy.engine import URL
+
+from tests.waiting import wait_until
 
 __all__ = ["PgBouncer", "find_pgbouncer"]
 
@@ -125,16 +126,23 @@ class PgBouncer:
             cwd=str(self.dir),
             **kwargs,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+        proc = self._proc
+
+        def listening() -> bool:
+            if proc.poll() is not None:
                 raise RuntimeError(f"pgbouncer exited at start:\n{self.log_tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
+                    return True
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"pgbouncer did not listen within {timeout} s:\n{self.log_tail()}")
+                return False
+
+        try:
+            wait_until(listening, timeout=timeout, what="pgbouncer listening")
+        except TimeoutError:
+            raise RuntimeError(
+                f"pgbouncer did not listen within {timeout} s:\n{self.log_tail()}"
+            ) from None
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_file.exists():

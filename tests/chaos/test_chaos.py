@@ -222,10 +222,12 @@ async def test_s5_stale_pool(fault_server: PgServer, gc_warnings: GcWarnings) ->
     try:
         Session = resilient_sessionmaker(engine, retry=_policy())
 
+        all_held = asyncio.Barrier(5)
+
         async def hold() -> int:
             async with Session() as session:
                 pid = int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
-                await asyncio.sleep(0.2)
+                await all_held.wait()  # five sessions at once: five connections in the pool
                 return pid
 
         killed_pids = set(await asyncio.gather(*(hold() for _ in range(5))))
@@ -883,7 +885,15 @@ async def test_s16_network_toxics(fault_server: PgServer, gc_warnings: GcWarning
 
         t0 = time.monotonic()
         tasks = [asyncio.ensure_future(worker()) for _ in range(8)]
-        await asyncio.sleep(0.1)
+
+        def all_mid_query() -> bool:
+            rows = fault_server.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE state = 'active' AND query = 'SELECT pg_sleep(0.5)'"
+            )
+            return rows[0][0] == 5  # every pooled connection; three more wait for one
+
+        await asyncio.to_thread(fault_server.wait_for, all_mid_query, timeout=30)
         proxy.blackhole = True
         outcomes = await asyncio.gather(*tasks)
         blackhole_wall = time.monotonic() - t0
