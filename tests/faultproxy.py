@@ -219,7 +219,7 @@ class FaultProxy:
             (length,) = struct.unpack("!i", header[1:])
             body = await reader.readexactly(length - 4)
             while self.blackhole:  # noqa: ASYNC110 - a toxic flipped from another thread
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # the blackhole toxic holds the message
             if muted["forgotten"]:
                 continue  # the NAT drops it
             swallow = (
@@ -264,13 +264,13 @@ class FaultProxy:
             if not muted["ready"] and b"Z\x00\x00\x00\x05" in chunk:
                 muted["ready"] = True
             while self.blackhole:  # noqa: ASYNC110 - a toxic flipped from another thread
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # the blackhole toxic holds the reply
             if self.latency or self.jitter:
-                await asyncio.sleep(
+                await asyncio.sleep(  # the latency toxic
                     max(0.0, self.latency + random.uniform(-self.jitter, self.jitter))
                 )
             if self.bandwidth:
-                await asyncio.sleep(len(chunk) / self.bandwidth)
+                await asyncio.sleep(len(chunk) / self.bandwidth)  # the bandwidth toxic
             if self.limit_data is not None and sent + len(chunk) > self.limit_data:
                 client.write(chunk[: max(0, self.limit_data - sent)])
                 _rst(client)
@@ -281,7 +281,7 @@ class FaultProxy:
                     client.write(chunk[start : start + self.slice_bytes])
                     await client.drain()
                     if self.slice_delay:
-                        await asyncio.sleep(self.slice_delay)
+                        await asyncio.sleep(self.slice_delay)  # the slicer toxic's delay
                 continue
             client.write(chunk)
             await client.drain()

@@ -181,7 +181,7 @@ async def test_s2_fast_restarts(
 
     async def chaos() -> None:
         for _ in range(restarts):
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0)  # the scenario: a restart every 2 s of load
             await asyncio.to_thread(pg.restart, mode="fast")
             up_times.append(time.monotonic())
 
@@ -485,7 +485,7 @@ def _crash_chaos(server: PgServer, kind: str, times: int, up_times: list[float])
 
     async def chaos() -> None:
         for _ in range(times):
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0)  # the scenario: a fault every 2 s of load
             if kind == "crash":
                 await asyncio.to_thread(pg.crash_restart)
             else:  # SIGKILL one app backend: the postmaster resets every backend
@@ -691,6 +691,7 @@ async def test_s13_cancellation_storm(
         async with gate:
             if i % 3 == 0:
                 task = asyncio.ensure_future(call)
+                # When the cancel lands: random, by design.
                 await asyncio.sleep(rng.uniform(0.0, 0.2))
                 task.cancel()
                 try:
@@ -753,7 +754,7 @@ async def test_s14_idle_in_transaction_timeout(
             await session.execute(text("SET LOCAL idle_in_transaction_session_timeout = '200ms'"))
             await session.execute(text("UPDATE accounts SET balance = balance WHERE id = 1"))
             if attempts == 1 and n % slow_every == 0:
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.3)  # the slow unit itself: idle past the 200 ms timeout
             await session.execute(text("SELECT 1"))
 
         try:
@@ -1486,7 +1487,7 @@ async def test_contention_under_kills_with_the_default_budget(
         restarted = False
         started = time.monotonic()
         while time.monotonic() - started < 8.0:
-            await asyncio.sleep(0.15)
+            await asyncio.sleep(0.15)  # the scenario's tick (lock contention, then a restart)
             if not restarted and time.monotonic() - started > 4.0:
                 restarted = True
                 await asyncio.to_thread(pg.restart)

@@ -94,11 +94,15 @@ async def _outage(
     dialect.connect = counted_connect  # type: ignore[method-assign]
     window: list[float] = []
 
+    def committed() -> int:
+        return int(fault_server.execute("SELECT count(*) FROM transfers", database=DB)[0][0])
+
     async def chaos() -> None:
-        await asyncio.sleep(1.5)
+        # The outage comes once the workload is under way: 200 transfers committed.
+        await asyncio.to_thread(fault_server.wait_for, lambda: committed() >= 200, timeout=30)
         window.append(time.monotonic())
         await asyncio.to_thread(proxy.down)
-        await asyncio.sleep(OUTAGE)
+        await asyncio.sleep(OUTAGE)  # the outage itself lasts OUTAGE seconds
         await asyncio.to_thread(proxy.up)
         window.append(time.monotonic())
 

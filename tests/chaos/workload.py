@@ -246,7 +246,7 @@ async def run_bank(
 
     async def auditor() -> None:
         while running():
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the 1 Hz audit's tick
             if audit is not None:
                 audits.append(await asyncio.to_thread(audit))
 

@@ -66,7 +66,7 @@ class Cluster:
         # A backend takes the SIGHUP at its next command: there is no event that says
         # every one has, so this one pause stays (a transaction begun before it is
         # waited out below, one begun after it is read-only).
-        time.sleep(0.3)
+        time.sleep(0.3)  # no event says every backend took the SIGHUP (see above)
         cutoff = self.primary.execute("SELECT now()")[0][0]
         self.primary.wait_for(
             lambda: (

@@ -123,7 +123,7 @@ async def test_bank_through_pgbouncer_with_the_options(
 
     async def watch_server_sessions() -> None:
         for _ in range(30):
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the sampling interval of the session count
             peak.append(len(await asyncio.to_thread(pg_server.backend_pids, database=bank)))
 
     try:

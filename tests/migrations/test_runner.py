@@ -81,7 +81,7 @@ def test_a_blocked_migration_gives_up_and_traffic_keeps_flowing(
                 except Exception as exc:
                     errors.append(exc)
                 latencies.append(time.perf_counter() - began)
-                time.sleep(0.01)
+                time.sleep(0.01)  # pacing of the application's reads (not a wait)
 
         holder = engine.connect()
         holder.execute(text("SELECT * FROM mig_items"))  # ACCESS SHARE, held until rollback

@@ -66,7 +66,7 @@ async def test_queueing_for_a_free_connection_is_still_slow_checkouts(
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
             holding.set()
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the hold itself: the waiter's 300 ms queue
 
     async def waiter() -> None:
         await holding.wait()
@@ -105,7 +105,7 @@ def test_uninstrumented_engine_judges_the_probes_own_checkout(tmp_path: Path) ->
 
     @event.listens_for(engine, "connect")
     def _slow(dbapi_connection: object, record: object) -> None:
-        time.sleep(0.3)
+        time.sleep(0.3)  # the slow connect itself
 
     try:
         report = health_check_sync(engine, timeout=5, slow_connect=0.1)

@@ -151,13 +151,14 @@ async def main(url: str, external: str, count: int, wait_first: float) -> None:
             except SagaCompensated:
                 pass
             except SagaInProgress as busy:
+                # A client honouring retry_after, as told.
                 await asyncio.sleep(busy.retry_after + 0.05)
                 continue
             except SagaLeaseLost:
                 # Too slow for the lease (a loaded machine): the other instance
                 # took it over; starting it again returns its outcome.
                 lost[0] += 1
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # a client's pause before trying again (not a wait)
                 continue
             return
 

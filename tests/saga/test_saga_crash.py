@@ -95,7 +95,7 @@ def _crash_and_recover(url: str, sync_url: str, tmp_path: Path) -> None:
         proc = _worker(url, external, wait_first=LEASE_OUT)
         assert proc.stdout is not None
         proc.stdout.readline()  # it has recovered and is running sagas now
-        time.sleep(rng.uniform(0.05, 0.6))
+        time.sleep(rng.uniform(0.05, 0.6))  # when the kill lands: random, by design
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed_mid_run += 1

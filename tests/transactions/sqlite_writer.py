@@ -43,14 +43,14 @@ def main(mode: str, db: str, worker: int, ops: int) -> None:
         raise SystemExit(f"unknown mode {mode!r}")
     go = Path(db + ".go")
     while not go.exists():
-        time.sleep(0.005)
+        time.sleep(0.005)  # pacing of the writer's load (not a wait)
     committed = errors = 0
     locked = 0
     for i in range(ops):
         try:
             with Session(engine) as session, session.begin():
                 value = session.execute(text("SELECT value FROM counter WHERE id = 1")).scalar_one()
-                time.sleep(0.002)
+                time.sleep(0.002)  # pacing of the writer's load (not a wait)
                 session.execute(
                     text("UPDATE counter SET value = :v WHERE id = 1"), {"v": value + 1}
                 )
