@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def python(
+    *args: str, cwd: Path, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python args...`` (this interpreter) in ``cwd`` with exactly ``env``; not checked."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def copy_project(name: str, tmp_path: Path) -> Path:
+    """A copy of the project ``examples/<name>`` in ``tmp_path``, to run and edit freely."""
+    return Path(shutil.copytree(ROOT / "examples" / name, tmp_path / "project"))
 
 
 def run_example(
@@ -22,14 +43,6 @@ def run_example(
     if database_url is not None:
         env["DATABASE_URL"] = database_url
     env.update(extra_env or {})
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / name)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = python(str(ROOT / "examples" / name), cwd=cwd, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout

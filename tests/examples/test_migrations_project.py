@@ -5,31 +5,20 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.examples.run import ROOT
+from tests.examples.run import copy_project, python
 
 
 def _run(project: Path, *args: str, database: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{database}", "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return python(*args, cwd=project, env={**os.environ, "DATABASE_URL": f"sqlite:///{database}"})
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    shutil.copytree(ROOT / "examples" / "migrations", tmp_path / "project")
-    return tmp_path / "project"
+    return copy_project("migrations", tmp_path)
 
 
 def test_upgrade_then_verify_catches_an_edited_revision(project: Path, tmp_path: Path) -> None:

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.examples.run import ROOT
+from tests.examples.run import copy_project, python
 
 
 def _pytest(tmp_path: Path, env: dict[str, str]) -> str:
-    project = tmp_path / "project"
-    shutil.copytree(ROOT / "examples" / "testing", project)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(project)],
-        cwd=tmp_path,
-        env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    project = copy_project("testing", tmp_path)
+    args = ("-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(project))
+    done = python(*args, cwd=tmp_path, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
