@@ -1,7 +1,8 @@
 """Fixtures: a throwaway PostgreSQL for the session, a database per module, engines per test.
 
 Tests that use a PostgreSQL fixture are marked ``postgresql`` automatically,
-so ``-m "not postgresql"`` runs the SQLite-only part without any server.
+and those that use a MariaDB fixture ``mariadb``, so
+``-m "not postgresql and not mariadb"`` runs the SQLite-only part without any server.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from .mysqlharness import MariaDBServer
 from .pgharness import PgServer
 
 # The package's pytest plugin is opt-in, as for any project that uses it.
 pytest_plugins = ["sqlalchemy_resilience.testing.pytest_plugin"]
 
 _PG_FIXTURES = {"pg_server", "pg_database", "pg_engine", "pg_driver", "fault_server", "pgbouncer"}
+_MARIADB_FIXTURES = {"mariadb_server", "mariadb_database"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -30,6 +33,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.postgresql)
         if "fault_server" in names:
             item.add_marker(pytest.mark.fault)
+        if names & _MARIADB_FIXTURES:
+            item.add_marker(pytest.mark.mariadb)
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +58,31 @@ def pg_database(pg_server: PgServer, request: pytest.FixtureRequest) -> Iterator
         yield name
     finally:
         pg_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    """The suite's MariaDB server (started here unless SQLALCHEMY_RESILIENCE_TEST_MYSQL_URL is set)."""
+    server = MariaDBServer.from_environment()
+    try:
+        server.setup_app()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def mariadb_database(
+    mariadb_server: MariaDBServer, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A fresh database for one test module."""
+    stem = re.sub(r"[^a-z0-9_]", "_", request.module.__name__.rsplit(".", 1)[-1].lower())
+    name = f"t_{stem}_{secrets.token_hex(3)}"[:63]
+    mariadb_server.create_database(name)
+    try:
+        yield name
+    finally:
+        mariadb_server.drop_database(name)
 
 
 @pytest.fixture(params=["asyncpg", "psycopg"])

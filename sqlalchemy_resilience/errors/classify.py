@@ -24,6 +24,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy_resilience._util.masking import mask_secret
 
 from . import hierarchy as e
+from .mysql_codes import CLIENT_LOST, is_client_error, mysql_errno, mysql_rule
 from .sqlite_codes import Rule as _Rule
 from .sqlite_codes import sqlite_code_name, sqlite_rule
 
@@ -147,6 +148,9 @@ class ErrorFacts:
             (``in_hot_standby`` or ``default_transaction_read_only`` on),
             None where it reported nothing (before PostgreSQL 14, or when
             the connection was not at hand).
+        mysql_errno: the MySQL/MariaDB error number (server or client library).
+        mariadb: the server is MariaDB (True), MySQL (False), or not known
+            (None: the numbers above 3000 that differ are then left unread).
     """
 
     sqlstate: str | None = None
@@ -161,6 +165,8 @@ class ErrorFacts:
     driver_class: str = ""
     invalidated: bool = False
     server_read_only: bool | None = None
+    mysql_errno: int | None = None
+    mariadb: bool | None = None
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -223,6 +229,51 @@ def _sqlite_facts(err: sqlite3.Error) -> ErrorFacts:
     )
 
 
+# The MySQL drivers: PyMySQL (and aiomysql, which raises PyMySQL's classes),
+# asyncmy and mysqlclient (MySQLdb).
+_MYSQL_DRIVERS = {"pymysql": "pymysql", "asyncmy": "asyncmy", "MySQLdb": "mysqldb"}
+
+# Where MySQL and MariaDB name what a constraint error is about.
+_MYSQL_KEY = re.compile(r"for key '(?:[^'.]*\.)?([^']+)'")
+_MYSQL_FK = re.compile(r"\(`(?:[^`]+)`\.`([^`]+)`, CONSTRAINT `([^`]+)` FOREIGN KEY \(`([^`]+)`\)")
+_MYSQL_COLUMN = re.compile(r"[Cc]olumn '([^']+)'")
+_MYSQL_CHECK = re.compile(
+    r"(?:CONSTRAINT `([^`]+)` failed for `[^`]+`\.`([^`]+)`)|(?:Check constraint '([^']+)')"
+)
+
+
+def _mysql_facts(item: BaseException, errno: int, driver: str) -> ErrorFacts:
+    args: tuple[object, ...] = tuple(getattr(item, "args", ()))
+    message = _first_line(str(args[1])) if len(args) > 1 else _first_line(str(item))
+    constraint = table = column = None
+    if errno in (1062, 1586, 1022, 1169):
+        match = _MYSQL_KEY.search(message)
+        constraint = match.group(1) if match else None
+    elif errno in (1451, 1452, 1216, 1217):
+        match = _MYSQL_FK.search(message)
+        if match:
+            table, constraint, column = match.group(1), match.group(2), match.group(3)
+    elif errno in (3819, 4025):
+        match = _MYSQL_CHECK.search(message)
+        if match:
+            constraint = match.group(1) or match.group(3)
+            table = match.group(2)
+    else:
+        match = _MYSQL_COLUMN.search(message)
+        column = match.group(1) if match else None
+    return ErrorFacts(
+        driver_code=str(errno),
+        constraint_name=constraint,
+        table_name=table,
+        column_name=column,
+        server_reported=not is_client_error(errno),
+        primary_message=message,
+        driver=driver,
+        driver_class=type(item).__name__,
+        mysql_errno=errno,
+    )
+
+
 def extract_facts(exc: BaseException) -> ErrorFacts:
     """Read SQLSTATE, constraint/table/column and origin from any driver's exception.
 
@@ -251,6 +302,11 @@ def extract_facts(exc: BaseException) -> ErrorFacts:
         if isinstance(item, sqlite3.Error):
             facts = _sqlite_facts(item)
             return replace(facts, invalidated=invalidated)
+        mysql_driver = _MYSQL_DRIVERS.get(module.split(".", 1)[0])
+        if mysql_driver is not None:
+            errno = mysql_errno(item)
+            if errno is not None:
+                return replace(_mysql_facts(item, errno, mysql_driver), invalidated=invalidated)
         if module.startswith("asyncpg"):
             severity = getattr(item, "severity", None)
             if not severity:
@@ -333,7 +389,9 @@ def classify(
             when that is what failed.
     """
     lost = is_disconnect or facts.invalidated or isinstance(client_exception, CONNECT_FAILURES)
-    client_side_state = (facts.sqlstate or "").startswith("08") and not facts.server_reported
+    client_side_state = (
+        (facts.sqlstate or "").startswith("08") or facts.mysql_errno in CLIENT_LOST
+    ) and not facts.server_reported
     if phase == "connect" and (lost or client_side_state):
         if facts.sqlstate in _SQLSTATE_RULES and facts.server_reported:
             cls, retry = _SQLSTATE_RULES[facts.sqlstate]
@@ -374,6 +432,8 @@ def classify(
             # The server accepts writes: the application made this transaction
             # READ ONLY, and re-running it would fail the same way.
             rule = (e.ReadOnlyTransaction, False)
+    elif facts.mysql_errno is not None:
+        rule = mysql_rule(facts.mysql_errno, mariadb=facts.mariadb)
     elif facts.driver_code:
         rule = sqlite_rule(facts.driver_code)
     if phase == "connect" and rule is not None and issubclass(rule[0], e.ConnectionLost):
@@ -396,6 +456,9 @@ _KEY_VALUES = re.compile(r"(Key \([^)]*\))=\((?:[^()]|\([^()]*\))*\)")
 _FAILING_ROW = re.compile(r"(Failing row contains) \(.*\)", re.DOTALL)
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _VALUE_AFTER_COLON = re.compile(r"(:\s*)(0x[0-9a-fA-F]+|'[^']*')")
+# MySQL and MariaDB quote the offending value: "Duplicate entry 'a@b' for key",
+# "Incorrect integer value: 'x' for column".
+_MYSQL_VALUE = re.compile(r"(Duplicate entry |[Vv]alue:? )'(?:[^'\\]|\\.|'')*'")
 
 
 def redact_text(
@@ -413,6 +476,7 @@ def redact_text(
     if values:
         out = _KEY_VALUES.sub(r"\1=(…)", out)
         out = _FAILING_ROW.sub(r"\1 (…).", out)
+        out = _MYSQL_VALUE.sub(r"\1'…'", out)
     if values and sqlstate is not None and sqlstate.startswith("22"):
         out = _QUOTED.sub('"…"', out)
         out = _VALUE_AFTER_COLON.sub(r"\1…", out)
@@ -438,6 +502,11 @@ def _redact_in_place(
             new_first = redact_text(args[0], sqlstate=sqlstate, secrets=secrets, values=values)
             if new_first != args[0]:
                 item.args = (new_first, *args[1:])
+        elif len(args) > 1 and isinstance(args[0], int) and isinstance(args[1], str):
+            # MySQL drivers: (error number, message).
+            new_message = redact_text(args[1], sqlstate=sqlstate, secrets=secrets, values=values)
+            if new_message != args[1]:
+                item.args = (args[0], new_message, *args[2:])
         detail = getattr(item, "detail", None)
         if isinstance(detail, str) and type(item).__module__.startswith(("asyncpg", "sqlalchemy")):
             redacted = redact_text(detail, sqlstate=sqlstate, secrets=secrets, values=values)
@@ -454,6 +523,7 @@ def build_error(
     show_parameters: bool = False,
     secrets: tuple[str, ...] = (),
     server_read_only: bool | None = None,
+    mariadb: bool | None = None,
 ) -> e.DatabaseFailure:
     """Translate ``exc`` (a SQLAlchemy ``DBAPIError`` or a raw driver/socket error).
 
@@ -473,6 +543,7 @@ def build_error(
         secrets: strings (the connection password) never to show, anywhere.
         server_read_only: what the server last reported of itself (see
             :attr:`ErrorFacts.server_read_only`); decides a 25006.
+        mariadb: a MySQL-family server's flavour (see :attr:`ErrorFacts.mariadb`).
 
     Where ``exc`` hides its parameters (the engine was created with
     ``hide_parameters=True``), the values the server echoes in its message
@@ -483,6 +554,8 @@ def build_error(
     facts = extract_facts(exc)
     if server_read_only is not None:
         facts = replace(facts, server_read_only=server_read_only)
+    if mariadb is not None and facts.mysql_errno is not None:
+        facts = replace(facts, mariadb=mariadb)
     client_exc = None if isinstance(exc, sa_exc.DBAPIError) else exc
     if client_exc is not None and not isinstance(client_exc, CONNECT_FAILURES) and facts.sqlstate:
         client_exc = None

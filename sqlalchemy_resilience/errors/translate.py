@@ -45,7 +45,18 @@ def is_driver_exception(exc: BaseException) -> bool:
     """Whether ``exc`` comes from one of the supported drivers' own modules (or the AWS wrapper's)."""
     module = type(exc).__module__
     return module.startswith(
-        ("asyncpg", "psycopg", "sqlite3", "aiosqlite", "_sqlite3", "aws_advanced_python_wrapper")
+        (
+            "asyncpg",
+            "psycopg",
+            "sqlite3",
+            "aiosqlite",
+            "_sqlite3",
+            "aws_advanced_python_wrapper",
+            "pymysql",
+            "aiomysql",
+            "asyncmy",
+            "MySQLdb",
+        )
     )
 
 
@@ -242,6 +253,18 @@ def _sqlstate(exc: sa_exc.DBAPIError) -> str | None:
 # them open: a read-only server (the pool's other connections lead there too)
 # and a protocol violation (the session's state is unknown).
 _DISCARD = frozenset({"25006", "08P01"})
+# MySQL/MariaDB: a read-only server, transaction or mode (a demoted writer:
+# sqlalchemy#7839), and a Galera node that is not ready.
+_MYSQL_DISCARD = frozenset({"1290", "1792", "1836", "1047"})
+
+
+def _mariadb(context: ExceptionContext) -> bool | None:
+    """Whether the engine talks to MariaDB (True), MySQL (False), or neither (None)."""
+    dialect = context.dialect
+    if dialect.name not in ("mysql", "mariadb"):
+        return None
+    flavour = getattr(dialect, "is_mariadb", None)
+    return flavour if isinstance(flavour, bool) else None
 
 
 def translate_context(
@@ -277,7 +300,10 @@ def translate_context(
         show_parameters=log_parameters,
         secrets=secrets,
         server_read_only=read_only,
+        mariadb=_mariadb(context),
     )
     if sqlstate in _DISCARD and not isinstance(err, ReadOnlyTransaction):
+        context.is_disconnect = True
+    if err.sqlstate is None and err.driver_code in _MYSQL_DISCARD:
         context.is_disconnect = True
     return err

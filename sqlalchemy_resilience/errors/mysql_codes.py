@@ -1,0 +1,166 @@
+"""MySQL's and MariaDB's error numbers: which class each one is, and whether a re-run is safe.
+
+MySQL speaks in error numbers, not SQLSTATEs: PyMySQL, aiomysql, asyncmy and
+mysqlclient all put the number first in the exception's ``args``. Numbers
+below 2000 (and from 3000) are the server's, 2000-2999 the client library's
+(a lost or refused connection). The two servers agree below 3000 and
+diverge above it -- 4031 is a client interaction timeout on MySQL 8 but a
+missing referenced trigger on MariaDB, 4025 exists only on MariaDB, 3024 is
+unused there -- so those rules are kept per flavour, and a number of the
+other flavour's range is never read with the wrong meaning.
+
+Sources: MariaDB's ``mysqld_error.h`` and ``errmsg.h`` (Connector/C 10.11,
+swept in full by the tests), MySQL 8.0's server error reference for the
+MySQL-only numbers.
+"""
+
+from __future__ import annotations
+
+import re
+
+from . import hierarchy as e
+from .sqlite_codes import Rule
+
+__all__ = [
+    "CLIENT_LOST",
+    "is_client_error",
+    "mysql_errno",
+    "mysql_rule",
+]
+
+# Both servers: numbers below 3000.
+_COMMON: dict[int, Rule] = {
+    # The server rolled back the whole transaction: re-run the unit of work.
+    1213: (e.DeadlockDetected, True),
+    # innodb_lock_wait_timeout: only the statement was rolled back (unless
+    # innodb_rollback_on_timeout); the unit is rolled back and re-run.
+    1205: (e.LockNotAvailable, True),
+    # "Record has changed since last read" (MariaDB's snapshot isolation).
+    1020: (e.SerializationFailure, True),
+    # Read-only server, transaction or mode: what a demoted writer answers.
+    1290: (e.ReadOnlyServer, True),
+    1792: (e.ReadOnlyServer, True),
+    1836: (e.ReadOnlyServer, True),
+    # The connection is gone: killed, shut down, or the client lost it.
+    1927: (e.ConnectionLost, True),
+    1053: (e.ConnectionLost, True),
+    # Galera: the node is not ready (quorum lost, or it rejects queries).
+    1047: (e.DatabaseUnavailable, True),
+    1040: (e.TooManyConnections, True),
+    1203: (e.TooManyConnections, True),
+    1637: (e.InsufficientResources, True),
+    1041: (e.InsufficientResources, None),
+    1021: (e.InsufficientResources, False),
+    1114: (e.InsufficientResources, False),
+    1045: (e.AuthenticationFailed, False),
+    1698: (e.AuthenticationFailed, False),
+    1044: (e.PermissionDenied, False),
+    1142: (e.PermissionDenied, False),
+    1143: (e.PermissionDenied, False),
+    1227: (e.PermissionDenied, False),
+    1049: (e.DatabaseNotFound, False),
+    1062: (e.UniqueViolation, None),
+    1022: (e.UniqueViolation, None),
+    1586: (e.UniqueViolation, None),
+    1169: (e.UniqueViolation, None),
+    1451: (e.ForeignKeyViolation, None),
+    1452: (e.ForeignKeyViolation, None),
+    1216: (e.ForeignKeyViolation, None),
+    1217: (e.ForeignKeyViolation, None),
+    1048: (e.NotNullViolation, None),
+    1364: (e.NotNullViolation, None),
+    1406: (e.InvalidData, None),
+    1264: (e.InvalidData, None),
+    1265: (e.InvalidData, None),
+    1292: (e.InvalidData, None),
+    1366: (e.InvalidData, None),
+    1367: (e.InvalidData, None),
+    1365: (e.InvalidData, None),
+    1690: (e.InvalidData, None),
+    # Statement timeouts and a KILL QUERY: not re-run by default.
+    1969: (e.QueryTimeout, None),
+    1317: (e.QueryTimeout, None),
+    1028: (e.QueryTimeout, None),
+    1054: (e.InvalidStatement, None),
+    1064: (e.InvalidStatement, None),
+    1146: (e.InvalidStatement, None),
+    1149: (e.InvalidStatement, None),
+    1109: (e.InvalidStatement, None),
+    1050: (e.InvalidStatement, None),
+    1051: (e.InvalidStatement, None),
+    1060: (e.InvalidStatement, None),
+    1061: (e.InvalidStatement, None),
+    1091: (e.InvalidStatement, None),
+}
+
+# Above 3000 the servers differ: the same number means other things.
+_MYSQL: dict[int, Rule] = {
+    3024: (e.QueryTimeout, None),  # max_execution_time
+    3572: (e.LockNotAvailable, False),  # NOWAIT / SKIP LOCKED could not lock
+    3819: (e.CheckViolation, None),
+    4031: (e.ConnectionLost, True),  # the server closed an idle client
+    3101: (e.TransactionConflict, True),  # group replication rolled back at COMMIT
+    3100: (e.TransactionConflict, True),
+}
+_MARIADB: dict[int, Rule] = {
+    4025: (e.CheckViolation, None),
+    4031: (e.InvalidStatement, None),  # ER_REFERENCED_TRG_DOES_NOT_EXIST
+}
+
+#: Client-library numbers that mean the connection is gone (the server may
+#: have applied what was in flight): re-run before COMMIT, unknown at COMMIT.
+CLIENT_LOST: frozenset[int] = frozenset({2006, 2013, 2014, 2045, 2055, 5013, 5014})
+
+# The client could not connect: nothing was sent.
+_CLIENT_CONNECT: frozenset[int] = frozenset({2002, 2003, 2005, 2026})
+
+
+def is_client_error(errno: int) -> bool:
+    """Whether ``errno`` comes from the client library (2000-2999, Connector/C's 5000s), not the server."""
+    return 2000 <= errno < 3000 or 5000 <= errno < 6000
+
+
+_LEADING_NUMBER = re.compile(r"^\((\d{4})[,)]")
+
+
+def mysql_errno(exc: BaseException) -> int | None:
+    """The MySQL error number an exception of PyMySQL, aiomysql, asyncmy or mysqlclient carries.
+
+    The drivers put it first in ``args``: ``OperationalError(1213, "Deadlock found ...")``.
+
+    Example::
+
+        >>> mysql_errno(OperationalError(1213, "Deadlock found"))  # doctest: +SKIP
+        1213
+    """
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+        return args[0] if 1000 <= args[0] < 10000 else None
+    if args and isinstance(args[0], str):
+        match = _LEADING_NUMBER.match(args[0])
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def mysql_rule(errno: int, *, mariadb: bool | None) -> Rule | None:
+    """The rule for ``errno`` on a server of that flavour (None: not known), or None.
+
+    A number above 3000 whose meaning depends on the flavour has no rule when
+    the flavour is not known.
+    """
+    rule = _COMMON.get(errno)
+    if rule is not None:
+        return rule
+    if errno in CLIENT_LOST:
+        return (e.ConnectionLost, True)
+    if errno in _CLIENT_CONNECT:
+        return (e.DatabaseUnavailable, True)
+    if mariadb is True:
+        return _MARIADB.get(errno)
+    if mariadb is False:
+        return _MYSQL.get(errno)
+    mysql, maria = _MYSQL.get(errno), _MARIADB.get(errno)
+    if mysql is not None and maria is not None and mysql != maria:
+        return None
+    return mysql or maria
