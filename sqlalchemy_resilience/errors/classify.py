@@ -434,6 +434,9 @@ def classify(
             rule = (e.ReadOnlyTransaction, False)
     elif facts.mysql_errno is not None:
         rule = mysql_rule(facts.mysql_errno, mariadb=facts.mariadb)
+        if facts.mysql_errno == 1792 and facts.server_read_only is False:
+            # The application's own READ ONLY transaction: re-running fails the same way.
+            rule = (e.ReadOnlyTransaction, False)
     elif facts.driver_code:
         rule = sqlite_rule(facts.driver_code)
     if phase == "connect" and rule is not None and issubclass(rule[0], e.ConnectionLost):
@@ -497,7 +500,7 @@ def _redact_in_place(
     for item in _chain(exc):
         if isinstance(item, e.ResilienceError):
             continue
-        args = getattr(item, "args", ())
+        args: tuple[object, ...] = tuple(getattr(item, "args", ()))
         if args and isinstance(args[0], str):
             new_first = redact_text(args[0], sqlstate=sqlstate, secrets=secrets, values=values)
             if new_first != args[0]:

@@ -256,6 +256,9 @@ _DISCARD = frozenset({"25006", "08P01"})
 # MySQL/MariaDB: a read-only server, transaction or mode (a demoted writer:
 # sqlalchemy#7839), and a Galera node that is not ready.
 _MYSQL_DISCARD = frozenset({"1290", "1792", "1836", "1047"})
+# Set by transaction(read_only=True) on MySQL (transactions.options; a lower
+# layer cannot import it, so the key is repeated here and a test ties the two).
+_MYSQL_READ_ONLY_TRANSACTION = "sqlalchemy_resilience.read_only_transaction"
 
 
 def _mariadb(context: ExceptionContext) -> bool | None:
@@ -288,6 +291,14 @@ def translate_context(
         return None
     sqlstate = _sqlstate(original)
     read_only = _server_read_only(context) if sqlstate == "25006" else None
+    if (
+        read_only is None
+        and context.connection is not None
+        and context.connection.info.get(_MYSQL_READ_ONLY_TRANSACTION)
+    ):
+        # transaction(read_only=True) on MySQL: a 1792 is the application's own
+        # READ ONLY transaction, whatever the server is.
+        read_only = False
     phase = _phase(context)
     if phase == "commit" and _in_hot_standby(context):
         # A hot standby cannot write: whatever happened to this COMMIT, nothing
@@ -304,6 +315,10 @@ def translate_context(
     )
     if sqlstate in _DISCARD and not isinstance(err, ReadOnlyTransaction):
         context.is_disconnect = True
-    if err.sqlstate is None and err.driver_code in _MYSQL_DISCARD:
+    if (
+        err.sqlstate is None
+        and err.driver_code in _MYSQL_DISCARD
+        and not isinstance(err, ReadOnlyTransaction)
+    ):
         context.is_disconnect = True
     return err

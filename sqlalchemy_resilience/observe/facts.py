@@ -36,10 +36,11 @@ _SYSTEM_NAMES = {
     "postgresql": "postgresql",
     "sqlite": "sqlite",
     "mysql": "mysql",
+    "mariadb": "mariadb",
     "mssql": "microsoft.sql_server",
     "oracle": "oracle.db",
 }
-_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433, "oracle": 1521}
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
 
 INFO_ATTR = "_sqlalchemy_resilience_info"
 _FIRST_WORD = re.compile(r"\s*(?:/\*.*?\*/\s*)*\(?\s*([A-Za-z]+)", re.DOTALL)
@@ -50,6 +51,9 @@ def operation_base_attributes(engine: Engine) -> dict[str, Any]:
     """The attributes every ``db.client.operation.duration`` point of ``engine`` carries."""
     url = engine.url
     name = engine.dialect.name
+    if name == "mysql" and getattr(engine.dialect, "is_mariadb", False) is True:
+        # A mysql:// URL whose server has said it is MariaDB (known once connected).
+        name = "mariadb"
     attrs: dict[str, Any] = {"db.system.name": _SYSTEM_NAMES.get(name, name)}
     if url.database:
         attrs["db.namespace"] = url.database

@@ -15,6 +15,13 @@ after the transaction began and returns what must be undone before it ends:
   lifetime and ``read_only`` is ``PRAGMA query_only``, both put back before the
   transaction ends; ``statement_timeout`` and ``idle_in_transaction_timeout``
   have no SQLite equivalent and raise :class:`NotSupported`.
+* MySQL and MariaDB: ``SET TRANSACTION READ ONLY`` before the (implicit)
+  transaction's first statement; the timeouts are session variables --
+  ``innodb_lock_wait_timeout``, ``max_statement_time`` (MariaDB) or
+  ``max_execution_time`` (MySQL, SELECTs only), ``idle_transaction_timeout``
+  (MariaDB) -- since MySQL has no ``SET LOCAL``: read first, set with bound
+  values, and put back when the transaction ends, on rollback too, so the
+  pooled connection comes back as it was.
 """
 
 from __future__ import annotations
@@ -42,7 +49,10 @@ from .sqlite import (
     settings_of,
 )
 
-__all__ = ["TransactionOptions", "prepare"]
+__all__ = ["READ_ONLY_TRANSACTION_KEY", "TransactionOptions", "prepare"]
+
+#: ``Connection.info`` key set while a MySQL transaction() is READ ONLY.
+READ_ONLY_TRANSACTION_KEY = "sqlalchemy_resilience.read_only_transaction"
 
 _log = logging.getLogger("sqlalchemy_resilience.transaction")
 
@@ -60,6 +70,18 @@ _SQLITE_HINTS = {
     "idle_in_transaction_timeout": "SQLite holds no server session to time out",
 }
 _MAX_TIMEOUT = 2**31 / 1000  # PostgreSQL's and SQLite's limit, in seconds
+
+# The session variable for each timeout option, and its unit, per flavour.
+_MARIADB_SETTINGS = {
+    "lock_timeout": ("innodb_lock_wait_timeout", "whole seconds"),
+    "statement_timeout": ("max_statement_time", "seconds"),
+    "idle_in_transaction_timeout": ("idle_transaction_timeout", "whole seconds"),
+}
+_MYSQL_SETTINGS = {
+    "lock_timeout": ("innodb_lock_wait_timeout", "whole seconds"),
+    "statement_timeout": ("max_execution_time", "milliseconds"),
+}
+_MYSQL_FAMILY = ("mysql", "mariadb")
 
 #: Run just before the transaction or savepoint ends: ``undo(conn, committing)``.
 Undo = Callable[[Connection, bool], None]
@@ -147,6 +169,10 @@ class TransactionOptions:
                     )
         if dialect == "postgresql":
             return
+        if dialect in _MYSQL_FAMILY:
+            if self.deferrable:
+                raise NotSupported("deferrable", dialect, "DEFERRABLE is PostgreSQL's")
+            return
         if dialect == "sqlite":
             for name in self.timeouts():
                 if name in _SQLITE_HINTS:
@@ -202,7 +228,60 @@ def prepare(
         return _prepare_postgresql(conn, options, nested=nested)
     if dialect == "sqlite":
         return _prepare_sqlite(conn, options, nested=nested, engine=engine)
+    if dialect in _MYSQL_FAMILY:
+        return _prepare_mysql(conn, options, nested=nested)
     return None
+
+
+def _mysql_value(seconds: float, unit: str) -> float | int:
+    if unit == "whole seconds":
+        return max(1, math.ceil(seconds))  # innodb_lock_wait_timeout's minimum is 1
+    if unit == "milliseconds":
+        return max(1, math.ceil(seconds * 1000))
+    return seconds
+
+
+def _prepare_mysql(conn: Connection, options: TransactionOptions, *, nested: bool) -> Undo | None:
+    mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+    table = _MARIADB_SETTINGS if mariadb else _MYSQL_SETTINGS
+    timeouts = options.timeouts()
+    for name in timeouts:
+        if name not in table:
+            raise NotSupported(
+                name, "mysql", "MySQL has no idle-transaction timeout (MariaDB has one)"
+            )
+    read_only = options.read_only and not nested
+    if read_only:
+        # Fixed text; it applies to the implicit transaction the next statement begins.
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        # Error translation reads this: a 1792 here is the application's READ
+        # ONLY transaction, not a server demoted in a failover.
+        conn.info[READ_ONLY_TRANSACTION_KEY] = True
+    if not timeouts:
+        if not read_only:
+            return None
+
+        def forget(c: Connection, committing: bool) -> None:
+            c.info.pop(READ_ONLY_TRANSACTION_KEY, None)
+
+        return forget
+    variables = [
+        (table[name][0], _mysql_value(value, table[name][1])) for name, value in timeouts.items()
+    ]
+    # The variable names are this module's constants; the values are bound.
+    previous = conn.exec_driver_sql(
+        "SELECT " + ", ".join(f"@@SESSION.{variable}" for variable, _ in variables)
+    ).one()
+    for variable, value in variables:
+        conn.exec_driver_sql(f"SET SESSION {variable} = %s", (value,))
+
+    def undo(c: Connection, committing: bool) -> None:
+        # Session variables are not transactional: put them back either way.
+        c.info.pop(READ_ONLY_TRANSACTION_KEY, None)
+        for (variable, _), old in zip(variables, previous, strict=True):
+            c.exec_driver_sql(f"SET SESSION {variable} = %s", (old,))
+
+    return undo
 
 
 def _prepare_postgresql(
