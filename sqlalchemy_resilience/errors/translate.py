@@ -15,6 +15,7 @@ doors, all ending in :func:`~sqlalchemy_resilience.errors.classify.build_error`:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -256,6 +257,13 @@ _DISCARD = frozenset({"25006", "08P01"})
 # MySQL/MariaDB: a read-only server, transaction or mode (a demoted writer:
 # sqlalchemy#7839), and a Galera node that is not ready.
 _MYSQL_DISCARD = frozenset({"1290", "1792", "1836", "1047"})
+#: ``Connection.info`` key marking a transaction whose failed statement was
+#: rolled back alone (MySQL's lock wait timeout, 1205): its value names the
+#: error. transaction() and run_transaction roll such a transaction back
+#: instead of committing it (transactions.partial).
+STATEMENT_ROLLED_BACK = "sqlalchemy_resilience.statement_rolled_back"
+_STATEMENT_ONLY = frozenset({"1205"})
+
 # Set by transaction(read_only=True) on MySQL (transactions.options; a lower
 # layer cannot import it, so the key is repeated here and a test ties the two).
 _MYSQL_READ_ONLY_TRANSACTION = "sqlalchemy_resilience.read_only_transaction"
@@ -321,4 +329,13 @@ def translate_context(
         and not isinstance(err, ReadOnlyTransaction)
     ):
         context.is_disconnect = True
+    if (
+        err.sqlstate is None
+        and err.driver_code in _STATEMENT_ONLY
+        and context.connection is not None
+    ):
+        with contextlib.suppress(Exception):
+            context.connection.info[STATEMENT_ROLLED_BACK] = (
+                f"{type(err).__name__} {err.driver_code}"
+            )
     return err

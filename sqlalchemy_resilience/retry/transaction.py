@@ -44,6 +44,7 @@ from sqlalchemy_resilience.errors.hierarchy import (
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 from sqlalchemy_resilience.transactions.atomic import require_atomic, routes_itself
 from sqlalchemy_resilience.transactions.options import Undo, prepare
+from sqlalchemy_resilience.transactions.partial import forget_lost_statement, refuse_partial_commit
 from sqlalchemy_resilience.transactions.scope import CommitScope
 
 from .breaker import CircuitBreaker
@@ -93,6 +94,7 @@ def _attempt(session: Session, unit: _Unit, call: Callable[[], T], name: str) ->
         elif unit.idempotency_key is not None or not routes_itself(session):
             conn = session.connection()
         require_atomic(name, conn, bind)
+        forget_lost_statement(conn)
         if unit.options.needs_connection(engine.dialect.name):
             assert conn is not None
             undo = prepare(conn, unit.options, nested=False, engine=engine)
@@ -111,6 +113,8 @@ def _attempt(session: Session, unit: _Unit, call: Callable[[], T], name: str) ->
         if undo is not None and conn is not None:
             undo(conn, True)
             undo = None
+        # A statement rolled back alone (MySQL's 1205) is never committed around.
+        refuse_partial_commit(conn)
         unit.committing = True
         unit.pending = result
         try:

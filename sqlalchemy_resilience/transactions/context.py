@@ -26,6 +26,7 @@ from sqlalchemy_resilience.errors.translate import translate_error
 
 from .atomic import require_atomic, routes_itself
 from .options import TransactionOptions, Undo, prepare
+from .partial import forget_lost_statement, refuse_partial_commit
 from .scope import CommitScope, owning_scope
 from .sqlite import BEGIN_OPTION
 
@@ -120,6 +121,7 @@ class SyncTransactionContext(Generic[W]):
 
     __slots__ = (
         "_conn",
+        "_guarded",
         "_is_async",
         "_name",
         "_options",
@@ -154,6 +156,8 @@ class SyncTransactionContext(Generic[W]):
         self._name = name
         self._owned: Any = None  # a session or connection this context opened, and closes
         self._conn: Any = None
+        # The connection whose lost-statement mark decides the commit (partial.py).
+        self._guarded: Connection | None = None
         self._tx: Any = None
         self._undo: Undo | None = None
         self._scope: CommitScope | None = None
@@ -204,6 +208,8 @@ class SyncTransactionContext(Generic[W]):
             if conn is None and not routes_itself(session):
                 conn = session.connection()
             require_atomic(self._name, conn, session.get_bind())
+            forget_lost_statement(conn)
+            self._guarded = conn
         if self._conn is not None:
             self._undo = prepare(self._conn, options, nested=plan.nested, engine=plan.engine)
 
@@ -218,6 +224,8 @@ class SyncTransactionContext(Generic[W]):
             if extra:
                 conn.execution_options(**extra)
             self._tx = conn.begin()
+            forget_lost_statement(conn)
+            self._guarded = conn
             require_atomic(self._name, conn)
         if plan.nested and not options.timeouts():
             return
@@ -245,6 +253,8 @@ class SyncTransactionContext(Generic[W]):
                 try:
                     if self._undo is not None and self._conn is not None:
                         self._undo(self._conn, True)
+                    if not nested:
+                        refuse_partial_commit(self._guarded)
                     self._tx.commit()
                 except BaseException as failure:
                     scope.discard()

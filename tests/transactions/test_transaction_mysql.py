@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import instrument, on_commit, transaction
@@ -119,3 +125,37 @@ async def test_deferrable_is_refused_on_mariadb(engine: AsyncEngine) -> None:
             Session, read_only=True, deferrable=True, isolation_level="SERIALIZABLE"
         ):
             pass
+
+
+async def test_a_transaction_that_lost_a_statement_is_never_committed(
+    engine: AsyncEngine,
+) -> None:
+    """1205 rolls back only the statement that waited: an application that catches it and
+    goes on would commit the rest without it. transaction() rolls back instead, and
+    run_transaction re-runs the whole unit of work."""
+    Session = async_sessionmaker(engine)
+    async with engine.connect() as holder:
+        await holder.execute(text("SELECT * FROM items WHERE id = 1 FOR UPDATE"))
+        with pytest.raises(sr.LockNotAvailable, match="rolled back instead of committed"):
+            async with transaction(engine, lock_timeout=1) as conn:
+                await conn.execute(text("INSERT INTO items VALUES (20, 'twenty')"))
+                with contextlib.suppress(sr.LockNotAvailable):  # swallowed by the application
+                    await conn.execute(text("UPDATE items SET name = 'uno' WHERE id = 1"))
+        attempts = 0
+
+        async def work(session: AsyncSession) -> None:
+            nonlocal attempts
+            attempts += 1
+            await session.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
+            await session.execute(text("INSERT INTO items VALUES (21, 'twenty-one')"))
+            if attempts == 1:
+                try:
+                    await session.execute(text("UPDATE items SET name = 'uno' WHERE id = 1"))
+                except sr.LockNotAvailable:
+                    await holder.rollback()  # the lock goes: the re-run can take it
+
+        await sr.run_transaction(Session, work, retry=sr.RetryPolicy(attempts=3, initial_backoff=0))
+    async with engine.connect() as conn:
+        ids = (await conn.execute(text("SELECT id FROM items ORDER BY id"))).scalars().all()
+    assert 20 not in ids  # the swallowed failure's transaction was rolled back
+    assert 21 in ids and attempts == 2  # re-run whole, committed once
