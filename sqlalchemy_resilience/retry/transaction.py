@@ -100,7 +100,7 @@ def _attempt(session: Session, unit: _Unit, call: Callable[[], T], name: str) ->
             undo = prepare(conn, unit.options, nested=False, engine=engine)
         if unit.idempotency_key is not None:
             assert conn is not None
-            if conn.execute(unit.claim_statement(conn.dialect.name)).first() is None:
+            if not unit.claim(conn):
                 if undo is not None:
                     undo(conn, False)
                     undo = None

@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 
 import tenacity
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from sqlalchemy_resilience.errors.classify import RETRY_ONCE, build_error
@@ -190,18 +191,37 @@ class _Unit:
         self.pending_scope: CommitScope | None = None
         self.scope: CommitScope | None = None
 
-    def claim_statement(self, dialect_name: str) -> Any:
-        insert = _UPSERTS.get(dialect_name)
-        if insert is None:
-            raise ValueError(
-                f"idempotency_key is supported on postgresql and sqlite, not {dialect_name!r}"
+    def claim(self, conn: Connection) -> bool:
+        """Insert this unit's key in its transaction; False when the key is already committed.
+
+        A key another transaction inserted and has not committed yet makes
+        this wait for that transaction (the unique index's lock), on every
+        database: then False if it committed, True if it rolled back.
+        """
+        name = conn.dialect.name
+        if name in ("mysql", "mariadb"):
+            # No RETURNING on MySQL: INSERT IGNORE reports 1 row inserted, or 0
+            # for a key already there. (The key's length is checked up front:
+            # IGNORE would otherwise truncate a long one.)
+            result = conn.execute(
+                insert(idempotency_keys)
+                .values(key=self.idempotency_key)
+                .prefix_with("IGNORE")
             )
-        return (
-            insert(idempotency_keys)
+            return bool(result.rowcount == 1)
+        upsert = _UPSERTS.get(name)
+        if upsert is None:
+            raise ValueError(
+                "idempotency_key is supported on postgresql, sqlite, mysql and mariadb, "
+                f"not {name!r}"
+            )
+        statement = (
+            upsert(idempotency_keys)
             .values(key=self.idempotency_key)
             .on_conflict_do_nothing(index_elements=["key"])
             .returning(idempotency_keys.c.key)
         )
+        return conn.execute(statement).first() is not None
 
     def key_taken(self) -> Any:
         """What an attempt returns when it finds its key already committed."""
