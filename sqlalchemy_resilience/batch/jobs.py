@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from sqlalchemy_resilience.errors.operations import JobConflict, JobInputMismatch
@@ -36,7 +36,12 @@ __all__ = [
 RUNNING = "running"
 FINISHED = "finished"
 
-_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+_INSERTS = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+    "mysql": mysql.insert,
+    "mariadb": mysql.insert,
+}
 
 
 def check_job_name(job: object) -> str:
@@ -62,12 +67,16 @@ def open_job(conn: Connection, job: str, table_name: str, chunk_size: int) -> Jo
     dialect = conn.dialect.name
     insert: Any = _INSERTS.get(dialect)
     if insert is None:
-        raise ValueError(f"resumable jobs need PostgreSQL or SQLite, not {dialect!r}")
-    conn.execute(
-        insert(batch_jobs)
-        .values(job=job, table_name=table_name, chunk_size=chunk_size, status=RUNNING)
-        .on_conflict_do_nothing(index_elements=["job"])
+        raise ValueError(
+            f"resumable jobs need PostgreSQL, SQLite, MySQL or MariaDB, not {dialect!r}"
+        )
+    new = insert(batch_jobs).values(
+        job=job, table_name=table_name, chunk_size=chunk_size, status=RUNNING
     )
+    if dialect in ("mysql", "mariadb"):
+        conn.execute(new.prefix_with("IGNORE"))  # an existing job's row stays as it is
+    else:
+        conn.execute(new.on_conflict_do_nothing(index_elements=["job"]))
     row = conn.execute(select(batch_jobs).where(batch_jobs.c.job == job)).one()
     if row.table_name != table_name:
         raise ValueError(

@@ -204,9 +204,7 @@ class _Unit:
             # for a key already there. (The key's length is checked up front:
             # IGNORE would otherwise truncate a long one.)
             result = conn.execute(
-                insert(idempotency_keys)
-                .values(key=self.idempotency_key)
-                .prefix_with("IGNORE")
+                insert(idempotency_keys).values(key=self.idempotency_key).prefix_with("IGNORE")
             )
             return bool(result.rowcount == 1)
         upsert = _UPSERTS.get(name)

@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, and_, func, literal_column, or_, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.util import await_only
@@ -50,7 +50,13 @@ STARTED = "running"
 DONE = "completed"
 FAILED = "failed"
 
-_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+_INSERTS = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+    "mysql": mysql.insert,
+    "mariadb": mysql.insert,
+}
+_MYSQL_FAMILY = ("mysql", "mariadb")
 
 
 @dataclass
@@ -136,8 +142,12 @@ class SagaRecord:
 
 
 def _now(session: Session) -> ColumnElement[Any]:
-    if _dialect(session) == "postgresql":
+    dialect = _dialect(session)
+    if dialect == "postgresql":
         return func.extract("epoch", func.clock_timestamp())
+    if dialect in _MYSQL_FAMILY:
+        # SYSDATE(6), not NOW(): the time the row is written, not the statement's start.
+        return func.unix_timestamp(func.sysdate(literal_column("6")))  # microseconds
     # julianday of the Unix epoch is 2440587.5.
     return (func.julianday("now") - 2440587.5) * 86400.0
 
@@ -150,7 +160,9 @@ def _insert(session: Session) -> Any:
     dialect = _dialect(session)
     insert = _INSERTS.get(dialect)
     if insert is None:
-        raise ValueError(f"durable sagas need PostgreSQL or SQLite, not {dialect!r}")
+        raise ValueError(
+            f"durable sagas need PostgreSQL, SQLite, MySQL or MariaDB, not {dialect!r}"
+        )
     return insert
 
 
@@ -158,17 +170,22 @@ def insert_saga(
     session: Session, saga_id: str, name: str, data: str, owner: str, lease: float
 ) -> bool:
     """Start a saga's row; False when a saga with this id exists already."""
+    values = {
+        "id": saga_id,
+        "name": name,
+        "status": RUNNING,
+        "position": 0,
+        "data": data,
+        "owner": owner,
+        "lease_until": _now(session) + lease,
+    }
+    if _dialect(session) in _MYSQL_FAMILY:
+        # No RETURNING on MySQL: INSERT IGNORE inserts 1 row, or 0 for an id taken.
+        result = session.execute(_insert(session)(sagas).values(**values).prefix_with("IGNORE"))
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
     stmt = (
         _insert(session)(sagas)
-        .values(
-            id=saga_id,
-            name=name,
-            status=RUNNING,
-            position=0,
-            data=data,
-            owner=owner,
-            lease_until=_now(session) + lease,
-        )
+        .values(**values)
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(sagas.c.id)
     )
@@ -313,6 +330,9 @@ def set_step(
         changes["error"] = error
     if count_attempt:
         changes["attempts"] = saga_steps.c.attempts + 1
+    if _dialect(session) in _MYSQL_FAMILY:
+        session.execute(stmt.on_duplicate_key_update(**changes))
+        return
     session.execute(stmt.on_conflict_do_update(index_elements=["saga_id", "step"], set_=changes))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.examples.run import run_example
+from tests.mysqlharness import MariaDBServer
 from tests.pgharness import PgServer
 
 AFTER_THE_WRITE = [
@@ -33,3 +34,10 @@ def test_the_batch_tour_on_postgresql(
 ) -> None:
     url = pg_server.app_url(pg_database).render_as_string(hide_password=False)
     _check(run_example("batch_tour.py", tmp_path, url).splitlines(), "copy")
+
+
+def test_the_batch_tour_on_mariadb(
+    mariadb_server: MariaDBServer, mariadb_database: str, tmp_path: Path
+) -> None:
+    url = mariadb_server.app_url(mariadb_database).render_as_string(hide_password=False)
+    _check(run_example("batch_tour.py", tmp_path, url).splitlines(), "insertmanyvalues")
