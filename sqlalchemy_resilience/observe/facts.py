@@ -143,12 +143,26 @@ class StatementFacts:
 
     def __init__(self, engine: Engine) -> None:
         self.token = object()
-        self._base_attrs = operation_base_attributes(engine)
+        # A mysql:// engine learns whether its server is MariaDB on the first
+        # connect: until then db.system.name waits (see _settle_system_name).
+        self._dialect: Any = engine.dialect if engine.dialect.name == "mysql" else None
         self._text_infos: dict[str, StatementInfo] = {}
+        self._set_base_attrs(operation_base_attributes(engine))
+
+    def _set_base_attrs(self, attrs: dict[str, Any]) -> None:
+        self._base_attrs = attrs
         self._transaction_attrs = {
-            op: {**self._base_attrs, "db.operation.name": op, "db.query.summary": op}
+            op: {**attrs, "db.operation.name": op, "db.query.summary": op}
             for op in ("COMMIT", "ROLLBACK")
         }
+
+    def _settle_system_name(self) -> None:
+        dialect = self._dialect
+        if getattr(dialect, "server_version_info", None) is None:
+            return  # not connected yet
+        self._dialect = None
+        if getattr(dialect, "is_mariadb", False) is True:
+            self._set_base_attrs({**self._base_attrs, "db.system.name": "mariadb"})
 
     def transaction_attributes(self, operation: str) -> dict[str, Any]:
         """The metric attributes of a ``COMMIT`` or ``ROLLBACK`` (shared: do not modify)."""
@@ -165,6 +179,8 @@ class StatementFacts:
             found = self._text_infos.get(statement)
             if found is not None:
                 return found
+        if self._dialect is not None:
+            self._settle_system_name()
         key = normalize_statement(statement)
         operation = _operation_of(context, key)
         collection = _collection_of(context)
