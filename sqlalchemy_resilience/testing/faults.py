@@ -11,7 +11,10 @@ translation see a genuine failure::
 Faults: ``disconnect`` (the driver connection is really closed before the
 statement is sent), ``serialization_failure`` (40001), ``deadlock`` (40P01),
 ``query_canceled`` (57014), ``lock_not_available`` (55P03), and for SQLite
-``busy`` (SQLITE_BUSY) and ``busy_snapshot`` (SQLITE_BUSY_SNAPSHOT).
+``busy`` (SQLITE_BUSY) and ``busy_snapshot`` (SQLITE_BUSY_SNAPSHOT). On MySQL
+and MariaDB (PyMySQL, aiomysql, asyncmy, mysqlclient) the error numbers:
+``deadlock`` 1213, ``lock_not_available`` 1205 (lock wait timeout),
+``query_canceled`` 1317 and ``read_only`` 1290 (what a demoted writer answers).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ FaultKind = Literal[
     "lock_not_available",
     "busy",
     "busy_snapshot",
+    "read_only",
 ]
 
 _PG_FAULTS: dict[str, tuple[str, str, str]] = {
@@ -63,6 +67,24 @@ _SQLITE_FAULTS: dict[str, tuple[int, str, str]] = {
     "busy_snapshot": (517, "SQLITE_BUSY_SNAPSHOT", "database is locked"),
     "serialization_failure": (517, "SQLITE_BUSY_SNAPSHOT", "database is locked"),
 }
+
+
+_MYSQL_FAULTS: dict[str, tuple[int, str]] = {
+    "deadlock": (1213, "Deadlock found when trying to get lock; try restarting transaction"),
+    "lock_not_available": (1205, "Lock wait timeout exceeded; try restarting transaction"),
+    "query_canceled": (1317, "Query execution was interrupted (injected)"),
+    "read_only": (
+        1290,
+        "The server is running with the --read-only option so it cannot execute this statement",
+    ),
+}
+_MYSQL_FAMILY = ("mysql", "mariadb")
+
+
+def _mysql_error(dialect: Any, kind: str) -> BaseException:
+    errno, message = _MYSQL_FAULTS[kind]
+    # Every MySQL driver's errors take (number, message), as the server's do.
+    return dialect.loaded_dbapi.OperationalError(errno, message)  # type: ignore[no-any-return]
 
 
 def _pg_error(dialect: Any, kind: str) -> BaseException:
@@ -128,8 +150,15 @@ class FaultInjector:
     ) -> None:
         sync = sync_engine(engine)
         name = sync.dialect.name
-        allowed = ["disconnect", *(_PG_FAULTS if name == "postgresql" else _SQLITE_FAULTS)]
-        if name not in ("postgresql", "sqlite") or fault not in allowed:
+        kinds: list[str] = list(
+            _PG_FAULTS
+            if name == "postgresql"
+            else _SQLITE_FAULTS
+            if name == "sqlite"
+            else _MYSQL_FAULTS
+        )
+        allowed = ["disconnect", *kinds]
+        if name not in ("postgresql", "sqlite", *_MYSQL_FAMILY) or fault not in allowed:
             raise ValueError(
                 f"fault {fault!r} is not available on {name}; choose one of {sorted(allowed)}"
             )
@@ -183,6 +212,8 @@ class FaultInjector:
             return  # the statement now fails in the driver, as on a real disconnect
         if dialect.name == "postgresql":
             raise _pg_error(dialect, self.fault)
+        if dialect.name in _MYSQL_FAMILY:
+            raise _mysql_error(dialect, self.fault)
         raise _sqlite_error(dialect, self.fault)
 
     def detach(self) -> None:
@@ -214,7 +245,8 @@ def inject_fault(
     """Make the ``nth`` matching statement of ``engine`` (and the ``times - 1`` after it) fail.
 
     Args:
-        engine: any ``Engine`` or ``AsyncEngine`` on PostgreSQL (asyncpg, psycopg) or SQLite.
+        engine: any ``Engine`` or ``AsyncEngine`` on PostgreSQL (asyncpg, psycopg),
+            MySQL/MariaDB or SQLite.
         fault: see the module docstring.
         nth: the first matching statement to fail (1 = the next one).
         times: how many consecutive matching statements fail.
