@@ -7,6 +7,10 @@ after each migration; the server releases it if the process dies. The key is
 derived from the version table's name, so two environments in one database
 (the application's and this package's) do not wait for each other.
 
+On MySQL and MariaDB a named lock (``GET_LOCK``, polled with a zero wait):
+also session-level, released by the server with the session. Named locks are
+server-wide, so the name is derived from the database and the version table.
+
 On a SQLite file, an exclusive ``flock`` on a file beside the database
 (SQLite has no server to hold a lock; the database file's own lock cannot be
 held across Alembic's transactions). Elsewhere no lock is taken, and the log
@@ -32,6 +36,7 @@ from sqlalchemy_resilience.errors.operations import MigrationLockTimeout
 __all__ = [
     "LockInfo",
     "lock_key",
+    "lock_name",
     "migration_lock",
 ]
 
@@ -46,7 +51,8 @@ class LockInfo:
     """What taking the lock involved.
 
     Attributes:
-        kind: ``"advisory"`` (PostgreSQL), ``"file"`` (SQLite) or ``"none"``.
+        kind: ``"advisory"`` (PostgreSQL), ``"named"`` (MySQL, MariaDB),
+            ``"file"`` (SQLite) or ``"none"``.
         waited: seconds spent waiting for another instance.
 
     Example::
@@ -127,6 +133,49 @@ def _advisory(connection: Connection, key: int, wait: float) -> Iterator[LockInf
             connection.commit()
 
 
+def lock_name(database: str, version_table: str) -> str:
+    """The MySQL named lock for a database's version table (64 characters at most).
+
+    Example::
+
+        >>> lock_name("app", "alembic_version").startswith("sqlalchemy-resilience/migrate/")
+        True
+    """
+    digest = hashlib.sha256(f"{database}\x00{version_table}".encode()).hexdigest()
+    return f"sqlalchemy-resilience/migrate/{digest[:32]}"
+
+
+@contextlib.contextmanager
+def _named(connection: Connection, name: str, wait: float) -> Iterator[LockInfo]:
+    started = time.monotonic()
+    pause = _POLL_FIRST
+    announced = False
+    while True:
+        got = connection.execute(select(func.get_lock(name, 0))).scalar() == 1
+        connection.commit()
+        if got:
+            break
+        waited = time.monotonic() - started
+        holder = connection.execute(select(func.is_used_lock(name))).scalar()
+        connection.commit()
+        if waited >= wait:
+            raise MigrationLockTimeout(waited, int(holder) if holder is not None else None)
+        if not announced:
+            log.info("waiting for the migration lock (held by connection %s)", holder)
+            announced = True
+        time.sleep(min(pause, max(wait - waited, 0.0)))
+        pause = min(pause * 2, _POLL_MAX)
+    try:
+        yield LockInfo("named", time.monotonic() - started)
+    finally:
+        with contextlib.suppress(Exception):
+            # A broken connection: the server released the lock with the session.
+            if connection.in_transaction():
+                connection.rollback()
+            connection.execute(select(func.release_lock(name)))
+            connection.commit()
+
+
 @contextlib.contextmanager
 def _file_lock(path: str, wait: float) -> Iterator[LockInfo]:
     import fcntl
@@ -173,6 +222,12 @@ def migration_lock(
             yield info
         return
     database = connection.engine.url.database
+    if name in ("mysql", "mariadb"):
+        current = connection.execute(select(func.database())).scalar() or database or ""
+        connection.commit()
+        with _named(connection, lock_name(str(current), version_table), wait) as info:
+            yield info
+        return
     if name == "sqlite" and database and database != ":memory:" and os.name == "posix":
         with _file_lock(f"{database}.migrate-lock", wait) as info:
             yield info

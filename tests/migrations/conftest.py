@@ -10,14 +10,30 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL, make_url
 
+from tests.mysqlharness import MariaDBServer
 from tests.pgharness import PgServer
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
-    """An empty database: a SQLite file, or a fresh PostgreSQL database (psycopg)."""
+    """An empty database: a SQLite file, or a fresh PostgreSQL (psycopg) or MariaDB (PyMySQL) one."""
     if request.param == "sqlite":
         yield make_url(f"sqlite:///{tmp_path / 'migrate.sqlite'}")
+        return
+    if request.param == "mariadb":
+        maria: MariaDBServer = request.getfixturevalue("mariadb_server")
+        name = f"t_mig_{os.getpid()}_{time.monotonic_ns() % 10**9}"
+        maria.create_database(name)
+        try:
+            yield maria.app_url(name, driver="pymysql")
+        finally:
+            maria.drop_database(name)
         return
     server: PgServer = request.getfixturevalue("pg_server")
     name = f"mig_{os.getpid()}_{time.monotonic_ns() % 10**9}"
