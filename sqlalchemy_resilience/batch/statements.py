@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Column, MetaData, Table, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import DDLElement
@@ -33,7 +33,12 @@ __all__ = [
     "with_conflict",
 ]
 
-_UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+_UPSERTS = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+    "mysql": mysql.insert,
+    "mariadb": mysql.insert,
+}
 
 
 def with_conflict(
@@ -48,6 +53,8 @@ def with_conflict(
     string as a column *name*, and a ``Column`` whose ``key`` differs from its
     name would then be addressed by the wrong one.
     """
+    if isinstance(stmt, mysql.Insert):
+        return _on_duplicate_key(stmt, on_conflict, conflict_columns, columns)
     index: list[Column[Any]] | None = list(conflict_columns) or None
     if on_conflict == "ignore":
         return stmt.on_conflict_do_nothing(index_elements=index)
@@ -56,6 +63,23 @@ def with_conflict(
     if not changing:
         return stmt.on_conflict_do_nothing(index_elements=index)
     return stmt.on_conflict_do_update(index_elements=index, set_=changing)
+
+
+def _on_duplicate_key(
+    stmt: mysql.Insert,
+    on_conflict: OnConflict,
+    conflict_columns: list[Column[Any]],
+    columns: list[Column[Any]],
+) -> Any:
+    # MySQL has no conflict target: ON DUPLICATE KEY UPDATE fires on any unique
+    # key. "ignore" is a no-op update of a conflict column -- not INSERT IGNORE,
+    # which would also turn data errors (a value too long) into warnings.
+    keys = {c.key for c in conflict_columns}
+    changing = {c.name: stmt.inserted[c.key] for c in columns if c.key not in keys}
+    if on_conflict == "ignore" or not changing:
+        first = conflict_columns[0] if conflict_columns else columns[0]
+        return stmt.on_duplicate_key_update({first.name: first})
+    return stmt.on_duplicate_key_update(changing)
 
 
 def insert_statement(
@@ -73,7 +97,8 @@ def insert_statement(
         dialect_insert = _UPSERTS.get(dialect)
         if dialect_insert is None:
             raise ValueError(
-                f"on_conflict={on_conflict!r} needs PostgreSQL or SQLite, not {dialect!r}"
+                f"on_conflict={on_conflict!r} needs PostgreSQL, SQLite, MySQL or MariaDB, "
+                f"not {dialect!r}"
             )
         stmt = with_conflict(dialect_insert(table), on_conflict, conflict_columns, columns)
     if returning:
