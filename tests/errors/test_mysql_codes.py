@@ -160,3 +160,21 @@ def test_every_class_the_numbers_reach_speaks_every_locale() -> None:
 @pytest.mark.parametrize("phase", ["connect", "statement", "commit"])
 def test_a_refused_connect_is_unavailable_in_any_phase(phase: Phase) -> None:
     assert classify(_facts(2003), phase=phase)[0] in (sr.DatabaseUnavailable,)
+
+
+def test_the_docs_table_says_what_the_classifier_does() -> None:
+    """docs/mysql.md's error table, row by row, against the classifier."""
+    page = (Path(__file__).parents[2] / "docs" / "mysql.md").read_text(encoding="utf-8")
+    section = page.split("## Errors and what is re-run", 1)[1].split("\n## ", 1)[0]
+    checked = 0
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0][:1].isdigit():
+            continue
+        expected = getattr(sr, re.findall(r"`(\w+)`", cells[2])[0])
+        for part in cells[0].split(","):
+            number = int(re.match(r"\s*(\d+)", part).group(1))  # type: ignore[union-attr]
+            mariadb = "(MySQL)" not in part
+            assert classify(_facts(number, mariadb=mariadb))[0] is expected, (number, expected)
+            checked += 1
+    assert checked >= 40
