@@ -27,6 +27,7 @@ from sqlalchemy_resilience.database import PoolSettings, settings_from_env
 from sqlalchemy_resilience.instrumentation import instrumentation_of
 from sqlalchemy_resilience.saga import SagaContext
 from sqlalchemy_resilience.schema import create_saga_tables
+from tests.mysqlharness import MariaDBServer
 from tests.pgharness import PgServer
 
 metadata = MetaData()
@@ -38,10 +39,25 @@ items = Table(
 )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+_SERVERS = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.postgresql),
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+]
+
+
+def _mariadb_url(request: pytest.FixtureRequest, driver: str) -> str:
+    server: MariaDBServer = request.getfixturevalue("mariadb_server")
+    database: str = request.getfixturevalue("mariadb_database")
+    return server.app_url(database, driver=driver).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=_SERVERS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'facade.sqlite'}"
+    if request.param == "mariadb":
+        return _mariadb_url(request, "aiomysql")
     server: PgServer = request.getfixturevalue("pg_server")
     database: str = request.getfixturevalue("pg_database")
     return server.app_url(database, driver="asyncpg").render_as_string(hide_password=False)
@@ -226,10 +242,12 @@ def test_settings_from_the_environment() -> None:
         settings_from_env({"DATABASE_URL": "sqlite://", "SQLALCHEMY_RESILIENCE_POOLER": "tx"})
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+@pytest.fixture(params=_SERVERS)
 def sync_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'facade_sync.sqlite'}"
+    if request.param == "mariadb":
+        return _mariadb_url(request, "pymysql")
     server: PgServer = request.getfixturevalue("pg_server")
     database: str = request.getfixturevalue("pg_database")
     return server.app_url(database, driver="psycopg").render_as_string(hide_password=False)
