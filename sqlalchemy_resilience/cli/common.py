@@ -33,7 +33,15 @@ EXIT_DRIVER_MISSING = 78
 EXIT_TEMPFAIL = 75
 
 # The extra that installs each driver the package supports.
-_EXTRAS = {"asyncpg": "asyncpg", "psycopg": "psycopg", "aiosqlite": "aiosqlite"}
+_EXTRAS = {
+    "asyncpg": "asyncpg",
+    "psycopg": "psycopg",
+    "aiosqlite": "aiosqlite",
+    "pymysql": "pymysql",
+    "aiomysql": "aiomysql",
+    "asyncmy": "asyncmy",
+    "MySQLdb": "mysqlclient",
+}
 # Drivers whose distribution on PyPI is not named like the module they import.
 _DISTRIBUTIONS = {"MySQLdb": "mysqlclient", "psycopg2": "psycopg2-binary", "cx_Oracle": "cx-Oracle"}
 

@@ -301,11 +301,13 @@ def test_a_missing_driver_is_one_line_naming_what_to_install(
         'pip install "sqlalchemy-resilience[asyncpg]"'
     )
     assert "pw" not in err
+    monkeypatch.setitem(sys.modules, "pymysql", None)
     assert main(["demo", "--url", "mysql+pymysql://app:pw@127.0.0.1/app"]) == EXIT_DRIVER_MISSING
-    assert "pip install pymysql" in capsys.readouterr().err
+    assert 'pip install "sqlalchemy-resilience[pymysql]"' in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "MySQLdb", None)
     assert main(["health", "mysql://app:pw@127.0.0.1/app"]) == EXIT_DRIVER_MISSING
-    assert "pip install mysqlclient" in capsys.readouterr().err  # the distribution, not the module
+    # The extra, named for the distribution (mysqlclient), not the module (MySQLdb).
+    assert 'pip install "sqlalchemy-resilience[mysqlclient]"' in capsys.readouterr().err
 
 
 def test_demo_on_a_sqlite_path_that_cannot_be_opened(
