@@ -23,7 +23,7 @@ from .pgharness import PgServer
 pytest_plugins = ["sqlalchemy_resilience.testing.pytest_plugin"]
 
 _PG_FIXTURES = {"pg_server", "pg_database", "pg_engine", "pg_driver", "fault_server", "pgbouncer"}
-_MARIADB_FIXTURES = {"mariadb_server", "mariadb_database"}
+_MARIADB_FIXTURES = {"mariadb_server", "mariadb_database", "mariadb_engine"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -83,6 +83,22 @@ def mariadb_database(
         yield name
     finally:
         mariadb_server.drop_database(name)
+
+
+@pytest.fixture(params=["aiomysql", "asyncmy"])
+async def mariadb_engine(
+    request: pytest.FixtureRequest, mariadb_server: MariaDBServer, mariadb_database: str
+) -> AsyncIterator[AsyncEngine]:
+    """An instrumented AsyncEngine on the module's MariaDB database, once per async driver."""
+    from sqlalchemy_resilience import instrument
+
+    engine = create_async_engine(mariadb_server.app_url(mariadb_database, driver=request.param))
+    instr = instrument(engine)
+    try:
+        yield engine
+    finally:
+        instr.detach()
+        await engine.dispose()
 
 
 @pytest.fixture(params=["asyncpg", "psycopg"])

@@ -24,9 +24,9 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
@@ -102,35 +102,56 @@ def _holder(connection: Connection, key: int) -> int | None:
 
 
 @contextlib.contextmanager
-def _advisory(connection: Connection, key: int, wait: float) -> Iterator[LockInfo]:
+def _session_lock(
+    connection: Connection,
+    kind: str,
+    *,
+    take: Any,
+    holder: Callable[[], int | None],
+    release: Any,
+    holder_label: str,
+    wait: float,
+) -> Iterator[LockInfo]:
+    """A lock the server holds for the session: tried without waiting, polled until ``wait``."""
     started = time.monotonic()
     pause = _POLL_FIRST
     announced = False
     while True:
-        got = bool(connection.execute(select(func.pg_try_advisory_lock(key))).scalar())
+        got = bool(connection.execute(select(take)).scalar())
         connection.commit()  # never sit "idle in transaction" while waiting
         if got:
             break
         waited = time.monotonic() - started
-        holder = _holder(connection, key)
+        held_by = holder()
         connection.commit()
         if waited >= wait:
-            raise MigrationLockTimeout(waited, holder)
+            raise MigrationLockTimeout(waited, held_by)
         if not announced:
-            log.info("waiting for the migration lock (held by backend pid %s)", holder)
+            log.info("waiting for the migration lock (held by %s %s)", holder_label, held_by)
             announced = True
         time.sleep(min(pause, max(wait - waited, 0.0)))
         pause = min(pause * 2, _POLL_MAX)
-    info = LockInfo("advisory", time.monotonic() - started)
     try:
-        yield info
+        yield LockInfo(kind, time.monotonic() - started)
     finally:
         with contextlib.suppress(Exception):
             # A broken connection: the server released the lock with the session.
             if connection.in_transaction():
                 connection.rollback()
-            connection.execute(select(func.pg_advisory_unlock(key)))
+            connection.execute(select(release))
             connection.commit()
+
+
+def _advisory(connection: Connection, key: int, wait: float) -> Any:
+    return _session_lock(
+        connection,
+        "advisory",
+        take=func.pg_try_advisory_lock(key),
+        holder=lambda: _holder(connection, key),
+        release=func.pg_advisory_unlock(key),
+        holder_label="backend pid",
+        wait=wait,
+    )
 
 
 def lock_name(database: str, version_table: str) -> str:
@@ -145,35 +166,20 @@ def lock_name(database: str, version_table: str) -> str:
     return f"sqlalchemy-resilience/migrate/{digest[:32]}"
 
 
-@contextlib.contextmanager
-def _named(connection: Connection, name: str, wait: float) -> Iterator[LockInfo]:
-    started = time.monotonic()
-    pause = _POLL_FIRST
-    announced = False
-    while True:
-        got = connection.execute(select(func.get_lock(name, 0))).scalar() == 1
-        connection.commit()
-        if got:
-            break
-        waited = time.monotonic() - started
-        holder = connection.execute(select(func.is_used_lock(name))).scalar()
-        connection.commit()
-        if waited >= wait:
-            raise MigrationLockTimeout(waited, int(holder) if holder is not None else None)
-        if not announced:
-            log.info("waiting for the migration lock (held by connection %s)", holder)
-            announced = True
-        time.sleep(min(pause, max(wait - waited, 0.0)))
-        pause = min(pause * 2, _POLL_MAX)
-    try:
-        yield LockInfo("named", time.monotonic() - started)
-    finally:
-        with contextlib.suppress(Exception):
-            # A broken connection: the server released the lock with the session.
-            if connection.in_transaction():
-                connection.rollback()
-            connection.execute(select(func.release_lock(name)))
-            connection.commit()
+def _named(connection: Connection, name: str, wait: float) -> Any:
+    def holder() -> int | None:
+        found = connection.execute(select(func.is_used_lock(name))).scalar()
+        return int(found) if found is not None else None
+
+    return _session_lock(
+        connection,
+        "named",
+        take=func.get_lock(name, 0),
+        holder=holder,
+        release=func.release_lock(name),
+        holder_label="connection",
+        wait=wait,
+    )
 
 
 @contextlib.contextmanager

@@ -25,7 +25,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 from types import TracebackType
 
 from sqlalchemy.engine import URL
+
+from ._servers import free_port, unprivileged_account
 
 __all__ = ["EmbeddedPostgres", "EmbeddedPostgresError", "find_pg_bin"]
 
@@ -106,22 +107,16 @@ def find_pg_bin() -> Path:
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+_free_port = free_port
 
 
 def _unprivileged_account() -> pwd.struct_passwd:
-    for name in ("postgres", "nobody"):
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            continue
-    raise EmbeddedPostgresError(
-        "running as root, and neither a 'postgres' nor a 'nobody' account exists to run the server"
-    )
+    account = unprivileged_account(("postgres", "nobody"))
+    if account is None:
+        raise EmbeddedPostgresError(
+            "running as root, and neither a 'postgres' nor a 'nobody' account exists to run the server"
+        )
+    return account
 
 
 def _world_traversable(path: Path) -> bool:

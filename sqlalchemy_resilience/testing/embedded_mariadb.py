@@ -35,6 +35,8 @@ from types import TracebackType
 
 from sqlalchemy.engine import URL
 
+from ._servers import free_port, unprivileged_account
+
 __all__ = ["EmbeddedMariaDB", "EmbeddedMariaDBError", "find_mariadb_bin"]
 
 _PROGRAMS = ("mariadbd", "mariadb-install-db")
@@ -83,22 +85,16 @@ def find_mariadb_bin() -> dict[str, Path]:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+_free_port = free_port
 
 
 def _unprivileged_account() -> pwd.struct_passwd:
-    for name in ("mysql", "nobody"):
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            continue
-    raise EmbeddedMariaDBError(
-        "running as root, and neither a 'mysql' nor a 'nobody' account exists to run the server"
-    )
+    account = unprivileged_account(("mysql", "nobody"))
+    if account is None:
+        raise EmbeddedMariaDBError(
+            "running as root, and neither a 'mysql' nor a 'nobody' account exists to run the server"
+        )
+    return account
 
 
 class EmbeddedMariaDB:

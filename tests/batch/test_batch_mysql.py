@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import bulk_insert, instrument
+from sqlalchemy_resilience import bulk_insert
 from sqlalchemy_resilience.batch import bulk_update
-from tests.mysqlharness import MariaDBServer
 
 metadata = MetaData()
 items = Table(
@@ -23,20 +20,13 @@ items = Table(
 )
 
 
-@pytest.fixture(params=["aiomysql", "asyncmy"])
-async def engine(
-    request: pytest.FixtureRequest, mariadb_server: MariaDBServer, mariadb_database: str
-) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(mariadb_server.app_url(mariadb_database, driver=request.param))
-    instr = instrument(engine)
+@pytest.fixture
+async def engine(mariadb_engine: AsyncEngine) -> AsyncEngine:
+    engine = mariadb_engine
     async with engine.begin() as conn:
         await conn.run_sync(metadata.drop_all)
         await conn.run_sync(metadata.create_all)
-    try:
-        yield engine
-    finally:
-        instr.detach()
-        await engine.dispose()
+    return engine
 
 
 async def _rows(engine: AsyncEngine) -> list[tuple[int, str, int]]:

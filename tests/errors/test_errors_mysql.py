@@ -7,8 +7,6 @@ message names, values redacted from the package's own text.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -18,12 +16,9 @@ from sqlalchemy_resilience import instrument
 from tests.mysqlharness import MariaDBServer
 
 
-@pytest.fixture(params=["aiomysql", "asyncmy"])
-async def engine(
-    request: pytest.FixtureRequest, mariadb_server: MariaDBServer, mariadb_database: str
-) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(mariadb_server.app_url(mariadb_database, driver=request.param))
-    instr = instrument(engine)
+@pytest.fixture
+async def engine(mariadb_engine: AsyncEngine) -> AsyncEngine:
+    engine = mariadb_engine
     async with engine.begin() as conn:
         await conn.execute(text("DROP TABLE IF EXISTS ch, p"))
         await conn.execute(
@@ -39,11 +34,7 @@ async def engine(
             )
         )
         await conn.execute(text("INSERT INTO p VALUES (1, 'ada@example.com', 1)"))
-    try:
-        yield engine
-    finally:
-        instr.detach()
-        await engine.dispose()
+    return engine
 
 
 async def _fails(engine: AsyncEngine, sql: str) -> sr.DatabaseFailure:

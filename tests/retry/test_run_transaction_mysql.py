@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
@@ -11,34 +10,26 @@ from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
-    create_async_engine,
 )
 
 import sqlalchemy_resilience as sr
-from sqlalchemy_resilience import instrument, run_transaction
+from sqlalchemy_resilience import run_transaction
 from sqlalchemy_resilience.schema import metadata as package_tables
 from tests.mysqlharness import MariaDBServer
 
 FAST = sr.RetryPolicy(attempts=10, initial_backoff=0.001, max_backoff=0.01)
 
 
-@pytest.fixture(params=["aiomysql", "asyncmy"])
-async def engine(
-    request: pytest.FixtureRequest, mariadb_server: MariaDBServer, mariadb_database: str
-) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(mariadb_server.app_url(mariadb_database, driver=request.param))
-    instr = instrument(engine)
+@pytest.fixture
+async def engine(mariadb_engine: AsyncEngine) -> AsyncEngine:
+    engine = mariadb_engine
     async with engine.begin() as conn:
         await conn.execute(text("DROP TABLE IF EXISTS accounts"))
         await conn.execute(text("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL)"))
         await conn.execute(text("INSERT INTO accounts VALUES (1, 100), (2, 100)"))
         await conn.run_sync(package_tables.drop_all)
         await conn.run_sync(package_tables.create_all)
-    try:
-        yield engine
-    finally:
-        instr.detach()
-        await engine.dispose()
+    return engine
 
 
 async def test_a_deadlock_is_rerun_whole_and_both_transfers_commit(engine: AsyncEngine) -> None:
