@@ -1191,6 +1191,9 @@ async def test_s9a_s10_deterministic_conflicts(
                 await blocked
             await asyncio.to_thread(admin.execute, "COMMIT")
             await task
+            # Every forced deadlock makes a victim that is re-run; on a loaded
+            # machine a re-run may be caught in a second one (correct too).
+            assert attempts >= 2
             victims += attempts - 1
     finally:
         await asyncio.to_thread(admin.close)
@@ -1233,7 +1236,7 @@ async def test_s9a_s10_deterministic_conflicts(
         f"(expected 1100/900); (e3) {conflicts} serialization failures at COMMIT: {at_commit} "
         "retried, 0 reported unknown",
     )
-    assert victims == deadlocks
+    assert victims >= deadlocks  # the money is what must be exact:
     assert balances == {1: 1000 + deadlocks * 2, 2: 1000 - deadlocks * 2}
     assert at_commit == conflicts
     await assert_nothing_leaked(bank, fault_server, DB, gc=gc_warnings)
