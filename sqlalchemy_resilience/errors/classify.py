@@ -24,7 +24,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy_resilience._util.masking import mask_secret
 
 from . import hierarchy as e
-from .mysql_codes import CLIENT_LOST, is_client_error, mysql_errno, mysql_rule
+from .mysql_codes import (
+    CLIENT_LOST,
+    MYSQL_DRIVERS,
+    is_client_error,
+    mysql_errno,
+    mysql_message_facts,
+    mysql_rule,
+)
 from .sqlite_codes import Rule as _Rule
 from .sqlite_codes import sqlite_code_name, sqlite_rule
 
@@ -229,45 +236,15 @@ def _sqlite_facts(err: sqlite3.Error) -> ErrorFacts:
     )
 
 
-# The MySQL drivers: PyMySQL (and aiomysql, which raises PyMySQL's classes),
-# asyncmy and mysqlclient (MySQLdb).
-_MYSQL_DRIVERS = {"pymysql": "pymysql", "asyncmy": "asyncmy", "MySQLdb": "mysqldb"}
-
-# Where MySQL and MariaDB name what a constraint error is about.
-_MYSQL_KEY = re.compile(r"for key '(?:[^'.]*\.)?([^']+)'")
-_MYSQL_FK = re.compile(r"\(`(?:[^`]+)`\.`([^`]+)`, CONSTRAINT `([^`]+)` FOREIGN KEY \(`([^`]+)`\)")
-_MYSQL_COLUMN = re.compile(r"[Cc]olumn '([^']+)'")
-_MYSQL_CHECK = re.compile(
-    r"(?:CONSTRAINT `([^`]+)` failed for `[^`]+`\.`([^`]+)`)|(?:Check constraint '([^']+)')"
-)
-
-
 def _mysql_facts(item: BaseException, errno: int, driver: str) -> ErrorFacts:
-    args: tuple[object, ...] = tuple(getattr(item, "args", ()))
-    message = _first_line(str(args[1])) if len(args) > 1 else _first_line(str(item))
-    constraint = table = column = None
-    if errno in (1062, 1586, 1022, 1169):
-        match = _MYSQL_KEY.search(message)
-        constraint = match.group(1) if match else None
-    elif errno in (1451, 1452, 1216, 1217):
-        match = _MYSQL_FK.search(message)
-        if match:
-            table, constraint, column = match.group(1), match.group(2), match.group(3)
-    elif errno in (3819, 4025):
-        match = _MYSQL_CHECK.search(message)
-        if match:
-            constraint = match.group(1) or match.group(3)
-            table = match.group(2)
-    else:
-        match = _MYSQL_COLUMN.search(message)
-        column = match.group(1) if match else None
+    message, constraint, table, column = mysql_message_facts(item, errno)
     return ErrorFacts(
         driver_code=str(errno),
+        primary_message=message,
         constraint_name=constraint,
         table_name=table,
         column_name=column,
         server_reported=not is_client_error(errno),
-        primary_message=message,
         driver=driver,
         driver_class=type(item).__name__,
         mysql_errno=errno,
@@ -302,7 +279,7 @@ def extract_facts(exc: BaseException) -> ErrorFacts:
         if isinstance(item, sqlite3.Error):
             facts = _sqlite_facts(item)
             return replace(facts, invalidated=invalidated)
-        mysql_driver = _MYSQL_DRIVERS.get(module.split(".", 1)[0])
+        mysql_driver = MYSQL_DRIVERS.get(module.split(".", 1)[0])
         if mysql_driver is not None:
             errno = mysql_errno(item)
             if errno is not None:

@@ -23,8 +23,10 @@ from .sqlite_codes import Rule
 
 __all__ = [
     "CLIENT_LOST",
+    "MYSQL_DRIVERS",
     "is_client_error",
     "mysql_errno",
+    "mysql_message_facts",
     "mysql_rule",
 ]
 
@@ -164,3 +166,48 @@ def mysql_rule(errno: int, *, mariadb: bool | None) -> Rule | None:
     if mysql is not None and maria is not None and mysql != maria:
         return None
     return mysql or maria
+
+
+#: The MySQL drivers by top-level module: PyMySQL (and aiomysql, which raises
+#: PyMySQL's classes), asyncmy and mysqlclient (MySQLdb).
+MYSQL_DRIVERS = {"pymysql": "pymysql", "asyncmy": "asyncmy", "MySQLdb": "mysqldb"}
+
+# Where MySQL and MariaDB name what a constraint error is about.
+_KEY = re.compile(r"for key '(?:[^'.]*\.)?([^']+)'")
+_FK = re.compile(r"\(`(?:[^`]+)`\.`([^`]+)`, CONSTRAINT `([^`]+)` FOREIGN KEY \(`([^`]+)`\)")
+_COLUMN = re.compile(r"[Cc]olumn '([^']+)'")
+_CHECK = re.compile(
+    r"(?:CONSTRAINT `([^`]+)` failed for `[^`]+`\.`([^`]+)`)|(?:Check constraint '([^']+)')"
+)
+
+
+def mysql_message_facts(
+    exc: BaseException, errno: int
+) -> tuple[str, str | None, str | None, str | None]:
+    """The first message line, and the constraint, table and column it names (or None).
+
+    Example::
+
+        >>> mysql_message_facts(IntegrityError(1062, "Duplicate entry 'x' for key 'email'"), 1062)  # doctest: +SKIP
+        ("Duplicate entry 'x' for key 'email'", 'email', None, None)
+    """
+    args: tuple[object, ...] = tuple(getattr(exc, "args", ()))
+    text = str(args[1]) if len(args) > 1 else str(exc)
+    message = text.strip().splitlines()[0] if text.strip() else ""
+    constraint = table = column = None
+    if errno in (1062, 1586, 1022, 1169):
+        match = _KEY.search(message)
+        constraint = match.group(1) if match else None
+    elif errno in (1451, 1452, 1216, 1217):
+        match = _FK.search(message)
+        if match:
+            table, constraint, column = match.group(1), match.group(2), match.group(3)
+    elif errno in (3819, 4025):
+        match = _CHECK.search(message)
+        if match:
+            constraint = match.group(1) or match.group(3)
+            table = match.group(2)
+    else:
+        match = _COLUMN.search(message)
+        column = match.group(1) if match else None
+    return message, constraint, table, column
