@@ -17,7 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
-    Float,
+    Double,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -65,8 +65,9 @@ idempotency_keys = Table(
 
 #: One row per durable saga: where it is (``status``, ``position``), what it
 #: was started with (``data``, JSON), who drives it (``owner`` until
-#: ``lease_until``, in the database's clock, seconds since the epoch) and why
-#: it failed. ``version`` counts the row's updates.
+#: ``lease_until``, in the database's clock, seconds since the epoch: a double,
+#: since MySQL's FLOAT is single precision and rounds today's epoch to 128 s) and
+#: why it failed. ``version`` counts the row's updates.
 sagas = Table(
     "sqlalchemy_resilience_saga",
     metadata,
@@ -78,7 +79,7 @@ sagas = Table(
     Column("failed_step", String(SAGA_ID_MAX_LENGTH)),
     Column("error", Text),
     Column("owner", String(64)),
-    Column("lease_until", Float),
+    Column("lease_until", Double),
     Column("recoveries", Integer, nullable=False, server_default="0"),
     Column("version", Integer, nullable=False, server_default="0"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

@@ -121,14 +121,23 @@ async def pg_engine(
 
 
 @pytest.fixture(
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)],
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgresql),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
 )
 async def any_engine(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[AsyncEngine]:
-    """An instrumented AsyncEngine on a SQLite file, then on the module's PostgreSQL (asyncpg)."""
+    """An instrumented AsyncEngine on a SQLite file, the module's PostgreSQL (asyncpg) and
+    the module's MariaDB database (aiomysql)."""
     from sqlalchemy_resilience import instrument
 
     if request.param == "sqlite":
         engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'any.sqlite'}")
+    elif request.param == "mariadb":
+        maria: MariaDBServer = request.getfixturevalue("mariadb_server")
+        name: str = request.getfixturevalue("mariadb_database")
+        engine = create_async_engine(maria.app_url(name, driver="aiomysql"))
     else:
         server: PgServer = request.getfixturevalue("pg_server")
         database: str = request.getfixturevalue("pg_database")

@@ -28,6 +28,8 @@ from sqlalchemy_resilience import InvalidCursor, paginate, paginate_sync
 from sqlalchemy_resilience.pagination.cursor import CursorCodec, resolve_secret
 from sqlalchemy_resilience.pagination.ordering import ordering_of
 
+from .reference import portable
+
 KEY = "ordering-key-0123456789abcdef"
 
 
@@ -166,19 +168,21 @@ def test_signed_cursors_whose_values_do_not_fit_the_ordering(engine: Engine) -> 
 
 
 async def test_nullable_and_boolean_keys_on_both_databases(any_engine: AsyncEngine) -> None:
-    """A custom type, a nullable key and mixed directions on aiosqlite and asyncpg: the SQL order, exactly."""
+    """A custom type, a nullable key and mixed directions on aiosqlite, asyncpg and aiomysql
+    (which has no NULLS FIRST: paginate orders by the NULL flag): the SQL order, exactly."""
     async with any_engine.begin() as conn:
         await conn.run_sync(metadata.drop_all)
         await conn.run_sync(metadata.create_all)
         await conn.execute(insert(tags), ROWS)
         await conn.execute(insert(notes), [{"id": i, "tag_id": i % 5 + 1} for i in range(1, 11)])
-    stmt = (
-        select(tags.c.id, tags.c.label, notes.c.id.label("note"))
-        .outerjoin_from(tags, notes, tags.c.id == notes.c.tag_id)
-        .order_by(tags.c.label.desc(), notes.c.id.asc().nulls_first(), tags.c.rank)
+    order = [tags.c.label.desc(), notes.c.id.asc().nulls_first(), tags.c.rank]
+    joined = select(tags.c.id, tags.c.label, notes.c.id.label("note")).outerjoin_from(
+        tags, notes, tags.c.id == notes.c.tag_id
     )
+    stmt = joined.order_by(*order)
+    reference = joined.order_by(*portable(order, any_engine.dialect.name), tags.c.id)
     async with any_engine.connect() as conn:
-        expected = [tuple(r) for r in await conn.execute(stmt.order_by(tags.c.id))]
+        expected = [tuple(r) for r in await conn.execute(reference)]
         seen: list[tuple[Any, ...]] = []
         cursor = None
         while True:

@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.Column("failed_step", sa.String(200)),
         sa.Column("error", sa.Text),
         sa.Column("owner", sa.String(64)),
-        sa.Column("lease_until", sa.Float),
+        sa.Column("lease_until", sa.Double),
         sa.Column("recoveries", sa.Integer, nullable=False, server_default="0"),
         sa.Column("version", sa.Integer, nullable=False, server_default="0"),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=now),
