@@ -4,7 +4,7 @@ OpenTelemetry SQLAlchemy instrumentation, all measured in one run.
 Workloads: point queries (``SELECT v FROM t WHERE id = :id``) with a pool
 checkout per query, and 50 concurrent tasks sharing a pool of 10. Variants:
 
-* raw driver (asyncpg / sqlite3 / aiosqlite);
+* raw driver (asyncpg / sqlite3 / aiosqlite / PyMySQL / aiomysql);
 * plain SQLAlchemy;
 * ``instrument()`` with defaults and no OpenTelemetry SDK (the API's no-op meter);
 * ``instrument()`` with defaults and an SDK ``MeterProvider``, and the same
@@ -26,6 +26,7 @@ same round, so drift of a shared machine cancels out.
     python -m benchmarks.overhead                       # SQLite
     python -m benchmarks.overhead --embedded-postgres   # + PostgreSQL via asyncpg
     python -m benchmarks.overhead --postgres-url postgresql+asyncpg://u:p@host/db
+    python -m benchmarks.overhead --no-sqlite --embedded-mariadb  # MariaDB: PyMySQL, aiomysql
 """
 
 from __future__ import annotations
@@ -430,6 +431,90 @@ async def bench_postgres(url: URL, rounds: int, ops: int) -> str:
     return "\n".join(out)
 
 
+# -- MariaDB / MySQL ---------------------------------------------------------------
+
+
+async def bench_mariadb(url: URL, rounds: int, ops: int) -> str:
+    """Point queries through PyMySQL (sync) and aiomysql, each against its raw driver."""
+    import aiomysql
+    import pymysql
+
+    sync_url = url.set(drivername="mysql+pymysql")
+    async_url = url.set(drivername="mysql+aiomysql")
+    setup = create_engine(sync_url)
+    with setup.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS sr_bench_t"))
+        conn.execute(text("CREATE TABLE sr_bench_t (id int PRIMARY KEY, v int)"))
+        conn.execute(
+            text("INSERT INTO sr_bench_t VALUES (:id, :v)"),
+            [{"id": i, "v": i} for i in range(ROWS)],
+        )
+    setup.dispose()
+    stmt = text("SELECT v FROM sr_bench_t WHERE id = :id")
+    login = {
+        "host": url.host,
+        "port": url.port or 3306,
+        "user": url.username,
+        "password": url.password or "",
+        "db": url.database,
+    }
+    # The raw drivers have no pool of their own in the sync case: one
+    # connection kept open, which is what a pool hands out.
+    raw = pymysql.connect(**login, autocommit=True)
+
+    def raw_point(n: int) -> None:
+        with raw.cursor() as cursor:
+            for i in range(n):
+                cursor.execute("SELECT v FROM sr_bench_t WHERE id = %s", (i % ROWS,))
+                cursor.fetchone()
+
+    def point(engine: Engine) -> Sync:
+        def run(n: int) -> None:
+            for i in range(n):
+                with engine.connect() as conn:
+                    conn.execute(stmt, {"id": i % ROWS}).scalar_one()
+
+        return run
+
+    engines = _variants_of(lambda: create_engine(sync_url, pool_size=POOL, max_overflow=0))
+    sync_variants: dict[str, Sync] = {"raw PyMySQL": raw_point}
+    sync_variants.update({name: point(e) for name, e in engines.items()})
+    out = [
+        table(
+            f"MariaDB (PyMySQL, loopback), point queries, {rounds} rounds x {ops // 2}",
+            measure_sync(sync_variants, rounds, ops // 2),
+        )
+    ]
+    raw.close()
+    for engine in engines.values():
+        engine.dispose()
+
+    raw_pool = await aiomysql.create_pool(**login, autocommit=True, minsize=POOL, maxsize=POOL)
+
+    async def raw_async_point(n: int) -> None:
+        for i in range(n):
+            async with raw_pool.acquire() as conn, conn.cursor() as cursor:
+                await cursor.execute("SELECT v FROM sr_bench_t WHERE id = %s", (i % ROWS,))
+                await cursor.fetchone()
+
+    async_engines = _variants_of(
+        lambda: create_async_engine(async_url, pool_size=POOL, max_overflow=0)
+    )
+    async_variants: dict[str, Async] = {"raw aiomysql": raw_async_point}
+    async_variants.update({name: _point_async(e, stmt) for name, e in async_engines.items()})
+    out.append(
+        table(
+            f"MariaDB (aiomysql, loopback), point queries, {rounds} rounds x {ops // 2}",
+            await measure_async(async_variants, rounds, ops // 2),
+        )
+    )
+    raw_pool.close()
+    await raw_pool.wait_closed()
+    for engine in async_engines.values():
+        await engine.dispose()
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=60, help="interleaved rounds (default 60)")
@@ -438,6 +523,11 @@ def main(argv: list[str] | None = None) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--postgres-url", help="postgresql+asyncpg:// URL to benchmark against")
     group.add_argument("--embedded-postgres", action="store_true")
+    maria = parser.add_mutually_exclusive_group()
+    maria.add_argument("--mysql-url", help="a mysql:// URL (MariaDB or MySQL) to benchmark against")
+    maria.add_argument(
+        "--embedded-mariadb", action="store_true", help="start a throwaway MariaDB for the run"
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.queries < 4:
         parser.error("--rounds must be at least 1 and --queries at least 4")
@@ -458,6 +548,15 @@ def main(argv: list[str] | None = None) -> None:
         # Eight engines with a pool of 10 each, plus the raw pool.
         with EmbeddedPostgres(settings={"max_connections": "200"}) as pg:
             print(asyncio.run(bench_postgres(pg.url(driver="asyncpg"), args.rounds, args.queries)))
+    if args.mysql_url:
+        print(asyncio.run(bench_mariadb(make_url(args.mysql_url), args.rounds, args.queries)))
+    elif args.embedded_mariadb:
+        from sqlalchemy_resilience.testing.embedded_mariadb import EmbeddedMariaDB
+
+        with EmbeddedMariaDB(settings={"max-connections": "300"}) as db:
+            db.execute_as_admin("CREATE DATABASE sr_bench")
+            url = db.url(driver="pymysql", database="sr_bench")
+            print(asyncio.run(bench_mariadb(url, args.rounds, args.queries)))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ __all__ = [
     "idempotency_keys",
     "metadata",
     "migration_checksums",
+    "migration_steps",
     "saga_steps",
     "sagas",
 ]
@@ -140,8 +141,26 @@ migration_checksums = Table(
 )
 
 
+#: Where DDL is not transactional (MySQL, MariaDB): the revision a
+#: ``run_migrations`` has started and not finished, per version table. Written
+#: (and committed) before the revision's first statement, deleted in the
+#: transaction that records it as applied; a row left behind is a revision
+#: interrupted half-way, which ``verify_migrations`` reports and
+#: ``run_migrations`` refuses to run again unless told to.
+migration_steps = Table(
+    "sqlalchemy_resilience_migration_step",
+    metadata,
+    Column("version_table", String(200), primary_key=True),
+    Column("revision", String(200), nullable=False),
+    Column("direction", String(16), nullable=False),
+    Column("started_by", String(200), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+
 def create_migration_tables(bind: Engine | Connection) -> None:
-    """Create the migration checksum table if it does not exist (``run_migrations`` does it itself).
+    """Create the migration checksum and step tables if they do not exist (``run_migrations``
+    does it itself).
 
     Example::
 
@@ -151,7 +170,7 @@ def create_migration_tables(bind: Engine | Connection) -> None:
         raise TypeError(
             f"bind must be a sqlalchemy Engine or Connection, got {type(bind).__name__}"
         )
-    metadata.create_all(bind, tables=[migration_checksums])
+    metadata.create_all(bind, tables=[migration_checksums, migration_steps])
 
 
 def create_batch_tables(bind: Engine | Connection) -> None:

@@ -132,6 +132,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         for name, value in (("lock_wait", args.lock_wait), ("lock_timeout", args.lock_timeout))
         if value is not None
     ]
+    if args.rerun_interrupted:
+        x.append("rerun_interrupted=1")
     config = _config(args.config, url, x)
     shown = url.render_as_string(hide_password=True)
     # With --sql, stdout is the SQL script: say what happens on stderr.
@@ -306,6 +308,12 @@ def add_migration_commands(sub: Any) -> None:
         "--lock-timeout",
         type=seconds_arg(positive=False),
         help="lock_timeout per migration, seconds (env.py with run_migrations)",
+    )
+    migrate.add_argument(
+        "--rerun-interrupted",
+        action="store_true",
+        help="MySQL/MariaDB: run again, from its start, a revision an earlier run left "
+        "half-way, once you have undone its effects by hand (env.py with run_migrations)",
     )
     migrate.set_defaults(func=_cmd_migrate, needs={"alembic": "alembic"})
     verify = sub.add_parser(

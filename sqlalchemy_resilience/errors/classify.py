@@ -375,6 +375,13 @@ def classify(
             if issubclass(cls, e.ConnectionLost):
                 return e.DatabaseUnavailable, True
             return cls, cls.default_retryable if retry is None else retry
+        # MySQL's server said why it refused the connection (1045 access
+        # denied, 1049 unknown database, 1040 too many connections): its rule.
+        if facts.mysql_errno is not None and facts.server_reported:
+            refused = mysql_rule(facts.mysql_errno, mariadb=facts.mariadb)
+            if refused is not None and not issubclass(refused[0], e.ConnectionLost):
+                cls, retry = refused
+                return cls, cls.default_retryable if retry is None else retry
         return e.DatabaseUnavailable, True
     if facts.driver == _AWS_WRAPPER and facts.sqlstate == "08007" and phase == "statement":
         # The wrapper says "unknown" for a failover anywhere inside a

@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import inspect
 from sqlalchemy.engine import URL, Engine, create_engine, make_url
 
-from sqlalchemy_resilience.schema import migration_checksums
+from sqlalchemy_resilience.schema import migration_checksums, migration_steps
 
 __all__ = ["CheckFinding", "CheckReport", "check_migrations", "schema_snapshot"]
 
@@ -362,7 +362,7 @@ def check_migrations(
     from alembic.script import ScriptDirectory
 
     alembic_config = Config(config) if isinstance(config, str) else config
-    exclude = (_version_table(alembic_config), migration_checksums.name)
+    exclude = (_version_table(alembic_config), migration_checksums.name, migration_steps.name)
     script = ScriptDirectory.from_config(alembic_config)
     heads = script.get_heads()
     revisions = [r.revision for r in reversed(list(script.walk_revisions("base", "heads")))]

@@ -22,6 +22,8 @@ from sqlalchemy.engine import Connection
 
 from sqlalchemy_resilience.schema import migration_checksums
 
+from .progress import in_flight, interrupted_message, is_interrupted
+
 __all__ = ["Finding", "VerifyReport", "file_checksum", "recorder", "verify_connection"]
 
 
@@ -85,7 +87,9 @@ class Finding:
             ``"missing"`` (applied, but the scripts no longer have it),
             ``"unknown"`` (the version table names a revision the scripts never had),
             ``"unrecorded"`` (applied before checksums were kept: information only),
-            ``"stale"`` (a checksum of a revision no longer applied).
+            ``"stale"`` (a checksum of a revision no longer applied),
+            ``"interrupted"`` (where DDL is not transactional: a revision an
+            earlier run started and did not finish; part of it may be applied).
         revision: the revision id.
         detail: what differs.
 
@@ -205,4 +209,9 @@ def verify_connection(connection: Connection, script: Any, version_table: str) -
             # With a head the scripts lack, what lies below it cannot be known.
             if not unknown:
                 findings.append(Finding("stale", revision_id, "recorded but not applied"))
+    step = in_flight(connection, version_table)
+    if step is not None and not unknown and is_interrupted(step, applied):
+        findings.append(
+            Finding("interrupted", step.revision, interrupted_message(step, version_table, script))
+        )
     return VerifyReport(version_table, tuple(applied), tuple(findings))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import time
@@ -39,15 +40,21 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy_resilience._util.seconds import to_seconds
 from sqlalchemy_resilience._util.urls import malformed_url_reason
 from sqlalchemy_resilience.deploy import check_pooler_sync
-from sqlalchemy_resilience.errors import LockNotAvailable, translate_error
+from sqlalchemy_resilience.errors import DatabaseFailure, LockNotAvailable, translate_error
 from sqlalchemy_resilience.errors.classify import build_error
 from sqlalchemy_resilience.errors.operations import MigrationLockTimeout, MigrationThroughPooler
+from sqlalchemy_resilience.errors.translate import describe
 from sqlalchemy_resilience.retry import RetryPolicy
-from sqlalchemy_resilience.schema import create_migration_tables, migration_checksums
+from sqlalchemy_resilience.schema import (
+    create_migration_tables,
+    migration_checksums,
+    migration_steps,
+)
 from sqlalchemy_resilience.transactions.sqlite import restore_busy_timeout, set_busy_timeout
 
 from .checksums import recorder
 from .lock import LockInfo, lock_key, migration_lock
+from .progress import StepTracker, forgetter, non_transactional_ddl
 
 __all__ = ["DEFAULT_CONNECT_RETRY", "PROGRESS_ATTRIBUTE", "MigrationSettings", "run_migrations"]
 
@@ -77,9 +84,10 @@ class MigrationSettings:
     lock_retries: int = 3
     retry_backoff: float | timedelta = 1.0
     checksums: bool = True
+    rerun_interrupted: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("lock", "checksums"):
+        for name in ("lock", "checksums", "rerun_interrupted"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         object.__setattr__(self, "lock_wait", to_seconds("lock_wait", self.lock_wait))
@@ -133,8 +141,12 @@ def _session_timeouts(connection: Connection, settings: MigrationSettings) -> It
     """The timeouts as settings of the connection's session, put back afterwards."""
     timeouts = settings.timeouts
     name = connection.dialect.name
-    if not timeouts or name not in ("postgresql", "sqlite"):
+    if not timeouts or name not in ("postgresql", "sqlite", "mysql", "mariadb"):
         yield
+        return
+    if name in ("mysql", "mariadb"):
+        with _mysql_timeouts(connection, timeouts):
+            yield
         return
     if name == "sqlite":
         if "statement_timeout" in timeouts:
@@ -164,6 +176,43 @@ def _session_timeouts(connection: Connection, settings: MigrationSettings) -> It
                 connection.rollback()
             for key, value in previous.items():
                 connection.execute(select(func.set_config(key, value, False)))
+            connection.commit()
+
+
+def _mysql_variables(connection: Connection, timeouts: dict[str, float]) -> list[tuple[str, Any]]:
+    """The session variables (fixed names) and values that carry ``timeouts`` on MySQL/MariaDB."""
+    found: list[tuple[str, Any]] = []
+    if "lock_timeout" in timeouts:
+        whole = max(1, math.ceil(timeouts["lock_timeout"]))
+        # DDL waits for the table's metadata lock; a data migration's rows for InnoDB's.
+        found += [("lock_wait_timeout", whole), ("innodb_lock_wait_timeout", whole)]
+    if "statement_timeout" in timeouts:
+        seconds = timeouts["statement_timeout"]
+        if getattr(connection.dialect, "is_mariadb", False):
+            found.append(("max_statement_time", seconds))
+        else:  # MySQL times SELECTs only
+            found.append(("max_execution_time", max(1, math.ceil(seconds * 1000))))
+    return found
+
+
+@contextlib.contextmanager
+def _mysql_timeouts(connection: Connection, timeouts: dict[str, float]) -> Iterator[None]:
+    variables = _mysql_variables(connection, timeouts)
+    # The variable names are this module's constants; the values are bound.
+    previous = connection.exec_driver_sql(
+        "SELECT " + ", ".join(f"@@SESSION.{variable}" for variable, _ in variables)
+    ).one()
+    for variable, value in variables:
+        connection.exec_driver_sql(f"SET SESSION {variable} = %s", (value,))
+    connection.commit()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # a dead connection takes its settings with it
+            if connection.in_transaction():
+                connection.rollback()
+            for (variable, _), old in zip(variables, previous, strict=True):
+                connection.exec_driver_sql(f"SET SESSION {variable} = %s", (old,))
             connection.commit()
 
 
@@ -216,7 +265,7 @@ def _transactional_ddl(connection: Connection) -> Iterator[None]:
 
 
 def _without_checksum_table(include_object: Callable[..., bool] | None) -> Callable[..., bool]:
-    """The app's ``include_object``, also hiding the checksum table from autogenerate.
+    """The app's ``include_object``, also hiding the package's migration tables from autogenerate.
 
     The table lives beside the app's tables but not in its models; without
     this, ``alembic check`` and ``--autogenerate`` would want to drop it.
@@ -225,7 +274,7 @@ def _without_checksum_table(include_object: Callable[..., bool] | None) -> Calla
     def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
         if (
             type_ == "table"
-            and name == migration_checksums.name
+            and name in (migration_checksums.name, migration_steps.name)
             and reflected
             and compare_to is None
         ):
@@ -236,7 +285,10 @@ def _without_checksum_table(include_object: Callable[..., bool] | None) -> Calla
 
 
 def _run_with_lock_retries(
-    connection: Connection, run: Callable[[], None], settings: MigrationSettings
+    connection: Connection,
+    run: Callable[[], None],
+    settings: MigrationSettings,
+    tracker: StepTracker | None = None,
 ) -> None:
     attempt = 0
     while True:
@@ -246,14 +298,21 @@ def _run_with_lock_retries(
         except Exception as exc:
             if not isinstance(translate_error(exc), LockNotAvailable):
                 raise
+            limit = _milliseconds(settings.timeouts.get("lock_timeout", 0.0))
+            # Statement by statement (MySQL): a rerun is safe only if the
+            # revision had completed nothing before the lock wait gave up.
+            if tracker is not None and not tracker.retry_is_safe():
+                raise _command_error(
+                    f"a migration statement gave up waiting for a lock after {limit} "
+                    "(see SHOW PROCESSLIST) after earlier statements of its revision had "
+                    f"committed, so it is not retried: {tracker.interrupted_now()}"
+                ) from exc
             if attempt >= settings.lock_retries:
-                from alembic.util import CommandError
-
+                where = "SHOW PROCESSLIST" if tracker is not None else "pg_stat_activity"
                 # Alembic prints a CommandError as one line; the typed error is the cause.
-                raise CommandError(
-                    "a migration could not get a table lock within lock_timeout "
-                    f"({_milliseconds(settings.timeouts.get('lock_timeout', 0.0))}) in "
-                    f"{attempt + 1} tries: a long transaction holds it (see pg_stat_activity); "
+                raise _command_error(
+                    f"a migration could not get a table lock within lock_timeout ({limit}) in "
+                    f"{attempt + 1} tries: a long transaction holds it (see {where}); "
                     "that migration was rolled back, the ones before it stay applied"
                 ) from exc
             attempt += 1
@@ -339,21 +398,50 @@ def _configure_and_run(
         connection.commit()
         callbacks.append(recorder(version_table))
     with _session_timeouts(connection, settings):
-        context.configure(
-            connection=connection,
-            version_table=version_table,
-            transaction_per_migration=configure.pop("transaction_per_migration", True),
-            on_version_apply=callbacks,
+        options = {
+            "connection": connection,
+            "version_table": version_table,
+            "transaction_per_migration": configure.pop("transaction_per_migration", True),
+            "on_version_apply": callbacks,
             **configure,
-        )
+        }
+        context.configure(**options)
+        migration_context = context.get_context()
+        steps_of = migration_context.opts.get("fn")  # what Alembic's command runs
+        tracker: StepTracker | None = None
+        if steps_of is not None and non_transactional_ddl(
+            connection, migration_context.impl.transactional_ddl
+        ):
+            # MySQL: a revision can stop half-way; mark it in flight (see .progress).
+            create_migration_tables(connection)
+            connection.commit()
+            tracker = StepTracker(
+                steps_of,
+                connection=connection,
+                version_table=version_table,
+                script=context.script,
+                rerun_interrupted=settings.rerun_interrupted,
+                refuse=_command_error,
+            )
+            context.configure(
+                **{**options, "on_version_apply": [*callbacks, forgetter(version_table)]},
+                fn=tracker.steps,
+            )
 
         def run() -> None:
             with context.begin_transaction():
                 context.run_migrations()
 
-        _run_with_lock_retries(connection, run, settings)
+        with tracker if tracker is not None else contextlib.nullcontext():
+            _run_with_lock_retries(connection, run, settings, tracker)
         if connection.in_transaction():
             connection.commit()
+
+
+def _command_error(message: str) -> BaseException:
+    from alembic.util import CommandError
+
+    return CommandError(message)  # Alembic prints it as one line
 
 
 def _offline(
@@ -401,6 +489,15 @@ def _connect_errors(secrets: tuple[str, ...]) -> Iterator[None]:
         raise build_error(exc, phase="connect", is_disconnect=True, secrets=secrets) from exc
 
 
+@contextlib.contextmanager
+def _one_line_if_unreachable() -> Iterator[None]:
+    """A database that cannot be reached, once retrying is over, as Alembic's one-line error."""
+    try:
+        yield
+    except DatabaseFailure as exc:
+        raise _command_error(f"cannot connect to migrate: {describe(exc)}") from exc
+
+
 def _x_overrides(x: dict[str, str]) -> dict[str, Any]:
     """Options given on the command line as ``alembic -x lock_timeout=2 ...``."""
     found: dict[str, Any] = {}
@@ -416,8 +513,9 @@ def _x_overrides(x: dict[str, str]) -> dict[str, Any]:
             found["lock_retries"] = int(x["lock_retries"])
         except ValueError:
             raise ValueError(f"-x lock_retries must be an int, got {x['lock_retries']!r}") from None
-    if "lock" in x:
-        found["lock"] = x["lock"].strip().lower() not in ("0", "false", "no", "off")
+    for name in ("lock", "rerun_interrupted"):
+        if name in x:
+            found[name] = x[name].strip().lower() not in ("0", "false", "no", "off")
     return found
 
 
@@ -435,6 +533,7 @@ def run_migrations(
     retry_backoff: float | timedelta = 1.0,
     connect_retry: RetryPolicy | None = None,
     checksums: bool = True,
+    rerun_interrupted: bool = False,
     **configure: Any,
 ) -> None:
     """Run the migrations Alembic asked for; call it as the whole body of ``env.py``.
@@ -454,18 +553,26 @@ def run_migrations(
         version_table: default ``version_table`` in alembic.ini, else ``alembic_version``.
         lock: take the migration lock (PostgreSQL advisory lock, SQLite file lock).
         lock_wait: how long to wait for another instance's migration (seconds or timedelta).
-        lock_timeout: ``lock_timeout`` for every migration (SQLite: ``busy_timeout``); None: the server's.
-        statement_timeout: ``statement_timeout`` for every migration (PostgreSQL only).
+        lock_timeout: ``lock_timeout`` for every migration (SQLite: ``busy_timeout``;
+            MySQL/MariaDB: ``lock_wait_timeout`` and ``innodb_lock_wait_timeout``, whole
+            seconds); None: the server's.
+        statement_timeout: ``statement_timeout`` for every migration (MariaDB:
+            ``max_statement_time``; MySQL: ``max_execution_time``, SELECTs only; not on SQLite).
         lock_retries: how often a migration that hit ``lock_timeout`` is run again.
         retry_backoff: the first pause before such a retry (doubling, jittered).
         connect_retry: how connecting is retried (default: 6 attempts within 60 s).
         checksums: record each applied revision's file checksum (for ``verify_migrations``).
+        rerun_interrupted: where DDL is not transactional (MySQL, MariaDB), run a
+            revision an earlier run left half-way from its start, after its
+            effects were undone by hand; without it such a run is refused
+            (see :mod:`~sqlalchemy_resilience.migrations.progress`).
         **configure: passed on to Alembic's ``context.configure`` (``compare_type``,
             ``include_object``, ``render_as_batch``...).
 
     The command line overrides the lock and timeout options:
     ``alembic -x lock_timeout=2 -x lock_wait=600 -x lock_retries=5 upgrade head``
-    (seconds, or ``none`` for no timeout; ``-x lock=off`` takes no lock).
+    (seconds, or ``none`` for no timeout; ``-x lock=off`` takes no lock;
+    ``-x rerun_interrupted=1``).
 
     Raises:
         MigrationLockTimeout: another instance kept migrating for longer than ``lock_wait``.
@@ -488,6 +595,7 @@ def run_migrations(
         "lock_retries": lock_retries,
         "retry_backoff": retry_backoff,
         "checksums": checksums,
+        "rerun_interrupted": rerun_interrupted,
     }
     settings = MigrationSettings(
         **{**given, **_x_overrides(context.get_x_argument(as_dictionary=True))}
@@ -516,9 +624,10 @@ def run_migrations(
     engine = create_engine(database, poolclass=pool.NullPool)
     secrets = (str(database.password),) if database.password else ()
     try:
-        for attempt in policy.as_tenacity_sync(idempotent=True):
-            with attempt, _connect_errors(secrets):
-                conn = engine.connect()
+        with _one_line_if_unreachable():
+            for attempt in policy.as_tenacity_sync(idempotent=True):
+                with attempt, _connect_errors(secrets):
+                    conn = engine.connect()
         with conn:
             _online(conn, context, settings, table, options)
     finally:
@@ -536,9 +645,10 @@ async def _run_async(
     engine = create_async_engine(database, poolclass=pool.NullPool)
     try:
         secrets = (str(database.password),) if database.password else ()
-        async for attempt in policy.as_tenacity(idempotent=True):
-            with attempt, _connect_errors(secrets):
-                conn = await engine.connect()
+        with _one_line_if_unreachable():
+            async for attempt in policy.as_tenacity(idempotent=True):
+                with attempt, _connect_errors(secrets):
+                    conn = await engine.connect()
         try:
             await conn.run_sync(_online, context, settings, table, options)
         finally:

@@ -69,7 +69,9 @@ def test_an_unreachable_server_is_one_line_without_the_password(
     captured = capsys.readouterr()
     assert "s3cr3t-pw" not in captured.out + captured.err
     last = captured.err.strip().splitlines()[-1]
-    assert last.startswith("sqlalchemy-resilience: migration failed: DatabaseUnavailable")
+    assert last.startswith(
+        "sqlalchemy-resilience: migration failed: cannot connect to migrate: DatabaseUnavailable"
+    )
     assert "Traceback" not in captured.err
 
 

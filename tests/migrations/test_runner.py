@@ -348,3 +348,17 @@ def test_sqlite_sigkill_mid_migration_leaves_a_consistent_schema(
     assert _state(url)[0] == "r3"
     report = verify_migrations(str(ini), url=url.set(drivername="sqlite"))
     assert report.ok and report.applied == ("r1", "r2", "r3"), report
+
+
+def test_a_wrong_password_fails_at_once_in_one_line(database: URL, tmp_path: Path) -> None:
+    """Connecting is retried for a server still starting, never for refused credentials
+    (28P01 / MySQL 1045): the deploy fails at once, with one line naming the class."""
+    if database.get_backend_name() == "sqlite":
+        pytest.skip("SQLite has no credentials")
+    ini = write_project(tmp_path)
+    started = time.monotonic()
+    code, out = _finish(alembic(ini, database.set(password="Wr0ngSecret"), "upgrade", "head"))
+    assert code != 0 and "cannot connect to migrate: AuthenticationFailed" in out, out
+    assert "Wr0ngSecret" not in out and "Traceback" not in out, out
+    # The default connect retry would spend up to 60 s on a retryable error.
+    assert time.monotonic() - started < 30, out

@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from sqlalchemy_resilience.migrations import verify_migrations
-from sqlalchemy_resilience.schema import migration_checksums
+from sqlalchemy_resilience.schema import migration_checksums, migration_steps
 
 from .migration_project import alembic as run_alembic
 from .migration_project import write_project
@@ -45,7 +45,7 @@ def _waited(output: str) -> str | None:
 
 def _drop_tables(conn: Connection) -> None:
     existing = set(inspect(conn).get_table_names())
-    for name in (*_TABLES, migration_checksums.name):
+    for name in (*_TABLES, migration_checksums.name, migration_steps.name):
         if name in existing:
             Table(name, MetaData()).drop(conn)
 
