@@ -456,7 +456,7 @@ async def bench_mariadb(url: URL, rounds: int, ops: int) -> str:
         "port": url.port or 3306,
         "user": url.username,
         "password": url.password or "",
-        "db": url.database,
+        "database": url.database,
     }
     # The raw drivers have no pool of their own in the sync case: one
     # connection kept open, which is what a pool hands out.
@@ -489,7 +489,9 @@ async def bench_mariadb(url: URL, rounds: int, ops: int) -> str:
     for engine in engines.values():
         engine.dispose()
 
-    raw_pool = await aiomysql.create_pool(**login, autocommit=True, minsize=POOL, maxsize=POOL)
+    # aiomysql still names the database "db".
+    aio_login = {**{k: v for k, v in login.items() if k != "database"}, "db": url.database}
+    raw_pool = await aiomysql.create_pool(**aio_login, autocommit=True, minsize=POOL, maxsize=POOL)
 
     async def raw_async_point(n: int) -> None:
         for i in range(n):
