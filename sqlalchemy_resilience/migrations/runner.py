@@ -141,12 +141,8 @@ def _session_timeouts(connection: Connection, settings: MigrationSettings) -> It
     """The timeouts as settings of the connection's session, put back afterwards."""
     timeouts = settings.timeouts
     name = connection.dialect.name
-    if not timeouts or name not in ("postgresql", "sqlite", "mysql", "mariadb"):
+    if not timeouts:
         yield
-        return
-    if name in ("mysql", "mariadb"):
-        with _mysql_timeouts(connection, timeouts):
-            yield
         return
     if name == "sqlite":
         if "statement_timeout" in timeouts:
@@ -162,11 +158,14 @@ def _session_timeouts(connection: Connection, settings: MigrationSettings) -> It
             with contextlib.suppress(Exception):
                 restore_busy_timeout(connection)
         return
-    previous = {
-        key: connection.execute(select(func.current_setting(key))).scalar() for key in timeouts
-    }
-    for key, seconds in timeouts.items():
-        connection.execute(select(func.set_config(key, _milliseconds(seconds), False)))
+    if name == "postgresql":
+        apply = _postgresql_timeouts
+    elif name in ("mysql", "mariadb"):
+        apply = _mysql_timeouts
+    else:
+        yield
+        return
+    restore = apply(connection, timeouts)
     connection.commit()
     try:
         yield
@@ -174,9 +173,23 @@ def _session_timeouts(connection: Connection, settings: MigrationSettings) -> It
         with contextlib.suppress(Exception):  # a dead connection takes its settings with it
             if connection.in_transaction():
                 connection.rollback()
-            for key, value in previous.items():
-                connection.execute(select(func.set_config(key, value, False)))
+            restore()
             connection.commit()
+
+
+def _postgresql_timeouts(connection: Connection, timeouts: dict[str, float]) -> Callable[[], None]:
+    """Set the timeouts for the session; returns what puts the previous values back."""
+    previous = {
+        key: connection.execute(select(func.current_setting(key))).scalar() for key in timeouts
+    }
+    for key, seconds in timeouts.items():
+        connection.execute(select(func.set_config(key, _milliseconds(seconds), False)))
+
+    def restore() -> None:
+        for key, value in previous.items():
+            connection.execute(select(func.set_config(key, value, False)))
+
+    return restore
 
 
 def _mysql_variables(connection: Connection, timeouts: dict[str, float]) -> list[tuple[str, Any]]:
@@ -195,8 +208,8 @@ def _mysql_variables(connection: Connection, timeouts: dict[str, float]) -> list
     return found
 
 
-@contextlib.contextmanager
-def _mysql_timeouts(connection: Connection, timeouts: dict[str, float]) -> Iterator[None]:
+def _mysql_timeouts(connection: Connection, timeouts: dict[str, float]) -> Callable[[], None]:
+    """:func:`_postgresql_timeouts` for MySQL/MariaDB's session variables."""
     variables = _mysql_variables(connection, timeouts)
     # The variable names are this module's constants; the values are bound.
     previous = connection.exec_driver_sql(
@@ -204,16 +217,12 @@ def _mysql_timeouts(connection: Connection, timeouts: dict[str, float]) -> Itera
     ).one()
     for variable, value in variables:
         connection.exec_driver_sql(f"SET SESSION {variable} = %s", (value,))
-    connection.commit()
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):  # a dead connection takes its settings with it
-            if connection.in_transaction():
-                connection.rollback()
-            for (variable, _), old in zip(variables, previous, strict=True):
-                connection.exec_driver_sql(f"SET SESSION {variable} = %s", (old,))
-            connection.commit()
+
+    def restore() -> None:
+        for (variable, _), old in zip(variables, previous, strict=True):
+            connection.exec_driver_sql(f"SET SESSION {variable} = %s", (old,))
+
+    return restore
 
 
 @contextlib.contextmanager

@@ -7,11 +7,9 @@ project (``r2`` adds ``mig_items.note``, then logs itself into ``mig_log``).
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
@@ -23,6 +21,8 @@ from sqlalchemy_resilience.migrations import verify_migrations
 from sqlalchemy_resilience.schema import migration_checksums, migration_steps
 from tests.mysqlharness import MariaDBServer
 
+from .processes import finish, kill_when_it_says
+
 
 @pytest.fixture
 def url(mariadb_server: MariaDBServer) -> Iterator[URL]:
@@ -33,11 +33,6 @@ def url(mariadb_server: MariaDBServer) -> Iterator[URL]:
         yield mariadb_server.app_url(name, driver="pymysql")
     finally:
         mariadb_server.drop_database(name)
-
-
-def _finish(proc: Any, timeout: float = 90) -> tuple[int, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out + err
 
 
 def _state(url: URL) -> tuple[str, list[str], list[str], list[str]]:
@@ -64,7 +59,7 @@ def test_a_revision_failing_half_way_is_reported_and_rerun_only_when_asked(
     """r2 adds its column, then raises: the column stays (MySQL committed it), r2 is marked in
     flight, verify says so, a plain re-run refuses in one line; undone by hand, the rerun works."""
     ini = write_project(tmp_path)
-    code, out = _finish(alembic(ini, url, "upgrade", "head", fail_r2="1"))
+    code, out = finish(alembic(ini, url, "upgrade", "head", fail_r2="1"))
     assert code != 0 and "r2 failed half-way" in out, out
     assert _state(url) == ("r1", ["id", "name", "note"], ["r1"], ["r2"])
     report = verify_migrations(str(ini), url=url)
@@ -72,7 +67,7 @@ def test_a_revision_failing_half_way_is_reported_and_rerun_only_when_asked(
     detail = report.problems[0].detail
     assert "alembic stamp r2" in detail and "rerun_interrupted=1" in detail, detail
 
-    code, out = _finish(alembic(ini, url, "upgrade", "head"))
+    code, out = finish(alembic(ini, url, "upgrade", "head"))
     assert code != 0, out
     assert "upgrade of revision r2 (alembic_version) started" in out, out
     assert "Traceback" not in out, out
@@ -101,21 +96,14 @@ def test_sigkill_inside_a_revision_is_reported_then_stamped_as_finished(
     """SIGKILL after r2's DDL: verify reports r2; stamped as finished by hand, the rest runs."""
     ini = write_project(tmp_path)
     proc = alembic(ini, url, "upgrade", "head", sleep_r2="60", announce="1")
-    assert proc.stdout is not None
-    for line in proc.stdout:  # printed after r2's DDL, before it sleeps
-        if line.strip() == "r2 sleeping":
-            break
-    else:
-        pytest.fail(f"r2 never started: {_finish(proc)}")
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
+    kill_when_it_says(proc, "r2 sleeping")  # printed after r2's DDL, before it sleeps
     assert _state(url) == ("r1", ["id", "name", "note"], ["r1"], ["r2"])
     assert _problems(ini, url) == [("interrupted", "r2")]
 
-    code, out = _finish(alembic(ini, url, "stamp", "r2"))
+    code, out = finish(alembic(ini, url, "stamp", "r2"))
     assert code == 0, out
     assert _state(url)[3] == []  # the stamp ended the mark
-    code, out = _finish(alembic(ini, url, "upgrade", "head"))
+    code, out = finish(alembic(ini, url, "upgrade", "head"))
     assert code == 0, out
     assert _state(url)[:2] == ("r3", ["id", "name", "note"])
     assert _problems(ini, url) == []
@@ -125,12 +113,12 @@ def test_a_lock_wait_on_a_revisions_first_statement_is_retried(url: URL, tmp_pat
     """The ALTER of r2 waits for a table a transaction holds: nothing of r2 ran, so each
     lock_wait_timeout is retried, and after the last try nothing is marked in flight."""
     ini = write_project(tmp_path)
-    assert _finish(alembic(ini, url, "upgrade", "r1"))[0] == 0
+    assert finish(alembic(ini, url, "upgrade", "r1"))[0] == 0
     engine = create_engine(url)
     try:
         with engine.connect() as holder:
             holder.execute(text("SELECT count(*) FROM mig_items"))  # holds its metadata lock
-            code, out = _finish(
+            code, out = finish(
                 alembic(
                     ini,
                     url,
@@ -147,7 +135,7 @@ def test_a_lock_wait_on_a_revisions_first_statement_is_retried(url: URL, tmp_pat
         assert "SHOW PROCESSLIST" in out, out
         assert _state(url) == ("r1", ["id", "name"], ["r1"], [])
         assert _problems(ini, url) == []
-        code, out = _finish(alembic(ini, url, "upgrade", "head", lock_timeout="1"))
+        code, out = finish(alembic(ini, url, "upgrade", "head", lock_timeout="1"))
         assert code == 0, out
     finally:
         engine.dispose()
@@ -157,13 +145,13 @@ def test_a_lock_wait_after_a_completed_statement_is_not_retried(url: URL, tmp_pa
     """r2's ALTER commits, then its INSERT into mig_log waits for a locked table: re-running r2
     would add the column twice, so the run stops at once and says what to do."""
     ini = write_project(tmp_path)
-    assert _finish(alembic(ini, url, "upgrade", "r1"))[0] == 0
+    assert finish(alembic(ini, url, "upgrade", "r1"))[0] == 0
     engine = create_engine(url)
     try:
         with engine.connect() as holder:
             holder.exec_driver_sql("LOCK TABLES mig_log WRITE")
             try:
-                code, out = _finish(
+                code, out = finish(
                     alembic(ini, url, "upgrade", "head", lock_timeout="1", lock_retries="3")
                 )
             finally:

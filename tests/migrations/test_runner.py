@@ -8,7 +8,6 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
@@ -20,6 +19,8 @@ from sqlalchemy_resilience.schema import migration_checksums
 from tests.pgharness import PgServer
 from tests.waiting import wait_until
 
+from .processes import finish, kill_when_it_says
+
 
 def _engine(url: URL) -> Engine:
     return create_engine(
@@ -27,16 +28,11 @@ def _engine(url: URL) -> Engine:
     )
 
 
-def _finish(proc: Any, timeout: float = 90) -> tuple[int, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out + err
-
-
 def test_three_processes_upgrade_at_once(database: URL, tmp_path: Path) -> None:
     """Exactly one applies each revision; the others wait for the lock, find head, exit 0."""
     ini = write_project(tmp_path)
     procs = [alembic(ini, database, "upgrade", "head", sleep_r1="1.5") for _ in range(3)]
-    results = [_finish(p) for p in procs]
+    results = [finish(p) for p in procs]
     assert [code for code, _ in results] == [0, 0, 0], results
     engine = _engine(database)
     try:
@@ -66,7 +62,7 @@ def test_a_blocked_migration_gives_up_and_traffic_keeps_flowing(
     url = pg_server.app_url(name, driver="psycopg")
     ini = write_project(tmp_path)
     try:
-        assert _finish(alembic(ini, url, "upgrade", "r1"))[0] == 0
+        assert finish(alembic(ini, url, "upgrade", "r1"))[0] == 0
         engine = create_engine(url, pool_size=3)
         latencies: list[float] = []
         errors: list[BaseException] = []
@@ -89,7 +85,7 @@ def test_a_blocked_migration_gives_up_and_traffic_keeps_flowing(
         reader.start()
         try:
             began = time.monotonic()
-            code, out = _finish(
+            code, out = finish(
                 alembic(
                     ini,
                     url,
@@ -174,7 +170,7 @@ def test_sigkill_mid_migration_leaves_a_consistent_schema(
             )
             assert "note" not in [c["name"] for c in inspect(conn).get_columns("mig_items")]
             assert conn.execute(select(migration_checksums.c.revision)).scalars().all() == ["r1"]
-        code, out = _finish(alembic(ini, url, "upgrade", "head", lock_wait="30"))
+        code, out = finish(alembic(ini, url, "upgrade", "head", lock_wait="30"))
         assert code == 0, out
         with engine.connect() as conn:
             assert (
@@ -190,7 +186,7 @@ def test_sigkill_mid_migration_leaves_a_consistent_schema(
 def test_verify_finds_edited_and_unknown_revisions(database: URL, tmp_path: Path) -> None:
     """An applied revision edited afterwards, and a version table naming a revision the scripts lack."""
     ini = write_project(tmp_path)
-    assert _finish(alembic(ini, database, "upgrade", "head"))[0] == 0
+    assert finish(alembic(ini, database, "upgrade", "head"))[0] == 0
     assert verify_migrations(str(ini), url=database).ok
     r2 = tmp_path / "migrations" / "versions" / "r2.py"
     r2.write_text(r2.read_text() + "\n# edited after it ran\n")
@@ -215,7 +211,7 @@ def test_verify_finds_edited_and_unknown_revisions(database: URL, tmp_path: Path
 def test_offline_sql_takes_the_same_lock_and_timeouts(tmp_path: Path) -> None:
     """`alembic upgrade head --sql` on PostgreSQL emits the advisory lock and set_config lines."""
     ini = write_project(tmp_path)
-    code, out = _finish(alembic(ini, "postgresql+psycopg://u@h/db", "upgrade", "head", "--sql"))
+    code, out = finish(alembic(ini, "postgresql+psycopg://u@h/db", "upgrade", "head", "--sql"))
     assert code == 0, out
     assert "pg_advisory_lock(" in out and "pg_advisory_unlock(" in out
     assert "set_config('lock_timeout', '5000ms', false)" in out
@@ -240,8 +236,8 @@ def test_waiting_longer_than_lock_wait_is_one_clear_line(database: URL, tmp_path
     ini = write_project(tmp_path)
     first = alembic(ini, database, "upgrade", "head", sleep_r1="4", announce="1")
     assert first.stdout.readline() == "r1 sleeping\n"  # it holds the lock now
-    code, out = _finish(alembic(ini, database, "upgrade", "head", lock_wait="0.5"))
-    assert _finish(first)[0] == 0
+    code, out = finish(alembic(ini, database, "upgrade", "head", lock_wait="0.5"))
+    assert finish(first)[0] == 0
     assert code != 0 and "Traceback" not in out, out
     assert "FAILED: waited 0." in out and "for the migration lock" in out
     assert "raise lock_wait to wait longer" in out
@@ -259,7 +255,7 @@ def test_create_index_concurrently_in_an_autocommit_block(
     ini = write_project(tmp_path, variant="concurrently")
     engine = create_engine(url)
     try:
-        code, out = _finish(alembic(ini, url, "upgrade", "head"))
+        code, out = finish(alembic(ini, url, "upgrade", "head"))
         assert code == 0, out
         with engine.connect() as conn:
             indexes = [i["name"] for i in inspect(conn).get_indexes("mig_items")]
@@ -273,7 +269,7 @@ def test_create_index_concurrently_in_an_autocommit_block(
             assert (
                 conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "r4"
             )
-        code, out = _finish(alembic(ini, url, "downgrade", "r3"))
+        code, out = finish(alembic(ini, url, "downgrade", "r3"))
         assert code == 0, out
         with engine.connect() as conn:
             assert "ix_items_name" not in [
@@ -315,10 +311,10 @@ def test_a_revision_failing_half_way_leaves_nothing_of_itself(
     else:
         url = make_url(f"{backend}:///{tmp_path / 'half.sqlite'}")
     ini = write_project(tmp_path / "project")
-    code, out = _finish(alembic(ini, url, "upgrade", "head", fail_r2="1"))
+    code, out = finish(alembic(ini, url, "upgrade", "head", fail_r2="1"))
     assert code != 0 and "r2 failed half-way" in out, out
     assert _state(url)[:3] == ("r1", ["id", "name"], ["r1"])
-    code, out = _finish(alembic(ini, url, "upgrade", "head"))
+    code, out = finish(alembic(ini, url, "upgrade", "head"))
     assert code == 0, out
     version, columns, checksums, _ = _state(url)
     assert (version, "note" in columns, checksums) == ("r3", True, ["r1", "r2", "r3"])
@@ -332,18 +328,11 @@ def test_sqlite_sigkill_mid_migration_leaves_a_consistent_schema(
     url = make_url(f"{sqlite_driver}:///{tmp_path / 'killed.sqlite'}")
     ini = write_project(tmp_path / "project")
     proc = alembic(ini, url, "upgrade", "head", sleep_r2="60", announce="1")
-    assert proc.stdout is not None
-    # Waits on the revision's own line (printed after its DDL, before it sleeps).
-    for line in proc.stdout:
-        if line.strip() == "r2 sleeping":
-            break
-    else:
-        pytest.fail(f"r2 never started: {_finish(proc)}")
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
+    # The revision's own line, printed after its DDL, before it sleeps.
+    kill_when_it_says(proc, "r2 sleeping")
     # The next connection rolls the hot journal back: r2's column is gone.
     assert _state(url)[:3] == ("r1", ["id", "name"], ["r1"])
-    code, out = _finish(alembic(ini, url, "upgrade", "head"))
+    code, out = finish(alembic(ini, url, "upgrade", "head"))
     assert code == 0, out
     assert _state(url)[0] == "r3"
     report = verify_migrations(str(ini), url=url.set(drivername="sqlite"))
@@ -357,7 +346,7 @@ def test_a_wrong_password_fails_at_once_in_one_line(database: URL, tmp_path: Pat
         pytest.skip("SQLite has no credentials")
     ini = write_project(tmp_path)
     started = time.monotonic()
-    code, out = _finish(alembic(ini, database.set(password="Wr0ngSecret"), "upgrade", "head"))
+    code, out = finish(alembic(ini, database.set(password="Wr0ngSecret"), "upgrade", "head"))
     assert code != 0 and "cannot connect to migrate: AuthenticationFailed" in out, out
     assert "Wr0ngSecret" not in out and "Traceback" not in out, out
     # The default connect retry would spend up to 60 s on a retryable error.
