@@ -261,6 +261,15 @@ async def measure_async(
     return results
 
 
+def _point_sync(engine: Engine, stmt: Any) -> Sync:
+    def run(n: int) -> None:
+        for i in range(n):
+            with engine.connect() as conn:
+                conn.execute(stmt, {"id": i % ROWS}).scalar_one()
+
+    return run
+
+
 def _point_async(engine: AsyncEngine, stmt: Any) -> Async:
     async def run(n: int) -> None:
         for i in range(n):
@@ -304,17 +313,8 @@ def bench_sqlite(rounds: int, ops: int) -> str:
                 raw.execute("SELECT v FROM t WHERE id = ?", (i % ROWS,)).fetchone()
 
         engines = _variants_of(lambda: create_engine(f"sqlite:///{path}"))
-
-        def point(engine: Engine) -> Sync:
-            def run(n: int) -> None:
-                for i in range(n):
-                    with engine.connect() as conn:
-                        conn.execute(stmt, {"id": i % ROWS}).scalar_one()
-
-            return run
-
         variants: dict[str, Sync] = {"raw sqlite3": run_raw}
-        variants.update({name: point(engine) for name, engine in engines.items()})
+        variants.update({name: _point_sync(engine, stmt) for name, engine in engines.items()})
         out.append(
             table(
                 f"SQLite (sqlite3, file), point queries, {rounds} rounds x {ops}",
@@ -468,17 +468,9 @@ async def bench_mariadb(url: URL, rounds: int, ops: int) -> str:
                 cursor.execute("SELECT v FROM sr_bench_t WHERE id = %s", (i % ROWS,))
                 cursor.fetchone()
 
-    def point(engine: Engine) -> Sync:
-        def run(n: int) -> None:
-            for i in range(n):
-                with engine.connect() as conn:
-                    conn.execute(stmt, {"id": i % ROWS}).scalar_one()
-
-        return run
-
     engines = _variants_of(lambda: create_engine(sync_url, pool_size=POOL, max_overflow=0))
     sync_variants: dict[str, Sync] = {"raw PyMySQL": raw_point}
-    sync_variants.update({name: point(e) for name, e in engines.items()})
+    sync_variants.update({name: _point_sync(e, stmt) for name, e in engines.items()})
     out = [
         table(
             f"MariaDB (PyMySQL, loopback), point queries, {rounds} rounds x {ops // 2}",

@@ -14,6 +14,17 @@ from tests.mysqlharness import MariaDBServer
 from tests.pgharness import PgServer
 
 
+@pytest.fixture
+def mariadb_url(mariadb_server: MariaDBServer) -> Iterator[URL]:
+    """A fresh, empty MariaDB database (PyMySQL), dropped afterwards."""
+    name = f"t_mig_{os.getpid()}_{time.monotonic_ns() % 10**9}"
+    mariadb_server.create_database(name)
+    try:
+        yield mariadb_server.app_url(name, driver="pymysql")
+    finally:
+        mariadb_server.drop_database(name)
+
+
 @pytest.fixture(
     params=[
         "sqlite",
@@ -27,13 +38,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
         yield make_url(f"sqlite:///{tmp_path / 'migrate.sqlite'}")
         return
     if request.param == "mariadb":
-        maria: MariaDBServer = request.getfixturevalue("mariadb_server")
-        name = f"t_mig_{os.getpid()}_{time.monotonic_ns() % 10**9}"
-        maria.create_database(name)
-        try:
-            yield maria.app_url(name, driver="pymysql")
-        finally:
-            maria.drop_database(name)
+        yield request.getfixturevalue("mariadb_url")
         return
     server: PgServer = request.getfixturevalue("pg_server")
     name = f"mig_{os.getpid()}_{time.monotonic_ns() % 10**9}"

@@ -6,9 +6,6 @@ project (``r2`` adds ``mig_items.note``, then logs itself into ``mig_log``).
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,20 +16,14 @@ from sqlalchemy_resilience.cli import main
 from sqlalchemy_resilience.cli.demo.migration_project import alembic, write_project
 from sqlalchemy_resilience.migrations import verify_migrations
 from sqlalchemy_resilience.schema import migration_checksums, migration_steps
-from tests.mysqlharness import MariaDBServer
 
 from .processes import finish, kill_when_it_says
 
 
 @pytest.fixture
-def url(mariadb_server: MariaDBServer) -> Iterator[URL]:
+def url(mariadb_url: URL) -> URL:
     """A fresh, empty MariaDB database (PyMySQL)."""
-    name = f"t_prog_{os.getpid()}_{time.monotonic_ns() % 10**9}"
-    mariadb_server.create_database(name)
-    try:
-        yield mariadb_server.app_url(name, driver="pymysql")
-    finally:
-        mariadb_server.drop_database(name)
+    return mariadb_url
 
 
 def _state(url: URL) -> tuple[str, list[str], list[str], list[str]]:
