@@ -200,13 +200,17 @@ async def run_bank(
     nowait: bool = False,
     bare: bool = False,
     after_chaos: float = 0.0,
+    transfer_fn: Callable[..., Awaitable[None]] | None = None,
 ) -> tuple[History, list[int | None]]:
     """Run ``workers`` transfer loops for ``seconds`` (and ``chaos`` alongside); 1 Hz audits.
 
     With ``after_chaos``, the loops also go on until ``chaos`` has finished and
     that many seconds more: on a loaded machine the faults take longer, and a
     scenario that checks recovery after the last one needs time after it to see it.
+    ``transfer_fn`` replaces :func:`transfer` (another database's SQL), called
+    with the same keywords.
     """
+    move = transfer_fn or transfer
     Session = async_sessionmaker(engine, expire_on_commit=False)
     history = History()
     policy = retry or sr.RetryPolicy(
@@ -230,7 +234,7 @@ async def run_bank(
             # A caller refused at once (an open breaker told to fail fast)
             # must still let the loop run the others, and the chaos.
             await asyncio.sleep(0)
-            await transfer(
+            await move(
                 Session,
                 history,
                 retry=policy,
