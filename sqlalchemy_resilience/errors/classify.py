@@ -31,6 +31,7 @@ from .mysql_codes import (
     mysql_errno,
     mysql_message_facts,
     mysql_rule,
+    refusal_rule,
 )
 from .sqlite_codes import Rule as _Rule
 from .sqlite_codes import sqlite_code_name, sqlite_rule
@@ -375,13 +376,9 @@ def classify(
             if issubclass(cls, e.ConnectionLost):
                 return e.DatabaseUnavailable, True
             return cls, cls.default_retryable if retry is None else retry
-        # MySQL's server said why it refused the connection (1045 access
-        # denied, 1049 unknown database, 1040 too many connections): its rule.
-        if facts.mysql_errno is not None and facts.server_reported:
-            refused = mysql_rule(facts.mysql_errno, mariadb=facts.mariadb)
-            if refused is not None and not issubclass(refused[0], e.ConnectionLost):
-                cls, retry = refused
-                return cls, cls.default_retryable if retry is None else retry
+        why = refusal_rule(facts.mysql_errno, mariadb=facts.mariadb, server=facts.server_reported)
+        if why is not None:  # MySQL's server said why it refused (1045, 1049, 1040)
+            return why[0], why[0].default_retryable if why[1] is None else why[1]
         return e.DatabaseUnavailable, True
     if facts.driver == _AWS_WRAPPER and facts.sqlstate == "08007" and phase == "statement":
         # The wrapper says "unknown" for a failover anywhere inside a

@@ -28,6 +28,7 @@ __all__ = [
     "mysql_errno",
     "mysql_message_facts",
     "mysql_rule",
+    "refusal_rule",
 ]
 
 # Both servers: numbers below 3000.
@@ -143,6 +144,16 @@ def mysql_errno(exc: BaseException) -> int | None:
         if match:
             return int(match.group(1))
     return None
+
+
+def refusal_rule(errno: int | None, *, mariadb: bool | None, server: bool) -> Rule | None:
+    """The rule for the reason a MySQL server gave for refusing a connection (1045 access
+    denied, 1049 unknown database, 1040 too many connections), or None: a lost or
+    unreachable server, or a number the client made up."""
+    if errno is None or not server:
+        return None
+    rule = mysql_rule(errno, mariadb=mariadb)
+    return None if rule is None or issubclass(rule[0], e.ConnectionLost) else rule
 
 
 def mysql_rule(errno: int, *, mariadb: bool | None) -> Rule | None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import random
 import time
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import MetaData, event, func, pool, select
+from sqlalchemy import MetaData, func, pool, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -50,11 +49,11 @@ from sqlalchemy_resilience.schema import (
     migration_checksums,
     migration_steps,
 )
-from sqlalchemy_resilience.transactions.sqlite import restore_busy_timeout, set_busy_timeout
 
 from .checksums import recorder
 from .lock import LockInfo, lock_key, migration_lock
 from .progress import StepTracker, forgetter, non_transactional_ddl
+from .session import milliseconds, session_timeouts, transactional_ddl
 
 __all__ = ["DEFAULT_CONNECT_RETRY", "PROGRESS_ATTRIBUTE", "MigrationSettings", "run_migrations"]
 
@@ -132,147 +131,6 @@ def _database_url(url: str | URL | None, config: Any) -> URL:
     return database
 
 
-def _milliseconds(seconds: float) -> str:
-    return f"{max(1, round(seconds * 1000))}ms"
-
-
-@contextlib.contextmanager
-def _session_timeouts(connection: Connection, settings: MigrationSettings) -> Iterator[None]:
-    """The timeouts as settings of the connection's session, put back afterwards."""
-    timeouts = settings.timeouts
-    name = connection.dialect.name
-    if not timeouts:
-        yield
-        return
-    if name == "sqlite":
-        if "statement_timeout" in timeouts:
-            log.info("statement_timeout has no SQLite equivalent: not applied")
-        if "lock_timeout" not in timeouts:
-            yield
-            return
-        set_busy_timeout(connection, round(timeouts["lock_timeout"] * 1000))
-        connection.commit()
-        try:
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                restore_busy_timeout(connection)
-        return
-    if name == "postgresql":
-        apply = _postgresql_timeouts
-    elif name in ("mysql", "mariadb"):
-        apply = _mysql_timeouts
-    else:
-        yield
-        return
-    restore = apply(connection, timeouts)
-    connection.commit()
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):  # a dead connection takes its settings with it
-            if connection.in_transaction():
-                connection.rollback()
-            restore()
-            connection.commit()
-
-
-def _postgresql_timeouts(connection: Connection, timeouts: dict[str, float]) -> Callable[[], None]:
-    """Set the timeouts for the session; returns what puts the previous values back."""
-    previous = {
-        key: connection.execute(select(func.current_setting(key))).scalar() for key in timeouts
-    }
-    for key, seconds in timeouts.items():
-        connection.execute(select(func.set_config(key, _milliseconds(seconds), False)))
-
-    def restore() -> None:
-        for key, value in previous.items():
-            connection.execute(select(func.set_config(key, value, False)))
-
-    return restore
-
-
-def _mysql_variables(connection: Connection, timeouts: dict[str, float]) -> list[tuple[str, Any]]:
-    """The session variables (fixed names) and values that carry ``timeouts`` on MySQL/MariaDB."""
-    found: list[tuple[str, Any]] = []
-    if "lock_timeout" in timeouts:
-        whole = max(1, math.ceil(timeouts["lock_timeout"]))
-        # DDL waits for the table's metadata lock; a data migration's rows for InnoDB's.
-        found += [("lock_wait_timeout", whole), ("innodb_lock_wait_timeout", whole)]
-    if "statement_timeout" in timeouts:
-        seconds = timeouts["statement_timeout"]
-        if getattr(connection.dialect, "is_mariadb", False):
-            found.append(("max_statement_time", seconds))
-        else:  # MySQL times SELECTs only
-            found.append(("max_execution_time", max(1, math.ceil(seconds * 1000))))
-    return found
-
-
-def _mysql_timeouts(connection: Connection, timeouts: dict[str, float]) -> Callable[[], None]:
-    """:func:`_postgresql_timeouts` for MySQL/MariaDB's session variables."""
-    variables = _mysql_variables(connection, timeouts)
-    # The variable names are this module's constants; the values are bound.
-    previous = connection.exec_driver_sql(
-        "SELECT " + ", ".join(f"@@SESSION.{variable}" for variable, _ in variables)
-    ).one()
-    for variable, value in variables:
-        connection.exec_driver_sql(f"SET SESSION {variable} = %s", (value,))
-
-    def restore() -> None:
-        for (variable, _), old in zip(variables, previous, strict=True):
-            connection.exec_driver_sql(f"SET SESSION {variable} = %s", (old,))
-
-    return restore
-
-
-@contextlib.contextmanager
-def _transactional_ddl(connection: Connection) -> Iterator[None]:
-    """SQLite: every SQLAlchemy transaction on ``connection`` really begins (``BEGIN IMMEDIATE``).
-
-    pysqlite and aiosqlite send no ``BEGIN`` before DDL (only before DML), so
-    without this a revision's ``CREATE``/``ALTER`` commits on its own and a
-    revision killed or failing half-way leaves its DDL applied and the version
-    behind. SQLite's DDL is transactional once a ``BEGIN`` is sent: the driver
-    is put in autocommit mode for the migration and this connection's
-    transactions begin explicitly (SQLAlchemy's documented recipe, applied to
-    this one connection), so the revision, its version row and its checksum
-    commit together or not at all. A ``BEGIN`` the application's own recipe
-    already sent is left alone. The driver's mode is put back afterwards.
-    """
-    if connection.dialect.name != "sqlite":
-        yield
-        return
-    if connection.in_transaction():
-        connection.commit()
-    fairy = connection.connection
-    driver: Any = fairy.driver_connection
-    if getattr(driver, "autocommit", None) is False:
-        yield  # Python 3.12's autocommit=False: always inside a transaction already
-        return
-    previous = driver.isolation_level
-    if previous is not None:
-        # Through SQLAlchemy's adapter: aiosqlite's connection lives on its own thread.
-        fairy.dbapi_connection.isolation_level = None  # type: ignore[union-attr]
-
-    def begin(conn: Connection) -> None:
-        # Appended to the engine's listeners, so after an application's own
-        # BEGIN recipe; only the migrating connection is touched.
-        if conn is connection and not driver.in_transaction:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine = connection.engine
-    event.listen(engine, "begin", begin)
-    try:
-        yield
-    finally:
-        event.remove(engine, "begin", begin)
-        if previous is not None and not connection.closed and not connection.invalidated:
-            with contextlib.suppress(Exception):  # a broken connection is discarded anyway
-                if connection.in_transaction():
-                    connection.rollback()
-                fairy.dbapi_connection.isolation_level = previous  # type: ignore[union-attr]
-
-
 def _without_checksum_table(include_object: Callable[..., bool] | None) -> Callable[..., bool]:
     """The app's ``include_object``, also hiding the package's migration tables from autogenerate.
 
@@ -307,7 +165,7 @@ def _run_with_lock_retries(
         except Exception as exc:
             if not isinstance(translate_error(exc), LockNotAvailable):
                 raise
-            limit = _milliseconds(settings.timeouts.get("lock_timeout", 0.0))
+            limit = milliseconds(settings.timeouts.get("lock_timeout", 0.0))
             # Statement by statement (MySQL): a rerun is safe only if the
             # revision had completed nothing before the lock wait gave up.
             if tracker is not None and not tracker.retry_is_safe():
@@ -330,7 +188,7 @@ def _run_with_lock_retries(
             pause = settings.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
             log.warning(
                 "a migration gave up waiting for a lock after lock_timeout (%s); retry %d of %d in %.1fs",
-                _milliseconds(settings.timeouts.get("lock_timeout", 0.0)),
+                milliseconds(settings.timeouts.get("lock_timeout", 0.0)),
                 attempt,
                 settings.lock_retries,
                 pause,
@@ -384,7 +242,7 @@ def _migrate(
     with lock if settings.lock else contextlib.nullcontext(LockInfo("none", 0.0)) as info:
         if info.waited >= 0.1:
             log.info("waited %.1fs for the migration lock", info.waited)
-        with _transactional_ddl(connection):
+        with transactional_ddl(connection):
             _configure_and_run(connection, context, settings, version_table, configure)
 
 
@@ -406,7 +264,7 @@ def _configure_and_run(
         create_migration_tables(connection)
         connection.commit()
         callbacks.append(recorder(version_table))
-    with _session_timeouts(connection, settings):
+    with session_timeouts(connection, settings.timeouts):
         options = {
             "connection": connection,
             "version_table": version_table,
@@ -473,7 +331,7 @@ def _offline(
         if postgres:
             # The script a DBA runs holds the same lock and timeouts as an online run.
             for key, seconds in settings.timeouts.items():
-                context.execute(select(func.set_config(key, _milliseconds(seconds), False)))
+                context.execute(select(func.set_config(key, milliseconds(seconds), False)))
             if settings.lock:
                 context.execute(select(func.pg_advisory_lock(lock_key(version_table))))
         context.run_migrations()

@@ -18,7 +18,7 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -33,6 +33,7 @@ from sqlalchemy_resilience.testing.embedded_mariadb import (
     find_mariadb_bin,
 )
 from tests.mysqlharness import MariaDBServer
+from tests.waiting import until
 
 from .workload import ACCOUNTS, INITIAL, TOTAL, History, Verdict, _outcome, run_bank
 
@@ -181,6 +182,28 @@ def check(server: MariaDBServer, history: History, audits: list[int | None]) -> 
     )
 
 
+def committed_more(server: MariaDBServer, n: int) -> Callable[[], Awaitable[bool]]:
+    """A predicate for :func:`until`: ``n`` more transfers committed than when it was made
+    (False while the server is down)."""
+    start: list[int] = []
+
+    def count() -> int | None:
+        try:
+            return int(server.execute(f"SELECT count(*) FROM `{DB}`.transfers")[0][0])
+        except Exception:
+            return None
+
+    async def more() -> bool:
+        now = await asyncio.to_thread(count)
+        if now is None:
+            return False
+        if not start:
+            start.append(now)
+        return now >= start[0] + n
+
+    return more
+
+
 def _figure(name: str, line: str) -> None:
     print(f"\n[{name}] {line}")
 
@@ -211,7 +234,7 @@ async def test_m1_server_sigkilled_twice(
 
     async def crash_twice() -> None:
         for _ in range(2):
-            await asyncio.sleep(1.5)  # transfers flowing before each crash
+            await until(committed_more(maria, 200), what="200 transfers before the crash")
             await asyncio.to_thread(embedded.restart, mode="kill")
 
     history, audits = await run_bank(
@@ -244,7 +267,7 @@ async def test_m2_sessions_killed(
         nonlocal kills
         rng = random.Random(3)
         for _ in range(15):
-            await asyncio.sleep(0.2)  # the interval between rounds of kills
+            await until(committed_more(maria, 20), what="20 transfers between rounds of kills")
             ids = await asyncio.to_thread(maria.connection_ids, DB)
             for victim in rng.sample(ids, min(2, len(ids))):
                 # 1094 unknown thread: the session ended on its own first.
@@ -258,6 +281,7 @@ async def test_m2_sessions_killed(
         retry=POLICY,
         chaos=kill_sessions,
         audit=audit(maria),
+        after_chaos=0.5,
         transfer_fn=transfer,
     )
     verdict = check(maria, history, audits)
@@ -309,11 +333,15 @@ async def test_m4_lock_wait_timeouts(
 
         async def hold_account_one() -> None:
             async with bank.connect() as conn:
-                for _ in range(3):
+                for round_ in range(1, 4):
                     await conn.execute(text("SELECT id FROM accounts WHERE id = 1 FOR UPDATE"))
-                    await asyncio.sleep(1.5)  # holds the row lock longer than the timeout
+                    # Held until a waiting transfer has given up on it (1205).
+                    await until(
+                        lambda round_=round_: _retried(caplog).get("LockNotAvailable", 0) >= round_,
+                        what="a lock wait timeout",
+                    )
                     await conn.rollback()
-                    await asyncio.sleep(0.2)  # lets the waiting transfers through
+                    await until(committed_more(maria, 20), what="transfers through again")
 
         history, audits = await run_bank(
             bank,
@@ -322,6 +350,7 @@ async def test_m4_lock_wait_timeouts(
             hot=3,
             chaos=hold_account_one,
             audit=audit(maria),
+            after_chaos=0.5,
             transfer_fn=transfer,
         )
     finally:
