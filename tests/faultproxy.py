@@ -16,16 +16,28 @@ then reset the client instead of passing the server's reply on) and
 ``garble_messages`` / ``garble_commit`` (send the next N frontend messages, or
 the next ``COMMIT``, with an invalid type byte: the server answers FATAL 08P01
 "invalid frontend message type" and closes the session).
+
+With ``protocol="mysql"`` it speaks MySQL's framing instead (a 3-byte length
+and a sequence number per packet; ``COM_QUERY`` ``COMMIT``): ``swallow_commit_reply``
+works the same, ``hold_commit_reply`` forwards ``COMMIT`` and drops the server's
+answer while keeping the connection open, so a test can ``KILL`` the session
+(its thread id is read from the server's greeting) that waits for its reply,
+and the server's ERR packets are counted by error number (``errors_seen``), with
+the connections that received each one, so a test can tell whether a client
+went on using a connection after, say, a 1290 from a read-only server.
+The garbling toxics are PostgreSQL's only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +47,10 @@ from tests import waiting
 class FaultProxy:
     """Forward 127.0.0.1:<port> to ``target``, with toxics."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, protocol: str = "postgres") -> None:
+        if protocol not in ("postgres", "mysql"):
+            raise ValueError(f"protocol must be 'postgres' or 'mysql', got {protocol!r}")
+        self.protocol = protocol
         self.target = (target_host, target_port)
         self.latency = 0.0
         self.jitter = 0.0
@@ -49,6 +64,15 @@ class FaultProxy:
         self.garble_messages = 0  # how many more frontend messages to garble
         self.garble_commit = False  # garble the next COMMIT only
         self.garble_during_startup = False  # garble_messages also hits authentication
+        self.hold_commit_reply = False  # MySQL: forward COMMIT, drop the reply, keep the socket
+        self.held: list[int] = []  # MySQL: thread ids of the sessions whose reply was dropped
+        # MySQL: error number -> how many ERR packets; and when the last of each came.
+        self.errors_seen: dict[int, int] = {}
+        self.last_error_at: dict[int, float] = {}
+        # MySQL: commands (other than COM_QUIT) a client sent on a connection after
+        # it had received one of these error numbers.
+        self.watch_errors: frozenset[int] = frozenset()
+        self.used_after_error = 0
         self.accepted = 0
         self.commits_swallowed = 0
         self.garbled = 0
@@ -123,6 +147,7 @@ class FaultProxy:
         self.garble_messages = 0
         self.garble_commit = False
         self.garble_during_startup = False
+        self.hold_commit_reply = False
 
     # -- loop side -------------------------------------------------------------
 
@@ -183,8 +208,20 @@ class FaultProxy:
         # per connection: drop the server's replies; the server said ReadyForQuery
         muted: dict[str, bool] = {"server": False, "ready": False, "forgotten": False}
         self._states[pair] = muted
-        to_server = asyncio.ensure_future(self._client_to_server(reader, up_writer, writer, muted))
-        to_client = asyncio.ensure_future(self._server_to_client(up_reader, writer, muted))
+        if self.protocol == "mysql":
+            session = _MySQLSession()
+            to_server = asyncio.ensure_future(
+                self._mysql_client_to_server(reader, up_writer, writer, muted, session)
+            )
+            scan: Callable[[bytes], None] | None = functools.partial(
+                self._scan_mysql, session=session
+            )
+        else:
+            to_server = asyncio.ensure_future(
+                self._client_to_server(reader, up_writer, writer, muted)
+            )
+            scan = None
+        to_client = asyncio.ensure_future(self._server_to_client(up_reader, writer, muted, scan))
         try:
             await asyncio.wait({to_server, to_client}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -251,14 +288,75 @@ class FaultProxy:
                 _rst(client)
                 return
 
+    async def _mysql_client_to_server(
+        self,
+        reader: asyncio.StreamReader,
+        up: asyncio.StreamWriter,
+        client: asyncio.StreamWriter,
+        muted: dict[str, bool],
+        session: _MySQLSession,
+    ) -> None:
+        # Every packet: 3-byte little-endian length, 1-byte sequence number, payload.
+        # A command starts a new sequence (number 0); the handshake's packets do not.
+        while True:
+            header = await reader.readexactly(4)
+            payload = await reader.readexactly(int.from_bytes(header[:3], "little"))
+            while self.blackhole:  # noqa: ASYNC110 - a toxic flipped from another thread
+                await asyncio.sleep(0.01)  # the blackhole toxic holds the packet
+            if muted["forgotten"]:
+                continue  # the NAT drops it
+            command = header[3] == 0 and bool(payload)
+            if command:
+                muted["ready"] = True
+                if session.errors and payload[:1] != _COM_QUIT:
+                    self.used_after_error += 1
+            is_commit = (
+                command
+                and payload[:1] == _COM_QUERY
+                and payload[1:].lstrip().upper().startswith(b"COMMIT")
+            )
+            swallow = is_commit and self.swallow_commit_reply
+            hold = is_commit and self.hold_commit_reply and not swallow
+            if swallow or hold:
+                muted["server"] = True  # before the server can answer
+            up.write(header + payload)
+            await up.drain()
+            if hold:
+                self.hold_commit_reply = False
+                self.held.append(session.thread_id)
+            if swallow:
+                self.commits_swallowed += 1
+                if self.swallow_commits:
+                    self.swallow_commits -= 1
+                    if self.swallow_commits == 0:
+                        self.swallow_commit_reply = False
+                await asyncio.sleep(0.2)  # let the server process it
+                _rst(client)
+                return
+
+    def _scan_mysql(self, chunk: bytes, session: _MySQLSession) -> None:
+        for payload in session.feed(chunk):
+            if payload[:1] == b"\xff" and len(payload) >= 3:
+                number = int.from_bytes(payload[1:3], "little")
+                self.errors_seen[number] = self.errors_seen.get(number, 0) + 1
+                self.last_error_at[number] = time.monotonic()
+                if number in self.watch_errors:
+                    session.errors.add(number)
+
     async def _server_to_client(
-        self, up: asyncio.StreamReader, client: asyncio.StreamWriter, muted: dict[str, bool]
+        self,
+        up: asyncio.StreamReader,
+        client: asyncio.StreamWriter,
+        muted: dict[str, bool],
+        scan: Callable[[bytes], None] | None = None,
     ) -> None:
         sent = 0
         while True:
             chunk = await up.read(65536)
             if not chunk:
                 return
+            if scan is not None:
+                scan(chunk)
             if muted["server"] or muted["forgotten"]:
                 continue
             if not muted["ready"] and b"Z\x00\x00\x00\x05" in chunk:
@@ -286,6 +384,39 @@ class FaultProxy:
             client.write(chunk)
             await client.drain()
 
+
+class _MySQLSession:
+    """One MySQL connection as the proxy sees it: the server's packets reassembled."""
+
+    def __init__(self) -> None:
+        self.thread_id = 0  # from the server's greeting
+        self.errors: set[int] = set()  # watched error numbers it has received
+        self._buffer = bytearray()
+        self._greeted = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The complete server packets' payloads in ``chunk`` (with what came before)."""
+        self._buffer += chunk
+        payloads: list[bytes] = []
+        while len(self._buffer) >= 4:
+            length = int.from_bytes(self._buffer[:3], "little")
+            if len(self._buffer) < 4 + length:
+                break
+            payload = bytes(self._buffer[4 : 4 + length])
+            del self._buffer[: 4 + length]
+            if not self._greeted:
+                # Protocol 10 greeting: version byte, NUL-terminated server
+                # version, then the 4-byte connection (thread) id.
+                self._greeted = True
+                end = payload.index(b"\x00", 1)
+                self.thread_id = int.from_bytes(payload[end + 1 : end + 5], "little")
+                continue
+            payloads.append(payload)
+        return payloads
+
+
+_COM_QUIT = b"\x01"
+_COM_QUERY = b"\x03"
 
 # SSLRequest and GSSENCRequest come before the real startup packet.
 _NEGOTIATION_CODES = (80877103, 80877104)

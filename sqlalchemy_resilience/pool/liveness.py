@@ -51,6 +51,9 @@ _READ_ONLY_QUERY = (
     "SELECT pg_catalog.pg_is_in_recovery() "
     "OR pg_catalog.current_setting('transaction_read_only') = 'on'"
 )
+# MySQL/MariaDB: read_only (set on a demoted writer; super_read_only implies
+# it), innodb_read_only (an Aurora MySQL reader).
+_MYSQL_READ_ONLY_QUERY = "SELECT @@global.read_only OR @@global.innodb_read_only"
 
 _log = logging.getLogger("sqlalchemy_resilience.pool")
 
@@ -112,6 +115,12 @@ class IdlePing:
         self.dead = 0
         self.read_only = 0
         self._ping = self._pinger()
+        mysql = self.engine.dialect.name in ("mysql", "mariadb")
+        self._read_only_query = _MYSQL_READ_ONLY_QUERY if mysql else _READ_ONLY_QUERY
+        # The refusal carries the code a write would have got there.
+        self._read_only_code: tuple[str | None, str | None] = (
+            (None, "1290") if mysql else ("25006", None)
+        )
         self._hooks: tuple[tuple[str, Callable[..., None]], ...] = (
             ("connect", self._on_connect),
             ("checkin", self._on_checkin),
@@ -203,7 +212,11 @@ class IdlePing:
                 ) from exc
             record.info[ALIVE_AT_KEY] = self._clock()
         fresh = record.info.pop(_FRESH_KEY, False)
-        if self.require_writer and self._read_only(dbapi_connection, pinged=idle >= self.after):
+        # A new connection is asked too: where the server does not report its
+        # state (MySQL, PostgreSQL before 14), that is the one moment it is free.
+        if self.require_writer and self._read_only(
+            dbapi_connection, pinged=idle >= self.after or fresh
+        ):
             self.read_only += 1
             if fresh:
                 # A connection opened just now reaches a read-only server too:
@@ -212,7 +225,8 @@ class IdlePing:
                 raise ReadOnlyServer(
                     "every new connection reaches a read-only server: no writer behind this "
                     "URL yet (a failover in progress?)",
-                    sqlstate="25006",
+                    sqlstate=self._read_only_code[0],
+                    driver_code=self._read_only_code[1],
                     retryable=True,
                     connection_invalidated=True,
                 )
@@ -239,7 +253,7 @@ class IdlePing:
             return False  # older servers: asked only when the connection was idle
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(_READ_ONLY_QUERY)
+            cursor.execute(self._read_only_query)
             row = cursor.fetchone()
         finally:
             cursor.close()
@@ -276,7 +290,7 @@ def ping_idle_connections(
             ``server_idle_timeout`` of a pooler).
         timeout: seconds a ping may take before the connection counts as dead
             (asyncpg and psycopg; other drivers ping without a timeout).
-        require_writer: for an engine that writes (PostgreSQL): at every
+        require_writer: for an engine that writes: at every
             checkout, refuse a connection whose server reports itself read-only
             (``in_hot_standby`` or ``default_transaction_read_only``, reported by
             PostgreSQL 14+ with every reply, so free to read; a ping refreshes
@@ -285,8 +299,11 @@ def ping_idle_connections(
             failing with 25006. When a connection opened just now is read-only
             as well (the failover is still under way), the checkout fails with
             a retryable :class:`~sqlalchemy_resilience.ReadOnlyServer`, which
-            ``run_transaction`` backs off and retries. Before PostgreSQL 14 an
-            idle connection's ping asks ``pg_is_in_recovery()`` instead.
+            ``run_transaction`` backs off and retries. Before PostgreSQL 14 a
+            new or idle connection asks ``pg_is_in_recovery()`` instead; on
+            MySQL and MariaDB it asks ``@@read_only OR @@innodb_read_only``
+            (a demoted writer, an Aurora MySQL reader), and the refusal
+            carries 1290.
         clock: wall-clock seconds (``time.time``'s scale, which SQLAlchemy's
             connection records use too); injectable, so that a test makes a
             connection idle by moving the clock instead of sleeping.
@@ -308,9 +325,13 @@ def ping_idle_connections(
     timeout_s = to_seconds("timeout", timeout, allow_zero=False)
     if not isinstance(require_writer, bool):
         raise TypeError(f"require_writer must be True or False, got {require_writer!r}")
-    if require_writer and sync_engine(engine).dialect.name != "postgresql":
+    if require_writer and sync_engine(engine).dialect.name not in (
+        "postgresql",
+        "mysql",
+        "mariadb",
+    ):
         raise ValueError(
-            "require_writer needs PostgreSQL; this engine's dialect is "
+            "require_writer needs PostgreSQL, MySQL or MariaDB; this engine's dialect is "
             f"{sync_engine(engine).dialect.name!r}"
         )
     return IdlePing(

@@ -41,6 +41,7 @@ from tests.chaos.workload import (
     assert_nothing_leaked,
     audit_sum,
     check,
+    count_retries,
     run_bank,
     setup_bank,
 )
@@ -584,12 +585,7 @@ async def test_s9_s10_s11_contention(
         **options,  # type: ignore[arg-type]
     )
     verdict = check(fault_server, DB, history, audits)
-    retried: dict[str, int] = {}
-    for record in caplog.records:
-        message = record.getMessage()
-        if message.startswith("retrying after "):
-            name = message.split()[2]
-            retried[name] = retried.get(name, 0) + 1
+    retried = count_retries(caplog)
     _figure(
         scenario,
         f"{verdict.line()}; retried {retried}; final errors {history.errors}; breaker transitions {len(transitions)}",

@@ -280,6 +280,17 @@ def audit_sum(server: PgServer, database: str) -> Callable[[], int | None]:
     return run
 
 
+def count_retries(caplog: Any) -> dict[str, int]:
+    """How many re-runs the retry logger announced, by error class (``retrying after X``)."""
+    counts: dict[str, int] = {}
+    for record in caplog.records:
+        message = record.getMessage()
+        if message.startswith("retrying after "):
+            name = message.split()[2]
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 @dataclass
 class Verdict:
     """The checker's figures for one run."""
