@@ -16,8 +16,14 @@ Each variant runs ``--rounds`` times in shuffled order; the table shows the
 median rows/s and the ratio to raw COPY. Then peak memory (tracemalloc) of
 ``bulk_insert`` streaming 100,000 and 1,000,000 rows from a generator.
 
+On MariaDB (``--embedded-mariadb`` or ``--mysql-url``), through PyMySQL: raw
+``LOAD DATA LOCAL INFILE`` (the limit), PyMySQL's own ``executemany`` (it
+folds the rows into multi-row INSERTs), ``bulk_insert`` on its LOAD DATA path
+and on insertmanyvalues, and Core ``insert()`` executemany.
+
     python -m benchmarks.bulk --embedded-postgres
     python -m benchmarks.bulk --postgres-url postgresql+asyncpg://u:p@host/db
+    python -m benchmarks.bulk --embedded-mariadb
 """
 
 from __future__ import annotations
@@ -33,14 +39,25 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, MetaData, Table, Text, insert, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    insert,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
 from benchmarks._postgres import add_postgres_arguments, asyncpg_connect, postgres_url
-from sqlalchemy_resilience import bulk_insert, instrument
+from sqlalchemy_resilience import bulk_insert, bulk_insert_sync, instrument
 
 metadata = MetaData()
 rows_table = Table(
@@ -242,11 +259,137 @@ async def memory(url: URL, sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
+mysql_metadata = MetaData()
+mysql_table = Table(
+    "sr_bench_bulk_mysql",
+    mysql_metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", String(100), nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("created", DateTime, nullable=False),
+)
+
+
+def mysql_rows(n: int) -> Iterator[dict[str, Any]]:
+    created = datetime(2026, 12, 7, 12, 0, 0)
+    for i in range(n):
+        yield {"id": i, "name": f"row number {i}", "n": i * 7, "created": created}
+
+
+def throughput_mariadb(url: URL, n: int, rounds: int) -> str:
+    """The MariaDB table: LOAD DATA and multi-row INSERT, raw and through bulk_insert."""
+    import os
+    import tempfile
+
+    import pymysql
+
+    url = url.set(drivername="mysql+pymysql")
+    engine = create_engine(url, connect_args={"local_infile": True})
+    instrument(engine)
+
+    def raw_connect() -> Any:
+        return pymysql.connect(
+            host=url.host,
+            port=url.port or 3306,
+            user=url.username,
+            password=url.password or "",
+            database=url.database,
+            local_infile=True,
+        )
+
+    def raw_load_data() -> None:
+        conn = raw_connect()
+        fd, path = tempfile.mkstemp(suffix=".tsv")
+        try:
+            with os.fdopen(fd, "w") as file:
+                for r in mysql_rows(n):
+                    file.write(f"{r['id']}\t{r['name']}\t{r['n']}\t{r['created']}\n")
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    "LOAD DATA LOCAL INFILE %s INTO TABLE sr_bench_bulk_mysql (id, name, n, created)",
+                    (path,),
+                )
+            conn.commit()
+        finally:
+            os.unlink(path)
+            conn.close()
+
+    def raw_executemany() -> None:
+        conn = raw_connect()
+        try:
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO sr_bench_bulk_mysql (id, name, n, created) VALUES (%s, %s, %s, %s)",
+                    [(r["id"], r["name"], r["n"], r["created"]) for r in mysql_rows(n)],
+                )
+            conn.commit()
+        finally:
+            conn.close()
+
+    def core_executemany() -> None:
+        with engine.begin() as conn:
+            conn.execute(insert(mysql_table), list(mysql_rows(n)))
+
+    variants: dict[str, Callable[[], Any]] = {
+        "raw PyMySQL LOAD DATA LOCAL INFILE": raw_load_data,
+        "raw PyMySQL executemany (multi-row INSERT)": raw_executemany,
+        "bulk_insert (LOAD DATA path)": lambda: bulk_insert_sync(
+            engine, mysql_table, mysql_rows(n), chunk_size=10_000
+        ),
+        "bulk_insert(use_copy=False) (insertmanyvalues)": lambda: bulk_insert_sync(
+            engine, mysql_table, mysql_rows(n), use_copy=False
+        ),
+        "Core insert() executemany (insertmanyvalues)": core_executemany,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    try:
+        for _ in range(rounds):
+            order = list(variants.items())
+            random.shuffle(order)
+            for name, fn in order:
+                mysql_metadata.drop_all(engine)
+                mysql_metadata.create_all(engine)
+                start = time.perf_counter()
+                fn()
+                samples[name].append(n / (time.perf_counter() - start))
+        mysql_metadata.drop_all(engine)
+    finally:
+        engine.dispose()
+    base = statistics.median(samples["raw PyMySQL LOAD DATA LOCAL INFILE"])
+    lines = ["| variant | median rows/s | time vs raw LOAD DATA |", "|---|---:|---:|"]
+    for name, values in samples.items():
+        med = statistics.median(values)
+        lines.append(f"| {name} | {med:,.0f} | {base / med:.2f} |")
+    return "\n".join(lines)
+
+
+def _mariadb(args: argparse.Namespace) -> None:
+    title = f"\nMariaDB (PyMySQL), {args.rows:,} rows x {args.rounds} rounds"
+    if args.mysql_url:
+        print(title)
+        print(throughput_mariadb(make_url(args.mysql_url), args.rows, args.rounds))
+        return
+    from sqlalchemy_resilience.testing.embedded_mariadb import EmbeddedMariaDB
+
+    with EmbeddedMariaDB() as db:
+        db.execute_as_admin("CREATE DATABASE sr_bench")
+        print(title)
+        print(
+            throughput_mariadb(
+                db.url(driver="pymysql", database="sr_bench"), args.rows, args.rounds
+            )
+        )
+
+
 async def main_async(args: argparse.Namespace) -> None:
+    mariadb = args.embedded_mariadb or args.mysql_url
     with postgres_url(args) as url:
         if url is None:
+            if mariadb:
+                return
             raise SystemExit(
-                "give --embedded-postgres or --postgres-url (the COPY path is PostgreSQL's)"
+                "give --embedded-postgres or --postgres-url (COPY), or --embedded-mariadb or "
+                "--mysql-url (LOAD DATA)"
             )
         if args.sweep:
             print(f"\nCOPY path by chunk size, {args.rows:,} rows x {args.rounds} rounds")
@@ -268,10 +411,16 @@ def main(argv: list[str] | None = None) -> None:
         help="only the COPY path by chunk size, on a light and a heavy table",
     )
     add_postgres_arguments(parser)
+    parser.add_argument(
+        "--embedded-mariadb", action="store_true", help="start a throwaway MariaDB for the run"
+    )
+    parser.add_argument("--mysql-url", help="an existing MySQL/MariaDB (PyMySQL) to measure on")
     args = parser.parse_args(argv)
     if args.rows < 1 or args.rounds < 1:
         parser.error("--rows and --rounds must be positive")
     asyncio.run(main_async(args))
+    if args.embedded_mariadb or args.mysql_url:
+        _mariadb(args)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ Paths: PostgreSQL through asyncpg or psycopg 3 (either twin) without
 ``returning`` uses ``COPY`` (asyncpg's ``copy_records_to_table``, psycopg's
 ``cursor.copy``, values passed through the columns' own bind processors), and
 with conflict handling COPY into a temporary table merged by one ``INSERT ...
-ON CONFLICT``; everything else SQLAlchemy's ``insertmanyvalues`` (multi-row
+ON CONFLICT``; MySQL/MariaDB through PyMySQL or aiomysql, when the
+engine allows local files, ``LOAD DATA LOCAL INFILE`` (each chunk checked
+under a savepoint, see :mod:`~sqlalchemy_resilience.batch.load_data`);
+everything else SQLAlchemy's ``insertmanyvalues`` (multi-row
 ``INSERT ... VALUES``, batched by the dialect) or ``executemany`` for updates. The path
 taken is in the result and in the log record.
 """
@@ -40,6 +43,7 @@ from .driver import (
     check_keys,
     reflect_table,
 )
+from .load_data import LoadData, load_data_possible, local_infile_allowed
 from .statements import (
     copy_chunk,
     copy_merge_chunk,
@@ -113,18 +117,7 @@ def _bulk_insert(
         None if returning is None else resolve_columns(resolved, returning, what="returning column")
     )
     dialect = target.engine.dialect
-    can_copy = copy_possible(dialect) and not returned_columns
-    if use_copy is True and not can_copy:
-        raise ValueError(
-            "use_copy=True needs PostgreSQL through asyncpg or psycopg and no returning, got "
-            f"{dialect.name}+{dialect.driver}{' with returning' if returned_columns else ''}"
-        )
-    if can_copy and use_copy is not False:
-        # With conflict handling: COPY into a temporary table, then one
-        # INSERT ... SELECT ... ON CONFLICT per chunk (benchmarks/bulk.py).
-        path = "copy" if on_conflict == "error" else "copy+merge"
-    else:
-        path = "insertmanyvalues"
+    path = _load_path(target, resolved, on_conflict, returned_columns, use_copy)
     if chunk_size is None and path != "insertmanyvalues":
         run.chunk_size = COPY_CHUNK_SIZE
     state = run.open(resolved)
@@ -138,6 +131,7 @@ def _bulk_insert(
     names: list[str] = []
     cols: list[Column[Any]] = []
     processors: list[Any] = []
+    loader: LoadData | None = None
     _log.info(
         "bulk_insert into %s: %s path, chunks of %d%s",
         resolved.name,
@@ -159,6 +153,11 @@ def _bulk_insert(
             )
             # The dialect's own type (psycopg wraps JSON in Json/Jsonb; asyncpg serializes it).
             processors = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in cols]
+            if path != "insertmanyvalues" and _defaults_left_out(resolved, names):
+                path = "insertmanyvalues"
+                _log.info("bulk_insert into %s: insertmanyvalues after all", resolved.name)
+            if path == "load data":
+                loader = LoadData(resolved, cols, processors)
         check_keys(chunk, names, resolved)
         stmt = statement
 
@@ -184,11 +183,68 @@ def _bulk_insert(
                     conflict_columns=conflict,
                 )
             body = copy_merge_chunk(resolved, cols, processors, chunk.rows, merge)
+        elif loader is not None:
+            body = loader.chunk(chunk.rows, insert_rows)
         out = run.chunk(chunk, body, probe)
         if returned is not None and out:
             returned.extend(out)
     run.finish()
+    if loader is not None and loader.fell_back:
+        _log.info(
+            "bulk_insert into %s: %d chunks went through INSERT instead of LOAD DATA "
+            "(a warning, a duplicate, or a value the file cannot spell)",
+            resolved.name,
+            loader.fell_back,
+        )
     return run.result(path, returned, skip)
+
+
+def _defaults_left_out(table: Table, names: list[str]) -> bool:
+    """Whether a column the rows leave out has a Python-side default, which only INSERT applies."""
+    given = set(names)
+    return any(c.default is not None and c.key not in given for c in table.columns)
+
+
+def _load_path(
+    target: Target,
+    table: Table,
+    on_conflict: str,
+    returned_columns: list[Column[Any]] | None,
+    use_copy: bool | None,
+) -> str:
+    """The path of a ``bulk_insert``: the server's bulk load where it can, else insertmanyvalues.
+
+    COPY on PostgreSQL (asyncpg, psycopg 3); ``LOAD DATA LOCAL INFILE`` on
+    MySQL/MariaDB when the engine and the server allow local files (asked once,
+    on a connection of the target). Neither with ``returning``; nor (decided at
+    the first chunk) when a column the rows leave out has a Python-side default.
+    """
+    dialect = target.engine.dialect
+    mysql = load_data_possible(dialect)
+    why_not = None
+    if not (copy_possible(dialect) or mysql):
+        why_not = (
+            "PostgreSQL through asyncpg or psycopg, or MySQL/MariaDB through PyMySQL or aiomysql"
+        )
+    elif returned_columns:
+        why_not = "no returning"
+    elif mysql and on_conflict != "error":
+        why_not = "on_conflict='error' on MySQL/MariaDB"
+    elif use_copy is not False and mysql:
+        why_not = target.run(local_infile_allowed)
+    if use_copy is True and why_not is not None:
+        raise ValueError(
+            f"use_copy=True needs {why_not}; here: {dialect.name}+{dialect.driver}"
+            f"{', on_conflict=' + repr(on_conflict) if on_conflict != 'error' else ''}"
+            f"{' with returning' if returned_columns else ''}"
+        )
+    if use_copy is False or why_not is not None:
+        return "insertmanyvalues"
+    if mysql:
+        return "load data"
+    # With conflict handling: COPY into a temporary table, then one
+    # INSERT ... SELECT ... ON CONFLICT per chunk (benchmarks/bulk.py).
+    return "copy" if on_conflict == "error" else "copy+merge"
 
 
 def _bulk_update(
@@ -296,7 +352,7 @@ async def bulk_insert(
         rows: mappings (column -> value), or tuples with ``columns=``; any
             iterable, a generator of millions included, read one chunk at a time.
         chunk_size: rows per chunk (and per transaction); default 10,000 on the
-            COPY paths, 1,000 on ``INSERT ... VALUES`` (``benchmarks/bulk.py
+            COPY and LOAD DATA paths, 1,000 on ``INSERT ... VALUES`` (``benchmarks/bulk.py
             --sweep``: COPY reaches its plateau at 10,000 rows a chunk on a
             light and a heavy table; beyond it memory grows, speed does not).
         on_conflict: ``"error"``; ``"ignore"`` (``ON CONFLICT DO NOTHING``);
@@ -311,8 +367,14 @@ async def bulk_insert(
             rows must come in the same order on every run.
         metadata: where a table given by name is looked up.
         columns: the columns of tuple rows, in order.
-        use_copy: None (default) uses COPY where it can; False never; True
-            insists (a ValueError where it cannot).
+        use_copy: the server's bulk load: COPY on PostgreSQL (asyncpg,
+            psycopg 3), ``LOAD DATA LOCAL INFILE`` on MySQL/MariaDB (PyMySQL,
+            aiomysql) when the engine was created with
+            ``connect_args={"local_infile": True}`` and the server allows it
+            (``on_conflict="error"`` only; each chunk is checked and goes
+            through INSERT instead if the server warned). None (default) uses
+            it where it can; False never; True insists (a ValueError naming
+            what is missing where it cannot).
 
     Returns:
         A :class:`BulkResult` (rows, chunks, path, seconds, returned rows).

@@ -47,6 +47,12 @@ items = Table(
     Column("code", String(20)),
     UniqueConstraint("code", name="bulk_items_code_key"),
 )
+stamped = Table(
+    "bulk_stamped",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("source", String(20), default="python-side"),
+)
 
 
 class Base(DeclarativeBase):
@@ -113,6 +119,16 @@ async def test_each_chunk_is_its_own_transaction(engine: AsyncEngine) -> None:
     assert isinstance(failed.__cause__, sr.UniqueViolation)
     assert "chunk 2 (rows 20-24) failed at row 23" in str(failed)
     assert await _count(engine) == 20
+
+
+async def test_a_python_side_default_left_out_is_applied(engine: AsyncEngine) -> None:
+    """Rows that leave out a column with Column(default=...) go through INSERT, the one
+    path that applies it (COPY and LOAD DATA would leave it NULL)."""
+    result = await bulk_insert(engine, stamped, [{"id": i} for i in range(3)])
+    assert result.path == "insertmanyvalues"
+    async with engine.connect() as conn:
+        sources = (await conn.execute(select(stamped.c.source))).scalars().all()
+    assert sources == ["python-side"] * 3
 
 
 async def test_upserts_and_returning(engine: AsyncEngine) -> None:
