@@ -32,6 +32,8 @@ from typing import Any
 from sqlalchemy import MetaData, create_engine, exists, inspect, select, table
 from sqlalchemy.engine import URL, make_url
 
+from sqlalchemy_resilience.errors import NotSupported
+
 __all__ = ["DEFAULT_EXCLUDE", "LintFinding", "LintReport", "SquawkMissing", "lint_migrations"]
 
 #: squawk rules left out by default: the timeout and robustness rules (an
@@ -258,6 +260,24 @@ def _has_rows(url: URL, name: str) -> bool:
         engine.dispose()
 
 
+def _refuse_mysql(url: str | URL | None, config: Any) -> None:
+    """Say so when the project's database is one whose DDL squawk cannot judge."""
+    target = url or os.environ.get("DATABASE_URL") or config.get_main_option("sqlalchemy.url")
+    if not target:
+        return
+    try:
+        backend = make_url(target).get_backend_name()
+    except Exception:
+        return  # not a URL this check can read: the lint itself does not need it
+    if backend in ("mysql", "mariadb"):
+        raise NotSupported(
+            "lint_migrations",
+            backend,
+            "it lints PostgreSQL DDL (squawk), whose locking rules are not MySQL's; "
+            "check_migrations and verify_migrations work on MySQL and MariaDB",
+        )
+
+
 def lint_migrations(
     config: Any,
     *,
@@ -279,6 +299,10 @@ def lint_migrations(
 
     Raises:
         SquawkMissing: squawk is not installed (``pip install squawk-cli``).
+        NotSupported: the project's database (``url``, ``DATABASE_URL`` or
+            the config's ``sqlalchemy.url``) is MySQL or MariaDB: squawk reads
+            PostgreSQL's DDL only, and no MySQL linter of the kind is worth
+            wrapping (``check_migrations`` and ``verify_migrations`` work there).
 
     Example::
 
@@ -290,12 +314,13 @@ def lint_migrations(
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
+    alembic_config = Config(config) if isinstance(config, str) else config
+    _refuse_mysql(url, alembic_config)
     binary = squawk or shutil.which("squawk")
     if binary is None or (not Path(binary).exists() and shutil.which(binary) is None):
         raise SquawkMissing(
             "squawk is not installed: pip install squawk-cli (or pass the path of the squawk binary)"
         )
-    alembic_config = Config(config) if isinstance(config, str) else config
     script = ScriptDirectory.from_config(alembic_config)
     revisions = list(reversed(list(script.walk_revisions("base", "heads"))))
     database = make_url(url) if url is not None else None

@@ -67,3 +67,23 @@ def test_a_missing_squawk_is_a_clear_error(tmp_path: Path) -> None:
     """No binary: SquawkMissing saying what to install, before anything runs."""
     with pytest.raises(SquawkMissing, match="pip install squawk-cli"):
         lint_migrations(str(write_project(tmp_path)), squawk=str(tmp_path / "no-squawk"))
+
+
+@pytest.mark.parametrize("where", ["url", "config"])
+def test_a_mysql_project_is_told_lint_is_postgresql_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """squawk judges PostgreSQL's DDL: a MySQL/MariaDB project hears so, before anything runs."""
+    from alembic.config import Config
+
+    from sqlalchemy_resilience.errors import NotSupported
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    config = Config(str(write_project(tmp_path)))
+    url = "mysql+pymysql://app@127.0.0.1/shop"
+    if where == "config":
+        config.set_main_option("sqlalchemy.url", url)
+    with pytest.raises(
+        NotSupported, match=r"lint_migrations is not supported on mysql; it lints PostgreSQL DDL"
+    ):
+        lint_migrations(config, url=url if where == "url" else None)
