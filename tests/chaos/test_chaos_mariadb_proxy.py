@@ -145,9 +145,13 @@ async def test_m6_session_killed_waiting_for_its_commit_reply(
 
     keyed, blind = _units(asynchronous)
 
-    async def held_then_killed(applied: Callable[[], bool]) -> None:
-        held = len(proxy.held)
+    def arm(applied: Callable[[], bool]) -> asyncio.Future[None]:
+        # Armed before the unit of work starts: on a loaded machine its COMMIT
+        # could otherwise go out before the killer task first runs.
         proxy.hold_commit_reply = True
+        return asyncio.ensure_future(held_then_killed(len(proxy.held), applied))
+
+    async def held_then_killed(held: int, applied: Callable[[], bool]) -> None:
         await until(lambda: len(proxy.held) > held, what="a COMMIT whose reply is held")
         # The COMMIT is applied before the session dies: the outcome really is "committed".
         await until(lambda: asyncio.to_thread(applied), what="the held COMMIT applied")
@@ -158,9 +162,7 @@ async def test_m6_session_killed_waiting_for_its_commit_reply(
         applied_by_retry = []
         for _ in range(INJECTED):
             request_id = uuid.uuid4()
-            killer = asyncio.ensure_future(
-                held_then_killed(lambda r=request_id: _rows(maria, "transfers", r) == 1)
-            )
+            killer = arm(lambda r=request_id: _rows(maria, "transfers", r) == 1)
             applied_by_retry.append(await call(keyed(request_id)))
             await killer
             assert _rows(maria, "transfers", request_id) == 1
@@ -168,9 +170,7 @@ async def test_m6_session_killed_waiting_for_its_commit_reply(
         duplicated = 0
         for _ in range(INJECTED):
             request_id = uuid.uuid4()
-            killer = asyncio.ensure_future(
-                held_then_killed(lambda r=request_id: _rows(maria, "ledger_entries", r) == 1)
-            )
+            killer = arm(lambda r=request_id: _rows(maria, "ledger_entries", r) == 1)
             await call(blind(request_id))
             await killer
             duplicated += _rows(maria, "ledger_entries", request_id) > 1
