@@ -60,6 +60,7 @@ from .errors import StorageFailure as StorageFailure
 from .errors import TooManyConnections as TooManyConnections
 from .errors import TransactionConflict as TransactionConflict
 from .errors import UniqueViolation as UniqueViolation
+from .errors import WriteSetTooLarge as WriteSetTooLarge
 
 if TYPE_CHECKING:
     from .batch import bulk_insert as bulk_insert
@@ -167,6 +168,7 @@ __all__ = [
     "TooManyConnections",
     "TransactionConflict",
     "UniqueViolation",
+    "WriteSetTooLarge",
     "__version__",
     "bulk_insert",
     "bulk_insert_sync",

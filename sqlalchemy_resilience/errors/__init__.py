@@ -53,6 +53,7 @@ from .hierarchy import StorageFailure as StorageFailure
 from .hierarchy import TooManyConnections as TooManyConnections
 from .hierarchy import TransactionConflict as TransactionConflict
 from .hierarchy import UniqueViolation as UniqueViolation
+from .hierarchy import WriteSetTooLarge as WriteSetTooLarge
 from .messages import MESSAGE_KEYS as MESSAGE_KEYS
 from .messages import register_messages as register_messages
 from .translate import translate_error as translate_error
@@ -105,6 +106,7 @@ __all__ = [
     "TooManyConnections",
     "TransactionConflict",
     "UniqueViolation",
+    "WriteSetTooLarge",
     "register_messages",
     "translate_error",
 ]

@@ -414,7 +414,7 @@ def classify(
             # READ ONLY, and re-running it would fail the same way.
             rule = (e.ReadOnlyTransaction, False)
     elif facts.mysql_errno is not None:
-        rule = mysql_rule(facts.mysql_errno, mariadb=facts.mariadb)
+        rule = mysql_rule(facts.mysql_errno, mariadb=facts.mariadb, message=facts.primary_message)
         if facts.mysql_errno == 1792 and facts.server_read_only is False:
             # The application's own READ ONLY transaction: re-running fails the same way.
             rule = (e.ReadOnlyTransaction, False)

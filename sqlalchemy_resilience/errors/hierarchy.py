@@ -54,6 +54,7 @@ subclasses both, so no existing ``except`` clause stops matching::
             │   ├── ReadOnlyTransaction       25006 in a transaction the application made READ ONLY
             │   └── PoolerIncompatible        26000 42P05 on a driver-named prepared statement
             ├── InsufficientResources         (OperationalError) class 53 but 53300, SQLITE_FULL
+            │   └── WriteSetTooLarge          Galera's 1105 "Maximum writeset size exceeded"
             └── StorageFailure                (OperationalError) class 58, XX001 XX002, SQLITE_IOERR
                                               SQLITE_CORRUPT SQLITE_NOTADB
 
@@ -484,6 +485,25 @@ class InsufficientResources(DatabaseFailure, sa_exc.OperationalError):
     """
 
     message_key = "insufficient_resources"
+    sqlalchemy_base = sa_exc.OperationalError
+
+
+class WriteSetTooLarge(InsufficientResources):
+    """A Galera cluster refused a transaction bigger than ``wsrep_max_ws_size`` (1105).
+
+    Galera replicates a transaction as one write-set, certified on every node
+    at COMMIT; one over the limit (2 GB by default, often set far lower) is
+    refused whole, and the same transaction would be refused again: not
+    retried. Split the work (``bulk_insert`` commits in chunks) or raise the
+    limit.
+
+    Example::
+
+        except WriteSetTooLarge:
+            await bulk_insert(engine, table, rows, chunk_size=1_000)
+    """
+
+    message_key = "write_set_too_large"
     sqlalchemy_base = sa_exc.OperationalError
 
 

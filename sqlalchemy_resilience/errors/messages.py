@@ -63,6 +63,7 @@ _EN: dict[str, str] = {
     "permission_denied": "This operation is not permitted.",
     "invalid_statement": "Something went wrong while processing your request.",
     "insufficient_resources": "The service is temporarily unable to process requests. Please try again later.",
+    "write_set_too_large": "This request is too large to be saved at once. Please send it in smaller parts.",
     "storage_failure": (
         "The service could not read or save data because of a problem on our side. "
         "Please contact support if this continues."
@@ -99,6 +100,7 @@ _JA: dict[str, str] = {
     "permission_denied": "この操作は許可されていません。",
     "invalid_statement": "リクエストの処理中に問題が発生しました。",
     "insufficient_resources": "サービスは一時的に処理できない状態です。しばらくしてから再度お試しください。",
+    "write_set_too_large": "このリクエストは一度に保存するには大きすぎます。小さく分けて送信してください。",
     "storage_failure": "サービス側の問題によりデータの読み込みまたは保存ができませんでした。解消しない場合はサポートにお問い合わせください。",
     "circuit_open": "サービスは一時的に利用できません。しばらくしてから再度お試しください。",
     "retry_exhausted": "リクエストを完了できませんでした。しばらくしてから再度お試しください。",

@@ -156,12 +156,20 @@ def refusal_rule(errno: int | None, *, mariadb: bool | None, server: bool) -> Ru
     return None if rule is None or issubclass(rule[0], e.ConnectionLost) else rule
 
 
-def mysql_rule(errno: int, *, mariadb: bool | None) -> Rule | None:
+# 1105 is the server's "unknown error"; Galera uses it for a write-set over
+# wsrep_max_ws_size, which only its message tells apart.
+_WRITE_SET = re.compile(r"Maximum writeset size exceeded", re.IGNORECASE)
+
+
+def mysql_rule(errno: int, *, mariadb: bool | None, message: str = "") -> Rule | None:
     """The rule for ``errno`` on a server of that flavour (None: not known), or None.
 
     A number above 3000 whose meaning depends on the flavour has no rule when
-    the flavour is not known.
+    the flavour is not known; ``message`` tells apart the numbers that carry
+    several meanings (1105).
     """
+    if errno == 1105 and _WRITE_SET.search(message):
+        return (e.WriteSetTooLarge, False)
     rule = _COMMON.get(errno)
     if rule is not None:
         return rule

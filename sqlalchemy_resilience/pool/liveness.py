@@ -54,6 +54,16 @@ _READ_ONLY_QUERY = (
 # MySQL/MariaDB: read_only (set on a demoted writer; super_read_only implies
 # it), innodb_read_only (an Aurora MySQL reader).
 _MYSQL_READ_ONLY_QUERY = "SELECT @@global.read_only OR @@global.innodb_read_only"
+# MariaDB, and a Galera node among them: a node that is not ready, not in the
+# primary component or not synced (a donor, a desynced node) takes no writes
+# it should be given either.
+_MARIADB_READ_ONLY_QUERY = (
+    "SELECT @@global.read_only OR @@global.innodb_read_only OR (@@global.wsrep_on AND ("
+    "SELECT COUNT(*) FROM information_schema.GLOBAL_STATUS WHERE "
+    "(VARIABLE_NAME = 'WSREP_READY' AND VARIABLE_VALUE = 'ON') OR "
+    "(VARIABLE_NAME = 'WSREP_CLUSTER_STATUS' AND VARIABLE_VALUE = 'Primary') OR "
+    "(VARIABLE_NAME = 'WSREP_LOCAL_STATE_COMMENT' AND VARIABLE_VALUE = 'Synced')) < 3)"
+)
 
 _log = logging.getLogger("sqlalchemy_resilience.pool")
 
@@ -116,6 +126,7 @@ class IdlePing:
         self.read_only = 0
         self._ping = self._pinger()
         mysql = self.engine.dialect.name in ("mysql", "mariadb")
+        self._mysql = mysql
         self._read_only_query = _MYSQL_READ_ONLY_QUERY if mysql else _READ_ONLY_QUERY
         # The refusal carries the code a write would have got there.
         self._read_only_code: tuple[str | None, str | None] = (
@@ -253,7 +264,10 @@ class IdlePing:
             return False  # older servers: asked only when the connection was idle
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(self._read_only_query)
+            query = self._read_only_query
+            if self._mysql and getattr(self.engine.dialect, "is_mariadb", False):
+                query = _MARIADB_READ_ONLY_QUERY  # known once the dialect has connected
+            cursor.execute(query)
             row = cursor.fetchone()
         finally:
             cursor.close()
@@ -302,8 +316,9 @@ def ping_idle_connections(
             ``run_transaction`` backs off and retries. Before PostgreSQL 14 a
             new or idle connection asks ``pg_is_in_recovery()`` instead; on
             MySQL and MariaDB it asks ``@@read_only OR @@innodb_read_only``
-            (a demoted writer, an Aurora MySQL reader), and the refusal
-            carries 1290.
+            (a demoted writer, an Aurora MySQL reader) and, on a Galera node,
+            whether it is ready, in the primary component and synced (not a
+            donor, not desynced); the refusal carries 1290.
         clock: wall-clock seconds (``time.time``'s scale, which SQLAlchemy's
             connection records use too); injectable, so that a test makes a
             connection idle by moving the clock instead of sleeping.

@@ -222,6 +222,12 @@ class EmbeddedMariaDB:
         first = not (self.data_dir / "mysql").is_dir()
         if first:
             self.install()
+        self._spawn()
+        self.wait_until_accepting(timeout=timeout)
+        if first:
+            self._create_tcp_root()
+
+    def _spawn(self) -> None:
         self.pid_file.unlink(missing_ok=True)
         self._proc = subprocess.Popen(  # type: ignore[call-overload]
             self._arguments(),
@@ -231,9 +237,6 @@ class EmbeddedMariaDB:
             cwd=str(self.base_dir),
             **self._user_kwargs(),
         )
-        self.wait_until_accepting(timeout=timeout)
-        if first:
-            self._create_tcp_root()
 
     def _create_tcp_root(self) -> None:
         # The installer's root authenticates by socket only; tests connect

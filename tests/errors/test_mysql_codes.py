@@ -125,6 +125,16 @@ def test_numbers_above_3000_are_read_by_flavour() -> None:
     assert classify(_facts(3024, mariadb=True)) == (sr.DatabaseFailure, False)  # unused there
 
 
+def test_galeras_write_set_limit_is_told_apart_from_the_unknown_error() -> None:
+    """1105 is "unknown error"; with Galera's message it is a write-set over the limit."""
+    from dataclasses import replace
+
+    too_big = replace(_facts(1105), primary_message="Maximum writeset size exceeded")
+    assert classify(too_big, phase="commit") == (sr.WriteSetTooLarge, False)
+    assert issubclass(sr.WriteSetTooLarge, sr.InsufficientResources)
+    assert classify(_facts(1105)) == (sr.DatabaseFailure, False)
+
+
 def test_every_client_number_classifies() -> None:
     for errno in sorted(CLIENT):
         if not 1000 <= errno < 10000:
