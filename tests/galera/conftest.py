@@ -75,10 +75,36 @@ class Galera:
             cursor.execute(sql, args)
             return list(cursor.fetchall())
 
+    def any_node(self) -> ClusterAdmin:
+        """An admin that runs each statement on the first running node (the bank's checks)."""
+        return ClusterAdmin(self)
+
     def status(self, node: int) -> dict[str, str]:
         """Node ``node``'s ``wsrep_%`` status."""
         rows = self.execute(node, "SHOW GLOBAL STATUS LIKE 'wsrep\\_%'")
         return {str(name): str(value) for name, value in rows}
+
+
+class ClusterAdmin:
+    """``execute`` as ``MariaDBServer`` has it, on whichever node is up, reading the
+    cluster's latest writes (``wsrep_sync_wait=1``): the bank's set-up and checks."""
+
+    def __init__(self, galera: Galera) -> None:
+        self.galera = galera
+
+    def execute(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        failure: Exception | None = None
+        for index, node in enumerate(self.galera.cluster.nodes):
+            if not node.running:
+                continue
+            try:
+                with self.galera.admin(index) as conn, conn.cursor() as cursor:
+                    cursor.execute("SET SESSION wsrep_sync_wait = 1")
+                    cursor.execute(sql, args)
+                    return list(cursor.fetchall())
+            except Exception as exc:  # a node leaving: the next one answers
+                failure = exc
+        raise RuntimeError(f"no Galera node answered: {failure}")
 
 
 def _absent(reason: str) -> None:
@@ -109,6 +135,7 @@ def galera() -> Iterator[Galera]:
             (f"GRANT ALL PRIVILEGES ON `t\\_%`.* TO '{APP}'@'%'", None),
             (f"CREATE USER '{CHECK_USER}'@'127.0.0.1'", None),
             (f"CREATE DATABASE `{DB}`", None),
+            ("CREATE DATABASE `t_bank`", None),
         ):
             env.execute(0, sql, args)
         proxy.start()
