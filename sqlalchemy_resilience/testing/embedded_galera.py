@@ -74,6 +74,10 @@ class GaleraNode(EmbeddedMariaDB):
     A joining node receives the cluster's data by state transfer instead of
     being installed, and the accounts come with it.
 
+    After a lost quorum (two of three nodes gone), start the lost nodes
+    together: the primary component is restored once every member of the
+    last one is back, so one of them alone waits for the other.
+
     Example::
 
         node = cluster.nodes[1]

@@ -63,6 +63,10 @@ class Galera:
             user="root",
             password=self.cluster.password,
             autocommit=True,
+            # A node in the middle of a view change can hold a reply: never hang the test.
+            connect_timeout=5,
+            read_timeout=10,
+            write_timeout=10,
         )
         try:
             yield conn

