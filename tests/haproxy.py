@@ -9,7 +9,6 @@ successes, and the sessions of a server marked down cut.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -18,6 +17,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy_resilience.testing._servers import free_port
+from tests.programs import find_program
 from tests.waiting import wait_until
 
 __all__ = ["HAProxy", "find_haproxy"]
@@ -27,20 +28,7 @@ CHECK_USER = "haproxy_check"
 
 def find_haproxy() -> str | None:
     """The ``haproxy`` program, or None (Debian puts it in /usr/sbin)."""
-    found = shutil.which("haproxy")
-    if found:
-        return found
-    for candidate in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return find_program("haproxy")
 
 
 class HAProxy:
@@ -55,7 +43,7 @@ class HAProxy:
         if program is None:
             raise RuntimeError("haproxy is not installed (Debian: apt-get install haproxy)")
         self.program = program
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="sqla-resilience-haproxy-"))
         self.stats_socket = self.dir / "admin.sock"
         servers = "".join(

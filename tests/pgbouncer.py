@@ -20,6 +20,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
+from sqlalchemy_resilience.testing._servers import free_port
+from tests.programs import find_program
 from tests.waiting import wait_until
 
 __all__ = ["PgBouncer", "find_pgbouncer"]
@@ -27,20 +29,7 @@ __all__ = ["PgBouncer", "find_pgbouncer"]
 
 def find_pgbouncer() -> str | None:
     """The ``pgbouncer`` program, or None (Debian puts it in /usr/sbin, off a user's PATH)."""
-    found = shutil.which("pgbouncer")
-    if found:
-        return found
-    for candidate in ("/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return find_program("pgbouncer")
 
 
 def _quote(value: str) -> str:
@@ -69,7 +58,7 @@ class PgBouncer:
             raise RuntimeError("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
         self.program = program
         self.pool_mode = pool_mode
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="sqla-resilience-pgbouncer-"))
         self.log_file = self.dir / "pgbouncer.log"
         (self.dir / "userlist.txt").write_text(

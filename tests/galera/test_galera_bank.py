@@ -11,7 +11,7 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -76,6 +76,45 @@ async def _cluster_status(galera: Galera, node: int) -> str:
     return status.get("wsrep_cluster_status", "")
 
 
+async def _leg(
+    name: str,
+    galera: Galera,
+    bank: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+    chaos: Callable[[], Awaitable[None]],
+    *,
+    seconds: float,
+    after_chaos: float,
+    notes: Callable[[], str] = str,
+) -> tuple[History, dict[str, int]]:
+    """One leg with the package's defaults, its figures printed, and what every leg promises
+    checked: nothing lost, phantom or left unknown, no error but a legal refusal reached the
+    application, the ledger exact, and no connection kept out of the pool."""
+    admin = galera.any_node()
+    history, audits = await run_bank(
+        bank,
+        seconds=seconds,
+        retry=sr.RetryPolicy(),
+        breaker=sr.CircuitBreaker(),
+        chaos=chaos,
+        audit=audit(admin),  # type: ignore[arg-type]
+        after_chaos=after_chaos,
+        transfer_fn=transfer,
+    )
+    verdict = check(admin, history, audits)  # type: ignore[arg-type]
+    retried = count_retries(caplog)
+    figure(
+        name,
+        f"{verdict.line()}; longest gap between commits {_longest_gap(history) * 1000:.0f} ms; "
+        f"{notes()}retried {retried}; errors {history.errors}",
+    )
+    assert verdict.lost == 0 and verdict.phantom == 0 and verdict.unknown == 0
+    assert verdict.total_balance == TOTAL and verdict.ledger_consistent
+    assert set(history.errors) <= {"CheckViolation"}  # nothing else reached the application
+    assert bank.sync_engine.pool.checkedout() == 0
+    return history, retried
+
+
 async def test_g1_a_node_sigkilled_and_restarted(
     galera: Galera, bank: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -98,30 +137,20 @@ async def test_g1_a_node_sigkilled_and_restarted(
         marks["rejoined"] = time.monotonic()
         await until(committed_more(admin, 100), what="transfers on three nodes")  # type: ignore[arg-type]
 
-    history, audits = await run_bank(
-        bank,
-        seconds=3.0,
-        retry=sr.RetryPolicy(),
-        breaker=sr.CircuitBreaker(),
-        chaos=kill_and_rejoin,
-        audit=audit(admin),  # type: ignore[arg-type]
-        after_chaos=1.0,
-        transfer_fn=transfer,
-    )
-    verdict = check(admin, history, audits)  # type: ignore[arg-type]
-    retried = count_retries(caplog)
-    sessions = galera.proxy.sessions()
-    figure(
+    _, retried = await _leg(
         "G1 a Galera node SIGKILLed and restarted",
-        f"{verdict.line()}; longest gap between commits {_longest_gap(history) * 1000:.0f} ms; "
-        f"rejoined {marks['rejoined'] - marks['killed']:.1f} s after the kill; retried {retried}; "
-        f"errors {history.errors}; sessions per node {sessions}",
+        galera,
+        bank,
+        caplog,
+        kill_and_rejoin,
+        seconds=3.0,
+        after_chaos=1.0,
+        notes=lambda: (
+            f"rejoined {marks['rejoined'] - marks['killed']:.1f} s after the kill; "
+            f"sessions per node {galera.proxy.sessions()}; "
+        ),
     )
-    assert verdict.lost == 0 and verdict.phantom == 0 and verdict.unknown == 0
-    assert verdict.total_balance == TOTAL and verdict.ledger_consistent
-    assert set(history.errors) <= {"CheckViolation"}  # nothing else reached the application
     assert sum(retried.values()) > 0  # the kill really hit transfers
-    assert bank.sync_engine.pool.checkedout() == 0
 
 
 async def test_g2_a_node_rejecting_queries_under_load(
@@ -144,25 +173,15 @@ async def test_g2_a_node_rejecting_queries_under_load(
         finally:
             await asyncio.to_thread(galera.execute, 2, "SET GLOBAL wsrep_reject_queries = NONE")
 
-    history, audits = await run_bank(
-        bank,
-        seconds=2.0,
-        retry=sr.RetryPolicy(),
-        breaker=sr.CircuitBreaker(),
-        chaos=reject_for_a_while,
-        audit=audit(admin),  # type: ignore[arg-type]
-        after_chaos=0.5,
-        transfer_fn=transfer,
-    )
-    verdict = check(admin, history, audits)  # type: ignore[arg-type]
-    retried = count_retries(caplog)
-    figure(
+    _, retried = await _leg(
         "G2 a Galera node rejecting queries behind HAProxy",
-        f"{verdict.line()}; retried {retried}; errors {history.errors}",
+        galera,
+        bank,
+        caplog,
+        reject_for_a_while,
+        seconds=2.0,
+        after_chaos=0.5,
     )
-    assert verdict.lost == 0 and verdict.phantom == 0 and verdict.unknown == 0
-    assert verdict.total_balance == TOTAL and verdict.ledger_consistent
-    assert set(history.errors) <= {"CheckViolation"}
     assert retried.get("DatabaseUnavailable", 0) >= 10
 
 
@@ -186,25 +205,15 @@ async def test_g3_a_node_turned_read_only_behind_the_proxy(
         finally:
             await asyncio.to_thread(galera.execute, 0, "SET GLOBAL read_only = OFF")
 
-    history, audits = await run_bank(
-        bank,
-        seconds=2.0,
-        retry=sr.RetryPolicy(),
-        breaker=sr.CircuitBreaker(),
-        chaos=read_only_for_a_while,
-        audit=audit(admin),  # type: ignore[arg-type]
-        after_chaos=0.5,
-        transfer_fn=transfer,
-    )
-    verdict = check(admin, history, audits)  # type: ignore[arg-type]
-    retried = count_retries(caplog)
-    figure(
+    _, retried = await _leg(
         "G3 a Galera node read_only=ON behind HAProxy",
-        f"{verdict.line()}; retried {retried}; errors {history.errors}",
+        galera,
+        bank,
+        caplog,
+        read_only_for_a_while,
+        seconds=2.0,
+        after_chaos=0.5,
     )
-    assert verdict.lost == 0 and verdict.phantom == 0 and verdict.unknown == 0
-    assert verdict.total_balance == TOTAL and verdict.ledger_consistent
-    assert set(history.errors) <= {"CheckViolation"}
     assert retried.get("ReadOnlyServer", 0) >= 10
 
 
@@ -238,25 +247,13 @@ async def test_g4_the_quorum_lost_and_regained(
         marks["regained"] = time.monotonic()
         await until(committed_more(admin, 100), what="transfers after the quorum is back")  # type: ignore[arg-type]
 
-    history, audits = await run_bank(
-        bank,
-        seconds=3.0,
-        retry=sr.RetryPolicy(),
-        breaker=sr.CircuitBreaker(),
-        chaos=lose_and_regain_the_quorum,
-        audit=audit(admin),  # type: ignore[arg-type]
-        after_chaos=1.0,
-        transfer_fn=transfer,
-    )
-    assert bank.sync_engine.pool.checkedout() == 0  # the package kept no connection
-    verdict = check(admin, history, audits)  # type: ignore[arg-type]
-    retried = count_retries(caplog)
-    figure(
+    await _leg(
         "G4 the quorum lost (two of three nodes SIGKILLed) and regained",
-        f"{verdict.line()}; no quorum for {marks['regained'] - marks['lost']:.1f} s; longest gap "
-        f"between commits {_longest_gap(history) * 1000:.0f} ms; retried {retried}; "
-        f"errors {history.errors}",
+        galera,
+        bank,
+        caplog,
+        lose_and_regain_the_quorum,
+        seconds=3.0,
+        after_chaos=1.0,
+        notes=lambda: f"no quorum for {marks['regained'] - marks['lost']:.1f} s; ",
     )
-    assert verdict.lost == 0 and verdict.phantom == 0 and verdict.unknown == 0
-    assert verdict.total_balance == TOTAL and verdict.ledger_consistent
-    assert set(history.errors) <= {"CheckViolation"}
