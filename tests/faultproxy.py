@@ -57,7 +57,9 @@ class FaultProxy:
         self.bandwidth: float | None = None  # bytes per second, server -> client
         self.slice_bytes: int | None = None  # split server -> client chunks into pieces...
         self.slice_delay = 0.0  # ...with this pause between them
-        self.blackhole = False
+        # Set while packets flow; the blackhole toxic clears it (see the property).
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.limit_data: int | None = None
         self.swallow_commit_reply = False
         self.swallow_commits = 0  # with swallow_commit_reply: how many more (0 = every one)
@@ -101,6 +103,16 @@ class FaultProxy:
             return result
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=10)
+
+    @property
+    def blackhole(self) -> bool:
+        """The blackhole toxic: True holds every packet both ways, sockets left open."""
+        return not self._flowing.is_set()
+
+    @blackhole.setter
+    def blackhole(self, value: bool) -> None:
+        # On the proxy's loop, done before this returns: the forwarders wait on the event.
+        self._call(self._flowing.clear if value else self._flowing.set)
 
     def down(self) -> None:
         """Close the listener and every connection: new connects are refused."""
@@ -208,20 +220,23 @@ class FaultProxy:
         # per connection: drop the server's replies; the server said ReadyForQuery
         muted: dict[str, bool] = {"server": False, "ready": False, "forgotten": False}
         self._states[pair] = muted
+        replied = asyncio.Event()  # the server answered while muted
         if self.protocol == "mysql":
             session = _MySQLSession()
             to_server = asyncio.ensure_future(
-                self._mysql_client_to_server(reader, up_writer, writer, muted, session)
+                self._mysql_client_to_server(reader, up_writer, writer, muted, replied, session)
             )
             scan: Callable[[bytes], None] | None = functools.partial(
                 self._scan_mysql, session=session
             )
         else:
             to_server = asyncio.ensure_future(
-                self._client_to_server(reader, up_writer, writer, muted)
+                self._client_to_server(reader, up_writer, writer, muted, replied)
             )
             scan = None
-        to_client = asyncio.ensure_future(self._server_to_client(up_reader, writer, muted, scan))
+        to_client = asyncio.ensure_future(
+            self._server_to_client(up_reader, writer, muted, replied, scan)
+        )
         try:
             await asyncio.wait({to_server, to_client}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -239,6 +254,7 @@ class FaultProxy:
         up: asyncio.StreamWriter,
         client: asyncio.StreamWriter,
         muted: dict[str, bool],
+        replied: asyncio.Event,
     ) -> None:
         # The startup packet has no type byte; every later frontend message is
         # type (1 byte) + int32 length (including itself) + payload.
@@ -255,8 +271,7 @@ class FaultProxy:
             header = await reader.readexactly(5)
             (length,) = struct.unpack("!i", header[1:])
             body = await reader.readexactly(length - 4)
-            while self.blackhole:  # noqa: ASYNC110 - a toxic flipped from another thread
-                await asyncio.sleep(0.01)  # the blackhole toxic holds the message
+            await self._flowing.wait()  # the blackhole toxic holds the message
             if muted["forgotten"]:
                 continue  # the NAT drops it
             swallow = (
@@ -284,7 +299,9 @@ class FaultProxy:
                     self.swallow_commits -= 1
                     if self.swallow_commits == 0:
                         self.swallow_commit_reply = False
-                await asyncio.sleep(0.2)  # let the server process it
+                # The server's answer, dropped, shows it has processed the COMMIT.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(replied.wait(), timeout=10)
                 _rst(client)
                 return
 
@@ -294,6 +311,7 @@ class FaultProxy:
         up: asyncio.StreamWriter,
         client: asyncio.StreamWriter,
         muted: dict[str, bool],
+        replied: asyncio.Event,
         session: _MySQLSession,
     ) -> None:
         # Every packet: 3-byte little-endian length, 1-byte sequence number, payload.
@@ -301,8 +319,7 @@ class FaultProxy:
         while True:
             header = await reader.readexactly(4)
             payload = await reader.readexactly(int.from_bytes(header[:3], "little"))
-            while self.blackhole:  # noqa: ASYNC110 - a toxic flipped from another thread
-                await asyncio.sleep(0.01)  # the blackhole toxic holds the packet
+            await self._flowing.wait()  # the blackhole toxic holds the packet
             if muted["forgotten"]:
                 continue  # the NAT drops it
             command = header[3] == 0 and bool(payload)
@@ -330,7 +347,9 @@ class FaultProxy:
                     self.swallow_commits -= 1
                     if self.swallow_commits == 0:
                         self.swallow_commit_reply = False
-                await asyncio.sleep(0.2)  # let the server process it
+                # The server's answer, dropped, shows it has processed the COMMIT.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(replied.wait(), timeout=10)
                 _rst(client)
                 return
 
@@ -348,6 +367,7 @@ class FaultProxy:
         up: asyncio.StreamReader,
         client: asyncio.StreamWriter,
         muted: dict[str, bool],
+        replied: asyncio.Event,
         scan: Callable[[bytes], None] | None = None,
     ) -> None:
         sent = 0
@@ -357,12 +377,13 @@ class FaultProxy:
                 return
             if scan is not None:
                 scan(chunk)
+            if muted["server"]:
+                replied.set()
             if muted["server"] or muted["forgotten"]:
                 continue
             if not muted["ready"] and b"Z\x00\x00\x00\x05" in chunk:
                 muted["ready"] = True
-            while self.blackhole:  # noqa: ASYNC110 - a toxic flipped from another thread
-                await asyncio.sleep(0.01)  # the blackhole toxic holds the reply
+            await self._flowing.wait()  # the blackhole toxic holds the reply
             if self.latency or self.jitter:
                 await asyncio.sleep(  # the latency toxic
                     max(0.0, self.latency + random.uniform(-self.jitter, self.jitter))
