@@ -26,6 +26,10 @@ _PG_FIXTURES = {"pg_server", "pg_database", "pg_engine", "pg_driver", "fault_ser
 _MARIADB_FIXTURES = {"mariadb_server", "mariadb_database", "mariadb_engine"}
 
 
+# Whole programs (the command line, the examples), most in a subprocess of their own.
+_END_TO_END = ("tests/cli/", "tests/examples/")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
@@ -35,6 +39,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.fault)
         if names & _MARIADB_FIXTURES:
             item.add_marker(pytest.mark.mariadb)
+        if item.nodeid.replace("\\", "/").startswith(_END_TO_END):
+            item.add_marker(pytest.mark.end_to_end)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,12 @@ and the server's ERR packets are counted by error number (``errors_seen``), with
 the connections that received each one, so a test can tell whether a client
 went on using a connection after, say, a 1290 from a read-only server.
 The garbling toxics are PostgreSQL's only.
+
+Every connection attempt is recorded in ``attempts`` as ``[started, ended]``
+(monotonic seconds): it ends when the server says the session is ready
+(PostgreSQL's first ReadyForQuery; MySQL's greeting) or when the connection
+closes without that, so :meth:`most_attempts_in_flight` can tell how many
+connects a client had in flight at once while the database was unreachable.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import random
 import socket
 import struct
@@ -76,6 +83,9 @@ class FaultProxy:
         self.watch_errors: frozenset[int] = frozenset()
         self.used_after_error = 0
         self.accepted = 0
+        # [started, ended] per connection attempt; ended is inf until it ends.
+        self.attempts: list[list[float]] = []
+        self._attempt_of: dict[asyncio.StreamWriter, list[float]] = {}
         self.commits_swallowed = 0
         self.garbled = 0
         self._loop = asyncio.new_event_loop()
@@ -210,11 +220,15 @@ class FaultProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        attempt = [time.monotonic(), math.inf]
+        self.attempts.append(attempt)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
+            attempt[1] = time.monotonic()
             _rst(writer)
             return
+        self._attempt_of[writer] = attempt
         pair = (writer, up_writer)
         self._conns.add(pair)
         # per connection: drop the server's replies; the server said ReadyForQuery
@@ -244,6 +258,7 @@ class FaultProxy:
                 task.cancel()
             self._conns.discard(pair)
             self._states.pop(pair, None)
+            self._established(writer)
             for w in (writer, up_writer):
                 with contextlib.suppress(Exception):
                     w.close()
@@ -381,6 +396,8 @@ class FaultProxy:
                 replied.set()
             if muted["server"] or muted["forgotten"]:
                 continue
+            if self.protocol == "mysql" or b"Z\x00\x00\x00\x05" in chunk:
+                self._established(client)
             if not muted["ready"] and b"Z\x00\x00\x00\x05" in chunk:
                 muted["ready"] = True
             await self._flowing.wait()  # the blackhole toxic holds the reply
@@ -404,6 +421,35 @@ class FaultProxy:
                 continue
             client.write(chunk)
             await client.drain()
+
+    def _established(self, client: asyncio.StreamWriter) -> None:
+        attempt = self._attempt_of.pop(client, None)
+        if attempt is not None and attempt[1] == math.inf:
+            attempt[1] = time.monotonic()
+
+    def most_attempts_in_flight(self, since: float, until: float, *, started: bool = False) -> int:
+        """The most connection attempts in flight at once between ``since`` and ``until``
+        (see :func:`most_in_flight`)."""
+        return most_in_flight(self.attempts, since, until, started=started)
+
+
+def most_in_flight(
+    attempts: list[list[float]], since: float, until: float, *, started: bool = False
+) -> int:
+    """The most of ``attempts`` (``[started, ended]``, monotonic seconds) in flight at once
+    between ``since`` and ``until``; with ``started``, only those that began in that time."""
+    events: list[tuple[float, int]] = []
+    for begun, ended in list(attempts):
+        if started and not since <= begun < until:
+            continue
+        if begun < until and ended > since:
+            events += [(max(begun, since), 1), (min(ended, until), -1)]
+    most = current = 0
+    # At equal times an end is counted before a start: back to back is not at once.
+    for _, step in sorted(events):
+        current += step
+        most = max(most, current)
+    return most
 
 
 class _MySQLSession:

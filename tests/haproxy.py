@@ -1,10 +1,15 @@
-"""A real HAProxy in front of the Galera nodes, started and stopped by the suite.
+"""A real HAProxy in front of a cluster's nodes, started and stopped by the suite.
 
 The Debian ``haproxy`` package provides the binary (``.ci/run`` installs it
-for the cluster tier). TCP mode, round robin, MySQL's handshake as the health
-check (``option mysql-check``, the usual Galera set-up), and the checks at
-HAProxy's usual fast settings: every 500 ms, down after 2 failures, up after 2
-successes, and the sessions of a server marked down cut.
+for the cluster tier). TCP mode and the checks at HAProxy's usual fast
+settings: every 500 ms, down after 2 failures, up after 2 successes, and the
+sessions of a server marked down cut. Two set-ups:
+
+* Galera: round robin over every node, MySQL's handshake as the health check
+  (``option mysql-check``);
+* Patroni: only the node whose Patroni REST API answers ``GET /primary`` with
+  200 is up (``option httpchk`` on each node's REST port), the usual way to
+  route to the leader.
 """
 
 from __future__ import annotations
@@ -32,13 +37,17 @@ def find_haproxy() -> str | None:
 
 
 class HAProxy:
-    """One HAProxy process balancing ``backends`` (ports on 127.0.0.1) round robin.
+    """One HAProxy process in front of ``backends`` (ports on 127.0.0.1).
 
-    The nodes need the check account: ``CREATE USER 'haproxy_check'@'127.0.0.1'``
-    without a password (:data:`CHECK_USER`).
+    Without ``check_ports`` (Galera) the nodes need the check account:
+    ``CREATE USER 'haproxy_check'@'127.0.0.1'`` without a password
+    (:data:`CHECK_USER`). With ``check_ports`` (Patroni: each node's REST
+    port, in node order) a node is up while ``GET /primary`` answers 200 there.
     """
 
-    def __init__(self, backends: Sequence[int]) -> None:
+    def __init__(self, backends: Sequence[int], *, check_ports: Sequence[int] = ()) -> None:
+        if check_ports and len(check_ports) != len(backends):
+            raise ValueError("check_ports: one per backend")
         program = find_haproxy()
         if program is None:
             raise RuntimeError("haproxy is not installed (Debian: apt-get install haproxy)")
@@ -46,8 +55,17 @@ class HAProxy:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="sqla-resilience-haproxy-"))
         self.stats_socket = self.dir / "admin.sock"
+        self.name = "patroni" if check_ports else "galera"
         servers = "".join(
-            f"    server node{i} 127.0.0.1:{port} check\n" for i, port in enumerate(backends)
+            f"    server node{i} 127.0.0.1:{port} check"
+            + (f" port {check_ports[i]}" if check_ports else "")
+            + "\n"
+            for i, port in enumerate(backends)
+        )
+        check = (
+            "    option httpchk GET /primary\n    http-check expect status 200\n"
+            if check_ports
+            else f"    balance roundrobin\n    option mysql-check user {CHECK_USER}\n"
         )
         (self.dir / "haproxy.cfg").write_text(
             "global\n"
@@ -58,17 +76,17 @@ class HAProxy:
             "    timeout connect 2s\n"
             "    timeout client 120s\n"
             "    timeout server 120s\n"
-            "listen galera\n"
+            f"listen {self.name}\n"
             f"    bind 127.0.0.1:{self.port}\n"
-            "    balance roundrobin\n"
-            f"    option mysql-check user {CHECK_USER}\n"
+            f"{check}"
             "    default-server inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions\n"
             f"{servers}"
         )
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Start in the foreground (``-db``) and wait until it listens and sees every node up."""
+        """Start in the foreground (``-db``) and wait until it listens and sees the nodes up
+        (Galera: every node; Patroni: one, the leader)."""
         self._proc = subprocess.Popen(
             [self.program, "-db", "-f", str(self.dir / "haproxy.cfg")],
             stdin=subprocess.DEVNULL,
@@ -76,11 +94,18 @@ class HAProxy:
             stderr=subprocess.DEVNULL,
         )
         wait_until(self.stats_socket.exists, timeout=20, what="haproxy's stats socket")
-        wait_until(
-            lambda: all(s == "UP" for s in self.states().values()),
-            timeout=20,
-            what="every node UP at haproxy",
-        )
+        if self.name == "patroni":
+            wait_until(lambda: self.up() == 1, timeout=20, what="the leader UP at haproxy")
+        else:
+            wait_until(
+                lambda: all(s == "UP" for s in self.states().values()),
+                timeout=20,
+                what="every node UP at haproxy",
+            )
+
+    def up(self) -> int:
+        """How many nodes HAProxy routes to now."""
+        return sum(state == "UP" for state in self.states().values())
 
     def command(self, line: str) -> str:
         """One command on HAProxy's admin socket (``show stat``, ``disable server ...``)."""
@@ -99,7 +124,7 @@ class HAProxy:
         states: dict[str, str] = {}
         for line in lines[1:]:
             fields = dict(zip(header, line.split(","), strict=False))
-            if fields.get("pxname") == "galera" and fields.get("svname", "").startswith("node"):
+            if fields.get("pxname") == self.name and fields.get("svname", "").startswith("node"):
                 states[fields["svname"]] = fields.get("status", "").split()[0]
         return states
 
@@ -110,7 +135,7 @@ class HAProxy:
         counts: dict[str, int] = {}
         for line in lines[1:]:
             fields = dict(zip(header, line.split(","), strict=False))
-            if fields.get("pxname") == "galera" and fields.get("svname", "").startswith("node"):
+            if fields.get("pxname") == self.name and fields.get("svname", "").startswith("node"):
                 counts[fields["svname"]] = int(fields.get("stot") or 0)
         return counts
 

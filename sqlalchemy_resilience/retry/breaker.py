@@ -11,14 +11,17 @@ kills at once does not open it on a busy engine. While open it refuses calls
 with :class:`CircuitOpenError` before any pool checkout or network attempt;
 after ``recovery_timeout`` (0.5 s) it lets one probe through (half-open),
 closes when it succeeds, and after a failed probe waits twice as long, up to
-``max_recovery_timeout`` (2 s): recovery is seen soon, and an outage costs
-one connection attempt every 2 s, not a storm.
+``max_recovery_timeout`` (1 s): a failover's end is seen within a second
+(measured on Patroni: the first commit 0.4-1.3 s after the new leader), and
+an outage costs one connection attempt a second, not a storm.
 
 Callers can wait at an open breaker instead of failing (:meth:`CircuitBreaker.admit`,
 ``guard(wait=...)``; ``run_transaction`` does by default): the breaker keeps
 the database from being hammered, and the caller keeps its chance to succeed
 once a failover is over. Waiting stops when the caller's time runs out and
-once the outage has lasted ``failover_window`` (30 s): past that, fail fast.
+once the outage has lasted ``failover_window`` (45 s: Patroni with its defaults
+elects a new leader up to ``ttl`` + ``loop_wait`` = 40 s after a crash): past
+that, fail fast.
 
 The breaker is safe to share between asyncio tasks and threads: its state
 lives under a lock that is never held across an ``await``.
@@ -97,7 +100,7 @@ class CircuitBreaker:
         minimum_calls: rate rules apply only once the window holds this many calls.
         recovery_timeout: seconds open before the first probe is allowed.
         max_recovery_timeout: after each failed probe the wait doubles, up to
-            this (default: the larger of ``recovery_timeout`` and 2 s).
+            this (default: the larger of ``recovery_timeout`` and 1 s).
         failover_window: callers wait at an open breaker (:meth:`admit`) only
             while the outage has lasted less than this; past it they fail fast.
         half_open_max_calls: probes admitted at once in half-open; all must
@@ -132,7 +135,7 @@ class CircuitBreaker:
         minimum_calls: int = 10,
         recovery_timeout: Seconds = 0.5,
         max_recovery_timeout: Seconds | None = None,
-        failover_window: Seconds = 30.0,
+        failover_window: Seconds = 45.0,
         half_open_max_calls: int = 1,
         is_failure: Callable[[BaseException], bool] = is_infrastructure_failure,
         shadow: bool = False,
@@ -177,7 +180,7 @@ class CircuitBreaker:
         self.minimum_calls = positive_int("minimum_calls", minimum_calls)
         self.recovery_timeout = to_seconds("recovery_timeout", recovery_timeout, allow_zero=False)
         self.max_recovery_timeout = (
-            max(self.recovery_timeout, 2.0)
+            max(self.recovery_timeout, 1.0)
             if max_recovery_timeout is None
             else to_seconds("max_recovery_timeout", max_recovery_timeout, allow_zero=False)
         )
