@@ -377,8 +377,11 @@ class Database(FacadeBase):
 
     # -- looking at it ---------------------------------------------------
 
-    async def health(self, *, timeout: Seconds = 2.0) -> HealthReport:
+    async def health(self, *, timeout: Seconds = 2.0, writer: bool | None = None) -> HealthReport:
         """:func:`~sqlalchemy_resilience.health_check` with the breaker; replicas out of rotation degrade it.
+
+        ``writer``: also require that the server takes writes (default: as
+        the pool's ``require_writer``, on by default on PostgreSQL).
 
         Example::
 
@@ -391,6 +394,7 @@ class Database(FacadeBase):
             timeout=timeout,
             breaker=self.breaker,
             monitor=instr.pool if instr is not None else None,
+            writer=self._core.require_writer if writer is None else writer,
         )
         return replica_health(report, self._core.replica_set)
 

@@ -157,6 +157,7 @@ class DatabaseCore:
         self.maintainer: PoolMaintainer | None = None
         self.autosizer: PoolAutosizer | None = None
         self.replica_set: ReplicaSet | None = None
+        self.require_writer = False
         try:
             self.engine = self._adopt(url_or_engine, kind=kind, facade=facade, primary=True)
             self.name = name or safe_url(sync_engine(self.engine))
@@ -272,6 +273,9 @@ class DatabaseCore:
         if require_writer is None:
             require_writer = sync.dialect.name == "postgresql"
         require_writer = require_writer and primary
+        if primary:
+            # health() asks the same question as the checkout does.
+            self.require_writer = require_writer
         after = settings.seconds("ping_after")
         if after is not None or require_writer:
             self._pings.append(

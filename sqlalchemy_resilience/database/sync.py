@@ -235,14 +235,24 @@ class SyncDatabase(FacadeBase):
         with self.session() as session:
             return paginate_sync(session, statement, **options)
 
-    def health(self, *, timeout: Seconds = 2.0) -> HealthReport:
-        """:func:`~sqlalchemy_resilience.health_check` with the breaker and the replicas."""
+    def health(self, *, timeout: Seconds = 2.0, writer: bool | None = None) -> HealthReport:
+        """:func:`~sqlalchemy_resilience.health_check` with the breaker and the replicas.
+
+        ``writer``: also require that the server takes writes (default: as
+        the pool's ``require_writer``, on by default on PostgreSQL).
+
+        Example::
+
+            report = db.health(writer=True)
+            status = 200 if report.ok else 503
+        """
         instr = self._core.instrumentation()
         report = health_check_sync(
             self.engine,
             timeout=timeout,
             breaker=self.breaker,
             monitor=instr.pool if instr is not None else None,
+            writer=self._core.require_writer if writer is None else writer,
         )
         return replica_health(report, self._core.replica_set)
 

@@ -1,10 +1,12 @@
-"""Production deployments: transaction-mode poolers, rotating credentials, read replicas."""
+"""Production deployments: transaction-mode poolers, rotating credentials, read replicas, Galera."""
 
 from __future__ import annotations
 
 from .credentials import Credential as Credential
 from .credentials import PasswordProvider as PasswordProvider
 from .credentials import use_password_provider as use_password_provider
+from .galera import SyncWait as SyncWait
+from .galera import read_your_writes as read_your_writes
 from .pooler import PoolerReport as PoolerReport
 from .pooler import PoolerWarning as PoolerWarning
 from .pooler import PoolMode as PoolMode
@@ -31,11 +33,13 @@ __all__ = [
     "ReplicaStatus",
     "RoutingAsyncSession",
     "RoutingSession",
+    "SyncWait",
     "check_pooler",
     "check_pooler_sync",
     "keeps_prepared_statements",
     "pooler_safe_options",
     "primary_failure",
+    "read_your_writes",
     "routing_sessionmaker",
     "unnamed_statement",
     "use_password_provider",

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .monitor import pool_stats as pool_stats
     from .queue import AsyncResizableQueuePool as AsyncResizableQueuePool
     from .queue import ResizableQueuePool as ResizableQueuePool
+    from .writer import writer_refusals as writer_refusals
 
 _LAZY = {
     "AutosizeDecision": ".autosize",
@@ -49,6 +50,7 @@ _LAZY = {
     "pool_stats": ".monitor",
     "AsyncResizableQueuePool": ".queue",
     "ResizableQueuePool": ".queue",
+    "writer_refusals": ".writer",
 }
 
 
@@ -84,4 +86,5 @@ __all__ = [
     "resize_pool_sync",
     "warm_up",
     "warm_up_sync",
+    "writer_refusals",
 ]

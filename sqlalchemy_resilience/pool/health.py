@@ -3,7 +3,10 @@
 The report is ``healthy``, ``degraded`` or ``unhealthy``:
 
 * **unhealthy** — the probe (a pooled connection running ``SELECT 1``)
-  failed or did not finish within ``timeout``, or the circuit breaker is open;
+  failed or did not finish within ``timeout``, the circuit breaker is open,
+  or (with ``writer=True``) the server takes no writes: a standby, a fenced or
+  read-only primary, a Galera node not ready, not in the primary component
+  or not synced (:func:`~sqlalchemy_resilience.pool.writer.writer_refusals`);
 * **degraded** — the probe worked but something needs attention: round trip
   slower than ``slow_latency``, the pool nearly saturated, requests waiting,
   pool timeouts or refused requests since the last check, suspected leaks,
@@ -34,11 +37,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy_resilience._util.masking import mask_secret
 from sqlalchemy_resilience._util.seconds import Seconds, to_seconds
 from sqlalchemy_resilience.core.engines import async_engine_for, engine_for, sync_engine
-from sqlalchemy_resilience.errors.hierarchy import ConnectionLost
+from sqlalchemy_resilience.errors.hierarchy import ConnectionLost, ReadOnlyServer
 from sqlalchemy_resilience.errors.translate import describe, translate_error
 from sqlalchemy_resilience.retry.breaker import BreakerState, CircuitBreaker
 
 from .monitor import PoolMonitor, pool_name_of
+from .writer import writer_refusals
 
 __all__ = [
     "HealthCheckTimeout",
@@ -72,6 +76,9 @@ class HealthReport:
         warnings: why the status is not ``healthy``, one sentence each.
         error: the (translated) error class name when the probe failed.
         detail: the error's first line, free of parameters and password.
+        writable: whether the server takes writes: asked with ``writer=True``,
+            or known when the probe was refused as read-only (the pool's
+            ``require_writer``); None otherwise.
 
     Example::
 
@@ -87,6 +94,7 @@ class HealthReport:
     warnings: tuple[str, ...] = ()
     error: str | None = None
     detail: str | None = None
+    writable: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -104,6 +112,7 @@ class HealthReport:
             "warnings": list(self.warnings),
             "error": self.error,
             "detail": self.detail,
+            "writable": self.writable,
         }
 
 
@@ -116,6 +125,7 @@ class _Options:
     slow_connect: float
     breaker: CircuitBreaker | None
     monitor: PoolMonitor | None
+    writer: bool
 
 
 async def health_check(
@@ -128,6 +138,7 @@ async def health_check(
     saturation: float = 0.9,
     slow_checkout: Seconds = 0.1,
     slow_connect: Seconds = 1.0,
+    writer: bool = False,
 ) -> HealthReport:
     """Probe the database and report ``healthy | degraded | unhealthy`` within ``timeout``.
 
@@ -153,6 +164,10 @@ async def health_check(
             is not part of it.
         slow_connect: a p99 time to open a new connection above this many
             seconds is degraded (a slow or distant server, TLS, authentication).
+        writer: also ask whether the server takes writes, and call it
+            unhealthy when it does not, naming why (the endpoint of an
+            application that writes, behind a proxy or a multi-host URL
+            that may lead to a standby or a Galera node out of the cluster).
 
     Raises:
         TypeError, ValueError: an option is of the wrong type or out of range.
@@ -174,6 +189,7 @@ async def health_check(
         saturation,
         slow_checkout,
         slow_connect,
+        writer,
     )
     return await _check_async(engine, options)
 
@@ -188,6 +204,7 @@ def health_check_sync(
     saturation: float = 0.9,
     slow_checkout: Seconds = 0.1,
     slow_connect: Seconds = 1.0,
+    writer: bool = False,
 ) -> HealthReport:
     """The blocking twin of :func:`health_check`, for an ``Engine``.
 
@@ -198,7 +215,15 @@ def health_check_sync(
     """
     engine = engine_for("health_check_sync", engine)
     options = _options(
-        engine, timeout, breaker, monitor, slow_latency, saturation, slow_checkout, slow_connect
+        engine,
+        timeout,
+        breaker,
+        monitor,
+        slow_latency,
+        saturation,
+        slow_checkout,
+        slow_connect,
+        writer,
     )
     return _check_sync(engine, options)
 
@@ -212,6 +237,7 @@ def _options(
     saturation: float,
     slow_checkout: Seconds,
     slow_connect: Seconds,
+    writer: bool,
 ) -> _Options:
     seconds = to_seconds("timeout", timeout, allow_zero=False)
     slow = seconds / 2 if slow_latency is None else to_seconds("slow_latency", slow_latency)
@@ -237,56 +263,66 @@ def _options(
         slow_connect=to_seconds("slow_connect", slow_connect),
         breaker=breaker,
         monitor=monitor,
+        writer=_flag("writer", writer),
     )
 
 
-# A probe returns (round trip of SELECT 1, seconds to get its connection):
-# a round trip and opening a connection are different figures, judged by
-# different rules (slow_latency; slow_checkout / slow_connect).
-_Probe = tuple[float, float]
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
-async def _probe_async(engine: AsyncEngine) -> _Probe:
+# A probe returns (round trip of SELECT 1, seconds to get its connection,
+# why the server takes no writes or None when not asked): a round trip and
+# opening a connection are different figures, judged by different rules
+# (slow_latency; slow_checkout / slow_connect).
+_Probe = tuple[float, float, list[str] | None]
+
+
+async def _probe_async(engine: AsyncEngine, writer: bool) -> _Probe:
     try:
-        return await _probe_once_async(engine)
+        return await _probe_once_async(engine, writer)
     except Exception as exc:
         if not isinstance(translate_error(exc), ConnectionLost):
             raise
         # A dead idle connection was invalidated; one fresh try.
-        return await _probe_once_async(engine)
+        return await _probe_once_async(engine, writer)
 
 
-async def _probe_once_async(engine: AsyncEngine) -> _Probe:
+async def _probe_once_async(engine: AsyncEngine, writer: bool) -> _Probe:
     start = time.perf_counter()
     async with engine.connect() as conn:  # checks a connection out on entry
         connected = time.perf_counter()
         await conn.execute(_PROBE)
         done = time.perf_counter()
-    return done - connected, connected - start
+        refusals = await conn.run_sync(writer_refusals) if writer else None
+    return done - connected, connected - start, refusals
 
 
-def _probe_sync(engine: Engine) -> _Probe:
+def _probe_sync(engine: Engine, writer: bool) -> _Probe:
     try:
-        return _probe_once_sync(engine)
+        return _probe_once_sync(engine, writer)
     except Exception as exc:
         if not isinstance(translate_error(exc), ConnectionLost):
             raise
-        return _probe_once_sync(engine)
+        return _probe_once_sync(engine, writer)
 
 
-def _probe_once_sync(engine: Engine) -> _Probe:
+def _probe_once_sync(engine: Engine, writer: bool) -> _Probe:
     start = time.perf_counter()
     with engine.connect() as conn:
         connected = time.perf_counter()
         conn.execute(_PROBE)
         done = time.perf_counter()
-    return done - connected, connected - start
+        refusals = writer_refusals(conn) if writer else None
+    return done - connected, connected - start, refusals
 
 
 async def _check_async(engine: AsyncEngine, options: _Options) -> HealthReport:
     if _breaker_open(options):
         return _report(engine, options, latency=None, error=None)
-    task = asyncio.ensure_future(_probe_async(engine))
+    task = asyncio.ensure_future(_probe_async(engine, options.writer))
     done, _ = await asyncio.wait({task}, timeout=options.timeout)
     if not done:
         # Never wait for the probe's own cleanup: against a hung server
@@ -296,10 +332,12 @@ async def _check_async(engine: AsyncEngine, options: _Options) -> HealthReport:
         task.add_done_callback(_forget)
         return _report(engine, options, latency=None, error=_timed_out(options))
     try:
-        latency, checkout = task.result()
+        latency, checkout, refusals = task.result()
     except Exception as exc:
         return _report(engine, options, latency=None, error=exc)
-    return _report(engine, options, latency=latency, error=None, checkout=checkout)
+    return _report(
+        engine, options, latency=latency, error=None, checkout=checkout, refusals=refusals
+    )
 
 
 def _forget(task: asyncio.Task[Any]) -> None:
@@ -315,7 +353,9 @@ def _check_sync(engine: Engine, options: _Options) -> HealthReport:
 
     def run() -> None:
         try:
-            outcome["latency"], outcome["checkout"] = _probe_sync(engine)
+            outcome["latency"], outcome["checkout"], outcome["refusals"] = _probe_sync(
+                engine, options.writer
+            )
         except BaseException as exc:
             outcome["error"] = exc
 
@@ -327,7 +367,12 @@ def _check_sync(engine: Engine, options: _Options) -> HealthReport:
     if "error" in outcome:
         return _report(engine, options, latency=None, error=outcome["error"])
     return _report(
-        engine, options, latency=outcome["latency"], error=None, checkout=outcome["checkout"]
+        engine,
+        options,
+        latency=outcome["latency"],
+        error=None,
+        checkout=outcome["checkout"],
+        refusals=outcome["refusals"],
     )
 
 
@@ -350,6 +395,7 @@ def _report(
     latency: float | None,
     error: BaseException | None,
     checkout: float | None = None,
+    refusals: list[str] | None = None,
 ) -> HealthReport:
     sync = sync_engine(engine)
     monitor = options.monitor
@@ -374,9 +420,15 @@ def _report(
         status = "unhealthy"
         translated = error if isinstance(error, HealthCheckTimeout) else translate_error(error)
         error_name = type(translated).__name__
+        if isinstance(translated, ReadOnlyServer):
+            # The pool's own writer check (require_writer) refused the probe's connection.
+            refusals = ["read-only"]
         detail = _scrub(describe(translated), sync)
         warnings.append(f"probe failed: {error_name}")
-    elif latency is not None and latency > options.slow_latency:
+    elif refusals:
+        status = "unhealthy"
+        warnings.append(f"the server takes no writes: {', '.join(refusals)}")
+    if error is None and latency is not None and latency > options.slow_latency:
         warnings.append(
             f"round trip {latency * 1000:.0f} ms is over {options.slow_latency * 1000:.0f} ms"
         )
@@ -431,6 +483,7 @@ def _report(
         warnings=tuple(warnings),
         error=error_name,
         detail=detail,
+        writable=None if refusals is None else not refusals,
     )
 
 

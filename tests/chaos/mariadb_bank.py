@@ -22,25 +22,25 @@ import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy
 from tests.mysqlharness import MariaDBServer
 
-from .workload import ACCOUNTS, INITIAL, TOTAL, History, Verdict, _outcome
+from .workload import ACCOUNTS, INITIAL, TOTAL, History, Verdict, _outcome, naive_unit
 
 DB = "t_bank"
 
 
-def setup_bank(server: MariaDBServer) -> None:
+def setup_bank(server: MariaDBServer, database: str = DB) -> None:
     """(Re)create the bank: 50 accounts of 1000, and the transfers keyed by request id."""
-    server.execute(f"DROP TABLE IF EXISTS `{DB}`.transfers, `{DB}`.accounts")
+    server.execute(f"DROP TABLE IF EXISTS `{database}`.transfers, `{database}`.accounts")
     server.execute(
-        f"CREATE TABLE `{DB}`.accounts (id int PRIMARY KEY, balance int NOT NULL,"
+        f"CREATE TABLE `{database}`.accounts (id int PRIMARY KEY, balance int NOT NULL,"
         " CONSTRAINT funds CHECK (balance >= 0)) ENGINE=InnoDB"
     )
     rows = ", ".join(["(%s, %s)"] * ACCOUNTS)
     server.execute(
-        f"INSERT INTO `{DB}`.accounts VALUES {rows}",
+        f"INSERT INTO `{database}`.accounts VALUES {rows}",
         [v for i in range(1, ACCOUNTS + 1) for v in (i, INITIAL)],
     )
     server.execute(
-        f"CREATE TABLE `{DB}`.transfers (request_id char(36) PRIMARY KEY, src int NOT NULL,"
+        f"CREATE TABLE `{database}`.transfers (request_id char(36) PRIMARY KEY, src int NOT NULL,"
         " dst int NOT NULL, amount int NOT NULL) ENGINE=InnoDB"
     )
 
@@ -59,6 +59,39 @@ async def transfer(
 ) -> None:
     """The workload's transfer in MySQL's terms: ``INSERT IGNORE`` decides "already applied"."""
     request_id = uuid.uuid4()
+    work = _work(request_id, rng, hot=hot, random_order=random_order)
+    started = time.monotonic()
+    try:
+        applied_now = await sr.run_transaction(
+            Session,
+            work,
+            retry=retry,
+            breaker=breaker,
+            idempotent=True,
+            attempt_timeout=attempt_timeout,
+        )
+    except sr.CheckViolation as exc:
+        history.record(request_id, "fail", exc, started)  # insufficient funds: a legal refusal
+    except sr.ResilienceError as exc:
+        history.record(request_id, _outcome(exc), exc, started)
+    else:
+        history.record(request_id, "ok" if applied_now else "already", None, started)
+        if not applied_now:
+            history.ok.add(request_id)
+
+
+async def naive_transfer(
+    Session: Callable[[], AsyncSession], history: History, *, rng: random.Random, **_: Any
+) -> None:
+    """The same transfer through :func:`~tests.chaos.workload.naive_unit` (plain SQLAlchemy,
+    three tries): the baseline of the figures."""
+    request_id = uuid.uuid4()
+    await naive_unit(Session, history, request_id, _work(request_id, rng))
+
+
+def _work(
+    request_id: uuid.UUID, rng: random.Random, *, hot: int = ACCOUNTS, random_order: bool = False
+) -> Callable[[AsyncSession], Awaitable[bool]]:
     src, dst = rng.sample(range(1, hot + 1), 2)
     amount = rng.randint(1, 20)
 
@@ -82,43 +115,28 @@ async def transfer(
             )
         return True
 
-    started = time.monotonic()
-    try:
-        applied_now = await sr.run_transaction(
-            Session,
-            work,
-            retry=retry,
-            breaker=breaker,
-            idempotent=True,
-            attempt_timeout=attempt_timeout,
-        )
-    except sr.CheckViolation as exc:
-        history.record(request_id, "fail", exc, started)  # insufficient funds: a legal refusal
-    except sr.ResilienceError as exc:
-        history.record(request_id, _outcome(exc), exc, started)
-    else:
-        history.record(request_id, "ok" if applied_now else "already", None, started)
-        if not applied_now:
-            history.ok.add(request_id)
+    return work
 
 
-def audit(server: MariaDBServer) -> Callable[[], int | None]:
+def audit(server: MariaDBServer, database: str = DB) -> Callable[[], int | None]:
     """The 1 Hz audit: SUM(balance), or None while the server is down."""
 
     def run() -> int | None:
         try:
-            return int(server.execute(f"SELECT sum(balance) FROM `{DB}`.accounts")[0][0])
+            return int(server.execute(f"SELECT sum(balance) FROM `{database}`.accounts")[0][0])
         except Exception:
             return None
 
     return run
 
 
-def check(server: MariaDBServer, history: History, audits: list[int | None]) -> Verdict:
+def check(
+    server: MariaDBServer, history: History, audits: list[int | None], database: str = DB
+) -> Verdict:
     """The workload's checker, on MariaDB: lost, phantom, the invariant and the ledger."""
-    moves = server.execute(f"SELECT request_id, src, dst, amount FROM `{DB}`.transfers")
+    moves = server.execute(f"SELECT request_id, src, dst, amount FROM `{database}`.transfers")
     present = {uuid.UUID(row[0]) for row in moves}
-    balances = dict(server.execute(f"SELECT id, balance FROM `{DB}`.accounts"))
+    balances = dict(server.execute(f"SELECT id, balance FROM `{database}`.accounts"))
     expected = dict.fromkeys(range(1, ACCOUNTS + 1), INITIAL)
     for _, src, dst, amount in moves:
         expected[src] -= amount
@@ -141,14 +159,16 @@ def check(server: MariaDBServer, history: History, audits: list[int | None]) -> 
     )
 
 
-def committed_more(server: MariaDBServer, n: int) -> Callable[[], Awaitable[bool]]:
+def committed_more(
+    server: MariaDBServer, n: int, database: str = DB
+) -> Callable[[], Awaitable[bool]]:
     """A predicate for :func:`until`: ``n`` more transfers committed than when it was made
     (False while the server is down)."""
     start: list[int] = []
 
     def count() -> int | None:
         try:
-            return int(server.execute(f"SELECT count(*) FROM `{DB}`.transfers")[0][0])
+            return int(server.execute(f"SELECT count(*) FROM `{database}`.transfers")[0][0])
         except Exception:
             return None
 

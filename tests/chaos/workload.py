@@ -22,11 +22,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util.queue import Empty
 
 import sqlalchemy_resilience as sr
+from sqlalchemy_resilience.retry import BreakerState
+from tests.faultproxy import most_in_flight
 from tests.pgharness import PgServer
 
 ACCOUNTS = 50
@@ -181,6 +184,79 @@ async def transfer(
         history.record(request_id, "ok" if applied_now else "already", None, started)
         if not applied_now:
             history.ok.add(request_id)
+
+
+# How long after a breaker opens a connect it had already let through may
+# still begin (a thread or task between its permit and its connect).
+SETTLE = 0.3
+
+
+def not_closed(transitions: list[tuple[float, BreakerState]]) -> list[tuple[float, float]]:
+    """From a breaker's transitions ``(when, new state)``: the intervals it spent open or
+    half-open (till the end of time when it stayed so)."""
+    spans: list[tuple[float, float]] = []
+    opened: float | None = None
+    for at, state in transitions:
+        if state is BreakerState.CLOSED and opened is not None:
+            spans.append((opened, at))
+            opened = None
+        elif state is not BreakerState.CLOSED and opened is None:
+            opened = at
+    if opened is not None:
+        spans.append((opened, float("inf")))
+    return spans
+
+
+def connects_while_not_closed(
+    logs: list[list[list[float]]], transitions: list[tuple[float, BreakerState]]
+) -> int:
+    """The most connects in flight at once to one host (one log of ``[started, ended]``
+    per host) among those begun while the breaker was not closed, from :data:`SETTLE`
+    after it opened: a connect whose permit came before it opened (one a proxy may hold
+    for seconds) is not the breaker's to stop."""
+    return max(
+        (
+            most_in_flight(log, start + SETTLE, end, started=True)
+            for start, end in not_closed(transitions)
+            if end > start + SETTLE
+            for log in logs
+        ),
+        default=0,
+    )
+
+
+NAIVE_TRIES = 3
+NAIVE_PAUSE = 0.5  # seconds between a naive loop's tries
+
+
+async def naive_unit(
+    Session: Callable[[], AsyncSession],
+    history: History,
+    request_id: uuid.UUID,
+    work: Callable[[AsyncSession], Awaitable[bool]],
+) -> None:
+    """``work`` the way many applications retry, the baseline the package is measured
+    against: plain SQLAlchemy, any connection-looking error gets up to three tries with a
+    fixed pause, nothing else is known about the failure. ``work`` returns False when the
+    transfer's key shows an earlier try already committed it (counted in ``already``)."""
+    started = time.monotonic()
+    for attempt in range(NAIVE_TRIES):
+        try:
+            async with Session() as session, session.begin():
+                if not await work(session):
+                    history.already.add(request_id)  # the key saved a double apply
+        except sa_exc.IntegrityError as exc:  # insufficient funds: a legal refusal
+            history.record(request_id, "fail", exc, started)
+            return
+        except (sa_exc.DBAPIError, OSError) as exc:
+            if attempt == NAIVE_TRIES - 1:
+                history.record(request_id, "fail", exc, started)
+                return
+            # The naive loop's fixed pause between tries: the behaviour being measured.
+            await asyncio.sleep(NAIVE_PAUSE)
+        else:
+            history.record(request_id, "ok", None, started)
+            return
 
 
 async def run_bank(

@@ -140,6 +140,7 @@ def galera() -> Iterator[Galera]:
             (f"CREATE USER '{CHECK_USER}'@'127.0.0.1'", None),
             (f"CREATE DATABASE `{DB}`", None),
             ("CREATE DATABASE `t_bank`", None),
+            ("CREATE DATABASE `t_bank_naive`", None),
         ):
             env.execute(0, sql, args)
         proxy.start()

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy, instrument, run_transaction_sync
+from sqlalchemy_resilience.deploy import read_your_writes
 from sqlalchemy_resilience.pool import ping_idle_connections
 from tests.waiting import wait_until
 
@@ -59,6 +60,47 @@ def test_the_cluster_replicates(galera: Galera, table: None) -> None:
         cursor.execute("SET SESSION wsrep_sync_wait = 1")  # read after the cluster's writes
         cursor.execute("SELECT v FROM t_galera.items WHERE id = 0")
         assert cursor.fetchone() == (7,)
+
+
+READS = 500
+
+
+def _stale_reads(writer: Engine, reader: Engine) -> int:
+    """Commit a new value on the writer's node, read it at once on the reader's: how
+    many of READS reads saw an older value."""
+    stale = 0
+    with writer.connect() as w, reader.connect() as r:
+        for value in range(1, READS + 1):
+            w.execute(text("UPDATE t_galera.items SET v = :v WHERE id = 0"), {"v": value})
+            w.commit()
+            seen = r.execute(text("SELECT v FROM t_galera.items WHERE id = 0")).scalar_one()
+            r.rollback()  # a fresh snapshot for the next read
+            stale += seen != value
+    return stale
+
+
+def test_read_your_writes_on_another_node(galera: Galera, table: None) -> None:
+    """Commit on node0, read at once on node1: with wsrep_sync_wait 0 (the default) some
+    reads see an older value (counted, printed: the machine decides how many); with
+    read_your_writes(engine) none does."""
+    writer = _engine(galera.url(0))
+    default, waiting = _engine(galera.url(1)), _engine(galera.url(1))
+    # [read-your-writes]
+    waits = read_your_writes(waiting)  # wsrep_sync_wait = 1 on each new connection
+    # [/read-your-writes]
+    try:
+        without = _stale_reads(writer, default)
+        with_it = _stale_reads(writer, waiting)
+    finally:
+        waits.detach()
+        for engine in (writer, default, waiting):
+            engine.dispose()
+    print(
+        f"\n[read your writes] stale reads on another node right after a commit: "
+        f"{without} of {READS} with wsrep_sync_wait 0, {with_it} of {READS} with read_your_writes"
+    )
+    assert with_it == 0
+    assert waits.connections == 1
 
 
 def test_a_node_rejecting_queries_is_left_and_the_unit_rerun_on_another(
@@ -174,6 +216,14 @@ def test_the_writer_check_refuses_a_node_that_is_not_synced(galera: Galera, tabl
             with pytest.raises(sr.ReadOnlyServer) as info, engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             assert info.value.retryable and info.value.driver_code == "1290"
+            # A health endpoint says why (an engine without the checkout's check).
+            plain = _engine(galera.url(2))
+            try:
+                report = sr.health_check_sync(plain, timeout=5, writer=True)
+            finally:
+                plain.dispose()
+            assert (report.status, report.writable) == ("unhealthy", False)
+            assert any("wsrep_local_state_comment Donor/Desynced" in w for w in report.warnings)
         finally:
             galera.execute(2, "SET GLOBAL wsrep_desync = OFF")
         with engine.connect() as conn:

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, text
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -45,10 +44,14 @@ import sqlalchemy_resilience as sr
 from sqlalchemy_resilience.retry import BreakerState, BreakerTransition
 from tests.chaos.workload import (
     ACCOUNTS,
+    NAIVE_TRIES,
     History,
     Verdict,
     audit_sum,
     check,
+    connects_while_not_closed,
+    naive_unit,
+    not_closed,
     run_bank,
     setup_bank,
     transfer,
@@ -58,11 +61,6 @@ from tests.faultproxy import FaultProxy, most_in_flight
 from .conftest import Patroni
 
 WORKERS = 5
-NAIVE_TRIES = 3
-NAIVE_PAUSE = 0.5  # seconds between a naive loop's tries
-# How long after the breaker opens a connect it had already let through may
-# still reach the proxy (a thread or task between its permit and its connect).
-SETTLE = 0.3
 
 
 @dataclass
@@ -101,32 +99,13 @@ class Workload:
         self.transitions.append((time.monotonic(), transition.current))
 
     def not_closed(self) -> list[tuple[float, float]]:
-        """The intervals the breaker spent open or half-open (till the end when it stayed so)."""
-        spans: list[tuple[float, float]] = []
-        opened: float | None = None
-        for at, state in self.transitions:
-            if state is BreakerState.CLOSED and opened is not None:
-                spans.append((opened, at))
-                opened = None
-            elif state is not BreakerState.CLOSED and opened is None:
-                opened = at
-        if opened is not None:
-            spans.append((opened, float("inf")))
-        return spans
+        """The intervals the breaker spent open or half-open."""
+        return not_closed(self.transitions)
 
     def attempts_while_not_closed(self) -> int:
-        """The most connects in flight at once to one host among those the application
-        began while the breaker was not closed, from :data:`SETTLE` after it opened: a
-        connect whose permit came before it opened (one a proxy may hold for seconds,
-        or a thread's just about to connect) is not the breaker's to stop."""
-        return max(
-            (
-                self.attempts_in_flight(start + SETTLE, end, started=True)
-                for start, end in self.not_closed()
-                if end > start + SETTLE
-            ),
-            default=0,
-        )
+        """See :func:`~tests.chaos.workload.connects_while_not_closed`."""
+        logs = [p.attempts for p in self.proxies] or [self.connects]
+        return connects_while_not_closed(logs, self.transitions)
 
 
 def _count_connects(engine: Engine, log: list[list[float]]) -> None:
@@ -177,42 +156,29 @@ def workloads(patroni: Patroni) -> Iterator[dict[str, Workload]]:
 async def naive_transfer(
     Session: Callable[[], AsyncSession], history: History, *, rng: random.Random, **_: Any
 ) -> None:
-    """The bank's transfer the way many applications retry: any connection-looking error
-    gets up to three tries with a fixed pause, nothing else is known about the failure."""
+    """The bank's transfer through :func:`~tests.chaos.workload.naive_unit`."""
     request_id = uuid.uuid4()
     src, dst = rng.sample(range(1, ACCOUNTS + 1), 2)
     amount = rng.randint(1, 20)
-    started = time.monotonic()
-    for attempt in range(NAIVE_TRIES):
-        try:
-            async with Session() as session, session.begin():
-                inserted = await session.execute(
-                    text(
-                        "INSERT INTO transfers (request_id, src, dst, amount) VALUES (:r, :s, :d, :a)"
-                        " ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
-                    ),
-                    {"r": request_id, "s": src, "d": dst, "a": amount},
-                )
-                if inserted.first() is not None:
-                    for account, delta in sorted([(src, -amount), (dst, amount)]):
-                        await session.execute(
-                            text("UPDATE accounts SET balance = balance + :d WHERE id = :i"),
-                            {"d": delta, "i": account},
-                        )
-                else:
-                    history.already.add(request_id)  # the key saved a double apply
-        except sa_exc.IntegrityError as exc:  # insufficient funds: a legal refusal
-            history.record(request_id, "fail", exc, started)
-            return
-        except (sa_exc.DBAPIError, OSError) as exc:
-            if attempt == NAIVE_TRIES - 1:
-                history.record(request_id, "fail", exc, started)
-                return
-            # The naive loop's fixed pause between tries: the behaviour being measured.
-            await asyncio.sleep(NAIVE_PAUSE)
-        else:
-            history.record(request_id, "ok", None, started)
-            return
+
+    async def work(session: AsyncSession) -> bool:
+        inserted = await session.execute(
+            text(
+                "INSERT INTO transfers (request_id, src, dst, amount) VALUES (:r, :s, :d, :a)"
+                " ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+            ),
+            {"r": request_id, "s": src, "d": dst, "a": amount},
+        )
+        if inserted.first() is None:
+            return False
+        for account, delta in sorted([(src, -amount), (dst, amount)]):
+            await session.execute(
+                text("UPDATE accounts SET balance = balance + :d WHERE id = :i"),
+                {"d": delta, "i": account},
+            )
+        return True
+
+    await naive_unit(Session, history, request_id, work)
 
 
 def _sync_transfer(db: sr.SyncDatabase, history: History, rng: random.Random) -> None:

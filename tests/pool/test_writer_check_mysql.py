@@ -109,3 +109,15 @@ def test_a_new_connection_to_a_read_only_server_is_retried_until_a_writer_answer
     assert all(message.startswith("retrying after ReadOnlyServer") for message in refused)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM w WHERE id = 3")).scalar_one() == 1
+
+
+def test_health_check_names_a_read_only_server(
+    engine: Engine, mariadb_server: MariaDBServer, read_only: None
+) -> None:
+    """health_check(writer=True) on a server turned read-only: SELECT 1 passes, the
+    writer question does not, and the report says why."""
+    assert sr.health_check_sync(engine, timeout=2, writer=True).writable is True
+    mariadb_server.execute("SET GLOBAL read_only = ON")
+    report = sr.health_check_sync(engine, timeout=2, writer=True)
+    assert (report.status, report.writable) == ("unhealthy", False)
+    assert "the server takes no writes: read_only" in report.warnings
