@@ -22,7 +22,7 @@ import sqlalchemy_resilience as sr
 from sqlalchemy_resilience import RetryPolicy
 from tests.mysqlharness import MariaDBServer
 
-from .workload import ACCOUNTS, INITIAL, TOTAL, History, Verdict, _outcome, naive_unit
+from .workload import ACCOUNTS, INITIAL, TOTAL, History, Verdict, naive_unit, recorded
 
 DB = "t_bank"
 
@@ -60,24 +60,19 @@ async def transfer(
     """The workload's transfer in MySQL's terms: ``INSERT IGNORE`` decides "already applied"."""
     request_id = uuid.uuid4()
     work = _work(request_id, rng, hot=hot, random_order=random_order)
-    started = time.monotonic()
-    try:
-        applied_now = await sr.run_transaction(
+    await recorded(
+        history,
+        request_id,
+        time.monotonic(),
+        sr.run_transaction(
             Session,
             work,
             retry=retry,
             breaker=breaker,
             idempotent=True,
             attempt_timeout=attempt_timeout,
-        )
-    except sr.CheckViolation as exc:
-        history.record(request_id, "fail", exc, started)  # insufficient funds: a legal refusal
-    except sr.ResilienceError as exc:
-        history.record(request_id, _outcome(exc), exc, started)
-    else:
-        history.record(request_id, "ok" if applied_now else "already", None, started)
-        if not applied_now:
-            history.ok.add(request_id)
+        ),
+    )
 
 
 async def naive_transfer(

@@ -161,21 +161,34 @@ async def transfer(
     if bare:
         try:
             async with Session() as session, session.begin():
-                applied_now = await work(session)
+                await work(session)
         except Exception as exc:
             history.record(request_id, "fail", exc, started)
         else:
             history.record(request_id, "ok", None, started)
         return
-    try:
-        applied_now = await sr.run_transaction(
+    await recorded(
+        history,
+        request_id,
+        started,
+        sr.run_transaction(
             Session,
             work,
             retry=retry,
             breaker=breaker,
             idempotent=True,
             isolation_level=isolation_level,
-        )
+        ),
+    )
+
+
+async def recorded(
+    history: History, request_id: uuid.UUID, started: float, unit: Awaitable[bool]
+) -> None:
+    """Await a transfer's ``run_transaction`` (True: applied now; False: an earlier
+    attempt had) and record what the client saw."""
+    try:
+        applied_now = await unit
     except sr.CheckViolation as exc:
         history.record(request_id, "fail", exc, started)  # insufficient funds: a legal refusal
     except sr.ResilienceError as exc:

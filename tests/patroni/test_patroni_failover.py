@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from sqlalchemy_resilience.testing.embedded_patroni import PatroniNode
 from tests.chaos.workload import TOTAL
 from tests.waiting import until
 
@@ -64,6 +65,22 @@ async def _committed_more(patroni: Patroni, made: dict[str, Workload], n: int) -
         return all(now[k] >= start[k] + n for k in made)
 
     await until(_off_loop(more), timeout=60, what=f"{n} more transfers in each bank")
+
+
+async def _new_leader_and_commits(
+    patroni: Patroni, made: dict[str, Workload], old: PatroniNode, marks: dict[str, float]
+) -> None:
+    """After the event: when a new leader was elected, when HAProxy routed to it, and
+    then 20 more commits in every bank."""
+    await until(
+        _off_loop(lambda: patroni.cluster.leader() not in (None, old)),
+        timeout=60,
+        what="a new leader",
+    )
+    marks["leader"] = time.monotonic()
+    await until(_off_loop(lambda: patroni.proxy.up() == 1), timeout=20, what="HAProxy routing")
+    marks["routed"] = time.monotonic()
+    await _committed_more(patroni, made, 20)
 
 
 def _report(name: str, made: dict[str, Workload], marks: dict[str, float]) -> None:
@@ -122,17 +139,7 @@ async def test_p1_planned_switchover(patroni: Patroni, caplog: pytest.LogCapture
             await _committed_more(patroni, made, 50)
             marks["event"] = time.monotonic()
             await asyncio.to_thread(patroni.cluster.switchover)
-            await until(
-                _off_loop(lambda: patroni.cluster.leader() not in (None, old)),
-                timeout=60,
-                what="a new leader",
-            )
-            marks["leader"] = time.monotonic()
-            await until(
-                _off_loop(lambda: patroni.proxy.up() == 1), timeout=20, what="HAProxy routing"
-            )
-            marks["routed"] = time.monotonic()
-            await _committed_more(patroni, made, 20)
+            await _new_leader_and_commits(patroni, made, old, marks)
 
         await run_event(patroni, made, switchover, seconds=2.0, after_event=1.0)
         _report("P1 Patroni planned switchover", made, marks)
@@ -153,17 +160,7 @@ async def test_p2_leader_sigkilled(patroni: Patroni, caplog: pytest.LogCaptureFi
             await _committed_more(patroni, made, 50)
             marks["event"] = time.monotonic()
             await asyncio.to_thread(old.kill)
-            await until(
-                _off_loop(lambda: patroni.cluster.leader() not in (None, old)),
-                timeout=60,
-                what="a new leader",
-            )
-            marks["leader"] = time.monotonic()
-            await until(
-                _off_loop(lambda: patroni.proxy.up() == 1), timeout=20, what="HAProxy routing"
-            )
-            marks["routed"] = time.monotonic()
-            await _committed_more(patroni, made, 20)
+            await _new_leader_and_commits(patroni, made, old, marks)
 
         try:
             await run_event(patroni, made, kill_the_leader, seconds=2.0, after_event=1.0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from psycopg import sql
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -20,6 +19,8 @@ async def test_a_read_only_postgresql_is_unhealthy_for_a_writer(
 ) -> None:
     """default_transaction_read_only (a fenced or demoted primary): SELECT 1 passes, so
     only the writer question tells; both twins, and Database.health() by default."""
+    from psycopg import sql
+
     engine = create_async_engine(pg_server.app_url(pg_database))
     sync: Engine = create_engine(pg_server.app_url(pg_database, driver="psycopg"))
     db = Database(pg_server.app_url(pg_database))
