@@ -12,7 +12,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import sqlalchemy_resilience as sr
 from sqlalchemy_resilience.deploy import read_your_writes
 
+# MySQL engines need the MySQL drivers, which the mariadb env installs (no server is used).
+on_mysql_drivers = pytest.mark.mariadb
 
+
+@on_mysql_drivers
 @pytest.mark.parametrize(
     ("level", "error", "message"),
     [
@@ -34,6 +38,7 @@ def test_an_engine_on_another_database_is_refused_at_once(tmp_path: Path) -> Non
         read_your_writes(engine)
 
 
+@on_mysql_drivers
 def test_attach_and_detach_on_sync_and_async_engines() -> None:
     for engine in (
         create_engine("mysql+pymysql://app@127.0.0.1:1/app"),
