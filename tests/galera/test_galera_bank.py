@@ -74,6 +74,7 @@ NAIVE_DB = "t_bank_naive"
 # What a gap between commits may exceed the outage by: the breaker's probes one a
 # second, and a commit on a loaded two-core machine.
 SLACK = 2.5
+DEADLINE = sr.RetryPolicy().deadline_seconds or float("inf")
 
 
 @pytest.fixture
@@ -160,6 +161,7 @@ async def _leg(
     seconds: float,
     after_chaos: float,
     notes: Callable[[], str] = str,
+    outage: Callable[[], float] | None = None,
 ) -> tuple[History, dict[str, int]]:
     """One leg with the package's defaults beside the naive loop, the figures of both
     printed, and what every leg promises checked for the package: nothing lost, phantom or
@@ -218,7 +220,13 @@ async def _leg(
     assert in_flight <= 1
     assert naive_verdict.lost == 0  # the checker itself: a commit is a commit
     assert verdict.total_balance == TOTAL and verdict.ledger_consistent
-    assert set(history.errors) <= {"CheckViolation"}  # nothing else reached the application
+    legal = {"CheckViolation"}
+    if outage is not None and outage() > DEADLINE:
+        # An outage longer than the retry deadline (a lost quorum that took a loaded
+        # machine over a minute to regain) is no failover: the units caught in it end
+        # at their deadline, as promised, and say so.
+        legal |= {"RetryExhausted", "CircuitOpenError"}
+    assert set(history.errors) <= legal  # nothing else reached the application
     assert bank.sync_engine.pool.checkedout() == 0
     return history, retried
 
@@ -367,6 +375,7 @@ async def test_g4_the_quorum_lost_and_regained(
         seconds=3.0,
         after_chaos=1.0,
         notes=lambda: f"no quorum for {marks['regained'] - marks['lost']:.1f} s; ",
+        outage=lambda: marks["regained"] - marks["lost"],
     )
     # The outage is the lost quorum: commits resume once it is back.
     assert _longest_gap(history) <= marks["regained"] - marks["lost"] + SLACK
