@@ -30,8 +30,7 @@ _POSTGRESQL = text(
 )
 _MYSQL = text("SELECT @@global.read_only, @@global.innodb_read_only")
 _MARIADB = text("SELECT @@global.read_only, @@global.innodb_read_only, @@global.wsrep_on")
-# SHOW STATUS answers on a node outside the primary component, where a query
-# of information_schema can be refused (1047).
+# Galera's own state, by name: each one that is off is a reason of its own.
 _WSREP = text(
     "SHOW GLOBAL STATUS WHERE Variable_name IN "
     "('wsrep_ready', 'wsrep_cluster_status', 'wsrep_local_state_comment')"

@@ -11,9 +11,10 @@ kills at once does not open it on a busy engine. While open it refuses calls
 with :class:`CircuitOpenError` before any pool checkout or network attempt;
 after ``recovery_timeout`` (0.5 s) it lets one probe through (half-open),
 closes when it succeeds, and after a failed probe waits twice as long, up to
-``max_recovery_timeout`` (1 s): a failover's end is seen within a second
-(measured on Patroni: the first commit 0.4-1.3 s after the new leader), and
-an outage costs one connection attempt a second, not a storm.
+``max_recovery_timeout`` (1 s): a failover's end is seen within about a
+second (measured on Patroni: the first commit 0.0-1.9 s after HAProxy routed
+to the new leader), and an outage costs one connection attempt a second, not
+a storm.
 
 Callers can wait at an open breaker instead of failing (:meth:`CircuitBreaker.admit`,
 ``guard(wait=...)``; ``run_transaction`` does by default): the breaker keeps
